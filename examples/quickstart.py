@@ -1,0 +1,22 @@
+"""Quickstart: answer a question with the shipped draft/target pair and the default gate.
+
+Run: python examples/quickstart.py
+"""
+
+from stepgraph.context import RouterContext
+from stepgraph.defaults import resolve_gate
+from stepgraph.graph import build_graph
+from stepgraph.testbed import load_pair
+
+
+def main() -> None:
+    graph = build_graph(load_pair(), resolve_gate())
+    question = "Ann has 12 coins. She gets 7 more. She gives away 5. She multiplies them by 3. How many coins does she have?"
+    result = graph.invoke({"question": question}, context=RouterContext(seed=0))
+    for step in result["steps"]:
+        print(f"tier {step['tier']}: {step['text']}")
+    print("answer:", result["answer"], "| FLOPs:", f"{result['totals']['flops']:.3e}", "| escalations:", result["escalations"])
+
+
+if __name__ == "__main__":
+    main()

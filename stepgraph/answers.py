@@ -1,0 +1,35 @@
+"""Final answers: extract the last ``\\boxed{}`` and judge it with math-verify."""
+
+from __future__ import annotations
+
+from math_verify import parse, verify
+
+
+def extract_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` in ``text`` (nested braces allowed), or None.
+
+    Example:
+        >>> extract_boxed(r"so \\boxed{\\frac{1}{2}} it is")
+        '\\\\frac{1}{2}'
+    """
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, begin = 0, start + len("\\boxed{")
+    for i in range(begin, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            if depth == 0:
+                return text[begin:i].strip()
+            depth -= 1
+    return None  # unbalanced: the answer was cut off
+
+
+def is_correct(predicted: str | None, reference: str) -> bool:
+    """Whether a predicted final answer equals the reference, mathematically (math-verify)."""
+    if predicted is None or not predicted.strip():
+        return False
+    gold = parse(f"${reference}$") or parse(reference)
+    guess = parse(f"\\boxed{{{predicted}}}")
+    return bool(gold and guess and verify(gold, guess))

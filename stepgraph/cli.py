@@ -1,0 +1,154 @@
+"""The ``stepgraph`` command: solve a question with stepwise routing, or measure routing overhead."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from stepgraph.context import RouterContext
+from stepgraph.defaults import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_POLICY_DIR, default_gate_name, resolve_gate
+from stepgraph.errors import StepgraphError
+from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR
+
+GATE_CHOICES = ["policy", "threshold", "steer", "random", "draft", "target"]
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    defaults = RouterContext()
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        type=Path,
+        default=[DRAFT_MODEL_DIR, TARGET_MODEL_DIR],
+        metavar="DIR",
+        help="Hugging Face model directories, cheapest first, one per tier (default: the shipped testbed pair)",
+    )
+    parser.add_argument(
+        "--gate",
+        choices=GATE_CHOICES,
+        default=None,
+        help=f"routing gate (default: policy when {DEFAULT_POLICY_DIR} exists, else threshold; now: {default_gate_name()})",
+    )
+    parser.add_argument("--policy", type=Path, default=None, help=f"policy artifact directory for --gate policy (default: {DEFAULT_POLICY_DIR})")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help=f"--gate threshold: escalate when the STEER confidence is below this (default: {DEFAULT_CONFIDENCE_THRESHOLD}); "
+        "--gate steer: posterior threshold (default: 0.5)",
+    )
+    parser.add_argument("--steer", type=Path, default=None, help="fitted STEER GMM JSON for --gate steer")
+    parser.add_argument("--rate", type=float, default=None, help="escalation rate for --gate random (default: 0.5)")
+    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="sampling temperature (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="base seed (default: %(default)s)")
+    parser.add_argument("--max-steps", type=int, default=defaults.max_steps, help="step limit (default: %(default)s)")
+    parser.add_argument("--max-step-tokens", type=int, default=defaults.max_step_tokens, help="token limit per step (default: %(default)s)")
+    parser.add_argument("--budget", type=float, default=None, help="FLOPs budget per answer (default: none)")
+    parser.add_argument("--sticky", action="store_true", help="keep later steps on an escalated tier (default: off)")
+
+
+def _gate_options(args: argparse.Namespace) -> dict[str, Any]:
+    name = args.gate or default_gate_name()
+    if name == "policy":
+        return {"path": args.policy}
+    if name == "threshold":
+        return {"threshold": args.threshold}
+    if name == "steer":
+        return {"path": args.steer, "threshold": args.threshold}
+    if name == "random":
+        return {"rate": 0.5 if args.rate is None else args.rate, "seed": args.seed}
+    return {}
+
+
+def _context(args: argparse.Namespace) -> RouterContext:
+    return RouterContext(
+        max_steps=args.max_steps,
+        budget_flops=args.budget,
+        temperature=args.temperature,
+        seed=args.seed,
+        sticky=args.sticky,
+        max_step_tokens=args.max_step_tokens,
+    )
+
+
+def _solve(args: argparse.Namespace) -> int:
+    from stepgraph.graph import build_graph
+    from stepgraph.models.local import TransformersStepModel
+
+    if len(args.models) < 2:
+        raise StepgraphError("--models needs at least two directories (a draft model and a stronger one).")
+    gate = resolve_gate(args.gate, **_gate_options(args))
+    tiers = [TransformersStepModel(path) for path in args.models]
+    graph = build_graph(tiers, gate)
+    result = graph.invoke({"question": args.question}, context=_context(args))
+    if args.json:
+        json.dump(result, sys.stdout, indent=2, default=str)
+        print()
+        return 0
+    names = [m.name for m in tiers]
+    print(f"gate: {args.gate or default_gate_name()}   tiers: {' < '.join(names)}")
+    for step in result["steps"]:
+        conf = step["observation"].get("logit_confidence")
+        score = step["gate_score"]
+        info = f"conf {conf:.2f}" if conf is not None else "conf n/a"
+        info += f", gate {score:.3f}" if score is not None else ""
+        print(f"[{step['index'] + 1}] tier {step['tier']} ({step['model']}; {info})")
+        if step["escalated"]:
+            print(f"    draft replaced: {step['draft']!r}")
+        print("    " + step["text"].replace("\n", "\n    "))
+    totals = result["totals"]
+    print(f"answer: {result['answer']}   (stop: {result['stop_reason']}, escalations: {result['escalations']})")
+    print(
+        f"cost: {totals['flops']:.3e} FLOPs generated + {totals['prefill_flops']:.3e} prefill, "
+        f"{int(totals['output_tokens'])} output tokens, ${totals['usd']:.6f}"
+    )
+    for tier, cost in sorted(result["costs"].items()):
+        print(f"  tier {tier}: {int(cost['calls'])} calls, {cost['flops']:.3e} FLOPs")
+    return 0
+
+
+def _overhead(args: argparse.Namespace) -> int:
+    from stepgraph.overhead import measure_overhead
+
+    report = measure_overhead(n_problems=args.problems, seed=args.seed)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stepgraph",
+        description="Stepwise model routing: a small model drafts each reasoning step, a gate decides "
+        "whether a larger model regenerates it.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    solve = sub.add_parser("solve", help="answer a question with the routed graph", description="Answer QUESTION step by step.")
+    solve.add_argument("question", help="the question to answer")
+    solve.add_argument("--json", action="store_true", help="print the graph's final state as JSON")
+    _add_run_options(solve)
+    solve.set_defaults(func=_solve)
+    overhead = sub.add_parser(
+        "overhead",
+        help="benchmark: routing overhead per step as a ratio of one draft call",
+        description="Time graph + features + gate per step against the draft model's own call time.",
+    )
+    overhead.add_argument("--problems", type=int, default=20, help="test-split problems to run (default: %(default)s)")
+    overhead.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    overhead.set_defaults(func=_overhead)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except StepgraphError as exc:
+        print(f"stepgraph: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

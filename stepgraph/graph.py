@@ -1,0 +1,70 @@
+"""Build the stepwise routing graph.
+
+    START → draft → features → gate ─┬─(accept)────────→ append ─┬─(more)→ draft
+                                     └─(escalate)→ escalate ─┘   └─(done)→ END
+
+With more than two tiers, ``escalate`` goes back to ``features`` so the gate is asked again
+on the escalated draft, until the strongest tier writes the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Checkpointer
+
+from stepgraph.context import RouterContext
+from stepgraph.costs import Prices
+from stepgraph.gates.base import Gate
+from stepgraph.models.base import StepModel
+from stepgraph.nodes import RoutingNodes
+from stepgraph.state import InputState, OutputState, RouterState
+
+# Each step takes at most 3 + 2·(tiers − 1) super-steps; the limit only guards against bugs,
+# the run's own stop rules (final answer, max_steps, budget) end it first.
+RECURSION_LIMIT = 10_000
+
+
+def build_graph(
+    tiers: Sequence[StepModel],
+    gate: Gate | Mapping[str, Gate],
+    *,
+    prices: Sequence[Prices] | None = None,
+    checkpointer: Checkpointer = None,
+    name: str = "stepgraph",
+) -> CompiledStateGraph:
+    """Compile the routing graph over ``tiers`` (cheapest first) with one or more gates.
+
+    Args:
+        tiers: the models, tier 0 drafting; K ≥ 2.
+        gate: a gate, or gates by name (the first is the default; ``RouterContext.gate`` picks).
+        prices: API prices per tier, for the dollar cost.
+        checkpointer: a LangGraph checkpointer, to resume interrupted runs.
+        name: the compiled graph's name.
+
+    Example:
+        >>> from stepgraph.gates import AlwaysDraftGate
+        >>> from stepgraph.testbed import load_pair
+        >>> graph = build_graph(load_pair(), AlwaysDraftGate())
+        >>> result = graph.invoke({"question": "Ann has 3 coins. She gets 2 more. How many coins does she have?"})
+        >>> result["stop_reason"]
+        'final_answer'
+    """
+    gates = dict(gate) if isinstance(gate, Mapping) else {getattr(gate, "name", "gate"): gate}
+    nodes = RoutingNodes(tiers, gates, prices)
+    builder = StateGraph(RouterState, context_schema=RouterContext, input_schema=InputState, output_schema=OutputState)
+    builder.add_node("draft", nodes.draft)
+    builder.add_node("features", nodes.features)
+    builder.add_node("gate", nodes.gate)
+    builder.add_node("escalate", nodes.escalate)
+    builder.add_node("append", nodes.append)
+    builder.add_edge(START, "draft")
+    builder.add_edge("draft", "features")
+    builder.add_edge("features", "gate")
+    builder.add_conditional_edges("gate", nodes.after_gate, ["escalate", "append"])
+    builder.add_conditional_edges("escalate", nodes.after_escalate, ["features", "append"])
+    builder.add_conditional_edges("append", nodes.after_append, ["draft", END])
+    graph = builder.compile(checkpointer=checkpointer, name=name)
+    return graph.with_config(recursion_limit=RECURSION_LIMIT)

@@ -1,0 +1,78 @@
+"""The one interface every model backend implements: write the next reasoning step."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+STEP_SEPARATOR = "\n\n"
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """One generated step with the statistics the confidence features are computed from.
+
+    Attributes:
+        text: the step, without the blank line that ends it.
+        tokens: the generated tokens' strings, in order (the step break token included).
+        max_logits: per generated token, the largest raw (unnormalised) logit; None where the
+            backend exposes only log-probabilities (e.g. the OpenAI API).
+        top_logprobs: per generated token, the k most likely (token, log-probability) pairs.
+        prompt_tokens: tokens in the prompt this call was given.
+        cached_tokens: prompt tokens whose keys/values were reused from a cache.
+        generated_tokens: tokens this call generated.
+        finished: the model ended the whole answer (end-of-sequence), not just the step.
+        model: name of the model that wrote it.
+    """
+
+    text: str
+    tokens: list[str]
+    max_logits: list[float] | None
+    top_logprobs: list[list[tuple[str, float]]]
+    prompt_tokens: int
+    cached_tokens: int
+    generated_tokens: int
+    finished: bool
+    model: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prefill_tokens(self) -> int:
+        """Prompt tokens that had to be computed (not served from a cache)."""
+        return self.prompt_tokens - self.cached_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StepOutput:
+        data = dict(data)
+        data["top_logprobs"] = [[(str(t), float(lp)) for t, lp in pos] for pos in data["top_logprobs"]]
+        return cls(**data)
+
+
+@runtime_checkable
+class StepModel(Protocol):
+    """A model that continues a chain-of-thought answer by one step."""
+
+    name: str
+    n_params: int
+
+    def generate_step(
+        self,
+        question: str,
+        steps: Sequence[str],
+        *,
+        temperature: float = 0.7,
+        seed: int | None = None,
+        max_tokens: int = 64,
+    ) -> StepOutput:
+        """Write the step that follows ``steps`` in the answer to ``question``."""
+        ...
+
+
+def split_step(text: str) -> tuple[str, bool]:
+    """Cut generated text at the first blank line; return (step, whether a break was found)."""
+    head, sep, _ = text.partition(STEP_SEPARATOR)
+    return head.strip("\n"), bool(sep)

@@ -1,0 +1,159 @@
+"""Local transformers backend: any Hugging Face causal LM directory, full logits, on CPU.
+
+This is the code path a user points at a real Qwen2.5-Math checkpoint, and the one the shipped
+testbed models run on by default.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from stepgraph.errors import ModelLoadError
+from stepgraph.models.base import STEP_SEPARATOR, StepOutput, split_step
+
+
+class TransformersStepModel:
+    """Generate one reasoning step at a time with a local transformers model.
+
+    The prompt is the model's chat template with the question as the user turn, continued by
+    the accepted steps. The keys/values of the longest prompt prefix seen on the previous call
+    are reused, so a step appended to the trajectory is not prefilled again; the reuse is
+    reported in ``StepOutput.cached_tokens``.
+
+    Args:
+        path: a directory with config, safetensors weights and tokenizer.
+        name: the model's name in traces and costs (default: the directory name).
+        system_prompt: an optional system turn (Qwen2.5-Math expects "Please reason step by
+            step, and put your final answer within \\boxed{}.").
+        top_k: how many log-probabilities to report per token.
+        dtype: torch dtype of the weights on CPU.
+
+    Example:
+        >>> from stepgraph.testbed import DRAFT_MODEL_DIR
+        >>> model = TransformersStepModel(DRAFT_MODEL_DIR)
+        >>> out = model.generate_step("Ann has 3 coins. She gets 2 more. How many coins does she have?", [], seed=0)
+        >>> out.generated_tokens == len(out.tokens)
+        True
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        system_prompt: str | None = None,
+        top_k: int = 5,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} is not a Hugging Face model directory (no config.json).")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"Could not load the model in {path}: {exc}") from exc
+        self.name = name or path.name
+        self.path = path
+        self.system_prompt = system_prompt
+        self.top_k = top_k
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.max_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self._eos_ids = {i for i in _as_list(self.model.config.eos_token_id) + [self.tokenizer.eos_token_id] if i is not None}
+        self._lock = threading.Lock()  # one generation at a time: the prefix cache is shared state
+        self._cache: DynamicCache | None = None
+        self._cache_ids: list[int] = []
+
+    def prompt(self, question: str, steps: Sequence[str]) -> str:
+        """The text the model continues: chat prompt, then the accepted steps and a blank line."""
+        messages = [{"role": "user", "content": question}]
+        if self.system_prompt:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        head = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return head + "".join(step + STEP_SEPARATOR for step in steps)
+
+    @torch.inference_mode()
+    def generate_step(
+        self,
+        question: str,
+        steps: Sequence[str],
+        *,
+        temperature: float = 0.7,
+        seed: int | None = None,
+        max_tokens: int = 64,
+    ) -> StepOutput:
+        prompt_ids = self.tokenizer(self.prompt(question, steps), add_special_tokens=False)["input_ids"]
+        if len(prompt_ids) + 1 > self.max_length:
+            raise ValueError(
+                f"The prompt has {len(prompt_ids)} tokens; {self.name} handles at most {self.max_length}."
+            )
+        max_tokens = min(max_tokens, self.max_length - len(prompt_ids))
+        generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
+        with self._lock:
+            cache, cached = self._reuse_cache(prompt_ids)
+            logits = self._forward(prompt_ids[cached:], cache)
+            ids: list[int] = []
+            max_logits: list[float] = []
+            top: list[list[tuple[str, float]]] = []
+            text = ""
+            finished = False
+            while len(ids) < max_tokens:
+                logprobs = torch.log_softmax(logits, dim=-1)
+                max_logits.append(float(logits.max()))
+                values, indices = logprobs.topk(self.top_k)
+                top.append([(self.tokenizer.decode([int(i)]), float(v)) for v, i in zip(values, indices)])
+                token = _sample(logits, temperature, generator)
+                ids.append(token)
+                if token in self._eos_ids:
+                    finished = True
+                    break
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                if STEP_SEPARATOR in text or len(ids) == max_tokens:
+                    break
+                logits = self._forward([token], cache)
+            self._cache, self._cache_ids = cache, prompt_ids + ids[:-1]
+        step, _ = split_step(text)
+        return StepOutput(
+            text=step,
+            tokens=[self.tokenizer.decode([i]) for i in ids],
+            max_logits=max_logits,
+            top_logprobs=top,
+            prompt_tokens=len(prompt_ids),
+            cached_tokens=cached,
+            generated_tokens=len(ids),
+            finished=finished,
+            model=self.name,
+        )
+
+    def _reuse_cache(self, prompt_ids: list[int]) -> tuple[DynamicCache, int]:
+        common = 0
+        for a, b in zip(self._cache_ids, prompt_ids):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(prompt_ids) - 1)  # at least one token must be fed for logits
+        cache, self._cache, self._cache_ids = self._cache, None, []  # stale if this call fails
+        if cache is None or common == 0:
+            return DynamicCache(config=self.model.config), 0
+        cache.crop(common - cache.get_seq_length())  # a negative count removes that many tokens
+        return cache, common
+
+    def _forward(self, ids: list[int], cache: DynamicCache) -> torch.Tensor:
+        out = self.model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
+        return out.logits[0, -1].float()
+
+
+def _sample(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> int:
+    if temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _as_list(value: int | list[int] | None) -> list[int | None]:
+    return list(value) if isinstance(value, list) else [value]

@@ -1,0 +1,57 @@
+"""Benchmark: routing overhead per step (graph + features + gate) as a ratio of one draft call.
+
+Models are wrapped in a timer; everything a run spends outside ``generate_step`` is routing
+overhead. Both numbers come from the same runs, so the ratio is robust to machine noise.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from stepgraph.context import RouterContext
+from stepgraph.defaults import resolve_gate
+from stepgraph.graph import build_graph
+from stepgraph.models.base import StepModel, StepOutput
+from stepgraph.testbed import load_pair, task
+
+
+class TimedModel:
+    """A StepModel proxy that adds up the time spent inside ``generate_step``."""
+
+    def __init__(self, model: StepModel) -> None:
+        self.model, self.name, self.n_params = model, model.name, model.n_params
+        self.seconds, self.calls = 0.0, 0
+
+    def generate_step(self, question: str, steps: Sequence[str], **kwargs) -> StepOutput:
+        started = time.perf_counter()
+        try:
+            return self.model.generate_step(question, steps, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - started
+            self.calls += 1
+
+
+def measure_overhead(n_problems: int = 20, seed: int = 0, gate_name: str | None = None) -> dict:
+    """Run the default graph on test problems; report overhead per step and its ratio to a draft call."""
+    tiers = [TimedModel(m) for m in load_pair()]
+    graph = build_graph(tiers, resolve_gate(gate_name))
+    problems = task.generate("test", n_problems, seed=seed)
+    graph.invoke({"question": problems[0].question}, context=RouterContext(seed=seed))  # warm-up
+    for t in tiers:
+        t.seconds, t.calls = 0.0, 0
+    n_steps, started = 0, time.perf_counter()
+    for i, problem in enumerate(problems):
+        n_steps += len(graph.invoke({"question": problem.question}, context=RouterContext(seed=seed + i))["steps"])
+    wall = time.perf_counter() - started
+    model_seconds = sum(t.seconds for t in tiers)
+    draft_call = tiers[0].seconds / max(1, tiers[0].calls)
+    overhead_per_step = (wall - model_seconds) / max(1, n_steps)
+    return {
+        "problems": n_problems,
+        "steps": n_steps,
+        "draft_call_ms": round(1000 * draft_call, 3),
+        "routing_overhead_per_step_ms": round(1000 * overhead_per_step, 3),
+        "overhead_ratio_to_draft_call": round(overhead_per_step / draft_call, 3) if draft_call else None,
+        "wall_seconds": round(wall, 2),
+    }

@@ -1,0 +1,82 @@
+"""The graph's state: what flows between the draft, features, gate, escalate and append nodes."""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any
+
+from typing_extensions import NotRequired, TypedDict
+
+from stepgraph.costs import add_costs
+
+
+class Step(TypedDict):
+    """One step of the answer, as appended.
+
+    Attributes:
+        index: position in the answer.
+        text: the step that was kept.
+        tier: the tier whose model wrote it (0 = draft model).
+        model: that model's name.
+        escalated: whether the gate sent it to a higher tier.
+        draft: the text of the first draft of this step (also when replaced).
+        observation: the features the gate saw on the first draft.
+        gate_score: the gate's score on the first draft (None where no gate was asked).
+        gate_probability: the gate's μ(escalate | o) on the first draft.
+        truncated: the model hit its token limit without a step break.
+        attempts: every generation of this step, in order: {tier, model, text, cost}.
+        flops_so_far: total FLOPs of the answer after this step.
+    """
+
+    index: int
+    text: str
+    tier: int
+    model: str
+    escalated: bool
+    draft: str
+    observation: dict[str, float | None]
+    gate_score: float | None
+    gate_probability: float | None
+    truncated: bool
+    attempts: list[dict[str, Any]]
+    flops_so_far: float
+
+
+class InputState(TypedDict):
+    """What a run takes."""
+
+    question: str
+
+
+class OutputState(TypedDict):
+    """What a run returns: the answer and every number it reports."""
+
+    question: str
+    steps: list[Step]
+    answer: str | None
+    stop_reason: str | None
+    costs: dict[str, dict[str, float]]
+    totals: dict[str, float]
+    escalations: int
+
+
+class RouterState(TypedDict):
+    """The full state. ``steps`` and ``costs`` have reducers; the rest is overwritten."""
+
+    question: str
+    steps: Annotated[list[Step], operator.add]
+    costs: Annotated[dict[str, dict[str, float]], add_costs]
+    # The step being decided: its current candidate and every generation so far.
+    candidate: NotRequired[dict[str, Any] | None]
+    candidate_tier: NotRequired[int]
+    attempts: NotRequired[list[dict[str, Any]]]
+    observation: NotRequired[dict[str, float | None]]
+    first_observation: NotRequired[dict[str, float | None]]
+    decision: NotRequired[dict[str, Any] | None]
+    first_decision: NotRequired[dict[str, Any] | None]
+    # Across steps.
+    base_tier: NotRequired[int]
+    escalations: NotRequired[int]
+    answer: NotRequired[str | None]
+    stop_reason: NotRequired[str | None]
+    totals: NotRequired[dict[str, float]]

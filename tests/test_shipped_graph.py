@@ -1,0 +1,72 @@
+"""The graph and the CLI end to end on the shipped models."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from stepgraph.cli import main
+from stepgraph.context import RouterContext
+from stepgraph.errors import BadQuestionError
+from stepgraph.gates import AlwaysTargetGate, ConfidenceThresholdGate
+from stepgraph.graph import build_graph
+from stepgraph.testbed import load_pair, task
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return load_pair()
+
+
+def test_routed_run_reports_steps_answer_and_costs(pair):
+    problem = task.generate("test", 1, seed=21)[0]
+    result = build_graph(pair, ConfidenceThresholdGate(threshold=1e9)).invoke(
+        {"question": problem.question}, context=RouterContext(seed=0)
+    )
+    steps = result["steps"]
+    assert result["stop_reason"] == "final_answer" and result["answer"] == str(problem.answer)
+    assert all(s["escalated"] and s["tier"] == 1 for s in steps)  # the threshold is above any confidence
+    assert result["costs"]["0"]["calls"] == result["costs"]["1"]["calls"] == len(steps)
+    n_draft, n_target = (m.n_params for m in pair)
+    assert result["costs"]["0"]["flops"] == pytest.approx(2 * n_draft * result["costs"]["0"]["output_tokens"])
+    assert result["costs"]["1"]["flops"] == pytest.approx(2 * n_target * result["costs"]["1"]["output_tokens"])
+    assert result["totals"]["flops"] == pytest.approx(result["costs"]["0"]["flops"] + result["costs"]["1"]["flops"])
+    assert result["costs"]["0"]["cached_tokens"] > 0  # the prefix cache serves earlier steps
+    assert result["totals"]["usd"] > 0
+
+
+def test_target_gate_solves_most_problems(pair):
+    graph = build_graph(pair, AlwaysTargetGate())
+    problems = task.generate("test", 10, seed=2)
+    answers = [graph.invoke({"question": p.question}, context=RouterContext(seed=i))["answer"] for i, p in enumerate(problems)]
+    assert sum(a == str(p.answer) for a, p in zip(answers, problems)) >= 8
+
+
+def test_question_too_long_for_the_models_is_a_clear_error(pair):
+    with pytest.raises(BadQuestionError, match="cannot take this question"):
+        build_graph(pair, AlwaysTargetGate()).invoke({"question": "Ann has 3 coins. " * 200})
+
+
+def test_cli_solve_json(capsys):
+    question = task.generate("test", 1, seed=4)[0].question
+    assert main(["solve", question, "--json", "--gate", "threshold", "--threshold", "0"]) == 0
+    state = json.loads(capsys.readouterr().out)
+    assert state["stop_reason"] == "final_answer" and state["escalations"] == 0
+    assert set(state["costs"]) == {"0"}
+
+
+def test_cli_solve_text_and_errors(capsys):
+    question = task.generate("test", 1, seed=4)[0].question
+    assert main(["solve", question, "--gate", "target"]) == 0
+    out = capsys.readouterr().out
+    assert "answer:" in out and "tier 1" in out and "FLOPs" in out
+    assert main(["solve", "   "]) == 2
+    assert "empty" in capsys.readouterr().err
+
+
+def test_cli_help_documents_every_option():
+    out = subprocess.run([sys.executable, "-m", "stepgraph.cli", "solve", "--help"], capture_output=True, text=True, check=True).stdout
+    for option in ("--models", "--gate", "--policy", "--threshold", "--temperature", "--seed", "--max-steps", "--budget", "--sticky", "--json"):
+        assert option in out
+    assert "default" in out

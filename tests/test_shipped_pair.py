@@ -1,0 +1,48 @@
+"""The shipped testbed pair: shape, size, tokenizer, and accuracies measured again (not copied)."""
+
+import json
+
+import pytest
+from transformers import AutoConfig, AutoTokenizer
+
+from stepgraph.models.local import TransformersStepModel
+from stepgraph.testbed import DRAFT_MODEL_DIR, MODELS_DIR, TARGET_MODEL_DIR, task
+from stepgraph.testbed.measure import measure_model
+from stepgraph.testbed.tokenizer import build_tokenizer
+
+CARD = json.loads((MODELS_DIR / "measurements.json").read_text())
+
+
+def test_pair_fits_vllm_and_the_size_budget():
+    sizes = sum(f.stat().st_size for d in (DRAFT_MODEL_DIR, TARGET_MODEL_DIR) for f in d.iterdir())
+    assert sizes <= 40 * 2**20
+    configs = [AutoConfig.from_pretrained(d) for d in (DRAFT_MODEL_DIR, TARGET_MODEL_DIR)]
+    assert all(c.model_type == "qwen2" for c in configs)
+    assert all(c.hidden_size // c.num_attention_heads >= 32 for c in configs)
+    draft, target = (TransformersStepModel(d) for d in (DRAFT_MODEL_DIR, TARGET_MODEL_DIR))
+    assert target.n_params >= 4 * draft.n_params
+
+
+def test_shipped_tokenizer_loads_as_qwen2_and_matches_the_builder():
+    shipped = AutoTokenizer.from_pretrained(DRAFT_MODEL_DIR)
+    built = build_tokenizer()
+    assert type(shipped).__name__ == "Qwen2Tokenizer"
+    for problem in task.generate("test", 20, seed=5):
+        text = shipped.apply_chat_template([{"role": "user", "content": problem.question}], tokenize=False,
+                                           add_generation_prompt=True) + problem.solution
+        assert shipped(text)["input_ids"] == built(text)["input_ids"]
+        assert shipped.decode(shipped(text)["input_ids"]) == text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("role", ["draft", "target"])
+def test_accuracy_is_within_tolerance_of_the_card(role):
+    # A fresh sample (other problems than the card's first ones, another seed): about 3 standard errors.
+    problems = task.generate("test", 400, seed=0)[-80:]
+    model = TransformersStepModel(DRAFT_MODEL_DIR if role == "draft" else TARGET_MODEL_DIR)
+    measured = measure_model(model, problems, temperature=0.7, seed=1)
+    assert abs(measured["accuracy"] - CARD[role]["accuracy"]) <= 0.16
+    if role == "target":
+        assert measured["accuracy"] >= 0.85
+    else:
+        assert 0.25 <= measured["accuracy"] <= 0.85

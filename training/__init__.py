@@ -1,0 +1,1 @@
+"""Offline learning of the routing policy: collect traces, train by CPO, calibrate, evaluate, export."""

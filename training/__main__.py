@@ -1,0 +1,112 @@
+"""``python -m training {collect,train,evaluate}``: learn the routing policy from graph traces.
+
+    python -m training collect --store runs/traces.sqlite --problems 400
+    python -m training train --store runs/traces.sqlite --out runs/policy
+    python -m training evaluate --policy runs/policy --problems 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from stepgraph.defaults import DEFAULT_CONFIDENCE_THRESHOLD
+from stepgraph.errors import StepgraphError
+from stepgraph.gates import PolicyGate
+from stepgraph.testbed import load_pair, task
+from training.cli_args import add_dataclass_options, dataclass_from_args
+from training.collect import collect, default_store_path, testbed_items
+from training.cpo import CPOArgs, train_policy
+from training.evaluate import evaluate_gates
+from training.store import TraceStore
+from training.verifiers import TestbedVerifier
+
+
+def _collect(args: argparse.Namespace) -> dict:
+    items = testbed_items(args.split, args.problems, seed=args.seed)
+    verifier = TestbedVerifier(task.generate(args.split, args.problems, seed=args.seed))
+    with TraceStore(args.store) as store:
+        return collect(
+            store, items, load_pair, verifier, split=args.split, threshold=args.threshold, epsilon=args.epsilon,
+            seed=args.seed, temperature=args.temperature, workers=args.workers,
+        )
+
+
+def _train(args: argparse.Namespace) -> dict:
+    cpo_args = dataclass_from_args(CPOArgs, args)
+    with TraceStore(args.store, create=False) as store:
+        episodes = list(store.episodes(split=args.split))
+        models = store.meta("models")
+    if not episodes:
+        raise StepgraphError(f"{args.store} holds no {args.split} episodes; run `python -m training collect` first.")
+    started = time.time()
+    metrics_file = args.out / "metrics.jsonl"
+    args.out.mkdir(parents=True, exist_ok=True)
+    with metrics_file.open("w") as log:
+        artifact, _ = train_policy(episodes, cpo_args, log=lambda step, m: log.write(json.dumps({"step": step, **m}) + "\n"))
+    artifact.models = {"tiers": models or []}
+    artifact.training = {**artifact.training, "store": str(args.store), "episodes": len(episodes), "seconds": round(time.time() - started, 1)}
+    artifact.save(args.out)
+    return {"out": str(args.out), "kappa": artifact.kappa, "alpha": artifact.alpha, "episodes": len(episodes),
+            "seconds": artifact.training["seconds"], "metrics": str(metrics_file)}
+
+
+def _evaluate(args: argparse.Namespace) -> dict:
+    gates = {"policy": PolicyGate.from_path(args.policy)}
+    report = {}
+    for split in args.splits:
+        items = testbed_items(split, args.problems, seed=args.seed)
+        report[split] = evaluate_gates(load_pair(), gates, items, seed=args.seed, temperature=args.temperature)
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("collect", help="run the graph with an exploring gate and store traces (resumable)")
+    c.add_argument("--store", type=Path, default=default_store_path(), help="SQLite trace store (default: %(default)s)")
+    c.add_argument("--split", default="train", choices=["train", "calibration", "test"], help="testbed split (default: %(default)s)")
+    c.add_argument("--problems", type=int, default=400, help="problems to collect (default: %(default)s)")
+    c.add_argument("--seed", type=int, default=0, help="problem and sampling seed (default: %(default)s)")
+    c.add_argument("--threshold", type=float, default=DEFAULT_CONFIDENCE_THRESHOLD, help="behaviour gate's confidence threshold (default: %(default)s)")
+    c.add_argument("--epsilon", type=float, default=0.3, help="behaviour gate's exploration rate (default: %(default)s)")
+    c.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default: %(default)s)")
+    c.add_argument("--workers", type=int, default=1, help="problems run concurrently, each worker with its own models (default: %(default)s)")
+    c.set_defaults(func=_collect)
+
+    t = sub.add_parser("train", help="train π and κ by CPO on the stored traces and write the policy artifact")
+    t.add_argument("--store", type=Path, default=default_store_path(), help="SQLite trace store (default: %(default)s)")
+    t.add_argument("--split", default="train", help="which stored split to train on (default: %(default)s)")
+    t.add_argument("--out", type=Path, default=Path("runs/policy"), help="artifact directory (default: %(default)s)")
+    add_dataclass_options(t, CPOArgs)
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("evaluate", help="run the trained gate live in the graph against target-only and draft-only")
+    e.add_argument("--policy", type=Path, default=Path("runs/policy"), help="policy artifact directory (default: %(default)s)")
+    e.add_argument("--splits", nargs="+", default=["calibration", "test"], help="testbed splits (default: %(default)s)")
+    e.add_argument("--problems", type=int, default=200, help="problems per split (default: %(default)s)")
+    e.add_argument("--seed", type=int, default=0, help="problem and sampling seed (default: %(default)s)")
+    e.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default: %(default)s)")
+    e.set_defaults(func=_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(1)
+    try:
+        print(json.dumps(args.func(args), indent=2, default=str))
+    except StepgraphError as exc:
+        print(f"training: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

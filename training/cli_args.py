@@ -1,0 +1,43 @@
+"""Turn a hyperparameter dataclass (one docstring under each field) into argparse options."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import textwrap
+from typing import Any
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The string literal under each annotated field of a dataclass, by field name."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, following in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
+                docs[node.target.id] = " ".join(str(following.value.value).split())
+    return docs
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One ``--field-name`` option per field, typed from its default, its docstring as help."""
+    docs = field_docs(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        default = field.default
+        flag = "--" + field.name.replace("_", "-")
+        help_text = f"{docs.get(field.name, '')} (default: {default})"
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        else:
+            kind: Any = type(default) if default is not None else str
+            parser.add_argument(flag, type=kind, default=default, help=help_text)
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**values)

@@ -1,0 +1,149 @@
+"""Collect behaviour traces: run the graph with an exploring gate and record what offline training needs.
+
+For every problem: one routed run under the behaviour gate (its μ(escalate | o) is recorded per
+step), the strongest tier's version of every step from the same prefix (taken from the run when
+the step was escalated, generated with the same seed otherwise) so that both per-step verdicts
+are known, and one strongest-tier-alone run for R_M. Episodes go to the trace store as they
+finish; problems already in the store are skipped, so a killed collection resumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from stepgraph.answers import is_correct
+from stepgraph.context import RouterContext
+from stepgraph.costs import call_cost
+from stepgraph.features import CONFIDENCE_SCHEMA
+from stepgraph.gates import AlwaysDraftGate, ConfidenceThresholdGate, ExploringGate
+from stepgraph.gates.base import Gate
+from stepgraph.graph import build_graph
+from stepgraph.models.base import StepModel
+from stepgraph.nodes import call_seed
+from training.records import Episode, StepRecord
+from training.store import TraceStore
+from training.verifiers import StepVerifier
+
+
+@dataclass(frozen=True)
+class Item:
+    """A problem to collect on: an id, the question and its reference answer."""
+
+    problem_id: str
+    question: str
+    reference: str
+
+
+def collect_episode(
+    tiers: Sequence[StepModel],
+    behaviour: Gate,
+    verifier: StepVerifier,
+    item: Item,
+    *,
+    seed: int,
+    temperature: float = 0.7,
+    max_steps: int = 16,
+) -> Episode:
+    """Run one problem under the behaviour gate and turn the final state into an Episode."""
+    context = RouterContext(seed=seed, temperature=temperature, max_steps=max_steps)
+    state = build_graph(tiers, behaviour).invoke({"question": item.question}, context=context)
+    strongest = tiers[-1]
+    records: list[StepRecord] = []
+    prior: list[str] = []
+    for step in state["steps"]:
+        draft = step["attempts"][0]
+        if step["escalated"]:
+            escalated_text, escalate_flops = step["attempts"][-1]["text"], step["attempts"][-1]["cost"]["flops"]
+        else:  # what the strongest tier would have written here, with the seed the graph would use
+            out = strongest.generate_step(
+                item.question, prior, temperature=temperature, seed=call_seed(seed, len(prior), len(tiers) - 1)
+            )
+            escalated_text, escalate_flops = out.text, call_cost(out, strongest.n_params)["flops"]
+        action = int(step["escalated"])
+        records.append(
+            StepRecord(
+                index=step["index"],
+                observation=step["observation"],
+                action=action,
+                behaviour_prob=float(step["gate_probability"] if step["gate_probability"] is not None else action),
+                draft=draft["text"],
+                escalated=escalated_text,
+                draft_correct=verifier.verify(item.question, item.reference, prior, draft["text"]),
+                escalated_correct=verifier.verify(item.question, item.reference, prior, escalated_text),
+                draft_flops=draft["cost"]["flops"],
+                escalate_flops=escalate_flops,
+                cost=sum(a["cost"]["flops"] for a in step["attempts"]),
+            )
+        )
+        prior.append(step["text"])
+    alone = build_graph([strongest, strongest], AlwaysDraftGate()).invoke({"question": item.question}, context=context)
+    return Episode(
+        problem_id=item.problem_id,
+        question=item.question,
+        reference=item.reference,
+        steps=records,
+        reward=int(is_correct(state["answer"], item.reference)),
+        target_reward=int(is_correct(alone["answer"], item.reference)),
+        target_flops=alone["totals"]["flops"],
+        behaviour=getattr(behaviour, "name", type(behaviour).__name__),
+        seed=seed,
+        meta={"stop_reason": state["stop_reason"], "answer": state["answer"], "target_answer": alone["answer"]},
+    )
+
+
+def collect(
+    store: TraceStore,
+    items: Sequence[Item],
+    make_tiers: Callable[[], Sequence[StepModel]],
+    verifier: StepVerifier,
+    *,
+    split: str = "train",
+    threshold: float = 12.0,
+    epsilon: float = 0.3,
+    seed: int = 0,
+    temperature: float = 0.7,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Collect episodes for the items not yet in ``store``; each worker owns its own models.
+
+    The behaviour gate explores around a confidence threshold: with probability ``epsilon`` a
+    uniformly random action, else escalate iff the STEER confidence is below ``threshold``.
+    """
+    done = store.problem_ids()
+    todo = [(i, item) for i, item in enumerate(items) if item.problem_id not in done]
+    store.set_meta("feature_schema", CONFIDENCE_SCHEMA.to_dict())
+    worker_tiers = [make_tiers() for _ in range(max(1, workers))]
+    store.set_meta("models", [{"name": m.name, "parameters": m.n_params} for m in worker_tiers[0]])
+
+    def run(slot: int, index: int, item: Item) -> Episode:
+        behaviour = ExploringGate(ConfidenceThresholdGate(threshold), epsilon=epsilon, seed=seed * 100_003 + index)
+        return collect_episode(worker_tiers[slot], behaviour, verifier, item, seed=seed * 100_003 + index, temperature=temperature)
+
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"collect {split}", disable=not progress)
+    with ThreadPoolExecutor(max_workers=len(worker_tiers)) as pool:
+        for start in range(0, len(todo), len(worker_tiers)):
+            batch = todo[start : start + len(worker_tiers)]
+            futures = [pool.submit(run, slot, i, item) for slot, (i, item) in enumerate(batch)]
+            for future in futures:
+                store.add(future.result(), split)  # written at once: a kill loses no finished episode
+                bar.update()
+    bar.close()
+    return {"collected": len(todo), "skipped": len(items) - len(todo), "total": len(store)}
+
+
+def testbed_items(split: str, n: int, seed: int = 0) -> list[Item]:
+    """Testbed problems as collection items (id = split:seed:index)."""
+    from stepgraph.testbed import task
+
+    return [Item(f"{split}:{seed}:{i}", p.question, str(p.answer)) for i, p in enumerate(task.generate(split, n, seed=seed))]
+
+
+def default_store_path() -> Path:
+    return Path("runs") / "traces.sqlite"

@@ -1,0 +1,424 @@
+"""Constrained policy optimisation of the routing policy π and its threshold κ, from replayed traces.
+
+The problem (Si, Lee, Bastani, sections 3-4): minimise E[C] subject to
+P(R_Π = 1 ∨ R_M = 0) ≥ 1 − α, where C is the FLOPs cost of an answer, R_Π whether the routed
+answer is right and R_M whether the strongest tier alone is right. Read top to bottom:
+
+1. flatten the behaviour episodes into per-step tensors (features normalised, actions, μ);
+2. each step, on a batch of episodes: critics for the cost return and the coverage indicator
+   regress on V-trace targets (truncated importance weights ρ̄, c̄);
+3. a CPO trust-region step on π (Achiam et al. 2017): natural gradients by conjugate gradient
+   on Fisher-vector products, the dual closed form with a Lagrange multiplier ν for the
+   coverage constraint, a recovery step when infeasible, backtracking until mean KL ≤ δ;
+4. κ follows the online-conformal rule on the batch with the local-verification surrogate.
+
+Sign convention for κ. The gate is Γ(o) = 1{π(escalate | o) ≥ κ}. An episode is a *miss* when
+it is not covered: not (R_Π = 1 ∨ R_M = 0 ∨ every step Γ keeps is verified). A miss must make
+escalation more likely, so κ goes *down*:   κ ← clip(κ − η·(miss − α), 0, 1).
+(The paper writes eq. 5 as κ ← κ + η(1 − 1{covered} − α) for the conformal set
+{a : π(a|o) ≥ κ} read as the actions *allowed*; the gate convention flips the sign.)
+In the long run the miss rate of the κ sequence is α, the online-conformal guarantee.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm import tqdm
+
+from stepgraph.features import CONFIDENCE_SCHEMA, FeatureSchema
+from stepgraph.policy import PolicyArtifact, PolicyNetwork
+from training.records import Episode
+
+EPS = 1e-8
+
+
+@dataclass
+class CPOArgs:
+    alpha: float = 0.02
+    """allowed miss rate: coverage P(R_routed = 1 or R_target = 0) must be at least 1 - alpha"""
+    steps: int = 1000
+    """policy (and kappa) updates"""
+    batch_size: int = 5
+    """episodes per update"""
+    critic_lr: float = 1e-3
+    """Adam learning rate of the two critics"""
+    critic_updates: int = 4
+    """critic gradient steps per update"""
+    eta: float = 0.1
+    """kappa step size of the online-conformal update"""
+    kappa_init: float = 0.5
+    """initial threshold kappa"""
+    delta: float = 0.01
+    """trust-region radius: mean KL(pi_old || pi_new) per update"""
+    cg_iters: int = 10
+    """conjugate-gradient iterations for the natural gradient"""
+    cg_damping: float = 0.1
+    """damping added to Fisher-vector products"""
+    backtrack_iters: int = 10
+    """line-search halvings before an update is skipped"""
+    rho_bar: float = 2.0
+    """V-trace truncation of the importance weights in the TD errors"""
+    c_bar: float = 1.0
+    """V-trace truncation of the trace-cutting coefficients"""
+    gamma: float = 1.0
+    """discount (episodes are short; 1 keeps cost and coverage undiscounted)"""
+    hidden: int = 64
+    """hidden units of the policy and critic MLPs"""
+    layers: int = 3
+    """linear layers of the policy MLP"""
+    seed: int = 0
+    """seed of the networks and of batch sampling"""
+
+
+# --- 1. data -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Batchable:
+    """All steps of all episodes as tensors; ``starts``/``ends`` index each episode's steps."""
+
+    x: torch.Tensor  # (T, F) normalised features
+    action: torch.Tensor  # (T,) 1 = escalate
+    mu_escalate: torch.Tensor  # (T,) behaviour μ(escalate | o)
+    reward: torch.Tensor  # (T,) −cost / cost_scale
+    coverage: torch.Tensor  # (T,) 1{R = 1 ∨ R_M = 0} on the last step, else 0
+    draft_ok: torch.Tensor  # (T,) verdicts as 1.0 / 0.0 (None counts as not verified)
+    escalated_ok: torch.Tensor
+    starts: list[int]
+    ends: list[int]
+    episode_reward: list[int]
+    target_reward: list[int]
+
+
+def normalisation(episodes: Sequence[Episode], schema: FeatureSchema) -> tuple[list[float], list[float]]:
+    rows = torch.tensor([schema.vector(s.observation) for e in episodes for s in e.steps], dtype=torch.float64)
+    mean, std = [], []
+    for column in rows.T:
+        seen = column[~torch.isnan(column)]
+        m = float(seen.mean()) if seen.numel() else 0.0
+        sd = float(seen.std()) if seen.numel() > 1 else 1.0
+        mean.append(m)
+        std.append(sd if math.isfinite(sd) and sd > 1e-6 else 1.0)
+    return mean, std
+
+
+def to_tensors(episodes: Sequence[Episode], artifact: PolicyArtifact, cost_scale: float) -> Batchable:
+    steps = [(e, s) for e in episodes for s in e.steps]
+    starts, ends, position = [], [], 0
+    for e in episodes:
+        starts.append(position)
+        position += len(e.steps)
+        ends.append(position)
+    last = {end - 1 for end in ends}
+    return Batchable(
+        x=artifact.normalise([artifact.schema.vector(s.observation) for _, s in steps]),
+        action=torch.tensor([s.action for _, s in steps], dtype=torch.long),
+        mu_escalate=torch.tensor([s.behaviour_prob for _, s in steps], dtype=torch.float32),
+        reward=torch.tensor([-s.cost / cost_scale for _, s in steps], dtype=torch.float32),
+        coverage=torch.tensor(
+            [float(i in last and (e.reward == 1 or e.target_reward == 0)) for i, (e, _) in enumerate(steps)]
+        ),
+        draft_ok=torch.tensor([float(s.draft_correct is True) for _, s in steps]),
+        escalated_ok=torch.tensor([float(s.escalated_correct is True) for _, s in steps]),
+        starts=starts,
+        ends=ends,
+        episode_reward=[e.reward for e in episodes],
+        target_reward=[e.target_reward for e in episodes],
+    )
+
+
+# --- 2. V-trace ----------------------------------------------------------------------------------
+
+
+def vtrace_targets(rewards: torch.Tensor, values: torch.Tensor, bootstrap_value: float, rhos: torch.Tensor,
+                   cs: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """V-trace targets v_s and policy-gradient advantages for one episode (Espeholt et al. 2018).
+
+    δ_t = ρ_t (r_t + γ V(x_{t+1}) − V(x_t));  v_t = V(x_t) + δ_t + γ c_t (v_{t+1} − V(x_{t+1}));
+    A_t = ρ_t (r_t + γ v_{t+1} − V(x_t)), with V and v after the last step = ``bootstrap_value``.
+    ``rhos`` and ``cs`` are the already truncated importance weights.
+    """
+    n = rewards.shape[0]
+    next_values = torch.cat([values[1:], values.new_tensor([bootstrap_value])])
+    deltas = rhos * (rewards + gamma * next_values - values)
+    vs = torch.empty_like(values)
+    correction = values.new_tensor(0.0)  # v_{t+1} − V(x_{t+1})
+    for t in reversed(range(n)):
+        correction = deltas[t] + gamma * cs[t] * correction
+        vs[t] = values[t] + correction
+    next_vs = torch.cat([vs[1:], values.new_tensor([bootstrap_value])])
+    advantages = rhos * (rewards + gamma * next_vs - values)
+    return vs, advantages
+
+
+# --- 3. trust region -----------------------------------------------------------------------------
+
+
+def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int = 10,
+                       tol: float = 1e-10) -> torch.Tensor:
+    """Solve A x = b for a symmetric positive-definite A given only x ↦ A x."""
+    x = torch.zeros_like(b)
+    r, p = b.clone(), b.clone()
+    rr = r @ r
+    for _ in range(iters):
+        if rr < tol:
+            break
+        ap = matvec(p)
+        step = rr / (p @ ap + EPS)
+        x += step * p
+        r -= step * ap
+        rr_new = r @ r
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x
+
+
+def _flat_params(net: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.data.reshape(-1) for p in net.parameters()])
+
+
+def _set_flat_params(net: torch.nn.Module, flat: torch.Tensor) -> None:
+    offset = 0
+    for p in net.parameters():
+        p.data.copy_(flat[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
+
+
+def _flat_grad(y: torch.Tensor, net: torch.nn.Module, **kwargs) -> torch.Tensor:
+    grads = torch.autograd.grad(y, list(net.parameters()), **kwargs)
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def mean_kl(net: PolicyNetwork, x: torch.Tensor, old_log_probs: torch.Tensor) -> torch.Tensor:
+    """Mean KL(π_old || π_θ) over the observations."""
+    log_probs = torch.log_softmax(net(x), dim=-1)
+    return (old_log_probs.exp() * (old_log_probs - log_probs)).sum(-1).mean()
+
+
+def cpo_direction(g: torch.Tensor, b: torch.Tensor, c: float, hinv: Callable[[torch.Tensor], torch.Tensor],
+                  delta: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """The CPO step for: maximise gᵀx  s.t.  bᵀx + c ≤ 0,  ½ xᵀHx ≤ δ (Achiam et al. 2017, app. 10.2)."""
+    hg = hinv(g)
+    q = float(g @ hg)
+    if float(b @ b) < 1e-12:  # no constraint gradient: plain natural-gradient (TRPO) step
+        return math.sqrt(2 * delta / (q + EPS)) * hg, {"case": 4.0, "lagrange_multiplier": 0.0}
+    hb = hinv(b)
+    r, s = float(g @ hb), float(b @ hb)
+    A, B = q - r * r / (s + EPS), 2 * delta - c * c / (s + EPS)
+    if c < 0 and B < 0:  # the whole trust region is feasible: constraint inactive
+        return math.sqrt(2 * delta / (q + EPS)) * hg, {"case": 3.0, "lagrange_multiplier": 0.0}
+    if c > 0 and B < 0:  # infeasible: recover by decreasing the constraint violation only
+        return -math.sqrt(2 * delta / (s + EPS)) * hb, {"case": 0.0, "lagrange_multiplier": float("nan")}
+    # Both constraints may bind: solve the 1-D dual over λ.
+    bound = r / c if abs(c) > EPS else math.inf
+    interval_a, interval_b = ((0.0, bound), (bound, math.inf)) if c < 0 else ((bound, math.inf), (0.0, bound))
+
+    def project(value: float, interval: tuple[float, float]) -> float:
+        return max(interval[0], min(interval[1], value))
+
+    lam_a = project(math.sqrt(max(A, 0.0) / (B + EPS)), interval_a)
+    lam_b = project(math.sqrt(q / (2 * delta)), interval_b)
+    f_a = -0.5 * (A / (lam_a + EPS) + B * lam_a) - r * c / (s + EPS)
+    f_b = -0.5 * (q / (lam_b + EPS) + 2 * delta * lam_b)
+    lam = lam_a if f_a >= f_b else lam_b
+    nu = max(0.0, lam * c - r) / (s + EPS)
+    return (hg - nu * hb) / (lam + EPS), {"case": 1.0 if c >= 0 else 2.0, "lagrange_multiplier": nu}
+
+
+def trust_region_step(policy: PolicyNetwork, x: torch.Tensor, action: torch.Tensor, cost_adv: torch.Tensor,
+                      miss_adv: torch.Tensor, miss_value: float, args: CPOArgs) -> dict[str, float]:
+    """One CPO update of ``policy`` in place; returns the achieved KL and the dual's state.
+
+    ``cost_adv`` are advantages of the reward −cost (to increase); ``miss_adv`` advantages of the
+    constraint cost 1 − coverage, whose current value ``miss_value`` must stay ≤ α.
+    """
+    with torch.no_grad():
+        old_log_probs = torch.log_softmax(policy(x), dim=-1)
+    old_logp_a = old_log_probs.gather(1, action[:, None]).squeeze(1)
+
+    def surrogates() -> tuple[torch.Tensor, torch.Tensor]:
+        logp_a = torch.log_softmax(policy(x), dim=-1).gather(1, action[:, None]).squeeze(1)
+        ratio = torch.exp(logp_a - old_logp_a)
+        return (ratio * cost_adv).mean(), (ratio * miss_adv).mean()
+
+    objective, constraint = surrogates()
+    g = _flat_grad(objective, policy, retain_graph=True)
+    b = _flat_grad(constraint, policy)
+
+    def fisher_vector(v: torch.Tensor) -> torch.Tensor:
+        kl = mean_kl(policy, x, old_log_probs)
+        grad = _flat_grad(kl, policy, create_graph=True)
+        return _flat_grad(grad @ v, policy) + args.cg_damping * v
+
+    def hinv(v: torch.Tensor) -> torch.Tensor:
+        return conjugate_gradient(fisher_vector, v, args.cg_iters)
+
+    c = miss_value - args.alpha
+    direction, info = cpo_direction(g, b, c, hinv, args.delta)
+    old_params = _flat_params(policy)
+    accepted, kl_value = False, 0.0
+    for shrink in (0.5**i for i in range(args.backtrack_iters)):
+        _set_flat_params(policy, old_params + shrink * direction)
+        with torch.no_grad():
+            kl_value = float(mean_kl(policy, x, old_log_probs))
+            new_objective, new_constraint = surrogates()
+        improves = float(new_objective) >= objective.item() - 1e-8 if info["case"] != 0.0 else True
+        keeps_constraint = float(new_constraint) - constraint.item() <= max(-c, 0.0) + 1e-8
+        if kl_value <= args.delta and improves and keeps_constraint:
+            accepted = True
+            break
+    if not accepted:
+        _set_flat_params(policy, old_params)
+        kl_value = 0.0
+    return {"kl": kl_value, "accepted": float(accepted), **info}
+
+
+# --- 4. κ ---------------------------------------------------------------------------------------
+
+
+def update_kappa(kappa: float, miss: bool, alpha: float, eta: float) -> float:
+    """Online-conformal step in the gate convention: a miss lowers κ (more escalation)."""
+    return min(1.0, max(0.0, kappa - eta * (float(miss) - alpha)))
+
+
+def gate_choices(data: Batchable, episode: int, policy: PolicyNetwork, kappa: float) -> torch.Tensor:
+    """Γ(o_t) = 1{π(escalate | o_t) ≥ κ} on every recorded step of one episode."""
+    lo, hi = data.starts[episode], data.ends[episode]
+    with torch.no_grad():
+        return (policy.escalate_probability(data.x[lo:hi]) >= kappa).long()
+
+
+def surrogate_miss(data: Batchable, episode: int, policy: PolicyNetwork, kappa: float) -> bool:
+    """Local-verification surrogate of a miss for the threshold policy on a recorded episode.
+
+    Covered when R_M = 0, or every step Γ keeps (the draft, or the escalated step) is verified
+    correct, or Γ repeats the behaviour's actions exactly and the recorded answer was right.
+    """
+    if data.target_reward[episode] == 0:
+        return False
+    lo, hi = data.starts[episode], data.ends[episode]
+    choice = gate_choices(data, episode, policy, kappa)
+    verified = torch.where(choice == 1, data.escalated_ok[lo:hi], data.draft_ok[lo:hi])
+    if bool((verified == 1).all()):
+        return False
+    same_actions = bool((choice == data.action[lo:hi]).all())
+    return not (same_actions and data.episode_reward[episode] == 1)
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+def _critic(n_features: int, hidden: int) -> torch.nn.Module:
+    return torch.nn.Sequential(
+        torch.nn.Linear(n_features, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, hidden), torch.nn.Tanh(),
+        torch.nn.Linear(hidden, 1),
+    )
+
+
+def train_policy(episodes: Sequence[Episode], args: CPOArgs = CPOArgs(), schema: FeatureSchema = CONFIDENCE_SCHEMA,
+                 progress: bool = True, log: Callable[[int, dict], None] | None = None
+                 ) -> tuple[PolicyArtifact, list[dict[str, float]]]:
+    """Train π and κ on behaviour episodes; return the policy artifact and per-step metrics."""
+    episodes = [e for e in episodes if e.steps]
+    if not episodes:
+        raise ValueError("train_policy needs at least one episode with steps; collect traces first.")
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    mean, std = normalisation(episodes, schema)
+    policy = PolicyNetwork(len(schema.names), args.hidden, args.layers)
+    artifact = PolicyArtifact(policy, args.kappa_init, args.alpha, schema, mean, std, args.hidden, args.layers)
+    cost_scale = sum(e.target_flops for e in episodes) / len(episodes) or 1.0
+    data = to_tensors(episodes, artifact, cost_scale)
+    cost_critic, coverage_critic = _critic(len(schema.names), args.hidden), _critic(len(schema.names), args.hidden)
+    optimiser = torch.optim.Adam([*cost_critic.parameters(), *coverage_critic.parameters()], lr=args.critic_lr)
+    kappa = args.kappa_init
+    history: list[dict[str, float]] = []
+    for step in tqdm(range(args.steps), desc="cpo", disable=not progress):
+        batch = rng.sample(range(len(episodes)), min(args.batch_size, len(episodes)))
+        index = torch.cat([torch.arange(data.starts[e], data.ends[e]) for e in batch])
+        x, action = data.x[index], data.action[index]
+        with torch.no_grad():
+            pi_a = torch.softmax(policy(x), dim=-1).gather(1, action[:, None]).squeeze(1)
+            mu_a = torch.where(action == 1, data.mu_escalate[index], 1 - data.mu_escalate[index]).clamp_min(1e-3)
+            ratio = pi_a / mu_a
+            rhos, cs = ratio.clamp(max=args.rho_bar), ratio.clamp(max=args.c_bar)
+        # Critics on V-trace targets (recomputed after each critic step).
+        for _ in range(args.critic_updates):
+            with torch.no_grad():
+                v_cost, v_cov = cost_critic(x).squeeze(1), coverage_critic(x).squeeze(1)
+                targets = _episode_targets(data, batch, v_cost, v_cov, rhos, cs, args.gamma)
+            loss_cost = ((cost_critic(x).squeeze(1) - targets["vs_cost"]) ** 2).mean()
+            loss_cov = ((coverage_critic(x).squeeze(1) - targets["vs_coverage"]) ** 2).mean()
+            optimiser.zero_grad()
+            (loss_cost + loss_cov).backward()
+            optimiser.step()
+        with torch.no_grad():
+            v_cost, v_cov = cost_critic(x).squeeze(1), coverage_critic(x).squeeze(1)
+            targets = _episode_targets(data, batch, v_cost, v_cov, rhos, cs, args.gamma)
+        cost_adv = targets["adv_cost"]
+        miss_adv = -targets["adv_coverage"]  # constraint cost = 1 − coverage
+        miss_value = 1.0 - float(targets["start_coverage"].mean().clamp(0, 1))
+        step_info = trust_region_step(policy, x, action, cost_adv, miss_adv, miss_value, args)
+        misses = [surrogate_miss(data, e, policy, kappa) for e in batch]
+        for miss in misses:
+            kappa = update_kappa(kappa, miss, args.alpha, args.eta)
+        with torch.no_grad():
+            escalate_rate = float((policy.escalate_probability(data.x) >= kappa).float().mean())
+        metrics = {
+            "losses/critic_cost": float(loss_cost),
+            "losses/critic_constraint": float(loss_cov),
+            "charts/kappa": kappa,
+            "charts/kl": step_info["kl"],
+            "charts/accepted": step_info["accepted"],
+            "charts/cpo_case": step_info["case"],
+            "charts/lagrange_multiplier": step_info["lagrange_multiplier"],
+            "charts/estimated_miss": miss_value,
+            "charts/batch_misses": float(sum(misses)),
+            "charts/escalation_rate": escalate_rate,
+        }
+        history.append(metrics)
+        if log is not None:
+            log(step, metrics)
+    artifact.kappa = kappa
+    artifact.training = {
+        "algorithm": "cpo+online-conformal-kappa",
+        "args": asdict(args),
+        "episodes": len(episodes),
+        "cost_scale_flops": cost_scale,
+        "final_escalation_rate": history[-1]["charts/escalation_rate"],
+        "surrogate_coverage": surrogate_coverage(data, policy, kappa),
+    }
+    policy.eval()
+    return artifact, history
+
+
+def surrogate_coverage(data: Batchable, policy: PolicyNetwork, kappa: float) -> float:
+    """1 − the surrogate miss rate of Γ over all episodes of ``data``."""
+    n = len(data.starts)
+    return 1.0 - sum(surrogate_miss(data, e, policy, kappa) for e in range(n)) / n
+
+
+def _episode_targets(data: Batchable, batch: Sequence[int], v_cost: torch.Tensor, v_cov: torch.Tensor,
+                     rhos: torch.Tensor, cs: torch.Tensor, gamma: float) -> dict[str, torch.Tensor]:
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("vs_cost", "adv_cost", "vs_coverage", "adv_coverage")}
+    starts = []
+    offset = 0
+    for e in batch:
+        lo, hi = data.starts[e], data.ends[e]
+        sl = slice(offset, offset + hi - lo)
+        starts.append(offset)
+        vs, adv = vtrace_targets(data.reward[lo:hi], v_cost[sl], 0.0, rhos[sl], cs[sl], gamma)
+        out["vs_cost"].append(vs)
+        out["adv_cost"].append(adv)
+        vs, adv = vtrace_targets(data.coverage[lo:hi], v_cov[sl], 0.0, rhos[sl], cs[sl], gamma)
+        out["vs_coverage"].append(vs)
+        out["adv_coverage"].append(adv)
+        offset += hi - lo
+    result = {k: torch.cat(v) for k, v in out.items()}
+    result["start_coverage"] = result["vs_coverage"][starts]
+    return result

@@ -1,0 +1,73 @@
+"""Evaluate gates live in the graph (not on replays), side by side on the same problems and seeds.
+
+Relative coverage is P(R_routed = 1 ∨ R_M = 0): the routed system is right whenever the
+strongest tier alone (the ``target`` row, run in the same evaluation with the same seeds) is.
+A/C is accuracy per mean cost, with cost in MFLOPs (generated tokens, 2·N per token).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tqdm import tqdm
+
+from stepgraph.answers import is_correct
+from stepgraph.context import RouterContext
+from stepgraph.gates import AlwaysDraftGate, AlwaysTargetGate
+from stepgraph.gates.base import Gate
+from stepgraph.graph import build_graph
+from stepgraph.models.base import StepModel
+from training.collect import Item
+
+
+def run_gate(tiers: Sequence[StepModel], gate: Gate, items: Sequence[Item], *, seed: int, temperature: float,
+             desc: str = "", progress: bool = True) -> list[dict[str, Any]]:
+    """One row per item: correctness, FLOPs, steps and escalations of the routed run."""
+    graph = build_graph(tiers, gate)
+    rows = []
+    for i, item in enumerate(tqdm(items, desc=desc, disable=not progress)):
+        state = graph.invoke({"question": item.question}, context=RouterContext(seed=seed * 100_003 + i, temperature=temperature))
+        rows.append(
+            {
+                "problem_id": item.problem_id,
+                "correct": int(is_correct(state["answer"], item.reference)),
+                "flops": state["totals"]["flops"],
+                "prefill_flops": state["totals"]["prefill_flops"],
+                "usd": state["totals"]["usd"],
+                "steps": len(state["steps"]),
+                "escalated_steps": sum(s["escalated"] for s in state["steps"]),
+            }
+        )
+    return rows
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], target_rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Accuracy, relative coverage against the target rows, escalation rate, FLOPs and A/C."""
+    n = len(rows)
+    accuracy = sum(r["correct"] for r in rows) / n
+    coverage = sum(1 for r, t in zip(rows, target_rows) if r["correct"] or not t["correct"]) / n
+    flops = sum(r["flops"] for r in rows) / n
+    return {
+        "accuracy": round(accuracy, 4),
+        "relative_coverage": round(coverage, 4),
+        "escalation_rate": round(sum(r["escalated_steps"] for r in rows) / max(1, sum(r["steps"] for r in rows)), 4),
+        "mean_flops": flops,
+        "mean_prefill_flops": sum(r["prefill_flops"] for r in rows) / n,
+        "a_over_c_per_mflop": round(accuracy / (flops / 1e6), 5) if flops else float("nan"),
+    }
+
+
+def evaluate_gates(tiers: Sequence[StepModel], gates: Mapping[str, Gate], items: Sequence[Item], *, seed: int = 0,
+                   temperature: float = 0.7, progress: bool = True) -> dict[str, dict[str, float]]:
+    """Run target-only, draft-only and every given gate on the same items; summarise each."""
+    runs = {"target": AlwaysTargetGate(), "draft": AlwaysDraftGate(), **gates}
+    rows = {name: run_gate(tiers, gate, items, seed=seed, temperature=temperature, desc=name, progress=progress)
+            for name, gate in runs.items()}
+    target_flops = sum(r["flops"] for r in rows["target"]) / len(items)
+    report = {}
+    for name, gate_rows in rows.items():
+        summary = summarize(gate_rows, rows["target"])
+        summary["flops_vs_target"] = round(summary["mean_flops"] / target_flops, 4)
+        report[name] = summary
+    return report
