@@ -14,7 +14,7 @@ from stepgraph.gates import make_gate
 from stepgraph.gates.base import Gate
 
 DEFAULT_POLICY_DIR = Path(__file__).parent / "policies" / "default"
-DEFAULT_CONFIDENCE_THRESHOLD = 12.0
+DEFAULT_CONFIDENCE_THRESHOLD = 16.0
 
 
 def default_gate_name() -> str:

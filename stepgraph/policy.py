@@ -9,6 +9,7 @@ refuses a directory whose files are missing, corrupted, or of another feature sc
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -42,7 +43,7 @@ class PolicyNetwork(torch.nn.Module):
         super().__init__()
         widths = [n_features] + [hidden] * (layers - 1) + [2]
         modules: list[torch.nn.Module] = []
-        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(widths)):
             modules.append(torch.nn.Linear(a, b))
             if i < len(widths) - 2:
                 modules.append(torch.nn.Tanh())

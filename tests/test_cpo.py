@@ -59,7 +59,7 @@ def test_a_miss_raises_the_escalation_rate():
     torch.manual_seed(0)
     net = PolicyNetwork(3)
     x = torch.randn(500, 3)
-    rate = lambda kappa: float((net.escalate_probability(x).detach() >= kappa).float().mean())  # noqa: E731
+    rate = lambda kappa: float((net.escalate_probability(x).detach() >= kappa).float().mean())
     with torch.no_grad():
         kappa = float(net.escalate_probability(x).median())
     after_miss = cpo.update_kappa(kappa, miss=True, alpha=0.02, eta=0.1)

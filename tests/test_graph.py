@@ -6,6 +6,8 @@ from scripted import ScriptedModel
 
 from stepgraph.context import RouterContext
 from stepgraph.errors import BadQuestionError
+from stepgraph.gates import AlwaysDraftGate as NeverGate
+from stepgraph.gates import AlwaysTargetGate as AlwaysGate
 from stepgraph.gates.base import Gate, GateInput
 from stepgraph.graph import build_graph
 from stepgraph.nodes import RoutingNodes
@@ -22,22 +24,6 @@ class BelowGate(Gate):
 
     def score(self, x: GateInput) -> float:
         return 5.0 - (x.observation["logit_confidence"] or 0.0)
-
-
-class NeverGate(Gate):
-    name = "never"
-    threshold = 1.0
-
-    def score(self, x: GateInput) -> float:
-        return 0.0
-
-
-class AlwaysGate(Gate):
-    name = "always"
-    threshold = 0.0
-
-    def score(self, x: GateInput) -> float:
-        return 1.0
 
 
 def _pair(draft_conf=10.0, draft_script=SOLUTION):

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from stepgraph.defaults import DEFAULT_CONFIDENCE_THRESHOLD
 from stepgraph.errors import StepgraphError
 from stepgraph.gates import PolicyGate
 from stepgraph.testbed import load_pair, task
@@ -32,7 +31,7 @@ def _collect(args: argparse.Namespace) -> dict:
     verifier = TestbedVerifier(task.generate(args.split, args.problems, seed=args.seed))
     with TraceStore(args.store) as store:
         return collect(
-            store, items, load_pair, verifier, split=args.split, threshold=args.threshold, epsilon=args.epsilon,
+            store, items, load_pair, verifier, split=args.split, threshold=args.threshold, feature=args.feature, epsilon=args.epsilon,
             seed=args.seed, temperature=args.temperature, workers=args.workers,
         )
 
@@ -74,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--split", default="train", choices=["train", "calibration", "test"], help="testbed split (default: %(default)s)")
     c.add_argument("--problems", type=int, default=400, help="problems to collect (default: %(default)s)")
     c.add_argument("--seed", type=int, default=0, help="problem and sampling seed (default: %(default)s)")
-    c.add_argument("--threshold", type=float, default=DEFAULT_CONFIDENCE_THRESHOLD, help="behaviour gate's confidence threshold (default: %(default)s)")
+    c.add_argument("--threshold", type=float, default=0.9, help="behaviour gate's confidence threshold (default: %(default)s)")
+    c.add_argument("--feature", default="api_confidence", choices=["api_confidence", "logit_confidence"],
+                   help="confidence feature of the behaviour gate (default: %(default)s)")
     c.add_argument("--epsilon", type=float, default=0.3, help="behaviour gate's exploration rate (default: %(default)s)")
     c.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default: %(default)s)")
     c.add_argument("--workers", type=int, default=1, help="problems run concurrently, each worker with its own models (default: %(default)s)")

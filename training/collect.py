@@ -104,7 +104,8 @@ def collect(
     verifier: StepVerifier,
     *,
     split: str = "train",
-    threshold: float = 12.0,
+    threshold: float = 0.9,
+    feature: str = "api_confidence",
     epsilon: float = 0.3,
     seed: int = 0,
     temperature: float = 0.7,
@@ -114,7 +115,7 @@ def collect(
     """Collect episodes for the items not yet in ``store``; each worker owns its own models.
 
     The behaviour gate explores around a confidence threshold: with probability ``epsilon`` a
-    uniformly random action, else escalate iff the STEER confidence is below ``threshold``.
+    uniformly random action, else escalate iff the confidence ``feature`` is below ``threshold``.
     """
     done = store.problem_ids()
     todo = [(i, item) for i, item in enumerate(items) if item.problem_id not in done]
@@ -123,7 +124,7 @@ def collect(
     store.set_meta("models", [{"name": m.name, "parameters": m.n_params} for m in worker_tiers[0]])
 
     def run(slot: int, index: int, item: Item) -> Episode:
-        behaviour = ExploringGate(ConfidenceThresholdGate(threshold), epsilon=epsilon, seed=seed * 100_003 + index)
+        behaviour = ExploringGate(ConfidenceThresholdGate(threshold, feature), epsilon=epsilon, seed=seed * 100_003 + index)
         return collect_episode(worker_tiers[slot], behaviour, verifier, item, seed=seed * 100_003 + index, temperature=temperature)
 
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"collect {split}", disable=not progress)

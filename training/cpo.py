@@ -320,10 +320,11 @@ def _critic(n_features: int, hidden: int) -> torch.nn.Module:
     )
 
 
-def train_policy(episodes: Sequence[Episode], args: CPOArgs = CPOArgs(), schema: FeatureSchema = CONFIDENCE_SCHEMA,
+def train_policy(episodes: Sequence[Episode], args: CPOArgs | None = None, schema: FeatureSchema = CONFIDENCE_SCHEMA,
                  progress: bool = True, log: Callable[[int, dict], None] | None = None
                  ) -> tuple[PolicyArtifact, list[dict[str, float]]]:
     """Train π and κ on behaviour episodes; return the policy artifact and per-step metrics."""
+    args = args or CPOArgs()
     episodes = [e for e in episodes if e.steps]
     if not episodes:
         raise ValueError("train_policy needs at least one episode with steps; collect traces first.")

@@ -27,7 +27,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from stepgraph.errors import TraceStoreError
 from training.records import Episode
@@ -78,7 +78,7 @@ class TraceStore:
     def close(self) -> None:
         self._db.close()
 
-    def __enter__(self) -> TraceStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -60,7 +60,7 @@ def fit_mixture(scores: Sequence[float], iterations: int = 200) -> Mixture:
         if converged:
             break
     order = np.argsort(means)
-    return Mixture(tuple(weights[order]), tuple(means[order]), tuple(variances[order]))  # type: ignore[arg-type]
+    return Mixture(*(tuple(float(v) for v in arr[order]) for arr in (weights, means, variances)))  # type: ignore[arg-type]
 
 
 class StepwiseGMMGate(Gate):
@@ -84,14 +84,13 @@ class StepwiseGMMGate(Gate):
         for step, scores in scores_by_step.items():
             buckets.setdefault(min(step, max_step_buckets - 1), []).extend(scores)
         pooled = fit_mixture([s for scores in buckets.values() for s in scores])
-        mixtures = {b: fit_mixture(s) for b, s in buckets.items() if len(s) >= min_scores}
+        mixtures = {b: fit_mixture(s) if len(s) >= min_scores else pooled for b, s in buckets.items()}
         return cls(mixtures, pooled, threshold, feature)
 
     def mixture_for(self, step_index: int) -> Mixture:
         if not self.mixtures:
             return self.pooled
-        bucket = min(step_index, max(self.mixtures)) if step_index > max(self.mixtures) else step_index
-        return self.mixtures.get(bucket, self.pooled)
+        return self.mixtures.get(min(step_index, max(self.mixtures)), self.pooled)
 
     def score(self, x: GateInput) -> float:
         confidence = x.observation.get(self.feature)

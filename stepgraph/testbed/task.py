@@ -36,7 +36,7 @@ ADD_TEMPLATES = ["{p} gets {k} more.", "{p} finds {k} more.", "{p} buys {k} more
 SUB_TEMPLATES = ["{p} gives away {k}.", "{p} loses {k}.", "{p} sells {k}."]
 MUL_TEMPLATES = ["{p} multiplies them by {k}."]
 # Ten hash buckets per problem: 0-7 train, 8 calibration, 9 test.
-_SPLIT_BUCKETS: dict[Split, range] = {"train": range(0, 8), "calibration": range(8, 9), "test": range(9, 10)}
+_SPLIT_BUCKETS: dict[Split, range] = {"train": range(8), "calibration": range(8, 9), "test": range(9, 10)}
 _EQUATION = re.compile(r"^(\d+)([+\-*])(\d+)=(\d+)$")
 _BOXED_STEP = re.compile(r"^\\boxed\{(\d+)\}$")
 

@@ -29,8 +29,8 @@ from stepgraph.testbed.tokenizer import build_tokenizer
 
 # Head size 32 for both: the smallest vLLM's CPU attention accepts.
 ARCHITECTURES = {
-    "draft": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2),
-    "target": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4),
+    "draft": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2},
+    "target": {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4},
 }
 
 

@@ -1,0 +1,1 @@
+"""Ready-made compiled graphs (``langgraph.json`` points here)."""

@@ -1,0 +1,78 @@
+"""Policy artifacts: round trip, and clear errors for corrupted or mismatched files."""
+
+import json
+
+import pytest
+import torch
+
+from stepgraph.errors import PolicyFileError
+from stepgraph.features import CONFIDENCE_SCHEMA, FeatureSchema
+from stepgraph.gates import PolicyGate
+from stepgraph.gates.base import GateInput
+from stepgraph.models.base import StepOutput
+from stepgraph.policy import PolicyArtifact, PolicyNetwork
+
+STEP = StepOutput("1+1=2", ["1"], [9.0], [[("1", -0.1)]], 10, 0, 1, False, "m")
+
+
+def _artifact(kappa: float = 0.5) -> PolicyArtifact:
+    n = len(CONFIDENCE_SCHEMA.names)
+    net = PolicyNetwork(n)
+    with torch.no_grad():  # π(escalate) falls with logit_confidence: logit gap = −4·z
+        for p in net.parameters():
+            p.zero_()
+        net.net[0].weight[0, 0] = 1.0
+        net.net[2].weight[0, 0] = 1.0
+        net.net[4].weight[1, 0] = -4.0
+    return PolicyArtifact(net, kappa, 0.02, CONFIDENCE_SCHEMA, [8.0] + [0.0] * (n - 1), [1.0] * n)
+
+
+def _x(confidence: float) -> GateInput:
+    obs = {n: None for n in CONFIDENCE_SCHEMA.names} | {"logit_confidence": confidence}
+    return GateInput("q", (), STEP, obs)
+
+
+def test_policy_gate_escalates_iff_probability_reaches_kappa(tmp_path):
+    _artifact(kappa=0.5).save(tmp_path)
+    gate = PolicyGate.from_path(tmp_path)
+    assert gate.threshold == 0.5
+    low, high = gate.decide(_x(6.0)), gate.decide(_x(10.0))
+    assert low.escalate and low.score > 0.5 and not high.escalate and high.score < 0.5
+
+
+def test_other_feature_schema_is_refused(tmp_path):
+    _artifact().save(tmp_path)
+    manifest = json.loads((tmp_path / "policy.json").read_text())
+    manifest["feature_schema"]["version"] = 99
+    (tmp_path / "policy.json").write_text(json.dumps(manifest))
+    with pytest.raises(PolicyFileError, match="feature schema"):
+        PolicyGate.from_path(tmp_path)
+    other = FeatureSchema("other", 1, ["a"])
+    _artifact().save(tmp_path / "b")
+    with pytest.raises(PolicyFileError, match="Retrain"):
+        PolicyArtifact.load(tmp_path / "b", expected_schema=other)
+
+
+def test_corrupted_weights_are_refused(tmp_path):
+    _artifact().save(tmp_path)
+    data = bytearray((tmp_path / "policy.safetensors").read_bytes())
+    data[-5] ^= 0xFF
+    (tmp_path / "policy.safetensors").write_bytes(bytes(data))
+    with pytest.raises(PolicyFileError, match="corrupted"):
+        PolicyGate.from_path(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["missing_weights", "bad_json", "truncated_json", "wrong_format"])
+def test_broken_manifests_are_refused(tmp_path, damage):
+    _artifact().save(tmp_path)
+    manifest = tmp_path / "policy.json"
+    if damage == "missing_weights":
+        (tmp_path / "policy.safetensors").unlink()
+    elif damage == "bad_json":
+        manifest.write_text("{not json")
+    elif damage == "truncated_json":
+        manifest.write_text(manifest.read_text()[:40])
+    else:
+        manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"format": "pickle"}))
+    with pytest.raises(PolicyFileError):
+        PolicyArtifact.load(tmp_path)

@@ -1,0 +1,69 @@
+"""collect → train → evaluate on a few problems with the shipped pair, and a killed collection."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from stepgraph.gates import PolicyGate
+from stepgraph.graph import build_graph
+from stepgraph.testbed import load_pair
+from training.__main__ import main
+from training.store import TraceStore
+
+
+def test_collect_train_evaluate(tmp_path, capsys):
+    store, policy = tmp_path / "traces.sqlite", tmp_path / "policy"
+    assert main(["collect", "--store", str(store), "--problems", "4", "--seed", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["collected"] == 4
+    assert main(["collect", "--store", str(store), "--problems", "6", "--seed", "3"]) == 0  # resumes
+    assert json.loads(capsys.readouterr().out) == {"collected": 2, "skipped": 4, "total": 6}
+    with TraceStore(store) as s:
+        episodes = list(s.episodes())
+    for e in episodes:
+        assert e.steps and all(0.0 < st.behaviour_prob < 1.0 for st in e.steps)
+        assert all(st.escalated is not None and st.escalated_correct is not None for st in e.steps)
+        assert all(st.cost == pytest.approx(st.draft_flops + st.action * st.escalate_flops) for st in e.steps)
+        assert e.target_flops > 0 and e.reward in (0, 1) and e.target_reward in (0, 1)
+    assert main(["train", "--store", str(store), "--out", str(policy), "--steps", "20"]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert 0.0 <= trained["kappa"] <= 1.0 and trained["episodes"] == 6
+    assert len((policy / "metrics.jsonl").read_text().splitlines()) == 20
+    result = build_graph(load_pair(), PolicyGate.from_path(policy)).invoke({"question": episodes[0].question})
+    assert result["stop_reason"] in ("final_answer", "max_steps")
+    assert main(["evaluate", "--policy", str(policy), "--splits", "calibration", "--problems", "3"]) == 0
+    report = json.loads(capsys.readouterr().out)["calibration"]
+    assert set(report) == {"target", "draft", "policy"}
+    assert report["draft"]["escalation_rate"] == 0.0 and report["target"]["escalation_rate"] == 1.0
+    assert report["target"]["relative_coverage"] == 1.0
+
+
+def test_train_on_a_missing_store_fails_clearly(tmp_path, capsys):
+    assert main(["train", "--store", str(tmp_path / "none.sqlite"), "--out", str(tmp_path / "p")]) == 2
+    assert "collect" in capsys.readouterr().err
+
+
+def test_killed_collection_keeps_finished_episodes_and_resumes(tmp_path):
+    store = tmp_path / "traces.sqlite"
+    command = [sys.executable, "-m", "training", "collect", "--store", str(store), "--problems", "40"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    finished = 0
+    while time.time() < deadline and finished < 2:
+        time.sleep(0.5)
+        if store.exists():
+            with TraceStore(store) as s:
+                finished = len(s)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert finished >= 2, "collection wrote nothing in time"
+    with TraceStore(store) as s:
+        kept = len(s)
+        assert kept >= finished and all(e.steps for e in s.episodes())
+    assert main(["collect", "--store", str(store), "--problems", str(kept + 1)]) == 0
+    with TraceStore(store) as s:
+        assert len(s) == kept + 1
