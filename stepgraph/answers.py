@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+
 from math_verify import parse, verify
+
+TIMEOUT_SECONDS = 5
 
 
 def extract_boxed(text: str) -> str | None:
@@ -30,6 +34,9 @@ def is_correct(predicted: str | None, reference: str) -> bool:
     """Whether a predicted final answer equals the reference, mathematically (math-verify)."""
     if predicted is None or not predicted.strip():
         return False
-    gold = parse(f"${reference}$") or parse(reference)
-    guess = parse(f"\\boxed{{{predicted}}}")
-    return bool(gold and guess and verify(gold, guess))
+    # math-verify's timeout uses SIGALRM, which only the main thread may set; elsewhere
+    # (collection workers, async executors) it runs without one.
+    timeout = TIMEOUT_SECONDS if threading.current_thread() is threading.main_thread() else None
+    gold = parse(f"${reference}$", parsing_timeout=timeout) or parse(reference, parsing_timeout=timeout)
+    guess = parse(f"\\boxed{{{predicted}}}", parsing_timeout=timeout)
+    return bool(gold and guess and verify(gold, guess, timeout_seconds=timeout))

@@ -94,7 +94,7 @@ def _solve(args: argparse.Namespace) -> int:
         conf = step["observation"].get("logit_confidence")
         score = step["gate_score"]
         info = f"conf {conf:.2f}" if conf is not None else "conf n/a"
-        info += f", gate {score:.3f}" if score is not None else ""
+        info += f", gate {score:.3g}" if score is not None else ""
         print(f"[{step['index'] + 1}] tier {step['tier']} ({step['model']}; {info})")
         if step["escalated"]:
             print(f"    draft replaced: {step['draft']!r}")
@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="stepgraph",
         description="Stepwise model routing: a small model drafts each reasoning step, a gate decides "
         "whether a larger model regenerates it.",
+        epilog="Run `stepgraph solve --help` for every routing option and its default.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     solve = sub.add_parser("solve", help="answer a question with the routed graph", description="Answer QUESTION step by step.")

@@ -24,8 +24,9 @@ def default_gate_name() -> str:
 def resolve_gate(name: str | None = None, **options: Any) -> Gate:
     """Make a gate by name with the embedded defaults filled in (policy file, threshold)."""
     name = name or default_gate_name()
+    options = {k: v for k, v in options.items() if v is not None}
     if name == "policy":
         options.setdefault("path", DEFAULT_POLICY_DIR)
     if name == "threshold":
         options.setdefault("threshold", DEFAULT_CONFIDENCE_THRESHOLD)
-    return make_gate(name, **{k: v for k, v in options.items() if v is not None})
+    return make_gate(name, **options)

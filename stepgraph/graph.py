@@ -48,7 +48,7 @@ def build_graph(
         >>> from stepgraph.gates import AlwaysDraftGate
         >>> from stepgraph.testbed import load_pair
         >>> graph = build_graph(load_pair(), AlwaysDraftGate())
-        >>> result = graph.invoke({"question": "Ann has 3 coins. She gets 2 more. How many coins does she have?"})
+        >>> result = graph.invoke({"question": "Ann has 3 coins. She gets 2 more. She buys 4 more. How many coins does she have?"})
         >>> result["stop_reason"]
         'final_answer'
     """

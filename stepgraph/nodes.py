@@ -187,6 +187,11 @@ class RoutingNodes:
             stop_reason = "max_steps"
         elif context.budget_flops is not None and totals["flops"] >= context.budget_flops:
             stop_reason = "budget"
+        runtime.stream_writer(  # stream_mode="custom": one event per decided step
+            {"event": "step", "index": step["index"], "tier": step["tier"], "model": step["model"],
+             "text": step["text"], "escalated": step["escalated"], "confidence": step["observation"].get("logit_confidence"),
+             "gate_score": step["gate_score"], "flops_so_far": totals["flops"], "usd_so_far": totals["usd"]}
+        )
         return {
             "steps": [step],
             "candidate": None,

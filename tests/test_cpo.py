@@ -113,3 +113,34 @@ def test_artifact_round_trip_keeps_decisions(tmp_path):
     obs = {n: None for n in CONFIDENCE_SCHEMA.names} | {"logit_confidence": 5.0}
     assert loaded.escalate_probability(obs) == pytest.approx(artifact.escalate_probability(obs))
     assert loaded.kappa == artifact.kappa
+
+
+def test_calibration_picks_the_largest_kappa_meeting_the_bound():
+    rng = random.Random(2)
+    episodes = [_episode(rng, i) for i in range(200)]
+    calibration = [_episode(rng, 500 + i) for i in range(300)]
+    artifact, _ = cpo.train_policy(episodes, cpo.CPOArgs(steps=60, seed=1), progress=False, calibration=calibration)
+    summary = artifact.training
+    assert summary["calibrated_kappa"] == artifact.kappa and summary["calibration_episodes"] == 300
+    data = cpo.to_tensors(calibration, artifact, cost_scale=1.0)
+    n, allowed = 300, int(0.02 * 301) - 1
+    misses = round((1 - cpo.surrogate_coverage(data, artifact.network, artifact.kappa)) * n)
+    assert misses <= allowed
+    # Brute force over every distinct π value: no larger candidate meets the bound.
+    kappa, _ = cpo.calibrate_kappa(data, artifact.network, 0.02, max_candidates=10**6)
+    with torch.no_grad():
+        probs = artifact.network.escalate_probability(data.x)
+    for candidate in {float(p) for p in probs if p > kappa}:
+        assert round((1 - cpo.surrogate_coverage(data, artifact.network, candidate)) * n) > allowed
+
+
+def test_surrogate_stops_where_the_gate_leaves_the_recorded_trajectory():
+    steps = [
+        StepRecord(0, {"logit_confidence": 1.0}, 0, 0.5, "bad", "good", False, True, 1.0, 4.0, 1.0),
+        StepRecord(1, {"logit_confidence": 9.0}, 0, 0.5, "x", "y", False, False, 1.0, 4.0, 1.0),  # after a bad prefix
+    ]
+    episode = Episode("p", "q", "1", steps, reward=0, target_reward=1, target_flops=8.0)
+    artifact = cpo.train_policy([episode], cpo.CPOArgs(steps=1), progress=False)[0]
+    data = cpo.to_tensors([episode], artifact, cost_scale=1.0)
+    assert not cpo.episode_miss(data, 0, torch.tensor([1, 0]))  # Γ fixes step 0: later records are off its path
+    assert cpo.episode_miss(data, 0, torch.tensor([0, 0]))  # Γ keeps the wrong draft

@@ -79,3 +79,11 @@ def test_is_correct_uses_math_verify():
     assert is_correct("42", "42.0")
     assert not is_correct("41", "42")
     assert not is_correct(None, "42") and not is_correct("", "42")
+
+
+def test_is_correct_works_off_the_main_thread():
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(is_correct, "42", "42").result()
+        assert not pool.submit(is_correct, "41", "42").result()

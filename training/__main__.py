@@ -40,6 +40,7 @@ def _train(args: argparse.Namespace) -> dict:
     cpo_args = dataclass_from_args(CPOArgs, args)
     with TraceStore(args.store, create=False) as store:
         episodes = list(store.episodes(split=args.split))
+        calibration = list(store.episodes(split=args.calibration_split)) if args.calibration_split else []
         models = store.meta("models")
     if not episodes:
         raise StepgraphError(f"{args.store} holds no {args.split} episodes; run `python -m training collect` first.")
@@ -47,12 +48,15 @@ def _train(args: argparse.Namespace) -> dict:
     metrics_file = args.out / "metrics.jsonl"
     args.out.mkdir(parents=True, exist_ok=True)
     with metrics_file.open("w") as log:
-        artifact, _ = train_policy(episodes, cpo_args, log=lambda step, m: log.write(json.dumps({"step": step, **m}) + "\n"))
+        artifact, _ = train_policy(episodes, cpo_args, calibration=calibration,
+                                   log=lambda step, m: log.write(json.dumps({"step": step, **m}) + "\n"))
     artifact.models = {"tiers": models or []}
     artifact.training = {**artifact.training, "store": str(args.store), "episodes": len(episodes), "seconds": round(time.time() - started, 1)}
     artifact.save(args.out)
+    keys = ("online_kappa", "calibration_episodes", "calibration_surrogate_miss", "surrogate_coverage", "escalation_rate")
     return {"out": str(args.out), "kappa": artifact.kappa, "alpha": artifact.alpha, "episodes": len(episodes),
-            "seconds": artifact.training["seconds"], "metrics": str(metrics_file)}
+            "seconds": artifact.training["seconds"], "metrics": str(metrics_file),
+            **{k: artifact.training[k] for k in keys if k in artifact.training}}
 
 
 def _evaluate(args: argparse.Namespace) -> dict:
@@ -84,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train π and κ by CPO on the stored traces and write the policy artifact")
     t.add_argument("--store", type=Path, default=default_store_path(), help="SQLite trace store (default: %(default)s)")
     t.add_argument("--split", default="train", help="which stored split to train on (default: %(default)s)")
+    t.add_argument("--calibration-split", default="calibration",
+                   help="stored split whose episodes calibrate κ after training; '' keeps the online κ (default: %(default)s)")
     t.add_argument("--out", type=Path, default=Path("runs/policy"), help="artifact directory (default: %(default)s)")
     add_dataclass_options(t, CPOArgs)
     t.set_defaults(func=_train)

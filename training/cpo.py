@@ -293,21 +293,55 @@ def gate_choices(data: Batchable, episode: int, policy: PolicyNetwork, kappa: fl
         return (policy.escalate_probability(data.x[lo:hi]) >= kappa).long()
 
 
-def surrogate_miss(data: Batchable, episode: int, policy: PolicyNetwork, kappa: float) -> bool:
-    """Local-verification surrogate of a miss for the threshold policy on a recorded episode.
+def episode_miss(data: Batchable, episode: int, choice: torch.Tensor) -> bool:
+    """Local-verification surrogate of a miss for gate choices Γ(o_t) on a recorded episode.
 
-    Covered when R_M = 0, or every step Γ keeps (the draft, or the escalated step) is verified
-    correct, or Γ repeats the behaviour's actions exactly and the recorded answer was right.
+    Covered when R_M = 0; or when Γ repeats the behaviour's actions and the recorded answer was
+    right; or when, walking the steps in order, every step Γ keeps (the draft, or the escalated
+    step) is verified correct. The walk stops early, covered, where Γ keeps a correct step that
+    the behaviour did not (it replaced a wrong draft, or kept a right one the behaviour wrongly
+    replaced): the recorded steps after it continue a prefix Γ would not have written.
     """
     if data.target_reward[episode] == 0:
         return False
     lo, hi = data.starts[episode], data.ends[episode]
-    choice = gate_choices(data, episode, policy, kappa)
-    verified = torch.where(choice == 1, data.escalated_ok[lo:hi], data.draft_ok[lo:hi])
-    if bool((verified == 1).all()):
+    actions = data.action[lo:hi]
+    if bool((choice == actions).all()) and data.episode_reward[episode] == 1:
         return False
-    same_actions = bool((choice == data.action[lo:hi]).all())
-    return not (same_actions and data.episode_reward[episode] == 1)
+    verified = torch.where(choice == 1, data.escalated_ok[lo:hi], data.draft_ok[lo:hi])
+    kept = torch.where(actions == 1, data.escalated_ok[lo:hi], data.draft_ok[lo:hi])
+    for t in range(hi - lo):
+        if verified[t] != 1:
+            return True
+        if choice[t] != actions[t] and kept[t] != 1:
+            return False
+    return False
+
+
+def surrogate_miss(data: Batchable, episode: int, policy: PolicyNetwork, kappa: float) -> bool:
+    """``episode_miss`` for the threshold policy Γ(o) = 1{π(escalate | o) ≥ κ}."""
+    return episode_miss(data, episode, gate_choices(data, episode, policy, kappa))
+
+
+def calibrate_kappa(data: Batchable, policy: PolicyNetwork, alpha: float, max_candidates: int = 400) -> tuple[float, float]:
+    """The largest κ whose surrogate miss rate on held-out episodes meets the conformal bound.
+
+    With n calibration episodes, κ is accepted when misses ≤ ⌊α(n + 1)⌋ − 1, the finite-sample
+    correction of split conformal calibration. Returns (κ, its miss rate).
+    """
+    with torch.no_grad():
+        probs = policy.escalate_probability(data.x)
+    n = len(data.starts)
+    allowed = math.floor(alpha * (n + 1)) - 1
+    candidates = torch.unique(probs)
+    if candidates.numel() > max_candidates:
+        candidates = torch.quantile(probs, torch.linspace(0, 1, max_candidates))
+    for kappa in sorted({float(c) for c in candidates} | {1.0}, reverse=True):
+        choice = (probs >= kappa).long()
+        misses = sum(episode_miss(data, e, choice[data.starts[e] : data.ends[e]]) for e in range(n))
+        if misses <= allowed:
+            return kappa, misses / n
+    return 0.0, sum(episode_miss(data, e, torch.ones(data.ends[e] - data.starts[e], dtype=torch.long)) for e in range(n)) / n
 
 
 # --- the loop ------------------------------------------------------------------------------------
@@ -321,9 +355,13 @@ def _critic(n_features: int, hidden: int) -> torch.nn.Module:
 
 
 def train_policy(episodes: Sequence[Episode], args: CPOArgs | None = None, schema: FeatureSchema = CONFIDENCE_SCHEMA,
-                 progress: bool = True, log: Callable[[int, dict], None] | None = None
-                 ) -> tuple[PolicyArtifact, list[dict[str, float]]]:
-    """Train π and κ on behaviour episodes; return the policy artifact and per-step metrics."""
+                 progress: bool = True, log: Callable[[int, dict], None] | None = None,
+                 calibration: Sequence[Episode] = ()) -> tuple[PolicyArtifact, list[dict[str, float]]]:
+    """Train π and κ on behaviour episodes; return the policy artifact and per-step metrics.
+
+    With ``calibration`` episodes (a held-out split), the online κ is replaced by the κ that
+    ``calibrate_kappa`` finds on them; both are recorded in the artifact's training summary.
+    """
     args = args or CPOArgs()
     episodes = [e for e in episodes if e.steps]
     if not episodes:
@@ -386,13 +424,22 @@ def train_policy(episodes: Sequence[Episode], args: CPOArgs | None = None, schem
         if log is not None:
             log(step, metrics)
     artifact.kappa = kappa
+    calibration_summary: dict[str, float] = {}
+    held_out = [e for e in calibration if e.steps]
+    if held_out:
+        artifact.kappa, miss_rate = calibrate_kappa(to_tensors(held_out, artifact, cost_scale), policy, args.alpha)
+        calibration_summary = {"online_kappa": kappa, "calibrated_kappa": artifact.kappa,
+                               "calibration_episodes": len(held_out), "calibration_surrogate_miss": miss_rate}
+    with torch.no_grad():
+        escalation_rate = float((policy.escalate_probability(data.x) >= artifact.kappa).float().mean())
     artifact.training = {
+        **calibration_summary,
         "algorithm": "cpo+online-conformal-kappa",
         "args": asdict(args),
         "episodes": len(episodes),
         "cost_scale_flops": cost_scale,
-        "final_escalation_rate": history[-1]["charts/escalation_rate"],
-        "surrogate_coverage": surrogate_coverage(data, policy, kappa),
+        "escalation_rate": escalation_rate,
+        "surrogate_coverage": surrogate_coverage(data, policy, artifact.kappa),
     }
     policy.eval()
     return artifact, history

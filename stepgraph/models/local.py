@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers.utils import logging as hf_logging
 
 from stepgraph.errors import ModelLoadError
 from stepgraph.models.base import STEP_SEPARATOR, StepOutput, split_step
@@ -36,7 +37,7 @@ class TransformersStepModel:
     Example:
         >>> from stepgraph.testbed import DRAFT_MODEL_DIR
         >>> model = TransformersStepModel(DRAFT_MODEL_DIR)
-        >>> out = model.generate_step("Ann has 3 coins. She gets 2 more. How many coins does she have?", [], seed=0)
+        >>> out = model.generate_step("Ann has 3 coins. She gets 2 more. She buys 4 more. How many coins does she have?", [], seed=0)
         >>> out.generated_tokens == len(out.tokens)
         True
     """
@@ -53,6 +54,7 @@ class TransformersStepModel:
         path = Path(path)
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} is not a Hugging Face model directory (no config.json).")
+        hf_logging.disable_progress_bar()  # a weight-loading bar per model drowns the CLI's output
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()

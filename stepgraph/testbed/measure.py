@@ -72,7 +72,8 @@ def measure_model(model: StepModel, problems: list[task.Problem], *, temperature
         "accuracy": round(sum(s.correct for s in solved) / len(solved), 4),
         "step_accuracy": round(len(right_scores) / max(1, n_steps), 4),
         "wrong_steps": len(wrong_scores),
-        "auroc_low_confidence_is_wrong": round(auroc(wrong_scores, right_scores), 4),
+        # None when every step was right (nothing to separate).
+        "auroc_low_confidence_is_wrong": round(auroc(wrong_scores, right_scores), 4) if wrong_scores else None,
         "seconds_per_problem": round(sum(s.seconds for s in solved) / len(solved), 4),
     }
 

@@ -157,11 +157,15 @@ def write_card(out: Path, report: dict) -> None:
         rows.append(
             f"| {role} | {m['parameters']:,} | {a['hidden_size']} / {a['num_hidden_layers']} / {a['num_attention_heads']} "
             f"| {t.get('trained_steps', t.get('steps'))} of {t.get('schedule_steps', t.get('steps'))} "
-            f"| {m['accuracy']:.3f} | {m['step_accuracy']:.3f} | {m['auroc_low_confidence_is_wrong']:.3f} "
+            f"| {m['accuracy']:.3f} | {m['step_accuracy']:.3f} | {_auroc_cell(m['auroc_low_confidence_is_wrong'])} "
             f"| {m['seconds_per_problem']:.3f} |"
         )
     card = CARD_TEMPLATE.format(rows="\n".join(rows), n=report["draft"]["problems"], temperature=report["temperature"])
     (out / "MODEL_CARD.md").write_text(card)
+
+
+def _auroc_cell(value: float | None) -> str:
+    return "n/a (no wrong step)" if value is None else f"{value:.3f}"
 
 
 CARD_TEMPLATE = """# stepgraph testbed models: draft and target

@@ -1,0 +1,162 @@
+"""LangChain / LangGraph citizenship: runnable, chat model, tool in an agent, streaming, checkpoints."""
+
+import asyncio
+from typing import Any
+
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_tests.unit_tests import ChatModelUnitTests
+from langgraph.checkpoint.memory import InMemorySaver
+
+from stepgraph.chat_model import ChatStepRouter
+from stepgraph.context import RouterContext
+from stepgraph.defaults import resolve_gate
+from stepgraph.graph import build_graph
+from stepgraph.testbed import load_pair, task
+from stepgraph.tool import routed_reasoning_tool
+
+PROBLEMS = task.generate("test", 3, seed=13)
+
+
+class TestChatStepRouterStandard(ChatModelUnitTests):
+    """The langchain-tests standard unit suite; tool calling and structured output are not offered."""
+
+    @property
+    def chat_model_class(self) -> type[ChatStepRouter]:
+        return ChatStepRouter
+
+    @property
+    def chat_model_params(self) -> dict:
+        return {"model": "stepgraph-testbed", "temperature": 0.7, "seed": 0}
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return False
+
+    @property
+    def has_structured_output(self) -> bool:
+        return False
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return build_graph(load_pair(), resolve_gate("threshold"))
+
+
+def test_graph_is_a_runnable_sync_and_async(graph):
+    inputs = [{"question": p.question} for p in PROBLEMS]
+    config = {"configurable": {}}
+    batch = graph.batch(inputs, config)
+    assert [r["stop_reason"] for r in batch] == ["final_answer"] * 3
+    single = graph.invoke(inputs[0], context=RouterContext(seed=0))
+    again = asyncio.run(graph.ainvoke(inputs[0], context=RouterContext(seed=0)))
+    assert single["steps"] == again["steps"]  # same seed, same answer, sync or async
+    assert len(asyncio.run(graph.abatch(inputs[:2]))) == 2
+    chunks = list(graph.stream(inputs[0], stream_mode="updates"))
+    assert {next(iter(c)) for c in chunks} >= {"draft", "features", "gate", "append"}
+
+
+def test_steps_stream_as_they_are_decided(graph):
+    events = list(graph.stream({"question": PROBLEMS[0].question}, context=RouterContext(seed=0), stream_mode="custom"))
+    final = graph.invoke({"question": PROBLEMS[0].question}, context=RouterContext(seed=0))
+    assert [e["text"] for e in events] == [s["text"] for s in final["steps"]]
+    assert [e["index"] for e in events] == list(range(len(events)))
+    flops = [e["flops_so_far"] for e in events]
+    assert flops == sorted(flops) and flops[-1] == pytest.approx(final["totals"]["flops"])
+    assert all(e["tier"] in (0, 1) and e["confidence"] is not None for e in events)
+
+
+def test_chat_model_in_an_lcel_chain():
+    llm = ChatStepRouter(gate="threshold", seed=0)
+    reply = llm.invoke([HumanMessage(PROBLEMS[1].question)])
+    meta = reply.response_metadata
+    assert meta["answer"] == str(PROBLEMS[1].answer) and meta["stop_reason"] == "final_answer"
+    assert reply.content.endswith(f"\\boxed{{{PROBLEMS[1].answer}}}")
+    assert reply.usage_metadata["output_tokens"] == meta["totals"]["output_tokens"] > 0
+    assert set(meta["costs"]) <= {"0", "1"} and len(meta["steps"]) == reply.content.count("\n\n") + 1
+    chain = ChatPromptTemplate.from_messages([("human", "{question}")]) | llm | StrOutputParser()
+    assert chain.invoke({"question": PROBLEMS[1].question}) == reply.content
+
+
+def test_chat_model_streams_one_chunk_per_step():
+    llm = ChatStepRouter(gate="threshold", seed=0)
+    chunks = list(llm.stream(PROBLEMS[2].question))
+    whole = llm.invoke(PROBLEMS[2].question)
+    assert "".join(c.content for c in chunks) == whole.content
+    steps = [v for c in chunks for k, v in c.response_metadata.items() if k.startswith("step_")]
+    assert len(steps) == len(whole.response_metadata["steps"])
+    merged = chunks[0]
+    for c in chunks[1:]:
+        merged += c
+    assert merged.usage_metadata["output_tokens"] == whole.usage_metadata["output_tokens"]
+
+
+class ScriptedToolCaller(BaseChatModel):
+    """A fake agent model: first asks for the tool, then reports the tool's answer."""
+
+    question: str
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted-tool-caller"
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> "ScriptedToolCaller":
+        return self
+
+    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any) -> ChatResult:
+        tool_results = [m for m in messages if m.type == "tool"]
+        if not tool_results:
+            call = {"name": "stepwise_reasoner", "args": {"question": self.question}, "id": "call-1", "type": "tool_call"}
+            message = AIMessage(content="", tool_calls=[call])
+        else:
+            message = AIMessage(content=f"The tool says: {tool_results[-1].content}")
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def test_agent_calls_the_routed_tool(graph):
+    from langgraph.prebuilt import create_react_agent
+
+    tool = routed_reasoning_tool(graph)
+    assert tool.args_schema.model_json_schema()["required"] == ["question"]
+    problem = PROBLEMS[0]
+    agent = create_react_agent(ScriptedToolCaller(question=problem.question), [tool])
+    messages = agent.invoke({"messages": [HumanMessage("Please solve: " + problem.question)]})["messages"]
+    tool_message = next(m for m in messages if m.type == "tool")
+    assert f'"answer": "{problem.answer}"' in tool_message.content and '"flops":' in tool_message.content
+    assert messages[-1].content.startswith("The tool says:")
+
+
+class FlakyModel:
+    """Wraps a model; raises like a dead server once ``fail_after`` calls were made."""
+
+    def __init__(self, model, fail_after: int | None = None) -> None:
+        self.model, self.name, self.n_params = model, model.name, model.n_params
+        self.fail_after, self.calls = fail_after, []
+
+    def generate_step(self, question, steps, **kwargs):
+        if self.fail_after is not None and len(self.calls) >= self.fail_after:
+            raise ConnectionError("model server went away")
+        self.calls.append(len(steps))
+        return self.model.generate_step(question, steps, **kwargs)
+
+
+def test_interrupted_run_resumes_without_repeating_paid_calls():
+    draft, target = load_pair()
+    flaky = [FlakyModel(draft, fail_after=2), FlakyModel(target)]
+    saver = InMemorySaver()
+    config = {"configurable": {"thread_id": "t1"}}
+    graph = build_graph(flaky, resolve_gate("draft"), checkpointer=saver)
+    question = PROBLEMS[1].question
+    with pytest.raises(ConnectionError):
+        graph.invoke({"question": question}, config, context=RouterContext(seed=0))
+    kept = graph.get_state(config).values["steps"]
+    assert len(kept) == 2  # the partial trace survives the failure
+    healthy = [FlakyModel(draft), FlakyModel(target)]
+    resumed = build_graph(healthy, resolve_gate("draft"), checkpointer=saver).invoke(None, config, context=RouterContext(seed=0))
+    assert resumed["steps"][:2] == kept
+    assert healthy[0].calls and min(healthy[0].calls) == 2  # steps 0 and 1 are not drafted again
+    assert resumed["stop_reason"] == "final_answer"
