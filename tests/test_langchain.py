@@ -160,3 +160,55 @@ def test_interrupted_run_resumes_without_repeating_paid_calls():
     assert resumed["steps"][:2] == kept
     assert healthy[0].calls and min(healthy[0].calls) == 2  # steps 0 and 1 are not drafted again
     assert resumed["stop_reason"] == "final_answer"
+
+
+KILLED_RUN = """
+import sys, time, sqlite3
+from langgraph.checkpoint.sqlite import SqliteSaver
+from stepgraph.context import RouterContext
+from stepgraph.defaults import resolve_gate
+from stepgraph.graph import build_graph
+from stepgraph.testbed import load_pair
+
+class Slow:
+    def __init__(self, model):
+        self.model, self.name, self.n_params = model, model.name, model.n_params
+    def generate_step(self, question, steps, **kwargs):
+        print(f"call {self.name} {len(steps)}", flush=True)
+        time.sleep(0.5)
+        return self.model.generate_step(question, steps, **kwargs)
+
+saver = SqliteSaver(sqlite3.connect(sys.argv[1], check_same_thread=False))
+graph = build_graph([Slow(m) for m in load_pair()], resolve_gate("draft"), checkpointer=saver)
+graph.invoke({"question": sys.argv[2]}, {"configurable": {"thread_id": "killed"}}, context=RouterContext(seed=0))
+"""
+
+
+def test_killed_run_resumes_from_its_sqlite_checkpoint(tmp_path):
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    path, question = tmp_path / "checkpoints.sqlite", PROBLEMS[2].question
+    child = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(path), question], stdout=subprocess.PIPE, text=True)
+    calls = []
+    for line in child.stdout:
+        calls.append(line.split())
+        if len(calls) == 3:  # three drafts made: two steps appended, the third in flight
+            child.send_signal(signal.SIGKILL)
+            break
+    child.wait()
+    config = {"configurable": {"thread_id": "killed"}}
+    saver = SqliteSaver(sqlite3.connect(path, check_same_thread=False))
+    models = [FlakyModel(m) for m in load_pair()]
+    graph = build_graph(models, resolve_gate("draft"), checkpointer=saver)
+    kept = graph.get_state(config).values["steps"]
+    assert 1 <= len(kept) <= 2  # checkpoints are written asynchronously: the last may lag the kill
+    result = graph.invoke(None, config, context=RouterContext(seed=0))
+    assert result["steps"][: len(kept)] == kept and result["stop_reason"] == "final_answer"
+    # No checkpointed step is drafted (and paid for) again; a draft checkpointed before its step
+    # was appended is not repeated either.
+    assert len(kept) <= min(models[0].calls) <= len(kept) + 1
