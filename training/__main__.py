@@ -1,8 +1,9 @@
-"""``python -m training {collect,train,evaluate}``: learn the routing policy from graph traces.
+"""``python -m training {collect,train,evaluate,bench}``: learn the routing policy from graph traces.
 
     python -m training collect --store runs/traces.sqlite --problems 400
     python -m training train --store runs/traces.sqlite --out runs/policy
     python -m training evaluate --policy runs/policy --problems 200
+    python -m training bench --store runs/traces.sqlite --out runs/bench
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from stepgraph.defaults import DEFAULT_POLICY_DIR
 from stepgraph.errors import StepgraphError
 from stepgraph.gates import PolicyGate
 from stepgraph.testbed import load_pair, task
@@ -68,6 +70,29 @@ def _evaluate(args: argparse.Namespace) -> dict:
     return report
 
 
+def _bench(args: argparse.Namespace) -> dict:
+    from stepgraph.costs import Prices
+    from training.bench import markdown_table, run_bench, write_outputs
+
+    with TraceStore(args.store, create=False) as store:
+        episodes = list(store.episodes(split="train"))
+    if not episodes:
+        raise StepgraphError(f"{args.store} holds no train episodes; run `python -m training collect` first.")
+    calibration = task.generate("calibration", args.calibration_problems, seed=args.seed + 1)
+    test = task.generate("test", args.problems, seed=args.seed)
+    verifier = TestbedVerifier(calibration + test)
+    prices = [Prices(args.input_price, args.cached_price, args.output_price)] * 2
+    report = run_bench(
+        load_pair(), train_episodes=episodes, policy_dir=args.policy,
+        calibration=testbed_items("calibration", args.calibration_problems, seed=args.seed + 1),
+        test=testbed_items("test", args.problems, seed=args.seed),
+        verify=lambda q, prior, step: verifier.verify(q, "", prior, step), seeds=args.seeds, alpha=args.alpha, prices=prices,
+    )
+    files = write_outputs(report, args.out)
+    print(markdown_table(report), file=sys.stderr)
+    return files
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -101,6 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="problem and sampling seed (default: %(default)s)")
     e.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default: %(default)s)")
     e.set_defaults(func=_evaluate)
+
+    b = sub.add_parser("bench", help="every method side by side on the same problems: table, CSV/JSON, Pareto plot")
+    b.add_argument("--store", type=Path, default=default_store_path(), help="trace store whose train episodes fit STEER and the PRM (default: %(default)s)")
+    b.add_argument("--policy", type=Path, default=DEFAULT_POLICY_DIR, help="CPO policy artifact (default: %(default)s)")
+    b.add_argument("--out", type=Path, default=Path("runs/bench"), help="output directory (default: %(default)s)")
+    b.add_argument("--problems", type=int, default=200, help="test-split problems (default: %(default)s)")
+    b.add_argument("--calibration-problems", type=int, default=100, help="calibration problems for threshold grid search (default: %(default)s)")
+    b.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampling seeds, each a full run (default: %(default)s)")
+    b.add_argument("--seed", type=int, default=0, help="problem-selection seed (default: %(default)s)")
+    b.add_argument("--alpha", type=float, default=0.02, help="coverage target 1 - alpha for threshold selection (default: %(default)s)")
+    b.add_argument("--input-price", type=float, default=0.40, help="$ per 1M input tokens (default: %(default)s)")
+    b.add_argument("--cached-price", type=float, default=0.10, help="$ per 1M cached input tokens (default: %(default)s)")
+    b.add_argument("--output-price", type=float, default=1.60, help="$ per 1M output tokens (default: %(default)s)")
+    b.set_defaults(func=_bench)
     return parser
 
 

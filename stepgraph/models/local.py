@@ -132,6 +132,20 @@ class TransformersStepModel:
             model=self.name,
         )
 
+    @torch.inference_mode()
+    def step_logprobs(self, question: str, steps: Sequence[str], step: str) -> list[float]:
+        """Log-probabilities this model gives to the tokens of ``step`` (with its step break) after ``steps``.
+
+        SpecReason-style judging reads how likely the strong model finds a drafted step.
+        """
+        prefix = self.tokenizer(self.prompt(question, steps), add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(self.prompt(question, [*steps, step]), add_special_tokens=False)["input_ids"]
+        if ids[: len(prefix)] != prefix or len(ids) == len(prefix):
+            raise ValueError("The step does not extend the prompt token-wise; cannot score it.")
+        logits = self.model(input_ids=torch.tensor([ids])).logits[0, len(prefix) - 1 : -1].float()
+        logprobs = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(ids[len(prefix) :])[:, None])
+        return [float(v) for v in logprobs.squeeze(1)]
+
     def _reuse_cache(self, prompt_ids: list[int]) -> tuple[DynamicCache, int]:
         common = 0
         for a, b in zip(self._cache_ids, prompt_ids):

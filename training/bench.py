@@ -1,0 +1,223 @@
+"""Every routing method side by side on the same problems, seeds and graph: ``python -m training bench``.
+
+Methods (all gates in the same graph): draft-only, target-only, random (escalation rate matched
+to the CPO policy's), confidence threshold (API confidence), STEER (stepwise GMM fitted on the
+train traces), RSD (a reward model trained on the train traces' step verdicts), SpecReason (the
+target's likelihood of the draft step), the CPO policy, and the oracle (escalate exactly the
+drafts the exact verifier rejects). SpecReason's judging passes are counted in its FLOPs (2·N of
+the target per draft token scored). Threshold baselines take the cheapest threshold of the grid
+0.0, 0.1, ..., 1.0 whose relative coverage on the calibration split is ≥ 1 − α, as in the paper.
+Every metric is a mean over problems (and seeds) with a bootstrap 95% interval over problems.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from stepgraph.answers import is_correct
+from stepgraph.context import RouterContext
+from stepgraph.costs import Prices
+from stepgraph.gates import (
+    AlwaysDraftGate,
+    AlwaysTargetGate,
+    ConfidenceThresholdGate,
+    PolicyGate,
+    RandomGate,
+    StepwiseGMMGate,
+)
+from stepgraph.gates.base import Gate
+from stepgraph.gates.judges import JudgeGate, OracleGate, ProcessRewardGate
+from stepgraph.graph import build_graph
+from stepgraph.models.base import StepModel
+from training.collect import Item
+from training.prm import StepRewardModel
+from training.records import Episode
+
+GRID = [round(0.1 * i, 1) for i in range(11)]
+METRICS = ("correct", "covered", "flops", "prefill_flops", "usd", "escalation_rate", "seconds")
+
+
+def run_rows(tiers: Sequence[StepModel], gate: Gate, items: Sequence[Item], *, seed: int, prices: Sequence[Prices] | None,
+             temperature: float = 0.7) -> list[dict[str, Any]]:
+    """One row per problem: correctness, costs, escalation rate and wall time of the routed run."""
+    graph = build_graph(tiers, gate, prices=prices)
+    rows = []
+    for i, item in enumerate(items):
+        started = time.perf_counter()
+        judged_before = getattr(gate, "judge_flops", 0.0)
+        state = graph.invoke({"question": item.question}, context=RouterContext(seed=seed * 100_003 + i, temperature=temperature))
+        judge_flops = getattr(gate, "judge_flops", 0.0) - judged_before
+        steps = state["steps"]
+        rows.append({
+            "problem_id": item.problem_id,
+            "correct": float(is_correct(state["answer"], item.reference)),
+            "flops": state["totals"]["flops"] + judge_flops,  # a judging gate's model calls are paid too
+            "judge_flops": judge_flops,
+            "prefill_flops": state["totals"]["prefill_flops"],
+            "usd": state["totals"]["usd"],
+            "escalation_rate": sum(s["escalated"] for s in steps) / max(1, len(steps)),
+            "seconds": time.perf_counter() - started,
+        })
+    return rows
+
+
+def add_coverage(rows: list[dict[str, Any]], target_rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    for row, target in zip(rows, target_rows, strict=True):
+        row["covered"] = float(row["correct"] == 1.0 or target["correct"] == 0.0)
+    return rows
+
+
+def bootstrap(values: Sequence[float], n_resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean and a percentile bootstrap 95% interval."""
+    rng = random.Random(seed)
+    n = len(values)
+    mean = sum(values) / n
+    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_resamples))
+    return mean, means[int(0.025 * n_resamples)], means[int(0.975 * n_resamples) - 1]
+
+
+def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per-metric mean and 95% interval, plus A/C (accuracy per mean MFLOPs)."""
+    summary: dict[str, Any] = {}
+    for metric in METRICS:
+        mean, low, high = bootstrap([float(r[metric]) for r in rows])
+        summary[metric] = {"mean": mean, "low": low, "high": high}
+    flops = summary["flops"]["mean"]
+    summary["a_over_c_per_mflop"] = summary["correct"]["mean"] / (flops / 1e6) if flops else float("nan")
+    return summary
+
+
+def pick_threshold(make_gate: Callable[[float], Gate], tiers: Sequence[StepModel], items: Sequence[Item],
+                   target_rows: Sequence[Mapping[str, Any]], alpha: float, seed: int,
+                   prices: Sequence[Prices] | None) -> tuple[float, list[dict[str, float]]]:
+    """Grid-search the threshold on calibration problems: cheapest with coverage ≥ 1 − α."""
+    trials = []
+    for threshold in GRID:
+        rows = add_coverage(run_rows(tiers, make_gate(threshold), items, seed=seed, prices=prices), target_rows)
+        trials.append({"threshold": threshold, "coverage": sum(r["covered"] for r in rows) / len(rows),
+                       "flops": sum(r["flops"] for r in rows) / len(rows)})
+    feasible = [t for t in trials if t["coverage"] >= 1 - alpha]
+    best = min(feasible, key=lambda t: t["flops"]) if feasible else max(trials, key=lambda t: (t["coverage"], -t["flops"]))
+    return best["threshold"], trials
+
+
+def run_bench(tiers: Sequence[StepModel], *, train_episodes: Sequence[Episode], policy_dir: Path,
+              calibration: Sequence[Item], test: Sequence[Item], verify: Callable[[str, list[str], str], bool | None],
+              seeds: Sequence[int] = (0, 1, 2), alpha: float = 0.02, prices: Sequence[Prices] | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    """Calibrate the threshold baselines, then run every method on the test items for every seed."""
+    scores_by_step: dict[int, list[float]] = {}
+    for episode in train_episodes:
+        for step in episode.steps:
+            if step.observation.get("logit_confidence") is not None:
+                scores_by_step.setdefault(step.index, []).append(step.observation["logit_confidence"])
+    steer = StepwiseGMMGate.fit(scores_by_step)
+    prm = StepRewardModel().fit(train_episodes)
+    target = tiers[-1]
+    threshold_methods: dict[str, Callable[[float], Gate]] = {
+        "threshold": lambda t: ConfidenceThresholdGate(t, feature="api_confidence"),
+        "steer": lambda t: StepwiseGMMGate(steer.mixtures, steer.pooled, threshold=t),
+        "rsd": lambda t: ProcessRewardGate(prm, t),
+        "specreason": lambda t: JudgeGate(target, t),  # type: ignore[arg-type]
+    }
+    calibration_target = run_rows(tiers, AlwaysTargetGate(), calibration, seed=seeds[0], prices=prices)
+    chosen: dict[str, Any] = {}
+    for name, make in tqdm(threshold_methods.items(), desc="calibrate thresholds", disable=not progress):
+        threshold, trials = pick_threshold(make, tiers, calibration, calibration_target, alpha, seeds[0], prices)
+        chosen[name] = {"threshold": threshold, "grid": trials}
+    policy = PolicyGate.from_path(policy_dir)
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for seed in tqdm(seeds, desc="seeds", disable=not progress):
+        target_rows = run_rows(tiers, AlwaysTargetGate(), test, seed=seed, prices=prices)
+        policy_rows = run_rows(tiers, policy, test, seed=seed, prices=prices)
+        rate = sum(r["escalation_rate"] for r in policy_rows) / len(policy_rows)
+        gates: dict[str, Gate] = {
+            "draft": AlwaysDraftGate(),
+            "random": RandomGate(rate, seed=seed),
+            **{name: threshold_methods[name](chosen[name]["threshold"]) for name in threshold_methods},
+            "oracle": OracleGate(verify),
+        }
+        per_seed = {"target": target_rows, "policy": policy_rows}
+        per_seed |= {name: run_rows(tiers, gate, test, seed=seed, prices=prices) for name, gate in gates.items()}
+        for name, method_rows in per_seed.items():
+            for row in add_coverage(method_rows, target_rows):
+                row["seed"] = seed
+            rows.setdefault(name, []).extend(method_rows)
+    summary = {name: summarize(method_rows) for name, method_rows in rows.items()}
+    return {"alpha": alpha, "seeds": list(seeds), "problems": len(test), "calibration_problems": len(calibration),
+            "thresholds": chosen, "summary": summary, "rows": rows}
+
+
+ORDER = ["target", "draft", "random", "threshold", "steer", "rsd", "specreason", "policy", "oracle"]
+LABELS = {"target": "Target only", "draft": "Draft only", "random": "Random (matched rate)", "threshold": "Confidence threshold",
+          "steer": "STEER (stepwise GMM)", "rsd": "RSD (PRM)", "specreason": "SpecReason (target judge)",
+          "policy": "CPO policy (ours)", "oracle": "Oracle"}
+
+
+def markdown_table(report: Mapping[str, Any]) -> str:
+    """The paper's Table 1 layout: accuracy, relative coverage, cost, A/C, escalation rate per method."""
+
+    def cell(stat: Mapping[str, float], scale: float = 1.0, digits: int = 3) -> str:
+        return f"{stat['mean'] / scale:.{digits}f} [{stat['low'] / scale:.{digits}f}, {stat['high'] / scale:.{digits}f}]"
+
+    lines = ["| method | threshold | accuracy | relative coverage | MFLOPs | prefill MFLOPs | $ per 1k problems | A/C (acc/MFLOP) | escalation rate | s / problem |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in ORDER:
+        s = report["summary"].get(name)
+        if s is None:
+            continue
+        threshold = report["thresholds"].get(name, {}).get("threshold", "")
+        lines.append(
+            f"| {LABELS[name]} | {threshold} | {cell(s['correct'])} | {cell(s['covered'])} | {cell(s['flops'], 1e6, 1)} "
+            f"| {cell(s['prefill_flops'], 1e6, 1)} | {s['usd']['mean'] * 1000:.4f} | {s['a_over_c_per_mflop']:.4f} "
+            f"| {cell(s['escalation_rate'])} | {s['seconds']['mean']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(report: Mapping[str, Any], out: Path) -> dict[str, str]:
+    """results.json (everything), results.csv (summary), table.md and pareto.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
+    with (out / "results.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", *[f"{m}_{k}" for m in METRICS for k in ("mean", "low", "high")], "a_over_c_per_mflop"])
+        for name, s in report["summary"].items():
+            writer.writerow([name, *[s[m][k] for m in METRICS for k in ("mean", "low", "high")], s["a_over_c_per_mflop"]])
+    (out / "table.md").write_text(markdown_table(report))
+    pareto_plot(report, out / "pareto.png")
+    return {k: str(out / v) for k, v in {"json": "results.json", "csv": "results.csv", "table": "table.md", "plot": "pareto.png"}.items()}
+
+
+def pareto_plot(report: Mapping[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in ORDER:
+        s = report["summary"].get(name)
+        if s is None:
+            continue
+        x, y = s["flops"]["mean"] / 1e6, s["correct"]["mean"]
+        xerr = [[x - s["flops"]["low"] / 1e6], [s["flops"]["high"] / 1e6 - x]]
+        yerr = [[y - s["correct"]["low"]], [s["correct"]["high"] - y]]
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="*" if name == "policy" else "o", markersize=12 if name == "policy" else 6,
+                    capsize=3, label=LABELS[name])
+    ax.set_xlabel("mean generated MFLOPs per problem")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Accuracy vs cost ({report['problems']} problems x {len(report['seeds'])} seeds, 95% CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
