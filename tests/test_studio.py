@@ -1,5 +1,6 @@
 """The real `langgraph dev` server on 127.0.0.1 serves the graph in langgraph.json; the SDK drives it."""
 
+import json
 import os
 import socket
 import subprocess
@@ -26,12 +27,20 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def langgraph_url(tmp_path_factory):
     port = _free_port()
-    log = (tmp_path_factory.mktemp("langgraph") / "server.log").open("w")  # outside the watched tree
+    workdir = tmp_path_factory.mktemp("langgraph")  # the server's state and log stay out of the repository
+    log = (workdir / "server.log").open("w")
     env = {**os.environ, "LANGSMITH_TRACING": "false", "LANGCHAIN_TRACING_V2": "false", "OMP_NUM_THREADS": "1",
            "LANGGRAPH_CLI_NO_ANALYTICS": "1"}
     cli = Path(sys.executable).parent / "langgraph"
-    process = subprocess.Popen([str(cli), "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1", "--port", str(port)],
-                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    # The repository's langgraph.json with its relative paths made absolute, so the server can run
+    # in a scratch directory and write its state there.
+    config = json.loads((ROOT / "langgraph.json").read_text())
+    config["dependencies"] = [str((ROOT / d).resolve()) for d in config["dependencies"]]
+    config["graphs"] = {name: str(ROOT / spec.removeprefix("./")) for name, spec in config["graphs"].items()}
+    (workdir / "langgraph.json").write_text(json.dumps(config))
+    command = [str(cli), "dev", "--config", str(workdir / "langgraph.json"), "--no-browser", "--no-reload",
+               "--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while time.time() < deadline:
