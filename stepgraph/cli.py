@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="stepgraph",
         description="Stepwise model routing: a small model drafts each reasoning step, a gate decides "
         "whether a larger model regenerates it.",
-        epilog="Run `stepgraph solve --help` for every routing option and its default.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
     solve = sub.add_parser("solve", help="answer a question with the routed graph", description="Answer QUESTION step by step.")
@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     overhead.add_argument("--problems", type=int, default=20, help="test-split problems to run (default: %(default)s)")
     overhead.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     overhead.set_defaults(func=_overhead)
+    # `stepgraph --help` shows every option of every command, not just the command names.
+    parser.epilog = "\n".join(f"--- stepgraph {name} ---\n{p.format_help()}" for name, p in (("solve", solve), ("overhead", overhead)))
     return parser
 
 

@@ -34,7 +34,7 @@ def build_graph(
     prices: Sequence[Prices] | None = None,
     checkpointer: Checkpointer = None,
     name: str = "stepgraph",
-) -> CompiledStateGraph:
+) -> CompiledStateGraph[RouterState, RouterContext, InputState, OutputState]:
     """Compile the routing graph over ``tiers`` (cheapest first) with one or more gates.
 
     Args:

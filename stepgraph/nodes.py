@@ -110,7 +110,7 @@ class RoutingNodes:
     def features(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
         """Turn the latest candidate into the observation o_t."""
         context = runtime.context or RouterContext()
-        candidate = StepOutput.from_dict(state["candidate"])
+        candidate = StepOutput.from_dict(state["candidate"] or {})
         obs = observe(
             candidate,
             step_index=len(state.get("steps", [])),
@@ -132,7 +132,7 @@ class RoutingNodes:
             x = GateInput(
                 question=state["question"],
                 steps=tuple(s["text"] for s in state.get("steps", [])),
-                draft=StepOutput.from_dict(state["candidate"]),
+                draft=StepOutput.from_dict(state["candidate"] or {}),
                 observation=state["observation"],
                 tier=tier,
             )
@@ -161,7 +161,7 @@ class RoutingNodes:
     def append(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
         """Add the chosen step to the answer and decide whether the answer is done."""
         context = runtime.context or RouterContext()
-        candidate = StepOutput.from_dict(state["candidate"])
+        candidate = StepOutput.from_dict(state["candidate"] or {})
         attempts = state.get("attempts", [])
         first_decision = state.get("first_decision") or {}
         totals = total_costs(state.get("costs", {}))

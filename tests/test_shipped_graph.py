@@ -66,7 +66,7 @@ def test_cli_solve_text_and_errors(capsys):
 
 
 def test_cli_help_documents_every_option():
-    out = subprocess.run([sys.executable, "-m", "stepgraph.cli", "solve", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "stepgraph", "--help"], capture_output=True, text=True, check=True).stdout
     for option in ("--models", "--gate", "--policy", "--threshold", "--temperature", "--seed", "--max-steps", "--budget", "--sticky", "--json"):
         assert option in out
     assert "default" in out

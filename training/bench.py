@@ -117,8 +117,9 @@ def run_bench(tiers: Sequence[StepModel], *, train_episodes: Sequence[Episode], 
     scores_by_step: dict[int, list[float]] = {}
     for episode in train_episodes:
         for step in episode.steps:
-            if step.observation.get("logit_confidence") is not None:
-                scores_by_step.setdefault(step.index, []).append(step.observation["logit_confidence"])
+            confidence = step.observation.get("logit_confidence")
+            if confidence is not None:
+                scores_by_step.setdefault(step.index, []).append(confidence)
     steer = StepwiseGMMGate.fit(scores_by_step)
     prm = StepRewardModel().fit(train_episodes)
     target = tiers[-1]

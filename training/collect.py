@@ -26,6 +26,7 @@ from stepgraph.gates.base import Gate
 from stepgraph.graph import build_graph
 from stepgraph.models.base import StepModel
 from stepgraph.nodes import call_seed
+from stepgraph.testbed import task
 from training.records import Episode, StepRecord
 from training.store import TraceStore
 from training.verifiers import StepVerifier
@@ -139,10 +140,8 @@ def collect(
     return {"collected": len(todo), "skipped": len(items) - len(todo), "total": len(store)}
 
 
-def testbed_items(split: str, n: int, seed: int = 0) -> list[Item]:
+def testbed_items(split: task.Split, n: int, seed: int = 0) -> list[Item]:
     """Testbed problems as collection items (id = split:seed:index)."""
-    from stepgraph.testbed import task
-
     return [Item(f"{split}:{seed}:{i}", p.question, str(p.answer)) for i, p in enumerate(task.generate(split, n, seed=seed))]
 
 

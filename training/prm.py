@@ -40,7 +40,7 @@ class StepRewardModel:
         counts = (~torch.isnan(raw)).sum(0).clamp_min(1)
         self.mean = finite.sum(0) / counts
         self.std = torch.sqrt((torch.where(torch.isnan(raw), self.mean, raw) - self.mean).pow(2).sum(0) / counts).clamp_min(1e-6)
-        x, y = self._x([s.observation for s in steps]), torch.tensor([float(s.draft_correct) for s in steps])
+        x, y = self._x([s.observation for s in steps]), torch.tensor([float(s.draft_correct is True) for s in steps])
         optimiser = torch.optim.Adam(self.net.parameters(), lr=lr)
         for _ in range(epochs):
             loss = torch.nn.functional.binary_cross_entropy_with_logits(self.net(x).squeeze(1), y)

@@ -77,7 +77,7 @@ class TransformersStepModel:
         if self.system_prompt:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
         head = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return head + "".join(step + STEP_SEPARATOR for step in steps)
+        return str(head) + "".join(step + STEP_SEPARATOR for step in steps)
 
     @torch.inference_mode()
     def generate_step(
@@ -108,13 +108,13 @@ class TransformersStepModel:
                 logprobs = torch.log_softmax(logits, dim=-1)
                 max_logits.append(float(logits.max()))
                 values, indices = logprobs.topk(self.top_k)
-                top.append([(self.tokenizer.decode([int(i)]), float(v)) for v, i in zip(values, indices)])
+                top.append([(self._token_text(int(i)), float(v)) for v, i in zip(values, indices)])
                 token = _sample(logits, temperature, generator)
                 ids.append(token)
                 if token in self._eos_ids:
                     finished = True
                     break
-                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                text = str(self.tokenizer.decode(ids, skip_special_tokens=True))
                 if STEP_SEPARATOR in text or len(ids) == max_tokens:
                     break
                 logits = self._forward([token], cache)
@@ -122,7 +122,7 @@ class TransformersStepModel:
         step, _ = split_step(text)
         return StepOutput(
             text=step,
-            tokens=[self.tokenizer.decode([i]) for i in ids],
+            tokens=[self._token_text(i) for i in ids],
             max_logits=max_logits,
             top_logprobs=top,
             prompt_tokens=len(prompt_ids),
@@ -145,6 +145,9 @@ class TransformersStepModel:
         logits = self.model(input_ids=torch.tensor([ids])).logits[0, len(prefix) - 1 : -1].float()
         logprobs = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(ids[len(prefix) :])[:, None])
         return [float(v) for v in logprobs.squeeze(1)]
+
+    def _token_text(self, token_id: int) -> str:
+        return str(self.tokenizer.decode([token_id]))
 
     def _reuse_cache(self, prompt_ids: list[int]) -> tuple[DynamicCache, int]:
         common = 0

@@ -58,7 +58,8 @@ def auroc(scores_negative: list[float], scores_positive: list[float]) -> float:
 def measure_model(model: StepModel, problems: list[task.Problem], *, temperature: float = 0.7, seed: int = 0) -> dict:
     """Accuracy, step accuracy, AUROC of the STEER score for wrong steps, seconds per problem."""
     solved = [solve_alone(model, p, temperature=temperature, seed=seed + i) for i, p in enumerate(tqdm(problems, desc=model.name))]
-    right_scores, wrong_scores = [], []
+    right_scores: list[float] = []
+    wrong_scores: list[float] = []
     for s in solved:
         for out, ok in zip(s.outputs, s.verdicts):
             score = logit_confidence(out)

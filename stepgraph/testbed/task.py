@@ -175,7 +175,7 @@ def verify_step(problem: Problem, prior_steps: list[str] | tuple[str, ...], step
             return False
         left, op, right, result = int(match.group(1)), match.group(2), int(match.group(3)), int(match.group(4))
         expected_op, expected_k = problem.operations[done]
-        return (left, op, right) == (carried, expected_op, expected_k) and result == _apply(op, left, right)
+        return (left, op, right) == (carried, expected_op, expected_k) and result == _apply(expected_op, left, right)
     boxed = _BOXED_STEP.match(step)
     return boxed is not None and int(boxed.group(1)) == carried
 

@@ -67,12 +67,12 @@ def build_model(which: str, vocab_size: int, tokenizer) -> Qwen2ForCausalLM:
     config = Qwen2Config(
         vocab_size=vocab_size,
         max_position_embeddings=256,
-        rope_theta=10000.0,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **ARCHITECTURES[which],
+        **ARCHITECTURES[which],  # type: ignore[arg-type]
     )
     return Qwen2ForCausalLM(config)
 
