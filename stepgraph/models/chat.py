@@ -1,0 +1,137 @@
+"""Any LangChain chat model as a tier: OpenAI through ``ChatOpenAI``, a vLLM server, or your own.
+
+The model must return token log-probabilities in ``AIMessage.response_metadata["logprobs"]
+["content"]`` (``ChatOpenAI(logprobs=True, top_logprobs=5)`` does, against OpenAI and vLLM).
+
+Two ways to ask for the next step:
+- ``continue_final_message=True`` (vLLM): the accepted steps are a partial assistant message
+  the server continues (``extra_body={"continue_final_message": True,
+  "add_generation_prompt": False}``), so the prompt is the same as a local model's.
+- otherwise (OpenAI, which cannot continue a message): the previous steps go into the user
+  turn with ``CONTINUE_PROMPT`` asking for the next step only.
+
+Serving faults: transient errors (timeouts, connection errors, HTTP 5xx) are retried
+``max_retries`` times with exponential backoff, then raise ``ModelOutputError``. A response
+without log-probabilities raises ``ModelOutputError`` when ``require_logprobs`` is set; by default
+the step is kept with empty statistics, its confidence features are None, and the confidence
+gates treat unknown confidence as low (they escalate).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+
+from stepgraph.errors import ModelOutputError
+from stepgraph.models.base import STEP_SEPARATOR, StepOutput, split_step
+
+CONTINUE_PROMPT = (
+    "{question}\n\nSolve it step by step, one step per paragraph. The steps so far are:\n\n{steps}\n\n"
+    "Write only the next step (one paragraph), or the final answer as \\boxed{{...}} if the steps are complete."
+)
+TRANSIENT_NAMES = ("Timeout", "Connection", "InternalServer", "ServiceUnavailable", "RateLimit", "APIError")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Timeouts, connection failures and HTTP 5xx: worth another try."""
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return status >= 500 or status == 429
+    return isinstance(exc, (TimeoutError, ConnectionError)) or any(n in type(exc).__name__ for n in TRANSIENT_NAMES)
+
+
+class ChatStepModel:
+    """A LangChain chat model behind the StepModel interface.
+
+    Args:
+        chat_model: e.g. ``ChatOpenAI(model="gpt-4.1-mini", logprobs=True, top_logprobs=5)``, or
+            the same class with ``base_url`` pointing at a vLLM server.
+        n_params: the model's parameter count, for FLOPs (an estimate for API models).
+        name: name in traces and costs (default: the chat model's ``model_name``).
+        continue_final_message: the server continues a partial assistant message (vLLM).
+        system_prompt: an optional system turn.
+        logprobs_are_logits: the server reports raw logits in place of log-probabilities
+            (vLLM with ``--logprobs-mode raw_logits``); the top value is then the max logit.
+        require_logprobs: raise instead of falling back when a response has no log-probabilities.
+        max_retries: extra attempts on transient errors.
+        backoff_seconds: first retry delay, doubled each time.
+    """
+
+    def __init__(self, chat_model: BaseChatModel, *, n_params: int, name: str | None = None,
+                 continue_final_message: bool = False, system_prompt: str | None = None,
+                 logprobs_are_logits: bool = False, require_logprobs: bool = False, max_retries: int = 3,
+                 backoff_seconds: float = 0.5) -> None:
+        self.chat_model = chat_model
+        self.n_params = n_params
+        self.name = name or str(getattr(chat_model, "model_name", None) or type(chat_model).__name__)
+        self.continue_final_message = continue_final_message
+        self.system_prompt = system_prompt
+        self.logprobs_are_logits = logprobs_are_logits
+        self.require_logprobs = require_logprobs
+        self.max_retries = max_retries
+        self.backoff_seconds = backoff_seconds
+
+    def messages(self, question: str, steps: Sequence[str]) -> list[BaseMessage]:
+        head: list[BaseMessage] = [SystemMessage(self.system_prompt)] if self.system_prompt else []
+        if self.continue_final_message:
+            partial = "".join(step + STEP_SEPARATOR for step in steps)
+            return [*head, HumanMessage(question), AIMessage(partial)]
+        if not steps:
+            return [*head, HumanMessage(question)]
+        return [*head, HumanMessage(CONTINUE_PROMPT.format(question=question, steps=STEP_SEPARATOR.join(steps)))]
+
+    def _invoke(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
+        delay = self.backoff_seconds
+        for attempt in range(self.max_retries + 1):
+            try:
+                reply = self.chat_model.invoke(messages, **kwargs)
+                if not isinstance(reply, AIMessage):
+                    raise ModelOutputError(f"{self.name} returned {type(reply).__name__}, not an AIMessage.")
+                return reply
+            except ModelOutputError:
+                raise
+            except Exception as exc:  # classified just below: only transient errors are retried
+                if not is_transient(exc) or attempt == self.max_retries:
+                    raise ModelOutputError(f"{self.name} failed after {attempt + 1} attempt(s): {type(exc).__name__}: {exc}") from exc
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def generate_step(self, question: str, steps: Sequence[str], *, temperature: float = 0.7, seed: int | None = None,
+                      max_tokens: int = 64) -> StepOutput:
+        kwargs: dict[str, Any] = {"stop": [STEP_SEPARATOR], "temperature": temperature, "max_tokens": max_tokens}
+        if seed is not None:
+            kwargs["seed"] = seed
+        if self.continue_final_message:
+            kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+        reply = self._invoke(self.messages(question, steps), **kwargs)
+        text, _ = split_step(reply.text if isinstance(reply.text, str) else str(reply.content))
+        content = (reply.response_metadata.get("logprobs") or {}).get("content") or []
+        if not content and self.require_logprobs:
+            raise ModelOutputError(
+                f"{self.name} returned no log-probabilities; enable them (ChatOpenAI(logprobs=True, top_logprobs=5)) "
+                "or pass require_logprobs=False to route without confidence features."
+            )
+        tokens = [str(c.get("token", "")) for c in content]
+        tops = [[(str(t.get("token", "")), float(t["logprob"])) for t in (c.get("top_logprobs") or [])] or
+                [(str(c.get("token", "")), float(c["logprob"]))] for c in content]
+        max_logits = [max(v for _, v in top) for top in tops] if self.logprobs_are_logits and tops else None
+        usage: dict[str, Any] = dict(reply.usage_metadata or {})
+        cached = int((usage.get("input_token_details") or {}).get("cache_read", 0) or 0)
+        meta = reply.response_metadata
+        return StepOutput(
+            text=text,
+            tokens=tokens,
+            max_logits=max_logits,
+            top_logprobs=[] if self.logprobs_are_logits else tops,  # raw logits are not probabilities
+            prompt_tokens=int(usage.get("input_tokens", 0)),
+            cached_tokens=cached,
+            generated_tokens=int(usage.get("output_tokens", len(tokens))),
+            # vLLM reports the matched stop string in stop_reason; None there means end of sequence.
+            finished=meta.get("finish_reason") == "stop" and "stop_reason" in meta and meta["stop_reason"] is None,
+            model=self.name,
+        )
