@@ -23,3 +23,7 @@ class PolicyFileError(StepgraphError):
 
 class TraceStoreError(StepgraphError):
     """A trace store is corrupted, truncated or of another schema version."""
+
+
+class GateConfigError(StepgraphError, ValueError):
+    """A gate was configured with invalid options or a bad fitted-gate file."""

@@ -1,94 +1,319 @@
-"""Each gate's decisions on crafted features."""
+"""Each gate's decisions on crafted features, and the registry that builds gates by name."""
 
+import json
+import math
 import random
 
 import pytest
+import torch
 
+from stepgraph.errors import PolicyFileError
 from stepgraph.features import CONFIDENCE_SCHEMA
 from stepgraph.gates import (
+    GATES,
     AlwaysDraftGate,
     AlwaysTargetGate,
     ConfidenceThresholdGate,
     ExploringGate,
+    PolicyGate,
     RandomGate,
     StepwiseGMMGate,
     make_gate,
 )
 from stepgraph.gates.base import GateInput
+from stepgraph.gates.steer import Mixture, fit_mixture
 from stepgraph.models.base import StepOutput
+from stepgraph.policy import PolicyArtifact, PolicyNetwork
 
 STEP = StepOutput("1+1=2", ["1", "+", "1", "=", "2"], [9.0] * 5, [[("1", -0.1)]] * 5, 10, 0, 5, False, "m")
 
 
 def x(confidence: float | None = 9.0, step_index: int = 0, api: float | None = None) -> GateInput:
-    obs = {n: None for n in CONFIDENCE_SCHEMA.names}
+    obs: dict[str, float | None] = {n: None for n in CONFIDENCE_SCHEMA.names}
     obs.update(logit_confidence=confidence, api_confidence=api, step_index=float(step_index))
     return GateInput("q", (), STEP, obs)
 
 
-def test_always_gates():
-    assert not AlwaysDraftGate().decide(x(-100)).escalate
-    assert AlwaysTargetGate().decide(x(100)).escalate
+# --- always draft / always target ---------------------------------------------------------
+
+
+def test_always_draft_never_escalates():
+    decisions = [AlwaysDraftGate().decide(x(c)) for c in (-100.0, 0.0, 100.0, None)]
+    assert [d.escalate for d in decisions] == [False] * 4
+    assert all(d.probability == 0.0 for d in decisions)
+
+
+def test_always_target_always_escalates():
+    decisions = [AlwaysTargetGate().decide(x(c)) for c in (-100.0, 0.0, 100.0, None)]
+    assert [d.escalate for d in decisions] == [True] * 4
+    assert all(d.probability == 1.0 for d in decisions)
+
+
+# --- confidence threshold -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("confidence", "escalate"), [(4.9, True), (5.0, False), (7.0, False), (None, True)])
-def test_confidence_threshold(confidence, escalate):
-    assert ConfidenceThresholdGate(5.0).decide(x(confidence)).escalate is escalate
+def test_confidence_threshold_escalates_strictly_below(confidence, escalate):
+    decision = ConfidenceThresholdGate(5.0).decide(x(confidence))
+    assert decision.escalate is escalate
+    assert decision.probability == float(escalate)
 
 
-def test_confidence_threshold_on_api_confidence_and_bad_feature():
+def test_confidence_threshold_treats_nan_confidence_as_low():
+    assert ConfidenceThresholdGate(5.0).decide(x(math.nan)).escalate
+
+
+def test_confidence_threshold_reads_the_chosen_feature():
     gate = ConfidenceThresholdGate(0.9, feature="api_confidence")
-    assert gate.decide(x(api=0.5)).escalate and not gate.decide(x(api=0.95)).escalate
-    with pytest.raises(ValueError, match="feature"):
+    assert gate.decide(x(confidence=-50.0, api=0.95)).escalate is False  # logit_confidence is ignored
+    assert gate.decide(x(confidence=50.0, api=0.5)).escalate is True
+    assert gate.decide(x(confidence=50.0, api=None)).escalate is True
+
+
+def test_confidence_threshold_rejects_non_confidence_features():
+    with pytest.raises(ValueError, match="logit_confidence"):
         ConfidenceThresholdGate(1.0, feature="step_index")
 
 
-def test_random_gate_rate_and_seed():
+# --- random -------------------------------------------------------------------------------
+
+
+def test_random_gate_escalates_at_its_rate():
     gate = RandomGate(0.3, seed=1)
-    decisions = [gate.decide(x()).escalate for _ in range(4000)]
-    assert abs(sum(decisions) / 4000 - 0.3) < 0.03
-    again = RandomGate(0.3, seed=1)
-    assert [again.decide(x()).escalate for _ in range(4000)] == decisions
-    assert gate.decide(x()).probability == 0.3
+    decisions = [gate.decide(x()) for _ in range(2000)]
+    assert abs(sum(d.escalate for d in decisions) / 2000 - 0.3) < 0.035
+    assert all(d.probability == 0.3 for d in decisions)
+
+
+def test_random_gate_is_reproducible_with_a_seed():
+    a, b, c = RandomGate(0.5, seed=7), RandomGate(0.5, seed=7), RandomGate(0.5, seed=8)
+    seq_a = [a.decide(x()).escalate for _ in range(200)]
+    assert seq_a == [b.decide(x()).escalate for _ in range(200)]
+    assert seq_a != [c.decide(x()).escalate for _ in range(200)]
+
+
+@pytest.mark.parametrize(("rate", "escalate"), [(0.0, False), (1.0, True)])
+def test_random_gate_extreme_rates_are_deterministic(rate, escalate):
+    gate = RandomGate(rate, seed=0)
+    assert {gate.decide(x()).escalate for _ in range(500)} == {escalate}
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.5, math.nan])
+def test_random_gate_rejects_rates_outside_0_1(rate):
     with pytest.raises(ValueError, match="rate"):
-        RandomGate(1.5)
+        RandomGate(rate)
 
 
-def test_exploring_gate_records_its_escalation_probability():
+# --- exploring (behaviour policy) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("confidence", "mu"), [(1.0, 0.8), (9.0, 0.2)])
+def test_exploring_gate_records_mu_escalate_matching_its_frequency(confidence, mu):
     gate = ExploringGate(ConfidenceThresholdGate(5.0), epsilon=0.4, seed=3)
-    for confidence, mu in ((1.0, 0.8), (9.0, 0.2)):
-        decisions = [gate.decide(x(confidence)) for _ in range(4000)]
-        assert all(d.probability == pytest.approx(mu) for d in decisions)
-        assert abs(sum(d.escalate for d in decisions) / 4000 - mu) < 0.03
+    decisions = [gate.decide(x(confidence)) for _ in range(4000)]
+    assert all(d.probability == pytest.approx(mu) for d in decisions)  # μ(escalate | o), whatever was drawn
+    assert abs(sum(d.escalate for d in decisions) / 4000 - mu) < 0.03
+
+
+def test_exploring_gate_keeps_the_base_score():
+    base = ConfidenceThresholdGate(5.0)
+    assert ExploringGate(base, seed=0).decide(x(3.0)).score == base.decide(x(3.0)).score == 2.0
+
+
+def test_exploring_gate_without_exploration_is_the_base_gate():
+    gate = ExploringGate(ConfidenceThresholdGate(5.0), epsilon=0.0, seed=0)
+    assert [gate.decide(x(c)).escalate for c in (1.0, 9.0) * 50] == [True, False] * 50
+
+
+def test_exploring_gate_around_a_stochastic_base_uses_its_probability():
+    gate = ExploringGate(RandomGate(0.1, seed=5), epsilon=0.5, seed=6)
+    decisions = [gate.decide(x()) for _ in range(4000)]
+    mu = 0.5 * 0.1 + 0.25
+    assert decisions[0].probability == pytest.approx(mu)
+    assert abs(sum(d.escalate for d in decisions) / 4000 - mu) < 0.03
+
+
+def test_exploring_gate_rejects_bad_epsilon():
+    with pytest.raises(ValueError, match="epsilon"):
+        ExploringGate(AlwaysDraftGate(), epsilon=1.2)
+
+
+# --- STEER stepwise GMM -------------------------------------------------------------------
 
 
 def _bimodal(rng: random.Random, n: int, low: float = 3.0, high: float = 10.0) -> list[float]:
     return [rng.gauss(low, 0.7) if rng.random() < 0.3 else rng.gauss(high, 0.7) for _ in range(n)]
 
 
-def test_steer_gmm_recovers_modes_and_routes_low_confidence():
+@pytest.fixture(scope="module")
+def steer() -> StepwiseGMMGate:
     rng = random.Random(0)
-    gate = StepwiseGMMGate.fit({0: _bimodal(rng, 400), 1: _bimodal(rng, 400, low=5.0, high=12.0)})
-    assert gate.mixture_for(0).means == pytest.approx((3.0, 10.0), abs=0.3)
-    assert gate.mixture_for(1).means == pytest.approx((5.0, 12.0), abs=0.3)
-    assert gate.decide(x(3.5, step_index=0)).escalate and not gate.decide(x(9.5, step_index=0)).escalate
-    # Same score, different step position: 7.0 is high at step 0 but low at step 1.
-    assert not gate.decide(x(7.0, step_index=0)).escalate and gate.decide(x(7.0, step_index=1)).escalate
-    assert gate.mixture_for(5) == gate.mixture_for(1)  # past the last bucket: the last bucket
-    assert gate.decide(x(None)).escalate
+    return StepwiseGMMGate.fit({0: _bimodal(rng, 400), 1: _bimodal(rng, 400, low=5.0, high=12.0)})
 
 
-def test_steer_sparse_bucket_falls_back_to_pooled(tmp_path):
+def test_gmm_fit_recovers_the_modes(steer):
+    assert steer.mixture_for(0).means == pytest.approx((3.0, 10.0), abs=0.3)
+    assert steer.mixture_for(0).weights == pytest.approx((0.3, 0.7), abs=0.06)
+    assert [math.sqrt(v) for v in steer.mixture_for(0).variances] == pytest.approx((0.7, 0.7), abs=0.15)
+    assert steer.mixture_for(1).means == pytest.approx((5.0, 12.0), abs=0.3)
+
+
+def test_gmm_fit_is_deterministic():
+    scores = _bimodal(random.Random(2), 300)
+    assert fit_mixture(scores) == fit_mixture(scores)
+
+
+def test_steer_escalates_low_confidence_and_accepts_high(steer):
+    low, high = steer.decide(x(3.5)), steer.decide(x(9.5))
+    assert low.escalate and low.score > 0.99
+    assert not high.escalate and high.score < 0.01
+
+
+def test_steer_buckets_by_step_position(steer):
+    # 7.0 is a high score at step 0 (modes 3 / 10) but a low one at step 1 (modes 5 / 12).
+    assert not steer.decide(x(7.0, step_index=0)).escalate
+    assert steer.decide(x(7.0, step_index=1)).escalate
+
+
+def test_steer_positions_past_the_last_bucket_use_the_last_bucket(steer):
+    assert steer.mixture_for(5) == steer.mixture_for(1) != steer.mixture_for(0)
+    assert steer.decide(x(7.0, step_index=5)).escalate
+
+
+def test_steer_folds_late_positions_into_the_last_bucket():
+    rng = random.Random(4)
+    gate = StepwiseGMMGate.fit({0: _bimodal(rng, 200), 2: _bimodal(rng, 200, low=5.0, high=12.0)}, max_step_buckets=2)
+    assert sorted(gate.mixtures) == [0, 1]
+    assert gate.mixture_for(1).means == pytest.approx((5.0, 12.0), abs=0.4)
+
+
+def test_steer_missing_confidence_escalates(steer):
+    decision = steer.decide(x(None))
+    assert decision.escalate and decision.score == 1.0
+
+
+def test_steer_sparse_bucket_falls_back_to_pooled():
     rng = random.Random(1)
     gate = StepwiseGMMGate.fit({0: _bimodal(rng, 400), 3: [1.0, 2.0, 3.0]})
-    assert gate.mixture_for(3) == gate.pooled
-    gate.save(tmp_path / "steer.json")
-    loaded = make_gate("steer", path=tmp_path / "steer.json")
-    for c in (2.0, 5.0, 6.5, 8.0, 11.0):
-        assert loaded.decide(x(c)).score == pytest.approx(gate.decide(x(c)).score)
+    assert gate.mixture_for(3) == gate.pooled != gate.mixture_for(0)
+    assert gate.mixture_for(2) == gate.pooled  # a position with no scores at all
+
+
+def test_steer_posterior_does_not_turn_around_in_the_tails():
+    wide_low = StepwiseGMMGate({0: Mixture((0.5, 0.5), (0.0, 10.0), (25.0, 1.0))}, Mixture((0.5, 0.5), (0.0, 10.0), (1.0, 1.0)))
+    assert not wide_low.decide(x(20.0)).escalate  # more confident than the high mode: accept
+    wide_high = StepwiseGMMGate({0: Mixture((0.5, 0.5), (0.0, 10.0), (1.0, 25.0))}, wide_low.pooled)
+    assert wide_high.decide(x(-20.0)).escalate  # less confident than the low mode: escalate
+
+
+def test_steer_save_load_round_trip_gives_identical_decisions(steer, tmp_path):
+    path = steer.save(tmp_path / "steer.json")
+    assert json.loads(path.read_text())["format"] == "stepgraph.steer"  # plain JSON, no pickle
+    loaded = StepwiseGMMGate.load(path)
+    for step in (0, 1, 4):
+        for c in (2.0, 5.0, 6.5, 7.0, 8.0, 11.0, None):
+            assert loaded.decide(x(c, step)) == steer.decide(x(c, step))
+
+
+def test_steer_load_refuses_other_files(tmp_path):
+    (tmp_path / "other.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ValueError, match="stepgraph.steer"):
+        StepwiseGMMGate.load(tmp_path / "other.json")
+
+
+def test_steer_fit_needs_scores():
+    with pytest.raises(ValueError, match="scores"):
+        StepwiseGMMGate.fit({0: [None, math.nan]})  # type: ignore[list-item]
+
+
+# --- policy gate --------------------------------------------------------------------------
+
+
+def _save_policy(directory, kappa: float):
+    """A one-layer policy with π(escalate | o) = sigmoid(−2·(logit_confidence − 8))."""
+    n = len(CONFIDENCE_SCHEMA.names)
+    net = PolicyNetwork(n, layers=1)
+    with torch.no_grad():
+        net.net[0].weight.zero_()
+        net.net[0].bias.zero_()
+        net.net[0].weight[1, 0] = -2.0
+    PolicyArtifact(net, kappa, 0.02, CONFIDENCE_SCHEMA, [8.0] + [0.0] * (n - 1), [1.0] * n, layers=1).save(directory)
+    return directory
+
+
+def test_policy_gate_scores_pi_and_compares_with_kappa(tmp_path):
+    gate = PolicyGate.from_path(_save_policy(tmp_path, kappa=0.3))
+    assert gate.threshold == 0.3
+    for confidence, escalate in ((6.0, True), (8.0, True), (8.4, True), (9.0, False), (12.0, False)):
+        decision = gate.decide(x(confidence))
+        assert decision.score == pytest.approx(1 / (1 + math.exp(2.0 * (confidence - 8.0))), abs=1e-6)
+        assert decision.escalate is escalate
+
+
+def test_policy_gate_threshold_is_the_artifacts_kappa(tmp_path):
+    strict = make_gate("policy", path=_save_policy(tmp_path / "strict", kappa=0.7))
+    lenient = make_gate("policy", path=_save_policy(tmp_path / "lenient", kappa=0.3))
+    assert not strict.decide(x(8.0)).escalate and lenient.decide(x(8.0)).escalate  # π = 0.5 at 8.0
+
+
+def test_policy_gate_refuses_another_feature_schema(tmp_path):
+    _save_policy(tmp_path, kappa=0.5)
+    manifest = json.loads((tmp_path / "policy.json").read_text())
+    manifest["feature_schema"]["names"] = manifest["feature_schema"]["names"][:-1]
+    (tmp_path / "policy.json").write_text(json.dumps(manifest))
+    with pytest.raises(PolicyFileError, match="feature schema"):
+        PolicyGate.from_path(tmp_path)
+
+
+def test_policy_gate_refuses_corrupted_weights(tmp_path):
+    _save_policy(tmp_path, kappa=0.5)
+    weights = tmp_path / "policy.safetensors"
+    data = bytearray(weights.read_bytes())
+    for i in range(len(data) - 8, len(data)):
+        data[i] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(PolicyFileError, match="corrupted"):
+        PolicyGate.from_path(tmp_path)
+
+
+def test_policy_gate_refuses_a_missing_directory(tmp_path):
+    with pytest.raises(PolicyFileError, match="missing"):
+        make_gate("policy", path=tmp_path / "nowhere")
+
+
+# --- registry -----------------------------------------------------------------------------
+
+
+def test_registry_names():
+    assert set(GATES) == {"draft", "target", "random", "threshold", "steer", "policy"}
+
+
+@pytest.mark.parametrize(("name", "options", "cls"), [
+    ("draft", {}, AlwaysDraftGate),
+    ("target", {}, AlwaysTargetGate),
+    ("random", {"rate": 0.2, "seed": 0}, RandomGate),
+    ("threshold", {"threshold": 3.0, "feature": "api_confidence"}, ConfidenceThresholdGate),
+])
+def test_registry_builds_gates_from_options(name, options, cls):
+    assert type(make_gate(name, **options)) is cls
+
+
+def test_registry_loads_steer_with_a_threshold_override(steer, tmp_path):
+    path = steer.save(tmp_path / "steer.json")
+    gate = make_gate("steer", path=path, threshold=0.99)
+    assert gate.threshold == 0.99 and gate.mixtures == steer.mixtures
 
 
 def test_registry_rejects_unknown_names():
-    assert isinstance(make_gate("threshold", threshold=3.0), ConfidenceThresholdGate)
-    with pytest.raises(ValueError, match="Unknown gate"):
+    with pytest.raises(ValueError, match="Unknown gate 'oracle-of-delphi'; choose one of draft, policy"):
         make_gate("oracle-of-delphi")
+
+
+@pytest.mark.parametrize(("name", "options", "message"), [
+    ("policy", {}, "needs path="),
+    ("steer", {"path": None}, "needs path="),
+    ("policy", {"path": "x", "threshold": 0.3}, "takes only"),
+])
+def test_registry_rejects_bad_file_gate_options(name, options, message):
+    with pytest.raises(ValueError, match=message):
+        make_gate(name, **options)

@@ -70,3 +70,10 @@ def test_cli_help_documents_every_option():
     for option in ("--models", "--gate", "--policy", "--threshold", "--temperature", "--seed", "--max-steps", "--budget", "--sticky", "--json"):
         assert option in out
     assert "default" in out
+
+
+def test_cli_reports_bad_gate_options_without_a_traceback(capsys):
+    assert main(["solve", "Ann has 3 coins. She gets 2 more. She loses 1. How many coins does she have?",
+                 "--gate", "random", "--rate", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stepgraph: error:") and "[0, 1]" in err and "Traceback" not in err

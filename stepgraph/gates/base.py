@@ -35,8 +35,10 @@ class GateDecision:
     Attributes:
         escalate: whether the next tier should regenerate the step.
         score: the escalation score that was compared with the threshold.
-        probability: the probability with which this gate escalates on this input (1 or 0 for
-            deterministic gates); exploring behaviour gates record it as μ(escalate | o).
+        probability: μ(escalate | o), the probability that this gate escalates on this input,
+            whichever action it took (not the probability of the action taken): 1.0 or 0.0 for
+            deterministic gates, ``rate`` for RandomGate, (1 − ε)·1{base escalates} + ε/2 for
+            ExploringGate. Off-policy training reads it as the behaviour probability.
     """
 
     escalate: bool
