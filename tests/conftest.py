@@ -1,7 +1,25 @@
+import importlib.util
+import os
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(1)  # CI has 2 cores; vLLM-style servers started by fixtures need the other
+
+
+@pytest.fixture(scope="session")
+def vllm_ready(request: pytest.FixtureRequest) -> None:
+    """vLLM is importable and its caches go to pytest's cache folder (kept between sessions).
+
+    Without vLLM the real-vLLM tests skip, except where STEPGRAPH_REQUIRE_VLLM=1 (CI) makes that a failure.
+    """
+    if importlib.util.find_spec("vllm") is None:
+        if os.environ.get("STEPGRAPH_REQUIRE_VLLM") == "1":
+            pytest.fail("STEPGRAPH_REQUIRE_VLLM=1 but vLLM is not installed; see the README's test command.")
+        pytest.skip('vLLM is not installed (pip install ".[vllm]", see the README)')
+    from stepgraph.testbed.vllm_serving import configure_environment
+
+    configure_environment(request.config.cache.mkdir("vllm"))

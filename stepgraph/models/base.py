@@ -72,6 +72,15 @@ class StepModel(Protocol):
         ...
 
 
+def continuation_prompt(tokenizer: Any, question: str, steps: Sequence[str], system_prompt: str | None = None) -> str:
+    """The text a local model continues: its chat template's prompt, then the accepted steps, each with its break."""
+    messages: list[Any] = [{"role": "user", "content": question}]
+    if system_prompt:
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return str(head) + "".join(step + STEP_SEPARATOR for step in steps)
+
+
 def split_step(text: str) -> tuple[str, bool]:
     """Cut generated text at the first blank line; return (step, whether a break was found)."""
     head, sep, _ = text.partition(STEP_SEPARATOR)

@@ -122,7 +122,6 @@ class ChatStepModel:
         max_logits = [max(v for _, v in top) for top in tops] if self.logprobs_are_logits and tops else None
         usage: dict[str, Any] = dict(reply.usage_metadata or {})
         cached = int((usage.get("input_token_details") or {}).get("cache_read", 0) or 0)
-        meta = reply.response_metadata
         return StepOutput(
             text=text,
             tokens=tokens,
@@ -131,7 +130,19 @@ class ChatStepModel:
             prompt_tokens=int(usage.get("input_tokens", 0)),
             cached_tokens=cached,
             generated_tokens=int(usage.get("output_tokens", len(tokens))),
-            # vLLM reports the matched stop string in stop_reason; None there means end of sequence.
-            finished=meta.get("finish_reason") == "stop" and "stop_reason" in meta and meta["stop_reason"] is None,
+            finished=self._ended_answer(reply.response_metadata, tokens),
             model=self.name,
         )
+
+    def _ended_answer(self, meta: dict[str, Any], tokens: list[str]) -> bool:
+        """Whether the model ended the whole answer (end of sequence), not only the step.
+
+        In prompt mode (OpenAI) every reply ends naturally, so this is False there and the answer
+        ends at its ``\\boxed{}``.
+        """
+        if meta.get("finish_reason") != "stop":
+            return False
+        if "stop_reason" in meta:  # vLLM's field: the matched stop string, None at end of sequence
+            return meta["stop_reason"] is None
+        # vLLM through langchain-openai, which drops stop_reason: a matched step break is among the tokens
+        return self.continue_final_message and bool(tokens) and STEP_SEPARATOR not in "".join(tokens)

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.utils import logging as hf_logging
 
 from stepgraph.errors import ModelLoadError
-from stepgraph.models.base import STEP_SEPARATOR, StepOutput, split_step
+from stepgraph.models.base import STEP_SEPARATOR, StepOutput, continuation_prompt, split_step
 
 
 class TransformersStepModel:
@@ -73,11 +73,7 @@ class TransformersStepModel:
 
     def prompt(self, question: str, steps: Sequence[str]) -> str:
         """The text the model continues: chat prompt, then the accepted steps and a blank line."""
-        messages = [{"role": "user", "content": question}]
-        if self.system_prompt:
-            messages.insert(0, {"role": "system", "content": self.system_prompt})
-        head = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return str(head) + "".join(step + STEP_SEPARATOR for step in steps)
+        return continuation_prompt(self.tokenizer, question, steps, self.system_prompt)
 
     @torch.inference_mode()
     def generate_step(

@@ -1,0 +1,216 @@
+"""vLLM offline-engine backend: a ``vllm.LLM`` writes the steps, batched across graph runs.
+
+Install with ``pip install "stepgraph[vllm]"`` (see the README for the CPU recipe). Start the
+engine with ``logprobs_mode="raw_logits"`` and the reported top-k values are raw logits, so the
+top one is exactly the max logit STEER's score is built from (``logit_confidence``). With vLLM's
+default ``raw_logprobs`` they are log-probabilities instead and give ``api_confidence``. An
+engine reports one kind, never both, so the other feature is None (the policy gate imputes its
+training mean; train on traces of the same backend for the best routing).
+
+Concurrent ``generate_step`` calls (``graph.batch(...)`` runs graph states in threads) are
+gathered into one ``LLM.generate`` call: whoever gets the engine next takes every request
+waiting, so a batch of 16 runs decodes 16 steps together.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+from stepgraph.errors import ModelLoadError, ModelOutputError
+from stepgraph.models.base import STEP_SEPARATOR, StepOutput, continuation_prompt, split_step
+
+if TYPE_CHECKING:
+    from vllm import LLM, RequestOutput, SamplingParams
+
+LOGIT_MODES = ("raw_logits", "processed_logits")
+ENGINE_POLL_SECONDS = 1.0  # how often a waiting call checks that the engine is still alive
+
+
+def _import_vllm() -> Any:
+    try:
+        import vllm
+    except ImportError as exc:
+        raise ModelLoadError(
+            'The vLLM backend needs vLLM: pip install "stepgraph[vllm]" (on CPU, see the README for the recipe).'
+        ) from exc
+    return vllm
+
+
+def count_parameters(model_dir: str | Path) -> int:
+    """Parameters stored in a model directory's safetensors files, read from their headers only."""
+    from safetensors import safe_open
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"No *.safetensors in {model_dir}; pass n_params explicitly.")
+    total = 0
+    for file in files:
+        with safe_open(str(file), framework="numpy") as handle:
+            for key in handle:
+                n = 1
+                for dim in handle.get_slice(key).get_shape():
+                    n *= dim
+                total += n
+    return total
+
+
+@dataclass
+class _Request:
+    prompt_ids: list[int]
+    params: SamplingParams
+    result: Future[RequestOutput]
+
+
+class VLLMStepModel:
+    """Generate one reasoning step at a time with a vLLM offline engine.
+
+    Args:
+        llm: a ``vllm.LLM`` configured as you run it, or a model directory / hub id to start one
+            with ``engine_kwargs`` (defaults: ``logprobs_mode="raw_logits"``,
+            ``enable_prefix_caching=True``).
+        name: the model's name in traces and costs (default: the directory name).
+        n_params: parameter count for FLOPs (default: read from the model's safetensors).
+        system_prompt: an optional system turn (the same prompt as ``TransformersStepModel``).
+        top_k: how many log-probabilities (or logits) to request per token.
+        engine_kwargs: extra ``vllm.LLM`` arguments when ``llm`` is a path.
+
+    Example (``if __name__ == "__main__":`` guarded: the engine starts worker processes):
+        >>> model = VLLMStepModel("Qwen/Qwen2.5-Math-1.5B-Instruct")  # doctest: +SKIP
+        >>> model.generate_step("What is 2 + 3?", []).max_logits  # doctest: +SKIP
+    """
+
+    def __init__(self, llm: LLM | str | Path, *, name: str | None = None, n_params: int | None = None,
+                 system_prompt: str | None = None, top_k: int = 5, engine_kwargs: dict[str, Any] | None = None) -> None:
+        if isinstance(llm, (str, Path)):
+            llm = start_engine(llm, **(engine_kwargs or {}))
+        self.llm = llm
+        config = llm.llm_engine.model_config
+        self.tokenizer = llm.get_tokenizer()
+        self.logprobs_mode = str(config.logprobs_mode)
+        self.max_length = int(config.max_model_len)
+        self.name = name or Path(str(config.model)).name
+        self.n_params = n_params if n_params is not None else count_parameters(config.model)
+        self.system_prompt = system_prompt
+        self.top_k = top_k
+        self._engine = threading.Lock()  # LLM.generate is not thread-safe
+        self._waiting: list[_Request] = []
+        self._waiting_lock = threading.Lock()
+        self.batch_sizes: Counter[int] = Counter()  # engine calls by how many steps they decoded
+
+    def close(self) -> None:
+        """Stop the engine's worker processes (the engine cannot be used after this)."""
+        self.llm.llm_engine.engine_core.shutdown()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def prompt(self, question: str, steps: Sequence[str]) -> str:
+        """The text the model continues: chat prompt, then the accepted steps and a blank line."""
+        return continuation_prompt(self.tokenizer, question, steps, self.system_prompt)
+
+    def generate_step(self, question: str, steps: Sequence[str], *, temperature: float = 0.7, seed: int | None = None,
+                      max_tokens: int = 64) -> StepOutput:
+        vllm = _import_vllm()
+        prompt_ids = self.tokenizer(self.prompt(question, steps), add_special_tokens=False)["input_ids"]
+        if len(prompt_ids) + 1 > self.max_length:
+            raise ValueError(f"The prompt has {len(prompt_ids)} tokens; {self.name} handles at most {self.max_length}.")
+        params = vllm.SamplingParams(
+            temperature=temperature, seed=seed, logprobs=self.top_k, stop=[STEP_SEPARATOR],
+            max_tokens=min(max_tokens, self.max_length - len(prompt_ids)),
+        )
+        request = _Request(prompt_ids, params, Future())
+        with self._waiting_lock:
+            self._waiting.append(request)
+        self._run_waiting()
+        return self._step_output(request.result.result(), len(prompt_ids))
+
+    def _run_waiting(self) -> None:
+        """Run every waiting request in one engine call, unless a caller before us already has."""
+        with self._engine:
+            with self._waiting_lock:
+                batch, self._waiting = self._waiting, []
+            if not batch:
+                return
+            self.batch_sizes[len(batch)] += 1
+            try:
+                outputs = self._generate([{"prompt_token_ids": r.prompt_ids} for r in batch], [r.params for r in batch])
+            except Exception as exc:  # noqa: BLE001 -- the engine died or refused the batch: every caller gets it
+                error = ModelOutputError(f"{self.name} (vLLM engine) failed: {type(exc).__name__}: {exc}")
+                for r in batch:
+                    r.result.set_exception(error)
+                return
+            for r, out in zip(batch, outputs):
+                r.result.set_result(out)
+
+    def _generate(self, prompts: list[Any], params: list[SamplingParams]) -> list[RequestOutput]:
+        """``LLM.generate``, watched: vLLM's synchronous client waits forever when the engine process dies."""
+        call: Future[list[RequestOutput]] = Future()
+
+        def run() -> None:
+            try:
+                call.set_result(self.llm.generate(prompts, params, use_tqdm=False))
+            except BaseException as exc:  # noqa: BLE001 -- handed to the waiting caller
+                call.set_exception(exc)
+
+        threading.Thread(target=run, name=f"{self.name}-generate", daemon=True).start()
+        while True:
+            try:
+                return call.result(timeout=ENGINE_POLL_SECONDS)
+            except FutureTimeout:
+                if not self.engine_alive():
+                    raise RuntimeError("the engine process exited") from None
+
+    def engine_alive(self) -> bool:
+        """Whether the engine's core processes are running (True where vLLM runs them in-process)."""
+        resources = getattr(self.llm.llm_engine.engine_core, "resources", None)
+        if resources is None:
+            return True
+        manager = getattr(resources, "engine_manager", None)
+        processes = getattr(manager, "processes", [])
+        return not resources.engine_dead and all(p.is_alive() for p in processes)
+
+    def _step_output(self, out: RequestOutput, prompt_tokens: int) -> StepOutput:
+        completion = out.outputs[0]
+        ids = list(completion.token_ids)
+        positions = completion.logprobs or []
+        if len(positions) != len(ids):
+            raise ModelOutputError(f"{self.name} returned {len(positions)} logprob rows for {len(ids)} tokens.")
+        # by rank; the sampled token is listed too when it is outside the top k, and dropped here
+        rows = [sorted(pos.items(), key=lambda kv: kv[1].rank or 0)[: self.top_k] for pos in positions]
+        as_logits = self.logprobs_mode in LOGIT_MODES
+        text, _ = split_step(completion.text)
+        return StepOutput(
+            text=text,
+            tokens=[self._token_text(i) for i in ids],
+            max_logits=[max(lp.logprob for _, lp in row) for row in rows] if as_logits else None,
+            top_logprobs=[] if as_logits else [[(self._token_text(t), lp.logprob) for t, lp in row] for row in rows],
+            prompt_tokens=prompt_tokens,
+            cached_tokens=int(out.num_cached_tokens or 0),
+            generated_tokens=len(ids),
+            # a matched stop string is reported in stop_reason; None with "stop" means end of sequence
+            finished=completion.finish_reason == "stop" and completion.stop_reason is None,
+            model=self.name,
+        )
+
+    def _token_text(self, token_id: int) -> str:
+        return str(self.tokenizer.decode([token_id]))
+
+
+def start_engine(model: str | Path, **engine_kwargs: Any) -> LLM:
+    """Start a ``vllm.LLM`` for ``model`` with stepgraph's defaults, overridable by ``engine_kwargs``."""
+    vllm = _import_vllm()
+    kwargs: dict[str, Any] = {"logprobs_mode": "raw_logits", "enable_prefix_caching": True, **engine_kwargs}
+    try:
+        return vllm.LLM(model=str(model), **kwargs)
+    except Exception as exc:  # vLLM raises many types on bad configs; one clear error for the caller
+        raise ModelLoadError(f"vLLM could not start an engine for {model}: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,151 @@
+"""The real vLLM OpenAI-compatible server behind langchain-openai's ChatOpenAI, as users run it.
+
+Two servers for this module, started one after the other on 127.0.0.1: the draft reports raw
+logits (``--logprobs-mode raw_logits``, STEER's score), the target log-probabilities (as the
+OpenAI API does). Every number is checked against the local transformers backend.
+"""
+
+import contextlib
+import os
+import signal
+import time
+
+import pytest
+from langchain_openai import ChatOpenAI
+from langgraph.checkpoint.memory import InMemorySaver
+
+from stepgraph.context import RouterContext
+from stepgraph.defaults import resolve_gate
+from stepgraph.errors import ModelOutputError
+from stepgraph.features import api_confidence, logit_confidence
+from stepgraph.graph import build_graph
+from stepgraph.models.chat import ChatStepModel
+from stepgraph.models.local import TransformersStepModel
+from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR, task
+
+PROBLEMS = task.generate("test", 4, seed=33)
+GREEDY = RouterContext(temperature=0.0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def servers(vllm_ready, tmp_path_factory):
+    from stepgraph.testbed.vllm_serving import serve
+
+    logs = tmp_path_factory.mktemp("vllm-logs")
+    with contextlib.ExitStack() as stack:
+        draft = stack.enter_context(serve(DRAFT_MODEL_DIR, name="draft", log=stack.enter_context(open(logs / "draft.log", "wb"))))
+        target = stack.enter_context(serve(TARGET_MODEL_DIR, name="target", logprobs_mode="raw_logprobs",
+                                           log=stack.enter_context(open(logs / "target.log", "wb"))))
+        yield {"draft": draft, "target": target}
+
+
+def chat(url: str, name: str, **kwargs) -> ChatOpenAI:
+    options = {"logprobs": True, "top_logprobs": 5, "max_retries": 0, "timeout": 60, **kwargs}
+    return ChatOpenAI(base_url=url, api_key="EMPTY", model=name, **options)
+
+
+@pytest.fixture(scope="module")
+def tiers(servers):
+    draft = ChatStepModel(chat(servers["draft"].url, "draft"), n_params=TransformersStepModel(DRAFT_MODEL_DIR).n_params,
+                          continue_final_message=True, logprobs_are_logits=True, require_logprobs=True)
+    target = ChatStepModel(chat(servers["target"].url, "target"), n_params=TransformersStepModel(TARGET_MODEL_DIR).n_params,
+                           continue_final_message=True, require_logprobs=True)
+    return draft, target
+
+
+@pytest.fixture(scope="module")
+def local():
+    return TransformersStepModel(DRAFT_MODEL_DIR), TransformersStepModel(TARGET_MODEL_DIR)
+
+
+def test_server_steps_and_features_equal_transformers(tiers, local):
+    question, steps = PROBLEMS[0].question, []
+    for _ in range(6):
+        outputs = [(m.generate_step(question, steps, temperature=0), ref.generate_step(question, steps, temperature=0))
+                   for m, ref in zip(tiers, local)]
+        for ours, theirs in outputs:
+            assert (ours.text, ours.tokens, ours.prompt_tokens, ours.generated_tokens, ours.finished) == \
+                (theirs.text, theirs.tokens, theirs.prompt_tokens, theirs.generated_tokens, theirs.finished)
+        (draft_v, draft_t), (target_v, target_t) = outputs
+        assert draft_v.max_logits == pytest.approx(draft_t.max_logits, abs=1e-4)
+        assert logit_confidence(draft_v) == pytest.approx(logit_confidence(draft_t), abs=1e-4)
+        assert api_confidence(target_v) == pytest.approx(api_confidence(target_t), abs=1e-5)
+        steps.append(target_t.text)
+        if target_t.finished:
+            break
+    assert steps[-1].startswith("\\boxed{") and target_v.finished
+
+
+def test_cached_prompt_tokens_come_back_in_usage(tiers):
+    draft = tiers[0]
+    first = draft.generate_step(PROBLEMS[1].question, [], temperature=0)
+    second = draft.generate_step(PROBLEMS[1].question, [first.text], temperature=0)
+    assert 32 <= second.cached_tokens < second.prompt_tokens
+
+
+def test_graph_through_servers_routes_exactly_like_transformers(tiers, local):
+    on_server = build_graph(list(tiers), resolve_gate("threshold"))
+    on_torch = build_graph(list(local), resolve_gate("threshold"))
+    for problem in PROBLEMS[:2]:
+        ours = on_server.invoke({"question": problem.question}, context=GREEDY)
+        theirs = on_torch.invoke({"question": problem.question}, context=GREEDY)
+        assert [(s["text"], s["escalated"]) for s in ours["steps"]] == [(s["text"], s["escalated"]) for s in theirs["steps"]]
+        assert ours["answer"] == theirs["answer"] and ours["stop_reason"] == "final_answer"
+
+
+def test_openai_prompt_mode_against_the_server(servers, local):
+    """The mode for servers that cannot continue a message: previous steps go into the user turn."""
+    api = ChatStepModel(chat(servers["target"].url, "target"), n_params=1, require_logprobs=True)
+    question = PROBLEMS[2].question
+    first, reference = api.generate_step(question, [], temperature=0), local[1].generate_step(question, [], temperature=0)
+    assert first.text == reference.text  # no steps yet: the same prompt as a local model's
+    assert api_confidence(first) == pytest.approx(api_confidence(reference), abs=1e-5)
+    assert first.max_logits is None and not first.finished
+    later = api.generate_step(question, [first.text], temperature=0)
+    assert later.top_logprobs and later.prompt_tokens > first.prompt_tokens + len(question) // 8
+
+
+def test_a_timeout_is_retried_then_reported(servers):
+    slow = ChatStepModel(chat(servers["draft"].url, "draft", timeout=0.001), n_params=1, continue_final_message=True,
+                         max_retries=2, backoff_seconds=0.01)
+    with pytest.raises(ModelOutputError, match="after 3 attempt"):
+        slow.generate_step(PROBLEMS[0].question, [])
+
+
+def test_a_server_without_logprobs_errors_or_falls_back(servers):
+    bare = chat(servers["draft"].url, "draft", logprobs=False, top_logprobs=None)
+    with pytest.raises(ModelOutputError, match="no log-probabilities"):
+        ChatStepModel(bare, n_params=1, continue_final_message=True, require_logprobs=True).generate_step(PROBLEMS[0].question, [])
+    fallback = ChatStepModel(bare, n_params=1, continue_final_message=True, logprobs_are_logits=True)
+    out = fallback.generate_step(PROBLEMS[0].question, [], temperature=0)
+    assert out.text and logit_confidence(out) is None and api_confidence(out) is None
+    target = ChatStepModel(chat(servers["target"].url, "target"), n_params=10, continue_final_message=True)
+    result = build_graph([fallback, target], resolve_gate("threshold")).invoke({"question": PROBLEMS[0].question}, context=GREEDY)
+    assert all(s["escalated"] for s in result["steps"])  # unknown confidence is low confidence
+
+
+def test_server_killed_mid_run_fails_cleanly_and_keeps_the_trace(servers, tmp_path):
+    from stepgraph.testbed.vllm_serving import serve
+
+    with open(tmp_path / "doomed.log", "wb") as log, serve(DRAFT_MODEL_DIR, name="draft", log=log) as doomed:
+        draft = ChatStepModel(chat(doomed.url, "draft"), n_params=1, continue_final_message=True, logprobs_are_logits=True,
+                              max_retries=2, backoff_seconds=0.2)
+
+        class KillsTheServerAfterOneStep:
+            name, n_params = draft.name, draft.n_params
+
+            def generate_step(self, question, steps, **kwargs):
+                if steps:
+                    os.killpg(doomed.process.pid, signal.SIGKILL)
+                    doomed.process.wait(timeout=30)
+                return draft.generate_step(question, steps, **kwargs)
+
+        target = ChatStepModel(chat(servers["target"].url, "target"), n_params=10, continue_final_message=True)
+        saver = InMemorySaver()
+        config = {"configurable": {"thread_id": "server-killed"}}
+        graph = build_graph([KillsTheServerAfterOneStep(), target], resolve_gate("draft"), checkpointer=saver)
+        started = time.monotonic()
+        with pytest.raises(ModelOutputError, match="after 3 attempt"):
+            graph.invoke({"question": PROBLEMS[3].question}, config, context=GREEDY)
+        assert time.monotonic() - started < 60
+        assert len(graph.get_state(config).values["steps"]) == 1  # the step before the failure is kept
