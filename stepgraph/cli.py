@@ -118,6 +118,20 @@ def _overhead(args: argparse.Namespace) -> int:
     return 0
 
 
+def _throughput(args: argparse.Namespace) -> int:
+    from stepgraph.throughput import markdown_table, run_throughput
+
+    if "vllm" in args.backend:
+        from stepgraph.testbed.vllm_serving import configure_environment
+
+        configure_environment(".vllm-cache")
+    rows = run_throughput(n_problems=args.problems, batches=args.batch, backends=args.backend, seed=args.seed)
+    print(markdown_table(rows))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stepgraph",
@@ -139,8 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
     overhead.add_argument("--problems", type=int, default=20, help="test-split problems to run (default: %(default)s)")
     overhead.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     overhead.set_defaults(func=_overhead)
+    throughput = sub.add_parser(
+        "throughput",
+        help="benchmark: steps per second and per-step latency of each backend, by batch size",
+        description="Run the routed graph on the shipped pair with each backend and batch size, in one process.",
+    )
+    throughput.add_argument("--backend", nargs="+", default=["transformers", "vllm"], choices=["transformers", "vllm"],
+                            help="backends to compare (default: %(default)s)")
+    throughput.add_argument("--batch", nargs="+", type=int, default=[1, 16], help="batch sizes (default: %(default)s)")
+    throughput.add_argument("--problems", type=int, default=32, help="test-split problems per measurement (default: %(default)s)")
+    throughput.add_argument("--seed", type=int, default=0, help="problem seed (default: %(default)s)")
+    throughput.add_argument("--json-out", type=Path, default=None, help="also write the rows as JSON to this file")
+    throughput.set_defaults(func=_throughput)
     # `stepgraph --help` shows every option of every command, not just the command names.
-    parser.epilog = "\n".join(f"--- stepgraph {name} ---\n{p.format_help()}" for name, p in (("solve", solve), ("overhead", overhead)))
+    parser.epilog = "\n".join(f"--- stepgraph {name} ---\n{p.format_help()}" for name, p in (("solve", solve), ("overhead", overhead), ("throughput", throughput)))
     return parser
 
 

@@ -17,19 +17,26 @@ from stepgraph.testbed import load_pair, task
 
 
 class TimedModel:
-    """A StepModel proxy that adds up the time spent inside ``generate_step``."""
+    """A StepModel proxy that records how long each ``generate_step`` call took (thread-safe)."""
 
     def __init__(self, model: StepModel) -> None:
         self.model, self.name, self.n_params = model, model.name, model.n_params
-        self.seconds, self.calls = 0.0, 0
+        self.durations: list[float] = []  # list.append is atomic, so batched runs in threads are fine
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.durations)
+
+    @property
+    def calls(self) -> int:
+        return len(self.durations)
 
     def generate_step(self, question: str, steps: Sequence[str], **kwargs) -> StepOutput:
         started = time.perf_counter()
         try:
             return self.model.generate_step(question, steps, **kwargs)
         finally:
-            self.seconds += time.perf_counter() - started
-            self.calls += 1
+            self.durations.append(time.perf_counter() - started)
 
 
 def measure_overhead(n_problems: int = 20, seed: int = 0, gate_name: str | None = None) -> dict:
@@ -39,7 +46,7 @@ def measure_overhead(n_problems: int = 20, seed: int = 0, gate_name: str | None 
     problems = task.generate("test", n_problems, seed=seed)
     graph.invoke({"question": problems[0].question}, context=RouterContext(seed=seed))  # warm-up
     for t in tiers:
-        t.seconds, t.calls = 0.0, 0
+        t.durations.clear()
     n_steps, started = 0, time.perf_counter()
     for i, problem in enumerate(problems):
         n_steps += len(graph.invoke({"question": problem.question}, context=RouterContext(seed=seed + i))["steps"])

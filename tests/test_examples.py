@@ -20,3 +20,13 @@ def test_example_runs(script, expect):
     done = subprocess.run([sys.executable, str(EXAMPLES / script)], check=False, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert expect in done.stdout
+
+
+def test_vllm_engine_example_runs(vllm_ready, tmp_path):
+    env = dict(os.environ) | {"OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(EXAMPLES / "vllm_engine.py"), "--questions", "4"], cwd=tmp_path,
+                          check=False, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if "(expected" in line]
+    assert len(rows) == 4 and sum(row.split()[0] == row.split("expected ")[1].split(")")[0] for row in rows) >= 3
+    assert "steps in" in done.stdout and not (tmp_path / ".vllm-cache").exists()  # caches went where the fixture said

@@ -148,3 +148,26 @@ def _capture(sink, fn, *args, **kwargs):
         fn(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 -- the test inspects what the run raised
         sink.append(exc)
+
+
+def test_parameters_are_counted_from_a_directory_or_the_hub_cache(tmp_path, monkeypatch):
+    import shutil
+
+    from stepgraph.errors import ModelLoadError
+    from stepgraph.models.vllm_engine import VLLMStepModel, count_parameters
+
+    expected = TransformersStepModel(DRAFT_MODEL_DIR).n_params
+    assert count_parameters(DRAFT_MODEL_DIR) == expected
+    snapshot = tmp_path / "hub" / "models--acme--tiny" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    shutil.copy(DRAFT_MODEL_DIR / "model.safetensors", snapshot)
+    (tmp_path / "hub" / "models--acme--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--acme--tiny" / "refs" / "main").write_text("abc123")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # read at import, so patched here
+    assert count_parameters("acme/tiny") == expected
+    with pytest.raises(ModelLoadError, match="pass n_params"):
+        count_parameters("acme/not-cached")
+    with pytest.raises(ModelLoadError, match="No \\*.safetensors"):
+        VLLMStepModel(tmp_path)  # refused before any engine starts

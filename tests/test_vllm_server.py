@@ -8,7 +8,10 @@ OpenAI API does). Every number is checked against the local transformers backend
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from langchain_openai import ChatOpenAI
@@ -149,3 +152,27 @@ def test_server_killed_mid_run_fails_cleanly_and_keeps_the_trace(servers, tmp_pa
             graph.invoke({"question": PROBLEMS[3].question}, config, context=GREEDY)
         assert time.monotonic() - started < 60
         assert len(graph.get_state(config).values["steps"]) == 1  # the step before the failure is kept
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run_example(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")} | {"OMP_NUM_THREADS": "1"} | (env or {})
+    return subprocess.run([sys.executable, str(EXAMPLES / script), *args], check=False, capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_server_example_runs(servers):
+    done = run_example("vllm_server.py", "--draft-url", servers["draft"].url, "--target-url", servers["target"].url)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "answer: 42" in done.stdout and "tier 0:" in done.stdout
+
+
+def test_openai_example_runs_against_an_openai_compatible_endpoint(servers):
+    key = "sk-test-0123456789abcdef"
+    done = run_example("openai_target.py", "--target-model", "target",
+                       env={"OPENAI_BASE_URL": servers["target"].url, "OPENAI_API_KEY": key})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "answer:" in done.stdout and "draft:" in done.stdout
+    assert key not in done.stdout + done.stderr  # never logged

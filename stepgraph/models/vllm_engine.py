@@ -43,17 +43,26 @@ def _import_vllm() -> Any:
     return vllm
 
 
-def count_parameters(model_dir: str | Path) -> int:
-    """Parameters stored in a model directory's safetensors files, read from their headers only."""
+def count_parameters(model: str | Path) -> int:
+    """Parameters in a model's safetensors files (a directory, or a hub id already in the local
+    Hugging Face cache, as vLLM leaves it), read from the file headers only."""
     from safetensors import safe_open
 
-    files = sorted(Path(model_dir).glob("*.safetensors"))
+    directory = Path(model)
+    if not directory.is_dir():
+        from huggingface_hub import snapshot_download
+
+        try:
+            directory = Path(snapshot_download(str(model), local_files_only=True, allow_patterns=["*.safetensors"]))
+        except Exception as exc:  # not cached, or not a hub id: one clear error
+            raise ModelLoadError(f"{model} is neither a directory nor in the local Hugging Face cache; pass n_params.") from exc
+    files = sorted(directory.glob("*.safetensors"))
     if not files:
-        raise ModelLoadError(f"No *.safetensors in {model_dir}; pass n_params explicitly.")
+        raise ModelLoadError(f"No *.safetensors in {directory}; pass n_params explicitly.")
     total = 0
     for file in files:
         with safe_open(str(file), framework="numpy") as handle:
-            for key in handle:
+            for key in handle.keys():  # noqa: SIM118 -- safe_open is not iterable
                 n = 1
                 for dim in handle.get_slice(key).get_shape():
                     n *= dim
@@ -88,11 +97,11 @@ class VLLMStepModel:
 
     def __init__(self, llm: LLM | str | Path, *, name: str | None = None, n_params: int | None = None,
                  system_prompt: str | None = None, top_k: int = 5, engine_kwargs: dict[str, Any] | None = None) -> None:
-        if isinstance(llm, (str, Path)):
-            llm = start_engine(llm, **(engine_kwargs or {}))
-        self.llm = llm
-        config = llm.llm_engine.model_config
-        self.tokenizer = llm.get_tokenizer()
+        if isinstance(llm, (str, Path)) and n_params is None:
+            n_params = count_parameters(llm)  # before starting the engine: a bad directory fails fast
+        self.llm = start_engine(llm, **(engine_kwargs or {})) if isinstance(llm, (str, Path)) else llm
+        config = self.llm.llm_engine.model_config
+        self.tokenizer = self.llm.get_tokenizer()
         self.logprobs_mode = str(config.logprobs_mode)
         self.max_length = int(config.max_model_len)
         self.name = name or Path(str(config.model)).name

@@ -36,8 +36,9 @@ def configure_environment(cache_dir: str | Path) -> None:
     """Point vLLM's caches, sockets and telemetry away from the home folder (call before importing vllm)."""
     cache_dir = Path(cache_dir)
     for var, sub in (("VLLM_CACHE_ROOT", "vllm"), ("VLLM_RPC_BASE_PATH", "rpc"), ("TORCHINDUCTOR_CACHE_DIR", "inductor")):
-        (cache_dir / sub).mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault(var, str(cache_dir / sub))
+        if var not in os.environ:  # a caller's own setting wins
+            (cache_dir / sub).mkdir(parents=True, exist_ok=True)
+            os.environ[var] = str(cache_dir / sub)
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default claims far more
 
