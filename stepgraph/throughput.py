@@ -44,6 +44,9 @@ def measure(tiers: Sequence[StepModel], questions: Sequence[str], batch: int) ->
     graph.batch([InputState(question=q) for q in questions[:batch]], {"max_concurrency": batch}, context=greedy)  # warm-up
     for t in timed:
         t.durations.clear()
+    engine_calls = getattr(tiers[0], "batch_sizes", None)  # the vLLM engine counts its iterations by batch size
+    if engine_calls is not None:
+        engine_calls.clear()
     steps, started = 0, time.perf_counter()
     for first in range(0, len(questions), batch):
         chunk = [InputState(question=q) for q in questions[first : first + batch]]
@@ -61,6 +64,8 @@ def measure(tiers: Sequence[StepModel], questions: Sequence[str], batch: int) ->
         "call_latency_ms_mean": round(1000 * statistics.fmean(latencies), 2),
         "call_latency_ms_p50": round(1000 * statistics.median(latencies), 2),
         "call_latency_ms_p90": round(1000 * latencies[int(0.9 * (len(latencies) - 1))], 2),
+        "draft_engine_batch_mean": round(sum(n * k for n, k in engine_calls.items()) / sum(engine_calls.values()), 2)
+        if engine_calls else None,
     }
 
 
@@ -85,7 +90,7 @@ def run_throughput(n_problems: int = 32, batches: Sequence[int] = (1, 16), backe
 
 def markdown_table(rows: Sequence[dict]) -> str:
     columns = ["backend", "batch", "steps", "wall_seconds", "steps_per_second", "speedup",
-               "call_latency_ms_mean", "call_latency_ms_p50", "call_latency_ms_p90"]
+               "call_latency_ms_mean", "call_latency_ms_p50", "call_latency_ms_p90", "draft_engine_batch_mean"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines)

@@ -106,8 +106,8 @@ def test_a_graph_batch_decodes_many_steps_per_engine_call(engines):
     results = graph.batch([{"question": p.question} for p in PROBLEMS], {"max_concurrency": len(PROBLEMS)}, context=GREEDY)
     assert all(r["stop_reason"] == "final_answer" for r in results)
     sizes = engines[0].batch_sizes
-    assert max(sizes) > 1  # steps of different runs shared an engine call
-    assert sum(n * k for n, k in sizes.items()) == sum(len(r["steps"]) for r in results)  # every step drafted once
+    assert max(sizes) > 1  # steps of different runs shared engine iterations
+    assert sum(n * k for n, k in sizes.items()) / sum(sizes.values()) > 2
     single = graph.invoke({"question": PROBLEMS[5].question}, context=GREEDY)
     assert [s["text"] for s in results[5]["steps"]] == [s["text"] for s in single["steps"]]
 

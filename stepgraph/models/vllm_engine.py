@@ -7,13 +7,15 @@ default ``raw_logprobs`` they are log-probabilities instead and give ``api_confi
 engine reports one kind, never both, so the other feature is None (the policy gate imputes its
 training mean; train on traces of the same backend for the best routing).
 
-Concurrent ``generate_step`` calls (``graph.batch(...)`` runs graph states in threads) are
-gathered into one ``LLM.generate`` call: whoever gets the engine next takes every request
-waiting, so a batch of 16 runs decodes 16 steps together.
+Concurrent ``generate_step`` calls (``graph.batch(...)`` runs graph states in threads) share
+the engine by continuous batching: one driver thread steps the engine, and a step requested
+while others are decoding joins them at the next engine iteration, so a batch of 16 runs
+decodes up to 16 steps in each forward pass.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import Counter
 from collections.abc import Sequence
@@ -21,7 +23,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, cast
 
 from stepgraph.errors import ModelLoadError, ModelOutputError
 from stepgraph.models.base import STEP_SEPARATOR, StepOutput, continuation_prompt, split_step
@@ -108,10 +110,12 @@ class VLLMStepModel:
         self.n_params = n_params if n_params is not None else count_parameters(config.model)
         self.system_prompt = system_prompt
         self.top_k = top_k
-        self._engine = threading.Lock()  # LLM.generate is not thread-safe
-        self._waiting: list[_Request] = []
-        self._waiting_lock = threading.Lock()
-        self.batch_sizes: Counter[int] = Counter()  # engine calls by how many steps they decoded
+        self._new: list[_Request] = []  # submitted, not yet added to the engine
+        self._running: dict[str, _Request] = {}  # in the engine; only the driver thread touches these
+        self._wake = threading.Condition()
+        self._driver: threading.Thread | None = None
+        self._ids = itertools.count()
+        self.batch_sizes: Counter[int] = Counter()  # engine iterations by how many steps they decoded
 
     def close(self) -> None:
         """Stop the engine's worker processes (the engine cannot be used after this)."""
@@ -137,47 +141,54 @@ class VLLMStepModel:
             temperature=temperature, seed=seed, logprobs=self.top_k, stop=[STEP_SEPARATOR],
             max_tokens=min(max_tokens, self.max_length - len(prompt_ids)),
         )
+        params.output_kind = vllm.sampling_params.RequestOutputKind.FINAL_ONLY
         request = _Request(prompt_ids, params, Future())
-        with self._waiting_lock:
-            self._waiting.append(request)
-        self._run_waiting()
-        return self._step_output(request.result.result(), len(prompt_ids))
+        with self._wake:
+            if self._driver is None:
+                self._driver = threading.Thread(target=self._drive, name=f"vllm-{self.name}", daemon=True)
+                self._driver.start()
+            self._new.append(request)
+            self._wake.notify()
+        return self._step_output(self._wait(request.result), len(prompt_ids))
 
-    def _run_waiting(self) -> None:
-        """Run every waiting request in one engine call, unless a caller before us already has."""
-        with self._engine:
-            with self._waiting_lock:
-                batch, self._waiting = self._waiting, []
-            if not batch:
-                return
-            self.batch_sizes[len(batch)] += 1
-            try:
-                outputs = self._generate([{"prompt_token_ids": r.prompt_ids} for r in batch], [r.params for r in batch])
-            except Exception as exc:  # noqa: BLE001 -- the engine died or refused the batch: every caller gets it
-                error = ModelOutputError(f"{self.name} (vLLM engine) failed: {type(exc).__name__}: {exc}")
-                for r in batch:
-                    r.result.set_exception(error)
-                return
-            for r, out in zip(batch, outputs):
-                r.result.set_result(out)
-
-    def _generate(self, prompts: list[Any], params: list[SamplingParams]) -> list[RequestOutput]:
-        """``LLM.generate``, watched: vLLM's synchronous client waits forever when the engine process dies."""
-        call: Future[list[RequestOutput]] = Future()
-
-        def run() -> None:
-            try:
-                call.set_result(self.llm.generate(prompts, params, use_tqdm=False))
-            except BaseException as exc:  # noqa: BLE001 -- handed to the waiting caller
-                call.set_exception(exc)
-
-        threading.Thread(target=run, name=f"{self.name}-generate", daemon=True).start()
+    def _wait(self, result: Future[RequestOutput]) -> RequestOutput:
+        """The request's output; vLLM's synchronous client waits forever when the engine process dies."""
         while True:
             try:
-                return call.result(timeout=ENGINE_POLL_SECONDS)
+                return result.result(timeout=ENGINE_POLL_SECONDS)
             except FutureTimeout:
                 if not self.engine_alive():
-                    raise RuntimeError("the engine process exited") from None
+                    raise ModelOutputError(f"{self.name} (vLLM engine) failed: the engine process exited.") from None
+
+    def _drive(self) -> None:
+        """The one thread that calls the engine: add what was submitted, run one iteration, hand out results."""
+        engine = self.llm.llm_engine
+        while True:
+            with self._wake:
+                while not self._new and not self._running:
+                    self._wake.wait()
+                new, self._new = self._new, []
+            for request in new:
+                request_id = f"stepgraph-{next(self._ids)}"
+                try:
+                    engine.add_request(request_id, {"prompt_token_ids": request.prompt_ids}, request.params)
+                except Exception as exc:  # noqa: BLE001 -- refused (e.g. bad parameters): that caller gets it
+                    request.result.set_exception(ModelOutputError(f"{self.name} (vLLM engine) refused a step: {exc}"))
+                    continue
+                self._running[request_id] = request
+            if not self._running:
+                continue
+            try:
+                outputs = engine.step()
+            except Exception as exc:  # noqa: BLE001 -- the engine failed: every running caller gets the error
+                for request in self._running.values():
+                    request.result.set_exception(ModelOutputError(f"{self.name} (vLLM engine) failed: {type(exc).__name__}: {exc}"))
+                self._running.clear()
+                continue
+            self.batch_sizes[len(self._running)] += 1
+            for output in outputs:
+                if output.finished:
+                    self._running.pop(output.request_id).result.set_result(cast("RequestOutput", output))
 
     def engine_alive(self) -> bool:
         """Whether the engine's core processes are running (True where vLLM runs them in-process)."""
