@@ -317,3 +317,22 @@ def test_registry_rejects_unknown_names():
 def test_registry_rejects_bad_file_gate_options(name, options, message):
     with pytest.raises(ValueError, match=message):
         make_gate(name, **options)
+
+
+def test_policy_gate_warns_once_when_a_trained_feature_is_missing():
+    import warnings
+
+    from stepgraph.defaults import DEFAULT_POLICY_DIR
+
+    gate = PolicyGate.from_path(DEFAULT_POLICY_DIR)
+    assert "api_confidence" in gate.trained_on and "difficulty" not in gate.trained_on  # difficulty was never given
+    full = {n: 1.0 for n in CONFIDENCE_SCHEMA.names} | {"logit_confidence": 16.0, "api_confidence": 0.9, "difficulty": None}
+    without_api = full | {"api_confidence": None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gate.decide(GateInput("q", (), STEP, full))  # every trained feature present: silent
+    with pytest.warns(RuntimeWarning, match="'api_confidence'.*raw_logits"):
+        gate.decide(GateInput("q", (), STEP, without_api))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gate.decide(GateInput("q", (), STEP, without_api))  # once per gate, not once per step

@@ -93,8 +93,9 @@ def test_graph_on_vllm_routes_exactly_like_transformers(engines, local):
         assert ours["totals"]["flops"] == pytest.approx(theirs["totals"]["flops"])
 
 
-def test_the_default_policy_runs_on_vllm(engines):
-    result = build_graph(list(engines), resolve_gate("policy")).invoke({"question": PROBLEMS[4].question}, context=GREEDY)
+def test_the_default_policy_runs_on_vllm_and_warns_about_the_missing_feature(engines):
+    with pytest.warns(RuntimeWarning, match="api_confidence"):
+        result = build_graph(list(engines), resolve_gate("policy")).invoke({"question": PROBLEMS[4].question}, context=GREEDY)
     assert result["stop_reason"] == "final_answer"
     observations = [s["observation"] for s in result["steps"]]
     assert all(o["logit_confidence"] is not None and o["api_confidence"] is None for o in observations)

@@ -108,11 +108,20 @@ def test_openai_prompt_mode_against_the_server(servers, local):
     assert later.top_logprobs and later.prompt_tokens > first.prompt_tokens + len(question) // 8
 
 
-def test_a_timeout_is_retried_then_reported(servers):
-    slow = ChatStepModel(chat(servers["draft"].url, "draft", timeout=0.001), n_params=1, continue_final_message=True,
-                         max_retries=2, backoff_seconds=0.01)
-    with pytest.raises(ModelOutputError, match="after 3 attempt"):
-        slow.generate_step(PROBLEMS[0].question, [])
+def test_a_hung_server_times_out_is_retried_then_reported(servers):
+    """SIGSTOP freezes the real server: connections are accepted, nothing answers."""
+    server = servers["draft"]
+    model = ChatStepModel(chat(server.url, "draft", timeout=0.5), n_params=1, continue_final_message=True,
+                          max_retries=2, backoff_seconds=0.01)
+    os.killpg(server.process.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ModelOutputError, match="after 3 attempt.*Timeout"):
+            model.generate_step(PROBLEMS[0].question, [])
+        assert time.monotonic() - started < 15
+    finally:
+        os.killpg(server.process.pid, signal.SIGCONT)
+    assert model.generate_step(PROBLEMS[0].question, [], temperature=0).text  # served again once it resumes
 
 
 def test_a_server_without_logprobs_errors_or_falls_back(servers):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from pathlib import Path
 
 from stepgraph.gates.base import Gate, GateInput
@@ -27,6 +29,9 @@ class PolicyGate(Gate):
     def __init__(self, artifact: PolicyArtifact) -> None:
         self.artifact = artifact
         self.threshold = artifact.kappa
+        # Features the training data had (an always-missing one is stored as mean 0, std 1).
+        self.trained_on = [n for n, m, s in zip(artifact.schema.names, artifact.mean, artifact.std) if (m, s) != (0.0, 1.0)]
+        self._warned: set[str] = set()
 
     @classmethod
     def from_path(cls, directory: str | Path) -> PolicyGate:
@@ -39,4 +44,19 @@ class PolicyGate(Gate):
 
     def score(self, x: GateInput) -> float:
         """π(escalate | o) of the draft's observation."""
+        self._warn_on_missing(x.observation)
         return self.artifact.escalate_probability(x.observation)
+
+    def _warn_on_missing(self, observation: dict[str, float | None]) -> None:
+        for name in self.trained_on:
+            value = observation.get(name)
+            if (value is None or math.isnan(value)) and name not in self._warned:
+                self._warned.add(name)
+                warnings.warn(
+                    f"The policy was trained with {name!r} but the draft's backend does not report it; it is imputed "
+                    "with its training mean, and the calibrated coverage no longer holds (e.g. a vLLM engine with "
+                    "logprobs_mode='raw_logits' has no log-probabilities). Train a policy on this backend's traces, "
+                    "or use the threshold gate.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
