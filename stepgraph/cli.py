@@ -11,7 +11,7 @@ from typing import Any
 from stepgraph.context import RouterContext
 from stepgraph.defaults import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_POLICY_DIR, default_gate_name, resolve_gate
 from stepgraph.errors import StepgraphError
-from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR
+from stepgraph.testbed import BACKENDS, DRAFT_MODEL_DIR, TARGET_MODEL_DIR
 
 GATE_CHOICES = ["policy", "threshold", "steer", "random", "draft", "target"]
 
@@ -121,10 +121,6 @@ def _overhead(args: argparse.Namespace) -> int:
 def _throughput(args: argparse.Namespace) -> int:
     from stepgraph.throughput import markdown_table, run_throughput
 
-    if "vllm" in args.backend:
-        from stepgraph.testbed.vllm_serving import configure_environment
-
-        configure_environment(".vllm-cache")
     rows = run_throughput(n_problems=args.problems, batches=args.batch, backends=args.backend, seed=args.seed)
     print(markdown_table(rows))
     if args.json_out:
@@ -158,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="benchmark: steps per second and per-step latency of each backend, by batch size",
         description="Run the routed graph on the shipped pair with each backend and batch size, in one process.",
     )
-    throughput.add_argument("--backend", nargs="+", default=["transformers", "vllm"], choices=["transformers", "vllm"],
+    throughput.add_argument("--backend", nargs="+", default=list(BACKENDS), choices=BACKENDS,
                             help="backends to compare (default: %(default)s)")
     throughput.add_argument("--batch", nargs="+", type=int, default=[1, 16], help="batch sizes (default: %(default)s)")
     throughput.add_argument("--problems", type=int, default=32, help="test-split problems per measurement (default: %(default)s)")

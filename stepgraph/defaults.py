@@ -3,6 +3,10 @@
 The default gate is the shipped CPO policy (``stepgraph/policies/default``) when it is
 present; otherwise a confidence-threshold gate on the STEER score with
 ``DEFAULT_CONFIDENCE_THRESHOLD``, chosen on the testbed's calibration split.
+
+``LOGITS_ONLY_POLICY_DIR`` is the policy for a draft backend that reports raw logits but no
+log-probabilities (a vLLM engine or server with ``logprobs_mode="raw_logits"``): trained on the
+same traces without ``api_confidence``, so its calibration holds there, at a higher escalation rate.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from stepgraph.gates import make_gate
 from stepgraph.gates.base import Gate
 
 DEFAULT_POLICY_DIR = Path(__file__).parent / "policies" / "default"
+LOGITS_ONLY_POLICY_DIR = Path(__file__).parent / "policies" / "logits_only"
 DEFAULT_CONFIDENCE_THRESHOLD = 16.0
 
 

@@ -10,7 +10,9 @@ on the escalated draft, until the strongest tier writes the step.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
+from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
@@ -25,6 +27,33 @@ from stepgraph.state import InputState, OutputState, RouterState
 # Each step takes at most 3 + 2·(tiers − 1) super-steps; the limit only guards against bugs,
 # the run's own stop rules (final answer, max_steps, budget) end it first.
 RECURSION_LIMIT = 10_000
+
+
+class RoutingGraph(CompiledStateGraph[RouterState, RouterContext, InputState, OutputState]):
+    """The compiled routing graph: a ``CompiledStateGraph`` whose batch methods keep its recursion limit.
+
+    LangChain's ``batch`` fills every input's config with the default limit (25 super-steps)
+    before the graph sees it, and that overrides the limit bound with ``with_config``: a batch of
+    long answers would stop with ``GraphRecursionError``. A limit the caller sets still wins.
+    """
+
+    def _with_limit(self, config: RunnableConfig | Sequence[RunnableConfig] | None) -> Any:
+        limit = {"recursion_limit": self.config["recursion_limit"]} if self.config and "recursion_limit" in self.config else {}
+        if isinstance(config, Sequence):
+            return [limit | dict(c or {}) for c in config]
+        return limit | dict(config or {})
+
+    def batch(self, inputs: list[Any], config: Any = None, **kwargs: Any) -> Any:
+        return super().batch(inputs, self._with_limit(config), **kwargs)
+
+    async def abatch(self, inputs: list[Any], config: Any = None, **kwargs: Any) -> Any:
+        return await super().abatch(inputs, self._with_limit(config), **kwargs)
+
+    def batch_as_completed(self, inputs: Sequence[Any], config: Any = None, **kwargs: Any) -> Any:
+        return super().batch_as_completed(inputs, self._with_limit(config), **kwargs)
+
+    def abatch_as_completed(self, inputs: Sequence[Any], config: Any = None, **kwargs: Any) -> Any:
+        return super().abatch_as_completed(inputs, self._with_limit(config), **kwargs)
 
 
 def build_graph(
@@ -66,5 +95,6 @@ def build_graph(
     builder.add_conditional_edges("gate", nodes.after_gate, ["escalate", "append"])
     builder.add_conditional_edges("escalate", nodes.after_escalate, ["features", "append"])
     builder.add_conditional_edges("append", nodes.after_append, ["draft", END])
-    graph = builder.compile(checkpointer=checkpointer, name=name)
+    compiled = builder.compile(checkpointer=checkpointer, name=name)
+    graph = RoutingGraph(**{k: v for k, v in compiled.__dict__.items() if k != "__orig_class__"})  # as Pregel.copy does
     return graph.with_config(recursion_limit=RECURSION_LIMIT)

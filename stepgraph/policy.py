@@ -70,11 +70,15 @@ class PolicyArtifact:
     layers: int = 3
     models: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+    """Features the network never saw (absent from every training step, or left out on purpose):
+    always fed as 0, so a backend that does report them gets the decisions training calibrated."""
 
     def normalise(self, rows: Sequence[Sequence[float]]) -> torch.Tensor:
-        """Standardise feature rows; a missing (NaN) feature becomes its training mean (0)."""
+        """Standardise feature rows; a missing (NaN) or ignored feature becomes its training mean (0)."""
         x = torch.tensor(rows, dtype=torch.float32)
         x = (x - torch.tensor(self.mean)) / torch.tensor(self.std)
+        x[..., [self.schema.names.index(n) for n in self.ignored]] = 0.0
         return torch.nan_to_num(x, nan=0.0)
 
     @torch.no_grad()
@@ -93,7 +97,7 @@ class PolicyArtifact:
             "kappa": self.kappa,
             "alpha": self.alpha,
             "feature_schema": self.schema.to_dict(),
-            "normalization": {"mean": self.mean, "std": self.std},
+            "normalization": {"mean": self.mean, "std": self.std, "ignored": self.ignored},
             "network": {"hidden": self.hidden, "layers": self.layers},
             "models": self.models,
             "training": self.training,
@@ -124,6 +128,9 @@ class PolicyArtifact:
                 )
             schema = FeatureSchema(**manifest["feature_schema"])
             mean, std = manifest["normalization"]["mean"], manifest["normalization"]["std"]
+            # Manifests from before "ignored" existed marked a never-recorded feature as mean 0, std 1.
+            unseen = [n for n, m, sd in zip(schema.names, mean, std) if (m, sd) == (0.0, 1.0)]
+            ignored = list(manifest["normalization"].get("ignored", unseen))
             kappa, alpha = float(manifest["kappa"]), float(manifest["alpha"])
             hidden, layers = int(manifest["network"]["hidden"]), int(manifest["network"]["layers"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
@@ -135,6 +142,8 @@ class PolicyArtifact:
             )
         if len(mean) != len(schema.names) or len(std) != len(schema.names) or not all(math.isfinite(s) and s > 0 for s in std):
             raise PolicyFileError(f"{manifest_path}: the normalisation does not fit the {len(schema.names)} features.")
+        if unknown := sorted(set(ignored) - set(schema.names)):
+            raise PolicyFileError(f"{manifest_path}: ignored features {unknown} are not in the feature schema.")
         if manifest.get("weights_sha256") != _sha256(weights_path):
             raise PolicyFileError(f"{weights_path} does not match the checksum in {manifest_path}: the file is corrupted or was replaced.")
         network = PolicyNetwork(len(schema.names), hidden, layers)
@@ -143,7 +152,8 @@ class PolicyArtifact:
         except (SafetensorError, RuntimeError, OSError) as exc:
             raise PolicyFileError(f"{weights_path} does not hold a {layers}x{hidden} policy network: {exc}") from exc
         network.eval()
-        return cls(network, kappa, alpha, schema, list(mean), list(std), hidden, layers, manifest.get("models", {}), manifest.get("training", {}))
+        return cls(network, kappa, alpha, schema, list(mean), list(std), hidden, layers, manifest.get("models", {}),
+                   manifest.get("training", {}), ignored)
 
 
 def _sha256(path: Path) -> str:

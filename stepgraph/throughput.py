@@ -19,21 +19,7 @@ from stepgraph.graph import build_graph
 from stepgraph.models.base import StepModel
 from stepgraph.overhead import TimedModel
 from stepgraph.state import InputState
-from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR, load_pair, task
-
-BACKENDS = ("transformers", "vllm")
-
-
-def load_backend(name: str) -> list[StepModel]:
-    """The shipped pair on one backend (vLLM with the CPU testbed engine settings)."""
-    if name == "transformers":
-        return list(load_pair())
-    if name == "vllm":
-        from stepgraph.models.vllm_engine import VLLMStepModel
-        from stepgraph.testbed.vllm_serving import ENGINE_ARGS
-
-        return [VLLMStepModel(DRAFT_MODEL_DIR, engine_kwargs=ENGINE_ARGS), VLLMStepModel(TARGET_MODEL_DIR, engine_kwargs=ENGINE_ARGS)]
-    raise ValueError(f"Unknown backend {name!r}; choose from {BACKENDS}.")
+from stepgraph.testbed import BACKENDS, close_pair, load_pair, task
 
 
 def measure(tiers: Sequence[StepModel], questions: Sequence[str], batch: int) -> dict:
@@ -75,14 +61,11 @@ def run_throughput(n_problems: int = 32, batches: Sequence[int] = (1, 16), backe
     questions = [p.question for p in task.generate("test", n_problems, seed=seed)]
     rows: list[dict] = []
     for backend in backends:
-        tiers = load_backend(backend)
+        tiers = load_pair(backend)
         try:
             rows += [{"backend": backend, **measure(tiers, questions, batch)} for batch in batches]
         finally:
-            for model in tiers:
-                close = getattr(model, "close", None)
-                if close is not None:
-                    close()
+            close_pair(tiers)
     for row in rows:
         row["speedup"] = round(row["steps_per_second"] / rows[0]["steps_per_second"], 2)
     return rows

@@ -115,6 +115,32 @@ def test_artifact_round_trip_keeps_decisions(tmp_path):
     assert loaded.kappa == artifact.kappa
 
 
+def test_ignored_features_never_reach_the_network(tmp_path):
+    """A policy trained without a feature decides the same whether a backend reports it or not."""
+    rng = random.Random(2)
+    episodes = [_episode(rng, i) for i in range(30)]
+    for e in episodes:  # give api_confidence a signal the policy could otherwise pick up
+        for s in e.steps:
+            s.observation["api_confidence"] = 0.2 if s.draft_correct else 0.99
+    artifact, _ = cpo.train_policy(episodes, cpo.CPOArgs(steps=5), progress=False, ignore_features=["api_confidence"])
+    assert artifact.ignored == ["api_confidence", "difficulty"]  # left out, and never recorded
+    artifact.save(tmp_path)
+    loaded = PolicyArtifact.load(tmp_path)
+    assert loaded.ignored == artifact.ignored
+    obs = {n: None for n in CONFIDENCE_SCHEMA.names} | {"logit_confidence": 5.0, "step_index": 1.0}
+    without = loaded.escalate_probability(obs)
+    for reported in ({"api_confidence": 0.01}, {"api_confidence": 50.0}, {"difficulty": 0.9}):
+        assert loaded.escalate_probability(obs | reported) == without
+    kept, _ = cpo.train_policy(episodes, cpo.CPOArgs(steps=5), progress=False)
+    assert kept.ignored == ["difficulty"]
+    assert kept.escalate_probability(obs | {"api_confidence": 0.01}) != kept.escalate_probability(obs | {"api_confidence": 50.0})
+
+
+def test_ignoring_an_unknown_feature_is_a_clear_error():
+    with pytest.raises(ValueError, match="not features"):
+        cpo.train_policy([_episode(random.Random(3), 0)], cpo.CPOArgs(steps=1), progress=False, ignore_features=["max_logit"])
+
+
 def test_calibration_picks_the_largest_kappa_meeting_the_bound():
     rng = random.Random(2)
     episodes = [_episode(rng, i) for i in range(200)]

@@ -237,7 +237,8 @@ def _save_policy(directory, kappa: float):
         net.net[0].weight.zero_()
         net.net[0].bias.zero_()
         net.net[0].weight[1, 0] = -2.0
-    PolicyArtifact(net, kappa, 0.02, CONFIDENCE_SCHEMA, [8.0] + [0.0] * (n - 1), [1.0] * n, layers=1).save(directory)
+    PolicyArtifact(net, kappa, 0.02, CONFIDENCE_SCHEMA, [8.0] + [0.0] * (n - 1), [1.0] * n, layers=1,
+                   ignored=list(CONFIDENCE_SCHEMA.names[1:])).save(directory)
     return directory
 
 
@@ -331,8 +332,23 @@ def test_policy_gate_warns_once_when_a_trained_feature_is_missing():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         gate.decide(GateInput("q", (), STEP, full))  # every trained feature present: silent
-    with pytest.warns(RuntimeWarning, match="'api_confidence'.*raw_logits"):
+    with pytest.warns(RuntimeWarning, match="'api_confidence'.*raw_logits.*LOGITS_ONLY_POLICY_DIR"):
         gate.decide(GateInput("q", (), STEP, without_api))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         gate.decide(GateInput("q", (), STEP, without_api))  # once per gate, not once per step
+
+
+def test_the_logits_only_policy_serves_a_backend_without_logprobs_silently():
+    import warnings
+
+    from stepgraph.defaults import LOGITS_ONLY_POLICY_DIR
+
+    gate = PolicyGate.from_path(LOGITS_ONLY_POLICY_DIR)
+    assert "logit_confidence" in gate.trained_on and "api_confidence" not in gate.trained_on
+    logits_only = {n: 1.0 for n in CONFIDENCE_SCHEMA.names} | {"logit_confidence": 16.0, "api_confidence": None, "difficulty": None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        silent = gate.decide(GateInput("q", (), STEP, logits_only))
+    reported = gate.decide(GateInput("q", (), STEP, logits_only | {"api_confidence": 0.05}))
+    assert (reported.escalate, reported.score) == (silent.escalate, silent.score)  # a reported value changes nothing

@@ -191,3 +191,32 @@ def test_step_without_a_break_is_kept_and_flagged_truncated():
     )
     assert [s["truncated"] for s in result["steps"]] == [True, True]
     assert result["steps"][0]["text"] == "12+7=19 "
+
+
+LONG_SOLUTION = [f"{i}+1={i + 1}" for i in range(8)] + ["\\boxed{9}"]  # 9 steps, 5 super-steps each when escalated
+
+
+@pytest.mark.parametrize("config", [None, {"max_concurrency": 2}, [{"tags": ["a"]}, {"tags": ["b"]}]], ids=["none", "dict", "list"])
+def test_batch_keeps_the_graphs_recursion_limit(config):
+    """LangChain's batch fills in the default limit of 25 super-steps; long escalated answers need more."""
+    small, large = ScriptedModel("small", 1_000, LONG_SOLUTION, 1.0), ScriptedModel("large", 8_000, LONG_SOLUTION, 20.0)
+    graph = build_graph([small, large], AlwaysGate())
+    results = graph.batch([{"question": QUESTION}] * 2, config)
+    assert [len(r["steps"]) for r in results] == [9, 9] and all(r["answer"] == "9" for r in results)
+    assert [i for i, _ in sorted(graph.batch_as_completed([{"question": QUESTION}] * 2, config))] == [0, 1]
+
+
+def test_abatch_keeps_the_graphs_recursion_limit():
+    import asyncio
+
+    small, large = ScriptedModel("small", 1_000, LONG_SOLUTION, 1.0), ScriptedModel("large", 8_000, LONG_SOLUTION, 20.0)
+    results = asyncio.run(build_graph([small, large], AlwaysGate()).abatch([{"question": QUESTION}] * 2))
+    assert [len(r["steps"]) for r in results] == [9, 9]
+
+
+def test_a_recursion_limit_the_caller_sets_still_wins():
+    from langgraph.errors import GraphRecursionError
+
+    small, large = ScriptedModel("small", 1_000, LONG_SOLUTION, 1.0), ScriptedModel("large", 8_000, LONG_SOLUTION, 20.0)
+    with pytest.raises(GraphRecursionError):
+        build_graph([small, large], AlwaysGate()).batch([{"question": QUESTION}], {"recursion_limit": 10})

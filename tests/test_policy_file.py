@@ -24,7 +24,8 @@ def _artifact(kappa: float = 0.5) -> PolicyArtifact:
         net.net[0].weight[0, 0] = 1.0
         net.net[2].weight[0, 0] = 1.0
         net.net[4].weight[1, 0] = -4.0
-    return PolicyArtifact(net, kappa, 0.02, CONFIDENCE_SCHEMA, [8.0] + [0.0] * (n - 1), [1.0] * n)
+    return PolicyArtifact(net, kappa, 0.02, CONFIDENCE_SCHEMA, [8.0] + [0.0] * (n - 1), [1.0] * n,
+                          ignored=list(CONFIDENCE_SCHEMA.names[1:]))  # it reads logit_confidence only
 
 
 def _x(confidence: float) -> GateInput:
@@ -62,7 +63,7 @@ def test_corrupted_weights_are_refused(tmp_path):
         PolicyGate.from_path(tmp_path)
 
 
-@pytest.mark.parametrize("damage", ["missing_weights", "bad_json", "truncated_json", "wrong_format"])
+@pytest.mark.parametrize("damage", ["missing_weights", "bad_json", "truncated_json", "wrong_format", "unknown_ignored"])
 def test_broken_manifests_are_refused(tmp_path, damage):
     _artifact().save(tmp_path)
     manifest = tmp_path / "policy.json"
@@ -72,7 +73,21 @@ def test_broken_manifests_are_refused(tmp_path, damage):
         manifest.write_text("{not json")
     elif damage == "truncated_json":
         manifest.write_text(manifest.read_text()[:40])
+    elif damage == "unknown_ignored":
+        data = json.loads(manifest.read_text())
+        data["normalization"]["ignored"] = ["max_logit"]
+        manifest.write_text(json.dumps(data))
     else:
         manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"format": "pickle"}))
     with pytest.raises(PolicyFileError):
         PolicyArtifact.load(tmp_path)
+
+
+def test_a_manifest_from_before_ignored_features_derives_them(tmp_path):
+    """Older manifests lack "ignored"; their never-recorded features were stored as mean 0, std 1."""
+    _artifact().save(tmp_path)
+    manifest = tmp_path / "policy.json"
+    data = json.loads(manifest.read_text())
+    del data["normalization"]["ignored"]
+    manifest.write_text(json.dumps(data))
+    assert PolicyArtifact.load(tmp_path).ignored == list(CONFIDENCE_SCHEMA.names[1:])

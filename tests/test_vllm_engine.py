@@ -10,8 +10,8 @@ import threading
 
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
+from same_routing import GREEDY, assert_routes_like
 
-from stepgraph.context import RouterContext
 from stepgraph.defaults import resolve_gate
 from stepgraph.errors import ModelOutputError
 from stepgraph.features import api_confidence, logit_confidence
@@ -21,7 +21,6 @@ from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR, task
 from stepgraph.testbed.vllm_serving import ENGINE_ARGS
 
 PROBLEMS = task.generate("test", 8, seed=21)
-GREEDY = RouterContext(temperature=0.0, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -82,15 +81,7 @@ def test_cached_prefix_tokens_are_reported(engines):
 
 def test_graph_on_vllm_routes_exactly_like_transformers(engines, local):
     """Same tokens, same features, same threshold decisions: the backend is interchangeable."""
-    on_vllm = build_graph(list(engines), resolve_gate("threshold"))
-    on_torch = build_graph(list(local), resolve_gate("threshold"))
-    for problem in PROBLEMS[:3]:
-        ours = on_vllm.invoke({"question": problem.question}, context=GREEDY)
-        theirs = on_torch.invoke({"question": problem.question}, context=GREEDY)
-        assert [s["text"] for s in ours["steps"]] == [s["text"] for s in theirs["steps"]]
-        assert [s["escalated"] for s in ours["steps"]] == [s["escalated"] for s in theirs["steps"]]
-        assert ours["answer"] == theirs["answer"] and ours["stop_reason"] == "final_answer"
-        assert ours["totals"]["flops"] == pytest.approx(theirs["totals"]["flops"])
+    assert_routes_like(engines, local, [p.question for p in PROBLEMS[:3]])
 
 
 def test_the_default_policy_runs_on_vllm_and_warns_about_the_missing_feature(engines):
@@ -172,3 +163,22 @@ def test_parameters_are_counted_from_a_directory_or_the_hub_cache(tmp_path, monk
         count_parameters("acme/not-cached")
     with pytest.raises(ModelLoadError, match="No \\*.safetensors"):
         VLLMStepModel(tmp_path)  # refused before any engine starts
+
+
+def test_training_evaluate_runs_policies_on_vllm_engines(vllm_ready):
+    """`python -m training evaluate --backend vllm`: JSON on stdout (vLLM logs go to stderr), a row per
+    policy, and only the policy that needs log-probabilities warns that the engine has none."""
+    import json
+    import subprocess
+    import sys
+
+    from stepgraph.defaults import DEFAULT_POLICY_DIR, LOGITS_ONLY_POLICY_DIR
+
+    command = [sys.executable, "-m", "training", "evaluate", "--backend", "vllm", "--splits", "test", "--problems", "3",
+               "--policy", str(DEFAULT_POLICY_DIR), str(LOGITS_ONLY_POLICY_DIR)]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)["test"]
+    assert set(report) == {"target", "draft", str(DEFAULT_POLICY_DIR), str(LOGITS_ONLY_POLICY_DIR)}
+    assert report["target"]["escalation_rate"] == 1.0 and report["draft"]["escalation_rate"] == 0.0
+    assert done.stderr.count("RuntimeWarning: The policy was trained with 'api_confidence'") == 1

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from langchain_openai import ChatOpenAI
 from langgraph.checkpoint.memory import InMemorySaver
+from same_routing import GREEDY, assert_routes_like
 
-from stepgraph.context import RouterContext
 from stepgraph.defaults import resolve_gate
 from stepgraph.errors import ModelOutputError
 from stepgraph.features import api_confidence, logit_confidence
@@ -27,7 +27,6 @@ from stepgraph.models.local import TransformersStepModel
 from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR, task
 
 PROBLEMS = task.generate("test", 4, seed=33)
-GREEDY = RouterContext(temperature=0.0, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +86,7 @@ def test_cached_prompt_tokens_come_back_in_usage(tiers):
 
 
 def test_graph_through_servers_routes_exactly_like_transformers(tiers, local):
-    on_server = build_graph(list(tiers), resolve_gate("threshold"))
-    on_torch = build_graph(list(local), resolve_gate("threshold"))
-    for problem in PROBLEMS[:2]:
-        ours = on_server.invoke({"question": problem.question}, context=GREEDY)
-        theirs = on_torch.invoke({"question": problem.question}, context=GREEDY)
-        assert [(s["text"], s["escalated"]) for s in ours["steps"]] == [(s["text"], s["escalated"]) for s in theirs["steps"]]
-        assert ours["answer"] == theirs["answer"] and ours["stop_reason"] == "final_answer"
+    assert_routes_like(tiers, local, [p.question for p in PROBLEMS[:2]])
 
 
 def test_openai_prompt_mode_against_the_server(servers, local):

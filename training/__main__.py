@@ -18,8 +18,9 @@ import torch
 
 from stepgraph.defaults import DEFAULT_POLICY_DIR
 from stepgraph.errors import StepgraphError
+from stepgraph.features import CONFIDENCE_SCHEMA
 from stepgraph.gates import PolicyGate
-from stepgraph.testbed import load_pair, task
+from stepgraph.testbed import BACKENDS, close_pair, load_pair, task
 from training.cli_args import add_dataclass_options, dataclass_from_args
 from training.collect import collect, default_store_path, testbed_items
 from training.cpo import CPOArgs, train_policy
@@ -50,24 +51,27 @@ def _train(args: argparse.Namespace) -> dict:
     metrics_file = args.out / "metrics.jsonl"
     args.out.mkdir(parents=True, exist_ok=True)
     with metrics_file.open("w") as log:
-        artifact, _ = train_policy(episodes, cpo_args, calibration=calibration,
+        artifact, _ = train_policy(episodes, cpo_args, calibration=calibration, ignore_features=args.ignore_feature,
                                    log=lambda step, m: log.write(json.dumps({"step": step, **m}) + "\n"))
     artifact.models = {"tiers": models or []}
     artifact.training = {**artifact.training, "store": str(args.store), "episodes": len(episodes), "seconds": round(time.time() - started, 1)}
     artifact.save(args.out)
     keys = ("online_kappa", "calibration_episodes", "calibration_surrogate_miss", "surrogate_coverage", "escalation_rate")
-    return {"out": str(args.out), "kappa": artifact.kappa, "alpha": artifact.alpha, "episodes": len(episodes),
+    return {"out": str(args.out), "kappa": artifact.kappa, "alpha": artifact.alpha, "episodes": len(episodes), "ignored": artifact.ignored,
             "seconds": artifact.training["seconds"], "metrics": str(metrics_file),
             **{k: artifact.training[k] for k in keys if k in artifact.training}}
 
 
 def _evaluate(args: argparse.Namespace) -> dict:
-    gates = {"policy": PolicyGate.from_path(args.policy)}
-    report = {}
-    for split in args.splits:
-        items = testbed_items(split, args.problems, seed=args.seed)
-        report[split] = evaluate_gates(load_pair(), gates, items, seed=args.seed, temperature=args.temperature)
-    return report
+    # One row per policy, named "policy" for one and by directory for several.
+    gates = {"policy" if len(args.policy) == 1 else str(path): PolicyGate.from_path(path) for path in args.policy}
+    tiers = load_pair(args.backend)
+    try:
+        return {split: evaluate_gates(tiers, gates, testbed_items(split, args.problems, seed=args.seed), seed=args.seed,
+                                      temperature=args.temperature)
+                for split in args.splits}
+    finally:
+        close_pair(tiers)
 
 
 def _bench(args: argparse.Namespace) -> dict:
@@ -116,11 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--calibration-split", default="calibration",
                    help="stored split whose episodes calibrate κ after training; '' keeps the online κ (default: %(default)s)")
     t.add_argument("--out", type=Path, default=Path("runs/policy"), help="artifact directory (default: %(default)s)")
+    t.add_argument("--ignore-feature", action="append", default=[], choices=CONFIDENCE_SCHEMA.names, metavar="NAME",
+                   help="hide a feature from the policy, for a backend that does not report it, e.g. api_confidence "
+                        "on a vLLM engine with raw logits (repeatable; choices: %(choices)s)")
     add_dataclass_options(t, CPOArgs)
     t.set_defaults(func=_train)
 
     e = sub.add_parser("evaluate", help="run the trained gate live in the graph against target-only and draft-only")
-    e.add_argument("--policy", type=Path, default=Path("runs/policy"), help="policy artifact directory (default: %(default)s)")
+    e.add_argument("--policy", type=Path, nargs="+", default=[Path("runs/policy")],
+                   help="policy artifact directories, each a row (default: %(default)s)")
+    e.add_argument("--backend", default="transformers", choices=BACKENDS,
+                   help="run the shipped pair on local transformers or on vLLM engines (default: %(default)s)")
     e.add_argument("--splits", nargs="+", default=["calibration", "test"], help="testbed splits (default: %(default)s)")
     e.add_argument("--problems", type=int, default=200, help="problems per split (default: %(default)s)")
     e.add_argument("--seed", type=int, default=0, help="problem and sampling seed (default: %(default)s)")

@@ -95,16 +95,23 @@ class Batchable:
     target_reward: list[int]
 
 
-def normalisation(episodes: Sequence[Episode], schema: FeatureSchema) -> tuple[list[float], list[float]]:
+def normalisation(episodes: Sequence[Episode], schema: FeatureSchema,
+                  ignore: Sequence[str] = ()) -> tuple[list[float], list[float], list[str]]:
+    """Per-feature mean and std over the recorded steps, and the features the network will not see:
+    those in ``ignore`` and those no step recorded (stored as mean 0, std 1)."""
     rows = torch.tensor([schema.vector(s.observation) for e in episodes for s in e.steps], dtype=torch.float64)
-    mean, std = [], []
-    for column in rows.T:
+    mean, std, ignored = [], [], []
+    for name, column in zip(schema.names, rows.T):
         seen = column[~torch.isnan(column)]
-        m = float(seen.mean()) if seen.numel() else 0.0
+        if name in ignore or not seen.numel():
+            ignored.append(name)
+            mean.append(0.0)
+            std.append(1.0)
+            continue
         sd = float(seen.std()) if seen.numel() > 1 else 1.0
-        mean.append(m)
+        mean.append(float(seen.mean()))
         std.append(sd if math.isfinite(sd) and sd > 1e-6 else 1.0)
-    return mean, std
+    return mean, std, ignored
 
 
 def to_tensors(episodes: Sequence[Episode], artifact: PolicyArtifact, cost_scale: float) -> Batchable:
@@ -356,21 +363,25 @@ def _critic(n_features: int, hidden: int) -> torch.nn.Module:
 
 def train_policy(episodes: Sequence[Episode], args: CPOArgs | None = None, schema: FeatureSchema = CONFIDENCE_SCHEMA,
                  progress: bool = True, log: Callable[[int, dict], None] | None = None,
-                 calibration: Sequence[Episode] = ()) -> tuple[PolicyArtifact, list[dict[str, float]]]:
+                 calibration: Sequence[Episode] = (), ignore_features: Sequence[str] = ()) -> tuple[PolicyArtifact, list[dict[str, float]]]:
     """Train π and κ on behaviour episodes; return the policy artifact and per-step metrics.
 
     With ``calibration`` episodes (a held-out split), the online κ is replaced by the κ that
     ``calibrate_kappa`` finds on them; both are recorded in the artifact's training summary.
+    ``ignore_features`` are hidden from the network, for a policy that must serve a backend that
+    lacks them (e.g. ``api_confidence`` on a vLLM engine reporting raw logits).
     """
     args = args or CPOArgs()
+    if unknown := sorted(set(ignore_features) - set(schema.names)):
+        raise ValueError(f"ignore_features {unknown} are not features of {schema}.")
     episodes = [e for e in episodes if e.steps]
     if not episodes:
         raise ValueError("train_policy needs at least one episode with steps; collect traces first.")
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    mean, std = normalisation(episodes, schema)
+    mean, std, ignored = normalisation(episodes, schema, ignore_features)
     policy = PolicyNetwork(len(schema.names), args.hidden, args.layers)
-    artifact = PolicyArtifact(policy, args.kappa_init, args.alpha, schema, mean, std, args.hidden, args.layers)
+    artifact = PolicyArtifact(policy, args.kappa_init, args.alpha, schema, mean, std, args.hidden, args.layers, ignored=ignored)
     cost_scale = sum(e.target_flops for e in episodes) / len(episodes) or 1.0
     data = to_tensors(episodes, artifact, cost_scale)
     cost_critic, coverage_critic = _critic(len(schema.names), args.hidden), _critic(len(schema.names), args.hidden)

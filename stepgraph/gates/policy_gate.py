@@ -29,8 +29,7 @@ class PolicyGate(Gate):
     def __init__(self, artifact: PolicyArtifact) -> None:
         self.artifact = artifact
         self.threshold = artifact.kappa
-        # Features the training data had (an always-missing one is stored as mean 0, std 1).
-        self.trained_on = [n for n, m, s in zip(artifact.schema.names, artifact.mean, artifact.std) if (m, s) != (0.0, 1.0)]
+        self.trained_on = [n for n in artifact.schema.names if n not in artifact.ignored]
         self._warned: set[str] = set()
 
     @classmethod
@@ -55,8 +54,9 @@ class PolicyGate(Gate):
                 warnings.warn(
                     f"The policy was trained with {name!r} but the draft's backend does not report it; it is imputed "
                     "with its training mean, and the calibrated coverage no longer holds (e.g. a vLLM engine with "
-                    "logprobs_mode='raw_logits' has no log-probabilities). Train a policy on this backend's traces, "
-                    "or use the threshold gate.",
+                    "logprobs_mode='raw_logits' has no log-probabilities). Use a policy trained without it: "
+                    "stepgraph.defaults.LOGITS_ONLY_POLICY_DIR for the shipped pair, or "
+                    "`python -m training train --ignore-feature NAME` on your traces.",
                     RuntimeWarning,
                     stacklevel=2,
                 )

@@ -4,8 +4,9 @@ Install with ``pip install "stepgraph[vllm]"`` (see the README for the CPU recip
 engine with ``logprobs_mode="raw_logits"`` and the reported top-k values are raw logits, so the
 top one is exactly the max logit STEER's score is built from (``logit_confidence``). With vLLM's
 default ``raw_logprobs`` they are log-probabilities instead and give ``api_confidence``. An
-engine reports one kind, never both, so the other feature is None (the policy gate imputes its
-training mean; train on traces of the same backend for the best routing).
+engine reports one kind, never both, so the other feature is None: route a raw-logits draft with
+a policy trained without ``api_confidence`` (``stepgraph.defaults.LOGITS_ONLY_POLICY_DIR`` for
+the shipped pair).
 
 Concurrent ``generate_step`` calls (``graph.batch(...)`` runs graph states in threads) share
 the engine by continuous batching: one driver thread steps the engine, and a step requested

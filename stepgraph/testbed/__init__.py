@@ -9,8 +9,33 @@ DRAFT_MODEL_DIR = MODELS_DIR / "draft"
 TARGET_MODEL_DIR = MODELS_DIR / "target"
 
 
-def load_pair():
-    """The shipped (draft, target) pair as local transformers step models."""
-    from stepgraph.models.local import TransformersStepModel
+BACKENDS = ("transformers", "vllm")
 
-    return [TransformersStepModel(DRAFT_MODEL_DIR), TransformersStepModel(TARGET_MODEL_DIR)]
+
+def load_pair(backend: str = "transformers") -> list:
+    """The shipped (draft, target) pair as step models on a backend.
+
+    ``"transformers"`` runs them in-process; ``"vllm"`` starts two vLLM offline engines with the
+    CPU testbed settings (raw logits, caches under ``./.vllm-cache`` unless the environment says
+    otherwise), which hold worker processes until ``close_pair``.
+    """
+    if backend == "transformers":
+        from stepgraph.models.local import TransformersStepModel
+
+        return [TransformersStepModel(DRAFT_MODEL_DIR), TransformersStepModel(TARGET_MODEL_DIR)]
+    if backend == "vllm":
+        from stepgraph.testbed.vllm_serving import ENGINE_ARGS, configure_environment
+
+        configure_environment(".vllm-cache")  # before vLLM is imported
+        from stepgraph.models.vllm_engine import VLLMStepModel
+
+        return [VLLMStepModel(DRAFT_MODEL_DIR, engine_kwargs=ENGINE_ARGS), VLLMStepModel(TARGET_MODEL_DIR, engine_kwargs=ENGINE_ARGS)]
+    raise ValueError(f"Unknown backend {backend!r}; choose from {BACKENDS}.")
+
+
+def close_pair(tiers) -> None:
+    """Release what the models hold (vLLM engines and their workers); a no-op for local models."""
+    for model in tiers:
+        close = getattr(model, "close", None)
+        if close is not None:
+            close()

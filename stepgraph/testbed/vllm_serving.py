@@ -40,6 +40,7 @@ def configure_environment(cache_dir: str | Path) -> None:
             (cache_dir / sub).mkdir(parents=True, exist_ok=True)
             os.environ[var] = str(cache_dir / sub)
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout stays the commands' JSON
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default claims far more
 
 
