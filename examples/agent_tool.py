@@ -13,7 +13,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langgraph.prebuilt import create_react_agent
 
-from stepgraph.tool import routed_reasoning_tool
+from stepgraph import routed_reasoning_tool
 
 PROBLEM = "Cara has 14 books. She buys 9 more. She gives away 5. How many books does she have?"
 

@@ -6,7 +6,7 @@ Run: python examples/chat_model_chain.py
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
-from stepgraph.chat_model import ChatStepRouter
+from stepgraph import ChatStepRouter
 
 
 def main() -> None:

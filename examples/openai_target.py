@@ -14,11 +14,7 @@ import argparse
 
 from langchain_openai import ChatOpenAI
 
-from stepgraph.context import RouterContext
-from stepgraph.defaults import resolve_gate
-from stepgraph.graph import build_graph
-from stepgraph.models.chat import ChatStepModel
-from stepgraph.models.local import TransformersStepModel
+from stepgraph import ChatStepModel, RouterContext, TransformersStepModel, build_graph, resolve_gate
 from stepgraph.testbed import DRAFT_MODEL_DIR
 
 GPT_41_MINI_PARAMS = 8_000_000_000  # not published; an estimate, used only for the FLOPs column

@@ -3,10 +3,7 @@
 Run: python examples/quickstart.py
 """
 
-from stepgraph.context import RouterContext
-from stepgraph.defaults import resolve_gate
-from stepgraph.graph import build_graph
-from stepgraph.testbed import load_pair
+from stepgraph import RouterContext, build_graph, load_pair, resolve_gate
 
 
 def main() -> None:

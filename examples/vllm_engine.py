@@ -13,10 +13,8 @@ steps share engine calls.
 import argparse
 import time
 
-from stepgraph.context import RouterContext
-from stepgraph.defaults import LOGITS_ONLY_POLICY_DIR, resolve_gate
-from stepgraph.graph import build_graph
-from stepgraph.models.vllm_engine import VLLMStepModel
+from stepgraph import RouterContext, VLLMStepModel, build_graph, resolve_gate
+from stepgraph.defaults import LOGITS_ONLY_POLICY_DIR
 from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR, task
 from stepgraph.testbed.vllm_serving import ENGINE_ARGS, configure_environment
 

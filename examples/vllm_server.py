@@ -16,11 +16,7 @@ import argparse
 
 from langchain_openai import ChatOpenAI
 
-from stepgraph.context import RouterContext
-from stepgraph.defaults import resolve_gate
-from stepgraph.graph import build_graph
-from stepgraph.models.chat import ChatStepModel
-from stepgraph.models.vllm_engine import count_parameters
+from stepgraph import ChatStepModel, RouterContext, build_graph, count_parameters, resolve_gate
 from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR
 
 

@@ -1,0 +1,165 @@
+"""stepgraph: stepwise model routing for cheaper chain-of-thought reasoning, as a LangGraph graph.
+
+A small model drafts each reasoning step; a gate decides whether a larger model regenerates it.
+
+Example:
+    >>> from stepgraph import RouterContext, build_graph, load_pair, resolve_gate
+    >>> graph = build_graph(load_pair(), resolve_gate())
+    >>> graph.invoke({"question": "Ann has 3 coins. She gets 2 more. She buys 4 more. How many coins does she have?"},
+    ...              context=RouterContext(seed=0))["answer"]
+    '9'
+
+Names are imported on first use, so ``import stepgraph`` stays cheap (torch and transformers load
+only when a model or a policy is touched).
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = version("stepgraph")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    # the graph
+    "build_graph": "stepgraph.graph",
+    "RoutingGraph": "stepgraph.graph",
+    "RouterContext": "stepgraph.context",
+    "RouterState": "stepgraph.state",
+    "InputState": "stepgraph.state",
+    "OutputState": "stepgraph.state",
+    "Step": "stepgraph.state",
+    "Prices": "stepgraph.costs",
+    # gates
+    "Gate": "stepgraph.gates",
+    "GateInput": "stepgraph.gates",
+    "GateDecision": "stepgraph.gates",
+    "GATES": "stepgraph.gates",
+    "make_gate": "stepgraph.gates",
+    "resolve_gate": "stepgraph.defaults",
+    "AlwaysDraftGate": "stepgraph.gates",
+    "AlwaysTargetGate": "stepgraph.gates",
+    "RandomGate": "stepgraph.gates",
+    "ConfidenceThresholdGate": "stepgraph.gates",
+    "StepwiseGMMGate": "stepgraph.gates",
+    "PolicyGate": "stepgraph.gates",
+    "ExploringGate": "stepgraph.gates",
+    # models
+    "StepModel": "stepgraph.models.base",
+    "StepOutput": "stepgraph.models.base",
+    "TransformersStepModel": "stepgraph.models.local",
+    "VLLMStepModel": "stepgraph.models.vllm_engine",
+    "ChatStepModel": "stepgraph.models.chat",
+    "count_parameters": "stepgraph.models.vllm_engine",
+    "load_pair": "stepgraph.testbed",
+    "close_pair": "stepgraph.testbed",
+    # integrations
+    "ChatStepRouter": "stepgraph.integrations.chat_model",
+    "routed_reasoning_tool": "stepgraph.integrations.tool",
+    # errors
+    "StepgraphError": "stepgraph.errors",
+    "BadQuestionError": "stepgraph.errors",
+    "ModelLoadError": "stepgraph.errors",
+    "ModelOutputError": "stepgraph.errors",
+    "PolicyFileError": "stepgraph.errors",
+    "GateConfigError": "stepgraph.errors",
+    "TraceStoreError": "stepgraph.errors",
+}
+
+__all__ = [
+    "GATES",
+    "AlwaysDraftGate",
+    "AlwaysTargetGate",
+    "BadQuestionError",
+    "ChatStepModel",
+    "ChatStepRouter",
+    "ConfidenceThresholdGate",
+    "ExploringGate",
+    "Gate",
+    "GateConfigError",
+    "GateDecision",
+    "GateInput",
+    "InputState",
+    "ModelLoadError",
+    "ModelOutputError",
+    "OutputState",
+    "PolicyFileError",
+    "PolicyGate",
+    "Prices",
+    "RandomGate",
+    "RouterContext",
+    "RouterState",
+    "RoutingGraph",
+    "Step",
+    "StepModel",
+    "StepOutput",
+    "StepgraphError",
+    "StepwiseGMMGate",
+    "TraceStoreError",
+    "TransformersStepModel",
+    "VLLMStepModel",
+    "__version__",
+    "build_graph",
+    "close_pair",
+    "count_parameters",
+    "load_pair",
+    "make_gate",
+    "resolve_gate",
+    "routed_reasoning_tool",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stepgraph' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # static type checkers and IDEs see the real names
+    from stepgraph.context import RouterContext
+    from stepgraph.costs import Prices
+    from stepgraph.defaults import resolve_gate
+    from stepgraph.errors import (
+        BadQuestionError,
+        GateConfigError,
+        ModelLoadError,
+        ModelOutputError,
+        PolicyFileError,
+        StepgraphError,
+        TraceStoreError,
+    )
+    from stepgraph.gates import (
+        GATES,
+        AlwaysDraftGate,
+        AlwaysTargetGate,
+        ConfidenceThresholdGate,
+        ExploringGate,
+        Gate,
+        GateDecision,
+        GateInput,
+        PolicyGate,
+        RandomGate,
+        StepwiseGMMGate,
+        make_gate,
+    )
+    from stepgraph.graph import RoutingGraph, build_graph
+    from stepgraph.integrations.chat_model import ChatStepRouter
+    from stepgraph.integrations.tool import routed_reasoning_tool
+    from stepgraph.models.base import StepModel, StepOutput
+    from stepgraph.models.chat import ChatStepModel
+    from stepgraph.models.local import TransformersStepModel
+    from stepgraph.models.vllm_engine import VLLMStepModel, count_parameters
+    from stepgraph.state import InputState, OutputState, RouterState, Step
+    from stepgraph.testbed import close_pair, load_pair

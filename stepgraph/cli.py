@@ -1,4 +1,9 @@
-"""The ``stepgraph`` command: solve a question with stepwise routing, or measure routing overhead."""
+"""The ``stepgraph`` command, one CLI for the whole library.
+
+    stepgraph solve QUESTION          answer a question with the routed graph
+    stepgraph collect | train | evaluate | bench    learn and compare routing policies
+    stepgraph overhead | throughput   benchmarks
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from stepgraph import __version__
 from stepgraph.context import RouterContext
-from stepgraph.defaults import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_POLICY_DIR, default_gate_name, resolve_gate
+from stepgraph.defaults import DEFAULT_CONFIDENCE_THRESHOLD, default_gate_name, resolve_gate
 from stepgraph.errors import StepgraphError
 from stepgraph.testbed import BACKENDS, DRAFT_MODEL_DIR, TARGET_MODEL_DIR
 
 GATE_CHOICES = ["policy", "threshold", "steer", "random", "draft", "target"]
+
+SHIPPED_PAIR_SCOPE = """\
+The shipped testbed pair (the default --models) is two tiny models trained on one template only:
+"NAME has N ITEMS. She gets / finds / buys / gives away / loses / sells K (more) ... She multiplies
+them by K ... How many ITEMS does she have?", with 2 to 4 operations. Other phrasings get confident
+wrong answers: bring your own models (--models DIR DIR) for real questions."""
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +34,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--models",
         nargs="+",
         type=Path,
-        default=[DRAFT_MODEL_DIR, TARGET_MODEL_DIR],
+        default=None,
         metavar="DIR",
         help="Hugging Face model directories, cheapest first, one per tier (default: the shipped testbed pair)",
     )
@@ -30,9 +42,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--gate",
         choices=GATE_CHOICES,
         default=None,
-        help=f"routing gate (default: policy when {DEFAULT_POLICY_DIR} exists, else threshold; now: {default_gate_name()})",
+        help=f"routing gate (default: the shipped policy when installed, else threshold; now: {default_gate_name()})",
     )
-    parser.add_argument("--policy", type=Path, default=None, help=f"policy artifact directory for --gate policy (default: {DEFAULT_POLICY_DIR})")
+    parser.add_argument("--policy", type=Path, default=None, help="policy artifact directory for --gate policy (default: the shipped policy)")
     parser.add_argument(
         "--threshold",
         type=float,
@@ -74,16 +86,30 @@ def _context(args: argparse.Namespace) -> RouterContext:
     )
 
 
+def _question_and_models(args: argparse.Namespace) -> tuple[str, list[Path]]:
+    """The question and the tier directories; ``--models a b QUESTION`` gives the question back to the positional."""
+    models, question = list(args.models or [DRAFT_MODEL_DIR, TARGET_MODEL_DIR]), args.question
+    if question is None and args.models and not models[-1].is_dir():
+        question = str(models.pop())
+    if question is None:
+        raise StepgraphError("Give the question to solve: stepgraph solve QUESTION [options].")
+    if len(models) < 2:
+        raise StepgraphError("--models needs at least two directories (a draft model and a stronger one).")
+    return question, models
+
+
 def _solve(args: argparse.Namespace) -> int:
     from stepgraph.graph import build_graph
     from stepgraph.models.local import TransformersStepModel
+    from stepgraph.nodes import validate_question
 
-    if len(args.models) < 2:
-        raise StepgraphError("--models needs at least two directories (a draft model and a stronger one).")
+    question, models = _question_and_models(args)
+    context = _context(args)
+    question = validate_question(question, context.max_question_chars)  # before any model loads
     gate = resolve_gate(args.gate, **_gate_options(args))
-    tiers = [TransformersStepModel(path) for path in args.models]
+    tiers = [TransformersStepModel(path) for path in models]
     graph = build_graph(tiers, gate)
-    result = graph.invoke({"question": args.question}, context=_context(args))
+    result = graph.invoke({"question": question}, context=context)
     if args.json:
         json.dump(result, sys.stdout, indent=2, default=str)
         print()
@@ -135,9 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
         "whether a larger model regenerates it.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    solve = sub.add_parser("solve", help="answer a question with the routed graph", description="Answer QUESTION step by step.")
-    solve.add_argument("question", help="the question to answer")
+    parser.add_argument("--version", action="version", version=f"stepgraph {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    solve = sub.add_parser(
+        "solve", help="answer a question with the routed graph",
+        description="Answer QUESTION step by step: the draft model writes each step, the gate decides whether "
+        "a stronger tier rewrites it.\n\n" + SHIPPED_PAIR_SCOPE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    solve.add_argument("question", nargs="?", help="the question to answer")
     solve.add_argument("--json", action="store_true", help="print the graph's final state as JSON")
     _add_run_options(solve)
     solve.set_defaults(func=_solve)
@@ -161,15 +193,21 @@ def build_parser() -> argparse.ArgumentParser:
     throughput.add_argument("--seed", type=int, default=0, help="problem seed (default: %(default)s)")
     throughput.add_argument("--json-out", type=Path, default=None, help="also write the rows as JSON to this file")
     throughput.set_defaults(func=_throughput)
-    # `stepgraph --help` shows every option of every command, not just the command names.
-    parser.epilog = "\n".join(f"--- stepgraph {name} ---\n{p.format_help()}" for name, p in (("solve", solve), ("overhead", overhead), ("throughput", throughput)))
+    from stepgraph.training.commands import add_commands
+
+    add_commands(sub)
+    parser.epilog = "Run `stepgraph COMMAND --help` for a command's options and their defaults."
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        result = args.func(args)
+        if isinstance(result, dict):  # the offline commands report JSON on stdout
+            print(json.dumps(result, indent=2, default=str))
+            return 0
+        return int(result)
     except StepgraphError as exc:
         print(f"stepgraph: error: {exc}", file=sys.stderr)
         return 2

@@ -138,7 +138,7 @@ class PolicyArtifact:
         if schema != expected_schema:
             raise PolicyFileError(
                 f"The policy in {directory} was trained on feature schema {schema}, but this graph computes "
-                f"{expected_schema}. Retrain the policy (`python -m training train`) on traces of this schema."
+                f"{expected_schema}. Retrain the policy (`stepgraph train`) on traces of this schema."
             )
         if len(mean) != len(schema.names) or len(std) != len(schema.names) or not all(math.isfinite(s) and s > 0 for s in std):
             raise PolicyFileError(f"{manifest_path}: the normalisation does not fit the {len(schema.names)} features.")

@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 from scripted import ScriptedModel
+from stepgraph.training import bench
+from stepgraph.training.collect import testbed_items as make_items
+from stepgraph.training.prm import StepRewardModel
+from stepgraph.training.records import Episode, StepRecord
+from stepgraph.training.verifiers import TestbedVerifier
 
 from stepgraph.features import CONFIDENCE_SCHEMA
 from stepgraph.gates.base import GateInput
@@ -15,11 +20,6 @@ from stepgraph.graph import build_graph
 from stepgraph.models.base import StepOutput
 from stepgraph.policy import PolicyArtifact
 from stepgraph.testbed import load_pair, task
-from training import bench
-from training.collect import testbed_items as make_items
-from training.prm import StepRewardModel
-from training.records import Episode, StepRecord
-from training.verifiers import TestbedVerifier
 
 PROBLEM = task.generate("test", 1, seed=3)[0]
 

@@ -4,11 +4,11 @@ import random
 
 import pytest
 import torch
+from stepgraph.training import cpo
+from stepgraph.training.records import Episode, StepRecord
 
 from stepgraph.features import CONFIDENCE_SCHEMA
 from stepgraph.policy import PolicyArtifact, PolicyNetwork
-from training import cpo
-from training.records import Episode, StepRecord
 
 
 def _episode(rng: random.Random, i: int, behaviour_eps: float = 0.5) -> Episode:

@@ -3,8 +3,7 @@
 import json
 
 import pytest
-
-from training.datasets import load_dataset_file, normalize_answer
+from stepgraph.training.datasets import load_dataset_file, normalize_answer
 
 
 @pytest.mark.parametrize(("raw", "expected"), [("$\\boxed{\\frac{1}{2}}$", "\\frac{1}{2}"), ("1,234", "1234"), (" 72 ", "72"),

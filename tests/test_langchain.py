@@ -12,12 +12,12 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_tests.unit_tests import ChatModelUnitTests
 from langgraph.checkpoint.memory import InMemorySaver
 
-from stepgraph.chat_model import ChatStepRouter
 from stepgraph.context import RouterContext
 from stepgraph.defaults import resolve_gate
 from stepgraph.graph import build_graph
+from stepgraph.integrations.chat_model import ChatStepRouter
+from stepgraph.integrations.tool import routed_reasoning_tool
 from stepgraph.testbed import load_pair, task
-from stepgraph.tool import routed_reasoning_tool
 
 PROBLEMS = task.generate("test", 3, seed=13)
 

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -65,11 +66,31 @@ def test_cli_solve_text_and_errors(capsys):
     assert "empty" in capsys.readouterr().err
 
 
-def test_cli_help_documents_every_option():
-    out = subprocess.run([sys.executable, "-m", "stepgraph", "--help"], capture_output=True, text=True, check=True).stdout
+def test_cli_help_lists_subcommands_and_each_documents_its_options():
+    top = subprocess.run([sys.executable, "-m", "stepgraph", "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("solve", "collect", "train", "evaluate", "bench", "overhead", "throughput"):
+        assert command in top
+    assert "--max-steps" not in top  # a short list; each command documents its own options
+    out = subprocess.run([sys.executable, "-m", "stepgraph", "solve", "--help"], capture_output=True, text=True, check=True).stdout
     for option in ("--models", "--gate", "--policy", "--threshold", "--temperature", "--seed", "--max-steps", "--budget", "--sticky", "--json"):
         assert option in out
-    assert "default" in out
+    assert "(default: 16)" in out and "template" in out  # defaults as text; what the shipped pair can answer
+    for command in ("collect", "train", "evaluate", "bench"):
+        text = subprocess.run([sys.executable, "-m", "stepgraph", command, "--help"], capture_output=True, text=True, check=True).stdout
+        assert "PosixPath" not in text and "/site-packages/" not in text and str(Path(__file__).parents[1]) not in text
+
+
+def test_cli_version():
+    out = subprocess.run([sys.executable, "-m", "stepgraph", "--version"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("stepgraph ") and out.split()[1][0].isdigit()
+
+
+def test_models_option_does_not_swallow_the_question(capsys):
+    from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR
+
+    question = task.generate("test", 1, seed=4)[0].question
+    assert main(["solve", "--gate", "draft", "--models", str(DRAFT_MODEL_DIR), str(TARGET_MODEL_DIR), question]) == 0
+    assert "answer:" in capsys.readouterr().out
 
 
 def test_cli_reports_bad_gate_options_without_a_traceback(capsys):

@@ -3,10 +3,10 @@
 import sqlite3
 
 import pytest
+from stepgraph.training.records import Episode, StepRecord
+from stepgraph.training.store import TraceStore
 
 from stepgraph.errors import TraceStoreError
-from training.records import Episode, StepRecord
-from training.store import TraceStore
 
 
 def _episode(i: int) -> Episode:

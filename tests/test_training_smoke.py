@@ -8,12 +8,12 @@ import sys
 import time
 
 import pytest
+from stepgraph.training.store import TraceStore
 
+from stepgraph.cli import main
 from stepgraph.gates import PolicyGate
 from stepgraph.graph import build_graph
 from stepgraph.testbed import load_pair
-from training.__main__ import main
-from training.store import TraceStore
 
 
 def test_collect_train_evaluate(tmp_path, capsys):
@@ -49,7 +49,7 @@ def test_train_on_a_missing_store_fails_clearly(tmp_path, capsys):
 
 def test_killed_collection_keeps_finished_episodes_and_resumes(tmp_path):
     store = tmp_path / "traces.sqlite"
-    command = [sys.executable, "-m", "training", "collect", "--store", str(store), "--problems", "40"]
+    command = [sys.executable, "-m", "stepgraph", "collect", "--store", str(store), "--problems", "40"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
     finished = 0

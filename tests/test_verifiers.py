@@ -1,9 +1,9 @@
 """Step verifiers: the exact testbed one and the LLM-judge interface."""
 
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from stepgraph.training.verifiers import JudgeVerifier, TestbedVerifier
 
 from stepgraph.testbed import task
-from training.verifiers import JudgeVerifier, TestbedVerifier
 
 
 def test_testbed_verifier_knows_its_problems_only():

@@ -166,7 +166,7 @@ def test_parameters_are_counted_from_a_directory_or_the_hub_cache(tmp_path, monk
 
 
 def test_training_evaluate_runs_policies_on_vllm_engines(vllm_ready):
-    """`python -m training evaluate --backend vllm`: JSON on stdout (vLLM logs go to stderr), a row per
+    """`stepgraph evaluate --backend vllm`: JSON on stdout (vLLM logs go to stderr), a row per
     policy, and only the policy that needs log-probabilities warns that the engine has none."""
     import json
     import subprocess
@@ -174,7 +174,7 @@ def test_training_evaluate_runs_policies_on_vllm_engines(vllm_ready):
 
     from stepgraph.defaults import DEFAULT_POLICY_DIR, LOGITS_ONLY_POLICY_DIR
 
-    command = [sys.executable, "-m", "training", "evaluate", "--backend", "vllm", "--splits", "test", "--problems", "3",
+    command = [sys.executable, "-m", "stepgraph", "evaluate", "--backend", "vllm", "--splits", "test", "--problems", "3",
                "--policy", str(DEFAULT_POLICY_DIR), str(LOGITS_ONLY_POLICY_DIR)]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""Every routing method side by side on the same problems, seeds and graph: ``python -m training bench``.
+"""Every routing method side by side on the same problems, seeds and graph: ``stepgraph bench``.
 
 Methods (all gates in the same graph): draft-only, target-only, random (escalation rate matched
 to the CPO policy's), confidence threshold (API confidence), STEER (stepwise GMM fitted on the
@@ -20,6 +20,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from stepgraph.training.collect import Item
+from stepgraph.training.prm import StepRewardModel
+from stepgraph.training.records import Episode
 from tqdm import tqdm
 
 from stepgraph.answers import is_correct
@@ -37,9 +40,6 @@ from stepgraph.gates.base import Gate
 from stepgraph.gates.judges import JudgeGate, OracleGate, ProcessRewardGate
 from stepgraph.graph import build_graph
 from stepgraph.models.base import StepModel
-from training.collect import Item
-from training.prm import StepRewardModel
-from training.records import Episode
 
 GRID = [round(0.1 * i, 1) for i in range(11)]
 METRICS = ("correct", "covered", "flops", "prefill_flops", "usd", "escalation_rate", "seconds")

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stepgraph.training.records import Episode, StepRecord
+from stepgraph.training.store import TraceStore
+from stepgraph.training.verifiers import StepVerifier
 from tqdm import tqdm
 
 from stepgraph.answers import is_correct
@@ -27,9 +30,6 @@ from stepgraph.graph import build_graph
 from stepgraph.models.base import StepModel
 from stepgraph.nodes import call_seed
 from stepgraph.testbed import task
-from training.records import Episode, StepRecord
-from training.store import TraceStore
-from training.verifiers import StepVerifier
 
 
 @dataclass(frozen=True)

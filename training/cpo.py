@@ -28,11 +28,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
+from stepgraph.training.records import Episode
 from tqdm import tqdm
 
 from stepgraph.features import CONFIDENCE_SCHEMA, FeatureSchema
 from stepgraph.policy import PolicyArtifact, PolicyNetwork
-from training.records import Episode
 
 EPS = 1e-8
 

@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from stepgraph.training.collect import Item
+
 from stepgraph.answers import extract_boxed
-from training.collect import Item
 
 HUB_NAMES = {"gsm8k": ("openai/gsm8k", "main"), "math500": ("HuggingFaceH4/MATH-500", None), "omnimath": ("KbsdJames/Omni-MATH", None)}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from stepgraph.training.collect import Item
 from tqdm import tqdm
 
 from stepgraph.answers import is_correct
@@ -18,7 +19,6 @@ from stepgraph.gates import AlwaysDraftGate, AlwaysTargetGate
 from stepgraph.gates.base import Gate
 from stepgraph.graph import build_graph
 from stepgraph.models.base import StepModel
-from training.collect import Item
 
 
 def run_gate(tiers: Sequence[StepModel], gate: Gate, items: Sequence[Item], *, seed: int, temperature: float,

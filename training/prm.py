@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from stepgraph.training.records import Episode
 
 from stepgraph.features import CONFIDENCE_SCHEMA, FeatureSchema, Observation
 from stepgraph.gates.base import GateInput
-from training.records import Episode
 
 
 class StepRewardModel:

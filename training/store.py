@@ -29,8 +29,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
 
+from stepgraph.training.records import Episode
+
 from stepgraph.errors import TraceStoreError
-from training.records import Episode
 
 SCHEMA_VERSION = 1
 _CREATE = """
@@ -57,7 +58,7 @@ class TraceStore:
     def __init__(self, path: str | Path, *, create: bool = True) -> None:
         self.path = Path(path)
         if not create and not self.path.is_file():
-            raise TraceStoreError(f"No trace store at {self.path}; run `python -m training collect --store {self.path}` first.")
+            raise TraceStoreError(f"No trace store at {self.path}; run `stepgraph collect --store {self.path}` first.")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)

@@ -56,7 +56,7 @@ class PolicyGate(Gate):
                     "with its training mean, and the calibrated coverage no longer holds (e.g. a vLLM engine with "
                     "logprobs_mode='raw_logits' has no log-probabilities). Use a policy trained without it: "
                     "stepgraph.defaults.LOGITS_ONLY_POLICY_DIR for the shipped pair, or "
-                    "`python -m training train --ignore-feature NAME` on your traces.",
+                    "`stepgraph train --ignore-feature NAME` on your traces.",
                     RuntimeWarning,
                     stacklevel=2,
                 )

@@ -27,7 +27,7 @@ class ChatStepRouter(BaseChatModel):
     """A chat model that answers by stepwise routing between a small and a large model.
 
     Example:
-        >>> from stepgraph.chat_model import ChatStepRouter
+        >>> from stepgraph.integrations.chat_model import ChatStepRouter
         >>> llm = ChatStepRouter(seed=0)
         >>> reply = llm.invoke("Ann has 3 coins. She gets 2 more. She buys 4 more. How many coins does she have?")
         >>> reply.response_metadata["answer"]
@@ -66,9 +66,9 @@ class ChatStepRouter(BaseChatModel):
         if self.graph is not None:
             return self.graph
         if self._graph is None:
-            from graphs.router import graph  # the shipped pair with its gates; loads models once
+            from stepgraph.integrations.studio import default_graph  # the shipped pair; loads models once
 
-            self._graph = graph
+            self._graph = default_graph()
         return self._graph
 
     def _context(self, stop: list[str] | None) -> RouterContext:

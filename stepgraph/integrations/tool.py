@@ -43,7 +43,9 @@ def routed_reasoning_tool(graph: Any = None, *, name: str = "stepwise_reasoner",
         '9'
     """
     if graph is None:
-        from graphs.router import graph
+        from stepgraph.integrations.studio import default_graph
+
+        graph = default_graph()
 
     def solve(question: str, max_steps: int = 16) -> dict[str, Any]:
         return _summary(graph.invoke({"question": question}, context=RouterContext(seed=seed, max_steps=max_steps)))
