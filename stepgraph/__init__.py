@@ -68,6 +68,7 @@ _EXPORTS: dict[str, str] = {
     "ModelOutputError": "stepgraph.errors",
     "PolicyFileError": "stepgraph.errors",
     "GateConfigError": "stepgraph.errors",
+    "ConfigError": "stepgraph.errors",
     "TraceStoreError": "stepgraph.errors",
 }
 
@@ -79,6 +80,7 @@ __all__ = [
     "ChatStepModel",
     "ChatStepRouter",
     "ConfidenceThresholdGate",
+    "ConfigError",
     "ExploringGate",
     "Gate",
     "GateConfigError",
@@ -133,6 +135,7 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the real names
     from stepgraph.defaults import resolve_gate
     from stepgraph.errors import (
         BadQuestionError,
+        ConfigError,
         GateConfigError,
         ModelLoadError,
         ModelOutputError,
