@@ -36,11 +36,14 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def check_setting(name: str, value: Any) -> Any:
-    """Return ``value`` if it is allowed for the RouterContext field ``name``, else raise ConfigError."""
+def check_setting(name: str, value: Any, what: str | None = None) -> Any:
+    """Return ``value`` if it is allowed for the RouterContext field ``name``, else raise ConfigError.
+
+    ``what`` names the value in the message (default: ``RouterContext.<name>``).
+    """
     accepts, allowed = _RULES[name]
     if not accepts(value):
-        raise ConfigError(f"RouterContext.{name} must be {allowed}; got {value!r}.")
+        raise ConfigError(f"{what or f'RouterContext.{name}'} must be {allowed}; got {value!r}.")
     return value
 
 
