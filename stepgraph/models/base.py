@@ -63,7 +63,11 @@ class StepModel(Protocol):
     """
 
     name: str
-    n_params: int
+
+    @property
+    def n_params(self) -> int:
+        """The model's parameter count, for FLOPs (a plain attribute satisfies it)."""
+        ...
 
     def generate_step(
         self,
