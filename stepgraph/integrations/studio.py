@@ -56,7 +56,9 @@ class LazyStepModel:
 
     async def agenerate_step(self, question: str, steps: Sequence[str], **kwargs: Any) -> StepOutput:
         # Loading reads files and takes seconds: a worker thread does it, not the event loop.
-        model = self._model or await asyncio.to_thread(lambda: self.model)
+        model = self._model
+        if model is None:
+            model = await asyncio.to_thread(lambda: self.model)
         return await agenerate(model, question, steps, **kwargs)
 
 
