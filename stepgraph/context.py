@@ -74,7 +74,8 @@ class RouterLimits:
     """Limits the operator of a graph sets at ``build_graph(..., limits=...)``; no run can lift them.
 
     A run whose question or context goes over a limit is refused with an error naming the limit
-    (not clamped: a silently shortened run would look like a real answer).
+    (not clamped: a silently shortened run would look like a real answer). A run without a context
+    gets ``RouterContext()``'s defaults, which must then be within the limits too.
 
     Attributes:
         max_question_chars: questions longer than this are refused (BadQuestionError).

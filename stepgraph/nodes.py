@@ -124,7 +124,7 @@ class RoutingNodes:
         Runs only when an input arrives (``invoke({"question": ...})``), also on a thread that
         holds an earlier answer; ``invoke(None, config)`` resumes an interrupted run past it.
         """
-        self.context(runtime)
+        self.gate_for(self.context(runtime))  # an unknown gate or a setting over a limit: refused before any paid call
         validate_question(state.get("question"), self.limits.max_question_chars)
         return {
             "steps": Overwrite([]),
