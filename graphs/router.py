@@ -1,5 +1,5 @@
 """The Studio entry ``langgraph.json`` points at: the graph is built inside ``stepgraph``."""
 
-from stepgraph.integrations.studio import default_graph
+from stepgraph.integrations.studio import served_graph
 
-graph = default_graph()
+graph = served_graph()

@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "build_graph": "stepgraph.graph",
     "RoutingGraph": "stepgraph.graph",
     "RouterContext": "stepgraph.context",
+    "RouterLimits": "stepgraph.context",
     "RouterState": "stepgraph.state",
     "InputState": "stepgraph.state",
     "OutputState": "stepgraph.state",
@@ -51,6 +52,8 @@ _EXPORTS: dict[str, str] = {
     "ExploringGate": "stepgraph.gates",
     # models
     "StepModel": "stepgraph.models.base",
+    "AsyncStepModel": "stepgraph.models.base",
+    "agenerate": "stepgraph.models.base",
     "StepOutput": "stepgraph.models.base",
     "TransformersStepModel": "stepgraph.models.local",
     "VLLMStepModel": "stepgraph.models.vllm_engine",
@@ -76,6 +79,7 @@ __all__ = [
     "GATES",
     "AlwaysDraftGate",
     "AlwaysTargetGate",
+    "AsyncStepModel",
     "BadQuestionError",
     "ChatStepModel",
     "ChatStepRouter",
@@ -95,6 +99,7 @@ __all__ = [
     "Prices",
     "RandomGate",
     "RouterContext",
+    "RouterLimits",
     "RouterState",
     "RoutingGraph",
     "Step",
@@ -106,6 +111,7 @@ __all__ = [
     "TransformersStepModel",
     "VLLMStepModel",
     "__version__",
+    "agenerate",
     "build_graph",
     "close_pair",
     "count_parameters",
@@ -130,7 +136,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static type checkers and IDEs see the real names
-    from stepgraph.context import RouterContext
+    from stepgraph.context import RouterContext, RouterLimits
     from stepgraph.costs import Prices
     from stepgraph.defaults import resolve_gate
     from stepgraph.errors import (
@@ -160,7 +166,7 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the real names
     from stepgraph.graph import RoutingGraph, build_graph
     from stepgraph.integrations.chat_model import ChatStepRouter
     from stepgraph.integrations.tool import routed_reasoning_tool
-    from stepgraph.models.base import StepModel, StepOutput
+    from stepgraph.models.base import AsyncStepModel, StepModel, StepOutput, agenerate
     from stepgraph.models.chat import ChatStepModel
     from stepgraph.models.local import TransformersStepModel
     from stepgraph.models.vllm_engine import VLLMStepModel, count_parameters

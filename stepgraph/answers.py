@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import threading
 
-from math_verify import parse, verify
-
 TIMEOUT_SECONDS = 5
 
 
@@ -34,6 +32,8 @@ def is_correct(predicted: str | None, reference: str) -> bool:
     """Whether a predicted final answer equals the reference, mathematically (math-verify)."""
     if predicted is None or not predicted.strip():
         return False
+    from math_verify import parse, verify  # imported here: it takes seconds, and the graph only needs extract_boxed
+
     # math-verify's timeout uses SIGALRM, which only the main thread may set; elsewhere
     # (collection workers, async executors) it runs without one.
     timeout = TIMEOUT_SECONDS if threading.current_thread() is threading.main_thread() else None

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from stepgraph import __version__
-from stepgraph.context import RouterContext
+from stepgraph.context import RouterContext, check_setting
 from stepgraph.defaults import DEFAULT_CONFIDENCE_THRESHOLD, default_gate_name, resolve_gate
-from stepgraph.errors import StepgraphError
+from stepgraph.errors import ConfigError, StepgraphError
 from stepgraph.testbed import BACKENDS, DRAFT_MODEL_DIR, TARGET_MODEL_DIR
 
 GATE_CHOICES = ["policy", "threshold", "steer", "random", "draft", "target"]
@@ -26,6 +26,21 @@ The shipped testbed pair (the default --models) is two tiny models trained on on
 "NAME has N ITEMS. She gets / finds / buys / gives away / loses / sells K (more) ... She multiplies
 them by K ... How many ITEMS does she have?", with 2 to 4 operations. Other phrasings get confident
 wrong answers: bring your own models (--models DIR DIR) for real questions."""
+
+
+def _setting(name: str, parse: Any) -> Any:
+    """An argparse ``type`` that parses the option and checks it as RouterContext checks ``name``, so
+    a bad value exits 2 with a one-line message naming the option, before any model loads."""
+
+    def convert(text: str) -> Any:
+        value = parse(text)  # a ValueError here gets argparse's own "invalid int value" message
+        try:
+            return check_setting(name, value, what="the value")
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -54,11 +69,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--steer", type=Path, default=None, help="fitted STEER GMM JSON for --gate steer")
     parser.add_argument("--rate", type=float, default=None, help="escalation rate for --gate random (default: 0.5)")
-    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="sampling temperature (default: %(default)s)")
+    parser.add_argument("--temperature", type=_setting("temperature", float), default=defaults.temperature, help="sampling temperature (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="base seed (default: %(default)s)")
-    parser.add_argument("--max-steps", type=int, default=defaults.max_steps, help="step limit (default: %(default)s)")
-    parser.add_argument("--max-step-tokens", type=int, default=defaults.max_step_tokens, help="token limit per step (default: %(default)s)")
-    parser.add_argument("--budget", type=float, default=None, help="FLOPs budget per answer (default: none)")
+    parser.add_argument("--max-steps", type=_setting("max_steps", int), default=defaults.max_steps, help="step limit (default: %(default)s)")
+    parser.add_argument("--max-step-tokens", type=_setting("max_step_tokens", int), default=defaults.max_step_tokens, help="token limit per step (default: %(default)s)")
+    parser.add_argument("--budget", type=_setting("budget_flops", float), default=None, help="FLOPs budget per answer (default: none)")
     parser.add_argument("--sticky", action="store_true", help="keep later steps on an escalated tier (default: off)")
 
 
@@ -99,13 +114,14 @@ def _question_and_models(args: argparse.Namespace) -> tuple[str, list[Path]]:
 
 
 def _solve(args: argparse.Namespace) -> int:
+    from stepgraph.context import RouterLimits
     from stepgraph.graph import build_graph
     from stepgraph.models.local import TransformersStepModel
     from stepgraph.nodes import validate_question
 
     question, models = _question_and_models(args)
     context = _context(args)
-    question = validate_question(question, context.max_question_chars)  # before any model loads
+    question = validate_question(question, RouterLimits().max_question_chars)  # before any model loads
     gate = resolve_gate(args.gate, **_gate_options(args))
     tiers = [TransformersStepModel(path) for path in models]
     graph = build_graph(tiers, gate)

@@ -1,20 +1,112 @@
-"""Run settings that stay fixed during a run; nodes read them as ``Runtime[RouterContext]``."""
+"""Run settings that stay fixed during a run, and the operator's limits on them.
+
+Nodes read the settings as ``Runtime[RouterContext]``; a client (an SDK call, Studio, the chat
+model) chooses them per run. ``RouterLimits`` is given to ``build_graph`` by whoever serves the
+graph: a run whose context asks for more than a limit is refused, so a client cannot lift it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from stepgraph.errors import ConfigError
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+# Per field: (accepts the value, the allowed values in words).
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "gate": (lambda v: v is None or isinstance(v, str), "a gate name (a string) or null"),
+    "max_steps": (lambda v: _integer(v) and v >= 1, "an integer ≥ 1"),
+    "budget_flops": (lambda v: v is None or (_number(v) and v > 0), "a finite number > 0, or null for no budget"),
+    "temperature": (lambda v: _number(v) and v >= 0, "a finite number ≥ 0"),
+    "seed": (lambda v: v is None or _integer(v), "an integer, or null for random"),
+    "sticky": (lambda v: isinstance(v, bool), "true or false"),
+    "max_step_tokens": (lambda v: _integer(v) and v >= 1, "an integer ≥ 1"),
+    "difficulty": (lambda v: v is None or (_number(v) and 0 <= v <= 1), "a number in [0, 1], or null"),
+}
+
+
+def check_setting(name: str, value: Any, what: str | None = None) -> Any:
+    """Return ``value`` if it is allowed for the RouterContext field ``name``, else raise ConfigError.
+
+    ``what`` names the value in the message (default: ``RouterContext.<name>``).
+    """
+    accepts, allowed = _RULES[name]
+    if not accepts(value):
+        raise ConfigError(f"{what or f'RouterContext.{name}'} must be {allowed}; got {value!r}.")
+    return value
 
 
 @dataclass
 class RouterContext:
-    """Settings of one routed run (LangGraph Studio shows each field's description)."""
+    """Settings of one routed run (LangGraph Studio shows each field's description).
+
+    Every field is checked at construction; a bad value raises ConfigError naming the field and
+    its allowed range.
+    """
 
     gate: str | None = field(default=None, metadata={"description": "Name of the gate to use among those the graph was built with (default: the graph's default gate)."})
-    max_steps: int = field(default=16, metadata={"description": "Stop after this many steps without a final answer."})
-    budget_flops: float | None = field(default=None, metadata={"description": "Stop once the answer's FLOPs reach this budget (None: no budget)."})
-    temperature: float = field(default=0.7, metadata={"description": "Sampling temperature of every model call (0 = greedy)."})
+    max_steps: int = field(default=16, metadata={"description": "Stop after this many steps without a final answer (≥ 1; the server may set a lower limit)."})
+    budget_flops: float | None = field(default=None, metadata={"description": "Stop once the answer's FLOPs reach this budget (> 0; None: no budget)."})
+    temperature: float = field(default=0.7, metadata={"description": "Sampling temperature of every model call (≥ 0; 0 = greedy)."})
     seed: int | None = field(default=0, metadata={"description": "Base seed; each call's seed derives from it, the step and the tier (None: random)."})
     sticky: bool = field(default=False, metadata={"description": "Once a step is escalated, later steps are drafted on the escalated tier."})
-    max_step_tokens: int = field(default=64, metadata={"description": "Token limit of one step; a step cut at the limit is kept and flagged truncated."})
+    max_step_tokens: int = field(default=64, metadata={"description": "Token limit of one step (≥ 1); a step cut at the limit is kept and flagged truncated."})
     difficulty: float | None = field(default=None, metadata={"description": "Optional difficulty estimate in [0, 1] passed to the gate as a feature."})
-    max_question_chars: int = field(default=8000, metadata={"description": "Questions longer than this are refused with BadQuestionError."})
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check_setting(f.name, getattr(self, f.name))
+
+
+@dataclass(frozen=True)
+class RouterLimits:
+    """Limits the operator of a graph sets at ``build_graph(..., limits=...)``; no run can lift them.
+
+    A run whose question or context goes over a limit is refused with an error naming the limit
+    (not clamped: a silently shortened run would look like a real answer). A run without a context
+    gets ``RouterContext()``'s defaults, which must then be within the limits too.
+
+    Attributes:
+        max_question_chars: questions longer than this are refused (BadQuestionError).
+        max_steps: the largest ``RouterContext.max_steps`` a run may ask for.
+        max_step_tokens: the largest ``RouterContext.max_step_tokens`` a run may ask for.
+        max_budget_flops: the largest FLOPs budget a run may ask for; with a limit, a run must
+            set a budget (None: no limit).
+    """
+
+    max_question_chars: int = 8000
+    max_steps: int = 1024
+    max_step_tokens: int = 4096
+    max_budget_flops: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_question_chars", "max_steps", "max_step_tokens"):
+            value = getattr(self, name)
+            if not (_integer(value) and value >= 1):
+                raise ConfigError(f"RouterLimits.{name} must be an integer ≥ 1; got {value!r}.")
+        if self.max_budget_flops is not None and not (_number(self.max_budget_flops) and self.max_budget_flops > 0):
+            raise ConfigError(f"RouterLimits.max_budget_flops must be a finite number > 0, or None; got {self.max_budget_flops!r}.")
+
+    def check(self, context: RouterContext) -> RouterContext:
+        """Return ``context`` if it is within these limits, else raise ConfigError naming the limit."""
+        for name in ("max_steps", "max_step_tokens"):
+            asked, limit = getattr(context, name), getattr(self, name)
+            if asked > limit:
+                raise ConfigError(f"RouterContext.{name}={asked} is above this graph's limit of {limit} (RouterLimits.{name}, set by its operator).")
+        if self.max_budget_flops is not None and (context.budget_flops is None or context.budget_flops > self.max_budget_flops):
+            raise ConfigError(
+                f"RouterContext.budget_flops={context.budget_flops} is above this graph's limit of {self.max_budget_flops:g} FLOPs "
+                "(RouterLimits.max_budget_flops, set by its operator): set a budget within it."
+            )
+        return context

@@ -1,23 +1,30 @@
 """Build the stepwise routing graph.
 
-    START → draft → features → gate ─┬─(accept)────────→ append ─┬─(more)→ draft
+    START → start → draft → features → gate ─┬─(accept)────────→ append ─┬─(more)→ draft
                                      └─(escalate)→ escalate ─┘   └─(done)→ END
 
 With more than two tiers, ``escalate`` goes back to ``features`` so the gate is asked again
-on the escalated draft, until the strongest tier writes the step.
+on the escalated draft, until the strongest tier writes the step. ``start`` runs once per new
+question: on a thread with a checkpointer, a new question starts a fresh answer, while
+``invoke(None, config)`` resumes an interrupted one where it stopped.
+
+Every node has a sync and an async body: ``invoke``/``batch``/``stream`` call the models'
+``generate_step``; ``ainvoke``/``abatch``/``astream`` await ``agenerate_step`` where a model has
+one (else a worker thread per call) and run the cheap nodes inline on the event loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
+from langgraph._internal._runnable import RunnableCallable  # how LangGraph's ToolNode gives a node both bodies
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
 
-from stepgraph.context import RouterContext
+from stepgraph.context import RouterContext, RouterLimits
 from stepgraph.costs import Prices
 from stepgraph.gates.base import Gate
 from stepgraph.models.base import StepModel
@@ -56,12 +63,26 @@ class RoutingGraph(CompiledStateGraph[RouterState, RouterContext, InputState, Ou
         return super().abatch_as_completed(inputs, self._with_limit(config), **kwargs)
 
 
+Node = Callable[[Any, Any], dict[str, Any]]
+
+
+def _node(func: Node, afunc: Callable[[Any, Any], Awaitable[dict[str, Any]]] | None = None) -> RunnableCallable:
+    """A node with both bodies. Without ``afunc`` the async body runs ``func`` inline: it is cheap
+    CPU work, and LangGraph's default (a worker thread per call) would cost a thread per run."""
+
+    async def inline(state: Any, runtime: Any) -> dict[str, Any]:
+        return func(state, runtime)
+
+    return RunnableCallable(func, afunc or inline, name=func.__name__, trace=False)
+
+
 def build_graph(
     tiers: Sequence[StepModel],
     gate: Gate | Mapping[str, Gate],
     *,
     prices: Sequence[Prices] | None = None,
     checkpointer: Checkpointer = None,
+    limits: RouterLimits | None = None,
     name: str = "stepgraph",
 ) -> CompiledStateGraph[RouterState, RouterContext, InputState, OutputState]:
     """Compile the routing graph over ``tiers`` (cheapest first) with one or more gates.
@@ -71,6 +92,8 @@ def build_graph(
         gate: a gate, or gates by name (the first is the default; ``RouterContext.gate`` picks).
         prices: API prices per tier, for the dollar cost.
         checkpointer: a LangGraph checkpointer, to resume interrupted runs.
+        limits: the operator's limits on question length and run settings, which no run's
+            context can lift (default: ``RouterLimits()``).
         name: the compiled graph's name.
 
     Example:
@@ -82,14 +105,16 @@ def build_graph(
         'final_answer'
     """
     gates = dict(gate) if isinstance(gate, Mapping) else {getattr(gate, "name", "gate"): gate}
-    nodes = RoutingNodes(tiers, gates, prices)
+    nodes = RoutingNodes(tiers, gates, prices, limits)
     builder = StateGraph(RouterState, context_schema=RouterContext, input_schema=InputState, output_schema=OutputState)
-    builder.add_node("draft", nodes.draft)
-    builder.add_node("features", nodes.features)
-    builder.add_node("gate", nodes.gate)
-    builder.add_node("escalate", nodes.escalate)
-    builder.add_node("append", nodes.append)
-    builder.add_edge(START, "draft")
+    builder.add_node("start", _node(nodes.start))
+    builder.add_node("draft", _node(nodes.draft, nodes.adraft))
+    builder.add_node("features", _node(nodes.features))
+    builder.add_node("gate", _node(nodes.gate))
+    builder.add_node("escalate", _node(nodes.escalate, nodes.aescalate))
+    builder.add_node("append", _node(nodes.append))
+    builder.add_edge(START, "start")
+    builder.add_edge("start", "draft")
     builder.add_edge("draft", "features")
     builder.add_edge("features", "gate")
     builder.add_conditional_edges("gate", nodes.after_gate, ["escalate", "append"])

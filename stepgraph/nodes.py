@@ -2,25 +2,29 @@
 
 Each node is a plain ``state -> partial update`` function bound to the graph's tiers (models,
 cheapest first) and gates. A model call's cost is added to the state by the node that made the
-call, so a draft that is later replaced is still paid for.
+call, so a draft that is later replaced is still paid for. The nodes that call models also have
+an async variant (``adraft``, ``aescalate``) that awaits the model, so async runs share one
+event loop instead of holding a thread each.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any, Literal
 
 from langgraph.runtime import Runtime
+from langgraph.types import Overwrite
 
 from stepgraph.answers import extract_boxed
-from stepgraph.context import RouterContext
+from stepgraph.context import RouterContext, RouterLimits
 from stepgraph.costs import Prices, call_cost, total_costs
 from stepgraph.errors import BadQuestionError, ModelOutputError
 from stepgraph.features import observe
 from stepgraph.gates.base import Gate, GateInput
-from stepgraph.models.base import StepModel, StepOutput
+from stepgraph.models.base import StepModel, StepOutput, agenerate
 from stepgraph.state import RouterState, Step
 
 
@@ -32,7 +36,7 @@ def validate_question(question: object, max_chars: int) -> str:
         raise BadQuestionError("The question is empty: pass the problem text to solve.")
     if len(question) > max_chars:
         raise BadQuestionError(
-            f"The question has {len(question)} characters; the limit is {max_chars} (RouterContext.max_question_chars)."
+            f"The question has {len(question)} characters; the limit is {max_chars} (RouterLimits.max_question_chars)."
         )
     return question.strip()
 
@@ -52,9 +56,11 @@ class RoutingNodes:
         tiers: models from cheapest (tier 0) to strongest; at least two.
         gates: the gates a run may pick by name (``RouterContext.gate``); the first is the default.
         prices: API prices per tier (default: GPT-4.1-mini prices for every tier).
+        limits: the operator's limits on questions and run settings.
     """
 
-    def __init__(self, tiers: Sequence[StepModel], gates: Mapping[str, Gate], prices: Sequence[Prices] | None = None) -> None:
+    def __init__(self, tiers: Sequence[StepModel], gates: Mapping[str, Gate], prices: Sequence[Prices] | None = None,
+                 limits: RouterLimits | None = None) -> None:
         if len(tiers) < 2:
             raise ValueError("A routed graph needs at least two tiers (a draft model and a stronger one).")
         if not gates:
@@ -62,8 +68,13 @@ class RoutingNodes:
         self.tiers = list(tiers)
         self.gates = dict(gates)
         self.prices = list(prices) if prices is not None else [Prices()] * len(self.tiers)
+        self.limits = limits or RouterLimits()
         if len(self.prices) != len(self.tiers):
             raise ValueError(f"Got {len(self.prices)} price sets for {len(self.tiers)} tiers.")
+
+    def context(self, runtime: Runtime[RouterContext]) -> RouterContext:
+        """The run's settings, refused if they ask for more than the operator's limits."""
+        return self.limits.check(runtime.context or RouterContext())
 
     def gate_for(self, context: RouterContext) -> Gate:
         name = context.gate or next(iter(self.gates))
@@ -71,32 +82,79 @@ class RoutingNodes:
             raise ValueError(f"Unknown gate {name!r}; this graph has {sorted(self.gates)}.")
         return self.gates[name]
 
-    def _generate(self, state: RouterState, context: RouterContext, tier: int) -> tuple[StepOutput, dict[str, Any]]:
-        question = validate_question(state.get("question"), context.max_question_chars)
+    def _request(self, state: RouterState, context: RouterContext, tier: int) -> tuple[StepModel, str, list[str], dict[str, Any]]:
+        """The model of ``tier`` and what to ask it: question, accepted steps, sampling settings."""
+        question = validate_question(state.get("question"), self.limits.max_question_chars)
         accepted = [s["text"] for s in state.get("steps", [])]
-        model = self.tiers[tier]
+        settings = {"temperature": context.temperature, "seed": call_seed(context.seed, len(accepted), tier),
+                    "max_tokens": context.max_step_tokens}
+        return self.tiers[tier], question, accepted, settings
+
+    @staticmethod
+    @contextmanager
+    def _model_errors(model: StepModel, accepted: Sequence[str]) -> Iterator[None]:
         try:
-            out = model.generate_step(
-                question,
-                accepted,
-                temperature=context.temperature,
-                seed=call_seed(context.seed, len(accepted), tier),
-                max_tokens=context.max_step_tokens,
-            )
+            yield
         except ValueError as exc:  # e.g. the prompt exceeds the model's context window
             if not accepted:
                 raise BadQuestionError(f"{model.name} cannot take this question: {exc}") from exc
             raise ModelOutputError(f"{model.name} failed at step {len(accepted)}: {exc}") from exc
+
+    def _attempt(self, out: StepOutput, model: StepModel, tier: int) -> tuple[StepOutput, dict[str, Any]]:
         cost = call_cost(out, model.n_params, self.prices[tier])
-        attempt = {"tier": tier, "model": model.name, "text": out.text, "cost": cost}
-        return out, attempt
+        return out, {"tier": tier, "model": model.name, "text": out.text, "cost": cost}
+
+    def _generate(self, state: RouterState, context: RouterContext, tier: int) -> tuple[StepOutput, dict[str, Any]]:
+        model, question, accepted, settings = self._request(state, context, tier)
+        with self._model_errors(model, accepted):
+            out = model.generate_step(question, accepted, **settings)
+        return self._attempt(out, model, tier)
+
+    async def _agenerate(self, state: RouterState, context: RouterContext, tier: int) -> tuple[StepOutput, dict[str, Any]]:
+        model, question, accepted, settings = self._request(state, context, tier)
+        with self._model_errors(model, accepted):
+            out = await agenerate(model, question, accepted, **settings)
+        return self._attempt(out, model, tier)
 
     # --- nodes -------------------------------------------------------------------------------
+
+    def start(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
+        """A new question starts a fresh answer: check it and the settings, then reset the trajectory.
+
+        Runs only when an input arrives (``invoke({"question": ...})``), also on a thread that
+        holds an earlier answer; ``invoke(None, config)`` resumes an interrupted run past it.
+        """
+        self.gate_for(self.context(runtime))  # an unknown gate or a setting over a limit: refused before any paid call
+        validate_question(state.get("question"), self.limits.max_question_chars)
+        return {
+            "steps": Overwrite([]),
+            "costs": Overwrite({}),
+            "candidate": None,
+            "candidate_tier": 0,
+            "attempts": [],
+            "observation": {},
+            "first_observation": None,
+            "decision": None,
+            "first_decision": None,
+            "base_tier": 0,
+            "escalations": 0,
+            "answer": None,
+            "stop_reason": None,
+            "totals": total_costs({}),
+        }
 
     def draft(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
         """The current base tier writes the next step."""
         tier = state.get("base_tier", 0)
-        out, attempt = self._generate(state, runtime.context or RouterContext(), tier)
+        return self._drafted(tier, *self._generate(state, self.context(runtime), tier))
+
+    async def adraft(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
+        """``draft``, awaiting the model."""
+        tier = state.get("base_tier", 0)
+        return self._drafted(tier, *await self._agenerate(state, self.context(runtime), tier))
+
+    @staticmethod
+    def _drafted(tier: int, out: StepOutput, attempt: dict[str, Any]) -> dict[str, Any]:
         return {
             "candidate": out.to_dict(),
             "candidate_tier": tier,
@@ -109,7 +167,7 @@ class RoutingNodes:
 
     def features(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
         """Turn the latest candidate into the observation o_t."""
-        context = runtime.context or RouterContext()
+        context = self.context(runtime)
         candidate = StepOutput.from_dict(state["candidate"] or {})
         obs = observe(
             candidate,
@@ -128,7 +186,7 @@ class RoutingNodes:
         if tier >= len(self.tiers) - 1:  # nothing stronger to escalate to
             decision = {"escalate": False, "score": None, "probability": None}
         else:
-            gate = self.gate_for(runtime.context or RouterContext())
+            gate = self.gate_for(self.context(runtime))
             x = GateInput(
                 question=state["question"],
                 steps=tuple(s["text"] for s in state.get("steps", [])),
@@ -144,9 +202,18 @@ class RoutingNodes:
 
     def escalate(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
         """The next tier regenerates the step from the same prefix."""
-        context = runtime.context or RouterContext()
+        context = self.context(runtime)
         tier = state["candidate_tier"] + 1
-        out, attempt = self._generate(state, context, tier)
+        return self._escalated(state, context, tier, *self._generate(state, context, tier))
+
+    async def aescalate(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
+        """``escalate``, awaiting the model."""
+        context = self.context(runtime)
+        tier = state["candidate_tier"] + 1
+        return self._escalated(state, context, tier, *await self._agenerate(state, context, tier))
+
+    @staticmethod
+    def _escalated(state: RouterState, context: RouterContext, tier: int, out: StepOutput, attempt: dict[str, Any]) -> dict[str, Any]:
         update: dict[str, Any] = {
             "candidate": out.to_dict(),
             "candidate_tier": tier,
@@ -160,7 +227,7 @@ class RoutingNodes:
 
     def append(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
         """Add the chosen step to the answer and decide whether the answer is done."""
-        context = runtime.context or RouterContext()
+        context = self.context(runtime)
         candidate = StepOutput.from_dict(state["candidate"] or {})
         attempts = state.get("attempts", [])
         first_decision = state.get("first_decision") or {}

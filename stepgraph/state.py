@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import operator
+from collections.abc import Sequence
 from typing import Annotated, Any, NotRequired
 
+from langgraph.channels import DeltaChannel
+from pydantic import Field
 from typing_extensions import TypedDict
 
 from stepgraph.costs import add_costs
+
+# Appended steps between full snapshots of the step list in a checkpoint: rarer snapshots keep the
+# checkpoints small, more frequent ones shorten the replay of writes when a thread is loaded.
+STEPS_SNAPSHOT_FREQUENCY = 1000
 
 
 class Step(TypedDict):
@@ -43,9 +49,13 @@ class Step(TypedDict):
 
 
 class InputState(TypedDict):
-    """What a run takes."""
+    """What a run takes: a new question starts a fresh answer on the thread.
 
-    question: str
+    Attributes:
+        question: the math word problem to solve, as plain text.
+    """
+
+    question: Annotated[str, Field(description="The math word problem to solve, as plain text; a new question on a thread starts a fresh answer.")]
 
 
 class OutputState(TypedDict):
@@ -60,11 +70,21 @@ class OutputState(TypedDict):
     escalations: int
 
 
+def append_steps(steps: list[Step], appended: Sequence[list[Step]]) -> list[Step]:
+    """Reducer of ``steps``: the steps so far, then each batch of appended steps in order."""
+    return [*steps, *(step for batch in appended for step in batch)]
+
+
 class RouterState(TypedDict):
-    """The full state. ``steps`` and ``costs`` have reducers; the rest is overwritten."""
+    """The full state. ``steps`` and ``costs`` have reducers; the rest is overwritten.
+
+    ``steps`` is a ``DeltaChannel``: a checkpoint stores only the steps appended since the last
+    one (and a full snapshot every few hundred steps), not the whole list at every super-step, so
+    a thread's checkpoints grow linearly with the answer's length instead of quadratically.
+    """
 
     question: str
-    steps: Annotated[list[Step], operator.add]
+    steps: Annotated[list[Step], DeltaChannel(append_steps, snapshot_frequency=STEPS_SNAPSHOT_FREQUENCY)]
     costs: Annotated[dict[str, dict[str, float]], add_costs]
     # The step being decided: its current candidate and every generation so far.
     candidate: NotRequired[dict[str, Any] | None]

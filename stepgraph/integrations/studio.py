@@ -2,22 +2,86 @@
 
 The run's ``gate`` context field picks among: the embedded default (the shipped policy, else a
 confidence threshold), ``threshold``, ``draft`` (never escalate) and ``target`` (always).
-``graphs/router.py`` (what ``langgraph.json`` points at) only re-exports this graph.
+``graphs/router.py`` (what ``langgraph.json`` points at) serves ``served_graph()``, the same
+graph under ``SERVED_LIMITS``; the chat model and the tool use ``default_graph()``.
+
+The models load on the first run, not when the graph is built: importing the graph stays quick, so
+the server starts without a slow-startup warning.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Callable, Sequence
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
+
+from stepgraph.context import RouterLimits
+from stepgraph.models.base import StepModel, StepOutput, agenerate
+
+# What one client of the served graph may ask for: enough for the shipped pair's answers (a few
+# steps of a few dozen tokens), small enough that one request cannot hold the server for long.
+SERVED_LIMITS = RouterLimits(max_question_chars=2000, max_steps=64, max_step_tokens=256)
+
+
+class LazyStepModel:
+    """A tier whose model is made by ``load`` on first use (once, also under concurrent runs).
+
+    Args:
+        name: the model's name, known before it loads (it names the tier in steps and costs).
+        load: makes the model.
+    """
+
+    def __init__(self, name: str, load: Callable[[], StepModel]) -> None:
+        self.name = name
+        self._load = load
+        self._model: StepModel | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def model(self) -> StepModel:
+        with self._lock:
+            if self._model is None:
+                self._model = self._load()
+            return self._model
+
+    @property
+    def n_params(self) -> int:
+        return self.model.n_params
+
+    def generate_step(self, question: str, steps: Sequence[str], **kwargs: Any) -> StepOutput:
+        return self.model.generate_step(question, steps, **kwargs)
+
+    async def agenerate_step(self, question: str, steps: Sequence[str], **kwargs: Any) -> StepOutput:
+        # Loading reads files and takes seconds: a worker thread does it, not the event loop.
+        model = self._model
+        if model is None:
+            model = await asyncio.to_thread(lambda: self.model)
+        return await agenerate(model, question, steps, **kwargs)
+
+
+def _local_model(path: Path) -> LazyStepModel:
+    def load() -> StepModel:
+        from stepgraph.models.local import TransformersStepModel
+
+        return TransformersStepModel(path)
+
+    return LazyStepModel(path.name, load)
 
 
 @lru_cache(maxsize=1)
-def default_graph() -> Any:
-    """The shipped pair with its gates, built once per process (the chat model and tool share it)."""
+def _shipped_tiers() -> list[StepModel]:
+    from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR
+
+    return [_local_model(DRAFT_MODEL_DIR), _local_model(TARGET_MODEL_DIR)]
+
+
+def _graph(name: str, limits: RouterLimits | None) -> Any:
     from stepgraph.defaults import default_gate_name, resolve_gate
     from stepgraph.gates import AlwaysDraftGate, AlwaysTargetGate
     from stepgraph.graph import build_graph
-    from stepgraph.testbed import load_pair
 
     gates = {
         default_gate_name(): resolve_gate(),
@@ -25,4 +89,16 @@ def default_graph() -> Any:
         "draft": AlwaysDraftGate(),
         "target": AlwaysTargetGate(),
     }
-    return build_graph(load_pair(), gates, name="stepgraph")
+    return build_graph(_shipped_tiers(), gates, name=name, limits=limits)
+
+
+@lru_cache(maxsize=1)
+def default_graph() -> Any:
+    """The shipped pair with its gates, built once per process (the chat model and tool share it)."""
+    return _graph("stepgraph", None)
+
+
+@lru_cache(maxsize=1)
+def served_graph() -> Any:
+    """``default_graph`` under ``SERVED_LIMITS``, for the LangGraph server: no client can lift them."""
+    return _graph("stepgraph", SERVED_LIMITS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -54,10 +55,19 @@ class StepOutput:
 
 @runtime_checkable
 class StepModel(Protocol):
-    """A model that continues a chain-of-thought answer by one step."""
+    """A model that continues a chain-of-thought answer by one step.
+
+    A backend with a native asynchronous client may also implement ``agenerate_step`` (see
+    ``AsyncStepModel``); the graph's async runs (``ainvoke``, ``abatch``, ``astream``) then await
+    it instead of holding a thread per call. ``agenerate`` picks whichever the model has.
+    """
 
     name: str
-    n_params: int
+
+    @property
+    def n_params(self) -> int:
+        """The model's parameter count, for FLOPs (a plain attribute satisfies it)."""
+        ...
 
     def generate_step(
         self,
@@ -70,6 +80,31 @@ class StepModel(Protocol):
     ) -> StepOutput:
         """Write the step that follows ``steps`` in the answer to ``question``."""
         ...
+
+
+@runtime_checkable
+class AsyncStepModel(StepModel, Protocol):
+    """A StepModel that can also write a step without blocking the event loop."""
+
+    async def agenerate_step(
+        self,
+        question: str,
+        steps: Sequence[str],
+        *,
+        temperature: float = 0.7,
+        seed: int | None = None,
+        max_tokens: int = 64,
+    ) -> StepOutput:
+        """The asynchronous ``generate_step``: same arguments, same result."""
+        ...
+
+
+async def agenerate(model: StepModel, question: str, steps: Sequence[str], **kwargs: Any) -> StepOutput:
+    """Await ``model``'s next step: its own ``agenerate_step`` if it has one, else ``generate_step`` in a worker thread."""
+    native = getattr(model, "agenerate_step", None)
+    if native is not None:
+        return await native(question, steps, **kwargs)  # type: ignore[no-any-return]
+    return await asyncio.to_thread(model.generate_step, question, steps, **kwargs)
 
 
 def continuation_prompt(tokenizer: Any, question: str, steps: Sequence[str], system_prompt: str | None = None) -> str:

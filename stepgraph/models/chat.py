@@ -19,6 +19,7 @@ gates treat unknown confidence as low (they escalate).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -84,31 +85,60 @@ class ChatStepModel:
             return [*head, HumanMessage(question)]
         return [*head, HumanMessage(CONTINUE_PROMPT.format(question=question, steps=STEP_SEPARATOR.join(steps)))]
 
+    def _checked(self, reply: BaseMessage) -> AIMessage:
+        if not isinstance(reply, AIMessage):
+            raise ModelOutputError(f"{self.name} returned {type(reply).__name__}, not an AIMessage.")
+        return reply
+
+    def _gives_up(self, exc: Exception, attempt: int) -> ModelOutputError | None:
+        """The error to raise, or None to try again (a transient error with retries left)."""
+        if is_transient(exc) and attempt < self.max_retries:
+            return None
+        return ModelOutputError(f"{self.name} failed after {attempt + 1} attempt(s): {type(exc).__name__}: {exc}")
+
     def _invoke(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
-        delay = self.backoff_seconds
         for attempt in range(self.max_retries + 1):
             try:
-                reply = self.chat_model.invoke(messages, **kwargs)
-                if not isinstance(reply, AIMessage):
-                    raise ModelOutputError(f"{self.name} returned {type(reply).__name__}, not an AIMessage.")
-                return reply
+                return self._checked(self.chat_model.invoke(messages, **kwargs))
             except ModelOutputError:
                 raise
-            except Exception as exc:  # classified just below: only transient errors are retried
-                if not is_transient(exc) or attempt == self.max_retries:
-                    raise ModelOutputError(f"{self.name} failed after {attempt + 1} attempt(s): {type(exc).__name__}: {exc}") from exc
-                time.sleep(delay)
-                delay *= 2
+            except Exception as exc:  # only transient errors are retried
+                if (error := self._gives_up(exc, attempt)) is not None:
+                    raise error from exc
+                time.sleep(self.backoff_seconds * 2**attempt)
         raise AssertionError("unreachable")
 
-    def generate_step(self, question: str, steps: Sequence[str], *, temperature: float = 0.7, seed: int | None = None,
-                      max_tokens: int = 64) -> StepOutput:
+    async def _ainvoke(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
+        for attempt in range(self.max_retries + 1):
+            try:
+                return self._checked(await self.chat_model.ainvoke(messages, **kwargs))
+            except ModelOutputError:
+                raise
+            except Exception as exc:  # only transient errors are retried
+                if (error := self._gives_up(exc, attempt)) is not None:
+                    raise error from exc
+                await asyncio.sleep(self.backoff_seconds * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _call_kwargs(self, temperature: float, seed: int | None, max_tokens: int) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"stop": [STEP_SEPARATOR], "temperature": temperature, "max_tokens": max_tokens}
         if seed is not None:
             kwargs["seed"] = seed
         if self.continue_final_message:
             kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
-        reply = self._invoke(self.messages(question, steps), **kwargs)
+        return kwargs
+
+    def generate_step(self, question: str, steps: Sequence[str], *, temperature: float = 0.7, seed: int | None = None,
+                      max_tokens: int = 64) -> StepOutput:
+        return self._step(self._invoke(self.messages(question, steps), **self._call_kwargs(temperature, seed, max_tokens)))
+
+    async def agenerate_step(self, question: str, steps: Sequence[str], *, temperature: float = 0.7, seed: int | None = None,
+                             max_tokens: int = 64) -> StepOutput:
+        """``generate_step`` through the chat model's ``ainvoke``: no thread is held while the server answers."""
+        reply = await self._ainvoke(self.messages(question, steps), **self._call_kwargs(temperature, seed, max_tokens))
+        return self._step(reply)
+
+    def _step(self, reply: AIMessage) -> StepOutput:
         text, _ = split_step(reply.text if isinstance(reply.text, str) else str(reply.content))
         content = (reply.response_metadata.get("logprobs") or {}).get("content") or []
         if not content and self.require_logprobs:
