@@ -43,7 +43,8 @@ def _serve(args: argparse.Namespace) -> int:
     _check_gate(args.gate, args.config)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     app = create_app(load_graph(args.config), limits=limits, model_name=args.model_name, api_key=api_key,
-                     temperature=args.temperature, seed=args.seed, gate=args.gate, sticky=args.sticky)
+                     temperature=args.temperature, seed=args.seed, gate=args.gate, sticky=args.sticky,
+                     shutdown_grace=max(0.0, args.shutdown_timeout - 1.0))
     serve(app, host=args.host, port=args.port, shutdown_timeout=args.shutdown_timeout, log_level=args.log_level)
     return 0
 

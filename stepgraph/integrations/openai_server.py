@@ -233,7 +233,7 @@ class Admission:
 
 def create_app(graph: Any, *, limits: ServerLimits = ServerLimits(), model_name: str = "stepgraph",
                api_key: str | None = None, temperature: float = 0.7, seed: int | None = 0,
-               gate: str | None = None, sticky: bool = False) -> FastAPI:
+               gate: str | None = None, sticky: bool = False, shutdown_grace: float = 25.0) -> FastAPI:
     """The FastAPI app serving ``graph`` as the model ``model_name``.
 
     Args:
@@ -245,6 +245,8 @@ def create_app(graph: Any, *, limits: ServerLimits = ServerLimits(), model_name:
         seed: default base seed (a request's ``seed`` overrides it; None: random).
         gate: the graph's gate to use (None: its default).
         sticky: keep later steps on an escalated tier.
+        shutdown_grace: on shutdown, seconds an open stream may go on before it is cancelled
+            (keep it below uvicorn's ``timeout_graceful_shutdown``).
     """
     app = FastAPI(title="stepgraph", docs_url=None, redoc_url=None, openapi_url=None)
     admission = Admission(limits.max_concurrent, limits.max_queued)
@@ -383,7 +385,7 @@ def create_app(graph: Any, *, limits: ServerLimits = ServerLimits(), model_name:
         admission.leave()
         include_usage = req.stream_options.include_usage if req.stream_options else True
         return EventSourceResponse(_sse(admitted(question, context, token_cap), base, include_usage),
-                                   ping=15, send_timeout=30)
+                                   ping=15, send_timeout=30, shutdown_grace_period=shutdown_grace)
 
     return app
 
