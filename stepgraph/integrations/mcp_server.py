@@ -5,21 +5,23 @@ One tool, ``stepwise_reasoner``: typed input (``question``, ``max_steps``) and s
 error (``isError``) with a message saying what to fix; the server keeps running. Serves stdio
 (what MCP clients launch) or streamable HTTP.
 
-Works with the SDK's 1.x (``FastMCP``) and 2.x (``MCPServer``) servers.
+Works with the SDK's 1.x (``FastMCP``) and 2.x (``MCPServer``) servers. No ``from __future__
+import annotations`` here: the SDK reads the tool's annotations, whose bounds are the operator's.
 """
-
-from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from stepgraph.context import RouterContext
+from stepgraph.errors import StepgraphError
 
 try:  # mcp >= 2
     from mcp.server.mcpserver import MCPServer as _Server
+    from mcp.server.mcpserver.exceptions import ToolError
 except ImportError:  # mcp 1.x
-    from mcp.server.fastmcp import FastMCP as _Server  # type: ignore[no-redef,import-not-found,unused-ignore]
+    from mcp.server.fastmcp import FastMCP as _Server  # type: ignore[no-redef,import-not-found,attr-defined,unused-ignore]
+    from mcp.server.fastmcp.exceptions import ToolError  # type: ignore[no-redef,import-not-found,attr-defined,unused-ignore]
 
 TOOL_NAME = "stepwise_reasoner"
 TOOL_DESCRIPTION = (
@@ -83,15 +85,19 @@ def create_server(graph: Any, *, max_steps: int = 16, max_question_chars: int = 
         gate: the graph's gate to use (None: its default).
     """
     server = _Server("stepgraph", instructions=TOOL_DESCRIPTION)
+    step_limit, char_limit = max_steps, max_question_chars
 
     @server.tool(name=TOOL_NAME, description=TOOL_DESCRIPTION)
     async def stepwise_reasoner(
-        question: Annotated[str, Field(min_length=1, max_length=max_question_chars,
+        question: Annotated[str, Field(min_length=1, max_length=char_limit,
                                        description="A self-contained math word problem.")],
-        max_steps: Annotated[int, Field(ge=1, le=max_steps, description="Step limit of the answer.")] = max_steps,
+        max_steps: Annotated[int, Field(ge=1, le=step_limit, description="Step limit of the answer.")] = step_limit,
     ) -> RoutedAnswer:
-        context = RouterContext(gate=gate, max_steps=max_steps, seed=seed, max_question_chars=max_question_chars)
-        return routed_answer(await graph.ainvoke({"question": question}, context=context))
+        context = RouterContext(gate=gate, max_steps=max_steps, seed=seed, max_question_chars=char_limit)
+        try:
+            return routed_answer(await graph.ainvoke({"question": question}, context=context))
+        except StepgraphError as exc:  # a message for the caller (the SDK hides other exceptions' text)
+            raise ToolError(str(exc)) from exc
 
     return server
 

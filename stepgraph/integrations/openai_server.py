@@ -451,5 +451,5 @@ def serve(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000, shutdown_t
     """
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=shutdown_timeout,
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=math.ceil(shutdown_timeout),
                 access_log=True)

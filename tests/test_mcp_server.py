@@ -1,0 +1,116 @@
+"""`stepgraph mcp` over stdio: the SDK's own client session, and langchain-mcp-adapters inside a LangGraph agent."""
+
+import asyncio
+import os
+import sys
+from typing import Any
+
+import pytest
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+from stepgraph.testbed import task
+
+pytestmark = pytest.mark.integration
+
+MAX_STEPS = 12
+SERVER = StdioServerParameters(
+    command=sys.executable,
+    args=["-m", "stepgraph", "mcp", "--max-steps", str(MAX_STEPS), "--max-question-chars", "2000"],
+    env={**os.environ, "OMP_NUM_THREADS": "1"},
+)
+PROBLEM = task.generate("test", 1, seed=11)[0]
+
+
+def field(obj: Any, snake: str, camel: str) -> Any:
+    """A result field by its mcp 2.x (snake_case) or 1.x (camelCase) name."""
+    return getattr(obj, snake) if hasattr(obj, snake) else getattr(obj, camel)
+
+
+def test_sdk_client_session_over_stdio():
+    async def session_run() -> dict[str, Any]:
+        async with stdio_client(SERVER) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            tools = (await session.list_tools()).tools
+            results = {"tools": tools}
+            results["good"] = await session.call_tool("stepwise_reasoner", {"question": PROBLEM.question, "max_steps": 8})
+            results["zero_steps"] = await session.call_tool("stepwise_reasoner", {"question": PROBLEM.question, "max_steps": 0})
+            results["over_limit"] = await session.call_tool("stepwise_reasoner", {"question": PROBLEM.question,
+                                                                                   "max_steps": MAX_STEPS + 1})
+            results["blank"] = await session.call_tool("stepwise_reasoner", {"question": "   "})
+            results["missing"] = await session.call_tool("stepwise_reasoner", {"max_steps": 3})
+            results["after_errors"] = await session.call_tool("stepwise_reasoner", {"question": PROBLEM.question})
+            return results
+
+    results = asyncio.run(session_run())
+    [tool] = results["tools"]
+    schema = field(tool, "input_schema", "inputSchema")
+    assert tool.name == "stepwise_reasoner" and schema["required"] == ["question"]
+    assert schema["properties"]["max_steps"]["maximum"] == MAX_STEPS
+    assert {"answer", "steps", "cost"} <= set(field(tool, "output_schema", "outputSchema")["properties"])
+
+    good = results["good"]
+    assert not field(good, "is_error", "isError")
+    out = field(good, "structured_content", "structuredContent")
+    assert out["stop_reason"] == "final_answer" and out["steps"][-1]["text"].endswith(f"\\boxed{{{out['answer']}}}")
+    assert all(step["tier"] in (0, 1) for step in out["steps"]) and len(out["steps"]) <= 8
+    assert out["escalations"] == sum(step["escalated"] for step in out["steps"])
+    assert out["cost"]["flops"] > 0 and set(out["cost"]["per_tier"]) <= {"0", "1"}
+
+    for name, mentions in [("zero_steps", "max_steps"), ("over_limit", "max_steps"), ("blank", "question"),
+                           ("missing", "question")]:
+        result = results[name]
+        assert field(result, "is_error", "isError"), name
+        assert mentions in result.content[0].text, (name, result.content[0].text)
+    # the errors did not take the server down, and the same question gets the same answer
+    assert field(results["after_errors"], "structured_content", "structuredContent")["answer"] == out["answer"]
+
+
+def test_langchain_mcp_adapters_in_a_langgraph_agent():
+    adapters = pytest.importorskip("langchain_mcp_adapters.tools",
+                                   reason="langchain-mcp-adapters is not installed or does not work with this mcp SDK")
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.messages import AIMessage, HumanMessage
+    from langchain_core.outputs import ChatGeneration, ChatResult
+    from langgraph.graph import START, MessagesState, StateGraph
+    from langgraph.prebuilt import ToolNode, tools_condition
+
+    class ScriptedAgentModel(BaseChatModel):
+        """Calls the tool once with the question, then relays what it returned."""
+
+        @property
+        def _llm_type(self) -> str:
+            return "scripted-agent"
+
+        def bind_tools(self, tools: Any, **kwargs: Any) -> "ScriptedAgentModel":
+            return self
+
+        def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
+            results = [m for m in messages if m.type == "tool"]
+            if results:
+                message = AIMessage(content=f"Result: {results[-1].content}")
+            else:
+                call = {"name": "stepwise_reasoner", "args": {"question": PROBLEM.question}, "id": "call-1",
+                        "type": "tool_call"}
+                message = AIMessage(content="", tool_calls=[call])
+            return ChatResult(generations=[ChatGeneration(message=message)])
+
+    async def agent_run() -> dict[str, Any]:
+        async with stdio_client(SERVER) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            tools = await adapters.load_mcp_tools(session)
+            model = ScriptedAgentModel()
+            builder = StateGraph(MessagesState)  # the ReAct loop: model -> tools -> model -> END
+            builder.add_node("model", lambda state: {"messages": [model.invoke(state["messages"])]})
+            builder.add_node("tools", ToolNode(tools))
+            builder.add_edge(START, "model")
+            builder.add_conditional_edges("model", tools_condition)
+            builder.add_edge("tools", "model")
+            agent = builder.compile()
+            return await agent.ainvoke({"messages": [HumanMessage(PROBLEM.question)]})
+
+    messages = asyncio.run(agent_run())["messages"]
+    tool_message = next(m for m in messages if m.type == "tool")
+    assert tool_message.status == "success"
+    assert '"answer"' in str(tool_message.content) and "tier" in str(tool_message.content)
+    assert messages[-1].content.startswith("Result: ")
