@@ -2,7 +2,9 @@
 
 import asyncio
 import os
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -114,3 +116,11 @@ def test_langchain_mcp_adapters_in_a_langgraph_agent():
     assert tool_message.status == "success"
     assert '"answer"' in str(tool_message.content) and "tier" in str(tool_message.content)
     assert messages[-1].content.startswith("Result: ")
+
+
+def test_example_mcp_client_runs():
+    example = Path(__file__).resolve().parents[1] / "examples" / "mcp_client.py"
+    done = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "answer: 40" in done.stdout and "tool error: True" in done.stdout and "max_steps" in done.stdout

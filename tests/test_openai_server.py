@@ -228,3 +228,11 @@ def test_sigterm_lets_the_in_flight_stream_finish(tmp_path):
     assert "Application shutdown complete" in log.read_text()
     with pytest.raises(httpx.ConnectError):
         httpx.get(url + "/health")
+
+
+def test_example_openai_client_runs():
+    example = Path(__file__).resolve().parents[1] / "examples" / "openai_client.py"
+    env = {k: v for k, v in os.environ.items() if k not in ("STEPGRAPH_URL", "STEPGRAPH_API_KEY")} | {"OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "answer: 42" in done.stdout and done.stdout.count("[tier ") == 4

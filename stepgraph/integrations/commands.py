@@ -60,8 +60,21 @@ def _mcp(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from stepgraph.integrations.serve_bench import markdown_table, run_serve_bench
+
+    rows = run_serve_bench(args.url, clients=args.clients, requests=args.requests,
+                           api_key=os.environ.get(API_KEY_ENV) or None, model=args.model_name)
+    print(markdown_table(rows))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
 def add_commands(sub: Any) -> None:
-    """Add ``serve`` and ``mcp`` to the ``stepgraph`` CLI's subparsers."""
+    """Add ``serve``, ``serve-bench`` and ``mcp`` to the ``stepgraph`` CLI's subparsers."""
     defaults = RouterContext()
     serve = sub.add_parser(
         "serve", help="OpenAI-compatible HTTP server over the routed graph",
@@ -90,6 +103,18 @@ def add_commands(sub: Any) -> None:
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                        help="uvicorn log level (default: %(default)s)")
     serve.set_defaults(func=_serve)
+
+    bench = sub.add_parser(
+        "serve-bench", help="benchmark: latency and requests/s of a running `stepgraph serve` by client count",
+        description=f"Send testbed questions to a running server from 1, 4, 16 ... concurrent clients (the API key, "
+        f"if any, from ${API_KEY_ENV}).",
+    )
+    bench.add_argument("--url", default="http://127.0.0.1:8000", help="server address (default: %(default)s)")
+    bench.add_argument("--clients", nargs="+", type=int, default=[1, 4, 16], help="client counts (default: %(default)s)")
+    bench.add_argument("--requests", type=int, default=64, help="requests per client count (default: %(default)s)")
+    bench.add_argument("--model-name", default="stepgraph", help="model id to send (default: %(default)s)")
+    bench.add_argument("--json-out", type=Path, default=None, help="also write the rows as JSON to this file")
+    bench.set_defaults(func=_serve_bench)
 
     mcp = sub.add_parser(
         "mcp", help="MCP tool server (stdio or streamable HTTP) with the routed-reasoning tool",

@@ -84,7 +84,7 @@ def create_server(graph: Any, *, max_steps: int = 16, max_question_chars: int = 
         seed: base seed of each run (None: random).
         gate: the graph's gate to use (None: its default).
     """
-    server = _Server("stepgraph", instructions=TOOL_DESCRIPTION)
+    server = _Server("stepgraph", instructions=TOOL_DESCRIPTION, log_level="WARNING")  # stderr is the host's log
     step_limit, char_limit = max_steps, max_question_chars
 
     @server.tool(name=TOOL_NAME, description=TOOL_DESCRIPTION)
