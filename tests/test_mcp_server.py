@@ -2,8 +2,10 @@
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,39 @@ def test_sdk_client_session_over_stdio():
         assert mentions in result.content[0].text, (name, result.content[0].text)
     # the errors did not take the server down, and the same question gets the same answer
     assert field(results["after_errors"], "structured_content", "structuredContent")["answer"] == out["answer"]
+
+
+def test_streamable_http_transport(tmp_path):
+    from mcp.client.streamable_http import streamable_http_client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (tmp_path / "server.log").open("w")
+    process = subprocess.Popen([SERVER.command, *SERVER.args, "--transport", "streamable-http", "--port", str(port)],
+                               stdout=log, stderr=subprocess.STDOUT, env=SERVER.env)
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert process.poll() is None and time.time() < deadline, f"server did not start; see {log.name}"
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+
+        async def call() -> Any:
+            async with streamable_http_client(f"http://127.0.0.1:{port}/mcp") as streams:  # noqa: SIM117 - 1.x yields 3 streams, 2.x 2
+                async with ClientSession(streams[0], streams[1]) as session:
+                    await session.initialize()
+                    return await session.call_tool("stepwise_reasoner", {"question": PROBLEM.question})
+
+        result = asyncio.run(call())
+        assert not field(result, "is_error", "isError")
+        assert field(result, "structured_content", "structuredContent")["stop_reason"] == "final_answer"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
 
 
 def test_langchain_mcp_adapters_in_a_langgraph_agent():
