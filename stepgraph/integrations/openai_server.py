@@ -272,7 +272,7 @@ def create_app(graph: Any, *, limits: ServerLimits = ServerLimits(), model_name:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unexpected error on %s", request.url.path)
+        # Starlette re-raises the exception after this response, so the server logs the traceback.
         return APIError(500, "Internal server error; the server log has the details.", type="server_error").response()
 
     def authorize(request: Request) -> None:
