@@ -4,8 +4,10 @@ import asyncio
 import threading
 
 import httpx
+import pytest
 from scripted import ScriptedModel
 
+from stepgraph.cli import main
 from stepgraph.gates import AlwaysDraftGate
 from stepgraph.graph import build_graph
 from stepgraph.integrations.openai_server import ServerLimits, create_app
@@ -99,3 +101,16 @@ def test_a_stream_that_fails_ends_with_an_error_object_and_done():
     events = [line.removeprefix("data: ") for line in response.text.splitlines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]" and '"server_error"' in events[-2]
     assert "secret internal detail" not in response.text
+
+
+@pytest.mark.parametrize(("argv", "names"), [
+    (["serve", "--max-concurrent", "0"], "max_concurrent"),
+    (["serve", "--max-steps", "0"], "max_steps"),
+    (["serve", "--gate", "nope"], "--gate"),
+    (["mcp", "--gate", "nope"], "--gate"),
+    (["serve", "--config", "run.toml"], "run.toml"),  # no run-spec support yet, or no such file
+])
+def test_bad_server_options_are_refused_before_anything_starts(capsys, argv, names):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stepgraph: error:") and names in err and "Traceback" not in err
