@@ -3,6 +3,7 @@
     stepgraph solve QUESTION          answer a question with the routed graph
     stepgraph collect | train | evaluate | bench    learn and compare routing policies
     stepgraph overhead | throughput   benchmarks
+    stepgraph serve | mcp             OpenAI-compatible HTTP server, MCP tool server
 """
 
 from __future__ import annotations
@@ -212,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     from stepgraph.training.commands import add_commands
 
     add_commands(sub)
+    from stepgraph.integrations.commands import add_commands as add_server_commands
+
+    add_server_commands(sub)
     parser.epilog = "Run `stepgraph COMMAND --help` for a command's options and their defaults."
     return parser
 
