@@ -17,7 +17,7 @@ from langgraph.runtime import Runtime
 from stepgraph.answers import extract_boxed
 from stepgraph.context import RouterContext
 from stepgraph.costs import Prices, call_cost, total_costs
-from stepgraph.errors import BadQuestionError, ModelOutputError
+from stepgraph.errors import BadQuestionError, ContextLimitError, ModelOutputError
 from stepgraph.features import observe
 from stepgraph.gates.base import Gate, GateInput
 from stepgraph.models.base import StepModel, StepOutput
@@ -43,6 +43,11 @@ def call_seed(base: int | None, step_index: int, tier: int) -> int | None:
         return None
     digest = hashlib.sha256(f"{base}:{step_index}:{tier}".encode()).digest()
     return int.from_bytes(digest[:4], "big")
+
+
+# What draft / escalate return when the prompt no longer fits the model: no candidate, and the
+# stop reason that ends the run at ``append`` with the steps accepted so far.
+_CONTEXT_LIMIT: dict[str, Any] = {"candidate": None, "stop_reason": "context_limit"}
 
 
 class RoutingNodes:
@@ -83,7 +88,11 @@ class RoutingNodes:
                 seed=call_seed(context.seed, len(accepted), tier),
                 max_tokens=context.max_step_tokens,
             )
-        except ValueError as exc:  # e.g. the prompt exceeds the model's context window
+        except ContextLimitError as exc:
+            if not accepted:
+                raise BadQuestionError(f"{model.name} cannot take this question: {exc}") from exc
+            raise  # the step loop stops here and keeps the steps so far (``_context_limit``)
+        except ValueError as exc:  # a model refusing its input for another reason
             if not accepted:
                 raise BadQuestionError(f"{model.name} cannot take this question: {exc}") from exc
             raise ModelOutputError(f"{model.name} failed at step {len(accepted)}: {exc}") from exc
@@ -96,7 +105,10 @@ class RoutingNodes:
     def draft(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
         """The current base tier writes the next step."""
         tier = state.get("base_tier", 0)
-        out, attempt = self._generate(state, runtime.context or RouterContext(), tier)
+        try:
+            out, attempt = self._generate(state, runtime.context or RouterContext(), tier)
+        except ContextLimitError:
+            return _CONTEXT_LIMIT | {"first_observation": None, "first_decision": None, "decision": None}
         return {
             "candidate": out.to_dict(),
             "candidate_tier": tier,
@@ -109,6 +121,8 @@ class RoutingNodes:
 
     def features(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
         """Turn the latest candidate into the observation o_t."""
+        if state.get("candidate") is None:  # stopped at the context limit: nothing to observe
+            return {}
         context = runtime.context or RouterContext()
         candidate = StepOutput.from_dict(state["candidate"] or {})
         obs = observe(
@@ -125,6 +139,8 @@ class RoutingNodes:
     def gate(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
         """Ask the gate whether the next tier should regenerate the candidate."""
         tier = state["candidate_tier"]
+        if state.get("candidate") is None:  # stopped at the context limit: nothing to decide
+            return {"decision": None}
         if tier >= len(self.tiers) - 1:  # nothing stronger to escalate to
             decision = {"escalate": False, "score": None, "probability": None}
         else:
@@ -146,7 +162,10 @@ class RoutingNodes:
         """The next tier regenerates the step from the same prefix."""
         context = runtime.context or RouterContext()
         tier = state["candidate_tier"] + 1
-        out, attempt = self._generate(state, context, tier)
+        try:
+            out, attempt = self._generate(state, context, tier)
+        except ContextLimitError:  # the draft the gate rejected is not kept in its place
+            return dict(_CONTEXT_LIMIT)
         update: dict[str, Any] = {
             "candidate": out.to_dict(),
             "candidate_tier": tier,
@@ -161,10 +180,13 @@ class RoutingNodes:
     def append(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
         """Add the chosen step to the answer and decide whether the answer is done."""
         context = runtime.context or RouterContext()
-        candidate = StepOutput.from_dict(state["candidate"] or {})
+        totals = total_costs(state.get("costs", {}))
+        if state.get("candidate") is None:  # the next step does not fit: end with the steps so far
+            return {"stop_reason": "context_limit", "answer": None, "totals": totals, "attempts": [],
+                    "escalations": state.get("escalations", 0)}
+        candidate = StepOutput.from_dict(state["candidate"])
         attempts = state.get("attempts", [])
         first_decision = state.get("first_decision") or {}
-        totals = total_costs(state.get("costs", {}))
         step: Step = {
             "index": len(state.get("steps", [])),
             "text": candidate.text,
