@@ -83,6 +83,8 @@ class ChatStepRouter(BaseChatModel, RouterSettings):  # type: ignore[misc,valid-
     ``output_tokens``): the answer ends after the step that reaches it, so it can exceed it by one step."""
     timeout: float | None = Field(default=None, gt=0)
     """Seconds one answer may take: the answer ends after the step that passes it (a step is not cut)."""
+    streaming: bool = False
+    """``invoke`` streams internally (one graph step at a time), as LangChain's ``streaming`` flag means."""
     graph: Any = Field(default=None, exclude=True)
     """A compiled stepgraph graph; None builds the embedded default (shipped pair) on first use."""
     _graph: Any = PrivateAttr(default=None)
@@ -121,7 +123,8 @@ class ChatStepRouter(BaseChatModel, RouterSettings):  # type: ignore[misc,valid-
                 "stop": self.stop}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        params = LangSmithParams(ls_provider="stepgraph", ls_model_name=self.graph_name, ls_model_type="chat",
+        # A per-call model= is reported as asked; the run then refuses it unless it is the graph's name.
+        params = LangSmithParams(ls_provider="stepgraph", ls_model_name=kwargs.get("model", self.graph_name), ls_model_type="chat",
                                  ls_temperature=kwargs.get("temperature", self.temperature))
         max_tokens = kwargs.get("max_tokens", self.max_tokens)
         if max_tokens is not None:
