@@ -181,10 +181,11 @@ class RoutingNodes:
         """Add the chosen step to the answer and decide whether the answer is done."""
         context = runtime.context or RouterContext()
         totals = total_costs(state.get("costs", {}))
-        if state.get("candidate") is None:  # the next step does not fit: end with the steps so far
+        chosen = state.get("candidate")
+        if chosen is None:  # the next step does not fit: end with the steps so far
             return {"stop_reason": "context_limit", "answer": None, "totals": totals, "attempts": [],
                     "escalations": state.get("escalations", 0)}
-        candidate = StepOutput.from_dict(state["candidate"])
+        candidate = StepOutput.from_dict(chosen)
         attempts = state.get("attempts", [])
         first_decision = state.get("first_decision") or {}
         step: Step = {

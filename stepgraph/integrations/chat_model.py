@@ -20,9 +20,9 @@ from __future__ import annotations
 import dataclasses
 import time
 import typing
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
@@ -49,7 +49,8 @@ def _context_settings() -> type[BaseModel]:
     hints = typing.get_type_hints(RouterContext)
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(RouterContext):
-        default = f.default if f.default is not dataclasses.MISSING else Field(default_factory=f.default_factory)
+        factory = cast(Callable[[], Any], f.default_factory)
+        default = f.default if f.default is not dataclasses.MISSING else Field(default_factory=factory)
         description = f.metadata.get("description")
         fields[f.name] = (hints[f.name], default if description is None else Field(default, description=description))
     return create_model("RouterSettings", __doc__="RouterContext's fields, as chat-model settings.", **fields)
