@@ -3,8 +3,6 @@
 from collections.abc import Sequence
 from typing import Any
 
-import httpx
-import openai
 import pytest
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
@@ -80,6 +78,9 @@ class TooLong(BaseChatModel):
 
     def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any) -> ChatResult:
         if messages[-1].content.count("\n\n") >= self.accepted:
+            import httpx
+            import openai
+
             response = httpx.Response(400, request=httpx.Request("POST", "http://127.0.0.1/v1/chat/completions"))
             body = {"message": "This model's maximum context length is 64 tokens.", "code": "context_length_exceeded"}
             raise openai.BadRequestError("Error code: 400 - context_length_exceeded", response=response, body=body)
@@ -87,6 +88,7 @@ class TooLong(BaseChatModel):
 
 
 def test_api_context_length_errors_stop_the_run_too():
+    pytest.importorskip("openai")  # the real client's error type (the "openai" extra)
     tiers = [ChatStepModel(TooLong(accepted=2), n_params=10, continue_final_message=True, max_retries=0),
              ChatStepModel(TooLong(accepted=100), n_params=100, continue_final_message=True)]
     result = build_graph(tiers, AlwaysDraftGate()).invoke({"question": "q"}, context=RouterContext(max_steps=10))

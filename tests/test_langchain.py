@@ -397,3 +397,19 @@ def test_escalated_steps_show_no_confidence_of_their_own():
     llm = ChatStepRouter(seed=0, gate="target")
     steps = llm.invoke(PROBLEMS[0].question).response_metadata["steps"]
     assert all(s["escalated"] and s["confidence"] is None and s["draft_confidence"] is not None for s in steps)
+
+
+def test_a_first_batch_loads_the_default_models_once():
+    import subprocess
+    import sys
+
+    problem = PROBLEMS[0]
+    script = (
+        "import sys; from stepgraph import ChatStepRouter; "
+        "replies = ChatStepRouter(seed=0, gate='draft').batch([sys.argv[1]] * 3); "
+        "print([r.response_metadata['answer'] for r in replies])"
+    )
+    done = subprocess.run([sys.executable, "-c", script, problem.question], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str([str(problem.answer)] * 3) and "MISSING" not in done.stderr

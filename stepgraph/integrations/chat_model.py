@@ -18,6 +18,7 @@ silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 import typing
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -41,6 +42,8 @@ from stepgraph.errors import BadQuestionError, ConfigError
 
 # The name ``stepgraph.integrations.studio.default_graph()`` compiles the embedded default with.
 DEFAULT_GRAPH_NAME = "stepgraph"
+# Loading the same weights from several threads at once leaves tied weights uninitialised.
+_DEFAULT_GRAPH_LOCK = threading.Lock()
 CONTEXT_FIELDS = tuple(f.name for f in dataclasses.fields(RouterContext))
 
 
@@ -149,10 +152,11 @@ class ChatStepRouter(BaseChatModel, RouterSettings):  # type: ignore[misc,valid-
     def _compiled(self) -> Any:
         if self.graph is not None:
             return self.graph
-        if self._graph is None:
-            from stepgraph.integrations.studio import default_graph  # the shipped pair; loads models once
+        with _DEFAULT_GRAPH_LOCK:  # batch() calls this from several threads; the models must load once
+            if self._graph is None:
+                from stepgraph.integrations.studio import default_graph  # the shipped pair; loads models once
 
-            self._graph = default_graph()
+                self._graph = default_graph()
         return self._graph
 
     def _start(self, messages: list[BaseMessage], stop: list[str] | None, callbacks: Any,
