@@ -324,6 +324,8 @@ def test_bound_kwargs_are_honoured_or_refused():
         llm.bind(frequency_penalty=0.5).invoke(question)
     with pytest.raises(ConfigError, match="graph"):
         llm.invoke(question, model="gpt-4o")
+    with pytest.raises(ValueError, match="max_tokens"):
+        llm.invoke(question, max_tokens=0)
 
 
 def test_stop_sequence_ends_the_answer_at_the_first_step_holding_it():

@@ -169,6 +169,9 @@ class ChatStepRouter(BaseChatModel, RouterSettings):  # type: ignore[misc,valid-
                 f"{list(CONTEXT_FIELDS)} and max_tokens, timeout, stop."
             )
         self._check_model_name(kwargs.get("model", kwargs.get("model_name")))
+        limits = {name: kwargs[name] for name in ("max_tokens", "timeout") if name in kwargs}
+        if limits:  # per-call chat limits get the fields' validation
+            type(self)(graph=self.graph, **limits)
         context = self.router_context(**kwargs)
         timeout = kwargs.get("timeout", self.timeout)
         answer = _Answer(
