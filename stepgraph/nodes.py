@@ -91,7 +91,7 @@ class RoutingNodes:
         except ContextLimitError as exc:
             if not accepted:
                 raise BadQuestionError(f"{model.name} cannot take this question: {exc}") from exc
-            raise  # the step loop stops here and keeps the steps so far (``_context_limit``)
+            raise  # draft / escalate end the run with the steps so far (see _CONTEXT_LIMIT)
         except ValueError as exc:  # a model refusing its input for another reason
             if not accepted:
                 raise BadQuestionError(f"{model.name} cannot take this question: {exc}") from exc
