@@ -381,9 +381,19 @@ def test_graph_run_is_nested_under_the_chat_model_run_and_reports_usage():
     assert llm._get_ls_params()["ls_provider"] == "stepgraph"
 
 
-def test_native_async_matches_sync():
-    llm = ChatStepRouter(seed=0)
+class AsyncOnlyGraph:
+    """The graph with only its async methods: a sync call in an async path fails."""
+
+    def __init__(self, graph) -> None:
+        self.graph, self.name = graph, graph.name
+
+    def astream(self, *args, **kwargs):
+        return self.graph.astream(*args, **kwargs)
+
+
+def test_native_async_runs_the_graphs_async_methods(graph):
     question = PROBLEMS[1].question
+    llm = ChatStepRouter(seed=0, gate="threshold", graph=AsyncOnlyGraph(graph))
 
     async def both():
         reply = await llm.ainvoke(question)
@@ -391,7 +401,8 @@ def test_native_async_matches_sync():
         return reply, chunks
 
     reply, chunks = asyncio.run(both())
-    assert reply.content == llm.invoke(question).content == "".join(c.content for c in chunks)
+    sync = ChatStepRouter(seed=0, gate="threshold", graph=graph).invoke(question)
+    assert reply.content == sync.content == "".join(c.content for c in chunks)
     assert chunks[-1].chunk_position == "last" and chunks[-1].response_metadata["answer"] == str(PROBLEMS[1].answer)
 
 
