@@ -134,10 +134,7 @@ def _solve(args: argparse.Namespace) -> int:
     names = [m.name for m in tiers]
     print(f"gate: {args.gate or default_gate_name()}   tiers: {' < '.join(names)}")
     for step in result["steps"]:
-        conf = step["observation"].get("logit_confidence")
-        score = step["gate_score"]
-        info = f"conf {conf:.2f}" if conf is not None else "conf n/a"
-        info += f", gate {score:.3g}" if score is not None else ""
+        info = _step_confidence(step)
         print(f"[{step['index'] + 1}] tier {step['tier']} ({step['model']}; {info})")
         if step["escalated"]:
             print(f"    draft replaced: {step['draft']!r}")
@@ -151,6 +148,16 @@ def _solve(args: argparse.Namespace) -> int:
     for tier, cost in sorted(result["costs"].items()):
         print(f"  tier {tier}: {int(cost['calls'])} calls, {cost['flops']:.3e} FLOPs")
     return 0
+
+
+def _step_confidence(step: dict[str, Any]) -> str:
+    """What the gate saw for a step, attributed to the text it saw (the first draft), never to a replacement."""
+    conf = step["observation"].get("logit_confidence")
+    shown = f"{conf:.2f}" if conf is not None else "n/a"
+    score = step["gate_score"]
+    if step["escalated"]:
+        return f"draft conf {shown}, gate {score:.3g}: escalated" if score is not None else f"draft conf {shown}: escalated"
+    return f"conf {shown}, gate {score:.3g}" if score is not None else f"conf {shown}, no gate decision"
 
 
 def _overhead(args: argparse.Namespace) -> int:

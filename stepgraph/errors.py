@@ -30,6 +30,14 @@ class ModelOutputError(StepgraphError, RuntimeError):
     """A model returned output the graph cannot use (no logprobs, empty response, ...)."""
 
 
+class ContextLimitError(ModelOutputError):
+    """The prompt (question and accepted steps) no longer fits the model's context window.
+
+    The graph stops such a run with ``stop_reason="context_limit"`` and returns the steps so far;
+    on the first step it is the question that is too long (``BadQuestionError``).
+    """
+
+
 class PolicyFileError(StepgraphError, ValueError):
     """A policy artifact is missing, corrupted, or was trained on another feature schema."""
 

@@ -21,7 +21,7 @@ from langgraph.types import Overwrite
 from stepgraph.answers import extract_boxed
 from stepgraph.context import RouterContext, RouterLimits
 from stepgraph.costs import Prices, call_cost, total_costs
-from stepgraph.errors import BadQuestionError, ModelOutputError
+from stepgraph.errors import BadQuestionError, ContextLimitError, ModelOutputError
 from stepgraph.features import observe
 from stepgraph.gates.base import Gate, GateInput
 from stepgraph.models.base import StepModel, StepOutput, agenerate
@@ -47,6 +47,11 @@ def call_seed(base: int | None, step_index: int, tier: int) -> int | None:
         return None
     digest = hashlib.sha256(f"{base}:{step_index}:{tier}".encode()).digest()
     return int.from_bytes(digest[:4], "big")
+
+
+# What draft / escalate return when the prompt no longer fits the model: no candidate, and the
+# stop reason that ends the run at ``append`` with the steps accepted so far.
+_CONTEXT_LIMIT: dict[str, Any] = {"candidate": None, "stop_reason": "context_limit"}
 
 
 class RoutingNodes:
@@ -95,7 +100,11 @@ class RoutingNodes:
     def _model_errors(model: StepModel, accepted: Sequence[str]) -> Iterator[None]:
         try:
             yield
-        except ValueError as exc:  # e.g. the prompt exceeds the model's context window
+        except ContextLimitError as exc:
+            if not accepted:
+                raise BadQuestionError(f"{model.name} cannot take this question: {exc}") from exc
+            raise  # draft / escalate end the run with the steps so far (see _CONTEXT_LIMIT)
+        except ValueError as exc:  # a model refusing its input for another reason
             if not accepted:
                 raise BadQuestionError(f"{model.name} cannot take this question: {exc}") from exc
             raise ModelOutputError(f"{model.name} failed at step {len(accepted)}: {exc}") from exc
@@ -146,12 +155,18 @@ class RoutingNodes:
     def draft(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
         """The current base tier writes the next step."""
         tier = state.get("base_tier", 0)
-        return self._drafted(tier, *self._generate(state, self.context(runtime), tier))
+        try:
+            return self._drafted(tier, *self._generate(state, self.context(runtime), tier))
+        except ContextLimitError:
+            return _CONTEXT_LIMIT | {"first_observation": None, "first_decision": None, "decision": None}
 
     async def adraft(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
         """``draft``, awaiting the model."""
         tier = state.get("base_tier", 0)
-        return self._drafted(tier, *await self._agenerate(state, self.context(runtime), tier))
+        try:
+            return self._drafted(tier, *await self._agenerate(state, self.context(runtime), tier))
+        except ContextLimitError:
+            return _CONTEXT_LIMIT | {"first_observation": None, "first_decision": None, "decision": None}
 
     @staticmethod
     def _drafted(tier: int, out: StepOutput, attempt: dict[str, Any]) -> dict[str, Any]:
@@ -167,6 +182,8 @@ class RoutingNodes:
 
     def features(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
         """Turn the latest candidate into the observation o_t."""
+        if state.get("candidate") is None:  # stopped at the context limit: nothing to observe
+            return {}
         context = self.context(runtime)
         candidate = StepOutput.from_dict(state["candidate"] or {})
         obs = observe(
@@ -183,6 +200,8 @@ class RoutingNodes:
     def gate(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
         """Ask the gate whether the next tier should regenerate the candidate."""
         tier = state["candidate_tier"]
+        if state.get("candidate") is None:  # stopped at the context limit: nothing to decide
+            return {"decision": None}
         if tier >= len(self.tiers) - 1:  # nothing stronger to escalate to
             decision = {"escalate": False, "score": None, "probability": None}
         else:
@@ -204,13 +223,19 @@ class RoutingNodes:
         """The next tier regenerates the step from the same prefix."""
         context = self.context(runtime)
         tier = state["candidate_tier"] + 1
-        return self._escalated(state, context, tier, *self._generate(state, context, tier))
+        try:
+            return self._escalated(state, context, tier, *self._generate(state, context, tier))
+        except ContextLimitError:  # the draft the gate rejected is not kept in its place
+            return dict(_CONTEXT_LIMIT)
 
     async def aescalate(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
         """``escalate``, awaiting the model."""
         context = self.context(runtime)
         tier = state["candidate_tier"] + 1
-        return self._escalated(state, context, tier, *await self._agenerate(state, context, tier))
+        try:
+            return self._escalated(state, context, tier, *await self._agenerate(state, context, tier))
+        except ContextLimitError:  # the draft the gate rejected is not kept in its place
+            return dict(_CONTEXT_LIMIT)
 
     @staticmethod
     def _escalated(state: RouterState, context: RouterContext, tier: int, out: StepOutput, attempt: dict[str, Any]) -> dict[str, Any]:
@@ -228,10 +253,14 @@ class RoutingNodes:
     def append(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
         """Add the chosen step to the answer and decide whether the answer is done."""
         context = self.context(runtime)
-        candidate = StepOutput.from_dict(state["candidate"] or {})
+        totals = total_costs(state.get("costs", {}))
+        chosen = state.get("candidate")
+        if chosen is None:  # the next step does not fit: end with the steps so far
+            return {"stop_reason": "context_limit", "answer": None, "totals": totals, "attempts": [],
+                    "escalations": state.get("escalations", 0)}
+        candidate = StepOutput.from_dict(chosen)
         attempts = state.get("attempts", [])
         first_decision = state.get("first_decision") or {}
-        totals = total_costs(state.get("costs", {}))
         step: Step = {
             "index": len(state.get("steps", [])),
             "text": candidate.text,

@@ -64,7 +64,7 @@ class OutputState(TypedDict):
     question: str
     steps: list[Step]
     answer: str | None
-    stop_reason: str | None
+    stop_reason: str | None  # final_answer, max_steps, budget or context_limit (the next prompt does not fit)
     costs: dict[str, dict[str, float]]
     totals: dict[str, float]
     escalations: int

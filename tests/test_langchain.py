@@ -1,6 +1,7 @@
 """LangChain / LangGraph citizenship: runnable, chat model, tool in an agent, streaming, checkpoints."""
 
 import asyncio
+from dataclasses import fields
 from typing import Any
 
 import pytest
@@ -31,7 +32,17 @@ class TestChatStepRouterStandard(ChatModelUnitTests):
 
     @property
     def chat_model_params(self) -> dict:
-        return {"model": "stepgraph-testbed", "temperature": 0.7, "seed": 0}
+        return {"model": "stepgraph", "temperature": 0.7, "seed": 0}
+
+    @property
+    def standard_chat_model_params(self) -> dict:
+        # No API key (the models run in process); max_retries is refused with a ConfigError (answers
+        # are not retried; backends retry their calls).
+        return {k: v for k, v in super().standard_chat_model_params.items() if k not in ("api_key", "max_retries")}
+
+    @property
+    def supports_model_override(self) -> bool:
+        return False  # the model name is the graph's; models are picked by passing another graph
 
     @property
     def has_tool_calling(self) -> bool:
@@ -212,3 +223,206 @@ def test_killed_run_resumes_from_its_sqlite_checkpoint(tmp_path):
     # No checkpointed step is drafted (and paid for) again; a draft checkpointed before its step
     # was appended is not repeated either.
     assert len(kept) <= min(models[0].calls) <= len(kept) + 1
+
+
+class ScriptedAgentModel(BaseChatModel):
+    """A fake agent model that calls the tool once per question in ``questions``, then reports the last result."""
+
+    questions: list[str]
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted-agent"
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> "ScriptedAgentModel":
+        return self
+
+    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any) -> ChatResult:
+        results = [m for m in messages if m.type == "tool"]
+        if len(results) < len(self.questions):
+            args = {"question": self.questions[len(results)]}
+            message = AIMessage(content="", tool_calls=[{"name": "stepwise_reasoner", "args": args,
+                                                         "id": f"call-{len(results)}", "type": "tool_call"}])
+        else:
+            message = AIMessage(content=f"The tool says: {results[-1].content}")
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def test_agent_sees_a_tool_error_and_goes_on(graph):
+    from langgraph.prebuilt import create_react_agent
+
+    problem = PROBLEMS[0]
+    agent = create_react_agent(ScriptedAgentModel(questions=["   ", problem.question]), [routed_reasoning_tool(graph)])
+    messages = agent.invoke({"messages": [HumanMessage("Please solve: " + problem.question)]})["messages"]
+    failed, solved = [m for m in messages if m.type == "tool"]
+    assert failed.status == "error" and "question is empty" in failed.content
+    assert solved.status == "success" and f'"answer": "{problem.answer}"' in solved.content
+    assert messages[-1].content.startswith("The tool says:")
+
+
+def test_a_model_failure_reaches_the_agent_as_a_tool_error():
+    from langgraph.prebuilt import create_react_agent
+
+    from stepgraph.errors import ModelOutputError
+
+    class Broken(FlakyModel):
+        def generate_step(self, question, steps, **kwargs):
+            raise ModelOutputError("the server returned no logprobs")
+
+    draft, target = load_pair()
+    tool = routed_reasoning_tool(build_graph([Broken(draft), target], resolve_gate("draft")))
+    agent = create_react_agent(ScriptedAgentModel(questions=[PROBLEMS[0].question]), [tool])
+    messages = agent.invoke({"messages": [HumanMessage("Solve it.")]})["messages"]
+    (failed,) = [m for m in messages if m.type == "tool"]
+    assert failed.status == "error" and "no logprobs" in failed.content
+    assert asyncio.run(tool.ainvoke({"question": ""})).startswith("The question cannot be answered as given")
+
+
+def test_cache_key_holds_every_run_setting():
+    from langchain_core.caches import InMemoryCache
+    from langchain_core.globals import set_llm_cache
+
+    question = PROBLEMS[0].question
+    set_llm_cache(InMemoryCache())
+    try:
+        full = ChatStepRouter(seed=0).invoke(question)
+        one = ChatStepRouter(seed=0, max_steps=1).invoke(question)
+        assert len(full.response_metadata["steps"]) > 1 and len(one.response_metadata["steps"]) == 1
+        assert one.response_metadata["stop_reason"] == "max_steps"
+        drafted = ChatStepRouter(seed=0, max_steps=1, gate="draft")
+        short = drafted.invoke(question, max_step_tokens=2)  # a per-call setting is in the key too
+        assert short.usage_metadata["output_tokens"] == 2 < drafted.invoke(question).usage_metadata["output_tokens"]
+    finally:
+        set_llm_cache(None)
+    assert set(ChatStepRouter()._identifying_params) >= {f.name for f in fields(RouterContext)} | {"stop", "max_tokens"}
+
+
+def test_chat_settings_are_router_context_fields():
+    defaults = RouterContext()
+    llm = ChatStepRouter()
+    assert all(getattr(llm, f.name) == getattr(defaults, f.name) for f in fields(RouterContext))
+    assert ChatStepRouter(max_steps=3).router_context(seed=5) == RouterContext(max_steps=3, seed=5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"max_retries": 2}, "with_retry"), ({"model": "gpt-4o"}, "build_graph"), ({"api_key": "x"}, "api_key"),
+     ({"max_tokens": 0}, "max_tokens")],
+)
+def test_settings_that_do_not_map_onto_the_graph_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ChatStepRouter(**kwargs)
+
+
+def test_bound_kwargs_are_honoured_or_refused():
+    from stepgraph.errors import ConfigError
+
+    question = PROBLEMS[0].question
+    llm = ChatStepRouter(seed=0)
+    assert len(llm.bind(max_steps=1).invoke(question).response_metadata["steps"]) == 1
+    with pytest.raises(ConfigError, match="frequency_penalty"):
+        llm.bind(frequency_penalty=0.5).invoke(question)
+    with pytest.raises(ConfigError, match="graph"):
+        llm.invoke(question, model="gpt-4o")
+    with pytest.raises(ValueError, match="max_tokens"):
+        llm.invoke(question, max_tokens=0)
+
+
+def test_stop_sequence_ends_the_answer_at_the_first_step_holding_it():
+    question = PROBLEMS[0].question
+    full = ChatStepRouter(seed=0).invoke(question)
+    steps = full.content.split("\n\n")
+    stop = steps[1][steps[1].index("="):]  # the second step's "=..." tail
+    cut = ChatStepRouter(seed=0).invoke(question, stop=[stop])
+    assert cut.content == steps[0] + "\n\n" + steps[1][: steps[1].index("=")]
+    assert cut.response_metadata["stop_reason"] == "stop_sequence" and cut.response_metadata["answer"] is None
+    streamed = "".join(c.content for c in ChatStepRouter(seed=0, stop=[stop]).stream(question))
+    assert streamed == cut.content
+
+
+def test_max_tokens_is_a_budget_of_generated_tokens():
+    llm = ChatStepRouter(seed=0, max_tokens=1)
+    reply = llm.invoke(PROBLEMS[0].question)
+    assert len(reply.response_metadata["steps"]) == 1 and reply.response_metadata["stop_reason"] == "max_tokens"
+    assert reply.usage_metadata["output_tokens"] >= 1
+
+
+def test_timeout_ends_the_answer_between_steps():
+    reply = ChatStepRouter(seed=0, timeout=1e-9).invoke(PROBLEMS[0].question)
+    assert len(reply.response_metadata["steps"]) == 1 and reply.response_metadata["stop_reason"] == "timeout"
+
+
+def test_graph_run_is_nested_under_the_chat_model_run_and_reports_usage():
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    class Recorder(BaseCallbackHandler):
+        def __init__(self) -> None:
+            self.chat, self.chains, self.llm_outputs = [], [], []
+
+        def on_chat_model_start(self, serialized, messages, *, run_id, parent_run_id=None, **kwargs):
+            self.chat.append(run_id)
+
+        def on_chain_start(self, serialized, inputs, *, run_id, parent_run_id=None, **kwargs):
+            self.chains.append((kwargs.get("name"), parent_run_id))
+
+        def on_llm_end(self, response, **kwargs):
+            self.llm_outputs.append(response.llm_output)
+
+    llm = ChatStepRouter(seed=0)
+    for call in (llm.invoke, lambda q, **kw: asyncio.run(llm.ainvoke(q, **kw))):
+        recorder = Recorder()
+        reply = call(PROBLEMS[0].question, config={"callbacks": [recorder]})
+        (chat_run,) = recorder.chat
+        assert recorder.chains[0] == ("stepgraph", chat_run)  # the graph's run is the chat run's child
+        assert {name for name, _ in recorder.chains} >= {"draft", "append"}
+        (output,) = recorder.llm_outputs
+        assert output["model_name"] == "stepgraph"
+        assert output["token_usage"]["completion_tokens"] == reply.usage_metadata["output_tokens"] > 0
+    assert llm._get_ls_params()["ls_provider"] == "stepgraph"
+
+
+class AsyncOnlyGraph:
+    """The graph with only its async methods: a sync call in an async path fails."""
+
+    def __init__(self, graph) -> None:
+        self.graph, self.name = graph, graph.name
+
+    def astream(self, *args, **kwargs):
+        return self.graph.astream(*args, **kwargs)
+
+
+def test_native_async_runs_the_graphs_async_methods(graph):
+    question = PROBLEMS[1].question
+    llm = ChatStepRouter(seed=0, gate="threshold", graph=AsyncOnlyGraph(graph))
+
+    async def both():
+        reply = await llm.ainvoke(question)
+        chunks = [c async for c in llm.astream(question)]
+        return reply, chunks
+
+    reply, chunks = asyncio.run(both())
+    sync = ChatStepRouter(seed=0, gate="threshold", graph=graph).invoke(question)
+    assert reply.content == sync.content == "".join(c.content for c in chunks)
+    assert chunks[-1].chunk_position == "last" and chunks[-1].response_metadata["answer"] == str(PROBLEMS[1].answer)
+
+
+def test_escalated_steps_show_no_confidence_of_their_own():
+    llm = ChatStepRouter(seed=0, gate="target")
+    steps = llm.invoke(PROBLEMS[0].question).response_metadata["steps"]
+    assert all(s["escalated"] and s["confidence"] is None and s["draft_confidence"] is not None for s in steps)
+
+
+def test_a_first_batch_loads_the_default_models_once():
+    import subprocess
+    import sys
+
+    problem = PROBLEMS[0]
+    script = (
+        "import sys; from stepgraph import ChatStepRouter; "
+        "replies = ChatStepRouter(seed=0, gate='draft').batch([sys.argv[1]] * 3); "
+        "print([r.response_metadata['answer'] for r in replies])"
+    )
+    done = subprocess.run([sys.executable, "-c", script, problem.question], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str([str(problem.answer)] * 3) and "MISSING" not in done.stderr

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from stepgraph.context import RouterContext
+from stepgraph.context import RouterContext, RouterLimits
 
 API_KEY_ENV = "STEPGRAPH_API_KEY"
 
@@ -21,7 +21,7 @@ def _add_graph_options(parser: argparse.ArgumentParser) -> None:
                         "(default: the graph's default gate)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="base seed of each run (default: %(default)s)")
     parser.add_argument("--max-steps", type=int, default=defaults.max_steps, help="step limit (default: %(default)s)")
-    parser.add_argument("--max-question-chars", type=int, default=defaults.max_question_chars,
+    parser.add_argument("--max-question-chars", type=int, default=RouterLimits().max_question_chars,
                         help="longest question accepted (default: %(default)s)")
 
 
@@ -34,6 +34,11 @@ def _check_gate(name: str | None, config: Path | None) -> None:
         raise ConfigError(f"--gate {name!r}: the shipped graph has the gates {sorted(shipped)}.")
 
 
+def _router_limits(args: argparse.Namespace, **more: Any) -> RouterLimits:
+    """The served graph's own limits from the operator's options, so no request can go past them."""
+    return RouterLimits(max_question_chars=args.max_question_chars, max_steps=args.max_steps, **more)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from stepgraph.integrations.openai_server import ServerLimits, create_app, load_graph, serve
 
@@ -42,7 +47,8 @@ def _serve(args: argparse.Namespace) -> int:
                           max_concurrent=args.max_concurrent, max_queued=args.max_queued)
     _check_gate(args.gate, args.config)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    app = create_app(load_graph(args.config), limits=limits, model_name=args.model_name, api_key=api_key,
+    graph = load_graph(args.config, _router_limits(args, max_step_tokens=args.max_step_tokens))
+    app = create_app(graph, limits=limits, model_name=args.model_name, api_key=api_key,
                      temperature=args.temperature, seed=args.seed, gate=args.gate, sticky=args.sticky,
                      shutdown_grace=max(0.0, args.shutdown_timeout - 1.0))
     serve(app, host=args.host, port=args.port, shutdown_timeout=args.shutdown_timeout, log_level=args.log_level)
@@ -54,7 +60,7 @@ def _mcp(args: argparse.Namespace) -> int:
     from stepgraph.integrations.openai_server import load_graph
 
     _check_gate(args.gate, args.config)
-    server = create_server(load_graph(args.config), max_steps=args.max_steps,
+    server = create_server(load_graph(args.config, _router_limits(args)), max_steps=args.max_steps,
                            max_question_chars=args.max_question_chars, seed=args.seed, gate=args.gate)
     run(server, args.transport, host=args.host, port=args.port)
     return 0

@@ -93,7 +93,7 @@ def create_server(graph: Any, *, max_steps: int = 16, max_question_chars: int = 
                                        description="A self-contained math word problem.")],
         max_steps: Annotated[int, Field(ge=1, le=step_limit, description="Step limit of the answer.")] = step_limit,
     ) -> RoutedAnswer:
-        context = RouterContext(gate=gate, max_steps=max_steps, seed=seed, max_question_chars=char_limit)
+        context = RouterContext(gate=gate, max_steps=max_steps, seed=seed)  # the question length is checked above
         try:
             return routed_answer(await graph.ainvoke({"question": question}, context=context))
         except StepgraphError as exc:  # a message for the caller (the SDK hides other exceptions' text)

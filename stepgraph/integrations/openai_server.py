@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from stepgraph.context import RouterContext
+from stepgraph.context import RouterContext, RouterLimits
 from stepgraph.costs import total_costs
 from stepgraph.errors import BadQuestionError, ConfigError, StepgraphError
 
@@ -314,7 +314,6 @@ def create_app(graph: Any, *, limits: ServerLimits = ServerLimits(), model_name:
             temperature=temperature if req.temperature is None else req.temperature,
             seed=seed if req.seed is None else req.seed, sticky=sticky,
             max_step_tokens=min(limits.max_step_tokens, token_cap or limits.max_step_tokens),
-            max_question_chars=limits.max_question_chars,
         )
         return question, context, token_cap
 
@@ -423,16 +422,16 @@ async def _sse(events: AsyncIterator[dict[str, Any]], base: dict[str, Any], incl
     yield "[DONE]"
 
 
-def load_graph(config: Path | None = None) -> Any:
+def load_graph(config: Path | None = None, limits: RouterLimits | None = None) -> Any:
     """The graph to serve: the shipped pair with its gates, or the run spec at ``config``.
 
     TODO(pipeline): the run spec (TOML, ``load_spec``) lands on the ``pipeline`` branch; until
     then ``--config`` is refused with a ConfigError instead of being ignored.
     """
     if config is None:
-        from stepgraph.integrations.studio import default_graph
+        from stepgraph.integrations.studio import shipped_graph
 
-        return default_graph()
+        return shipped_graph(limits)
     try:
         from stepgraph.spec import load_spec  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:

@@ -92,6 +92,11 @@ def _graph(name: str, limits: RouterLimits | None) -> Any:
     return build_graph(_shipped_tiers(), gates, name=name, limits=limits)
 
 
+def shipped_graph(limits: RouterLimits | None = None) -> Any:
+    """The shipped pair with its gates under the operator's ``limits`` (models shared, loaded on first use)."""
+    return _graph("stepgraph", limits)
+
+
 @lru_cache(maxsize=1)
 def default_graph() -> Any:
     """The shipped pair with its gates, built once per process (the chat model and tool share it)."""

@@ -1,13 +1,19 @@
-"""The routed graph as a LangChain tool an agent can call."""
+"""The routed graph as a LangChain tool an agent can call.
+
+A question the models cannot take (empty, too long) or a model failure does not end the agent's
+run: the tool raises ``ToolException`` with ``handle_tool_error=True``, so LangChain turns it
+into a ``ToolMessage`` with ``status="error"`` and the message, and the agent can try again.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from langchain_core.tools import StructuredTool
+from langchain_core.tools import StructuredTool, ToolException
 from pydantic import BaseModel, Field
 
 from stepgraph.context import RouterContext
+from stepgraph.errors import BadQuestionError, ModelOutputError
 
 
 class RoutedQuestion(BaseModel):
@@ -19,7 +25,7 @@ class RoutedQuestion(BaseModel):
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
     totals = result["totals"]
-    return {
+    summary = {
         "answer": result["answer"],
         "steps": [f"[tier {s['tier']}] {s['text']}" for s in result["steps"]],
         "stop_reason": result["stop_reason"],
@@ -27,6 +33,14 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
         "flops": totals["flops"],
         "usd": totals["usd"],
     }
+    if result["answer"] is None:  # say so in words: an agent should not read a number into the steps
+        summary["note"] = f"No final answer (stop reason: {result['stop_reason']}); rephrase or split the question."
+    return summary
+
+
+def _tool_error(exc: BadQuestionError | ModelOutputError) -> ToolException:
+    kind = "The question cannot be answered as given" if isinstance(exc, BadQuestionError) else "The models failed"
+    return ToolException(f"{kind}: {exc}")
 
 
 def routed_reasoning_tool(graph: Any = None, *, name: str = "stepwise_reasoner", seed: int | None = 0) -> StructuredTool:
@@ -48,10 +62,16 @@ def routed_reasoning_tool(graph: Any = None, *, name: str = "stepwise_reasoner",
         graph = default_graph()
 
     def solve(question: str, max_steps: int = 16) -> dict[str, Any]:
-        return _summary(graph.invoke({"question": question}, context=RouterContext(seed=seed, max_steps=max_steps)))
+        try:
+            return _summary(graph.invoke({"question": question}, context=RouterContext(seed=seed, max_steps=max_steps)))
+        except (BadQuestionError, ModelOutputError) as exc:
+            raise _tool_error(exc) from exc
 
     async def asolve(question: str, max_steps: int = 16) -> dict[str, Any]:
-        result = await graph.ainvoke({"question": question}, context=RouterContext(seed=seed, max_steps=max_steps))
+        try:
+            result = await graph.ainvoke({"question": question}, context=RouterContext(seed=seed, max_steps=max_steps))
+        except (BadQuestionError, ModelOutputError) as exc:
+            raise _tool_error(exc) from exc
         return _summary(result)
 
     return StructuredTool.from_function(
@@ -61,4 +81,5 @@ def routed_reasoning_tool(graph: Any = None, *, name: str = "stepwise_reasoner",
         description="Solve a math word problem step by step; a small model drafts each step and a large model "
         "rewrites the steps it is unsure of. Returns the answer, the steps and the compute cost.",
         args_schema=RoutedQuestion,
+        handle_tool_error=True,  # the agent gets the message as an error ToolMessage and goes on
     )

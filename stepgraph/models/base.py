@@ -117,6 +117,11 @@ def continuation_prompt(tokenizer: Any, question: str, steps: Sequence[str], sys
 
 
 def split_step(text: str) -> tuple[str, bool]:
-    """Cut generated text at the first blank line; return (step, whether a break was found)."""
+    """Cut generated text at the first blank line; return (step, whether a break was found).
+
+    Replacement characters are dropped: byte-level tokenizers decode a byte sequence that is not
+    UTF-8 (a character cut at the token limit, or bytes sampled out of order) to U+FFFD, which is
+    no text the model meant, and the step is both shown and fed back to the models.
+    """
     head, sep, _ = text.partition(STEP_SEPARATOR)
-    return head.strip("\n"), bool(sep)
+    return head.replace("\ufffd", "").strip("\n"), bool(sep)

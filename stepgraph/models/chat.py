@@ -27,14 +27,22 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-from stepgraph.errors import ModelOutputError
+from stepgraph.errors import ContextLimitError, ModelOutputError
 from stepgraph.models.base import STEP_SEPARATOR, StepOutput, split_step
 
 CONTINUE_PROMPT = (
     "{question}\n\nSolve it step by step, one step per paragraph. The steps so far are:\n\n{steps}\n\n"
     "Write only the next step (one paragraph), or the final answer as \\boxed{{...}} if the steps are complete."
 )
+# How OpenAI ("context_length_exceeded") and vLLM's server word a prompt that does not fit.
+CONTEXT_LIMIT_MARKERS = ("context_length_exceeded", "maximum context length", "maximum model length")
 TRANSIENT_NAMES = ("Timeout", "Connection", "InternalServer", "ServiceUnavailable", "RateLimit", "APIError")
+
+
+def is_context_limit(exc: BaseException) -> bool:
+    """The server refused the request because the prompt exceeds the model's context window."""
+    text = f"{getattr(exc, 'code', '')} {exc}".lower()
+    return any(marker in text for marker in CONTEXT_LIMIT_MARKERS)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -92,6 +100,8 @@ class ChatStepModel:
 
     def _gives_up(self, exc: Exception, attempt: int) -> ModelOutputError | None:
         """The error to raise, or None to try again (a transient error with retries left)."""
+        if is_context_limit(exc):
+            return ContextLimitError(f"{self.name} cannot take the prompt: {exc}")
         if is_transient(exc) and attempt < self.max_retries:
             return None
         return ModelOutputError(f"{self.name} failed after {attempt + 1} attempt(s): {type(exc).__name__}: {exc}")

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.utils import logging as hf_logging
 
-from stepgraph.errors import ModelLoadError
+from stepgraph.errors import ContextLimitError, ModelLoadError
 from stepgraph.models.base import STEP_SEPARATOR, StepOutput, continuation_prompt, split_step
 
 
@@ -87,7 +87,7 @@ class TransformersStepModel:
     ) -> StepOutput:
         prompt_ids = self.tokenizer(self.prompt(question, steps), add_special_tokens=False)["input_ids"]
         if len(prompt_ids) + 1 > self.max_length:
-            raise ValueError(
+            raise ContextLimitError(
                 f"The prompt has {len(prompt_ids)} tokens; {self.name} handles at most {self.max_length}."
             )
         max_tokens = min(max_tokens, self.max_length - len(prompt_ids))

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, cast
 
-from stepgraph.errors import ModelLoadError, ModelOutputError
+from stepgraph.errors import ContextLimitError, ModelLoadError, ModelOutputError
 from stepgraph.models.base import STEP_SEPARATOR, StepOutput, continuation_prompt, split_step
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ class VLLMStepModel:
         vllm = _import_vllm()
         prompt_ids = self.tokenizer(self.prompt(question, steps), add_special_tokens=False)["input_ids"]
         if len(prompt_ids) + 1 > self.max_length:
-            raise ValueError(f"The prompt has {len(prompt_ids)} tokens; {self.name} handles at most {self.max_length}.")
+            raise ContextLimitError(f"The prompt has {len(prompt_ids)} tokens; {self.name} handles at most {self.max_length}.")
         params = vllm.SamplingParams(
             temperature=temperature, seed=seed, logprobs=self.top_k, stop=[STEP_SEPARATOR],
             max_tokens=min(max_tokens, self.max_length - len(prompt_ids)),
