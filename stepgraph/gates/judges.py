@@ -36,8 +36,7 @@ class _BelowThresholdGate(Gate):
     def score(self, x: GateInput) -> float:
         return self.accept_threshold - self.acceptance(x)
 
-    def decide(self, x: GateInput) -> GateDecision:
-        score = self.score(x)
+    def decide_on_score(self, x: GateInput, score: float) -> GateDecision:
         return GateDecision(score > 0, score, float(score > 0))
 
 
