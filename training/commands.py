@@ -20,6 +20,7 @@ from stepgraph.training.cli_args import add_dataclass_options, dataclass_from_ar
 from stepgraph.training.collect import collect, default_store_path, testbed_items
 from stepgraph.training.cpo import CPOArgs, train_policy
 from stepgraph.training.evaluate import evaluate_gates
+from stepgraph.training.guarantee import calibration_guarantee
 from stepgraph.training.store import TraceStore
 from stepgraph.training.verifiers import TestbedVerifier
 
@@ -48,6 +49,9 @@ def _train(args: argparse.Namespace) -> dict:
         models = store.meta("models")
     if not episodes:
         raise StepgraphError(f"{args.store} holds no {args.split} episodes; run `stepgraph collect` first.")
+    calibration = [e for e in calibration if e.steps]
+    if calibration_guarantee(cpo_args.alpha, len(calibration))["type"] == "none":
+        calibration = []  # too few for any κ to pass: keep the online κ rather than an uncalibrated κ = 0
     started = time.time()
     metrics_file = args.out / "metrics.jsonl"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -55,10 +59,15 @@ def _train(args: argparse.Namespace) -> dict:
         artifact, _ = train_policy(episodes, cpo_args, calibration=calibration, ignore_features=args.ignore_feature,
                                    log=lambda step, m: log.write(json.dumps({"step": step, **m}) + "\n"))
     artifact.models = {"tiers": models or []}
+    misses = round(artifact.training.get("calibration_surrogate_miss", 0.0) * len(calibration))
+    artifact.guarantee = calibration_guarantee(cpo_args.alpha, len(calibration), misses)
+    if artifact.guarantee["type"] == "none":
+        print(f"stepgraph: warning: the policy has no coverage guarantee: {artifact.guarantee['reason']}", file=sys.stderr)
     artifact.training = {**artifact.training, "store": str(args.store), "episodes": len(episodes), "seconds": round(time.time() - started, 1)}
     artifact.save(args.out)
     keys = ("online_kappa", "calibration_episodes", "calibration_surrogate_miss", "surrogate_coverage", "escalation_rate")
-    return {"out": str(args.out), "kappa": artifact.kappa, "alpha": artifact.alpha, "episodes": len(episodes), "ignored": artifact.ignored,
+    return {"out": str(args.out), "kappa": artifact.kappa, "alpha": artifact.alpha, "guarantee": artifact.guarantee["type"],
+            "episodes": len(episodes), "ignored": artifact.ignored,
             "seconds": artifact.training["seconds"], "metrics": str(metrics_file),
             **{k: artifact.training[k] for k in keys if k in artifact.training}}
 
