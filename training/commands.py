@@ -43,7 +43,7 @@ def _collect(args: argparse.Namespace) -> dict:
 
 def _train(args: argparse.Namespace) -> dict:
     cpo_args = dataclass_from_args(CPOArgs, args)
-    with TraceStore(args.store, create=False) as store:
+    with TraceStore(args.store, readonly=True) as store:
         episodes = list(store.episodes(split=args.split))
         calibration = list(store.episodes(split=args.calibration_split)) if args.calibration_split else []
         models = store.meta("models")
@@ -89,7 +89,7 @@ def _bench(args: argparse.Namespace) -> dict:
 
     from stepgraph.costs import Prices
 
-    with TraceStore(args.store, create=False) as store:
+    with TraceStore(args.store, readonly=True) as store:
         episodes = list(store.episodes(split="train"))
     if not episodes:
         raise StepgraphError(f"{args.store} holds no train episodes; run `stepgraph collect` first.")
