@@ -85,9 +85,26 @@ def _validation_message(exc: ValidationError) -> str:
     """One line per problem: the field's path, what is wrong, and the value found."""
     problems = []
     for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "the manifest"
-        problems.append(f"{where}: {error['msg']} (found {error.get('input')!r})")
+        if not error["loc"]:  # a check across fields: its message says it all
+            problems.append(error["msg"].removeprefix("Value error, "))
+            continue
+        found = repr(error.get("input"))
+        found = found if len(found) <= 60 else found[:57] + "..."
+        problems.append(f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']} (found {found})")
     return "; ".join(problems)
+
+
+def _check_feature_schema(stored: Any, expected: FeatureSchema, directory: Path) -> None:
+    """Refuse another feature schema first: it explains normalisation lists of another length too."""
+    try:
+        schema = FeatureSchema(**_FeatureSchemaModel.model_validate(stored).model_dump())
+    except ValidationError:
+        return  # the manifest's validation names what is wrong with it
+    if schema != expected:
+        raise PolicyFileError(
+            f"The policy in {directory} was trained on feature schema {schema}, but this graph computes "
+            f"{expected}. Retrain the policy (`stepgraph train`) on traces of this schema."
+        )
 
 
 def _non_finite(weights: dict[str, torch.Tensor]) -> list[str]:
@@ -194,8 +211,9 @@ class PolicyArtifact:
         """Load and validate an artifact.
 
         Raises:
-            PolicyFileError: files missing, unreadable or corrupted, another format version,
-                or a feature schema other than ``expected_schema``.
+            PolicyFileError: files missing, unreadable or corrupted, another format version, a
+                value out of its range (see ``Manifest``), non-finite weights, or a feature schema
+                other than ``expected_schema``. The message names the file and the field.
         """
         directory = Path(directory)
         manifest_path, weights_path = directory / MANIFEST_FILE, directory / WEIGHTS_FILE
@@ -210,21 +228,18 @@ class PolicyArtifact:
                                   "Check its permissions.") from exc
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise PolicyFileError(f"{manifest_path} is corrupted or incomplete: {exc}") from exc
-        if isinstance(raw, dict) and (raw.get("format"), raw.get("format_version")) != (FORMAT, FORMAT_VERSION):
-            raise PolicyFileError(
-                f"{manifest_path} is not a {FORMAT} v{FORMAT_VERSION} manifest "
-                f"(found {raw.get('format')!r} v{raw.get('format_version')!r})."
-            )
+        if isinstance(raw, dict):
+            if (raw.get("format"), raw.get("format_version")) != (FORMAT, FORMAT_VERSION):
+                raise PolicyFileError(
+                    f"{manifest_path} is not a {FORMAT} v{FORMAT_VERSION} manifest "
+                    f"(found {raw.get('format')!r} v{raw.get('format_version')!r})."
+                )
+            _check_feature_schema(raw.get("feature_schema"), expected_schema, directory)
         try:
             manifest = Manifest.model_validate(raw)
         except ValidationError as exc:
             raise PolicyFileError(f"{manifest_path} is invalid: {_validation_message(exc)}") from exc
         schema = FeatureSchema(**manifest.feature_schema.model_dump())
-        if schema != expected_schema:
-            raise PolicyFileError(
-                f"The policy in {directory} was trained on feature schema {schema}, but this graph computes "
-                f"{expected_schema}. Retrain the policy (`stepgraph train`) on traces of this schema."
-            )
         mean, std = manifest.normalization.mean, manifest.normalization.std
         ignored = manifest.normalization.ignored
         if ignored is None:  # manifests from before "ignored" marked a never-recorded feature as mean 0, std 1
