@@ -230,7 +230,7 @@ def test_bad_train_options_exit_2_and_write_nothing(tmp_path, capsys, option):
 ])
 def test_bad_offline_options_are_one_line_errors_naming_the_option(capsys, argv):
     with pytest.raises(SystemExit) as exit_info:
-        main(argv)
+        main([*argv, "--help"])  # a bad value stops parsing before --help; an accepted one would print help (exit 0)
     assert exit_info.value.code == 2
     assert f"argument {argv[1]}: must be" in capsys.readouterr().err
 
