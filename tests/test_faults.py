@@ -30,7 +30,7 @@ from stepgraph.cli import main
 from stepgraph.defaults import DEFAULT_POLICY_DIR, LOGITS_ONLY_POLICY_DIR
 from stepgraph.errors import ConfigError, PolicyFileError, TraceStoreError
 from stepgraph.features import CONFIDENCE_SCHEMA
-from stepgraph.gates import ConfidenceThresholdGate, ExploringGate, PolicyGate
+from stepgraph.gates import AlwaysDraftGate, ConfidenceThresholdGate, ExploringGate, PolicyGate, RandomGate
 from stepgraph.gates.base import Gate, GateInput
 from stepgraph.graph import build_graph
 from stepgraph.models.base import StepOutput
@@ -179,6 +179,11 @@ def test_non_finite_features_escalate_every_gate(tmp_path, value):
     for gate in (ConfidenceThresholdGate(16.0), PolicyGate.from_path(tmp_path), FixedScoreGate(0.0)):
         decision = gate.decide(x)
         assert decision.escalate and "non-finite features: logit_confidence" in decision.reason
+
+
+def test_baselines_that_ignore_features_keep_their_behaviour():
+    x = GateInput("q", (), STEP, _observation(logit_confidence=math.inf))
+    assert not AlwaysDraftGate().decide(x).escalate and RandomGate(0.0, seed=0).decide(x).reason is None
 
 
 def test_exploring_never_accepts_a_forced_escalation():

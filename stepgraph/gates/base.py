@@ -70,6 +70,9 @@ class Gate(ABC):
 
     name: str = "gate"
     threshold: float = 0.5
+    reads_features: bool = True
+    """False for gates whose decision ignores the observation (fixed, random, oracle): a
+    non-finite feature then changes nothing, and baselines keep their documented behaviour."""
 
     @abstractmethod
     def score(self, x: GateInput) -> float:
@@ -77,7 +80,7 @@ class Gate(ABC):
 
     def decide(self, x: GateInput) -> GateDecision:
         """Escalate on non-finite features or score (recording why), else ``decide_on_score``."""
-        if bad := non_finite_features(x.observation):
+        if self.reads_features and (bad := non_finite_features(x.observation)):
             return GateDecision(True, math.nan, 1.0, f"non-finite features: {', '.join(bad)}")
         score = self.score(x)
         if not math.isfinite(score):

@@ -96,6 +96,7 @@ class OracleGate(Gate):
 
     name = "oracle"
     threshold = 0.5
+    reads_features = False
 
     def __init__(self, verify: Callable[[str, list[str], str], bool | None]) -> None:
         self.verify = verify

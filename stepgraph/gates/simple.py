@@ -23,6 +23,7 @@ class AlwaysDraftGate(Gate):
 
     name = "draft"
     threshold = 1.0
+    reads_features = False
 
     def score(self, x: GateInput) -> float:
         return 0.0
@@ -33,6 +34,7 @@ class AlwaysTargetGate(Gate):
 
     name = "target"
     threshold = 0.0
+    reads_features = False
 
     def score(self, x: GateInput) -> float:
         return 1.0
@@ -60,6 +62,7 @@ class RandomGate(Gate):
     """
 
     name = "random"
+    reads_features = False
 
     def __init__(self, rate: float, seed: int | None = None) -> None:
         if not 0.0 <= rate <= 1.0:  # also rejects NaN
