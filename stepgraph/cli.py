@@ -179,6 +179,8 @@ def _throughput(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from stepgraph.training.cli_args import in_range
+
     parser = argparse.ArgumentParser(
         prog="stepgraph",
         description="Stepwise model routing: a small model drafts each reasoning step, a gate decides "
@@ -202,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="benchmark: routing overhead per step as a ratio of one draft call",
         description="Time graph + features + gate per step against the draft model's own call time.",
     )
-    overhead.add_argument("--problems", type=int, default=20, help="test-split problems to run (default: %(default)s)")
+    overhead.add_argument("--problems", type=in_range(int, 1), default=20, help="test-split problems to run (default: %(default)s)")
     overhead.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     overhead.set_defaults(func=_overhead)
     throughput = sub.add_parser(
@@ -212,8 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     throughput.add_argument("--backend", nargs="+", default=list(BACKENDS), choices=BACKENDS,
                             help="backends to compare (default: %(default)s)")
-    throughput.add_argument("--batch", nargs="+", type=int, default=[1, 16], help="batch sizes (default: %(default)s)")
-    throughput.add_argument("--problems", type=int, default=32, help="test-split problems per measurement (default: %(default)s)")
+    throughput.add_argument("--batch", nargs="+", type=in_range(int, 1), default=[1, 16], help="batch sizes (default: %(default)s)")
+    throughput.add_argument("--problems", type=in_range(int, 1), default=32, help="test-split problems per measurement (default: %(default)s)")
     throughput.add_argument("--seed", type=int, default=0, help="problem seed (default: %(default)s)")
     throughput.add_argument("--json-out", type=Path, default=None, help="also write the rows as JSON to this file")
     throughput.set_defaults(func=_throughput)

@@ -271,6 +271,7 @@ class RoutingNodes:
             "observation": state.get("first_observation") or {},
             "gate_score": first_decision.get("score"),
             "gate_probability": first_decision.get("probability"),
+            "gate_reason": first_decision.get("reason"),
             "truncated": not candidate.finished and candidate.generated_tokens >= context.max_step_tokens,
             "attempts": attempts,
             "flops_so_far": totals["flops"],

@@ -3,7 +3,9 @@
 An artifact is a directory holding ``policy.safetensors`` (the MLP) and ``policy.json``
 (κ, α, the feature schema it was trained on, the feature normalisation, the model names and a
 training summary, and the SHA-256 of the weights). It is never pickled. ``PolicyArtifact.load``
-refuses a directory whose files are missing, corrupted, or of another feature schema.
+refuses a directory whose files are missing, unreadable, corrupted, out of range (``Manifest``
+is the schema), of another feature schema, or whose weights are not finite; ``save`` refuses to
+write an artifact that ``load`` would refuse.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Self
 
 import torch
+from pydantic import BaseModel, Field, Strict, ValidationError, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -28,6 +30,85 @@ FORMAT = "stepgraph.policy"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "policy.safetensors"
 MANIFEST_FILE = "policy.json"
+
+FiniteFloat = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+
+
+class _FeatureSchemaModel(BaseModel):
+    name: str
+    version: int
+    names: list[str] = Field(min_length=1)
+
+
+class _Normalization(BaseModel):
+    mean: list[FiniteFloat]
+    std: list[Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]]
+    ignored: list[str] | None = None
+    """absent in manifests written before ignored features existed"""
+
+
+class _Network(BaseModel):
+    hidden: Annotated[int, Strict(), Field(ge=1, le=4096)]
+    layers: Annotated[int, Strict(), Field(ge=1, le=16)]
+
+
+class Manifest(BaseModel):
+    """The schema of ``policy.json``: types and ranges a policy needs to route safely."""
+
+    format: Literal["stepgraph.policy"]
+    format_version: Literal[1]
+    kappa: Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
+    """the threshold on π(escalate | o), in [0, 1]"""
+    alpha: Annotated[float, Strict(), Field(gt=0, lt=1, allow_inf_nan=False)]
+    """the allowed miss rate, in (0, 1)"""
+    feature_schema: _FeatureSchemaModel
+    normalization: _Normalization
+    network: _Network
+    models: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
+    guarantee: dict[str, Any] | None = None
+    """the coverage the artifact may claim (``{"type": "split-conformal" | "none", ...}``); None before it was recorded"""
+    weights_sha256: str
+
+    @model_validator(mode="after")
+    def _fits_the_schema(self) -> Self:
+        n = len(self.feature_schema.names)
+        if len(self.normalization.mean) != n or len(self.normalization.std) != n:
+            raise ValueError(f"normalization.mean and .std must each hold one value per feature ({n}), got "
+                             f"{len(self.normalization.mean)} and {len(self.normalization.std)}")
+        if unknown := sorted(set(self.normalization.ignored or ()) - set(self.feature_schema.names)):
+            raise ValueError(f"normalization.ignored features {unknown} are not in the feature schema")
+        return self
+
+
+def _validation_message(exc: ValidationError) -> str:
+    """One line per problem: the field's path, what is wrong, and the value found."""
+    problems = []
+    for error in exc.errors():
+        if not error["loc"]:  # a check across fields: its message says it all
+            problems.append(error["msg"].removeprefix("Value error, "))
+            continue
+        found = repr(error.get("input"))
+        found = found if len(found) <= 60 else found[:57] + "..."
+        problems.append(f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']} (found {found})")
+    return "; ".join(problems)
+
+
+def _check_feature_schema(stored: Any, expected: FeatureSchema, directory: Path) -> None:
+    """Refuse another feature schema first: it explains normalisation lists of another length too."""
+    try:
+        schema = FeatureSchema(**_FeatureSchemaModel.model_validate(stored).model_dump())
+    except ValidationError:
+        return  # the manifest's validation names what is wrong with it
+    if schema != expected:
+        raise PolicyFileError(
+            f"The policy in {directory} was trained on feature schema {schema}, but this graph computes "
+            f"{expected}. Retrain the policy (`stepgraph train`) on traces of this schema."
+        )
+
+
+def _non_finite(weights: dict[str, torch.Tensor]) -> list[str]:
+    return [name for name, tensor in weights.items() if not bool(torch.isfinite(tensor).all())]
 
 
 class PolicyNetwork(torch.nn.Module):
@@ -73,6 +154,9 @@ class PolicyArtifact:
     ignored: list[str] = field(default_factory=list)
     """Features the network never saw (absent from every training step, or left out on purpose):
     always fed as 0, so a backend that does report them gets the decisions training calibrated."""
+    guarantee: dict[str, Any] | None = None
+    """The coverage κ was calibrated to hold: ``{"type": "split-conformal", "coverage": 1 − α, ...}``,
+    or ``{"type": "none", "reason": ...}`` (too few calibration episodes); None in older artifacts."""
 
     def normalise(self, rows: Sequence[Sequence[float]]) -> torch.Tensor:
         """Standardise feature rows; a missing (NaN) or ignored feature becomes its training mean (0)."""
@@ -87,10 +171,14 @@ class PolicyArtifact:
         return float(self.network.escalate_probability(self.normalise([self.schema.vector(observation)]))[0])
 
     def save(self, directory: str | Path) -> Path:
+        """Write the artifact, after checking that ``load`` will accept it.
+
+        Raises:
+            PolicyFileError: the artifact is invalid (e.g. κ not in [0, 1], non-finite weights);
+                nothing is written.
+        """
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().contiguous() for k, v in self.network.state_dict().items()}
-        save_file(weights, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -101,8 +189,20 @@ class PolicyArtifact:
             "network": {"hidden": self.hidden, "layers": self.layers},
             "models": self.models,
             "training": self.training,
-            "weights_sha256": _sha256(directory / WEIGHTS_FILE),
+            "guarantee": self.guarantee,
+            "weights_sha256": "",
         }
+        try:
+            Manifest.model_validate(manifest)
+        except ValidationError as exc:
+            raise PolicyFileError(f"Refusing to write a policy that would not load into {directory}: "
+                                  f"{_validation_message(exc)}") from exc
+        if bad := _non_finite(weights):
+            raise PolicyFileError(f"Refusing to write a policy into {directory}: weights {bad} are not finite "
+                                  "(training diverged; lower --delta or check the traces).")
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(weights, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
+        manifest["weights_sha256"] = _sha256(directory / WEIGHTS_FILE)
         (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         return directory
 
@@ -111,8 +211,9 @@ class PolicyArtifact:
         """Load and validate an artifact.
 
         Raises:
-            PolicyFileError: files missing, unreadable or corrupted, another format version,
-                or a feature schema other than ``expected_schema``.
+            PolicyFileError: files missing, unreadable or corrupted, another format version, a
+                value out of its range (see ``Manifest``), non-finite weights, or a feature schema
+                other than ``expected_schema``. The message names the file and the field.
         """
         directory = Path(directory)
         manifest_path, weights_path = directory / MANIFEST_FILE, directory / WEIGHTS_FILE
@@ -120,40 +221,43 @@ class PolicyArtifact:
             if not path.is_file():
                 raise PolicyFileError(f"{path} is missing: a policy directory holds {MANIFEST_FILE} and {WEIGHTS_FILE}.")
         try:
-            manifest = json.loads(manifest_path.read_text())
-            if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+            raw = json.loads(manifest_path.read_text())
+            checksum = _sha256(weights_path)
+        except OSError as exc:
+            raise PolicyFileError(f"Cannot read the policy file {exc.filename or manifest_path}: {exc.strerror or exc}. "
+                                  "Check its permissions.") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PolicyFileError(f"{manifest_path} is corrupted or incomplete: {exc}") from exc
+        if isinstance(raw, dict):
+            if (raw.get("format"), raw.get("format_version")) != (FORMAT, FORMAT_VERSION):
                 raise PolicyFileError(
                     f"{manifest_path} is not a {FORMAT} v{FORMAT_VERSION} manifest "
-                    f"(found {manifest.get('format')!r} v{manifest.get('format_version')!r})."
+                    f"(found {raw.get('format')!r} v{raw.get('format_version')!r})."
                 )
-            schema = FeatureSchema(**manifest["feature_schema"])
-            mean, std = manifest["normalization"]["mean"], manifest["normalization"]["std"]
-            # Manifests from before "ignored" existed marked a never-recorded feature as mean 0, std 1.
-            unseen = [n for n, m, sd in zip(schema.names, mean, std) if (m, sd) == (0.0, 1.0)]
-            ignored = list(manifest["normalization"].get("ignored", unseen))
-            kappa, alpha = float(manifest["kappa"]), float(manifest["alpha"])
-            hidden, layers = int(manifest["network"]["hidden"]), int(manifest["network"]["layers"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise PolicyFileError(f"{manifest_path} is corrupted or incomplete: {exc}") from exc
-        if schema != expected_schema:
-            raise PolicyFileError(
-                f"The policy in {directory} was trained on feature schema {schema}, but this graph computes "
-                f"{expected_schema}. Retrain the policy (`stepgraph train`) on traces of this schema."
-            )
-        if len(mean) != len(schema.names) or len(std) != len(schema.names) or not all(math.isfinite(s) and s > 0 for s in std):
-            raise PolicyFileError(f"{manifest_path}: the normalisation does not fit the {len(schema.names)} features.")
-        if unknown := sorted(set(ignored) - set(schema.names)):
-            raise PolicyFileError(f"{manifest_path}: ignored features {unknown} are not in the feature schema.")
-        if manifest.get("weights_sha256") != _sha256(weights_path):
+            _check_feature_schema(raw.get("feature_schema"), expected_schema, directory)
+        try:
+            manifest = Manifest.model_validate(raw)
+        except ValidationError as exc:
+            raise PolicyFileError(f"{manifest_path} is invalid: {_validation_message(exc)}") from exc
+        schema = FeatureSchema(**manifest.feature_schema.model_dump())
+        mean, std = manifest.normalization.mean, manifest.normalization.std
+        ignored = manifest.normalization.ignored
+        if ignored is None:  # manifests from before "ignored" marked a never-recorded feature as mean 0, std 1
+            ignored = [n for n, m, sd in zip(schema.names, mean, std) if (m, sd) == (0.0, 1.0)]
+        if manifest.weights_sha256 != checksum:
             raise PolicyFileError(f"{weights_path} does not match the checksum in {manifest_path}: the file is corrupted or was replaced.")
+        hidden, layers = manifest.network.hidden, manifest.network.layers
         network = PolicyNetwork(len(schema.names), hidden, layers)
         try:
-            network.load_state_dict(load_file(str(weights_path)))
+            weights = load_file(str(weights_path))
+            network.load_state_dict(weights)
         except (SafetensorError, RuntimeError, OSError) as exc:
             raise PolicyFileError(f"{weights_path} does not hold a {layers}x{hidden} policy network: {exc}") from exc
+        if bad := _non_finite(weights):
+            raise PolicyFileError(f"{weights_path}: weights {bad} are not finite (NaN or inf); retrain the policy.")
         network.eval()
-        return cls(network, kappa, alpha, schema, list(mean), list(std), hidden, layers, manifest.get("models", {}),
-                   manifest.get("training", {}), ignored)
+        return cls(network, manifest.kappa, manifest.alpha, schema, list(mean), list(std), hidden, layers, manifest.models,
+                   manifest.training, list(ignored), manifest.guarantee)
 
 
 def _sha256(path: Path) -> str:

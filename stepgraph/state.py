@@ -29,6 +29,8 @@ class Step(TypedDict):
         observation: the features the gate saw on the first draft.
         gate_score: the gate's score on the first draft (None where no gate was asked).
         gate_probability: the gate's μ(escalate | o) on the first draft.
+        gate_reason: why the gate escalated without comparing a score (e.g. "non-finite score");
+            None for an ordinary decision.
         truncated: the model hit its token limit without a step break.
         attempts: every generation of this step, in order: {tier, model, text, cost}.
         flops_so_far: total FLOPs of the answer after this step.
@@ -43,6 +45,7 @@ class Step(TypedDict):
     observation: dict[str, float | None]
     gate_score: float | None
     gate_probability: float | None
+    gate_reason: str | None
     truncated: bool
     attempts: list[dict[str, Any]]
     flops_so_far: float

@@ -9,6 +9,7 @@ finish; problems already in the store are skipped, so a killed collection resume
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -115,6 +116,9 @@ def collect(
 ) -> dict[str, Any]:
     """Collect episodes for the items not yet in ``store``; each worker owns its own models.
 
+    Each problem is claimed in the store before it runs, so several collectors (processes or
+    machines) on one store share the work instead of repeating it.
+
     The behaviour gate explores around a confidence threshold: with probability ``epsilon`` a
     uniformly random action, else escalate iff the confidence ``feature`` is below ``threshold``.
     """
@@ -129,15 +133,19 @@ def collect(
         return collect_episode(worker_tiers[slot], behaviour, verifier, item, seed=seed * 100_003 + index, temperature=temperature)
 
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"collect {split}", disable=not progress)
+    collected = 0
     with ThreadPoolExecutor(max_workers=len(worker_tiers)) as pool:
-        for start in range(0, len(todo), len(worker_tiers)):
-            batch = todo[start : start + len(worker_tiers)]
-            futures = [pool.submit(run, slot, i, item) for slot, (i, item) in enumerate(batch)]
+        pending = iter(todo)
+        while batch := list(itertools.islice(pending, len(worker_tiers))):
+            # Another collector on the same store may have taken (or finished) a problem meanwhile.
+            claimed = [(i, item) for i, item in batch if store.claim(item.problem_id)]
+            futures = [pool.submit(run, slot, i, item) for slot, (i, item) in enumerate(claimed)]
             for future in futures:
                 store.add(future.result(), split)  # written at once: a kill loses no finished episode
-                bar.update()
+                collected += 1
+            bar.update(len(batch))
     bar.close()
-    return {"collected": len(todo), "skipped": len(items) - len(todo), "total": len(store)}
+    return {"collected": collected, "skipped": len(items) - collected, "total": len(store)}
 
 
 def testbed_items(split: task.Split, n: int, seed: int = 0) -> list[Item]:

@@ -31,10 +31,32 @@ import torch
 from stepgraph.training.records import Episode
 from tqdm import tqdm
 
+from stepgraph.errors import ConfigError
 from stepgraph.features import CONFIDENCE_SCHEMA, FeatureSchema
 from stepgraph.policy import PolicyArtifact, PolicyNetwork
 
 EPS = 1e-8
+
+# Each setting's allowed range: (test on a finite number of the field's type, the range in words).
+_CPO_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "alpha": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "steps": (lambda v: v >= 0, ">= 0"),
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+    "critic_lr": (lambda v: v > 0, "> 0"),
+    "critic_updates": (lambda v: v >= 1, ">= 1"),
+    "eta": (lambda v: v >= 0, ">= 0"),
+    "kappa_init": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "delta": (lambda v: v > 0, "> 0"),
+    "cg_iters": (lambda v: v >= 1, ">= 1"),
+    "cg_damping": (lambda v: v >= 0, ">= 0"),
+    "backtrack_iters": (lambda v: v >= 1, ">= 1"),
+    "rho_bar": (lambda v: v > 0, "> 0"),
+    "c_bar": (lambda v: v > 0, "> 0"),
+    "gamma": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "hidden": (lambda v: 1 <= v <= 4096, "in [1, 4096]"),
+    "layers": (lambda v: 1 <= v <= 16, "in [1, 16]"),
+    "seed": (lambda v: True, "any integer"),
+}
 
 
 @dataclass
@@ -73,6 +95,15 @@ class CPOArgs:
     """linear layers of the policy MLP"""
     seed: int = 0
     """seed of the networks and of batch sampling"""
+
+    def __post_init__(self) -> None:
+        """Refuse a setting outside its range at construction, naming the option and the range."""
+        for name, (allowed, within) in _CPO_RANGES.items():
+            value, integer = getattr(self, name), type(getattr(CPOArgs, name)) is int
+            kinds = (int,) if integer else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or not allowed(value):
+                kind = "an integer" if integer else "a finite number"
+                raise ConfigError(f"CPOArgs.{name} (--{name.replace('_', '-')}) must be {kind} {within}, got {value!r}.")
 
 
 # --- 1. data -------------------------------------------------------------------------------------

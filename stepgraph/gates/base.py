@@ -1,7 +1,13 @@
-"""The gate interface: one scoring method, the threshold comparison on the base class."""
+"""The gate interface: one scoring method, the threshold comparison on the base class.
+
+A score or feature that is not a finite number (NaN, ±inf: a broken model or scorer) cannot be
+compared with a threshold: ``Gate.decide`` escalates it, the safe side, and records why in
+``GateDecision.reason``. Every gate inherits this; gates differ only in ``decide_on_score``.
+"""
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -39,28 +45,49 @@ class GateDecision:
             whichever action it took (not the probability of the action taken): 1.0 or 0.0 for
             deterministic gates, ``rate`` for RandomGate, (1 − ε)·1{base escalates} + ε/2 for
             ExploringGate. Off-policy training reads it as the behaviour probability.
+        reason: why the gate escalated without comparing a score (e.g. ``"non-finite score"``);
+            None for an ordinary decision.
     """
 
     escalate: bool
     score: float
     probability: float
+    reason: str | None = None
+
+
+def non_finite_features(observation: Observation) -> list[str]:
+    """Names of features whose value is NaN or ±inf (None means "not reported" and is allowed)."""
+    return [name for name, value in observation.items() if value is not None and not math.isfinite(value)]
 
 
 class Gate(ABC):
     """Maps a drafted step to accept / escalate: escalate iff ``score(x) >= threshold``.
 
     Subclasses implement ``score`` (higher means more reason to escalate) and set
-    ``threshold``; stochastic gates override ``decide``.
+    ``threshold``; gates with another comparison, or stochastic ones, override
+    ``decide_on_score``. ``decide`` escalates non-finite features and scores before any of it.
     """
 
     name: str = "gate"
     threshold: float = 0.5
+    reads_features: bool = True
+    """False for gates whose decision ignores the observation (fixed, random, oracle): a
+    non-finite feature then changes nothing, and baselines keep their documented behaviour."""
 
     @abstractmethod
     def score(self, x: GateInput) -> float:
         """The escalation score of a draft (higher: more reason to escalate)."""
 
     def decide(self, x: GateInput) -> GateDecision:
+        """Escalate on non-finite features or score (recording why), else ``decide_on_score``."""
+        if self.reads_features and (bad := non_finite_features(x.observation)):
+            return GateDecision(True, math.nan, 1.0, f"non-finite features: {', '.join(bad)}")
         score = self.score(x)
+        if not math.isfinite(score):
+            return GateDecision(True, score, 1.0, "non-finite score")
+        return self.decide_on_score(x, score)
+
+    def decide_on_score(self, x: GateInput, score: float) -> GateDecision:
+        """The decision on a finite score: escalate iff it reaches ``threshold``."""
         escalate = score >= self.threshold
         return GateDecision(escalate, score, float(escalate))

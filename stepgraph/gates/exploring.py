@@ -49,6 +49,8 @@ class ExploringGate(Gate):
 
     def decide(self, x: GateInput) -> GateDecision:
         base = self.base.decide(x)
+        if base.reason is not None:  # a forced escalation (non-finite input) is not explored around
+            return base
         mu = (1.0 - self.epsilon) * base.probability + self.epsilon / 2
         explore = self._rng.random() < self.epsilon
         escalate = self._rng.random() < 0.5 if explore else base.escalate

@@ -36,8 +36,7 @@ class _BelowThresholdGate(Gate):
     def score(self, x: GateInput) -> float:
         return self.accept_threshold - self.acceptance(x)
 
-    def decide(self, x: GateInput) -> GateDecision:
-        score = self.score(x)
+    def decide_on_score(self, x: GateInput, score: float) -> GateDecision:
         return GateDecision(score > 0, score, float(score > 0))
 
 
@@ -97,6 +96,7 @@ class OracleGate(Gate):
 
     name = "oracle"
     threshold = 0.5
+    reads_features = False
 
     def __init__(self, verify: Callable[[str, list[str], str], bool | None]) -> None:
         self.verify = verify

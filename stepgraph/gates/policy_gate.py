@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 
@@ -48,8 +47,7 @@ class PolicyGate(Gate):
 
     def _warn_on_missing(self, observation: dict[str, float | None]) -> None:
         for name in self.trained_on:
-            value = observation.get(name)
-            if (value is None or math.isnan(value)) and name not in self._warned:
+            if observation.get(name) is None and name not in self._warned:  # NaN escalates in Gate.decide
                 self._warned.add(name)
                 warnings.warn(
                     f"The policy was trained with {name!r} but the draft's backend does not report it; it is imputed "

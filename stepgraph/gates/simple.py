@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 from stepgraph.errors import GateConfigError
 from stepgraph.gates.base import Gate, GateDecision, GateInput
@@ -22,6 +23,7 @@ class AlwaysDraftGate(Gate):
 
     name = "draft"
     threshold = 1.0
+    reads_features = False
 
     def score(self, x: GateInput) -> float:
         return 0.0
@@ -32,6 +34,7 @@ class AlwaysTargetGate(Gate):
 
     name = "target"
     threshold = 0.0
+    reads_features = False
 
     def score(self, x: GateInput) -> float:
         return 1.0
@@ -59,6 +62,7 @@ class RandomGate(Gate):
     """
 
     name = "random"
+    reads_features = False
 
     def __init__(self, rate: float, seed: int | None = None) -> None:
         if not 0.0 <= rate <= 1.0:  # also rejects NaN
@@ -70,8 +74,7 @@ class RandomGate(Gate):
     def score(self, x: GateInput) -> float:
         return 1.0 - self._rng.random()
 
-    def decide(self, x: GateInput) -> GateDecision:
-        score = self.score(x)
+    def decide_on_score(self, x: GateInput, score: float) -> GateDecision:
         # Strict: u < rate, so rate 0 never escalates and rate 1 always does (u is in [0, 1)).
         return GateDecision(escalate=score > self.threshold, score=score, probability=self.rate)
 
@@ -111,6 +114,11 @@ class ConfidenceThresholdGate(Gate):
         return math.inf if confidence is None else self.confidence_threshold - confidence
 
     def decide(self, x: GateInput) -> GateDecision:
-        score = self.score(x)
+        decision = super().decide(x)  # an unknown confidence scores inf, which escalates
+        if decision.reason == "non-finite score" and x.observation.get(self.feature) is None:
+            return replace(decision, reason=f"{self.feature} not reported")
+        return decision
+
+    def decide_on_score(self, x: GateInput, score: float) -> GateDecision:
         escalate = score > self.threshold  # strictly below the cut-off: a tie is accepted
         return GateDecision(escalate, score, float(escalate))
