@@ -1,6 +1,7 @@
 """The CPO trainer: V-trace, conjugate gradient, trust region, κ rule, and a small end-to-end run."""
 
 import random
+import warnings
 
 import pytest
 import torch
@@ -170,3 +171,12 @@ def test_surrogate_stops_where_the_gate_leaves_the_recorded_trajectory():
     data = cpo.to_tensors([episode], artifact, cost_scale=1.0)
     assert not cpo.episode_miss(data, 0, torch.tensor([1, 0]))  # Γ fixes step 0: later records are off its path
     assert cpo.episode_miss(data, 0, torch.tensor([0, 0]))  # Γ keeps the wrong draft
+
+
+def test_training_raises_no_warnings():
+    """Regression: reading the critics' losses once warned 'Converting a tensor with requires_grad=True to a scalar'."""
+    rng = random.Random(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, history = cpo.train_policy([_episode(rng, i) for i in range(10)], cpo.CPOArgs(steps=3), progress=False)
+    assert all(h["charts/cpo_case"] in set(cpo.CPOCase) for h in history)
