@@ -15,11 +15,13 @@ from typing import Any
 
 from stepgraph import __version__
 from stepgraph.context import RouterContext
-from stepgraph.defaults import DEFAULT_CONFIDENCE_THRESHOLD, default_gate_name, resolve_gate
 from stepgraph.errors import StepgraphError
+from stepgraph.gates import ALIASES, GATES, canonical_gate_name
 from stepgraph.testbed import BACKENDS, DRAFT_MODEL_DIR, TARGET_MODEL_DIR
+from stepgraph.testbed.defaults import TESTBED_GATE_OPTIONS, default_gate_name, resolve_gate
 
-GATE_CHOICES = ["policy", "threshold", "steer", "random", "draft", "target"]
+GATE_CHOICES = [*GATES, *ALIASES]
+"""``--gate`` accepts the registry names and their former names."""
 
 SHIPPED_PAIR_SCOPE = """\
 The shipped testbed pair (the default --models) is two tiny models trained on one template only:
@@ -42,37 +44,37 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--gate",
         choices=GATE_CHOICES,
         default=None,
-        help=f"routing gate (default: the shipped policy when installed, else threshold; now: {default_gate_name()})",
+        metavar="{" + ",".join(GATES) + "}",
+        help=f"routing gate (default: the shipped policy when installed, else confidence-threshold; now: "
+        f"{default_gate_name()}; former names {', '.join(f'{a}={n}' for a, n in ALIASES.items())} still work)",
     )
-    parser.add_argument("--policy", type=Path, default=None, help="policy artifact directory for --gate policy (default: the shipped policy)")
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help=f"--gate threshold: escalate when the STEER confidence is below this (default: {DEFAULT_CONFIDENCE_THRESHOLD}); "
-        "--gate steer: posterior threshold (default: 0.5)",
-    )
-    parser.add_argument("--steer", type=Path, default=None, help="fitted STEER GMM JSON for --gate steer")
-    parser.add_argument("--rate", type=float, default=None, help="escalation rate for --gate random (default: 0.5)")
+    for flag, (kind, text) in _gate_flags().items():
+        if flag != "--seed":  # the run's --seed, below, also seeds a random gate
+            parser.add_argument(flag, type=kind, default=None, help=text)
     parser.add_argument("--temperature", type=float, default=defaults.temperature, help="sampling temperature (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="base seed (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="base seed, also of --gate random (default: %(default)s)")
     parser.add_argument("--max-steps", type=int, default=defaults.max_steps, help="step limit (default: %(default)s)")
     parser.add_argument("--max-step-tokens", type=int, default=defaults.max_step_tokens, help="token limit per step (default: %(default)s)")
     parser.add_argument("--budget", type=float, default=None, help="FLOPs budget per answer (default: none)")
     parser.add_argument("--sticky", action="store_true", help="keep later steps on an escalated tier (default: off)")
 
 
+def _gate_flags() -> dict[str, tuple[type, str]]:
+    """Each registered gate option's CLI flag, its type, and a help text naming the gates that read it."""
+    by_flag: dict[str, tuple[type, list[str]]] = {}
+    for name, cls in GATES.items():
+        for key, option in cls.options.items():
+            default = TESTBED_GATE_OPTIONS.get(name, {}).get(key)
+            shown = "the shipped one" if isinstance(default, Path) else default  # never an install path
+            text = f"--gate {name}: {option.help}" + ("" if default is None else f" (default: {shown})")
+            by_flag.setdefault(option.flag, (option.type, []))[1].append(text)
+    return {flag: (kind, "; ".join(texts)) for flag, (kind, texts) in by_flag.items()}
+
+
 def _gate_options(args: argparse.Namespace) -> dict[str, Any]:
-    name = args.gate or default_gate_name()
-    if name == "policy":
-        return {"path": args.policy}
-    if name == "threshold":
-        return {"threshold": args.threshold}
-    if name == "steer":
-        return {"path": args.steer, "threshold": args.threshold}
-    if name == "random":
-        return {"rate": 0.5 if args.rate is None else args.rate, "seed": args.seed}
-    return {}
+    """The options of the chosen gate, read from its flags (unset flags are left to the defaults)."""
+    cls = GATES[canonical_gate_name(args.gate or default_gate_name())]
+    return {key: getattr(args, option.flag.removeprefix("--").replace("-", "_")) for key, option in cls.options.items()}
 
 
 def _context(args: argparse.Namespace) -> RouterContext:
@@ -115,7 +117,7 @@ def _solve(args: argparse.Namespace) -> int:
         print()
         return 0
     names = [m.name for m in tiers]
-    print(f"gate: {args.gate or default_gate_name()}   tiers: {' < '.join(names)}")
+    print(f"gate: {canonical_gate_name(args.gate or default_gate_name())}   tiers: {' < '.join(names)}")
     for step in result["steps"]:
         conf = step["observation"].get("logit_confidence")
         score = step["gate_score"]

@@ -126,7 +126,7 @@ class RoutingNodes:
         """Ask the gate whether the next tier should regenerate the candidate."""
         tier = state["candidate_tier"]
         if tier >= len(self.tiers) - 1:  # nothing stronger to escalate to
-            decision = {"escalate": False, "score": None, "probability": None}
+            decision = {"escalate": False, "score": None, "mu_escalate": None}
         else:
             gate = self.gate_for(runtime.context or RouterContext())
             x = GateInput(
@@ -138,6 +138,8 @@ class RoutingNodes:
             )
             decision = asdict(gate.decide(x))
         update: dict[str, Any] = {"decision": decision}
+        if decision.get("cost"):  # a judging gate's own model calls, paid like any other call
+            update["costs"] = decision["cost"]
         if state.get("first_decision") is None:
             update["first_decision"] = decision
         return update
@@ -174,7 +176,7 @@ class RoutingNodes:
             "draft": attempts[0]["text"] if attempts else candidate.text,
             "observation": state.get("first_observation") or {},
             "gate_score": first_decision.get("score"),
-            "gate_probability": first_decision.get("probability"),
+            "mu_escalate": first_decision.get("mu_escalate"),
             "truncated": not candidate.finished and candidate.generated_tokens >= context.max_step_tokens,
             "attempts": attempts,
             "flops_so_far": totals["flops"],

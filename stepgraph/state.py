@@ -22,7 +22,7 @@ class Step(TypedDict):
         draft: the text of the first draft of this step (also when replaced).
         observation: the features the gate saw on the first draft.
         gate_score: the gate's score on the first draft (None where no gate was asked).
-        gate_probability: the gate's μ(escalate | o) on the first draft.
+        mu_escalate: the gate's μ(escalate | o) on the first draft (None where no gate was asked).
         truncated: the model hit its token limit without a step break.
         attempts: every generation of this step, in order: {tier, model, text, cost}.
         flops_so_far: total FLOPs of the answer after this step.
@@ -36,7 +36,7 @@ class Step(TypedDict):
     draft: str
     observation: dict[str, float | None]
     gate_score: float | None
-    gate_probability: float | None
+    mu_escalate: float | None
     truncated: bool
     attempts: list[dict[str, Any]]
     flops_so_far: float

@@ -25,7 +25,7 @@ def test_collect_train_evaluate(tmp_path, capsys):
     with TraceStore(store) as s:
         episodes = list(s.episodes())
     for e in episodes:
-        assert e.steps and all(0.0 < st.behaviour_prob < 1.0 for st in e.steps)
+        assert e.steps and all(0.0 < st.mu_escalate < 1.0 for st in e.steps)
         assert all(st.escalated is not None and st.escalated_correct is not None for st in e.steps)
         assert all(st.cost == pytest.approx(st.draft_flops + st.action * st.escalate_flops) for st in e.steps)
         assert e.target_flops > 0 and e.reward in (0, 1) and e.target_reward in (0, 1)

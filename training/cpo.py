@@ -129,7 +129,7 @@ def to_tensors(episodes: Sequence[Episode], artifact: PolicyArtifact, cost_scale
     return Batchable(
         x=artifact.normalise([artifact.schema.vector(s.observation) for _, s in steps]),
         action=torch.tensor([s.action for _, s in steps], dtype=torch.long),
-        mu_escalate=torch.tensor([s.behaviour_prob for _, s in steps], dtype=torch.float32),
+        mu_escalate=torch.tensor([s.mu_escalate for _, s in steps], dtype=torch.float32),
         reward=torch.tensor([-s.cost / cost_scale for _, s in steps], dtype=torch.float32),
         coverage=torch.tensor(
             [float(i in last and (e.reward == 1 or e.target_reward == 0)) for i, (e, _) in enumerate(steps)]
