@@ -87,6 +87,7 @@ def test_trust_region_step_respects_the_kl_radius(scale):
     assert info["accepted"] == 1.0 and kl > 0
 
 
+@pytest.mark.slow  # 150 updates
 def test_training_learns_to_escalate_low_confidence_drafts():
     rng = random.Random(0)
     episodes = [_episode(rng, i) for i in range(200)]
@@ -142,6 +143,7 @@ def test_ignoring_an_unknown_feature_is_a_clear_error():
         cpo.train_policy([_episode(random.Random(3), 0)], cpo.CPOArgs(steps=1), progress=False, ignore_features=["max_logit"])
 
 
+@pytest.mark.slow  # 60 updates and a brute-force check over every candidate
 def test_calibration_picks_the_largest_kappa_meeting_the_bound():
     rng = random.Random(2)
     episodes = [_episode(rng, i) for i in range(200)]
@@ -180,3 +182,10 @@ def test_training_raises_no_warnings():
         warnings.simplefilter("error")
         _, history = cpo.train_policy([_episode(rng, i) for i in range(10)], cpo.CPOArgs(steps=3), progress=False)
     assert all(h["charts/cpo_case"] in set(cpo.CPOCase) for h in history)
+
+
+def test_stored_episodes_keep_the_trace_store_field_name():
+    episode = _episode(random.Random(5), 0)
+    stored = episode.to_dict()
+    assert {"behaviour_prob"} <= set(stored["steps"][0]) and "mu_escalate" not in stored["steps"][0]
+    assert Episode.from_dict(stored) == episode
