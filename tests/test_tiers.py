@@ -17,7 +17,7 @@ sys.exit(pytest.main(["-q", "-rs", "-p", "no:cacheprovider", "tests/test_vllm_se
 
 
 def test_vllm_server_tests_skip_without_the_openai_extra():
-    done = subprocess.run([sys.executable, "-c", WITHOUT_OPENAI], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", WITHOUT_OPENAI], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     # pytest's exit code 5: nothing ran because the module was skipped; a collection error is 2.
     assert done.returncode == 5, done.stdout[-2000:] + done.stderr[-2000:]
     assert "1 skipped" in done.stdout and "the openai extra is not installed" in done.stdout
