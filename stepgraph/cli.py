@@ -89,15 +89,15 @@ def _context(args: argparse.Namespace) -> RouterContext:
 
 
 def _question_and_models(args: argparse.Namespace) -> tuple[str, list[Path]]:
-    """The question and the tier directories; ``--models a b QUESTION`` gives the question back to the positional."""
-    models, question = list(args.models or [DRAFT_MODEL_DIR, TARGET_MODEL_DIR]), args.question
-    if question is None and args.models and not models[-1].is_dir():
-        question = str(models.pop())
+    """The question and the model directories, one per tier; ``--models a b QUESTION`` gives the question back to the positional."""
+    model_dirs, question = list(args.models or [DRAFT_MODEL_DIR, TARGET_MODEL_DIR]), args.question
+    if question is None and args.models and not model_dirs[-1].is_dir():
+        question = str(model_dirs.pop())
     if question is None:
         raise StepgraphError("Give the question to solve: stepgraph solve QUESTION [options].")
-    if len(models) < 2:
+    if len(model_dirs) < 2:
         raise StepgraphError("--models needs at least two directories (a draft model and a stronger one).")
-    return question, models
+    return question, model_dirs
 
 
 def _solve(args: argparse.Namespace) -> int:
@@ -105,18 +105,18 @@ def _solve(args: argparse.Namespace) -> int:
     from stepgraph.models.local import TransformersStepModel
     from stepgraph.nodes import validate_question
 
-    question, models = _question_and_models(args)
+    question, model_dirs = _question_and_models(args)
     context = _context(args)
     question = validate_question(question, context.max_question_chars)  # before any model loads
     gate = resolve_gate(args.gate, **_gate_options(args))
-    tiers = [TransformersStepModel(path) for path in models]
-    graph = build_graph(tiers, gate)
+    models = [TransformersStepModel(path) for path in model_dirs]  # cheapest first: tier i is models[i]
+    graph = build_graph(models, gate)
     result = graph.invoke({"question": question}, context=context)
     if args.json:
         json.dump(result, sys.stdout, indent=2, default=str)
         print()
         return 0
-    names = [m.name for m in tiers]
+    names = [m.name for m in models]
     print(f"gate: {canonical_gate_name(args.gate or default_gate_name())}   tiers: {' < '.join(names)}")
     for step in result["steps"]:
         conf = step["observation"].get("logit_confidence")

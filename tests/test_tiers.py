@@ -12,7 +12,7 @@ import sys
 sys.modules["openai"] = None  # import openai now raises ModuleNotFoundError, as when it is not installed
 sys.modules["langchain_openai"] = None
 import pytest
-sys.exit(pytest.main(["-q", "-rs", "-p", "no:cacheprovider", "tests/test_vllm_server.py"]))
+sys.exit(pytest.main(["-q", "-rs", "-p", "no:cacheprovider", "--noconftest", "tests/test_vllm_server.py"]))
 """
 
 
