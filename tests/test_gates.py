@@ -427,3 +427,18 @@ def test_judging_costs_flow_through_the_state_also_under_batch():
         assert state["escalations"] == 0
         assert state["costs"]["1"]["flops"] == judged and state["costs"]["1"]["calls"] == len(state["steps"])
         assert state["totals"]["flops"] == generated + judged
+
+
+def test_cli_gate_flags_come_from_the_registry():
+    from pathlib import Path
+
+    from stepgraph.cli import GATE_CHOICES, _gate_options, build_parser
+
+    assert set(GATE_CHOICES) == set(GATES) | set(ALIASES)
+    parser = build_parser()
+    args = parser.parse_args(["solve", "q", "--gate", "steer", "--steer", "g.json", "--threshold", "0.7"])
+    assert _gate_options(args) == {"path": Path("g.json"), "threshold": 0.7}
+    args = parser.parse_args(["solve", "q", "--gate", "random", "--seed", "3", "--threshold", "0.7"])
+    assert _gate_options(args) == {"rate": None, "seed": 3}  # a flag of another gate is not passed on
+    args = parser.parse_args(["solve", "q", "--gate", "confidence-threshold", "--feature", "api_confidence"])
+    assert resolve_gate(args.gate, **_gate_options(args)).feature == "api_confidence"
