@@ -42,7 +42,7 @@ _EXPORTS: dict[str, str] = {
     "GateDecision": "stepgraph.gates",
     "GATES": "stepgraph.gates",
     "make_gate": "stepgraph.gates",
-    "resolve_gate": "stepgraph.defaults",
+    "resolve_gate": "stepgraph.testbed.defaults",
     "AlwaysDraftGate": "stepgraph.gates",
     "AlwaysTargetGate": "stepgraph.gates",
     "RandomGate": "stepgraph.gates",
@@ -138,7 +138,6 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static type checkers and IDEs see the real names
     from stepgraph.context import RouterContext, RouterLimits
     from stepgraph.costs import Prices
-    from stepgraph.defaults import resolve_gate
     from stepgraph.errors import (
         BadQuestionError,
         ConfigError,
@@ -172,3 +171,4 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the real names
     from stepgraph.models.vllm_engine import VLLMStepModel, count_parameters
     from stepgraph.state import InputState, OutputState, RouterState, Step
     from stepgraph.testbed import close_pair, load_pair
+    from stepgraph.testbed.defaults import resolve_gate

@@ -16,11 +16,13 @@ from typing import Any
 
 from stepgraph import __version__
 from stepgraph.context import RouterContext, check_setting
-from stepgraph.defaults import DEFAULT_CONFIDENCE_THRESHOLD, default_gate_name, resolve_gate
 from stepgraph.errors import ConfigError, StepgraphError
+from stepgraph.gates import ALIASES, GATES, canonical_gate_name
 from stepgraph.testbed import BACKENDS, DRAFT_MODEL_DIR, TARGET_MODEL_DIR
+from stepgraph.testbed.defaults import TESTBED_GATE_OPTIONS, default_gate_name, resolve_gate
 
-GATE_CHOICES = ["policy", "threshold", "steer", "random", "draft", "target"]
+GATE_CHOICES = [*GATES, *ALIASES]
+"""``--gate`` accepts the registry names and their former names."""
 
 SHIPPED_PAIR_SCOPE = """\
 The shipped testbed pair (the default --models) is two tiny models trained on one template only:
@@ -58,37 +60,37 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--gate",
         choices=GATE_CHOICES,
         default=None,
-        help=f"routing gate (default: the shipped policy when installed, else threshold; now: {default_gate_name()})",
+        metavar="{" + ",".join(GATES) + "}",
+        help=f"routing gate (default: the shipped policy when installed, else confidence-threshold; now: "
+        f"{default_gate_name()}; former names {', '.join(f'{a}={n}' for a, n in ALIASES.items())} still work)",
     )
-    parser.add_argument("--policy", type=Path, default=None, help="policy artifact directory for --gate policy (default: the shipped policy)")
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help=f"--gate threshold: escalate when the STEER confidence is below this (default: {DEFAULT_CONFIDENCE_THRESHOLD}); "
-        "--gate steer: posterior threshold (default: 0.5)",
-    )
-    parser.add_argument("--steer", type=Path, default=None, help="fitted STEER GMM JSON for --gate steer")
-    parser.add_argument("--rate", type=float, default=None, help="escalation rate for --gate random (default: 0.5)")
+    for flag, (kind, text) in _gate_flags().items():
+        if flag != "--seed":  # the run's --seed, below, also seeds a random gate
+            parser.add_argument(flag, type=kind, default=None, help=text)
     parser.add_argument("--temperature", type=_setting("temperature", float), default=defaults.temperature, help="sampling temperature (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="base seed (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="base seed, also of --gate random (default: %(default)s)")
     parser.add_argument("--max-steps", type=_setting("max_steps", int), default=defaults.max_steps, help="step limit (default: %(default)s)")
     parser.add_argument("--max-step-tokens", type=_setting("max_step_tokens", int), default=defaults.max_step_tokens, help="token limit per step (default: %(default)s)")
     parser.add_argument("--budget", type=_setting("budget_flops", float), default=None, help="FLOPs budget per answer (default: none)")
     parser.add_argument("--sticky", action="store_true", help="keep later steps on an escalated tier (default: off)")
 
 
+def _gate_flags() -> dict[str, tuple[type, str]]:
+    """Each registered gate option's CLI flag, its type, and a help text naming the gates that read it."""
+    by_flag: dict[str, tuple[type, list[str]]] = {}
+    for name, cls in GATES.items():
+        for key, option in cls.options.items():
+            default = TESTBED_GATE_OPTIONS.get(name, {}).get(key)
+            shown = "the shipped one" if isinstance(default, Path) else default  # never an install path
+            text = f"--gate {name}: {option.help}" + ("" if default is None else f" (default: {shown})")
+            by_flag.setdefault(option.flag, (option.type, []))[1].append(text)
+    return {flag: (kind, "; ".join(texts)) for flag, (kind, texts) in by_flag.items()}
+
+
 def _gate_options(args: argparse.Namespace) -> dict[str, Any]:
-    name = args.gate or default_gate_name()
-    if name == "policy":
-        return {"path": args.policy}
-    if name == "threshold":
-        return {"threshold": args.threshold}
-    if name == "steer":
-        return {"path": args.steer, "threshold": args.threshold}
-    if name == "random":
-        return {"rate": 0.5 if args.rate is None else args.rate, "seed": args.seed}
-    return {}
+    """The options of the chosen gate, read from its flags (unset flags are left to the defaults)."""
+    cls = GATES[canonical_gate_name(args.gate or default_gate_name())]
+    return {key: getattr(args, option.flag.removeprefix("--").replace("-", "_")) for key, option in cls.options.items()}
 
 
 def _context(args: argparse.Namespace) -> RouterContext:
@@ -103,15 +105,15 @@ def _context(args: argparse.Namespace) -> RouterContext:
 
 
 def _question_and_models(args: argparse.Namespace) -> tuple[str, list[Path]]:
-    """The question and the tier directories; ``--models a b QUESTION`` gives the question back to the positional."""
-    models, question = list(args.models or [DRAFT_MODEL_DIR, TARGET_MODEL_DIR]), args.question
-    if question is None and args.models and not models[-1].is_dir():
-        question = str(models.pop())
+    """The question and the model directories, one per tier; ``--models a b QUESTION`` gives the question back to the positional."""
+    model_dirs, question = list(args.models or [DRAFT_MODEL_DIR, TARGET_MODEL_DIR]), args.question
+    if question is None and args.models and not model_dirs[-1].is_dir():
+        question = str(model_dirs.pop())
     if question is None:
         raise StepgraphError("Give the question to solve: stepgraph solve QUESTION [options].")
-    if len(models) < 2:
+    if len(model_dirs) < 2:
         raise StepgraphError("--models needs at least two directories (a draft model and a stronger one).")
-    return question, models
+    return question, model_dirs
 
 
 def _solve(args: argparse.Namespace) -> int:
@@ -120,19 +122,19 @@ def _solve(args: argparse.Namespace) -> int:
     from stepgraph.models.local import TransformersStepModel
     from stepgraph.nodes import validate_question
 
-    question, models = _question_and_models(args)
+    question, model_dirs = _question_and_models(args)
     context = _context(args)
     question = validate_question(question, RouterLimits().max_question_chars)  # before any model loads
     gate = resolve_gate(args.gate, **_gate_options(args))
-    tiers = [TransformersStepModel(path) for path in models]
-    graph = build_graph(tiers, gate)
+    models = [TransformersStepModel(path) for path in model_dirs]  # cheapest first: tier i is models[i]
+    graph = build_graph(models, gate)
     result = graph.invoke({"question": question}, context=context)
     if args.json:
         json.dump(result, sys.stdout, indent=2, default=str)
         print()
         return 0
-    names = [m.name for m in tiers]
-    print(f"gate: {args.gate or default_gate_name()}   tiers: {' < '.join(names)}")
+    names = [m.name for m in models]
+    print(f"gate: {canonical_gate_name(args.gate or default_gate_name())}   tiers: {' < '.join(names)}")
     for step in result["steps"]:
         info = _step_confidence(step)
         print(f"[{step['index'] + 1}] tier {step['tier']} ({step['model']}; {info})")

@@ -203,7 +203,7 @@ class RoutingNodes:
         if state.get("candidate") is None:  # stopped at the context limit: nothing to decide
             return {"decision": None}
         if tier >= len(self.tiers) - 1:  # nothing stronger to escalate to
-            decision = {"escalate": False, "score": None, "probability": None}
+            decision = {"escalate": False, "score": None, "mu_escalate": None}
         else:
             gate = self.gate_for(self.context(runtime))
             x = GateInput(
@@ -215,6 +215,8 @@ class RoutingNodes:
             )
             decision = asdict(gate.decide(x))
         update: dict[str, Any] = {"decision": decision}
+        if decision.get("cost"):  # a judging gate's own model calls, paid like any other call
+            update["costs"] = decision["cost"]
         if state.get("first_decision") is None:
             update["first_decision"] = decision
         return update
@@ -270,7 +272,7 @@ class RoutingNodes:
             "draft": attempts[0]["text"] if attempts else candidate.text,
             "observation": state.get("first_observation") or {},
             "gate_score": first_decision.get("score"),
-            "gate_probability": first_decision.get("probability"),
+            "mu_escalate": first_decision.get("mu_escalate"),
             "gate_reason": first_decision.get("reason"),
             "truncated": not candidate.finished and candidate.generated_tokens >= context.max_step_tokens,
             "attempts": attempts,

@@ -10,10 +10,10 @@ import time
 from collections.abc import Sequence
 
 from stepgraph.context import RouterContext
-from stepgraph.defaults import resolve_gate
 from stepgraph.graph import build_graph
 from stepgraph.models.base import StepModel, StepOutput
 from stepgraph.testbed import load_pair, task
+from stepgraph.testbed.defaults import resolve_gate
 
 
 class TimedModel:

@@ -28,7 +28,7 @@ class Step(TypedDict):
         draft: the text of the first draft of this step (also when replaced).
         observation: the features the gate saw on the first draft.
         gate_score: the gate's score on the first draft (None where no gate was asked).
-        gate_probability: the gate's μ(escalate | o) on the first draft.
+        mu_escalate: the gate's μ(escalate | o) on the first draft (None where no gate was asked).
         gate_reason: why the gate escalated without comparing a score (e.g. "non-finite score");
             None for an ordinary decision.
         truncated: the model hit its token limit without a step break.
@@ -44,7 +44,7 @@ class Step(TypedDict):
     draft: str
     observation: dict[str, float | None]
     gate_score: float | None
-    gate_probability: float | None
+    mu_escalate: float | None
     gate_reason: str | None
     truncated: bool
     attempts: list[dict[str, Any]]

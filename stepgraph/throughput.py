@@ -14,18 +14,18 @@ import time
 from collections.abc import Sequence
 
 from stepgraph.context import RouterContext
-from stepgraph.defaults import resolve_gate
 from stepgraph.graph import build_graph
 from stepgraph.models.base import StepModel
 from stepgraph.overhead import TimedModel
 from stepgraph.state import InputState
 from stepgraph.testbed import BACKENDS, close_pair, load_pair, task
+from stepgraph.testbed.defaults import resolve_gate
 
 
 def measure(tiers: Sequence[StepModel], questions: Sequence[str], batch: int) -> dict:
     """Steps per second and call latency of the routed graph on ``questions``, ``batch`` runs at a time."""
     timed = [TimedModel(m) for m in tiers]
-    graph = build_graph(timed, resolve_gate("threshold"))
+    graph = build_graph(timed, resolve_gate("confidence-threshold"))
     greedy = RouterContext(temperature=0.0, seed=0)
     graph.batch([InputState(question=q) for q in questions[:batch]], {"max_concurrency": batch}, context=greedy)  # warm-up
     for t in timed:

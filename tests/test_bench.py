@@ -18,7 +18,6 @@ from stepgraph.gates.base import GateInput
 from stepgraph.gates.judges import JudgeGate, OracleGate, ProcessRewardGate
 from stepgraph.graph import build_graph
 from stepgraph.models.base import StepOutput
-from stepgraph.policy import PolicyArtifact
 from stepgraph.testbed import load_pair, task
 
 PROBLEM = task.generate("test", 1, seed=3)[0]
@@ -42,6 +41,7 @@ def test_oracle_escalates_exactly_the_wrong_drafts():
     assert [s["escalated"] for s in result["steps"]] == [True] + [False] * (len(PROBLEM.steps) - 1)
 
 
+@pytest.mark.slow
 def test_specreason_judge_accepts_right_steps_and_rejects_slips():
     gate = JudgeGate(load_pair()[1], threshold=0.5)
     right, slip = PROBLEM.steps[0], PROBLEM.steps[0][:-1] + str((int(PROBLEM.steps[0][-1]) + 1) % 10)
@@ -71,6 +71,7 @@ def test_bootstrap_interval():
     assert bench.bootstrap([2.0] * 10) == (2.0, 2.0, 2.0)
 
 
+@pytest.mark.slow
 def test_small_bench_end_to_end(tmp_path):
     from stepgraph.defaults import DEFAULT_POLICY_DIR
 
@@ -91,7 +92,12 @@ def test_small_bench_end_to_end(tmp_path):
     assert set(report["summary"]) == set(bench.ORDER)
     assert report["summary"]["target"]["covered"]["mean"] == 1.0
     assert report["summary"]["draft"]["escalation_rate"]["mean"] == 0.0
-    assert all(t["threshold"] in bench.GRID for t in report["thresholds"].values())
+    for picked in report["thresholds"].values():  # the cheapest grid threshold meeting the coverage target
+        assert [g["threshold"] for g in picked["grid"]] == bench.GRID
+        chosen = next(g for g in picked["grid"] if g["threshold"] == picked["threshold"])
+        feasible = [g for g in picked["grid"] if g["coverage"] >= 1 - 0.02]
+        if feasible:
+            assert chosen in feasible and chosen["flops"] == min(g["flops"] for g in feasible)
     # The oracle never pays for more target steps than target-only.
     assert report["summary"]["oracle"]["flops"]["mean"] <= report["summary"]["target"]["flops"]["mean"]
     files = bench.write_outputs(report, tmp_path)
@@ -100,9 +106,9 @@ def test_small_bench_end_to_end(tmp_path):
     table = Path(files["table"]).read_text()
     assert all(label in table for label in bench.LABELS.values())
     assert Path(files["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert PolicyArtifact.load(DEFAULT_POLICY_DIR).kappa >= 0
 
 
+@pytest.mark.slow
 def test_judge_cost_is_counted():
     target = load_pair()[1]
     gate = JudgeGate(target, threshold=0.0)  # never escalates: only the judging is paid

@@ -1,6 +1,7 @@
 """The CPO trainer: V-trace, conjugate gradient, trust region, κ rule, and a small end-to-end run."""
 
 import random
+import warnings
 
 import pytest
 import torch
@@ -86,6 +87,7 @@ def test_trust_region_step_respects_the_kl_radius(scale):
     assert info["accepted"] == 1.0 and kl > 0
 
 
+@pytest.mark.slow  # 150 updates
 def test_training_learns_to_escalate_low_confidence_drafts():
     rng = random.Random(0)
     episodes = [_episode(rng, i) for i in range(200)]
@@ -141,6 +143,7 @@ def test_ignoring_an_unknown_feature_is_a_clear_error():
         cpo.train_policy([_episode(random.Random(3), 0)], cpo.CPOArgs(steps=1), progress=False, ignore_features=["max_logit"])
 
 
+@pytest.mark.slow  # 60 updates and a brute-force check over every candidate
 def test_calibration_picks_the_largest_kappa_meeting_the_bound():
     rng = random.Random(2)
     episodes = [_episode(rng, i) for i in range(200)]
@@ -170,3 +173,19 @@ def test_surrogate_stops_where_the_gate_leaves_the_recorded_trajectory():
     data = cpo.to_tensors([episode], artifact, cost_scale=1.0)
     assert not cpo.episode_miss(data, 0, torch.tensor([1, 0]))  # Γ fixes step 0: later records are off its path
     assert cpo.episode_miss(data, 0, torch.tensor([0, 0]))  # Γ keeps the wrong draft
+
+
+def test_training_raises_no_warnings():
+    """Regression: reading the critics' losses once warned 'Converting a tensor with requires_grad=True to a scalar'."""
+    rng = random.Random(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, history = cpo.train_policy([_episode(rng, i) for i in range(10)], cpo.CPOArgs(steps=3), progress=False)
+    assert all(h["charts/cpo_case"] in set(cpo.CPOCase) for h in history)
+
+
+def test_stored_episodes_keep_the_trace_store_field_name():
+    episode = _episode(random.Random(5), 0)
+    stored = episode.to_dict()
+    assert {"behaviour_prob"} <= set(stored["steps"][0]) and "mu_escalate" not in stored["steps"][0]
+    assert Episode.from_dict(stored) == episode

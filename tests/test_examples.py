@@ -10,6 +10,7 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
+@pytest.mark.slow  # the shipped models, in a fresh process per example
 @pytest.mark.parametrize(("script", "expect"), [
     ("quickstart.py", "answer: 42"),
     ("chat_model_chain.py", "answer: 12"),
@@ -22,6 +23,7 @@ def test_example_runs(script, expect):
     assert expect in done.stdout
 
 
+@pytest.mark.slow
 def test_vllm_engine_example_runs(vllm_ready, tmp_path):
     env = dict(os.environ) | {"OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, str(EXAMPLES / "vllm_engine.py"), "--questions", "4"], cwd=tmp_path,

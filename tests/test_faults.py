@@ -169,7 +169,7 @@ class FixedScoreGate(Gate):
 @pytest.mark.parametrize("score", [math.nan, math.inf, -math.inf])
 def test_a_non_finite_score_escalates_and_says_why(score):
     decision = FixedScoreGate(score).decide(GateInput("q", (), STEP, _observation()))
-    assert decision.escalate and decision.probability == 1.0 and decision.reason == "non-finite score"
+    assert decision.escalate and decision.mu_escalate == 1.0 and decision.reason == "non-finite score"
 
 
 @pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
@@ -190,7 +190,7 @@ def test_exploring_never_accepts_a_forced_escalation():
     x = GateInput("q", (), STEP, _observation(logit_confidence=math.inf))
     gate = ExploringGate(ConfidenceThresholdGate(16.0), epsilon=1.0, seed=0)
     decisions = [gate.decide(x) for _ in range(50)]
-    assert all(d.escalate and d.probability == 1.0 for d in decisions)
+    assert all(d.escalate and d.mu_escalate == 1.0 for d in decisions)
 
 
 def test_infinite_max_logits_escalate_in_the_graph_and_the_step_records_why():

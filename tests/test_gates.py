@@ -10,7 +10,9 @@ import torch
 from stepgraph.errors import PolicyFileError
 from stepgraph.features import CONFIDENCE_SCHEMA
 from stepgraph.gates import (
+    ALIASES,
     GATES,
+    REGISTERED,
     AlwaysDraftGate,
     AlwaysTargetGate,
     ConfidenceThresholdGate,
@@ -24,6 +26,7 @@ from stepgraph.gates.base import GateInput
 from stepgraph.gates.steer import Mixture, fit_mixture
 from stepgraph.models.base import StepOutput
 from stepgraph.policy import PolicyArtifact, PolicyNetwork
+from stepgraph.testbed.defaults import DEFAULT_CONFIDENCE_THRESHOLD, default_gate_name, resolve_gate
 
 STEP = StepOutput("1+1=2", ["1", "+", "1", "=", "2"], [9.0] * 5, [[("1", -0.1)]] * 5, 10, 0, 5, False, "m")
 
@@ -40,13 +43,13 @@ def x(confidence: float | None = 9.0, step_index: int = 0, api: float | None = N
 def test_always_draft_never_escalates():
     decisions = [AlwaysDraftGate().decide(x(c)) for c in (-100.0, 0.0, 100.0, None)]
     assert [d.escalate for d in decisions] == [False] * 4
-    assert all(d.probability == 0.0 for d in decisions)
+    assert all(d.mu_escalate == 0.0 for d in decisions)
 
 
 def test_always_target_always_escalates():
     decisions = [AlwaysTargetGate().decide(x(c)) for c in (-100.0, 0.0, 100.0, None)]
     assert [d.escalate for d in decisions] == [True] * 4
-    assert all(d.probability == 1.0 for d in decisions)
+    assert all(d.mu_escalate == 1.0 for d in decisions)
 
 
 # --- confidence threshold -----------------------------------------------------------------
@@ -56,7 +59,7 @@ def test_always_target_always_escalates():
 def test_confidence_threshold_escalates_strictly_below(confidence, escalate):
     decision = ConfidenceThresholdGate(5.0).decide(x(confidence))
     assert decision.escalate is escalate
-    assert decision.probability == float(escalate)
+    assert decision.mu_escalate == float(escalate)
 
 
 def test_confidence_threshold_treats_nan_confidence_as_low():
@@ -82,7 +85,7 @@ def test_random_gate_escalates_at_its_rate():
     gate = RandomGate(0.3, seed=1)
     decisions = [gate.decide(x()) for _ in range(2000)]
     assert abs(sum(d.escalate for d in decisions) / 2000 - 0.3) < 0.035
-    assert all(d.probability == 0.3 for d in decisions)
+    assert all(d.mu_escalate == 0.3 for d in decisions)
 
 
 def test_random_gate_is_reproducible_with_a_seed():
@@ -111,7 +114,7 @@ def test_random_gate_rejects_rates_outside_0_1(rate):
 def test_exploring_gate_records_mu_escalate_matching_its_frequency(confidence, mu):
     gate = ExploringGate(ConfidenceThresholdGate(5.0), epsilon=0.4, seed=3)
     decisions = [gate.decide(x(confidence)) for _ in range(4000)]
-    assert all(d.probability == pytest.approx(mu) for d in decisions)  # μ(escalate | o), whatever was drawn
+    assert all(d.mu_escalate == pytest.approx(mu) for d in decisions)  # μ(escalate | o), whatever was drawn
     assert abs(sum(d.escalate for d in decisions) / 4000 - mu) < 0.03
 
 
@@ -129,7 +132,7 @@ def test_exploring_gate_around_a_stochastic_base_uses_its_probability():
     gate = ExploringGate(RandomGate(0.1, seed=5), epsilon=0.5, seed=6)
     decisions = [gate.decide(x()) for _ in range(4000)]
     mu = 0.5 * 0.1 + 0.25
-    assert decisions[0].probability == pytest.approx(mu)
+    assert decisions[0].mu_escalate == pytest.approx(mu)
     assert abs(sum(d.escalate for d in decisions) / 4000 - mu) < 0.03
 
 
@@ -285,45 +288,72 @@ def test_policy_gate_refuses_a_missing_directory(tmp_path):
 # --- registry -----------------------------------------------------------------------------
 
 
-def test_registry_names():
-    assert set(GATES) == {"draft", "target", "random", "threshold", "steer", "policy"}
+def test_registry_is_built_from_the_gate_classes():
+    assert GATES == {cls.name: cls for cls in REGISTERED}
+    assert set(GATES) == {"never-escalate", "always-escalate", "random", "confidence-threshold", "stepwise-gmm", "policy"}
+    assert ALIASES == {"draft": "never-escalate", "target": "always-escalate", "threshold": "confidence-threshold",
+                       "steer": "stepwise-gmm"}
 
 
 @pytest.mark.parametrize(("name", "options", "cls"), [
-    ("draft", {}, AlwaysDraftGate),
-    ("target", {}, AlwaysTargetGate),
+    ("never-escalate", {}, AlwaysDraftGate),
+    ("always-escalate", {}, AlwaysTargetGate),
     ("random", {"rate": 0.2, "seed": 0}, RandomGate),
-    ("threshold", {"threshold": 3.0, "feature": "api_confidence"}, ConfidenceThresholdGate),
+    ("random", {}, RandomGate),
+    ("confidence-threshold", {"threshold": 3.0, "feature": "api_confidence"}, ConfidenceThresholdGate),
+    ("draft", {}, AlwaysDraftGate),  # former names keep working
+    ("target", {}, AlwaysTargetGate),
+    ("threshold", {"threshold": 3.0}, ConfidenceThresholdGate),
 ])
 def test_registry_builds_gates_from_options(name, options, cls):
     assert type(make_gate(name, **options)) is cls
 
 
-def test_registry_loads_steer_with_a_threshold_override(steer, tmp_path):
+@pytest.mark.parametrize("name", ["steer", "stepwise-gmm"])
+def test_registry_loads_steer_with_a_threshold_override(steer, tmp_path, name):
     path = steer.save(tmp_path / "steer.json")
-    gate = make_gate("steer", path=path, threshold=0.99)
+    gate = make_gate(name, path=path, threshold=0.99)
     assert gate.threshold == 0.99 and gate.mixtures == steer.mixtures
+    assert make_gate(name, path=path, threshold=None).threshold == steer.threshold
 
 
 def test_registry_rejects_unknown_names():
-    with pytest.raises(ValueError, match="Unknown gate 'oracle-of-delphi'; choose one of draft, policy"):
+    with pytest.raises(ValueError, match="Unknown gate 'oracle-of-delphi'; choose one of always-escalate, confidence-threshold"):
         make_gate("oracle-of-delphi")
 
 
 @pytest.mark.parametrize(("name", "options", "message"), [
     ("policy", {}, "needs path="),
-    ("steer", {"path": None}, "needs path="),
+    ("stepwise-gmm", {"path": None}, "needs path="),
     ("policy", {"path": "x", "threshold": 0.3}, "takes only"),
+    ("never-escalate", {"rate": 0.3}, "takes only"),
+    ("random", {"rate": 0.5, "feature": "api_confidence"}, "takes only"),
 ])
 def test_registry_rejects_bad_file_gate_options(name, options, message):
     with pytest.raises(ValueError, match=message):
         make_gate(name, **options)
 
 
+def test_testbed_defaults_fill_only_missing_options():
+    assert resolve_gate("confidence-threshold").confidence_threshold == DEFAULT_CONFIDENCE_THRESHOLD
+    assert resolve_gate("threshold", threshold=None).confidence_threshold == DEFAULT_CONFIDENCE_THRESHOLD
+    assert resolve_gate("threshold", threshold=3.0).confidence_threshold == 3.0
+    assert isinstance(resolve_gate("policy"), PolicyGate)
+    assert type(resolve_gate()) is GATES[default_gate_name()]
+
+
+def test_the_old_defaults_module_re_exports_the_testbed_defaults():
+    import stepgraph
+    import stepgraph.defaults as old
+
+    assert old.resolve_gate is resolve_gate and old.DEFAULT_CONFIDENCE_THRESHOLD == 16.0
+    assert stepgraph.resolve_gate is resolve_gate
+
+
 def test_policy_gate_warns_once_when_a_trained_feature_is_missing():
     import warnings
 
-    from stepgraph.defaults import DEFAULT_POLICY_DIR
+    from stepgraph.testbed.defaults import DEFAULT_POLICY_DIR
 
     gate = PolicyGate.from_path(DEFAULT_POLICY_DIR)
     assert "api_confidence" in gate.trained_on and "difficulty" not in gate.trained_on  # difficulty was never given
@@ -342,7 +372,7 @@ def test_policy_gate_warns_once_when_a_trained_feature_is_missing():
 def test_the_logits_only_policy_serves_a_backend_without_logprobs_silently():
     import warnings
 
-    from stepgraph.defaults import LOGITS_ONLY_POLICY_DIR
+    from stepgraph.testbed.defaults import LOGITS_ONLY_POLICY_DIR
 
     gate = PolicyGate.from_path(LOGITS_ONLY_POLICY_DIR)
     assert "logit_confidence" in gate.trained_on and "api_confidence" not in gate.trained_on
@@ -352,3 +382,63 @@ def test_the_logits_only_policy_serves_a_backend_without_logprobs_silently():
         silent = gate.decide(GateInput("q", (), STEP, logits_only))
     reported = gate.decide(GateInput("q", (), STEP, logits_only | {"api_confidence": 0.05}))
     assert (reported.escalate, reported.score) == (silent.escalate, silent.score)  # a reported value changes nothing
+
+
+# --- judging gates pay through the graph state ---------------------------------------------------
+
+
+class _ScriptedJudge:
+    """A judge scoring every token of a step with log-probability ``logprob``; counts its calls."""
+
+    n_params = 5_000
+
+    def __init__(self, logprob: float) -> None:
+        self.logprob, self.calls = logprob, 0
+
+    def step_logprobs(self, question, steps, step):
+        self.calls += 1
+        return [self.logprob] * len(step)
+
+
+def test_judge_gate_reports_its_cost_in_the_decision():
+    from stepgraph.gates.judges import JudgeGate
+
+    judge = _ScriptedJudge(math.log(0.9))
+    decision = JudgeGate(judge, threshold=0.5).decide(GateInput("q", (), STEP, {}, tier=0))
+    assert not decision.escalate and judge.calls == 1  # one judging call per decision
+    assert decision.cost == {"1": {"calls": 1.0, "flops": 2.0 * 5_000 * len(STEP.text)}}
+    assert JudgeGate(judge, judge_tier=3).decide(GateInput("q", (), STEP, {})).cost.keys() == {"3"}
+
+
+def test_judging_costs_flow_through_the_state_also_under_batch():
+    """Regression: the judge's FLOPs were a counter on the gate, read around each run (wrong under graph.batch)."""
+    from scripted import ScriptedModel
+
+    from stepgraph.gates.judges import JudgeGate
+    from stepgraph.graph import build_graph
+
+    solution = ["1+1=2", "2+2=4", "\\boxed{4}"]
+    tiers = [ScriptedModel("small", 1_000, solution), ScriptedModel("large", 8_000, solution)]
+    graph = build_graph(tiers, JudgeGate(_ScriptedJudge(0.0), threshold=0.5))  # accepts every step
+    questions = [{"question": f"What is {i}?"} for i in range(4)]
+    for state in [graph.invoke(questions[0]), *graph.batch(questions)]:
+        judged = sum(2.0 * 5_000 * len(s["draft"]) for s in state["steps"])
+        generated = sum(a["cost"]["flops"] for s in state["steps"] for a in s["attempts"])
+        assert state["escalations"] == 0
+        assert state["costs"]["1"]["flops"] == judged and state["costs"]["1"]["calls"] == len(state["steps"])
+        assert state["totals"]["flops"] == generated + judged
+
+
+def test_cli_gate_flags_come_from_the_registry():
+    from pathlib import Path
+
+    from stepgraph.cli import GATE_CHOICES, _gate_options, build_parser
+
+    assert set(GATE_CHOICES) == set(GATES) | set(ALIASES)
+    parser = build_parser()
+    args = parser.parse_args(["solve", "q", "--gate", "steer", "--steer", "g.json", "--threshold", "0.7"])
+    assert _gate_options(args) == {"path": Path("g.json"), "threshold": 0.7}
+    args = parser.parse_args(["solve", "q", "--gate", "random", "--seed", "3", "--threshold", "0.7"])
+    assert _gate_options(args) == {"rate": None, "seed": 3}  # a flag of another gate is not passed on
+    args = parser.parse_args(["solve", "q", "--gate", "confidence-threshold", "--feature", "api_confidence"])
+    assert resolve_gate(args.gate, **_gate_options(args)).feature == "api_confidence"

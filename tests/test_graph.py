@@ -70,7 +70,7 @@ def test_gate_node_asks_the_gate_except_on_the_top_tier():
     top = nodes.gate({**base, "candidate_tier": 1, "observation": {"logit_confidence": 1.0}}, _runtime())
     assert low["decision"]["escalate"] and low["decision"]["score"] == 4.0
     assert not high["decision"]["escalate"]
-    assert top["decision"] == {"escalate": False, "score": None, "probability": None}
+    assert top["decision"] == {"escalate": False, "score": None, "mu_escalate": None}
 
 
 def test_escalate_node_moves_up_one_tier_and_sticky_keeps_it():

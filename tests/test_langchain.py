@@ -20,6 +20,8 @@ from stepgraph.integrations.chat_model import ChatStepRouter
 from stepgraph.integrations.tool import routed_reasoning_tool
 from stepgraph.testbed import load_pair, task
 
+pytestmark = pytest.mark.slow  # the shipped models behind LangChain's interfaces
+
 PROBLEMS = task.generate("test", 3, seed=13)
 
 

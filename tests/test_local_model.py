@@ -9,6 +9,8 @@ from stepgraph.errors import ModelLoadError
 from stepgraph.models.local import TransformersStepModel
 from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR, task
 
+pytestmark = pytest.mark.slow  # loads the shipped models
+
 QUESTION = task.generate("test", 1, seed=7)[0].question
 
 

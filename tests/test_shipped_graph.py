@@ -20,6 +20,7 @@ def pair():
     return load_pair()
 
 
+@pytest.mark.slow
 def test_routed_run_reports_steps_answer_and_costs(pair):
     problem = task.generate("test", 1, seed=21)[0]
     result = build_graph(pair, ConfidenceThresholdGate(threshold=1e9)).invoke(
@@ -37,6 +38,7 @@ def test_routed_run_reports_steps_answer_and_costs(pair):
     assert result["totals"]["usd"] > 0
 
 
+@pytest.mark.slow
 def test_target_gate_solves_most_problems(pair):
     graph = build_graph(pair, AlwaysTargetGate())
     problems = task.generate("test", 10, seed=2)
@@ -44,11 +46,13 @@ def test_target_gate_solves_most_problems(pair):
     assert sum(a == str(p.answer) for a, p in zip(answers, problems)) >= 8
 
 
+@pytest.mark.slow
 def test_question_too_long_for_the_models_is_a_clear_error(pair):
     with pytest.raises(BadQuestionError, match="cannot take this question"):
         build_graph(pair, AlwaysTargetGate()).invoke({"question": "Ann has 3 coins. " * 200})
 
 
+@pytest.mark.slow
 def test_cli_solve_json(capsys):
     question = task.generate("test", 1, seed=4)[0].question
     assert main(["solve", question, "--json", "--gate", "threshold", "--threshold", "0"]) == 0
@@ -57,6 +61,7 @@ def test_cli_solve_json(capsys):
     assert set(state["costs"]) == {"0"}
 
 
+@pytest.mark.slow
 def test_cli_solve_text_and_errors(capsys):
     question = task.generate("test", 1, seed=4)[0].question
     assert main(["solve", question, "--gate", "target"]) == 0
@@ -66,6 +71,7 @@ def test_cli_solve_text_and_errors(capsys):
     assert "empty" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a fresh interpreter per command
 def test_cli_help_lists_subcommands_and_each_documents_its_options():
     top = subprocess.run([sys.executable, "-m", "stepgraph", "--help"], capture_output=True, text=True, check=True).stdout
     for command in ("solve", "collect", "train", "evaluate", "bench", "overhead", "throughput"):
@@ -80,11 +86,13 @@ def test_cli_help_lists_subcommands_and_each_documents_its_options():
         assert "PosixPath" not in text and "/site-packages/" not in text and str(Path(__file__).parents[1]) not in text
 
 
+@pytest.mark.slow  # a fresh interpreter per command
 def test_cli_version():
     out = subprocess.run([sys.executable, "-m", "stepgraph", "--version"], capture_output=True, text=True, check=True).stdout
     assert out.startswith("stepgraph ") and out.split()[1][0].isdigit()
 
 
+@pytest.mark.slow
 def test_models_option_does_not_swallow_the_question(capsys):
     from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR
 

@@ -10,6 +10,8 @@ from stepgraph.testbed import DRAFT_MODEL_DIR, MODELS_DIR, TARGET_MODEL_DIR, tas
 from stepgraph.testbed.measure import measure_model
 from stepgraph.testbed.tokenizer import build_tokenizer
 
+pytestmark = pytest.mark.slow  # the shipped models over many problems
+
 CARD = json.loads((MODELS_DIR / "measurements.json").read_text())
 
 

@@ -20,6 +20,8 @@ from stepgraph.models.local import TransformersStepModel
 from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR, task
 from stepgraph.testbed.vllm_serving import ENGINE_ARGS
 
+pytestmark = pytest.mark.slow  # vLLM engines on the shipped models
+
 PROBLEMS = task.generate("test", 8, seed=21)
 
 

@@ -14,7 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from langchain_openai import ChatOpenAI
+
+pytest.importorskip("openai", reason="the openai extra is not installed (pip install '.[openai]')")
+ChatOpenAI = pytest.importorskip("langchain_openai", reason="the openai extra is not installed (pip install '.[openai]')").ChatOpenAI
+
 from langgraph.checkpoint.memory import InMemorySaver
 from same_routing import GREEDY, assert_routes_like
 
@@ -25,6 +28,8 @@ from stepgraph.graph import build_graph
 from stepgraph.models.chat import ChatStepModel
 from stepgraph.models.local import TransformersStepModel
 from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR, task
+
+pytestmark = pytest.mark.integration  # real vLLM servers on 127.0.0.1
 
 PROBLEMS = task.generate("test", 4, seed=33)
 

@@ -52,14 +52,14 @@ def run_rows(tiers: Sequence[StepModel], gate: Gate, items: Sequence[Item], *, s
     rows = []
     for i, item in enumerate(items):
         started = time.perf_counter()
-        judged_before = getattr(gate, "judge_flops", 0.0)
         state = graph.invoke({"question": item.question}, context=RouterContext(seed=seed * 100_003 + i, temperature=temperature))
-        judge_flops = getattr(gate, "judge_flops", 0.0) - judged_before
         steps = state["steps"]
+        # A judging gate's model calls are in the run's costs beside the steps' generations.
+        judge_flops = state["totals"]["flops"] - sum(a["cost"]["flops"] for s in steps for a in s["attempts"])
         rows.append({
             "problem_id": item.problem_id,
             "correct": float(is_correct(state["answer"], item.reference)),
-            "flops": state["totals"]["flops"] + judge_flops,  # a judging gate's model calls are paid too
+            "flops": state["totals"]["flops"],
             "judge_flops": judge_flops,
             "prefill_flops": state["totals"]["prefill_flops"],
             "usd": state["totals"]["usd"],

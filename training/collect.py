@@ -73,7 +73,7 @@ def collect_episode(
                 index=step["index"],
                 observation=step["observation"],
                 action=action,
-                behaviour_prob=float(step["gate_probability"] if step["gate_probability"] is not None else action),
+                mu_escalate=float(step["mu_escalate"] if step["mu_escalate"] is not None else action),
                 draft=draft["text"],
                 escalated=escalated_text,
                 draft_correct=verifier.verify(item.question, item.reference, prior, draft["text"]),

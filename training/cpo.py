@@ -10,7 +10,9 @@ answer is right and R_M whether the strongest tier alone is right. Read top to b
 3. a CPO trust-region step on π (Achiam et al. 2017): natural gradients by conjugate gradient
    on Fisher-vector products, the dual closed form with a Lagrange multiplier ν for the
    coverage constraint, a recovery step when infeasible, backtracking until mean KL ≤ δ;
-4. κ follows the online-conformal rule on the batch with the local-verification surrogate.
+4. κ follows the online-conformal rule on the batch with the local-verification surrogate;
+5. the loop (``train_policy``): sample, fit critics, trust-region step, κ update; then finalise
+   (κ calibrated on held-out episodes when given).
 
 Sign convention for κ. The gate is Γ(o) = 1{π(escalate | o) ≥ κ}. An episode is a *miss* when
 it is not covered: not (R_Π = 1 ∨ R_M = 0 ∨ every step Γ keeps is verified). A miss must make
@@ -26,6 +28,8 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from enum import IntEnum
+from typing import Any
 
 import torch
 from stepgraph.training.records import Episode
@@ -156,7 +160,7 @@ def to_tensors(episodes: Sequence[Episode], artifact: PolicyArtifact, cost_scale
     return Batchable(
         x=artifact.normalise([artifact.schema.vector(s.observation) for _, s in steps]),
         action=torch.tensor([s.action for _, s in steps], dtype=torch.long),
-        mu_escalate=torch.tensor([s.behaviour_prob for _, s in steps], dtype=torch.float32),
+        mu_escalate=torch.tensor([s.mu_escalate for _, s in steps], dtype=torch.float32),
         reward=torch.tensor([-s.cost / cost_scale for _, s in steps], dtype=torch.float32),
         coverage=torch.tensor(
             [float(i in last and (e.reward == 1 or e.target_reward == 0)) for i, (e, _) in enumerate(steps)]
@@ -194,6 +198,32 @@ def vtrace_targets(rewards: torch.Tensor, values: torch.Tensor, bootstrap_value:
     return vs, advantages
 
 
+def episode_targets(data: Batchable, batch: Sequence[int], v_cost: torch.Tensor, v_cov: torch.Tensor,
+                    rhos: torch.Tensor, cs: torch.Tensor, gamma: float) -> dict[str, torch.Tensor]:
+    """V-trace targets and advantages of the cost and coverage critics over a batch of episodes.
+
+    ``v_cost``, ``v_cov``, ``rhos`` and ``cs`` are over the batch's steps, episode after episode;
+    ``start_coverage`` is the coverage target at each episode's first step.
+    """
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("vs_cost", "adv_cost", "vs_coverage", "adv_coverage")}
+    starts = []
+    offset = 0
+    for e in batch:
+        lo, hi = data.starts[e], data.ends[e]
+        sl = slice(offset, offset + hi - lo)
+        starts.append(offset)
+        vs, adv = vtrace_targets(data.reward[lo:hi], v_cost[sl], 0.0, rhos[sl], cs[sl], gamma)
+        out["vs_cost"].append(vs)
+        out["adv_cost"].append(adv)
+        vs, adv = vtrace_targets(data.coverage[lo:hi], v_cov[sl], 0.0, rhos[sl], cs[sl], gamma)
+        out["vs_coverage"].append(vs)
+        out["adv_coverage"].append(adv)
+        offset += hi - lo
+    result = {k: torch.cat(v) for k, v in out.items()}
+    result["start_coverage"] = result["vs_coverage"][starts]
+    return result
+
+
 # --- 3. trust region -----------------------------------------------------------------------------
 
 
@@ -227,7 +257,7 @@ def _set_flat_params(net: torch.nn.Module, flat: torch.Tensor) -> None:
         offset += p.numel()
 
 
-def _flat_grad(y: torch.Tensor, net: torch.nn.Module, **kwargs) -> torch.Tensor:
+def _flat_grad(y: torch.Tensor, net: torch.nn.Module, **kwargs: Any) -> torch.Tensor:
     grads = torch.autograd.grad(y, list(net.parameters()), **kwargs)
     return torch.cat([g.reshape(-1) for g in grads])
 
@@ -238,20 +268,42 @@ def mean_kl(net: PolicyNetwork, x: torch.Tensor, old_log_probs: torch.Tensor) ->
     return (old_log_probs.exp() * (old_log_probs - log_probs)).sum(-1).mean()
 
 
+class CPOCase(IntEnum):
+    """Which CPO step was taken (the case numbers of Achiam et al.'s reference code, logged as ``charts/cpo_case``).
+
+    With c the constraint's current violation (miss rate − α) and the trust region ½ xᵀHx ≤ δ:
+    """
+
+    INFEASIBLE_RECOVERY = 0
+    """c > 0 and no point of the trust region satisfies the constraint: step only to reduce the violation"""
+    INFEASIBLE_DUAL = 1
+    """c ≥ 0 but part of the trust region is feasible: both constraints may bind, solved by the dual"""
+    FEASIBLE_DUAL = 2
+    """c < 0 and the constraint cuts the trust region: both constraints may bind, solved by the dual"""
+    FEASIBLE_UNCONSTRAINED = 3
+    """c < 0 and the whole trust region is feasible: a plain natural-gradient step"""
+    NO_CONSTRAINT_GRADIENT = 4
+    """the constraint's gradient vanishes: a plain natural-gradient (TRPO) step"""
+
+
 def cpo_direction(g: torch.Tensor, b: torch.Tensor, c: float, hinv: Callable[[torch.Tensor], torch.Tensor],
-                  delta: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """The CPO step for: maximise gᵀx  s.t.  bᵀx + c ≤ 0,  ½ xᵀHx ≤ δ (Achiam et al. 2017, app. 10.2)."""
+                  delta: float) -> tuple[torch.Tensor, CPOCase, float]:
+    """The CPO step for: maximise gᵀx  s.t.  bᵀx + c ≤ 0,  ½ xᵀHx ≤ δ (Achiam et al. 2017, app. 10.2).
+
+    Returns the step, its case, and the Lagrange multiplier ν of the coverage constraint (NaN
+    in recovery, where there is no dual).
+    """
     hg = hinv(g)
     q = float(g @ hg)
-    if float(b @ b) < 1e-12:  # no constraint gradient: plain natural-gradient (TRPO) step
-        return math.sqrt(2 * delta / (q + EPS)) * hg, {"case": 4.0, "lagrange_multiplier": 0.0}
+    if float(b @ b) < 1e-12:
+        return math.sqrt(2 * delta / (q + EPS)) * hg, CPOCase.NO_CONSTRAINT_GRADIENT, 0.0
     hb = hinv(b)
     r, s = float(g @ hb), float(b @ hb)
     A, B = q - r * r / (s + EPS), 2 * delta - c * c / (s + EPS)
-    if c < 0 and B < 0:  # the whole trust region is feasible: constraint inactive
-        return math.sqrt(2 * delta / (q + EPS)) * hg, {"case": 3.0, "lagrange_multiplier": 0.0}
-    if c > 0 and B < 0:  # infeasible: recover by decreasing the constraint violation only
-        return -math.sqrt(2 * delta / (s + EPS)) * hb, {"case": 0.0, "lagrange_multiplier": float("nan")}
+    if c < 0 and B < 0:
+        return math.sqrt(2 * delta / (q + EPS)) * hg, CPOCase.FEASIBLE_UNCONSTRAINED, 0.0
+    if c > 0 and B < 0:
+        return -math.sqrt(2 * delta / (s + EPS)) * hb, CPOCase.INFEASIBLE_RECOVERY, float("nan")
     # Both constraints may bind: solve the 1-D dual over λ.
     bound = r / c if abs(c) > EPS else math.inf
     interval_a, interval_b = ((0.0, bound), (bound, math.inf)) if c < 0 else ((bound, math.inf), (0.0, bound))
@@ -265,12 +317,13 @@ def cpo_direction(g: torch.Tensor, b: torch.Tensor, c: float, hinv: Callable[[to
     f_b = -0.5 * (q / (lam_b + EPS) + 2 * delta * lam_b)
     lam = lam_a if f_a >= f_b else lam_b
     nu = max(0.0, lam * c - r) / (s + EPS)
-    return (hg - nu * hb) / (lam + EPS), {"case": 1.0 if c >= 0 else 2.0, "lagrange_multiplier": nu}
+    return (hg - nu * hb) / (lam + EPS), CPOCase.INFEASIBLE_DUAL if c >= 0 else CPOCase.FEASIBLE_DUAL, nu
 
 
 def trust_region_step(policy: PolicyNetwork, x: torch.Tensor, action: torch.Tensor, cost_adv: torch.Tensor,
                       miss_adv: torch.Tensor, miss_value: float, args: CPOArgs) -> dict[str, float]:
-    """One CPO update of ``policy`` in place; returns the achieved KL and the dual's state.
+    """One CPO update of ``policy`` in place; returns the achieved KL, whether the step was taken,
+    the CPO case (as its number) and the Lagrange multiplier.
 
     ``cost_adv`` are advantages of the reward −cost (to increase); ``miss_adv`` advantages of the
     constraint cost 1 − coverage, whose current value ``miss_value`` must stay ≤ α.
@@ -297,7 +350,7 @@ def trust_region_step(policy: PolicyNetwork, x: torch.Tensor, action: torch.Tens
         return conjugate_gradient(fisher_vector, v, args.cg_iters)
 
     c = miss_value - args.alpha
-    direction, info = cpo_direction(g, b, c, hinv, args.delta)
+    direction, case, nu = cpo_direction(g, b, c, hinv, args.delta)
     old_params = _flat_params(policy)
     accepted, kl_value = False, 0.0
     for shrink in (0.5**i for i in range(args.backtrack_iters)):
@@ -305,7 +358,8 @@ def trust_region_step(policy: PolicyNetwork, x: torch.Tensor, action: torch.Tens
         with torch.no_grad():
             kl_value = float(mean_kl(policy, x, old_log_probs))
             new_objective, new_constraint = surrogates()
-        improves = float(new_objective) >= objective.item() - 1e-8 if info["case"] != 0.0 else True
+        # Recovery ignores the objective: any step that reduces the violation within the region will do.
+        improves = case is CPOCase.INFEASIBLE_RECOVERY or float(new_objective) >= objective.item() - 1e-8
         keeps_constraint = float(new_constraint) - constraint.item() <= max(-c, 0.0) + 1e-8
         if kl_value <= args.delta and improves and keeps_constraint:
             accepted = True
@@ -313,7 +367,7 @@ def trust_region_step(policy: PolicyNetwork, x: torch.Tensor, action: torch.Tens
     if not accepted:
         _set_flat_params(policy, old_params)
         kl_value = 0.0
-    return {"kl": kl_value, "accepted": float(accepted), **info}
+    return {"kl": kl_value, "accepted": float(accepted), "case": float(case), "lagrange_multiplier": nu}
 
 
 # --- 4. κ ---------------------------------------------------------------------------------------
@@ -361,6 +415,12 @@ def surrogate_miss(data: Batchable, episode: int, policy: PolicyNetwork, kappa: 
     return episode_miss(data, episode, gate_choices(data, episode, policy, kappa))
 
 
+def surrogate_coverage(data: Batchable, policy: PolicyNetwork, kappa: float) -> float:
+    """1 − the surrogate miss rate of Γ over all episodes of ``data``."""
+    n = len(data.starts)
+    return 1.0 - sum(surrogate_miss(data, e, policy, kappa) for e in range(n)) / n
+
+
 def calibrate_kappa(data: Batchable, policy: PolicyNetwork, alpha: float, max_candidates: int = 400) -> tuple[float, float]:
     """The largest κ whose surrogate miss rate on held-out episodes meets the conformal bound.
 
@@ -382,7 +442,7 @@ def calibrate_kappa(data: Batchable, policy: PolicyNetwork, alpha: float, max_ca
     return 0.0, sum(episode_miss(data, e, torch.ones(data.ends[e] - data.starts[e], dtype=torch.long)) for e in range(n)) / n
 
 
-# --- the loop ------------------------------------------------------------------------------------
+# --- 5. the loop: sample, fit critics, trust-region step, κ update, finalise ---------------------
 
 
 def _critic(n_features: int, hidden: int) -> torch.nn.Module:
@@ -390,6 +450,131 @@ def _critic(n_features: int, hidden: int) -> torch.nn.Module:
         torch.nn.Linear(n_features, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, hidden), torch.nn.Tanh(),
         torch.nn.Linear(hidden, 1),
     )
+
+
+@dataclass
+class Run:
+    """What the training loop carries from update to update."""
+
+    args: CPOArgs
+    episodes: list[Episode]
+    data: Batchable
+    artifact: PolicyArtifact
+    policy: PolicyNetwork
+    cost_critic: torch.nn.Module
+    coverage_critic: torch.nn.Module
+    optimiser: torch.optim.Optimizer
+    rng: random.Random
+    cost_scale: float
+    kappa: float
+
+
+@dataclass
+class Batch:
+    """A sample of episodes: their steps, the actions taken and the truncated importance weights."""
+
+    episodes: list[int]
+    x: torch.Tensor
+    action: torch.Tensor
+    rhos: torch.Tensor  # min(ρ̄, π(a|o) / μ(a|o))
+    cs: torch.Tensor  # min(c̄, π(a|o) / μ(a|o))
+
+
+def start_run(episodes: Sequence[Episode], args: CPOArgs, schema: FeatureSchema, ignore_features: Sequence[str]) -> Run:
+    """Check the input, seed, normalise the features and build the policy, critics and tensors."""
+    if unknown := sorted(set(ignore_features) - set(schema.names)):
+        raise ValueError(f"ignore_features {unknown} are not features of {schema}.")
+    episodes = [e for e in episodes if e.steps]
+    if not episodes:
+        raise ValueError("train_policy needs at least one episode with steps; collect traces first.")
+    torch.manual_seed(args.seed)  # the policy first, then the two critics: the order fixes the weights
+    rng = random.Random(args.seed)
+    mean, std, ignored = normalisation(episodes, schema, ignore_features)
+    policy = PolicyNetwork(len(schema.names), args.hidden, args.layers)
+    artifact = PolicyArtifact(policy, args.kappa_init, args.alpha, schema, mean, std, args.hidden, args.layers, ignored=ignored)
+    cost_scale = sum(e.target_flops for e in episodes) / len(episodes) or 1.0
+    data = to_tensors(episodes, artifact, cost_scale)
+    cost_critic, coverage_critic = _critic(len(schema.names), args.hidden), _critic(len(schema.names), args.hidden)
+    optimiser = torch.optim.Adam([*cost_critic.parameters(), *coverage_critic.parameters()], lr=args.critic_lr)
+    return Run(args, episodes, data, artifact, policy, cost_critic, coverage_critic, optimiser, rng, cost_scale, args.kappa_init)
+
+
+def sample_batch(run: Run) -> Batch:
+    """Draw episodes and weigh their recorded actions by π(a | o) / μ(a | o), truncated."""
+    episodes = run.rng.sample(range(len(run.episodes)), min(run.args.batch_size, len(run.episodes)))
+    index = torch.cat([torch.arange(run.data.starts[e], run.data.ends[e]) for e in episodes])
+    x, action = run.data.x[index], run.data.action[index]
+    with torch.no_grad():
+        pi_a = torch.softmax(run.policy(x), dim=-1).gather(1, action[:, None]).squeeze(1)
+        mu_escalate = run.data.mu_escalate[index]
+        mu_a = torch.where(action == 1, mu_escalate, 1 - mu_escalate).clamp_min(1e-3)
+        ratio = pi_a / mu_a
+    return Batch(episodes, x, action, ratio.clamp(max=run.args.rho_bar), ratio.clamp(max=run.args.c_bar))
+
+
+def _batch_targets(run: Run, batch: Batch) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        v_cost, v_cov = run.cost_critic(batch.x).squeeze(1), run.coverage_critic(batch.x).squeeze(1)
+        return episode_targets(run.data, batch.episodes, v_cost, v_cov, batch.rhos, batch.cs, run.args.gamma)
+
+
+def fit_critics(run: Run, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Regress both critics on V-trace targets (recomputed after each step); return the final
+    targets and the last losses."""
+    losses = {"losses/critic_cost": math.nan, "losses/critic_constraint": math.nan}
+    for _ in range(run.args.critic_updates):
+        targets = _batch_targets(run, batch)
+        loss_cost = ((run.cost_critic(batch.x).squeeze(1) - targets["vs_cost"]) ** 2).mean()
+        loss_cov = ((run.coverage_critic(batch.x).squeeze(1) - targets["vs_coverage"]) ** 2).mean()
+        run.optimiser.zero_grad()
+        (loss_cost + loss_cov).backward()
+        run.optimiser.step()
+        losses = {"losses/critic_cost": loss_cost.item(), "losses/critic_constraint": loss_cov.item()}
+    return _batch_targets(run, batch), losses
+
+
+def policy_step(run: Run, batch: Batch, targets: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The CPO trust-region step of π against the critics' advantages."""
+    miss_value = 1.0 - float(targets["start_coverage"].mean().clamp(0, 1))
+    miss_adv = -targets["adv_coverage"]  # constraint cost = 1 − coverage
+    info = trust_region_step(run.policy, batch.x, batch.action, targets["adv_cost"], miss_adv, miss_value, run.args)
+    return {"charts/kl": info["kl"], "charts/accepted": info["accepted"], "charts/cpo_case": info["case"],
+            "charts/lagrange_multiplier": info["lagrange_multiplier"], "charts/estimated_miss": miss_value}
+
+
+def kappa_step(run: Run, batch: Batch) -> dict[str, float]:
+    """The online-conformal κ update over the batch's surrogate misses (all judged at the old κ)."""
+    misses = [surrogate_miss(run.data, e, run.policy, run.kappa) for e in batch.episodes]
+    for miss in misses:
+        run.kappa = update_kappa(run.kappa, miss, run.args.alpha, run.args.eta)
+    with torch.no_grad():
+        escalate_rate = float((run.policy.escalate_probability(run.data.x) >= run.kappa).float().mean())
+    return {"charts/kappa": run.kappa, "charts/batch_misses": float(sum(misses)), "charts/escalation_rate": escalate_rate}
+
+
+def finalise(run: Run, calibration: Sequence[Episode]) -> PolicyArtifact:
+    """Set κ (online, or calibrated on held-out episodes) and record the training summary."""
+    artifact, policy = run.artifact, run.policy
+    artifact.kappa = run.kappa
+    calibration_summary: dict[str, float] = {}
+    held_out = [e for e in calibration if e.steps]
+    if held_out:
+        artifact.kappa, miss_rate = calibrate_kappa(to_tensors(held_out, artifact, run.cost_scale), policy, run.args.alpha)
+        calibration_summary = {"online_kappa": run.kappa, "calibrated_kappa": artifact.kappa,
+                               "calibration_episodes": len(held_out), "calibration_surrogate_miss": miss_rate}
+    with torch.no_grad():
+        escalation_rate = float((policy.escalate_probability(run.data.x) >= artifact.kappa).float().mean())
+    artifact.training = {
+        **calibration_summary,
+        "algorithm": "cpo+online-conformal-kappa",
+        "args": asdict(run.args),
+        "episodes": len(run.episodes),
+        "cost_scale_flops": run.cost_scale,
+        "escalation_rate": escalation_rate,
+        "surrogate_coverage": surrogate_coverage(run.data, policy, artifact.kappa),
+    }
+    policy.eval()
+    return artifact
 
 
 def train_policy(episodes: Sequence[Episode], args: CPOArgs | None = None, schema: FeatureSchema = CONFIDENCE_SCHEMA,
@@ -402,113 +587,14 @@ def train_policy(episodes: Sequence[Episode], args: CPOArgs | None = None, schem
     ``ignore_features`` are hidden from the network, for a policy that must serve a backend that
     lacks them (e.g. ``api_confidence`` on a vLLM engine reporting raw logits).
     """
-    args = args or CPOArgs()
-    if unknown := sorted(set(ignore_features) - set(schema.names)):
-        raise ValueError(f"ignore_features {unknown} are not features of {schema}.")
-    episodes = [e for e in episodes if e.steps]
-    if not episodes:
-        raise ValueError("train_policy needs at least one episode with steps; collect traces first.")
-    torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
-    mean, std, ignored = normalisation(episodes, schema, ignore_features)
-    policy = PolicyNetwork(len(schema.names), args.hidden, args.layers)
-    artifact = PolicyArtifact(policy, args.kappa_init, args.alpha, schema, mean, std, args.hidden, args.layers, ignored=ignored)
-    cost_scale = sum(e.target_flops for e in episodes) / len(episodes) or 1.0
-    data = to_tensors(episodes, artifact, cost_scale)
-    cost_critic, coverage_critic = _critic(len(schema.names), args.hidden), _critic(len(schema.names), args.hidden)
-    optimiser = torch.optim.Adam([*cost_critic.parameters(), *coverage_critic.parameters()], lr=args.critic_lr)
-    kappa = args.kappa_init
+    run = start_run(episodes, args or CPOArgs(), schema, ignore_features)
     history: list[dict[str, float]] = []
-    for step in tqdm(range(args.steps), desc="cpo", disable=not progress):
-        batch = rng.sample(range(len(episodes)), min(args.batch_size, len(episodes)))
-        index = torch.cat([torch.arange(data.starts[e], data.ends[e]) for e in batch])
-        x, action = data.x[index], data.action[index]
-        with torch.no_grad():
-            pi_a = torch.softmax(policy(x), dim=-1).gather(1, action[:, None]).squeeze(1)
-            mu_a = torch.where(action == 1, data.mu_escalate[index], 1 - data.mu_escalate[index]).clamp_min(1e-3)
-            ratio = pi_a / mu_a
-            rhos, cs = ratio.clamp(max=args.rho_bar), ratio.clamp(max=args.c_bar)
-        # Critics on V-trace targets (recomputed after each critic step).
-        for _ in range(args.critic_updates):
-            with torch.no_grad():
-                v_cost, v_cov = cost_critic(x).squeeze(1), coverage_critic(x).squeeze(1)
-                targets = _episode_targets(data, batch, v_cost, v_cov, rhos, cs, args.gamma)
-            loss_cost = ((cost_critic(x).squeeze(1) - targets["vs_cost"]) ** 2).mean()
-            loss_cov = ((coverage_critic(x).squeeze(1) - targets["vs_coverage"]) ** 2).mean()
-            optimiser.zero_grad()
-            (loss_cost + loss_cov).backward()
-            optimiser.step()
-        with torch.no_grad():
-            v_cost, v_cov = cost_critic(x).squeeze(1), coverage_critic(x).squeeze(1)
-            targets = _episode_targets(data, batch, v_cost, v_cov, rhos, cs, args.gamma)
-        cost_adv = targets["adv_cost"]
-        miss_adv = -targets["adv_coverage"]  # constraint cost = 1 − coverage
-        miss_value = 1.0 - float(targets["start_coverage"].mean().clamp(0, 1))
-        step_info = trust_region_step(policy, x, action, cost_adv, miss_adv, miss_value, args)
-        misses = [surrogate_miss(data, e, policy, kappa) for e in batch]
-        for miss in misses:
-            kappa = update_kappa(kappa, miss, args.alpha, args.eta)
-        with torch.no_grad():
-            escalate_rate = float((policy.escalate_probability(data.x) >= kappa).float().mean())
-        metrics = {
-            "losses/critic_cost": float(loss_cost),
-            "losses/critic_constraint": float(loss_cov),
-            "charts/kappa": kappa,
-            "charts/kl": step_info["kl"],
-            "charts/accepted": step_info["accepted"],
-            "charts/cpo_case": step_info["case"],
-            "charts/lagrange_multiplier": step_info["lagrange_multiplier"],
-            "charts/estimated_miss": miss_value,
-            "charts/batch_misses": float(sum(misses)),
-            "charts/escalation_rate": escalate_rate,
-        }
+    for step in tqdm(range(run.args.steps), desc="cpo", disable=not progress):
+        batch = sample_batch(run)
+        targets, losses = fit_critics(run, batch)
+        metrics = {**losses, **policy_step(run, batch, targets)}
+        metrics |= kappa_step(run, batch)
         history.append(metrics)
         if log is not None:
             log(step, metrics)
-    artifact.kappa = kappa
-    calibration_summary: dict[str, float] = {}
-    held_out = [e for e in calibration if e.steps]
-    if held_out:
-        artifact.kappa, miss_rate = calibrate_kappa(to_tensors(held_out, artifact, cost_scale), policy, args.alpha)
-        calibration_summary = {"online_kappa": kappa, "calibrated_kappa": artifact.kappa,
-                               "calibration_episodes": len(held_out), "calibration_surrogate_miss": miss_rate}
-    with torch.no_grad():
-        escalation_rate = float((policy.escalate_probability(data.x) >= artifact.kappa).float().mean())
-    artifact.training = {
-        **calibration_summary,
-        "algorithm": "cpo+online-conformal-kappa",
-        "args": asdict(args),
-        "episodes": len(episodes),
-        "cost_scale_flops": cost_scale,
-        "escalation_rate": escalation_rate,
-        "surrogate_coverage": surrogate_coverage(data, policy, artifact.kappa),
-    }
-    policy.eval()
-    return artifact, history
-
-
-def surrogate_coverage(data: Batchable, policy: PolicyNetwork, kappa: float) -> float:
-    """1 − the surrogate miss rate of Γ over all episodes of ``data``."""
-    n = len(data.starts)
-    return 1.0 - sum(surrogate_miss(data, e, policy, kappa) for e in range(n)) / n
-
-
-def _episode_targets(data: Batchable, batch: Sequence[int], v_cost: torch.Tensor, v_cov: torch.Tensor,
-                     rhos: torch.Tensor, cs: torch.Tensor, gamma: float) -> dict[str, torch.Tensor]:
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("vs_cost", "adv_cost", "vs_coverage", "adv_coverage")}
-    starts = []
-    offset = 0
-    for e in batch:
-        lo, hi = data.starts[e], data.ends[e]
-        sl = slice(offset, offset + hi - lo)
-        starts.append(offset)
-        vs, adv = vtrace_targets(data.reward[lo:hi], v_cost[sl], 0.0, rhos[sl], cs[sl], gamma)
-        out["vs_cost"].append(vs)
-        out["adv_cost"].append(adv)
-        vs, adv = vtrace_targets(data.coverage[lo:hi], v_cov[sl], 0.0, rhos[sl], cs[sl], gamma)
-        out["vs_coverage"].append(vs)
-        out["adv_coverage"].append(adv)
-        offset += hi - lo
-    result = {k: torch.cat(v) for k, v in out.items()}
-    result["start_coverage"] = result["vs_coverage"][starts]
-    return result
+    return finalise(run, calibration), history

@@ -14,7 +14,7 @@ class StepRecord:
         index: position of the step in the answer (0-based).
         observation: the draft's features o_t, keyed by the feature schema's names.
         action: 1 if the behaviour gate escalated the step, else 0.
-        behaviour_prob: μ(escalate | o_t) of the behaviour gate (not of the action taken).
+        mu_escalate: μ(escalate | o_t) of the behaviour gate (not of the action taken).
         draft: the drafted step's text.
         escalated: the step the next tier wrote from the same prefix. Collection runs it for
             every step (also when the draft was accepted) so that both verdicts are known; it
@@ -29,7 +29,7 @@ class StepRecord:
     index: int
     observation: dict[str, float | None]
     action: int
-    behaviour_prob: float
+    mu_escalate: float
     draft: str
     escalated: str | None
     draft_correct: bool | None
@@ -71,10 +71,25 @@ class Episode:
         return sum(s.cost for s in self.steps)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The stored form; μ(escalate | o) keeps the trace store's field name ``behaviour_prob``."""
+        data = asdict(self)
+        for step in data["steps"]:
+            step[STORED_MU_ESCALATE] = step.pop("mu_escalate")
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Episode:
         data = dict(data)
-        data["steps"] = [StepRecord(**s) for s in data["steps"]]
+        data["steps"] = [StepRecord(**_from_stored_step(s)) for s in data["steps"]]
         return cls(**data)
+
+
+STORED_MU_ESCALATE = "behaviour_prob"
+"""The name under which stored traces keep StepRecord.mu_escalate (unchanged, so old stores load)."""
+
+
+def _from_stored_step(step: dict[str, Any]) -> dict[str, Any]:
+    step = dict(step)
+    if STORED_MU_ESCALATE in step:
+        step["mu_escalate"] = step.pop(STORED_MU_ESCALATE)
+    return step

@@ -1,69 +1,76 @@
 """Gates: map a drafted step to accept / escalate. Find one by name with ``make_gate``.
 
+The registry is built from the gate classes: each declares its ``name`` (and former names in
+``aliases``), the ``options`` it is built from, and ``from_options``. The CLI's ``--gate`` and
+per-gate flags, the Studio graph and the testbed defaults all read it.
+
 Example:
-    >>> gate = make_gate("threshold", threshold=16.0)
+    >>> gate = make_gate("confidence-threshold", threshold=16.0)
     >>> type(gate).__name__, gate.confidence_threshold
     ('ConfidenceThresholdGate', 16.0)
+    >>> canonical_gate_name("threshold")  # a former name
+    'confidence-threshold'
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from stepgraph.errors import GateConfigError
-from stepgraph.gates.base import Gate, GateDecision, GateInput
+from stepgraph.gates.base import Gate, GateDecision, GateInput, GateOption
 from stepgraph.gates.exploring import ExploringGate
 from stepgraph.gates.policy_gate import PolicyGate
 from stepgraph.gates.simple import AlwaysDraftGate, AlwaysTargetGate, ConfidenceThresholdGate, RandomGate
 from stepgraph.gates.steer import StepwiseGMMGate
 
-GATES: dict[str, type[Gate]] = {
-    "draft": AlwaysDraftGate,
-    "target": AlwaysTargetGate,
-    "random": RandomGate,
-    "threshold": ConfidenceThresholdGate,
-    "steer": StepwiseGMMGate,
-    "policy": PolicyGate,
-}
-"""Registry name → gate class; ``make_gate`` builds one by name."""
+REGISTERED: tuple[type[Gate], ...] = (
+    PolicyGate, ConfidenceThresholdGate, StepwiseGMMGate, RandomGate, AlwaysDraftGate, AlwaysTargetGate,
+)
+"""The gates ``make_gate`` builds by name, in the order the CLI lists them."""
 
-_FILE_OPTIONS = {"policy": {"path"}, "steer": {"path", "threshold"}}
+GATES: dict[str, type[Gate]] = {cls.name: cls for cls in REGISTERED}
+"""Registry name → gate class."""
+
+ALIASES: dict[str, str] = {alias: cls.name for cls in REGISTERED for alias in cls.aliases}
+"""Former name → registry name; the former names keep working everywhere a gate is named."""
+
+
+def canonical_gate_name(name: str) -> str:
+    """The registry name of ``name`` (itself or a former name).
+
+    Raises:
+        GateConfigError: an unknown name.
+    """
+    name = ALIASES.get(name, name)
+    if name not in GATES:
+        raise GateConfigError(f"Unknown gate {name!r}; choose one of {', '.join(sorted(GATES))} "
+                              f"(former names: {', '.join(sorted(ALIASES))}).")
+    return name
 
 
 def make_gate(name: str, **options: Any) -> Gate:
-    """Build a gate by registry name.
+    """Build a gate by registry name (or a former name) from its options.
 
-    ``policy`` and ``steer`` are loaded from files: both take ``path=`` (the policy directory,
-    the saved STEER JSON), and ``steer`` optionally ``threshold=`` to override the saved
-    posterior threshold. The other gates take their constructor's keyword arguments.
+    ``policy`` and ``stepwise-gmm`` are loaded from files: both take ``path=`` (the policy
+    directory, the saved STEER JSON), and ``stepwise-gmm`` optionally ``threshold=`` to override
+    the saved posterior threshold. The other gates take their constructor's keyword arguments.
+    Each class's ``options`` lists what it takes.
 
     Raises:
-        ValueError: an unknown name, or a file-backed gate without ``path`` or with options it
-            does not take.
+        GateConfigError (a ValueError): an unknown name, an option the gate does not take, or a
+            file-backed gate without ``path``.
         PolicyFileError: the policy artifact is missing, corrupted or of another feature schema.
     """
-    if name not in GATES:
-        raise GateConfigError(f"Unknown gate {name!r}; choose one of {', '.join(sorted(GATES))}.")
-    if name not in _FILE_OPTIONS:
-        return GATES[name](**options)
-    unexpected = set(options) - _FILE_OPTIONS[name]
-    if unexpected:
-        raise GateConfigError(f"Gate {name!r} takes only {sorted(_FILE_OPTIONS[name])}, not {sorted(unexpected)}.")
-    if options.get("path") is None:
-        what = "a policy artifact directory" if name == "policy" else "a fitted STEER gate JSON file"
-        raise GateConfigError(f"Gate {name!r} needs path= to {what}.")
-    path = Path(options["path"])
-    if name == "policy":
-        return PolicyGate.from_path(path)
-    gate = StepwiseGMMGate.load(path)
-    if options.get("threshold") is not None:
-        gate = StepwiseGMMGate(gate.mixtures, gate.pooled, float(options["threshold"]), gate.feature)  # validates it
-    return gate
+    cls = GATES[canonical_gate_name(name)]
+    if unexpected := set(options) - set(cls.options):
+        raise GateConfigError(f"Gate {cls.name!r} takes only {sorted(cls.options)}, not {sorted(unexpected)}.")
+    return cls.from_options(**options)
 
 
 __all__ = [
+    "ALIASES",
     "GATES",
+    "REGISTERED",
     "AlwaysDraftGate",
     "AlwaysTargetGate",
     "ConfidenceThresholdGate",
@@ -71,8 +78,10 @@ __all__ = [
     "Gate",
     "GateDecision",
     "GateInput",
+    "GateOption",
     "PolicyGate",
     "RandomGate",
     "StepwiseGMMGate",
+    "canonical_gate_name",
     "make_gate",
 ]

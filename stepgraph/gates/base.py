@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from stepgraph.features import Observation
 from stepgraph.models.base import StepOutput
@@ -41,23 +43,42 @@ class GateDecision:
     Attributes:
         escalate: whether the next tier should regenerate the step.
         score: the escalation score that was compared with the threshold.
-        probability: μ(escalate | o), the probability that this gate escalates on this input,
+        mu_escalate: μ(escalate | o), the probability that this gate escalates on this input,
             whichever action it took (not the probability of the action taken): 1.0 or 0.0 for
             deterministic gates, ``rate`` for RandomGate, (1 − ε)·1{base escalates} + ε/2 for
             ExploringGate. Off-policy training reads it as the behaviour probability.
         reason: why the gate escalated without comparing a score (e.g. ``"non-finite score"``);
             None for an ordinary decision.
+        cost: what the gate's own model calls cost on this decision, per tier as in the graph's
+            ``costs`` (e.g. a judging pass of the next tier's model); the gate node adds it to
+            the run's costs. Empty for gates that call no model.
     """
 
     escalate: bool
     score: float
-    probability: float
+    mu_escalate: float
     reason: str | None = None
+    cost: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def non_finite_features(observation: Observation) -> list[str]:
     """Names of features whose value is NaN or ±inf (None means "not reported" and is allowed)."""
     return [name for name, value in observation.items() if value is not None and not math.isfinite(value)]
+
+
+@dataclass(frozen=True)
+class GateOption:
+    """An option a registered gate is built from, as the CLI offers it.
+
+    Attributes:
+        flag: the CLI flag (options of several gates may share one, e.g. ``--threshold``).
+        type: how the CLI parses it.
+        help: what it means for this gate, with its default.
+    """
+
+    flag: str
+    type: type
+    help: str
 
 
 class Gate(ABC):
@@ -69,10 +90,20 @@ class Gate(ABC):
     """
 
     name: str = "gate"
+    """The gate's registry name (for a composed gate such as ExploringGate, a description)."""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    """Former registry names that still find the gate."""
+    options: ClassVar[Mapping[str, GateOption]] = {}
+    """The options ``from_options`` takes, by keyword, with their CLI flags."""
     threshold: float = 0.5
     reads_features: bool = True
     """False for gates whose decision ignores the observation (fixed, random, oracle): a
     non-finite feature then changes nothing, and baselines keep their documented behaviour."""
+
+    @classmethod
+    def from_options(cls, **options: Any) -> Gate:
+        """Build the gate from registry options (default: the constructor's keyword arguments)."""
+        return cls(**options)
 
     @abstractmethod
     def score(self, x: GateInput) -> float:

@@ -21,9 +21,9 @@ class ExploringGate(Gate):
     so each action has probability at least ε/2. For a stochastic base (e.g. ``RandomGate``)
     the indicator becomes the base's own escalation probability.
 
-    ``decide`` samples the action and returns ``GateDecision(escalate, score, probability)``
-    where ``score`` is the base gate's score and ``probability`` is always μ(escalate | o), the
-    probability of *escalating*, whichever action was drawn; μ(accept | o) = 1 − probability.
+    ``decide`` samples the action and returns ``GateDecision(escalate, score, mu_escalate)``
+    where ``score`` is the base gate's score and ``mu_escalate`` is always μ(escalate | o), the
+    probability of *escalating*, whichever action was drawn; μ(accept | o) = 1 − mu_escalate.
 
     Args:
         base: the gate explored around.
@@ -33,7 +33,7 @@ class ExploringGate(Gate):
     Example:
         >>> from stepgraph.gates.simple import AlwaysDraftGate
         >>> ExploringGate(AlwaysDraftGate(), epsilon=0.2, seed=0).name
-        'exploring(draft, eps=0.2)'
+        'exploring(never-escalate, eps=0.2)'
     """
 
     def __init__(self, base: Gate, epsilon: float = 0.2, seed: int | None = None) -> None:
@@ -51,7 +51,7 @@ class ExploringGate(Gate):
         base = self.base.decide(x)
         if base.reason is not None:  # a forced escalation (non-finite input) is not explored around
             return base
-        mu = (1.0 - self.epsilon) * base.probability + self.epsilon / 2
+        mu = (1.0 - self.epsilon) * base.mu_escalate + self.epsilon / 2
         explore = self._rng.random() < self.epsilon
         escalate = self._rng.random() < 0.5 if explore else base.escalate
-        return GateDecision(escalate, base.score, mu)
+        return GateDecision(escalate, base.score, mu, base.reason, base.cost)

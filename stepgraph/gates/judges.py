@@ -1,9 +1,9 @@
 """Gates that judge the draft's content: RSD (a process reward model), SpecReason (the strong
 model as judge), and the oracle (an exact verifier).
 
-Their judging calls are not model calls of the graph, so the graph's costs do not include them;
-a gate that calls a model keeps its own count in ``judge_flops`` (2·N per scored token, the
-paper's convention), which the benchmark adds to each run's FLOPs.
+A gate that calls a model reports what the call cost in its ``GateDecision.cost`` (2·N FLOPs per
+scored token, the paper's convention), under the judging model's tier; the gate node adds it to
+the run's ``costs``, so the run's totals include the judging like any other model call.
 """
 
 from __future__ import annotations
@@ -66,25 +66,42 @@ class JudgeGate(_BelowThresholdGate):
     likely token given the same prefix (its likelihood of the step, read where it is weakest),
     instead of a prompted yes/no judgement.
 
+    Each judging pass is one call of the judge, costing 2·N FLOPs per scored token; it is
+    reported in the decision's ``cost`` under ``judge_tier``.
+
     Args:
         judge: the strong model, with ``step_logprobs``.
         threshold: acceptance scores below it escalate.
+        judge_tier: the judge's tier in the graph (default: the tier above the draft's, which is
+            where the strong model sits when it also regenerates escalated steps).
     """
 
     name = "specreason"
 
-    def __init__(self, judge: StepScorer, threshold: float = 0.5) -> None:
+    def __init__(self, judge: StepScorer, threshold: float = 0.5, judge_tier: int | None = None) -> None:
         super().__init__(threshold)
         self.judge = judge
-        self.judge_flops = 0.0
+        self.judge_tier = judge_tier
+
+    def _judge(self, x: GateInput) -> list[float] | None:
+        try:
+            return self.judge.step_logprobs(x.question, list(x.steps), x.draft.text)
+        except ValueError:
+            return None  # a step the judge cannot even tokenize in place
 
     def acceptance(self, x: GateInput) -> float:
-        try:
-            logprobs = self.judge.step_logprobs(x.question, list(x.steps), x.draft.text)
-        except ValueError:
-            return 0.0  # a step the judge cannot even tokenize in place is not accepted
-        self.judge_flops += 2.0 * self.judge.n_params * len(logprobs)
-        return math.exp(min(logprobs)) if logprobs else 0.0
+        logprobs = self._judge(x)
+        return math.exp(min(logprobs)) if logprobs else 0.0  # an unscorable step is not accepted
+
+    def decide(self, x: GateInput) -> GateDecision:
+        # One judging call per decision: the score and the cost come from the same log-probabilities.
+        logprobs = self._judge(x)
+        score = self.accept_threshold - (math.exp(min(logprobs)) if logprobs else 0.0)
+        tier = x.tier + 1 if self.judge_tier is None else self.judge_tier
+        cost = {str(tier): {"calls": 1.0, "flops": 2.0 * self.judge.n_params * len(logprobs or [])}}
+        if not math.isfinite(score):  # a judge returning NaN log-probabilities: the safe side
+            return GateDecision(True, score, 1.0, "non-finite score", cost)
+        return GateDecision(score > 0, score, float(score > 0), cost=cost)
 
 
 class OracleGate(Gate):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, ClassVar
 
-from stepgraph.gates.base import Gate, GateInput
+from stepgraph.errors import GateConfigError
+from stepgraph.gates.base import Gate, GateInput, GateOption
 from stepgraph.policy import PolicyArtifact
 
 
@@ -19,11 +22,12 @@ class PolicyGate(Gate):
         artifact: a loaded PolicyArtifact (``PolicyGate.from_path`` loads and validates one).
 
     Example:
-        >>> from stepgraph.defaults import DEFAULT_POLICY_DIR
+        >>> from stepgraph.testbed.defaults import DEFAULT_POLICY_DIR
         >>> gate = PolicyGate.from_path(DEFAULT_POLICY_DIR)  # doctest: +SKIP
     """
 
     name = "policy"
+    options: ClassVar[Mapping[str, GateOption]] = {"path": GateOption("--policy", Path, "the policy artifact directory")}
 
     def __init__(self, artifact: PolicyArtifact) -> None:
         self.artifact = artifact
@@ -40,6 +44,14 @@ class PolicyGate(Gate):
         """
         return cls(PolicyArtifact.load(directory))
 
+    @classmethod
+    def from_options(cls, **options: Any) -> PolicyGate:
+        """``from_path`` for the registry: ``path=`` is required."""
+        path = options.get("path")
+        if path is None:
+            raise GateConfigError(f"Gate {cls.name!r} needs path= to a policy artifact directory (CLI: --policy DIR).")
+        return cls.from_path(path)
+
     def score(self, x: GateInput) -> float:
         """π(escalate | o) of the draft's observation."""
         self._warn_on_missing(x.observation)
@@ -53,7 +65,7 @@ class PolicyGate(Gate):
                     f"The policy was trained with {name!r} but the draft's backend does not report it; it is imputed "
                     "with its training mean, and the calibrated coverage no longer holds (e.g. a vLLM engine with "
                     "logprobs_mode='raw_logits' has no log-probabilities). Use a policy trained without it: "
-                    "stepgraph.defaults.LOGITS_ONLY_POLICY_DIR for the shipped pair, or "
+                    "stepgraph.testbed.defaults.LOGITS_ONLY_POLICY_DIR for the shipped pair, or "
                     "`stepgraph train --ignore-feature NAME` on your traces.",
                     RuntimeWarning,
                     stacklevel=2,

@@ -19,12 +19,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from stepgraph.errors import GateConfigError
-from stepgraph.gates.base import Gate, GateInput
+from stepgraph.gates.base import Gate, GateInput, GateOption
 from stepgraph.gates.simple import CONFIDENCE_FEATURES, confidence_of
 
 FORMAT = "stepgraph.steer"
@@ -121,7 +121,12 @@ class StepwiseGMMGate(Gate):
         [3, 10]
     """
 
-    name = "steer"
+    name = "stepwise-gmm"
+    aliases = ("steer",)
+    options: ClassVar[Mapping[str, GateOption]] = {
+        "path": GateOption("--steer", Path, "the fitted STEER gate's JSON file (required)"),
+        "threshold": GateOption("--threshold", float, "posterior threshold in [0, 1] (default: the saved one)"),
+    }
 
     def __init__(self, mixtures: Mapping[int, Mixture], pooled: Mixture, threshold: float = 0.5,
                  feature: str = "logit_confidence") -> None:
@@ -164,6 +169,21 @@ class StepwiseGMMGate(Gate):
         pooled = fit_mixture(everything)
         mixtures = {b: fit_mixture(s) if len(s) >= min_scores else pooled for b, s in sorted(buckets.items()) if s}
         return cls(mixtures, pooled, threshold, feature)
+
+    @classmethod
+    def from_options(cls, **options: Any) -> StepwiseGMMGate:
+        """Load the gate saved at ``path=``, with the posterior ``threshold=`` if given.
+
+        Raises:
+            GateConfigError: no ``path``, or a bad threshold or file.
+        """
+        path, threshold = options.get("path"), options.get("threshold")
+        if path is None:
+            raise GateConfigError(f"Gate {cls.name!r} needs path= to a fitted STEER gate JSON file (CLI: --steer FILE).")
+        gate = cls.load(path)
+        if threshold is not None:
+            gate = cls(gate.mixtures, gate.pooled, float(threshold), gate.feature)  # validates it
+        return gate
 
     def mixture_for(self, step_index: int) -> Mixture:
         """The mixture of a step position: its bucket's, the last bucket's past it, else the pooled one."""

@@ -1,7 +1,8 @@
 """The stepwise router on the shipped testbed pair, as LangGraph Studio and ``langgraph dev`` serve it.
 
-The run's ``gate`` context field picks among: the embedded default (the shipped policy, else a
-confidence threshold), ``threshold``, ``draft`` (never escalate) and ``target`` (always).
+The run's ``gate`` context field picks among ``STUDIO_GATES`` (registry names, first the default:
+the shipped policy, else the confidence threshold), each built with the testbed defaults; the
+gates' former names (``threshold``, ``draft``, ``target``) pick the same gates.
 ``graphs/router.py`` (what ``langgraph.json`` points at) serves ``served_graph()``, the same
 graph under ``SERVED_LIMITS``; the chat model and the tool use ``default_graph()``.
 
@@ -78,17 +79,17 @@ def _shipped_tiers() -> list[StepModel]:
     return [_local_model(DRAFT_MODEL_DIR), _local_model(TARGET_MODEL_DIR)]
 
 
-def _graph(name: str, limits: RouterLimits | None) -> Any:
-    from stepgraph.defaults import default_gate_name, resolve_gate
-    from stepgraph.gates import AlwaysDraftGate, AlwaysTargetGate
-    from stepgraph.graph import build_graph
+STUDIO_GATES = ("confidence-threshold", "never-escalate", "always-escalate")
+"""The registered gates the Studio graph offers besides the default (all need no file of their own)."""
 
-    gates = {
-        default_gate_name(): resolve_gate(),
-        "threshold": resolve_gate("threshold"),
-        "draft": AlwaysDraftGate(),
-        "target": AlwaysTargetGate(),
-    }
+
+def _graph(name: str, limits: RouterLimits | None) -> Any:
+    from stepgraph.gates import ALIASES
+    from stepgraph.graph import build_graph
+    from stepgraph.testbed.defaults import default_gate_name, resolve_gate
+
+    gates = {gate: resolve_gate(gate) for gate in dict.fromkeys((default_gate_name(), *STUDIO_GATES))}
+    gates |= {alias: gates[gate] for alias, gate in ALIASES.items() if gate in gates}  # former names, same gates
     return build_graph(_shipped_tiers(), gates, name=name, limits=limits)
 
 

@@ -5,7 +5,7 @@ engine with ``logprobs_mode="raw_logits"`` and the reported top-k values are raw
 top one is exactly the max logit STEER's score is built from (``logit_confidence``). With vLLM's
 default ``raw_logprobs`` they are log-probabilities instead and give ``api_confidence``. An
 engine reports one kind, never both, so the other feature is None: route a raw-logits draft with
-a policy trained without ``api_confidence`` (``stepgraph.defaults.LOGITS_ONLY_POLICY_DIR`` for
+a policy trained without ``api_confidence`` (``stepgraph.testbed.defaults.LOGITS_ONLY_POLICY_DIR`` for
 the shipped pair).
 
 Concurrent ``generate_step`` calls (``graph.batch(...)`` runs graph states in threads) share
