@@ -99,15 +99,17 @@ def _question_and_models(args: argparse.Namespace) -> tuple[str, list[Path]]:
 
 
 def _solve(args: argparse.Namespace) -> int:
-    from stepgraph.graph import build_graph
-    from stepgraph.models.local import TransformersStepModel
     from stepgraph.nodes import validate_question
 
     question, models = _question_and_models(args)
     context = _context(args)
-    question = validate_question(question, context.max_question_chars)  # before any model loads
+    question = validate_question(question, context.max_question_chars)  # before the graph and models load
+    from stepgraph.graph import build_graph
+    from stepgraph.models.local import TransformersStepModel, check_tier_tokenizers
+
     gate = resolve_gate(args.gate, **_gate_options(args))
     tiers = [TransformersStepModel(path) for path in models]
+    check_tier_tokenizers(tiers)
     graph = build_graph(tiers, gate)
     result = graph.invoke({"question": question}, context=context)
     if args.json:
@@ -154,7 +156,12 @@ def _throughput(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+RUNTIME_COMMANDS = ("solve", "overhead", "throughput")
+
+
+def build_parser(offline: bool = True) -> argparse.ArgumentParser:
+    """The CLI's parser; ``offline=False`` leaves out collect/train/evaluate/bench, whose
+    imports (the trainer, math-verify, LangChain) would slow a ``solve`` down by seconds."""
     parser = argparse.ArgumentParser(
         prog="stepgraph",
         description="Stepwise model routing: a small model drafts each reasoning step, a gate decides "
@@ -193,15 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
     throughput.add_argument("--seed", type=int, default=0, help="problem seed (default: %(default)s)")
     throughput.add_argument("--json-out", type=Path, default=None, help="also write the rows as JSON to this file")
     throughput.set_defaults(func=_throughput)
-    from stepgraph.training.commands import add_commands
+    if offline:
+        from stepgraph.training.commands import add_commands
 
-    add_commands(sub)
+        add_commands(sub)
     parser.epilog = "Run `stepgraph COMMAND --help` for a command's options and their defaults."
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(offline=not argv or argv[0] not in RUNTIME_COMMANDS).parse_args(argv)
     try:
         result = args.func(args)
         if isinstance(result, dict):  # the offline commands report JSON on stdout
