@@ -69,5 +69,5 @@ def test_loading_a_directory_that_is_not_a_model_fails_clearly(tmp_path):
     with pytest.raises(ModelLoadError, match="config.json"):
         TransformersStepModel(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
-    with pytest.raises(ModelLoadError, match="no tokenizer file"):
+    with pytest.raises(ModelLoadError, match="no safetensors weights"):
         TransformersStepModel(tmp_path)

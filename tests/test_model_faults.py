@@ -107,7 +107,7 @@ def test_a_models_own_error_is_attributed_to_the_model():
     def broken_forward(*args, **kwargs):
         raise ValueError("rotary embedding got an unexpected shape")
 
-    draft.model.forward = broken_forward
+    draft.model.logits = broken_forward
     graph = build_graph([draft, target], AlwaysDraftGate())
     with pytest.raises(ModelOutputError, match=r"draft \(.*draft\) failed while generating a step: ValueError: rotary") as err:
         graph.invoke({"question": QUESTION})
@@ -136,3 +136,49 @@ def test_concurrent_runs_cost_no_more_prefill_than_sequential_ones():
 def test_cache_slots_is_validated():
     with pytest.raises(ValueError, match="cache_slots must be an integer >= 1"):
         TransformersStepModel(DRAFT_MODEL_DIR, cache_slots=0)
+
+
+@pytest.mark.parametrize("model_dir", [DRAFT_MODEL_DIR, TARGET_MODEL_DIR], ids=["draft", "target"])
+def test_fast_qwen2_path_computes_what_transformers_computes(model_dir):
+    """The shipped pair loads without transformers; its prompts, token ids and logits are transformers'."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stepgraph.models import qwen2
+
+    fast = TransformersStepModel(model_dir, system_prompt="Reason step by step.")
+    assert isinstance(fast.model, qwen2.Qwen2) and isinstance(fast.tokenizer, qwen2.ChatTokenizer)
+    tokenizer, reference = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    messages = [{"role": "system", "content": "Reason step by step."}, {"role": "user", "content": QUESTION}]
+    prompt = fast.prompt(QUESTION, ["3+2=5"])
+    assert prompt == tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + "3+2=5\n\n"
+    ids = fast.tokenizer(prompt)["input_ids"]
+    assert ids == tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert fast.n_params == sum(p.numel() for p in reference.parameters())
+    with torch.inference_mode():
+        expected = reference(input_ids=torch.tensor([ids])).logits[0]
+        cache = fast.model.new_cache()  # in three pieces, as the prefix cache feeds it
+        pieces = [fast.model.logits(ids[:-5], cache), fast.model.logits(ids[-5:-1], cache), fast.model.logits(ids[-1:], cache)]
+    assert torch.allclose(torch.cat(pieces), expected, atol=1e-4)
+
+
+def test_qwen2_outside_the_fast_paths_scope_loads_through_transformers(tmp_path):
+    path = copy_model(tmp_path, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0})
+    model = TransformersStepModel(path)
+    assert type(model.model).__name__ == "_Transformers"
+    assert model.generate_step(QUESTION, [], seed=0).generated_tokens > 0
+
+
+def test_solving_on_the_shipped_pair_does_not_import_transformers():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from stepgraph import build_graph, load_pair, resolve_gate\n"
+        f"result = build_graph(load_pair(), resolve_gate()).invoke({{'question': {QUESTION!r}}})\n"
+        "print(result['stop_reason'], 'transformers' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert result.stdout.split() == ["final_answer", "False"], result.stderr
+    assert result.stderr == ""  # and prints no warnings

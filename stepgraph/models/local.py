@@ -7,21 +7,20 @@ testbed models run on by default.
 from __future__ import annotations
 
 import copy
+import json
 import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from stepgraph.errors import ConfigError, ModelLoadError, ModelOutputError
+from stepgraph.models import qwen2
 from stepgraph.models.base import STEP_SEPARATOR, StepOutput, continuation_prompt, split_step
-
-if TYPE_CHECKING:
-    from transformers import DynamicCache
 
 # Rendered through each model's chat template and tokenizer at load, so a broken template or
 # tokenizer fails there, naming its file, instead of inside a run.
@@ -84,16 +83,28 @@ class TransformersStepModel:
         self.path = path
         self.system_prompt = system_prompt
         self.top_k = top_k
-        self.tokenizer = _load_tokenizer(path)
-        self.model = _load_model(path, dtype)
-        self.n_params = sum(p.numel() for p in self.model.parameters())
-        self.max_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
-        self._eos_ids = {i for i in _as_list(self.model.config.eos_token_id) + [self.tokenizer.eos_token_id] if i is not None}
+        _check_weight_files(path)
+        config = _read_config(path)
+        self.tokenizer: Any
+        self.model: Any  # qwen2.Qwen2 or _Transformers: logits(ids, cache), new_cache(), sizes
+        if qwen2.is_plain_qwen2(path, config):  # the fast path: no transformers import
+            try:
+                self.tokenizer = qwen2.ChatTokenizer(path)
+            except Exception as exc:  # tokenizers raises its own exception types for a corrupt file
+                raise ModelLoadError(f"Could not load the tokenizer in {path} ({path / 'tokenizer.json'}): {exc}") from exc
+            self.model, report = qwen2.load(path, dtype)
+        else:
+            self.tokenizer = _load_tokenizer(path)
+            self.model, report = _load_transformers_model(path, dtype)
+        _refuse_unfit_weights(path, config, report)
+        self.n_params = self.model.n_params
+        self.max_length = self.model.max_length
+        self._eos_ids = {i for i in [*self.model.eos_token_ids, self.tokenizer.eos_token_id] if i is not None}
         self._check_tokenizer_fits_model()
         self._check_chat_template()
         self._lock = threading.Lock()  # one generation at a time: the prefix caches are shared state
         self._cache_slots = cache_slots
-        self._caches: OrderedDict[tuple[int, ...], DynamicCache] = OrderedDict()  # token ids -> their keys/values
+        self._caches: OrderedDict[tuple[int, ...], Any] = OrderedDict()  # token ids -> their keys/values
 
     def prompt(self, question: str, steps: Sequence[str]) -> str:
         """The text the model continues: chat prompt, then the accepted steps and a blank line."""
@@ -163,21 +174,19 @@ class TransformersStepModel:
         if ids[: len(prefix)] != prefix or len(ids) == len(prefix):
             raise ValueError("The step does not extend the prompt token-wise; cannot score it.")
         with self._attributed("scoring a step"):
-            logits = self.model(input_ids=torch.tensor([ids])).logits[0, len(prefix) - 1 : -1].float()
+            logits = self.model.logits(ids)[len(prefix) - 1 : -1]
         logprobs = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(ids[len(prefix) :])[:, None])
         return [float(v) for v in logprobs.squeeze(1)]
 
     def _token_text(self, token_id: int) -> str:
         return str(self.tokenizer.decode([token_id]))
 
-    def _reuse_cache(self, prompt_ids: list[int]) -> tuple[DynamicCache, int]:
+    def _reuse_cache(self, prompt_ids: list[int]) -> tuple[Any, int]:
         """A cache holding the longest kept prefix of ``prompt_ids`` and that prefix's length.
 
         A kept sequence that the prompt fully extends is taken over; one that diverges is copied
         before it is cut back, so another run's continuation stays available to that run.
         """
-        from transformers import DynamicCache
-
         best, common = None, 0
         for key in self._caches:
             n = _common_prefix(key, prompt_ids)
@@ -185,7 +194,7 @@ class TransformersStepModel:
                 best, common = key, n
         common = min(common, len(prompt_ids) - 1)  # at least one token must be fed for logits
         if best is None or common == 0:
-            return DynamicCache(config=self.model.config), 0
+            return self.model.new_cache(), 0
         if common == len(best):
             cache = self._caches.pop(best)  # the new sequence supersedes it
         else:
@@ -194,7 +203,7 @@ class TransformersStepModel:
             cache.crop(common - cache.get_seq_length())  # a negative count removes that many tokens
         return cache, common
 
-    def _keep_cache(self, ids: list[int], cache: DynamicCache) -> None:
+    def _keep_cache(self, ids: list[int], cache: Any) -> None:
         self._caches[tuple(ids)] = cache
         self._caches.move_to_end(tuple(ids))
         while len(self._caches) > self._cache_slots:
@@ -211,7 +220,7 @@ class TransformersStepModel:
             raise ModelOutputError(f"{self.name} ({self.path}) failed while {doing}: {type(exc).__name__}: {exc}") from exc
 
     def _check_tokenizer_fits_model(self) -> None:
-        rows = self.model.get_input_embeddings().num_embeddings
+        rows = self.model.num_embeddings
         ids = self.tokenizer(PROBE_QUESTION, add_special_tokens=False)["input_ids"]
         top = max([len(self.tokenizer) - 1, *ids])
         if top >= rows:
@@ -240,9 +249,8 @@ class TransformersStepModel:
                 f"The chat template of {self.path} ({_template_file(self.path)}) drops the user's question from the prompt."
             )
 
-    def _forward(self, ids: list[int], cache: DynamicCache) -> torch.Tensor:
-        out = self.model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
-        return out.logits[0, -1].float()
+    def _forward(self, ids: list[int], cache: Any) -> torch.Tensor:
+        return self.model.logits(ids, cache)[-1]
 
 
 def check_tier_tokenizers(tiers: Sequence[Any]) -> None:
@@ -285,45 +293,84 @@ def _load_tokenizer(path: Path) -> Any:
         raise ModelLoadError(f"Could not load the tokenizer in {path} ({_tokenizer_file(path)}): {exc}") from exc
 
 
-def _load_model(path: Path, dtype: torch.dtype) -> Any:
-    """The model, refusing weights that do not fit its config instead of initialising them at random."""
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"Could not read {path / 'config.json'}: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path / 'config.json'} must hold a JSON object, not {type(config).__name__}.")
+    return config
+
+
+def _check_weight_files(path: Path) -> None:
+    """Find missing, truncated or corrupt safetensors files before any loader reads them."""
     from safetensors import SafetensorError, safe_open
-    from transformers import AutoModelForCausalLM
 
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
         raise ModelLoadError(f"{path} has no safetensors weights (model.safetensors); other formats are not loaded.")
-    for file in weights:  # the header check finds truncated or corrupt files before transformers does
+    for file in weights:
         try:
             with safe_open(file, framework="pt") as f:
                 f.keys()
         except (SafetensorError, OSError) as exc:
             raise ModelLoadError(f"{file} is truncated or corrupted ({exc}); download or copy it again.") from exc
-    try:
-        with _quiet_transformers():  # its load report is ours to judge and word
-            model, info = AutoModelForCausalLM.from_pretrained(
-                path, dtype=dtype, use_safetensors=True, output_loading_info=True, ignore_mismatched_sizes=True
-            )
-    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
-        raise ModelLoadError(f"Could not load the model in {path}: {exc}") from exc
+
+
+def _refuse_unfit_weights(path: Path, config: dict[str, Any], report: dict[str, Any]) -> None:
+    """Refuse weights that do not fit the config instead of running on random or dropped tensors."""
     problems = []
     for kind, what in (
         ("missing_keys", "missing from the weights (they would be random)"),
         ("unexpected_keys", "in the weights but not in the model (they would be dropped)"),
         ("mismatched_keys", "of another shape in the weights than in config.json"),
     ):
-        keys = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get(kind) or [])
+        keys = sorted(str(k[0] if isinstance(k, tuple) else k) for k in report.get(kind) or [])
         if keys:
-            shown = ", ".join(keys[:4]) + (f", ... ({len(keys)} in all)" if len(keys) > 4 else "")
-            problems.append(f"{what}: {shown}")
+            problems.append(f"{what}: " + ", ".join(keys[:4]) + (f", ... ({len(keys)} in all)" if len(keys) > 4 else ""))
     if problems:
-        arch = getattr(model.config, "model_type", "?")
         raise ModelLoadError(
-            f"The weights in {path} do not fit its config.json (model_type {arch!r}, "
-            f"{getattr(model.config, 'num_hidden_layers', '?')} layers); tensors " + "; tensors ".join(problems)
+            f"The weights in {path} do not fit its config.json (model_type {config.get('model_type')!r}, "
+            f"{config.get('num_hidden_layers', '?')} layers); tensors " + "; tensors ".join(problems)
             + ". Use the config.json that came with these weights."
         )
-    return model.eval()
+
+
+class _Transformers:
+    """A transformers causal LM behind the interface of ``qwen2.Qwen2``."""
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+        config = module.config
+        self.n_params = sum(p.numel() for p in module.parameters())
+        self.num_embeddings = module.get_input_embeddings().num_embeddings
+        self.max_length = int(getattr(config, "max_position_embeddings", 2048))
+        self.eos_token_ids = _as_list(config.eos_token_id)
+
+    def new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.module.config)
+
+    def logits(self, ids: Sequence[int], cache: Any = None) -> torch.Tensor:
+        out = self.module(input_ids=torch.tensor([list(ids)]), past_key_values=cache, use_cache=cache is not None)
+        return out.logits[0].float()
+
+
+def _load_transformers_model(path: Path, dtype: torch.dtype) -> tuple[_Transformers, dict[str, Any]]:
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with _quiet_transformers():  # its load report is ours to judge and word
+            loaded: Any = AutoModelForCausalLM.from_pretrained(  # (model, report) with output_loading_info
+                path, dtype=dtype, use_safetensors=True, output_loading_info=True, ignore_mismatched_sizes=True
+            )
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+        raise ModelLoadError(f"Could not load the model in {path}: {exc}") from exc
+    model, report = loaded
+    return _Transformers(model.eval()), report
 
 
 @contextmanager
