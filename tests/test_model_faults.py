@@ -47,6 +47,18 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path, config, messag
     assert str(path) in str(err.value) and "config.json" in str(err.value)
 
 
+def test_unreadable_config_is_named(tmp_path):
+    path = copy_model(tmp_path)
+    config = json.loads((path / "config.json").read_text())
+    del config["hidden_size"]
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=r"check config\.json\): KeyError: 'hidden_size'"):
+        TransformersStepModel(path)
+    (path / "config.json").write_text("[1]")
+    with pytest.raises(ModelLoadError, match=r"config\.json must hold a JSON object, not list"):
+        TransformersStepModel(path)
+
+
 def test_missing_tokenizer_file_is_named(tmp_path):
     path = copy_model(tmp_path)
     (path / "tokenizer.json").unlink()

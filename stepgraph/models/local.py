@@ -1,7 +1,8 @@
-"""Local transformers backend: any Hugging Face causal LM directory, full logits, on CPU.
+"""Local backend: any Hugging Face causal LM directory, full logits, on CPU.
 
 This is the code path a user points at a real Qwen2.5-Math checkpoint, and the one the shipped
-testbed models run on by default.
+testbed models run on by default. Plain Qwen2 checkpoints run on ``stepgraph.models.qwen2``
+(no transformers import, seconds faster to start); every other directory on transformers.
 """
 
 from __future__ import annotations
@@ -92,7 +93,10 @@ class TransformersStepModel:
                 self.tokenizer = qwen2.ChatTokenizer(path)
             except Exception as exc:  # tokenizers raises its own exception types for a corrupt file
                 raise ModelLoadError(f"Could not load the tokenizer in {path} ({path / 'tokenizer.json'}): {exc}") from exc
-            self.model, report = qwen2.load(path, dtype)
+            try:
+                self.model, report = qwen2.load(path, dtype)
+            except (KeyError, ValueError, TypeError) as exc:
+                raise ModelLoadError(f"Could not load the model in {path} (check config.json): {type(exc).__name__}: {exc}") from exc
         else:
             self.tokenizer = _load_tokenizer(path)
             self.model, report = _load_transformers_model(path, dtype)
