@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 TIMEOUT_SECONDS = 5
@@ -29,14 +30,41 @@ def extract_boxed(text: str) -> str | None:
 
 
 def is_correct(predicted: str | None, reference: str) -> bool:
-    """Whether a predicted final answer equals the reference, mathematically (math-verify)."""
+    """Whether a predicted final answer equals the reference, mathematically (math-verify).
+
+    A comparison that takes longer than ``TIMEOUT_SECONDS`` counts as wrong.
+    """
     if predicted is None or not predicted.strip():
         return False
-    from math_verify import parse, verify  # imported here: it takes seconds, and the graph only needs extract_boxed
+    # math-verify's own timeout uses SIGALRM, which only the main thread may set, so judging
+    # from collection workers or async executors would run without one. The comparison runs in
+    # a daemon thread instead, on every thread alike, and is abandoned when it overruns.
+    from math_verify import parse, verify  # sympy and ANTLR take a second to import: only when judging
 
-    # math-verify's timeout uses SIGALRM, which only the main thread may set; elsewhere
-    # (collection workers, async executors) it runs without one.
-    timeout = TIMEOUT_SECONDS if threading.current_thread() is threading.main_thread() else None
-    gold = parse(f"${reference}$", parsing_timeout=timeout) or parse(reference, parsing_timeout=timeout)
-    guess = parse(f"\\boxed{{{predicted}}}", parsing_timeout=timeout)
-    return bool(gold and guess and verify(gold, guess, timeout_seconds=timeout))
+    _silence_timeout_notice()
+    verdict: list[bool] = []
+
+    def judge() -> None:
+        gold = parse(f"${reference}$", parsing_timeout=None) or parse(reference, parsing_timeout=None)
+        guess = parse(f"\\boxed{{{predicted}}}", parsing_timeout=None)
+        verdict.append(bool(gold and guess and verify(gold, guess, timeout_seconds=None)))
+
+    worker = threading.Thread(target=judge, daemon=True)
+    worker.start()
+    worker.join(TIMEOUT_SECONDS)
+    return bool(verdict and verdict[0])
+
+
+class _TimeoutNoticeFilter(logging.Filter):
+    """Drops math-verify's "Timeout is disabled" notice: ``is_correct`` enforces the timeout itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Timeout is disabled" not in record.getMessage()
+
+
+_TIMEOUT_NOTICE = _TimeoutNoticeFilter()
+
+
+def _silence_timeout_notice() -> None:
+    for name in ("math_verify.parser", "math_verify.grader"):
+        logging.getLogger(name).addFilter(_TIMEOUT_NOTICE)  # adding the same filter twice is a no-op

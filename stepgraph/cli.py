@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from stepgraph import __version__
-from stepgraph.context import RouterContext, check_setting
+from stepgraph.context import RouterContext, RouterLimits, check_setting
 from stepgraph.errors import ConfigError, StepgraphError
 from stepgraph.gates import ALIASES, GATES, canonical_gate_name
 from stepgraph.testbed import BACKENDS, DRAFT_MODEL_DIR, TARGET_MODEL_DIR
@@ -117,16 +117,17 @@ def _question_and_models(args: argparse.Namespace) -> tuple[str, list[Path]]:
 
 
 def _solve(args: argparse.Namespace) -> int:
-    from stepgraph.context import RouterLimits
-    from stepgraph.graph import build_graph
-    from stepgraph.models.local import TransformersStepModel
     from stepgraph.nodes import validate_question
 
     question, model_dirs = _question_and_models(args)
     context = _context(args)
-    question = validate_question(question, RouterLimits().max_question_chars)  # before any model loads
+    question = validate_question(question, RouterLimits().max_question_chars)  # before the graph and models load
+    from stepgraph.graph import build_graph
+    from stepgraph.models.local import TransformersStepModel, check_tier_tokenizers
+
     gate = resolve_gate(args.gate, **_gate_options(args))
     models = [TransformersStepModel(path) for path in model_dirs]  # cheapest first: tier i is models[i]
+    check_tier_tokenizers(models)
     graph = build_graph(models, gate)
     result = graph.invoke({"question": question}, context=context)
     if args.json:
@@ -180,7 +181,12 @@ def _throughput(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+RUNTIME_COMMANDS = ("solve", "overhead", "throughput", "serve", "serve-bench", "mcp")
+
+
+def build_parser(offline: bool = True) -> argparse.ArgumentParser:
+    """The CLI's parser; ``offline=False`` leaves out collect/train/evaluate/bench, whose
+    imports (the trainer, math-verify, LangChain) would slow a ``solve`` down by seconds."""
     from stepgraph.training.cli_args import in_range
 
     parser = argparse.ArgumentParser(
@@ -221,10 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     throughput.add_argument("--seed", type=int, default=0, help="problem seed (default: %(default)s)")
     throughput.add_argument("--json-out", type=Path, default=None, help="also write the rows as JSON to this file")
     throughput.set_defaults(func=_throughput)
-    from stepgraph.training.commands import add_commands
+    if offline:
+        from stepgraph.training.commands import add_commands
 
-    add_commands(sub)
-    from stepgraph.integrations.commands import add_commands as add_server_commands
+        add_commands(sub)
+    from stepgraph.integrations.commands import add_commands as add_server_commands  # imports its servers only when run
 
     add_server_commands(sub)
     parser.epilog = "Run `stepgraph COMMAND --help` for a command's options and their defaults."
@@ -232,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(offline=not argv or argv[0] not in RUNTIME_COMMANDS).parse_args(argv)
     try:
         result = args.func(args)
         if isinstance(result, dict):  # the offline commands report JSON on stdout

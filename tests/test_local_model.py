@@ -71,5 +71,14 @@ def test_loading_a_directory_that_is_not_a_model_fails_clearly(tmp_path):
     with pytest.raises(ModelLoadError, match="config.json"):
         TransformersStepModel(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
-    with pytest.raises(ModelLoadError, match="Could not load"):
+    with pytest.raises(ModelLoadError, match="no safetensors weights"):
         TransformersStepModel(tmp_path)
+
+
+def test_step_logprobs_agree_with_the_cached_generation(draft):
+    """Scoring a step in one uncached pass gives the log-probabilities its cached generation saw."""
+    out = draft.generate_step(QUESTION, [], temperature=0)
+    scored = draft.step_logprobs(QUESTION, [], out.text)
+    greedy = [top[0][1] for top in out.top_logprobs]
+    assert len(scored) == len(greedy)
+    assert scored == pytest.approx(greedy, abs=1e-4)

@@ -1,0 +1,54 @@
+"""A fast, quiet start: bad input is refused before anything heavy loads, and a normal run logs
+no library notices."""
+
+import subprocess
+import sys
+import threading
+
+from stepgraph import answers
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_empty_question_is_refused_before_the_graph_and_models_load():
+    result = run_python(
+        "import sys\n"
+        "from stepgraph.cli import main\n"
+        "code = main(['solve', '   '])\n"
+        "heavy = sorted(m for m in ('transformers', 'math_verify', 'stepgraph.training', 'stepgraph.models.local') if m in sys.modules)\n"
+        "print(code, heavy)\n"
+    )
+    assert result.stdout.strip() == "2 []", result.stderr
+    assert "The question is empty" in result.stderr
+
+
+def test_judging_off_the_main_thread_logs_no_timeout_notice():
+    """math-verify warns once per process when called without its SIGALRM timeout (any non-main thread)."""
+    result = run_python(
+        "import logging, concurrent.futures as cf\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "from stepgraph.answers import is_correct\n"
+        "with cf.ThreadPoolExecutor(1) as pool:\n"
+        "    print(pool.submit(is_correct, '1/2', '0.5').result(), pool.submit(is_correct, '41', '42').result())\n"
+    )
+    assert result.stdout.strip() == "True False"
+    assert result.stderr == ""
+
+
+def test_a_comparison_that_overruns_the_timeout_counts_as_wrong(monkeypatch):
+    assert answers.is_correct("42", "42")
+    release = threading.Event()
+    monkeypatch.setattr(answers, "TIMEOUT_SECONDS", 0.2)
+    import math_verify
+
+    def stuck_verify(*args, **kwargs):
+        release.wait(5)
+        return True
+
+    monkeypatch.setattr(math_verify, "verify", stuck_verify)
+    try:
+        assert not answers.is_correct("42", "42")
+    finally:
+        release.set()
