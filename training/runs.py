@@ -1,0 +1,87 @@
+"""Run a gate over items and collect one row per item: the one loop collect, evaluate and bench share.
+
+Seed rules, in one place: item ``i`` of a run with base seed ``s`` is answered with run seed
+``run_seed(s, i)``; inside that run every model call's seed is ``stepgraph.nodes.call_seed(run
+seed, step, tier)``. The same item therefore gets the same samples under every gate, which is
+what makes the side-by-side comparisons (and relative coverage) paired.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any
+
+from stepgraph.training.collect import Item
+from tqdm import tqdm
+
+from stepgraph.answers import is_correct
+from stepgraph.context import RouterContext
+from stepgraph.costs import Prices
+from stepgraph.gates.base import Gate
+from stepgraph.graph import build_graph
+from stepgraph.models.base import StepModel
+
+SEED_STRIDE = 100_003  # a prime: base seeds 0, 1, 2 give disjoint run seeds for up to 100k items
+
+
+def run_seed(base: int, index: int) -> int:
+    """The seed of the run that answers item ``index`` of a run with base seed ``base``."""
+    return base * SEED_STRIDE + index
+
+
+def run_gate(tiers: Sequence[StepModel], gate: Gate, items: Sequence[Item], *, seed: int = 0,
+             context: RouterContext | None = None, prices: Sequence[Prices] | None = None, concurrency: int = 1,
+             desc: str = "", progress: bool = True) -> list[dict[str, Any]]:
+    """Answer every item with the routed graph; one row per item, in item order.
+
+    Rows hold correctness (math-verify against the reference), FLOPs (judge FLOPs of a judging
+    gate included), prefill FLOPs, dollars, steps, escalations and wall time. ``concurrency``
+    items run at once on threads (served models answer in parallel; local models take turns).
+    A gate that counts its own judging calls on itself is run one item at a time, so that the
+    count read around each run is that run's.
+    """
+    base = context or RouterContext(seed=seed)
+    graph = build_graph(tiers, gate, prices=prices)
+    counts_judging = hasattr(gate, "judge_flops")
+
+    def answer(index: int) -> dict[str, Any]:
+        item = items[index]
+        started = time.perf_counter()
+        judged_before = getattr(gate, "judge_flops", 0.0)
+        ctx = RouterContext(**{**vars(base), "seed": run_seed(seed, index)})
+        state = graph.invoke({"question": item.question}, context=ctx)
+        judge_flops = getattr(gate, "judge_flops", 0.0) - judged_before
+        steps = state["steps"]
+        escalated = sum(s["escalated"] for s in steps)
+        return {
+            "problem_id": item.problem_id,
+            "answer": state["answer"],
+            "correct": float(is_correct(state["answer"], item.reference)),
+            "flops": state["totals"]["flops"] + judge_flops,  # a judging gate's model calls are paid too
+            "judge_flops": judge_flops,
+            "prefill_flops": state["totals"]["prefill_flops"],
+            "usd": state["totals"]["usd"],
+            "steps": len(steps),
+            "escalated_steps": escalated,
+            "escalation_rate": escalated / max(1, len(steps)),
+            "seconds": time.perf_counter() - started,
+        }
+
+    workers = 1 if counts_judging else max(1, concurrency)
+    bar = tqdm(total=len(items), desc=desc, disable=not progress)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(answer, i) for i in range(len(items))]
+        for future in as_completed(futures):
+            future.result()  # an error stops the run here, not after every other item
+            bar.update()
+    bar.close()
+    return [f.result() for f in futures]
+
+
+def add_coverage(rows: list[dict[str, Any]], target_rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mark each row covered when it is right or the strongest tier alone (same item, same seed) is wrong."""
+    for row, target in zip(rows, target_rows, strict=True):
+        row["covered"] = float(row["correct"] == 1.0 or target["correct"] == 0.0)
+    return rows
