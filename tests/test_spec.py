@@ -3,11 +3,11 @@
 from pathlib import Path
 
 import pytest
-
-from stepgraph.errors import ConfigError
 from stepgraph.training.collect import Item
 from stepgraph.training.spec import load_spec
 from stepgraph.training.splits import split_items
+
+from stepgraph.errors import ConfigError
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -100,7 +100,7 @@ def test_hash_splits_are_disjoint_order_free_and_stable_as_the_data_grows():
     assert not (questions[0] & questions[1]) and not (questions[1] & questions[2]) and not (questions[0] & questions[2])
     assert split_items(list(reversed(items)), fractions)["test"] == splits["test"]
     grown = split_items(items + _items(700)[500:], fractions)
-    assert set(i.question for i in splits["test"]) <= set(i.question for i in grown["test"])
+    assert {i.question for i in splits["test"]} <= {i.question for i in grown["test"]}
     assert split_items(items, fractions, seed=1)["test"] != splits["test"]
     sized = split_items(items, {"train": 10, "calibration": 5, "test": 5})
     assert [len(v) for v in sized.values()] == [10, 5, 5]

@@ -1,6 +1,7 @@
 """Step verifiers: the exact testbed one and the LLM-judge interface."""
 
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from pydantic import Field
 from stepgraph.training.verifiers import JudgeVerifier, TestbedVerifier, parse_verdict
 
 from stepgraph.testbed import task
@@ -17,7 +18,7 @@ def test_testbed_verifier_knows_its_problems_only():
 class RecordingChat(FakeListChatModel):
     """A scripted chat model that keeps the prompts it was sent."""
 
-    prompts: list = []
+    prompts: list = Field(default_factory=list)
 
     def _call(self, messages, stop=None, run_manager=None, **kwargs):
         self.prompts.append(messages[-1].content)
