@@ -65,7 +65,8 @@ def too_few_message(n: int, alpha: float, what: str = "calibration") -> str:
 
 def replay_inputs(episode: Episode) -> list[GateInput]:
     """What the gate saw at each recorded step: the observation and the accepted steps before it."""
-    inputs, prior = [], []
+    inputs: list[GateInput] = []
+    prior: list[str] = []
     for step in episode.steps:
         draft = StepOutput(step.draft, [], None, [], 0, 0, 0, False, "")
         inputs.append(GateInput(episode.question, tuple(prior), draft, step.observation, 0))

@@ -54,20 +54,20 @@ class _Strict(BaseModel):
 class PriceSpec(_Strict):
     """API prices in US dollars per one million tokens (default: GPT-4.1-mini's)."""
 
-    input: float = Field(0.40, ge=0)
+    input: float = Field(default=0.40, ge=0)
     """uncached prompt tokens"""
-    cached_input: float = Field(0.10, ge=0)
+    cached_input: float = Field(default=0.10, ge=0)
     """prompt tokens served from a prompt cache"""
-    output: float = Field(1.60, ge=0)
+    output: float = Field(default=1.60, ge=0)
     """generated tokens"""
 
 
 class _TierBase(_Strict):
     name: str | None = None
     """name in traces, costs and artifacts (default: the model's own)"""
-    n_params: int | None = Field(None, gt=0)
+    n_params: int | None = Field(default=None, gt=0)
     """parameter count for FLOPs (2·N per generated token); counted from the weights where they are local"""
-    prices: PriceSpec = PriceSpec()
+    prices: PriceSpec = Field(default_factory=PriceSpec)
     """per-million-token prices of this tier"""
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     """an optional system turn (the paper's: "Please reason step by step, and put your final answer within \\boxed{}.")"""
@@ -137,7 +137,7 @@ class ServerTier(_TierBase):
     """the server reports raw logits as logprobs (vLLM ``--logprobs-mode raw_logits``)"""
     api_key_env: str | None = None
     """environment variable holding the key, if the server wants one"""
-    timeout: float = Field(60.0, gt=0)
+    timeout: float = Field(default=60.0, gt=0)
     """seconds per request"""
 
     def features(self) -> list[str]:
@@ -156,7 +156,7 @@ class OpenAITier(_TierBase):
     """the API model name, e.g. gpt-4.1-mini"""
     api_key_env: str = "OPENAI_API_KEY"
     """environment variable holding the API key (the key itself never goes in the file)"""
-    timeout: float = Field(60.0, gt=0)
+    timeout: float = Field(default=60.0, gt=0)
     """seconds per request"""
 
     @model_validator(mode="after")
@@ -226,11 +226,11 @@ class VerifierSpec(_Strict):
     """testbed: the exact checker (testbed data only); judge: an LLM judge; rollout: Math-Shepherd completions"""
     judge: TierSpec | None = None
     """for kind = judge: the chat model that judges (a server or openai tier)"""
-    k: int = Field(4, ge=1)
+    k: int = Field(default=4, ge=1)
     """for kind = rollout: completions per step"""
-    m: int = Field(1, ge=1)
+    m: int = Field(default=1, ge=1)
     """for kind = rollout: completions that must reach the reference for the step to count as correct"""
-    max_steps: int = Field(16, ge=1)
+    max_steps: int = Field(default=16, ge=1)
     """for kind = rollout: step limit of each completion"""
 
     @model_validator(mode="after")
@@ -258,15 +258,15 @@ class GateSpec(_Strict):
 
 
 class SamplingSpec(_Strict):
-    temperature: float = Field(0.7, ge=0)
+    temperature: float = Field(default=0.7, ge=0)
     """sampling temperature of every call (the paper's 0.7)"""
     seed: int = 0
     """base seed; every run's and call's seed derives from it"""
-    max_steps: int = Field(16, ge=1)
+    max_steps: int = Field(default=16, ge=1)
     """steps per answer"""
-    max_step_tokens: int = Field(64, ge=1)
+    max_step_tokens: int = Field(default=64, ge=1)
     """tokens per step"""
-    budget_flops: float | None = Field(None, gt=0)
+    budget_flops: float | None = Field(default=None, gt=0)
     """FLOPs budget per answer (none: no budget)"""
 
 
@@ -275,7 +275,7 @@ class CollectSpec(_Strict):
     """behaviour gate's confidence threshold"""
     feature: Literal["api_confidence", "logit_confidence"] = "api_confidence"
     """behaviour gate's confidence feature (pick one your draft tier reports)"""
-    epsilon: float = Field(0.3, ge=0, le=1)
+    epsilon: float = Field(default=0.3, ge=0, le=1)
     """behaviour gate's exploration rate"""
 
 
@@ -295,14 +295,14 @@ class RunSpec(_Strict):
 
     tiers: list[TierSpec] = Field(min_length=2)
     """the models, cheapest first"""
-    data: DataSpec = DataSpec()
-    verifier: VerifierSpec = VerifierSpec()
-    gate: GateSpec = GateSpec()
-    alpha: float = Field(0.02, gt=0, lt=1)
+    data: DataSpec = Field(default_factory=DataSpec)
+    verifier: VerifierSpec = Field(default_factory=VerifierSpec)
+    gate: GateSpec = Field(default_factory=GateSpec)
+    alpha: float = Field(default=0.02, gt=0, lt=1)
     """allowed miss rate: relative coverage ≥ 1 − α"""
-    sampling: SamplingSpec = SamplingSpec()
-    collect: CollectSpec = CollectSpec()
-    paths: PathsSpec = PathsSpec()
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    collect: CollectSpec = Field(default_factory=CollectSpec)
+    paths: PathsSpec = Field(default_factory=PathsSpec)
     source: Path | None = None
     """the file this spec was read from (set by load_spec)"""
 
