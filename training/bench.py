@@ -6,7 +6,7 @@ train traces), RSD (a reward model trained on the train traces' step verdicts), 
 target's likelihood of the draft step), the CPO policy, and the oracle (escalate exactly the
 drafts the exact verifier rejects). SpecReason's judging passes are counted in its FLOPs (2·N of
 the target per draft token scored). Threshold baselines take the cheapest threshold of the grid
-0.0, 0.1, ..., 1.0 whose relative coverage on the calibration split is ≥ 1 − α, as in the paper.
+0.0, 0.1, ..., 1.0 (for a raw-logit confidence: the deciles of the train traces' confidences) whose relative coverage on the calibration split is ≥ 1 − α, as in the paper.
 Every metric is a mean over problems (and seeds) with a bootstrap 95% interval over problems.
 """
 
@@ -72,10 +72,10 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def pick_threshold(make_gate: Callable[[float], Gate], tiers: Sequence[StepModel], items: Sequence[Item],
                    target_rows: Sequence[Mapping[str, Any]], alpha: float, seed: int,
-                   prices: Sequence[Prices] | None, **run: Any) -> tuple[float, list[dict[str, float]]]:
+                   prices: Sequence[Prices] | None, grid: Sequence[float] = GRID, **run: Any) -> tuple[float, list[dict[str, float]]]:
     """Grid-search the threshold on calibration problems: cheapest with coverage ≥ 1 − α."""
     trials = []
-    for threshold in GRID:
+    for threshold in grid:
         rows = add_coverage(run_rows(tiers, make_gate(threshold), items, seed=seed, prices=prices, **run), target_rows)
         trials.append({"threshold": threshold, "coverage": sum(r["covered"] for r in rows) / len(rows),
                        "flops": sum(r["flops"] for r in rows) / len(rows)})
@@ -109,6 +109,11 @@ def run_bench(tiers: Sequence[StepModel], *, train_episodes: Sequence[Episode], 
         "threshold": lambda t: ConfidenceThresholdGate(t, feature=threshold_feature),
         "rsd": lambda t: ProcessRewardGate(prm, t),
     }
+    grids: dict[str, Sequence[float]] = {}
+    if threshold_feature == "logit_confidence":  # raw logits are not in [0, 1]: the grid is the train traces' deciles
+        logits = sorted(v for values in scores_by_step.values() for v in values)
+        if logits:
+            grids["threshold"] = sorted({round(logits[min(len(logits) - 1, int(q * len(logits)))], 3) for q in GRID})
     if scores_by_step:
         steer = StepwiseGMMGate.fit(scores_by_step)
         threshold_methods["steer"] = lambda t: StepwiseGMMGate(steer.mixtures, steer.pooled, threshold=t)
@@ -117,7 +122,8 @@ def run_bench(tiers: Sequence[StepModel], *, train_episodes: Sequence[Episode], 
     calibration_target = run_rows(tiers, AlwaysTargetGate(), calibration, seed=seeds[0], prices=prices, **run)
     chosen: dict[str, Any] = {}
     for name, make in tqdm(threshold_methods.items(), desc="calibrate thresholds", disable=not progress):
-        threshold, trials = pick_threshold(make, tiers, calibration, calibration_target, alpha, seeds[0], prices, **run)
+        threshold, trials = pick_threshold(make, tiers, calibration, calibration_target, alpha, seeds[0], prices,
+                                           grids.get(name, GRID), **run)
         chosen[name] = {"threshold": threshold, "grid": trials}
     if policy is None:
         if policy_dir is None:
