@@ -125,3 +125,35 @@ def test_the_gate_artifact_records_tiers_and_curve(tmp_path):
     save_gate(tmp_path, "threshold", {"threshold": 0.7, "feature": "api_confidence"}, tiers=recorded, calibration={})
     with pytest.raises(PolicyFileError, match="target"):
         load_gate_artifact(tmp_path, tiers)
+
+
+@pytest.mark.parametrize("gate", ["threshold", "steer"])
+def test_calibrate_cli_writes_a_loadable_gate_for_any_score_gate(tmp_path, capsys, gate):
+    from stepgraph.training.calibrate import load_gate_artifact
+    from stepgraph.training.store import TraceStore
+
+    from stepgraph.cli import main
+
+    rng = random.Random(3)
+    with TraceStore(tmp_path / "traces.sqlite") as store:
+        store.set_meta("models", [{"name": "small", "parameters": 10}, {"name": "big", "parameters": 100}])
+        for i in range(120):
+            episode = _episode(rng, i)
+            for step in episode.steps:  # STEER reads the raw-logit confidence
+                step.observation["logit_confidence"] = 20.0 * step.observation["api_confidence"]
+            store.add(episode, "train" if i < 60 else "calibration")
+    argv = ["calibrate", "--store", str(tmp_path / "traces.sqlite"), "--gate", gate, "--alpha", "0.1", "--out", str(tmp_path / gate)]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["episodes"] == 60 and out["met"] and out["misses"] <= out["allowed"] == 5
+    assert [row["alpha"] for row in out["curve"]] == [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3]
+
+    class Tier:
+        def __init__(self, name, n_params):
+            self.name, self.n_params = name, n_params
+
+    loaded = load_gate_artifact(tmp_path / gate, [Tier("small", 10), Tier("big", 100)])
+    assert type(loaded).__name__ == {"threshold": "ConfidenceThresholdGate", "steer": "StepwiseGMMGate"}[gate]
+    assert getattr(loaded, "confidence_threshold", loaded.threshold) == out["threshold"]
+    with pytest.raises(PolicyFileError, match="small"):
+        load_gate_artifact(tmp_path / gate, [Tier("small", 11), Tier("big", 100)])

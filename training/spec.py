@@ -258,6 +258,8 @@ class GateSpec(_Strict):
 
 
 class SamplingSpec(_Strict):
+    """Sampling and limits of every routed run."""
+
     temperature: float = Field(default=0.7, ge=0)
     """sampling temperature of every call (the paper's 0.7)"""
     seed: int = 0
@@ -271,6 +273,8 @@ class SamplingSpec(_Strict):
 
 
 class CollectSpec(_Strict):
+    """The behaviour gate: escalate below a confidence threshold, with ε-exploration."""
+
     threshold: float = 0.9
     """behaviour gate's confidence threshold"""
     feature: Literal["api_confidence", "logit_confidence"] = "api_confidence"
@@ -280,6 +284,8 @@ class CollectSpec(_Strict):
 
 
 class PathsSpec(_Strict):
+    """Where each stage reads and writes."""
+
     store: Path = Path("runs/traces.sqlite")
     """the trace store"""
     policy: Path = Path("runs/policy")
@@ -296,13 +302,19 @@ class RunSpec(_Strict):
     tiers: list[TierSpec] = Field(min_length=2)
     """the models, cheapest first"""
     data: DataSpec = Field(default_factory=DataSpec)
+    """the questions and their train / calibration / test split (default: the testbed)"""
     verifier: VerifierSpec = Field(default_factory=VerifierSpec)
+    """the per-step verdict collection records for training"""
     gate: GateSpec = Field(default_factory=GateSpec)
+    """the gate solve / evaluate / bench route with, and the one calibrate sets"""
     alpha: float = Field(default=0.02, gt=0, lt=1)
     """allowed miss rate: relative coverage ≥ 1 − α"""
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    """temperature, seed, limits and budget of every run"""
     collect: CollectSpec = Field(default_factory=CollectSpec)
+    """the exploring behaviour gate of collection"""
     paths: PathsSpec = Field(default_factory=PathsSpec)
+    """where the stages read and write (relative to the working directory)"""
     source: Path | None = None
     """the file this spec was read from (set by load_spec)"""
 
