@@ -184,7 +184,8 @@ def _evaluate(args: argparse.Namespace) -> dict:
     tiers = load_pair(args.backend)
     try:
         return {split: evaluate_gates(tiers, gates, testbed_items(split, args.problems, seed=args.seed), seed=args.seed,
-                                      temperature=args.temperature, concurrency=args.concurrency)
+                                      temperature=args.temperature, concurrency=args.concurrency,
+                                      journal_dir=args.resume / split if args.resume else None)
                 for split in args.splits}
     finally:
         close_pair(tiers)
@@ -203,7 +204,8 @@ def _evaluate_from_spec(spec: RunSpec, args: argparse.Namespace) -> dict:
             items = spec.items(split)[: args.problems] if args.problems else spec.items(split)
             if items:
                 report[split] = evaluate_gates(tiers, gates, items, seed=spec.sampling.seed, context=spec.context(),
-                                               prices=spec.prices(), concurrency=args.concurrency)
+                                               prices=spec.prices(), concurrency=args.concurrency,
+                                               journal_dir=args.resume / split if args.resume else None)
         return report
     finally:
         close_pair(tiers)
@@ -354,6 +356,9 @@ def add_commands(sub: Any) -> None:
     e.add_argument("--seed", type=int, default=0, help="testbed: problem and sampling seed (default: %(default)s)")
     e.add_argument("--temperature", type=float, default=0.7, help="testbed: sampling temperature (default: %(default)s)")
     e.add_argument("--allow-other-tiers", action="store_true", help="use an artifact trained on other tiers, with a warning")
+    e.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                   help="journal finished rows under DIR and reuse them, so a killed evaluation resumes; one DIR per "
+                        "evaluation (same spec, gates and options) (default: no journal)")
     e.set_defaults(func=_single_threaded(_evaluate))
 
     b = sub.add_parser("bench", help="every method side by side on the same problems: table, CSV/JSON, Pareto plot",

@@ -8,6 +8,7 @@ A/C is accuracy per mean cost, with cost in MFLOPs (generated tokens, 2·N per t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from stepgraph.training.collect import Item
@@ -39,17 +40,22 @@ def summarize(rows: Sequence[Mapping[str, Any]], target_rows: Sequence[Mapping[s
 
 def evaluate_gates(tiers: Sequence[StepModel], gates: Mapping[str, Gate], items: Sequence[Item], *, seed: int = 0,
                    temperature: float = 0.7, context: RouterContext | None = None, prices: Sequence[Prices] | None = None,
-                   concurrency: int = 1, progress: bool = True) -> dict[str, dict[str, float]]:
+                   concurrency: int = 1, progress: bool = True, journal_dir: Path | None = None) -> dict[str, dict[str, float]]:
     """Run target-only, draft-only and every given gate on the same items; summarise each.
 
     ``context`` (default: temperature only) sets the run limits; item seeds follow ``runs.run_seed``.
+    With ``journal_dir``, each gate's rows go to ``journal_dir/<name>.jsonl`` as they finish, and a
+    killed evaluation resumes from them.
     """
     if not items:
         raise ValueError("evaluate_gates needs at least one item.")
     context = context or RouterContext(temperature=temperature)
     runs = {"target": AlwaysTargetGate(), "draft": AlwaysDraftGate(), **gates}
+    if journal_dir is not None:
+        journal_dir.mkdir(parents=True, exist_ok=True)
     rows = {name: run_gate(tiers, gate, items, seed=seed, context=context, prices=prices, concurrency=concurrency,
-                           desc=name, progress=progress)
+                           desc=name, progress=progress,
+                           journal=journal_dir / f"{name.replace('/', '_')}.jsonl" if journal_dir else None)
             for name, gate in runs.items()}
     target_flops = sum(r["flops"] for r in rows["target"]) / len(items)
     report = {}

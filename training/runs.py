@@ -8,9 +8,11 @@ what makes the side-by-side comparisons (and relative coverage) paired.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
 from typing import Any
 
 from stepgraph.training.collect import Item
@@ -33,7 +35,7 @@ def run_seed(base: int, index: int) -> int:
 
 def run_gate(tiers: Sequence[StepModel], gate: Gate, items: Sequence[Item], *, seed: int = 0,
              context: RouterContext | None = None, prices: Sequence[Prices] | None = None, concurrency: int = 1,
-             desc: str = "", progress: bool = True) -> list[dict[str, Any]]:
+             desc: str = "", progress: bool = True, journal: Path | None = None) -> list[dict[str, Any]]:
     """Answer every item with the routed graph; one row per item, in item order.
 
     Rows hold correctness (math-verify against the reference), FLOPs (judge FLOPs of a judging
@@ -41,6 +43,10 @@ def run_gate(tiers: Sequence[StepModel], gate: Gate, items: Sequence[Item], *, s
     items run at once on threads (served models answer in parallel; local models take turns).
     A gate that counts its own judging calls on itself is run one item at a time, so that the
     count read around each run is that run's.
+
+    With ``journal`` (a JSONL file), each finished row is appended at once and rows already there
+    (same problem id and run seed) are reused, so a killed run resumes where it stopped. The
+    journal is trusted to belong to the same tiers, gate and settings: use one per run.
     """
     base = context or RouterContext(seed=seed)
     graph = build_graph(tiers, gate, prices=prices)
@@ -69,15 +75,37 @@ def run_gate(tiers: Sequence[StepModel], gate: Gate, items: Sequence[Item], *, s
             "seconds": time.perf_counter() - started,
         }
 
+    done = _read_journal(journal)
+    rows: dict[int, dict[str, Any]] = {}
+    for i, item in enumerate(items):
+        if (item.problem_id, run_seed(seed, i)) in done:
+            rows[i] = done[item.problem_id, run_seed(seed, i)]
     workers = 1 if counts_judging else max(1, concurrency)
-    bar = tqdm(total=len(items), desc=desc, disable=not progress)
+    bar = tqdm(total=len(items), initial=len(rows), desc=desc, disable=not progress)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(answer, i) for i in range(len(items))]
+        futures = {pool.submit(answer, i): i for i in range(len(items)) if i not in rows}
         for future in as_completed(futures):
-            future.result()  # an error stops the run here, not after every other item
+            row = future.result()  # an error stops the run here, not after every other item
+            rows[futures[future]] = row
+            if journal is not None:
+                with journal.open("a") as f:
+                    f.write(json.dumps({**row, "run_seed": run_seed(seed, futures[future])}) + "\n")
             bar.update()
     bar.close()
-    return [f.result() for f in futures]
+    return [rows[i] for i in range(len(items))]
+
+
+def _read_journal(journal: Path | None) -> dict[tuple[str, int], dict[str, Any]]:
+    if journal is None or not journal.is_file():
+        return {}
+    done = {}
+    for line in journal.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by the kill: that item runs again
+            continue
+        done[row["problem_id"], row.pop("run_seed")] = row
+    return done
 
 
 def add_coverage(rows: list[dict[str, Any]], target_rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
