@@ -119,3 +119,14 @@ def test_a_generic_jsonl_names_its_fields(tmp_path):
     bad = load_spec(path).model_copy(update={"data": load_spec(path).data.model_copy(update={"question_field": "q"})})
     with pytest.raises(ValueError, match="question_field"):
         bad.items("test")
+
+
+def test_the_judge_verifier_is_built_from_the_spec_with_greedy_verdicts(monkeypatch):
+    from stepgraph.training.verifiers import JUDGE_PROMPT, JudgeVerifier
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-a-real-key")
+    spec = load_spec(EXAMPLES / "qwen_gpt41mini.toml")
+    judge = spec.build_verifier([])
+    assert isinstance(judge, JudgeVerifier) and judge.prompt == JUDGE_PROMPT
+    assert (judge.model.model_name, judge.model.temperature) == ("gpt-4o-mini", 0.0)
+    assert "sk-not-a-real-key" not in repr(judge.model)

@@ -172,16 +172,23 @@ class OpenAITier(_TierBase):
         return _chat_tier(self, base_url=None, continue_final_message=False, logprobs_are_logits=False)
 
 
-def _chat_tier(tier: ServerTier | OpenAITier, *, base_url: str | None, continue_final_message: bool,
-               logprobs_are_logits: bool) -> StepModel:
+def chat_model(tier: ServerTier | OpenAITier, **options: Any) -> Any:
+    """A ``ChatOpenAI`` for a served or API tier; the key comes from the environment variable the tier names."""
     from langchain_openai import ChatOpenAI
 
+    base_url = tier.base_url if isinstance(tier, ServerTier) else None
+    return ChatOpenAI(model=tier.model, base_url=base_url, api_key=_api_key(tier.api_key_env, f"tier {tier.model}"),  # type: ignore[arg-type]
+                      timeout=tier.timeout, **options)
+
+
+def _chat_tier(tier: ServerTier | OpenAITier, *, base_url: str | None, continue_final_message: bool,
+               logprobs_are_logits: bool) -> StepModel:
     from stepgraph.models.chat import ChatStepModel
 
     if tier.n_params is None:
         raise ConfigError(f"tier {tier.name or tier.model}: n_params is required for a served model (it cannot be counted here).")
-    chat = ChatOpenAI(model=tier.model, base_url=base_url, api_key=_api_key(tier.api_key_env, f"tier {tier.model}"),  # type: ignore[arg-type]
-                      logprobs=True, top_logprobs=5, timeout=tier.timeout, max_retries=0)
+    # ChatStepModel retries transient errors itself
+    chat = chat_model(tier, logprobs=True, top_logprobs=5, max_retries=0)
     return ChatStepModel(chat, n_params=tier.n_params, name=tier.name or tier.model, continue_final_message=continue_final_message,
                          system_prompt=tier.system_prompt, logprobs_are_logits=logprobs_are_logits)
 
@@ -372,9 +379,8 @@ class RunSpec(_Strict):
             problems = [p for split in SPLITS for p in task.generate(split, int(self.data.splits.get(split, 0)), seed=self.data.seed)]
             return TestbedVerifier(problems)
         if v.kind == "judge":
-            assert v.judge is not None
-            chat = v.judge.build()
-            return JudgeVerifier(chat.chat_model)  # type: ignore[attr-defined]
+            assert isinstance(v.judge, ServerTier | OpenAITier)
+            return JudgeVerifier(chat_model(v.judge, temperature=0.0, max_retries=3))  # a verdict, not a sample
         s = self.sampling
         return RolloutVerifier(tiers[-1], k=v.k, m=v.m, max_steps=v.max_steps, temperature=s.temperature,
                                max_step_tokens=s.max_step_tokens, seed=s.seed)
