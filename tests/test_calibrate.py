@@ -157,3 +157,15 @@ def test_calibrate_cli_writes_a_loadable_gate_for_any_score_gate(tmp_path, capsy
     assert getattr(loaded, "confidence_threshold", loaded.threshold) == out["threshold"]
     with pytest.raises(PolicyFileError, match="small"):
         load_gate_artifact(tmp_path / gate, [Tier("small", 11), Tier("big", 100)])
+
+
+def test_when_no_threshold_meets_alpha_the_gate_escalates_everything():
+    rng = random.Random(4)
+    episodes = [_episode(rng, i) for i in range(40)]
+    for e in episodes:  # unreachable: every draft and every escalation fails verification, the target alone succeeds
+        e.target_reward, e.reward = 1, 0
+        for s in e.steps:
+            s.draft_correct = s.escalated_correct = False
+    replay = Replay(threshold_family("api_confidence"), episodes)
+    result = replay.calibrate(0.1)
+    assert result.misses > result.allowed and result.escalation_rate == 1.0

@@ -97,7 +97,11 @@ def episode_cost(episode: Episode, choice: Sequence[int]) -> float:
 
 @dataclass
 class Family:
-    """A gate whose decision is ``escalates(score, t)`` for a threshold t; candidates run cheapest first."""
+    """A gate whose decision is ``escalates(score, t)`` for a threshold t.
+
+    ``ordered`` lists the candidate thresholds cheapest first, from one that escalates nothing
+    (above every score) to one that escalates everything (the safe side when none meets α).
+    """
 
     name: str
     score: Callable[[GateInput], float | None]
@@ -108,7 +112,7 @@ class Family:
 
 def policy_family(gate: PolicyGate) -> Family:
     return Family("policy", gate.score, lambda s, t: s is not None and s >= t,
-                  lambda t: _policy_with_kappa(gate, t), lambda scores: sorted(set(scores) | {1.0}, reverse=True))
+                  lambda t: _policy_with_kappa(gate, t), lambda scores: sorted(set(scores) | {0.0, 1.0}, reverse=True))
 
 
 def _policy_with_kappa(gate: PolicyGate, kappa: float) -> PolicyGate:
@@ -120,13 +124,13 @@ def threshold_family(feature: str) -> Family:
 
     # unknown confidence escalates (as the gate does); the cheapest cut-off is the lowest confidence
     return Family("threshold", lambda x: confidence_of(x, feature), lambda s, t: s is None or s < t,
-                  lambda t: ConfidenceThresholdGate(t, feature), lambda scores: sorted(set(scores)))
+                  lambda t: ConfidenceThresholdGate(t, feature), lambda scores: [*sorted(set(scores)), max(scores, default=0.0) + 1.0])
 
 
 def steer_family(gate: StepwiseGMMGate) -> Family:
     return Family("steer", gate.score, lambda s, t: s is not None and s >= t,
                   lambda t: StepwiseGMMGate(gate.mixtures, gate.pooled, min(1.0, t), gate.feature),
-                  lambda scores: sorted(set(scores) | {1.0}, reverse=True))
+                  lambda scores: sorted(set(scores) | {0.0, 1.0}, reverse=True))
 
 
 def fit_steer(train: Sequence[Episode], feature: str = "logit_confidence") -> StepwiseGMMGate:
