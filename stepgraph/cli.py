@@ -116,7 +116,31 @@ def _question_and_models(args: argparse.Namespace) -> tuple[str, list[Path]]:
     return question, model_dirs
 
 
+def _solve_from_spec(args: argparse.Namespace) -> int:
+    """``solve --config SPEC``: the run spec's tiers, gate (checked against the tiers) and sampling; JSON out."""
+    from stepgraph.graph import build_graph
+    from stepgraph.nodes import validate_question
+    from stepgraph.testbed import close_pair
+    from stepgraph.training.spec import load_spec
+
+    spec = load_spec(args.config)
+    if args.question is None:
+        raise StepgraphError(f"Give the question to solve: stepgraph solve --config {args.config} QUESTION.")
+    context = spec.context()
+    question = validate_question(args.question, RouterLimits().max_question_chars)  # before any model loads
+    tiers = spec.build_tiers()
+    try:
+        result = build_graph(tiers, spec.build_gate(tiers), prices=spec.prices()).invoke({"question": question}, context=context)
+    finally:
+        close_pair(tiers)
+    keys = ("answer", "stop_reason", "escalations", "totals", "costs", "steps") if args.json else ("answer", "stop_reason", "escalations", "totals", "costs")
+    print(json.dumps({k: result[k] for k in keys}, indent=2, default=str))
+    return 0
+
+
 def _solve(args: argparse.Namespace) -> int:
+    if getattr(args, "config", None):
+        return _solve_from_spec(args)
     from stepgraph.nodes import validate_question
 
     question, model_dirs = _question_and_models(args)
@@ -205,6 +229,8 @@ def build_parser(offline: bool = True) -> argparse.ArgumentParser:
     )
     solve.add_argument("question", nargs="?", help="the question to answer")
     solve.add_argument("--json", action="store_true", help="print the graph's final state as JSON")
+    solve.add_argument("--config", type=Path, default=None, metavar="SPEC",
+                       help="run spec (TOML) giving the tiers, gate and sampling; the other run options are then ignored")
     _add_run_options(solve)
     solve.set_defaults(func=_solve)
     overhead = sub.add_parser(

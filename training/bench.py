@@ -6,7 +6,7 @@ train traces), RSD (a reward model trained on the train traces' step verdicts), 
 target's likelihood of the draft step), the CPO policy, and the oracle (escalate exactly the
 drafts the exact verifier rejects). SpecReason's judging passes are counted in its FLOPs (2·N of
 the target per draft token scored). Threshold baselines take the cheapest threshold of the grid
-0.0, 0.1, ..., 1.0 whose relative coverage on the calibration split is ≥ 1 − α, as in the paper.
+0.0, 0.1, ..., 1.0 (for a raw-logit confidence: the deciles of the train traces' confidences) whose relative coverage on the calibration split is ≥ 1 − α, as in the paper.
 Every metric is a mean over problems (and seeds) with a bootstrap 95% interval over problems.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import json
 import random
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,9 @@ from typing import Any
 from stepgraph.training.collect import Item
 from stepgraph.training.prm import StepRewardModel
 from stepgraph.training.records import Episode
+from stepgraph.training.runs import add_coverage, run_gate
 from tqdm import tqdm
 
-from stepgraph.answers import is_correct
 from stepgraph.context import RouterContext
 from stepgraph.costs import Prices
 from stepgraph.gates import (
@@ -38,7 +37,6 @@ from stepgraph.gates import (
 )
 from stepgraph.gates.base import Gate
 from stepgraph.gates.judges import JudgeGate, OracleGate, ProcessRewardGate
-from stepgraph.graph import build_graph
 from stepgraph.models.base import StepModel
 
 GRID = [round(0.1 * i, 1) for i in range(11)]
@@ -46,33 +44,10 @@ METRICS = ("correct", "covered", "flops", "prefill_flops", "usd", "escalation_ra
 
 
 def run_rows(tiers: Sequence[StepModel], gate: Gate, items: Sequence[Item], *, seed: int, prices: Sequence[Prices] | None,
-             temperature: float = 0.7) -> list[dict[str, Any]]:
-    """One row per problem: correctness, costs, escalation rate and wall time of the routed run."""
-    graph = build_graph(tiers, gate, prices=prices)
-    rows = []
-    for i, item in enumerate(items):
-        started = time.perf_counter()
-        state = graph.invoke({"question": item.question}, context=RouterContext(seed=seed * 100_003 + i, temperature=temperature))
-        steps = state["steps"]
-        # A judging gate's model calls are in the run's costs beside the steps' generations.
-        judge_flops = state["totals"]["flops"] - sum(a["cost"]["flops"] for s in steps for a in s["attempts"])
-        rows.append({
-            "problem_id": item.problem_id,
-            "correct": float(is_correct(state["answer"], item.reference)),
-            "flops": state["totals"]["flops"],
-            "judge_flops": judge_flops,
-            "prefill_flops": state["totals"]["prefill_flops"],
-            "usd": state["totals"]["usd"],
-            "escalation_rate": sum(s["escalated"] for s in steps) / max(1, len(steps)),
-            "seconds": time.perf_counter() - started,
-        })
-    return rows
-
-
-def add_coverage(rows: list[dict[str, Any]], target_rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    for row, target in zip(rows, target_rows, strict=True):
-        row["covered"] = float(row["correct"] == 1.0 or target["correct"] == 0.0)
-    return rows
+             temperature: float = 0.7, context: RouterContext | None = None, concurrency: int = 1) -> list[dict[str, Any]]:
+    """One row per problem (``runs.run_gate``) without a progress bar of its own: the bench shows its own."""
+    return run_gate(tiers, gate, items, seed=seed, context=context or RouterContext(temperature=temperature), prices=prices,
+                    concurrency=concurrency, progress=False)
 
 
 def bootstrap(values: Sequence[float], n_resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
@@ -97,11 +72,11 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def pick_threshold(make_gate: Callable[[float], Gate], tiers: Sequence[StepModel], items: Sequence[Item],
                    target_rows: Sequence[Mapping[str, Any]], alpha: float, seed: int,
-                   prices: Sequence[Prices] | None) -> tuple[float, list[dict[str, float]]]:
+                   prices: Sequence[Prices] | None, grid: Sequence[float] = GRID, **run: Any) -> tuple[float, list[dict[str, float]]]:
     """Grid-search the threshold on calibration problems: cheapest with coverage ≥ 1 − α."""
     trials = []
-    for threshold in GRID:
-        rows = add_coverage(run_rows(tiers, make_gate(threshold), items, seed=seed, prices=prices), target_rows)
+    for threshold in grid:
+        rows = add_coverage(run_rows(tiers, make_gate(threshold), items, seed=seed, prices=prices, **run), target_rows)
         trials.append({"threshold": threshold, "coverage": sum(r["covered"] for r in rows) / len(rows),
                        "flops": sum(r["flops"] for r in rows) / len(rows)})
     feasible = [t for t in trials if t["coverage"] >= 1 - alpha]
@@ -109,45 +84,65 @@ def pick_threshold(make_gate: Callable[[float], Gate], tiers: Sequence[StepModel
     return best["threshold"], trials
 
 
-def run_bench(tiers: Sequence[StepModel], *, train_episodes: Sequence[Episode], policy_dir: Path,
-              calibration: Sequence[Item], test: Sequence[Item], verify: Callable[[str, list[str], str], bool | None],
+def run_bench(tiers: Sequence[StepModel], *, train_episodes: Sequence[Episode], policy_dir: Path | None = None,
+              calibration: Sequence[Item], test: Sequence[Item], verify: Callable[[str, list[str], str], bool | None] | None,
               seeds: Sequence[int] = (0, 1, 2), alpha: float = 0.02, prices: Sequence[Prices] | None = None,
-              progress: bool = True) -> dict[str, Any]:
-    """Calibrate the threshold baselines, then run every method on the test items for every seed."""
+              policy: Gate | None = None, context: RouterContext | None = None, concurrency: int = 1,
+              threshold_feature: str = "api_confidence", progress: bool = True) -> dict[str, Any]:
+    """Calibrate the threshold baselines, then run every method on the test items for every seed.
+
+    The policy is ``policy`` (a gate already checked against the tiers) or loaded from ``policy_dir``.
+    The oracle row needs ``verify`` (an exact step verifier); without one it is left out. STEER
+    needs the draft's logit confidence in the train traces and SpecReason a target that scores
+    steps (``step_logprobs``); a method whose input the tiers do not give is left out.
+    """
+    run: dict[str, Any] = {"context": context, "concurrency": concurrency}
     scores_by_step: dict[int, list[float]] = {}
     for episode in train_episodes:
         for step in episode.steps:
             confidence = step.observation.get("logit_confidence")
             if confidence is not None:
                 scores_by_step.setdefault(step.index, []).append(confidence)
-    steer = StepwiseGMMGate.fit(scores_by_step)
     prm = StepRewardModel().fit(train_episodes)
     target = tiers[-1]
     threshold_methods: dict[str, Callable[[float], Gate]] = {
-        "threshold": lambda t: ConfidenceThresholdGate(t, feature="api_confidence"),
-        "steer": lambda t: StepwiseGMMGate(steer.mixtures, steer.pooled, threshold=t),
+        "threshold": lambda t: ConfidenceThresholdGate(t, feature=threshold_feature),
         "rsd": lambda t: ProcessRewardGate(prm, t),
-        "specreason": lambda t: JudgeGate(target, t),  # type: ignore[arg-type]
     }
-    calibration_target = run_rows(tiers, AlwaysTargetGate(), calibration, seed=seeds[0], prices=prices)
+    grids: dict[str, Sequence[float]] = {}
+    if threshold_feature == "logit_confidence":  # raw logits are not in [0, 1]: the grid is the train traces' deciles
+        logits = sorted(v for values in scores_by_step.values() for v in values)
+        if logits:
+            grids["threshold"] = sorted({round(logits[min(len(logits) - 1, int(q * len(logits)))], 3) for q in GRID})
+    if scores_by_step:
+        steer = StepwiseGMMGate.fit(scores_by_step)
+        threshold_methods["steer"] = lambda t: StepwiseGMMGate(steer.mixtures, steer.pooled, threshold=t)
+    if hasattr(target, "step_logprobs"):
+        threshold_methods["specreason"] = lambda t: JudgeGate(target, t)  # type: ignore[arg-type]
+    calibration_target = run_rows(tiers, AlwaysTargetGate(), calibration, seed=seeds[0], prices=prices, **run)
     chosen: dict[str, Any] = {}
     for name, make in tqdm(threshold_methods.items(), desc="calibrate thresholds", disable=not progress):
-        threshold, trials = pick_threshold(make, tiers, calibration, calibration_target, alpha, seeds[0], prices)
+        threshold, trials = pick_threshold(make, tiers, calibration, calibration_target, alpha, seeds[0], prices,
+                                           grids.get(name, GRID), **run)
         chosen[name] = {"threshold": threshold, "grid": trials}
-    policy = PolicyGate.from_path(policy_dir)
+    if policy is None:
+        if policy_dir is None:
+            raise ValueError("run_bench needs policy= (a gate) or policy_dir= (an artifact directory).")
+        policy = PolicyGate.from_path(policy_dir)
     rows: dict[str, list[dict[str, Any]]] = {}
     for seed in tqdm(seeds, desc="seeds", disable=not progress):
-        target_rows = run_rows(tiers, AlwaysTargetGate(), test, seed=seed, prices=prices)
-        policy_rows = run_rows(tiers, policy, test, seed=seed, prices=prices)
+        target_rows = run_rows(tiers, AlwaysTargetGate(), test, seed=seed, prices=prices, **run)
+        policy_rows = run_rows(tiers, policy, test, seed=seed, prices=prices, **run)
         rate = sum(r["escalation_rate"] for r in policy_rows) / len(policy_rows)
         gates: dict[str, Gate] = {
             "draft": AlwaysDraftGate(),
             "random": RandomGate(rate, seed=seed),
             **{name: threshold_methods[name](chosen[name]["threshold"]) for name in threshold_methods},
-            "oracle": OracleGate(verify),
         }
+        if verify is not None:
+            gates["oracle"] = OracleGate(verify)
         per_seed = {"target": target_rows, "policy": policy_rows}
-        per_seed |= {name: run_rows(tiers, gate, test, seed=seed, prices=prices) for name, gate in gates.items()}
+        per_seed |= {name: run_rows(tiers, gate, test, seed=seed, prices=prices, **run) for name, gate in gates.items()}
         for name, method_rows in per_seed.items():
             for row in add_coverage(method_rows, target_rows):
                 row["seed"] = seed

@@ -10,7 +10,7 @@ finish; problems already in the store are skipped, so a killed collection resume
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,9 +51,15 @@ def collect_episode(
     seed: int,
     temperature: float = 0.7,
     max_steps: int = 16,
+    context: RouterContext | None = None,
 ) -> Episode:
-    """Run one problem under the behaviour gate and turn the final state into an Episode."""
-    context = RouterContext(seed=seed, temperature=temperature, max_steps=max_steps)
+    """Run one problem under the behaviour gate and turn the final state into an Episode.
+
+    ``context`` (default: from ``temperature`` and ``max_steps``) sets the limits; its seed is replaced by ``seed``.
+    """
+    base = context or RouterContext(temperature=temperature, max_steps=max_steps)
+    context = RouterContext(**{**vars(base), "seed": seed})
+    temperature = context.temperature
     state = build_graph(tiers, behaviour).invoke({"question": item.question}, context=context)
     strongest = tiers[-1]
     records: list[StepRecord] = []
@@ -64,7 +70,8 @@ def collect_episode(
             escalated_text, escalate_flops = step["attempts"][-1]["text"], step["attempts"][-1]["cost"]["flops"]
         else:  # what the strongest tier would have written here, with the seed the graph would use
             out = strongest.generate_step(
-                item.question, prior, temperature=temperature, seed=call_seed(seed, len(prior), len(tiers) - 1)
+                item.question, prior, temperature=temperature, seed=call_seed(seed, len(prior), len(tiers) - 1),
+                max_tokens=context.max_step_tokens,
             )
             escalated_text, escalate_flops = out.text, call_cost(out, strongest.n_params)["flops"]
         action = int(step["escalated"])
@@ -113,6 +120,9 @@ def collect(
     temperature: float = 0.7,
     workers: int = 1,
     progress: bool = True,
+    context: RouterContext | None = None,
+    verifier_for: Callable[[Sequence[StepModel]], StepVerifier] | None = None,
+    describe_tiers: Callable[[Sequence[StepModel]], Sequence[Mapping[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Collect episodes for the items not yet in ``store``; each worker owns its own models.
 
@@ -121,16 +131,27 @@ def collect(
 
     The behaviour gate explores around a confidence threshold: with probability ``epsilon`` a
     uniformly random action, else escalate iff the confidence ``feature`` is below ``threshold``.
+    ``verifier_for`` builds a verifier per worker from its tiers (the rollout verifier completes
+    with the worker's strongest tier); otherwise ``verifier`` is shared. The tiers are recorded in
+    the store (``describe_tiers(tiers)``, or name and parameters); a store collected on other tiers is refused.
     """
+    from stepgraph.training.calibrate import check_tiers
+    from stepgraph.training.runs import run_seed
+
     done = store.problem_ids()
     todo = [(i, item) for i, item in enumerate(items) if item.problem_id not in done]
     store.set_meta("feature_schema", CONFIDENCE_SCHEMA.to_dict())
     worker_tiers = [make_tiers() for _ in range(max(1, workers))]
-    store.set_meta("models", [{"name": m.name, "parameters": m.n_params} for m in worker_tiers[0]])
+    info = list(describe_tiers(worker_tiers[0]) if describe_tiers else [{"name": m.name, "parameters": m.n_params} for m in worker_tiers[0]])
+    if len(store):
+        check_tiers(store.meta("models"), info, f"The trace store {store.path}")
+    store.set_meta("models", info)
+    verifiers = [verifier_for(t) for t in worker_tiers] if verifier_for else [verifier] * len(worker_tiers)
 
     def run(slot: int, index: int, item: Item) -> Episode:
-        behaviour = ExploringGate(ConfidenceThresholdGate(threshold, feature), epsilon=epsilon, seed=seed * 100_003 + index)
-        return collect_episode(worker_tiers[slot], behaviour, verifier, item, seed=seed * 100_003 + index, temperature=temperature)
+        behaviour = ExploringGate(ConfidenceThresholdGate(threshold, feature), epsilon=epsilon, seed=run_seed(seed, index))
+        return collect_episode(worker_tiers[slot], behaviour, verifiers[slot], item, seed=run_seed(seed, index),
+                               temperature=temperature, context=context)
 
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"collect {split}", disable=not progress)
     collected = 0

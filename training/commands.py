@@ -4,18 +4,30 @@
     stepgraph train --store runs/traces.sqlite --out runs/policy
     stepgraph evaluate --policy runs/policy --problems 200
     stepgraph bench --store runs/traces.sqlite --out runs/bench
+
+With ``--config run.toml`` (a run spec, ``stepgraph.training.spec``) every stage takes its tiers,
+data splits, verifier, gate, α, sampling and paths from the file instead of the testbed:
+
+    stepgraph collect --config run.toml --split train
+    stepgraph collect --config run.toml --split calibration
+    stepgraph train --config run.toml
+    stepgraph calibrate --config run.toml
+    stepgraph evaluate --config run.toml
+    stepgraph bench --config run.toml
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from stepgraph.training.calibrate import CURVE_ALPHAS, check_tiers, load_gate_artifact, min_episodes, too_few_message
 from stepgraph.training.cli_args import add_dataclass_options, dataclass_from_args, in_range
 from stepgraph.training.collect import collect, default_store_path, testbed_items
 from stepgraph.training.cpo import CPOArgs, train_policy
@@ -25,23 +37,55 @@ from stepgraph.training.store import TraceStore
 from stepgraph.training.verifiers import TestbedVerifier
 
 from stepgraph.defaults import DEFAULT_POLICY_DIR
-from stepgraph.errors import StepgraphError
+from stepgraph.errors import ConfigError, StepgraphError
 from stepgraph.features import CONFIDENCE_SCHEMA
 from stepgraph.gates import PolicyGate
 from stepgraph.testbed import BACKENDS, close_pair, load_pair, task
 
+if TYPE_CHECKING:
+    from stepgraph.training.spec import RunSpec
+
+
+def _spec(args: argparse.Namespace) -> RunSpec | None:
+    from stepgraph.training.spec import load_spec
+
+    return load_spec(args.config) if getattr(args, "config", None) else None
+
 
 def _collect(args: argparse.Namespace) -> dict:
+    spec = _spec(args)
+    if spec is not None:
+        return _collect_from_spec(spec, args)
     items = testbed_items(args.split, args.problems, seed=args.seed)
     verifier = TestbedVerifier(task.generate(args.split, args.problems, seed=args.seed))
-    with TraceStore(args.store) as store:
+    with TraceStore(args.store or default_store_path()) as store:
         return collect(
             store, items, load_pair, verifier, split=args.split, threshold=args.threshold, feature=args.feature, epsilon=args.epsilon,
-            seed=args.seed, temperature=args.temperature, workers=args.workers,
+            seed=args.seed, temperature=args.temperature, workers=args.concurrency,
         )
 
 
+def _collect_from_spec(spec: RunSpec, args: argparse.Namespace) -> dict:
+    items = spec.items(args.split)
+    if not items:
+        raise ConfigError(f"{spec.source}: data.splits gives the {args.split} split no questions.")
+    store_path = args.store or spec.paths.store
+    with TraceStore(store_path) as store:
+        report = collect(
+            store, items, spec.build_tiers, None, split=args.split, threshold=spec.collect.threshold,  # type: ignore[arg-type]
+            feature=spec.collect.feature, epsilon=spec.collect.epsilon, seed=spec.sampling.seed, temperature=spec.sampling.temperature,
+            workers=args.concurrency, context=spec.context(), verifier_for=spec.build_verifier, describe_tiers=spec.describe_tiers,
+        )
+    return {**report, "store": str(store_path), "split": args.split}
+
+
 def _train(args: argparse.Namespace) -> dict:
+    spec = _spec(args)
+    if spec is not None:  # the spec's α and paths, unless given on the command line
+        args.alpha = spec.alpha if args.alpha is None else args.alpha
+        args.store, args.out = args.store or spec.paths.store, args.out or spec.paths.policy
+    args.alpha = CPOArgs.alpha if args.alpha is None else args.alpha
+    args.store, args.out = args.store or default_store_path(), args.out or Path("runs/policy")
     cpo_args = dataclass_from_args(CPOArgs, args)
     with TraceStore(args.store, readonly=True) as store:
         episodes = list(store.episodes(split=args.split))
@@ -50,8 +94,10 @@ def _train(args: argparse.Namespace) -> dict:
     if not episodes:
         raise StepgraphError(f"{args.store} holds no {args.split} episodes; run `stepgraph collect` first.")
     calibration = [e for e in calibration if e.steps]
-    if calibration_guarantee(cpo_args.alpha, len(calibration))["type"] == "none":
-        calibration = []  # too few for any κ to pass: keep the online κ rather than an uncalibrated κ = 0
+    if calibration and len(calibration) < min_episodes(cpo_args.alpha):
+        # Too few for any κ to pass: keep the online κ (recorded as "no guarantee") rather than an uncalibrated κ = 0.
+        print(f"stepgraph: warning: {too_few_message(len(calibration), cpo_args.alpha)}", file=sys.stderr)
+        calibration = []
     started = time.time()
     metrics_file = args.out / "metrics.jsonl"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -66,20 +112,107 @@ def _train(args: argparse.Namespace) -> dict:
     artifact.training = {**artifact.training, "store": str(args.store), "episodes": len(episodes), "seconds": round(time.time() - started, 1)}
     artifact.save(args.out)
     keys = ("online_kappa", "calibration_episodes", "calibration_surrogate_miss", "surrogate_coverage", "escalation_rate")
+    if not calibration:
+        print(f"stepgraph train: note: {NO_GUARANTEE}", file=sys.stderr)
     return {"out": str(args.out), "kappa": artifact.kappa, "alpha": artifact.alpha, "guarantee": artifact.guarantee["type"],
             "episodes": len(episodes), "ignored": artifact.ignored,
             "seconds": artifact.training["seconds"], "metrics": str(metrics_file),
             **{k: artifact.training[k] for k in keys if k in artifact.training}}
 
 
+NO_GUARANTEE = ("no calibration episodes: κ is the online value from training, with no held-out coverage guarantee; "
+                "collect a calibration split and run `stepgraph calibrate` (or train with --calibration-split).")
+
+
+def _calibrate(args: argparse.Namespace) -> dict:
+    from stepgraph.training.calibrate import Replay, fit_steer, policy_family, save_gate, steer_family, threshold_family
+
+    spec = _spec(args)
+    alpha = args.alpha if args.alpha is not None else (spec.alpha if spec else CPOArgs.alpha)
+    store_path = args.store or (spec.paths.store if spec else default_store_path())
+    out = args.out or (spec.paths.gate if spec else Path("runs/gate"))
+    name = args.gate or (spec.gate.name if spec and spec.gate.name in ("policy", "threshold", "steer") else "policy")
+    with TraceStore(store_path, create=False) as store:
+        calibration = list(store.episodes(split=args.split))
+        train = list(store.episodes(split="train")) if name == "steer" else []
+        tiers = store.meta("models") or []
+    if not calibration:
+        raise StepgraphError(f"{store_path} holds no {args.split} episodes; run `stepgraph collect --split {args.split}` first.")
+    options: dict[str, Any] = {}
+    if name == "policy":
+        policy_dir = args.policy or (spec.paths.policy if spec else Path("runs/policy"))
+        gate = PolicyGate.from_path(policy_dir)
+        check_tiers(gate.artifact.models.get("tiers"), tiers, str(policy_dir), args.allow_other_tiers)
+        family = policy_family(gate)
+    elif name == "threshold":
+        options["feature"] = args.feature or (spec.collect.feature if spec else "api_confidence")
+        family = threshold_family(options["feature"])
+    else:
+        steer = fit_steer(train)
+        family = steer_family(steer)
+    replay = Replay(family, calibration)
+    result = replay.calibrate(alpha)
+    curve = replay.curve([*CURVE_ALPHAS, alpha])
+    summary = {**result.as_dict(), "met": result.misses <= result.allowed, "store": str(store_path), "split": args.split}
+    if name == "policy":
+        artifact = dataclasses.replace(gate.artifact, kappa=result.threshold, alpha=alpha)
+        artifact.training = {**artifact.training, "recalibrated": summary}
+        artifact.save(out)
+    elif name == "steer":
+        out.mkdir(parents=True, exist_ok=True)
+        steer.save(out / "steer.json")
+    save_gate(out, name, {**options, "threshold": result.threshold}, tiers=tiers, calibration={**summary, "curve": curve})
+    print(curve_table(curve), file=sys.stderr)
+    if not summary["met"]:
+        print(f"stepgraph calibrate: warning: no threshold meets α = {alpha} on the surrogate; the gate escalates as much as it can.",
+              file=sys.stderr)
+    return {"out": str(out), "gate": name, **summary, "curve": curve}
+
+
+def curve_table(curve: list[dict[str, Any]]) -> str:
+    lines = ["| alpha | threshold | coverage (surrogate) | FLOPs vs target | escalation rate |", "|---|---|---|---|---|"]
+    for row in curve:
+        if "needs_episodes" in row:
+            lines.append(f"| {row['alpha']} | needs ≥ {row['needs_episodes']} episodes | | | |")
+        else:
+            lines.append(f"| {row['alpha']} | {row['threshold']:.4g} | {row['coverage']:.3f} | {row['flops_vs_target']:.3f} "
+                         f"| {row['escalation_rate']:.3f} |")
+    return "\n".join(lines)
+
+
 def _evaluate(args: argparse.Namespace) -> dict:
+    spec = _spec(args)
+    if spec is not None:
+        return _evaluate_from_spec(spec, args)
     # One row per policy, named "policy" for one and by directory for several.
-    gates = {"policy" if len(args.policy) == 1 else str(path): PolicyGate.from_path(path) for path in args.policy}
+    policies = args.policy or [Path("runs/policy")]
+    gates = {"policy" if len(policies) == 1 else str(path): PolicyGate.from_path(path) for path in policies}
     tiers = load_pair(args.backend)
     try:
         return {split: evaluate_gates(tiers, gates, testbed_items(split, args.problems, seed=args.seed), seed=args.seed,
-                                      temperature=args.temperature)
+                                      temperature=args.temperature, concurrency=args.concurrency,
+                                      journal_dir=args.resume / split if args.resume else None)
                 for split in args.splits}
+    finally:
+        close_pair(tiers)
+
+
+def _evaluate_from_spec(spec: RunSpec, args: argparse.Namespace) -> dict:
+    tiers = spec.build_tiers()
+    try:
+        allow = args.allow_other_tiers or spec.gate.allow_other_tiers
+        if args.policy:
+            gates = {str(p): load_gate_artifact(p, tiers, allow) for p in args.policy}
+        else:
+            gates = {spec.gate.name: spec.build_gate(tiers)}
+        report: dict[str, Any] = {"tiers": spec.describe_tiers(tiers)}
+        for split in args.splits:
+            items = spec.items(split)[: args.problems] if args.problems else spec.items(split)
+            if items:
+                report[split] = evaluate_gates(tiers, gates, items, seed=spec.sampling.seed, context=spec.context(),
+                                               prices=spec.prices(), concurrency=args.concurrency,
+                                               journal_dir=args.resume / split if args.resume else None)
+        return report
     finally:
         close_pair(tiers)
 
@@ -89,6 +222,10 @@ def _bench(args: argparse.Namespace) -> dict:
 
     from stepgraph.costs import Prices
 
+    spec = _spec(args)
+    if spec is not None:
+        return _bench_from_spec(spec, args)
+    args.store, args.out = args.store or default_store_path(), args.out or Path("runs/bench")
     with TraceStore(args.store, readonly=True) as store:
         episodes = list(store.episodes(split="train"))
     if not episodes:
@@ -98,12 +235,43 @@ def _bench(args: argparse.Namespace) -> dict:
     verifier = TestbedVerifier(calibration + test)
     prices = [Prices(args.input_price, args.cached_price, args.output_price)] * 2
     report = run_bench(
-        load_pair(), train_episodes=episodes, policy_dir=args.policy,
+        load_pair(), train_episodes=episodes, policy_dir=args.policy or DEFAULT_POLICY_DIR,
         calibration=testbed_items("calibration", args.calibration_problems, seed=args.seed + 1),
         test=testbed_items("test", args.problems, seed=args.seed),
-        verify=lambda q, prior, step: verifier.verify(q, "", prior, step), seeds=args.seeds, alpha=args.alpha, prices=prices,
+        verify=lambda q, prior, step: verifier.verify(q, "", prior, step), seeds=args.seeds, alpha=args.alpha if args.alpha is not None else 0.02,
+        prices=prices, concurrency=args.concurrency,
     )
     files = write_outputs(report, args.out)
+    print(markdown_table(report), file=sys.stderr)
+    return files
+
+
+def _bench_from_spec(spec: RunSpec, args: argparse.Namespace) -> dict:
+    from stepgraph.training.bench import markdown_table, run_bench, write_outputs
+
+    store_path, out = args.store or spec.paths.store, args.out or spec.paths.bench
+    with TraceStore(store_path, create=False) as store:
+        episodes = list(store.episodes(split="train"))
+    if not episodes:
+        raise StepgraphError(f"{store_path} holds no train episodes; run `stepgraph collect --config {spec.source}` first.")
+    tiers = spec.build_tiers()
+    try:
+        calibration, test = spec.items("calibration"), spec.items("test")
+        if args.problems:
+            calibration, test = calibration[: args.calibration_problems], test[: args.problems]
+        if not calibration or not test:
+            raise ConfigError(f"{spec.source}: bench needs calibration and test questions (data.splits).")
+        policy = load_gate_artifact(args.policy, tiers, args.allow_other_tiers) if args.policy else spec.build_gate(tiers)
+        verify = None
+        if spec.verifier.kind == "testbed":  # the oracle needs an exact verifier; a rollout oracle would cost k runs per step
+            exact = spec.build_verifier(tiers)
+            verify = lambda q, prior, step: exact.verify(q, "", prior, step)
+        report = run_bench(tiers, train_episodes=episodes, policy=policy, calibration=calibration, test=test, verify=verify,
+                           seeds=args.seeds, alpha=args.alpha if args.alpha is not None else spec.alpha, prices=spec.prices(),
+                           context=spec.context(), concurrency=args.concurrency, threshold_feature=spec.collect.feature)
+    finally:
+        close_pair(tiers)
+    files = write_outputs(report, out)
     print(markdown_table(report), file=sys.stderr)
     return files
 
@@ -120,61 +288,99 @@ def _single_threaded(handler: Callable[[argparse.Namespace], dict]) -> Callable[
     return run
 
 
+def _add_spec_options(parser: argparse.ArgumentParser, *, concurrency: bool = True) -> None:
+    parser.add_argument("--config", type=Path, default=None, metavar="SPEC",
+                        help="run spec (TOML): tiers, data, verifier, gate, alpha, sampling, paths (default: the testbed)")
+    if concurrency:
+        parser.add_argument("--concurrency", "--workers", type=in_range(int, 1), default=1, metavar="N",
+                            help="questions run at once (collect: each worker with its own models) (default: %(default)s)")
+
+
 def add_commands(sub: Any) -> None:
-    """Add collect, train, evaluate and bench to the ``stepgraph`` CLI's subparsers.
+    """Add collect, train, calibrate, evaluate and bench to the ``stepgraph`` CLI's subparsers.
 
     Each handler returns a dict that the CLI prints as JSON on stdout (progress goes to stderr).
     """
     c = sub.add_parser("collect", help="run the graph with an exploring gate and store traces (resumable)",
-                       description="Run the graph over testbed problems with an exploring behaviour gate and store traces.")
-    c.add_argument("--store", type=Path, default=default_store_path(), help="SQLite trace store (default: %(default)s)")
-    c.add_argument("--split", default="train", choices=["train", "calibration", "test"], help="testbed split (default: %(default)s)")
-    c.add_argument("--problems", type=in_range(int, 1), default=400, help="problems to collect (default: %(default)s)")
-    c.add_argument("--seed", type=int, default=0, help="problem and sampling seed (default: %(default)s)")
-    c.add_argument("--threshold", type=in_range(float), default=0.9, help="behaviour gate's confidence threshold (default: %(default)s)")
+                       description="Run the graph over a split's questions with an exploring behaviour gate and store traces. "
+                       "A killed run resumes: questions already in the store are skipped.")
+    _add_spec_options(c)
+    c.add_argument("--store", type=Path, default=None, help="SQLite trace store (default: the spec's paths.store, else runs/traces.sqlite)")
+    c.add_argument("--split", default="train", choices=["train", "calibration", "test"], help="data split (default: %(default)s)")
+    c.add_argument("--problems", type=in_range(int, 1), default=400, help="testbed: problems to collect (default: %(default)s)")
+    c.add_argument("--seed", type=int, default=0, help="testbed: problem and sampling seed (default: %(default)s)")
+    c.add_argument("--threshold", type=in_range(float), default=0.9, help="testbed: behaviour gate's confidence threshold (default: %(default)s)")
     c.add_argument("--feature", default="api_confidence", choices=["api_confidence", "logit_confidence"],
-                   help="confidence feature of the behaviour gate (default: %(default)s)")
-    c.add_argument("--epsilon", type=in_range(float, 0, 1), default=0.3, help="behaviour gate's exploration rate (default: %(default)s)")
-    c.add_argument("--temperature", type=in_range(float, 0), default=0.7, help="sampling temperature (default: %(default)s)")
-    c.add_argument("--workers", type=in_range(int, 1), default=1, help="problems run concurrently, each worker with its own models (default: %(default)s)")
+                   help="testbed: confidence feature of the behaviour gate (default: %(default)s)")
+    c.add_argument("--epsilon", type=in_range(float, 0, 1), default=0.3, help="testbed: behaviour gate's exploration rate (default: %(default)s)")
+    c.add_argument("--temperature", type=in_range(float, 0), default=0.7, help="testbed: sampling temperature (default: %(default)s)")
     c.set_defaults(func=_single_threaded(_collect))
 
     t = sub.add_parser("train", help="train π and κ by CPO on the stored traces and write the policy artifact",
                        description="Train the routing policy by CPO on stored traces, calibrate κ, write the artifact.")
-    t.add_argument("--store", type=Path, default=default_store_path(), help="SQLite trace store (default: %(default)s)")
+    _add_spec_options(t, concurrency=False)
+    t.add_argument("--store", type=Path, default=None, help="SQLite trace store (default: the spec's paths.store, else runs/traces.sqlite)")
     t.add_argument("--split", default="train", help="which stored split to train on (default: %(default)s)")
     t.add_argument("--calibration-split", default="calibration",
                    help="stored split whose episodes calibrate κ after training; '' keeps the online κ (default: %(default)s)")
-    t.add_argument("--out", type=Path, default=Path("runs/policy"), help="artifact directory (default: %(default)s)")
+    t.add_argument("--out", type=Path, default=None, help="artifact directory (default: the spec's paths.policy, else runs/policy)")
     t.add_argument("--ignore-feature", action="append", default=[], choices=CONFIDENCE_SCHEMA.names, metavar="NAME",
                    help="hide a feature from the policy, for a backend that does not report it, e.g. api_confidence "
                         "on a vLLM engine with raw logits (repeatable; choices: %(choices)s)")
-    add_dataclass_options(t, CPOArgs)
+    t.add_argument("--alpha", type=in_range(float, 0, 1, exclusive=True), default=None,
+                   help=f"allowed miss rate: coverage must be at least 1 - alpha (default: the spec's alpha, else {CPOArgs.alpha})")
+    add_dataclass_options(t, CPOArgs, skip=("alpha",))
     t.set_defaults(func=_single_threaded(_train))
 
+    k = sub.add_parser("calibrate", help="set a gate's threshold so held-out coverage meets 1 - alpha; print the alpha curve",
+                       description="Set the threshold of a score-based gate (policy κ, confidence threshold, STEER) on the "
+                       "stored calibration episodes so that coverage meets 1 - alpha (split conformal, replayed with the "
+                       "local-verification surrogate; no model calls), write a gate artifact and print the alpha -> "
+                       "(coverage, cost) curve. Re-calibrates a policy for a new alpha without retraining.")
+    _add_spec_options(k, concurrency=False)
+    k.add_argument("--gate", choices=["policy", "threshold", "steer"], default=None,
+                   help="gate to calibrate (default: the spec's gate if score-based, else policy)")
+    k.add_argument("--alpha", type=in_range(float, 0, 1, exclusive=True), default=None, help=f"allowed miss rate (default: the spec's alpha, else {CPOArgs.alpha})")
+    k.add_argument("--policy", type=Path, default=None, help="policy artifact to re-calibrate (default: the spec's paths.policy, else runs/policy)")
+    k.add_argument("--feature", choices=["api_confidence", "logit_confidence"], default=None,
+                   help="--gate threshold: confidence feature (default: the spec's collect.feature, else api_confidence)")
+    k.add_argument("--store", type=Path, default=None, help="trace store (default: the spec's paths.store, else runs/traces.sqlite)")
+    k.add_argument("--split", default="calibration", help="stored split to calibrate on (default: %(default)s)")
+    k.add_argument("--out", type=Path, default=None, help="gate artifact directory (default: the spec's paths.gate, else runs/gate)")
+    k.add_argument("--allow-other-tiers", action="store_true", help="use a policy trained on other tiers than the store's, with a warning")
+    k.set_defaults(func=_single_threaded(_calibrate))
+
     e = sub.add_parser("evaluate", help="run the trained gate live in the graph against target-only and draft-only",
-                       description="Run policies live in the graph beside target-only and draft-only on the same problems.")
-    e.add_argument("--policy", type=Path, nargs="+", default=[Path("runs/policy")],
-                   help="policy artifact directories, each a row (default: runs/policy)")
+                       description="Run gates live in the graph beside target-only and draft-only on the same problems.")
+    _add_spec_options(e)
+    e.add_argument("--policy", type=Path, nargs="+", default=None,
+                   help="policy or calibrated gate directories, each a row (default: the spec's gate, else runs/policy)")
     e.add_argument("--backend", default="transformers", choices=BACKENDS,
-                   help="run the shipped pair on local transformers or on vLLM engines (default: %(default)s)")
-    e.add_argument("--splits", nargs="+", default=["calibration", "test"], help="testbed splits (default: calibration test)")
-    e.add_argument("--problems", type=in_range(int, 1), default=200, help="problems per split (default: %(default)s)")
-    e.add_argument("--seed", type=int, default=0, help="problem and sampling seed (default: %(default)s)")
-    e.add_argument("--temperature", type=in_range(float, 0), default=0.7, help="sampling temperature (default: %(default)s)")
+                   help="testbed: run the shipped pair on local transformers or on vLLM engines (default: %(default)s)")
+    e.add_argument("--splits", nargs="+", default=["calibration", "test"], help="data splits (default: calibration test)")
+    e.add_argument("--problems", type=in_range(int, 1), default=200, help="problems per split, at most (default: %(default)s)")
+    e.add_argument("--seed", type=int, default=0, help="testbed: problem and sampling seed (default: %(default)s)")
+    e.add_argument("--temperature", type=in_range(float, 0), default=0.7, help="testbed: sampling temperature (default: %(default)s)")
+    e.add_argument("--allow-other-tiers", action="store_true", help="use an artifact trained on other tiers, with a warning")
+    e.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                   help="journal finished rows under DIR and reuse them, so a killed evaluation resumes; one DIR per "
+                        "evaluation (same spec, gates and options) (default: no journal)")
     e.set_defaults(func=_single_threaded(_evaluate))
 
     b = sub.add_parser("bench", help="every method side by side on the same problems: table, CSV/JSON, Pareto plot",
                        description="Run every routing method on the same problems and seeds; write table, CSV/JSON and plot.")
-    b.add_argument("--store", type=Path, default=default_store_path(), help="trace store whose train episodes fit STEER and the PRM (default: %(default)s)")
-    b.add_argument("--policy", type=Path, default=DEFAULT_POLICY_DIR, help="CPO policy artifact (default: the shipped policy)")
-    b.add_argument("--out", type=Path, default=Path("runs/bench"), help="output directory (default: %(default)s)")
-    b.add_argument("--problems", type=in_range(int, 1), default=200, help="test-split problems (default: %(default)s)")
+    _add_spec_options(b)
+    b.add_argument("--store", type=Path, default=None,
+                   help="trace store whose train episodes fit STEER and the PRM (default: the spec's paths.store, else runs/traces.sqlite)")
+    b.add_argument("--policy", type=Path, default=None, help="CPO policy or calibrated gate (default: the spec's gate, else the shipped policy)")
+    b.add_argument("--out", type=Path, default=None, help="output directory (default: the spec's paths.bench, else runs/bench)")
+    b.add_argument("--problems", type=in_range(int, 1), default=200, help="test-split problems, at most (default: %(default)s)")
     b.add_argument("--calibration-problems", type=in_range(int, 1), default=100, help="calibration problems for threshold grid search (default: %(default)s)")
     b.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampling seeds, each a full run (default: 0 1 2)")
-    b.add_argument("--seed", type=int, default=0, help="problem-selection seed (default: %(default)s)")
-    b.add_argument("--alpha", type=in_range(float, 0, 1, exclusive=True), default=0.02, help="coverage target 1 - alpha for threshold selection (default: %(default)s)")
-    b.add_argument("--input-price", type=in_range(float, 0), default=0.40, help="$ per 1M input tokens (default: %(default)s)")
-    b.add_argument("--cached-price", type=in_range(float, 0), default=0.10, help="$ per 1M cached input tokens (default: %(default)s)")
-    b.add_argument("--output-price", type=in_range(float, 0), default=1.60, help="$ per 1M output tokens (default: %(default)s)")
+    b.add_argument("--seed", type=int, default=0, help="testbed: problem-selection seed (default: %(default)s)")
+    b.add_argument("--alpha", type=in_range(float, 0, 1, exclusive=True), default=None, help="coverage target 1 - alpha for threshold selection (default: the spec's, else 0.02)")
+    b.add_argument("--input-price", type=in_range(float, 0), default=0.40, help="testbed: $ per 1M input tokens (default: %(default)s)")
+    b.add_argument("--cached-price", type=in_range(float, 0), default=0.10, help="testbed: $ per 1M cached input tokens (default: %(default)s)")
+    b.add_argument("--output-price", type=in_range(float, 0), default=1.60, help="testbed: $ per 1M output tokens (default: %(default)s)")
+    b.add_argument("--allow-other-tiers", action="store_true", help="use an artifact trained on other tiers, with a warning")
     b.set_defaults(func=_single_threaded(_bench))

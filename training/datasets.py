@@ -92,3 +92,20 @@ def load_from_hub(name: str, split: str = "test") -> list[Item]:
 
     repo, config = HUB_NAMES[name]
     return to_items(name, load_dataset(repo, config, split=split))
+
+
+def load_jsonl(path: str | Path, question_field: str = "question", answer_field: str = "answer") -> list[Item]:
+    """A generic data file (.jsonl / .json / .parquet) with named question and answer fields.
+
+    The answer is normalised (``\\boxed{}``, ``$``, thousands commas); an answer in GSM8K's
+    ``... #### N`` form keeps only ``N``. Ids are the row's ``id`` field, else ``jsonl:ROW``.
+    """
+    items = []
+    for i, row in enumerate(read_records(path)):
+        if question_field not in row or answer_field not in row:
+            missing = [f for f in (question_field, answer_field) if f not in row]
+            raise ValueError(f"{path} row {i} has no field {missing[0]!r} (fields: {sorted(row)}); set data.question_field / "
+                             "data.answer_field in the run spec.")
+        answer = str(row[answer_field])
+        items.append(Item(str(row.get("id", f"jsonl:{i}")), str(row[question_field]), normalize_answer(answer.split("####")[-1])))
+    return items

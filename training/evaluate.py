@@ -8,38 +8,17 @@ A/C is accuracy per mean cost, with cost in MFLOPs (generated tokens, 2·N per t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from stepgraph.training.collect import Item
-from tqdm import tqdm
+from stepgraph.training.runs import run_gate
 
-from stepgraph.answers import is_correct
 from stepgraph.context import RouterContext
+from stepgraph.costs import Prices
 from stepgraph.gates import AlwaysDraftGate, AlwaysTargetGate
 from stepgraph.gates.base import Gate
-from stepgraph.graph import build_graph
 from stepgraph.models.base import StepModel
-
-
-def run_gate(tiers: Sequence[StepModel], gate: Gate, items: Sequence[Item], *, seed: int, temperature: float,
-             desc: str = "", progress: bool = True) -> list[dict[str, Any]]:
-    """One row per item: correctness, FLOPs, steps and escalations of the routed run."""
-    graph = build_graph(tiers, gate)
-    rows = []
-    for i, item in enumerate(tqdm(items, desc=desc, disable=not progress)):
-        state = graph.invoke({"question": item.question}, context=RouterContext(seed=seed * 100_003 + i, temperature=temperature))
-        rows.append(
-            {
-                "problem_id": item.problem_id,
-                "correct": int(is_correct(state["answer"], item.reference)),
-                "flops": state["totals"]["flops"],
-                "prefill_flops": state["totals"]["prefill_flops"],
-                "usd": state["totals"]["usd"],
-                "steps": len(state["steps"]),
-                "escalated_steps": sum(s["escalated"] for s in state["steps"]),
-            }
-        )
-    return rows
 
 
 def summarize(rows: Sequence[Mapping[str, Any]], target_rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
@@ -54,15 +33,29 @@ def summarize(rows: Sequence[Mapping[str, Any]], target_rows: Sequence[Mapping[s
         "escalation_rate": round(sum(r["escalated_steps"] for r in rows) / max(1, sum(r["steps"] for r in rows)), 4),
         "mean_flops": flops,
         "mean_prefill_flops": sum(r["prefill_flops"] for r in rows) / n,
+        "mean_usd": sum(r["usd"] for r in rows) / n,
         "a_over_c_per_mflop": round(accuracy / (flops / 1e6), 5) if flops else float("nan"),
     }
 
 
 def evaluate_gates(tiers: Sequence[StepModel], gates: Mapping[str, Gate], items: Sequence[Item], *, seed: int = 0,
-                   temperature: float = 0.7, progress: bool = True) -> dict[str, dict[str, float]]:
-    """Run target-only, draft-only and every given gate on the same items; summarise each."""
+                   temperature: float = 0.7, context: RouterContext | None = None, prices: Sequence[Prices] | None = None,
+                   concurrency: int = 1, progress: bool = True, journal_dir: Path | None = None) -> dict[str, dict[str, float]]:
+    """Run target-only, draft-only and every given gate on the same items; summarise each.
+
+    ``context`` (default: temperature only) sets the run limits; item seeds follow ``runs.run_seed``.
+    With ``journal_dir``, each gate's rows go to ``journal_dir/<name>.jsonl`` as they finish, and a
+    killed evaluation resumes from them.
+    """
+    if not items:
+        raise ValueError("evaluate_gates needs at least one item.")
+    context = context or RouterContext(temperature=temperature)
     runs = {"target": AlwaysTargetGate(), "draft": AlwaysDraftGate(), **gates}
-    rows = {name: run_gate(tiers, gate, items, seed=seed, temperature=temperature, desc=name, progress=progress)
+    if journal_dir is not None:
+        journal_dir.mkdir(parents=True, exist_ok=True)
+    rows = {name: run_gate(tiers, gate, items, seed=seed, context=context, prices=prices, concurrency=concurrency,
+                           desc=name, progress=progress,
+                           journal=journal_dir / f"{name.replace('/', '_')}.jsonl" if journal_dir else None)
             for name, gate in runs.items()}
     target_flops = sum(r["flops"] for r in rows["target"]) / len(items)
     report = {}

@@ -1,18 +1,24 @@
 """Step verifiers: the per-step verdict V that offline training needs.
 
-On the testbed the verdict is exact (``TestbedVerifier``). On real data, plug in any object with
-the same ``verify`` method, e.g. ``JudgeVerifier`` around a LangChain chat model that judges
-each step (an LLM judge, as in SpecReason), or a process reward model thresholded.
+On the testbed the verdict is exact (``TestbedVerifier``). On real data: ``RolloutVerifier``
+(the strongest tier completes the solution from the step k times; needs only reference answers)
+or ``JudgeVerifier`` (an LLM judge with the paper's stepwise prompt), or any object with the
+same ``verify`` method.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from typing import Protocol
 
 from langchain_core.language_models import BaseChatModel
 
+from stepgraph.answers import extract_boxed, is_correct
+from stepgraph.errors import ConfigError
+from stepgraph.models.base import StepModel
+from stepgraph.nodes import call_seed
 from stepgraph.testbed import task
 
 
@@ -38,16 +44,26 @@ class TestbedVerifier:
 
 
 JUDGE_PROMPT = (
-    "You check one step of a step-by-step solution.\n\nProblem: {question}\n\nPrevious steps:\n{prior}\n\n"
-    "Next step:\n{step}\n\nIs the next step correct given the previous steps? Answer with one word: yes or no."
+    "Determine whether the final step is correct for the given problem.\n"
+    "Reply with exactly one verdict, correct or incorrect, and do not explain.\n\n"
+    "Problem:\n{question}\n\nPrevious steps:\n{prior}\n\nFinal step:\n{step}\n\nVerdict (correct | incorrect):"
 )
+"""The paper's stepwise verification prompt (GPT-4o-mini as the judge there)."""
+
+VERDICT = re.compile(r"\b(incorrect|correct)\b", re.IGNORECASE)
+
+
+def parse_verdict(reply: str) -> bool | None:
+    """The judge's first verdict word: True for correct, False for incorrect, None for neither."""
+    match = VERDICT.search(reply)
+    return None if match is None else match.group(1).lower() == "correct"
 
 
 class JudgeVerifier:
-    """An LLM judge: asks a LangChain chat model whether each step is correct.
+    """An LLM judge with the paper's stepwise prompt: is the final step correct for the problem?
 
     Args:
-        model: any ``BaseChatModel`` (e.g. ``ChatOpenAI(model="gpt-4.1-mini")``).
+        model: any ``BaseChatModel`` (e.g. ``ChatOpenAI(model="gpt-4o-mini", temperature=0)``).
         prompt: the judge prompt, with ``{question}``, ``{prior}`` and ``{step}`` fields.
     """
 
@@ -57,5 +73,56 @@ class JudgeVerifier:
     def verify(self, question: str, reference: str, prior_steps: Sequence[str], step: str) -> bool | None:
         prior = "\n\n".join(prior_steps) or "(none)"
         reply = self.model.invoke(self.prompt.format(question=question, prior=prior, step=step))
-        word = re.search(r"\b(yes|no)\b", str(reply.content).lower())
-        return None if word is None else word.group(1) == "yes"
+        return parse_verdict(str(reply.content))
+
+
+class RolloutVerifier:
+    """A step is correct when at least ``m`` of ``k`` completions from (prefix + step) reach the reference.
+
+    The Math-Shepherd estimate: model-agnostic, it needs only reference answers. The completing
+    model is any StepModel (the strongest tier); completions stop at a ``\\boxed{}`` answer, the
+    model's end of answer, or ``max_steps``, and are judged with math-verify. A step that itself
+    holds the final answer is judged directly. Seeds derive from ``seed``, the prefix and the
+    rollout index, so verdicts are reproducible.
+
+    Args:
+        model: the completing model.
+        k: completions per step.
+        m: completions that must reach the reference.
+        max_steps: step limit of a completion (beyond the prefix).
+        temperature: sampling temperature of the completions.
+        max_step_tokens: token limit per completion step.
+        seed: base seed.
+    """
+
+    def __init__(self, model: StepModel, *, k: int = 4, m: int = 1, max_steps: int = 16, temperature: float = 0.7,
+                 max_step_tokens: int = 64, seed: int = 0) -> None:
+        if not 1 <= m <= k:
+            raise ConfigError(f"RolloutVerifier needs 1 ≤ m ≤ k, got k={k}, m={m}.")
+        self.model, self.k, self.m, self.max_steps = model, k, m, max_steps
+        self.temperature, self.max_step_tokens, self.seed = temperature, max_step_tokens, seed
+
+    def verify(self, question: str, reference: str, prior_steps: Sequence[str], step: str) -> bool | None:
+        if extract_boxed(step) is not None:
+            return is_correct(extract_boxed(step), reference)
+        reached = 0
+        for rollout in range(self.k):
+            reached += self.complete(question, reference, [*prior_steps, step], rollout)
+            if reached >= self.m:
+                return True
+            if reached + (self.k - rollout - 1) < self.m:
+                return False
+        return False
+
+    def complete(self, question: str, reference: str, steps: list[str], rollout: int) -> bool:
+        """One completion of ``steps``; whether its final answer equals the reference."""
+        steps = list(steps)
+        base = int.from_bytes(hashlib.sha256(f"{self.seed}:{rollout}:{question}:{len(steps)}:{steps[-1]}".encode()).digest()[:4], "big")
+        for index in range(self.max_steps):
+            out = self.model.generate_step(question, steps, temperature=self.temperature, seed=call_seed(base, index, 0),
+                                           max_tokens=self.max_step_tokens)
+            steps.append(out.text)
+            answer = extract_boxed(out.text)
+            if answer is not None or out.finished:
+                return is_correct(answer, reference)
+        return False

@@ -423,21 +423,17 @@ async def _sse(events: AsyncIterator[dict[str, Any]], base: dict[str, Any], incl
 
 
 def load_graph(config: Path | None = None, limits: RouterLimits | None = None) -> Any:
-    """The graph to serve: the shipped pair with its gates, or the run spec at ``config``.
-
-    TODO(pipeline): the run spec (TOML, ``load_spec``) lands on the ``pipeline`` branch; until
-    then ``--config`` is refused with a ConfigError instead of being ignored.
-    """
+    """The graph to serve: the shipped pair with its gates, or the run spec's tiers and gate at ``config``."""
     if config is None:
         from stepgraph.integrations.studio import shipped_graph
 
         return shipped_graph(limits)
-    try:
-        from stepgraph.spec import load_spec  # type: ignore[import-not-found,unused-ignore]
-    except ImportError as exc:
-        raise ConfigError(f"--config {config}: this build has no run-spec support (stepgraph.spec); "
-                          "serve the default graph by leaving --config out.") from exc
-    return load_spec(config).build_graph()
+    from stepgraph.graph import build_graph
+    from stepgraph.training.spec import load_spec
+
+    spec = load_spec(config)
+    tiers = spec.build_tiers()
+    return build_graph(tiers, spec.build_gate(tiers), prices=spec.prices(), limits=limits)
 
 
 def serve(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000, shutdown_timeout: float = 30.0,
