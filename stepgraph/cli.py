@@ -18,6 +18,7 @@ from stepgraph import __version__
 from stepgraph.context import RouterContext, RouterLimits, check_setting
 from stepgraph.errors import ConfigError, StepgraphError
 from stepgraph.gates import ALIASES, GATES, canonical_gate_name
+from stepgraph.options import in_range
 from stepgraph.testbed import BACKENDS, DRAFT_MODEL_DIR, TARGET_MODEL_DIR
 from stepgraph.testbed.defaults import TESTBED_GATE_OPTIONS, default_gate_name, resolve_gate
 
@@ -211,8 +212,6 @@ RUNTIME_COMMANDS = ("solve", "overhead", "throughput", "serve", "serve-bench", "
 def build_parser(offline: bool = True) -> argparse.ArgumentParser:
     """The CLI's parser; ``offline=False`` leaves out collect/train/evaluate/bench, whose
     imports (the trainer, math-verify, LangChain) would slow a ``solve`` down by seconds."""
-    from stepgraph.training.cli_args import in_range
-
     parser = argparse.ArgumentParser(
         prog="stepgraph",
         description="Stepwise model routing: a small model drafts each reasoning step, a gate decides "

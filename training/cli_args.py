@@ -7,9 +7,7 @@ import ast
 import dataclasses
 import inspect
 import itertools
-import math
 import textwrap
-from collections.abc import Callable
 from typing import Any
 
 
@@ -44,37 +42,3 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tupl
 def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     return cls(**values)
-
-
-def in_range(kind: type, low: float | None = None, high: float | None = None, *,
-             exclusive: bool = False) -> Callable[[str], Any]:
-    """An argparse ``type=``: a finite ``kind`` (int or float) within [low, high] ((low, high) if ``exclusive``).
-
-    argparse turns its error into one line naming the option, e.g.
-    ``argument --problems: must be an integer >= 1, got '0'``.
-    """
-    word = "an integer" if kind is int else "a finite number"
-    left, right = ("(", ")") if exclusive else ("[", "]")
-    if low is not None and high is not None:
-        allowed = f"{word} in {left}{low}, {high}{right}"
-    elif low is not None:
-        allowed = f"{word} {'>' if exclusive else '>='} {low}"
-    else:
-        allowed = word
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        ok = value is not None and math.isfinite(value)
-        if ok and low is not None:
-            ok = value > low if exclusive else value >= low
-        if ok and high is not None:
-            ok = value < high if exclusive else value <= high
-        if not ok:
-            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in some messages
-    return parse

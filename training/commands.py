@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stepgraph.training.calibrate import CURVE_ALPHAS, check_tiers, load_gate_artifact, min_episodes, too_few_message
-from stepgraph.training.cli_args import add_dataclass_options, dataclass_from_args, in_range
+from stepgraph.training.cli_args import add_dataclass_options, dataclass_from_args
 from stepgraph.training.collect import collect, default_store_path, testbed_items
 from stepgraph.training.cpo import CPOArgs, train_policy
 from stepgraph.training.evaluate import evaluate_gates
@@ -40,6 +40,7 @@ from stepgraph.defaults import DEFAULT_POLICY_DIR
 from stepgraph.errors import ConfigError, StepgraphError
 from stepgraph.features import CONFIDENCE_SCHEMA
 from stepgraph.gates import PolicyGate
+from stepgraph.options import in_range
 from stepgraph.testbed import BACKENDS, close_pair, load_pair, task
 
 if TYPE_CHECKING:
@@ -327,7 +328,7 @@ def add_commands(sub: Any) -> None:
     t.add_argument("--ignore-feature", action="append", default=[], choices=CONFIDENCE_SCHEMA.names, metavar="NAME",
                    help="hide a feature from the policy, for a backend that does not report it, e.g. api_confidence "
                         "on a vLLM engine with raw logits (repeatable; choices: %(choices)s)")
-    t.add_argument("--alpha", type=in_range(float, 0, 1, exclusive=True), default=None,
+    t.add_argument("--alpha", type=float, default=None,
                    help=f"allowed miss rate: coverage must be at least 1 - alpha (default: the spec's alpha, else {CPOArgs.alpha})")
     add_dataclass_options(t, CPOArgs, skip=("alpha",))
     t.set_defaults(func=_single_threaded(_train))
