@@ -2,11 +2,11 @@
 
 Reproduces ``stepgraph/testbed/models/{draft,target}`` and measures what their model card
 reports. Both models see the same stream of training problems; the loss is on the solution
-tokens only. Run ``python -m stepgraph.testbed.train_models --help`` for the options.
+tokens only. Run ``python -m stepgraph.training.testbed_models --help`` for the options.
 
 Example:
-    python -m stepgraph.testbed.train_models --which target --steps 3000
-    python -m stepgraph.testbed.train_models --evaluate-only --eval-problems 300
+    python -m stepgraph.training.testbed_models --which target --steps 3000
+    python -m stepgraph.training.testbed_models --evaluate-only --eval-problems 300
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ by `task.verify_step` given the steps before it.
 
 ## Training
 
-`python -m stepgraph.testbed.train_models` (defaults reproduce these files; about 40 minutes
+`python -m stepgraph.training.testbed_models` (defaults reproduce these files; about 40 minutes
 on a 2-core CPU). Both models see the same seeded stream of train-split problems (batch 64,
 AdamW, lr 2e-3 with 100 warm-up steps then cosine decay to 10%, weight decay 0.01, gradient
 clipping 1.0), loss on the solution tokens only. The draft is stopped part-way through its
@@ -194,7 +194,7 @@ smallest vLLM's CPU attention accepts).
 ## Measured
 
 On the first {n} test-split problems, sampling at temperature {temperature}, each model alone
-(`python -m stepgraph.testbed.train_models --evaluate-only`). AUROC: how well a low STEER score
+(`python -m stepgraph.training.testbed_models --evaluate-only`). AUROC: how well a low STEER score
 (mean max-logit over math tokens) predicts that a step is wrong. Seconds per problem: one full
 answer, local transformers backend, this 2-core CPU.
 
