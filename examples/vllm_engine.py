@@ -14,8 +14,8 @@ import argparse
 import time
 
 from stepgraph import RouterContext, VLLMStepModel, build_graph, resolve_gate
-from stepgraph.testbed.defaults import LOGITS_ONLY_POLICY_DIR
 from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR, task
+from stepgraph.testbed.defaults import LOGITS_ONLY_POLICY_DIR
 from stepgraph.testbed.vllm_serving import ENGINE_ARGS, configure_environment
 
 QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
