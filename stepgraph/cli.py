@@ -119,8 +119,8 @@ def _question_and_models(args: argparse.Namespace) -> tuple[str, list[Path]]:
 
 def _solve_from_spec(args: argparse.Namespace) -> int:
     """``solve --config SPEC``: the run spec's tiers, gate (checked against the tiers) and sampling; JSON out."""
+    from stepgraph.context import validate_question
     from stepgraph.graph import build_graph
-    from stepgraph.nodes import validate_question
     from stepgraph.testbed import close_pair
     from stepgraph.training.spec import load_spec
 
@@ -142,7 +142,7 @@ def _solve_from_spec(args: argparse.Namespace) -> int:
 def _solve(args: argparse.Namespace) -> int:
     if getattr(args, "config", None):
         return _solve_from_spec(args)
-    from stepgraph.nodes import validate_question
+    from stepgraph.context import validate_question
 
     question, model_dirs = _question_and_models(args)
     context = _context(args)

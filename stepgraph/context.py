@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from stepgraph.errors import ConfigError
+from stepgraph.errors import BadQuestionError, ConfigError
 
 
 def _integer(value: Any) -> bool:
@@ -110,3 +110,16 @@ class RouterLimits:
                 "(RouterLimits.max_budget_flops, set by its operator): set a budget within it."
             )
         return context
+
+
+def validate_question(question: object, max_chars: int) -> str:
+    """Return the question stripped, or raise BadQuestionError saying what is wrong."""
+    if not isinstance(question, str):
+        raise BadQuestionError(f"The question must be a string, not {type(question).__name__}.")
+    if not question.strip():
+        raise BadQuestionError("The question is empty: pass the problem text to solve.")
+    if len(question) > max_chars:
+        raise BadQuestionError(
+            f"The question has {len(question)} characters; the limit is {max_chars} (RouterLimits.max_question_chars)."
+        )
+    return question.strip()

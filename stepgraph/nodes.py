@@ -19,26 +19,13 @@ from langgraph.runtime import Runtime
 from langgraph.types import Overwrite
 
 from stepgraph.answers import extract_boxed
-from stepgraph.context import RouterContext, RouterLimits
+from stepgraph.context import RouterContext, RouterLimits, validate_question
 from stepgraph.costs import Prices, call_cost, total_costs
 from stepgraph.errors import BadQuestionError, ContextLimitError, ModelOutputError
 from stepgraph.features import observe
 from stepgraph.gates.base import Gate, GateInput
 from stepgraph.models.base import StepModel, StepOutput, agenerate
 from stepgraph.state import RouterState, Step
-
-
-def validate_question(question: object, max_chars: int) -> str:
-    """Return the question stripped, or raise BadQuestionError saying what is wrong."""
-    if not isinstance(question, str):
-        raise BadQuestionError(f"The question must be a string, not {type(question).__name__}.")
-    if not question.strip():
-        raise BadQuestionError("The question is empty: pass the problem text to solve.")
-    if len(question) > max_chars:
-        raise BadQuestionError(
-            f"The question has {len(question)} characters; the limit is {max_chars} (RouterLimits.max_question_chars)."
-        )
-    return question.strip()
 
 
 def call_seed(base: int | None, step_index: int, tier: int) -> int | None:

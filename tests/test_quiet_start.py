@@ -17,7 +17,7 @@ def test_empty_question_is_refused_before_the_graph_and_models_load():
         "import sys\n"
         "from stepgraph.cli import main\n"
         "code = main(['solve', '   '])\n"
-        "heavy = sorted(m for m in ('transformers', 'math_verify', 'stepgraph.training', 'stepgraph.models.local') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('torch', 'langgraph', 'transformers', 'math_verify', 'stepgraph.training', 'stepgraph.models.local') if m in sys.modules)\n"
         "print(code, heavy)\n"
     )
     assert result.stdout.strip() == "2 []", result.stderr

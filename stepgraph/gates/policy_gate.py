@@ -5,11 +5,13 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from stepgraph.errors import GateConfigError
 from stepgraph.gates.base import Gate, GateInput, GateOption
-from stepgraph.policy import PolicyArtifact
+
+if TYPE_CHECKING:  # torch loads with the first policy, not with the gate registry
+    from stepgraph.policy import PolicyArtifact
 
 
 class PolicyGate(Gate):
@@ -42,6 +44,8 @@ class PolicyGate(Gate):
         Raises:
             PolicyFileError: the files are missing, corrupted, or of another feature schema.
         """
+        from stepgraph.policy import PolicyArtifact
+
         return cls(PolicyArtifact.load(directory))
 
     @classmethod
