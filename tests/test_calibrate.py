@@ -127,7 +127,7 @@ def test_the_gate_artifact_records_tiers_and_curve(tmp_path):
         load_gate_artifact(tmp_path, tiers)
 
 
-@pytest.mark.parametrize("gate", ["threshold", "steer"])
+@pytest.mark.parametrize("gate", ["threshold", "steer", "prm"])
 def test_calibrate_cli_writes_a_loadable_gate_for_any_score_gate(tmp_path, capsys, gate):
     from stepgraph.training.calibrate import load_gate_artifact
     from stepgraph.training.store import TraceStore
@@ -153,8 +153,9 @@ def test_calibrate_cli_writes_a_loadable_gate_for_any_score_gate(tmp_path, capsy
             self.name, self.n_params = name, n_params
 
     loaded = load_gate_artifact(tmp_path / gate, [Tier("small", 10), Tier("big", 100)])
-    assert type(loaded).__name__ == {"threshold": "ConfidenceThresholdGate", "steer": "StepwiseGMMGate"}[gate]
-    assert getattr(loaded, "confidence_threshold", loaded.threshold) == out["threshold"]
+    assert type(loaded).__name__ == {"threshold": "ConfidenceThresholdGate", "steer": "StepwiseGMMGate", "prm": "ProcessRewardGate"}[gate]
+    assert {"threshold": lambda g: g.confidence_threshold, "steer": lambda g: g.threshold,
+            "prm": lambda g: g.accept_threshold}[gate](loaded) == out["threshold"]
     with pytest.raises(PolicyFileError, match="small"):
         load_gate_artifact(tmp_path / gate, [Tier("small", 11), Tier("big", 100)])
 
@@ -169,3 +170,12 @@ def test_when_no_threshold_meets_alpha_the_gate_escalates_everything():
     replay = Replay(threshold_family("api_confidence"), episodes)
     result = replay.calibrate(0.1)
     assert result.misses > result.allowed and result.escalation_rate == 1.0
+
+
+def test_a_corrupted_reward_model_file_is_refused_naming_it(tmp_path):
+    from stepgraph.training.prm import StepRewardModel
+
+    path = tmp_path / "prm.safetensors"
+    path.write_bytes(b"not safetensors")
+    with pytest.raises(PolicyFileError, match="prm.safetensors"):
+        StepRewardModel.load(path)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stepgraph.training.prm import StepRewardModel
 from stepgraph.training.records import Episode
 
 from stepgraph.errors import ConfigError, PolicyFileError
@@ -37,6 +38,7 @@ from stepgraph.gates import (
     StepwiseGMMGate,
 )
 from stepgraph.gates.base import Gate, GateInput
+from stepgraph.gates.judges import ProcessRewardGate
 from stepgraph.models.base import StepModel, StepOutput
 
 if TYPE_CHECKING:
@@ -44,9 +46,10 @@ if TYPE_CHECKING:
 
 GATE_FORMAT = "stepgraph.gate"
 GATE_FORMAT_VERSION = 1
+PRM_FILE = "prm.safetensors"
 GATE_FILE = "gate.json"
 CURVE_ALPHAS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
-CALIBRATED = ("policy", "threshold", "steer")
+CALIBRATED = ("policy", "threshold", "steer", "prm")
 
 
 def min_episodes(alpha: float) -> int:
@@ -131,6 +134,12 @@ def steer_family(gate: StepwiseGMMGate) -> Family:
     return Family("steer", gate.score, lambda s, t: s is not None and s >= t,
                   lambda t: StepwiseGMMGate(gate.mixtures, gate.pooled, min(1.0, t), gate.feature),
                   lambda scores: sorted(set(scores) | {0.0, 1.0}, reverse=True))
+
+
+def prm_family(prm: StepRewardModel) -> Family:
+    """RSD: escalate a draft whose predicted reward is below the threshold; the cheapest cut-off is the lowest reward."""
+    return Family("prm", prm, lambda s, t: s is None or s < t, lambda t: ProcessRewardGate(prm, t),
+                  lambda scores: [*sorted(set(scores)), 1.0 + 1e-9])
 
 
 def fit_steer(train: Sequence[Episode], feature: str = "logit_confidence") -> StepwiseGMMGate:
@@ -285,6 +294,8 @@ def load_gate_artifact(directory: str | Path, tiers: Sequence[StepModel] | None 
             return StepwiseGMMGate(gate.mixtures, gate.pooled, float(options["threshold"]), gate.feature)
         if name == "threshold":
             return ConfidenceThresholdGate(float(options["threshold"]), str(options["feature"]))
+        if name == "prm":
+            return ProcessRewardGate(StepRewardModel.load(directory / PRM_FILE), float(options["threshold"]))
         raise PolicyFileError(f"{directory / GATE_FILE}: unknown gate {name!r}.")
     policy = PolicyGate.from_path(directory)  # raises PolicyFileError naming the missing files
     if tiers is not None:

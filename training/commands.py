@@ -126,16 +126,26 @@ NO_GUARANTEE = ("no calibration episodes: κ is the online value from training, 
 
 
 def _calibrate(args: argparse.Namespace) -> dict:
-    from stepgraph.training.calibrate import Replay, fit_steer, policy_family, save_gate, steer_family, threshold_family
+    from stepgraph.training.calibrate import (
+        PRM_FILE,
+        Replay,
+        fit_steer,
+        policy_family,
+        prm_family,
+        save_gate,
+        steer_family,
+        threshold_family,
+    )
+    from stepgraph.training.prm import StepRewardModel
 
     spec = _spec(args)
     alpha = args.alpha if args.alpha is not None else (spec.alpha if spec else CPOArgs.alpha)
     store_path = args.store or (spec.paths.store if spec else default_store_path())
     out = args.out or (spec.paths.gate if spec else Path("runs/gate"))
-    name = args.gate or (spec.gate.name if spec and spec.gate.name in ("policy", "threshold", "steer") else "policy")
+    name = args.gate or (spec.gate.name if spec and spec.gate.name in ("policy", "threshold", "steer", "prm") else "policy")
     with TraceStore(store_path, create=False) as store:
         calibration = list(store.episodes(split=args.split))
-        train = list(store.episodes(split="train")) if name == "steer" else []
+        train = list(store.episodes(split="train")) if name in ("steer", "prm") else []
         tiers = store.meta("models") or []
     if not calibration:
         raise StepgraphError(f"{store_path} holds no {args.split} episodes; run `stepgraph collect --split {args.split}` first.")
@@ -148,9 +158,14 @@ def _calibrate(args: argparse.Namespace) -> dict:
     elif name == "threshold":
         options["feature"] = args.feature or (spec.collect.feature if spec else "api_confidence")
         family = threshold_family(options["feature"])
-    else:
+    elif name == "steer":
         steer = fit_steer(train)
         family = steer_family(steer)
+    else:  # RSD's process reward model, fitted on the train split's step verdicts
+        if not train:
+            raise StepgraphError(f"{store_path} holds no train episodes to fit the reward model on.")
+        prm = StepRewardModel().fit(train)
+        family = prm_family(prm)
     replay = Replay(family, calibration)
     result = replay.calibrate(alpha)
     curve = replay.curve([*CURVE_ALPHAS, alpha])
@@ -162,6 +177,9 @@ def _calibrate(args: argparse.Namespace) -> dict:
     elif name == "steer":
         out.mkdir(parents=True, exist_ok=True)
         steer.save(out / "steer.json")
+    elif name == "prm":
+        out.mkdir(parents=True, exist_ok=True)
+        prm.save(out / PRM_FILE)
     save_gate(out, name, {**options, "threshold": result.threshold}, tiers=tiers, calibration={**summary, "curve": curve})
     print(curve_table(curve), file=sys.stderr)
     if not summary["met"]:
@@ -334,12 +352,12 @@ def add_commands(sub: Any) -> None:
     t.set_defaults(func=_single_threaded(_train))
 
     k = sub.add_parser("calibrate", help="set a gate's threshold so held-out coverage meets 1 - alpha; print the alpha curve",
-                       description="Set the threshold of a score-based gate (policy κ, confidence threshold, STEER) on the "
+                       description="Set the threshold of a score-based gate (policy κ, confidence threshold, STEER, RSD's PRM) on the "
                        "stored calibration episodes so that coverage meets 1 - alpha (split conformal, replayed with the "
                        "local-verification surrogate; no model calls), write a gate artifact and print the alpha -> "
                        "(coverage, cost) curve. Re-calibrates a policy for a new alpha without retraining.")
     _add_spec_options(k, concurrency=False)
-    k.add_argument("--gate", choices=["policy", "threshold", "steer"], default=None,
+    k.add_argument("--gate", choices=["policy", "threshold", "steer", "prm"], default=None,
                    help="gate to calibrate (default: the spec's gate if score-based, else policy)")
     k.add_argument("--alpha", type=in_range(float, 0, 1, exclusive=True), default=None, help=f"allowed miss rate (default: the spec's alpha, else {CPOArgs.alpha})")
     k.add_argument("--policy", type=Path, default=None, help="policy artifact to re-calibrate (default: the spec's paths.policy, else runs/policy)")

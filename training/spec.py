@@ -252,7 +252,7 @@ class VerifierSpec(_Strict):
 class GateSpec(_Strict):
     """The gate for solve / evaluate, and the one calibrate sets the threshold of."""
 
-    name: Literal["policy", "threshold", "steer", "random", "draft", "target"] = "policy"
+    name: Literal["policy", "threshold", "steer", "prm", "random", "draft", "target"] = "policy"
     """a gate registry name"""
     path: Path | None = None
     """policy: the artifact directory; steer: the fitted JSON; any: a calibrated gate directory (default: paths.gate)"""
