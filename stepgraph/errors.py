@@ -30,7 +30,7 @@ class ModelOutputError(StepgraphError, RuntimeError):
     """A model returned output the graph cannot use (no logprobs, empty response, ...)."""
 
 
-class ContextLimitError(ModelOutputError):
+class ContextLimitError(ModelOutputError, ValueError):
     """The prompt (question and accepted steps) no longer fits the model's context window.
 
     The graph stops such a run with ``stop_reason="context_limit"`` and returns the steps so far;

@@ -21,8 +21,9 @@ from langgraph.types import Overwrite
 from stepgraph.answers import extract_boxed
 from stepgraph.context import RouterContext, RouterLimits, validate_question
 from stepgraph.costs import Prices, call_cost, total_costs
-from stepgraph.errors import BadQuestionError, ContextLimitError, ModelOutputError
+from stepgraph.errors import BadQuestionError, ConfigError, ContextLimitError, ModelOutputError
 from stepgraph.features import observe
+from stepgraph.gates import ALIASES
 from stepgraph.gates.base import Gate, GateInput
 from stepgraph.models.base import StepModel, StepOutput, agenerate
 from stepgraph.state import RouterState, Step
@@ -70,8 +71,10 @@ class RoutingNodes:
 
     def gate_for(self, context: RouterContext) -> Gate:
         name = context.gate or next(iter(self.gates))
+        if name not in self.gates:  # a former registry name finds the gate under its current one
+            name = ALIASES.get(name, name)
         if name not in self.gates:
-            raise ValueError(f"Unknown gate {name!r}; this graph has {sorted(self.gates)}.")
+            raise ConfigError(f"Unknown gate {context.gate!r}; this graph has {sorted(self.gates)}.")
         return self.gates[name]
 
     def _request(self, state: RouterState, context: RouterContext, tier: int) -> tuple[StepModel, str, list[str], dict[str, Any]]:
