@@ -11,7 +11,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from langgraph.prebuilt import create_react_agent
+from langchain.agents import create_agent
 
 from stepgraph import routed_reasoning_tool
 
@@ -43,7 +43,7 @@ def main() -> None:
         model: BaseChatModel = ChatOpenAI(model="gpt-4.1-mini")
     else:
         model = OfflineAgentModel()
-    agent = create_react_agent(model, [routed_reasoning_tool()])
+    agent = create_agent(model, [routed_reasoning_tool()])
     result = agent.invoke({"messages": [HumanMessage(f"Use the stepwise reasoner to solve: {PROBLEM}")]})
     for message in result["messages"]:
         print(f"{message.type}: {message.content}")

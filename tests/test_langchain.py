@@ -131,12 +131,12 @@ class ScriptedToolCaller(BaseChatModel):
 
 
 def test_agent_calls_the_routed_tool(graph):
-    from langgraph.prebuilt import create_react_agent
+    from langchain.agents import create_agent
 
     tool = routed_reasoning_tool(graph)
     assert tool.args_schema.model_json_schema()["required"] == ["question"]
     problem = PROBLEMS[0]
-    agent = create_react_agent(ScriptedToolCaller(question=problem.question), [tool])
+    agent = create_agent(ScriptedToolCaller(question=problem.question), [tool])
     messages = agent.invoke({"messages": [HumanMessage("Please solve: " + problem.question)]})["messages"]
     tool_message = next(m for m in messages if m.type == "tool")
     assert f'"answer": "{problem.answer}"' in tool_message.content and '"flops":' in tool_message.content
@@ -251,10 +251,10 @@ class ScriptedAgentModel(BaseChatModel):
 
 
 def test_agent_sees_a_tool_error_and_goes_on(graph):
-    from langgraph.prebuilt import create_react_agent
+    from langchain.agents import create_agent
 
     problem = PROBLEMS[0]
-    agent = create_react_agent(ScriptedAgentModel(questions=["   ", problem.question]), [routed_reasoning_tool(graph)])
+    agent = create_agent(ScriptedAgentModel(questions=["   ", problem.question]), [routed_reasoning_tool(graph)])
     messages = agent.invoke({"messages": [HumanMessage("Please solve: " + problem.question)]})["messages"]
     failed, solved = [m for m in messages if m.type == "tool"]
     assert failed.status == "error" and "question is empty" in failed.content
@@ -263,7 +263,7 @@ def test_agent_sees_a_tool_error_and_goes_on(graph):
 
 
 def test_a_model_failure_reaches_the_agent_as_a_tool_error():
-    from langgraph.prebuilt import create_react_agent
+    from langchain.agents import create_agent
 
     from stepgraph.errors import ModelOutputError
 
@@ -273,7 +273,7 @@ def test_a_model_failure_reaches_the_agent_as_a_tool_error():
 
     draft, target = load_pair()
     tool = routed_reasoning_tool(build_graph([Broken(draft), target], resolve_gate("draft")))
-    agent = create_react_agent(ScriptedAgentModel(questions=[PROBLEMS[0].question]), [tool])
+    agent = create_agent(ScriptedAgentModel(questions=[PROBLEMS[0].question]), [tool])
     messages = agent.invoke({"messages": [HumanMessage("Solve it.")]})["messages"]
     (failed,) = [m for m in messages if m.type == "tool"]
     assert failed.status == "error" and "no logprobs" in failed.content
