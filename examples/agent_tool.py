@@ -8,10 +8,10 @@ it, a scripted stand-in model makes the tool call, so the example runs offline.
 import os
 from typing import Any
 
+from langchain.agents import create_agent
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain.agents import create_agent
 
 from stepgraph import routed_reasoning_tool
 
