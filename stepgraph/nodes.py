@@ -40,6 +40,7 @@ def call_seed(base: int | None, step_index: int, tier: int) -> int | None:
 # What draft / escalate return when the prompt no longer fits the model: no candidate, and the
 # stop reason that ends the run at ``append`` with the steps accepted so far.
 _CONTEXT_LIMIT: dict[str, Any] = {"candidate": None, "stop_reason": "context_limit"}
+_DRAFT_CONTEXT_LIMIT: dict[str, Any] = _CONTEXT_LIMIT | {"first_observation": None, "first_decision": None, "decision": None}
 
 
 class RoutingNodes:
@@ -148,7 +149,7 @@ class RoutingNodes:
         try:
             return self._drafted(tier, *self._generate(state, self.context(runtime), tier))
         except ContextLimitError:
-            return _CONTEXT_LIMIT | {"first_observation": None, "first_decision": None, "decision": None}
+            return dict(_DRAFT_CONTEXT_LIMIT)
 
     async def adraft(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
         """``draft``, awaiting the model."""
@@ -156,7 +157,7 @@ class RoutingNodes:
         try:
             return self._drafted(tier, *await self._agenerate(state, self.context(runtime), tier))
         except ContextLimitError:
-            return _CONTEXT_LIMIT | {"first_observation": None, "first_decision": None, "decision": None}
+            return dict(_DRAFT_CONTEXT_LIMIT)
 
     @staticmethod
     def _drafted(tier: int, out: StepOutput, attempt: dict[str, Any]) -> dict[str, Any]:

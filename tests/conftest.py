@@ -1,3 +1,4 @@
+import contextlib
 import importlib.util
 import os
 import sys
@@ -23,3 +24,17 @@ def vllm_ready(request: pytest.FixtureRequest) -> None:
     from stepgraph.testbed.vllm_serving import configure_environment
 
     configure_environment(request.config.cache.mkdir("vllm"))
+
+
+@pytest.fixture(scope="module")
+def servers(vllm_ready, tmp_path_factory):
+    """vLLM OpenAI-compatible servers for the shipped draft (raw logits) and target (log-probs), one pair per module."""
+    from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR
+    from stepgraph.testbed.vllm_serving import serve
+
+    logs = tmp_path_factory.mktemp("vllm-logs")
+    with contextlib.ExitStack() as stack:
+        draft = stack.enter_context(serve(DRAFT_MODEL_DIR, name="draft", log=stack.enter_context(open(logs / "draft.log", "wb"))))
+        target = stack.enter_context(serve(TARGET_MODEL_DIR, name="target", logprobs_mode="raw_logprobs",
+                                           log=stack.enter_context(open(logs / "target.log", "wb"))))
+        yield {"draft": draft, "target": target}

@@ -5,7 +5,6 @@ served target → train → calibrate → evaluate → bench → solve, all thro
 Also prints problems per second of evaluation at concurrency 1, 4 and 16 (a benchmark, not timed).
 """
 
-import contextlib
 import json
 import sys
 import time
@@ -18,21 +17,9 @@ from stepgraph.training.store import TraceStore
 
 from stepgraph.cli import main
 from stepgraph.gates import AlwaysTargetGate
-from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR, task
+from stepgraph.testbed import task
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def servers(vllm_ready, tmp_path_factory):
-    from stepgraph.testbed.vllm_serving import serve
-
-    logs = tmp_path_factory.mktemp("vllm-logs")
-    with contextlib.ExitStack() as stack:
-        draft = stack.enter_context(serve(DRAFT_MODEL_DIR, name="draft", log=stack.enter_context(open(logs / "draft.log", "wb"))))
-        target = stack.enter_context(serve(TARGET_MODEL_DIR, name="target", logprobs_mode="raw_logprobs",
-                                           log=stack.enter_context(open(logs / "target.log", "wb"))))
-        yield {"draft": draft.url, "target": target.url}
 
 
 def write_spec(tmp_path: Path, urls: dict[str, str]) -> Path:
@@ -82,7 +69,7 @@ def run(capsys, *argv: str) -> dict:
 
 
 def test_pipeline_against_vllm_servers(servers, tmp_path, capsys):
-    spec = str(write_spec(tmp_path, servers))
+    spec = str(write_spec(tmp_path, {role: server.url for role, server in servers.items()}))
     assert run(capsys, "collect", "--config", spec, "--split", "train", "--concurrency", "4")["collected"] == 8
     assert run(capsys, "collect", "--config", spec, "--split", "calibration", "--concurrency", "4")["collected"] == 12
     with TraceStore(tmp_path / "traces.sqlite") as store:

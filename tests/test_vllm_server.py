@@ -5,7 +5,6 @@ logits (``--logprobs-mode raw_logits``, STEER's score), the target log-probabili
 OpenAI API does). Every number is checked against the local transformers backend.
 """
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -32,18 +31,6 @@ from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR, task
 pytestmark = pytest.mark.integration  # real vLLM servers on 127.0.0.1
 
 PROBLEMS = task.generate("test", 4, seed=33)
-
-
-@pytest.fixture(scope="module")
-def servers(vllm_ready, tmp_path_factory):
-    from stepgraph.testbed.vllm_serving import serve
-
-    logs = tmp_path_factory.mktemp("vllm-logs")
-    with contextlib.ExitStack() as stack:
-        draft = stack.enter_context(serve(DRAFT_MODEL_DIR, name="draft", log=stack.enter_context(open(logs / "draft.log", "wb"))))
-        target = stack.enter_context(serve(TARGET_MODEL_DIR, name="target", logprobs_mode="raw_logprobs",
-                                           log=stack.enter_context(open(logs / "target.log", "wb"))))
-        yield {"draft": draft, "target": target}
 
 
 def chat(url: str, name: str, **kwargs) -> ChatOpenAI:
