@@ -30,6 +30,7 @@ from stepgraph.gates.base import Gate
 from stepgraph.models.base import StepModel
 from stepgraph.nodes import RoutingNodes
 from stepgraph.state import InputState, OutputState, RouterState
+from stepgraph.tiers import check_tiers, describe, recorded_tiers
 
 # Each step takes at most 3 + 2·(tiers − 1) super-steps; the limit only guards against bugs,
 # the run's own stop rules (final answer, max_steps, budget) end it first.
@@ -83,6 +84,7 @@ def build_graph(
     prices: Sequence[Prices] | None = None,
     checkpointer: Checkpointer = None,
     limits: RouterLimits | None = None,
+    allow_other_tiers: bool = False,
     name: str = "stepgraph",
 ) -> CompiledStateGraph[RouterState, RouterContext, InputState, OutputState]:
     """Compile the routing graph over ``tiers`` (cheapest first) with one or more gates.
@@ -94,7 +96,12 @@ def build_graph(
         checkpointer: a LangGraph checkpointer, to resume interrupted runs.
         limits: the operator's limits on question length and run settings, which no run's
             context can lift (default: ``RouterLimits()``).
+        allow_other_tiers: use a policy whose artifact records other tiers than ``tiers`` (its
+            calibrated coverage does not carry over); by default that is refused.
         name: the compiled graph's name.
+
+    Raises:
+        PolicyFileError: a gate's artifact was trained on other tiers (see ``allow_other_tiers``).
 
     Example:
         >>> from stepgraph.gates import AlwaysDraftGate
@@ -105,6 +112,9 @@ def build_graph(
         'final_answer'
     """
     gates = dict(gate) if isinstance(gate, Mapping) else {getattr(gate, "name", "gate"): gate}
+    for gate_name, one in gates.items():
+        if recorded := recorded_tiers(one):
+            check_tiers(recorded, describe(tiers), f"The {gate_name!r} gate's artifact", allow_other_tiers)
     nodes = RoutingNodes(tiers, gates, prices, limits)
     builder = StateGraph(RouterState, context_schema=RouterContext, input_schema=InputState, output_schema=OutputState)
     builder.add_node("start", _node(nodes.start))

@@ -91,3 +91,37 @@ def test_a_manifest_from_before_ignored_features_derives_them(tmp_path):
     del data["normalization"]["ignored"]
     manifest.write_text(json.dumps(data))
     assert PolicyArtifact.load(tmp_path).ignored == list(CONFIDENCE_SCHEMA.names[1:])
+
+
+def test_build_graph_refuses_a_policy_recorded_on_other_tiers():
+    """The library path checks an artifact's tiers as the CLI does: other sizes refuse, unless allowed."""
+    import warnings
+
+    from scripted import ScriptedModel
+
+    from stepgraph import build_graph
+    from stepgraph.testbed.defaults import DEFAULT_POLICY_DIR
+
+    gate = PolicyGate.from_path(DEFAULT_POLICY_DIR)
+    other = [ScriptedModel("draft", 10, ["1+1=2"]), ScriptedModel("target", 20, ["\\boxed{2}"])]
+    with pytest.raises(PolicyFileError, match=r"calibrated on the tiers draft \(156,352 params\).*allow_other_tiers"):
+        build_graph(other, gate)
+    with pytest.warns(RuntimeWarning, match="does not carry its coverage"):
+        build_graph(other, gate, allow_other_tiers=True)
+    renamed = [ScriptedModel("small", 156_352, ["1+1=2"]), ScriptedModel("big", 1_100_416, ["\\boxed{2}"])]
+    with pytest.warns(RuntimeWarning, match="this run's tiers are small"):
+        build_graph(renamed, gate)  # the same sizes under other names: a warning, not a refusal
+    same = [ScriptedModel("draft", 156_352, ["1+1=2"]), ScriptedModel("target", 1_100_416, ["\\boxed{2}"])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_graph(same, gate)
+
+
+def test_the_shipped_graph_checks_its_policy_without_loading_the_models():
+    from stepgraph.integrations.studio import LazyStepModel, _local_model
+    from stepgraph.testbed import DRAFT_MODEL_DIR
+
+    lazy = _local_model(DRAFT_MODEL_DIR)
+    assert isinstance(lazy, LazyStepModel)
+    assert lazy.n_params == 156_352 and lazy._model is None  # read from the safetensors header
+    assert lazy.model.n_params == lazy.n_params  # the loaded model counts the same

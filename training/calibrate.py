@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from stepgraph.gates import (
 from stepgraph.gates.base import Gate, GateInput
 from stepgraph.gates.judges import ProcessRewardGate
 from stepgraph.models.base import StepModel, StepOutput
+from stepgraph.tiers import check_tiers, describe
 
 if TYPE_CHECKING:
     from stepgraph.training.spec import RunSpec
@@ -226,42 +226,6 @@ class Replay:
 
 
 # --- gate artifacts and the tier check -----------------------------------------------------------
-
-
-def describe(tiers: Sequence[StepModel]) -> list[dict[str, Any]]:
-    """Name and parameters of each tier (what an artifact is compared on)."""
-    return [{"name": t.name, "parameters": t.n_params} for t in tiers]
-
-
-def _fmt(tiers: Sequence[Mapping[str, Any]]) -> str:
-    def one(t: Mapping[str, Any]) -> str:
-        extra = [f"{t['parameters']:,} params" if t.get("parameters") else "", t.get("backend", ""),
-                 "reports " + "+".join(t["features"]) if t.get("features") else ""]
-        return f"{t.get('name')} ({', '.join(e for e in extra if e)})"
-
-    return " < ".join(one(t) for t in tiers)
-
-
-def check_tiers(recorded: Sequence[Mapping[str, Any]] | None, current: Sequence[Mapping[str, Any]], where: str,
-                allow_other_tiers: bool = False) -> None:
-    """Refuse (or, when allowed, warn about) an artifact trained on other tiers than these.
-
-    Other parameter counts or another number of tiers refuse; another name with the same size
-    (a model served under another name) warns. An artifact without recorded tiers passes.
-    """
-    if not recorded:
-        return
-    sizes_differ = len(recorded) != len(current) or any(
-        r.get("parameters") and c.get("parameters") and r["parameters"] != c["parameters"] for r, c in zip(recorded, current))
-    names_differ = any(r.get("name") != c.get("name") for r, c in zip(recorded, current))
-    if not sizes_differ and not names_differ:
-        return
-    message = (f"{where} was calibrated on the tiers {_fmt(recorded)}, but this run's tiers are {_fmt(current)}; "
-               "its threshold does not carry its coverage to other models.")
-    if sizes_differ and not allow_other_tiers:
-        raise PolicyFileError(message + " Collect and train/calibrate on these tiers, or pass --allow-other-tiers "
-                              "(gate.allow_other_tiers = true) to use it anyway.")
-    warnings.warn(message, RuntimeWarning, stacklevel=2)
 
 
 def save_gate(out: Path, family: str, options: Mapping[str, Any], *, tiers: Sequence[Mapping[str, Any]],

@@ -33,11 +33,14 @@ class LazyStepModel:
     Args:
         name: the model's name, known before it loads (it names the tier in steps and costs).
         load: makes the model.
+        n_params: its parameter count when known without loading it (so checking a policy's
+            recorded tiers at build time loads nothing); None: the loaded model's.
     """
 
-    def __init__(self, name: str, load: Callable[[], StepModel]) -> None:
+    def __init__(self, name: str, load: Callable[[], StepModel], n_params: int | None = None) -> None:
         self.name = name
         self._load = load
+        self._n_params = n_params
         self._model: StepModel | None = None
         self._lock = threading.Lock()
 
@@ -50,7 +53,7 @@ class LazyStepModel:
 
     @property
     def n_params(self) -> int:
-        return self.model.n_params
+        return self.model.n_params if self._n_params is None else self._n_params
 
     def generate_step(self, question: str, steps: Sequence[str], **kwargs: Any) -> StepOutput:
         return self.model.generate_step(question, steps, **kwargs)
@@ -64,12 +67,14 @@ class LazyStepModel:
 
 
 def _local_model(path: Path) -> LazyStepModel:
+    from stepgraph.models.vllm_engine import count_parameters  # safetensors headers only; vLLM is not imported
+
     def load() -> StepModel:
         from stepgraph.models.local import TransformersStepModel
 
         return TransformersStepModel(path)
 
-    return LazyStepModel(path.name, load)
+    return LazyStepModel(path.name, load, n_params=count_parameters(path))
 
 
 @lru_cache(maxsize=1)
