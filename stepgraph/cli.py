@@ -153,7 +153,7 @@ def _solve(args: argparse.Namespace) -> int:
     gate = resolve_gate(args.gate, **_gate_options(args))
     models = [TransformersStepModel(path) for path in model_dirs]  # cheapest first: tier i is models[i]
     check_tier_tokenizers(models)
-    graph = build_graph(models, gate)
+    graph = build_graph(models, gate, allow_other_tiers=args.allow_other_tiers)
     result = graph.invoke({"question": question}, context=context)
     if args.json:
         json.dump(result, sys.stdout, indent=2, default=str)
@@ -230,6 +230,8 @@ def build_parser(offline: bool = True) -> argparse.ArgumentParser:
     solve.add_argument("--json", action="store_true", help="print the graph's final state as JSON")
     solve.add_argument("--config", type=Path, default=None, metavar="SPEC",
                        help="run spec (TOML) giving the tiers, gate and sampling; the other run options are then ignored")
+    solve.add_argument("--allow-other-tiers", action="store_true",
+                       help="use a policy trained on other models than --models, with a warning (its coverage does not carry over)")
     _add_run_options(solve)
     solve.set_defaults(func=_solve)
     overhead = sub.add_parser(

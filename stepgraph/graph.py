@@ -113,7 +113,7 @@ def build_graph(
     """
     gates = dict(gate) if isinstance(gate, Mapping) else {getattr(gate, "name", "gate"): gate}
     for gate_name, one in gates.items():
-        if recorded := recorded_tiers(one):
+        if (recorded := recorded_tiers(one)) and not getattr(one, "allow_other_tiers", False):
             check_tiers(recorded, describe(tiers), f"The {gate_name!r} gate's artifact", allow_other_tiers)
     nodes = RoutingNodes(tiers, gates, prices, limits)
     builder = StateGraph(RouterState, context_schema=RouterContext, input_schema=InputState, output_schema=OutputState)

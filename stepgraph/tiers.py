@@ -54,6 +54,12 @@ def check_tiers(recorded: Sequence[Mapping[str, Any]] | None, current: Sequence[
     warnings.warn(message, RuntimeWarning, stacklevel=2)
 
 
+def allow_other_tiers(gate: Any) -> Any:
+    """Mark a gate whose tiers were checked and explicitly allowed, so ``build_graph`` does not refuse or warn again."""
+    gate.allow_other_tiers = True
+    return gate
+
+
 def recorded_tiers(gate: object) -> list[dict[str, Any]] | None:
     """The tiers a gate's artifact records (a policy's ``models.tiers``), or None for a gate without one."""
     artifact = getattr(gate, "artifact", None)

@@ -125,3 +125,39 @@ def test_the_shipped_graph_checks_its_policy_without_loading_the_models():
     assert isinstance(lazy, LazyStepModel)
     assert lazy.n_params == 156_352 and lazy._model is None  # read from the safetensors header
     assert lazy.model.n_params == lazy.n_params  # the loaded model counts the same
+
+
+def test_a_gate_loaded_with_other_tiers_allowed_builds_without_a_second_check(tmp_path):
+    import warnings
+
+    from scripted import ScriptedModel
+    from stepgraph.training.calibrate import load_gate_artifact
+
+    from stepgraph import build_graph
+    from stepgraph.testbed.defaults import DEFAULT_POLICY_DIR
+
+    other = [ScriptedModel("draft", 10, ["1+1=2"]), ScriptedModel("target", 20, ["\\boxed{2}"])]
+    with pytest.raises(PolicyFileError):
+        load_gate_artifact(DEFAULT_POLICY_DIR, other)
+    with pytest.warns(RuntimeWarning, match="does not carry its coverage"):
+        gate = load_gate_artifact(DEFAULT_POLICY_DIR, other, allow_other_tiers=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_graph(other, gate)  # allowed once, where it was loaded
+
+
+def test_cli_solve_refuses_the_policy_over_other_models_unless_allowed(capsys, tmp_path):
+    import shutil
+
+    from stepgraph.cli import main
+    from stepgraph.testbed import TARGET_MODEL_DIR
+
+    question = "Ann has 3 coins. She gets 2 more. How many coins does she have?"
+    # the target twice: a pair the shipped policy was not trained on
+    twice = tmp_path / "target2"
+    shutil.copytree(TARGET_MODEL_DIR, twice)
+    args = ["solve", question, "--models", str(TARGET_MODEL_DIR), str(twice), "--gate", "policy"]
+    assert main(args) != 0
+    assert "calibrated on the tiers" in capsys.readouterr().err
+    with pytest.warns(RuntimeWarning, match="does not carry its coverage"):
+        assert main([*args, "--allow-other-tiers"]) == 0

@@ -39,6 +39,7 @@ from stepgraph.gates import (
 from stepgraph.gates.base import Gate, GateInput
 from stepgraph.gates.judges import ProcessRewardGate
 from stepgraph.models.base import StepModel, StepOutput
+from stepgraph.tiers import allow_other_tiers as allow_other
 from stepgraph.tiers import check_tiers, describe
 
 if TYPE_CHECKING:
@@ -252,7 +253,8 @@ def load_gate_artifact(directory: str | Path, tiers: Sequence[StepModel] | None 
         if tiers is not None:
             check_tiers(recorded, describe(tiers), str(directory), allow_other_tiers)
         if name == "policy":
-            return PolicyGate.from_path(directory)
+            policy = PolicyGate.from_path(directory)
+            return allow_other(policy) if allow_other_tiers else policy
         if name == "steer":
             gate = StepwiseGMMGate.load(directory / "steer.json")
             return StepwiseGMMGate(gate.mixtures, gate.pooled, float(options["threshold"]), gate.feature)
@@ -264,7 +266,7 @@ def load_gate_artifact(directory: str | Path, tiers: Sequence[StepModel] | None 
     policy = PolicyGate.from_path(directory)  # raises PolicyFileError naming the missing files
     if tiers is not None:
         check_tiers(policy.artifact.models.get("tiers"), describe(tiers), str(directory), allow_other_tiers)
-    return policy
+    return allow_other(policy) if allow_other_tiers else policy
 
 
 def load_gate(spec: RunSpec, tiers: Sequence[StepModel] | None = None) -> Gate:
