@@ -252,3 +252,41 @@ def test_save_refuses_what_load_would_refuse(saved, tmp_path):
     with pytest.raises(PolicyFileError, match="not finite"):
         artifact.save(tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+# --- CLI and bench rows --------------------------------------------------------------------------
+
+
+def test_train_allocator_cli_writes_a_loadable_artifact(tmp_path, capsys):
+    from stepgraph.training.store import TraceStore
+
+    from stepgraph.cli import main
+
+    store = tmp_path / "traces.sqlite"
+    with TraceStore(store) as s:
+        s.set_meta("models", TIERS)
+        for e in _synthetic_episodes(40, 4):
+            s.add(e, "train")
+        for e in _synthetic_episodes(40, 5):
+            s.add(e, "calibration")
+    out = tmp_path / "allocator"
+    assert main(["train", "--allocator", "--store", str(store), "--out", str(out), "--steps", "3", "--alpha", "0.1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["out"] == str(out) and report["guarantee"] == "split-conformal"
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    assert LearnedAllocator.from_path(out, TIERS).artifact.tiers == TIERS
+
+
+def test_bench_rows_count_draft_calls_saved():
+    from stepgraph.training.bench_allocator import allocator_bench
+    from stepgraph.training.collect import Item
+
+    draft, target = _pair()
+    items = [Item("a", "q", "20"), Item("b", "q 1", "20")]
+    report = allocator_bench([draft, target], items, allocator=FixedAllocator(1), policy=AlwaysDraftGate(), seeds=(0,))
+    summary = report["summary"]
+    assert summary["allocator"]["draft_calls"] == 0 and summary["allocator"]["draft_calls_saved"] == 3
+    assert summary["policy"]["draft_calls"] == 3 and summary["policy"]["draft_calls_saved"] == 0
+    assert summary["allocator"]["covered"]["mean"] == 1.0
+    assert summary["allocator"]["flops_vs_policy"]["mean"] > 0  # the target writes every step
+    assert report["rows"]["allocator"][0]["tier_steps"] == [0, 3]

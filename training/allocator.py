@@ -144,7 +144,7 @@ def supervised_stage(network: AllocatorNetwork, x: torch.Tensor, labels: torch.T
 # --- 3. RL stage ---------------------------------------------------------------------------------
 
 
-def rl_stage(run: Run, progress: bool = False, log: Callable[[int, dict], None] | None = None) -> list[dict[str, float]]:
+def rl_stage(run: Run, progress: bool = False, log: Callable[[int, dict], object] | None = None) -> list[dict[str, float]]:
     """CPO's loop on the allocator: sample, fit critics, trust-region step, κ update."""
     history = []
     for step in tqdm(range(run.args.steps), desc="allocator rl", disable=not progress):
@@ -172,7 +172,8 @@ def calibrate_allocator(data: Batchable, episodes: Sequence[Episode], network: A
     A step is sent up when P(a stronger tier is needed) ≥ κ; with ``gate_choice`` a step kept on
     the draft tier is escalated where the post-hoc gate escalates it. The cost of a κ is the
     replayed ex-ante cost of its choices (draft call, stronger call, or both). Returns κ, its
-    misses, cost relative to the strongest tier alone, and the share of steps sent up.
+    misses, cost relative to the strongest tier alone, the share of steps sent up, and the misses
+    and cost of sending none up (``none_sent_up``), for comparison.
     """
     with torch.no_grad():
         p_up = network.escalate_probability(data.x)
@@ -195,7 +196,8 @@ def calibrate_allocator(data: Batchable, episodes: Sequence[Episode], network: A
                        "sent_up": float(up.float().mean())})
     feasible = [t for t in trials if t["misses"] <= allowed]
     best = min(feasible, key=lambda t: t["flops_vs_target"]) if feasible else trials[-1]  # κ = 0: everything sent up
-    return {**best, "met": bool(feasible), "episodes": n}
+    never = trials[0]  # the highest κ: no step sent up (the post-hoc gate alone, or the draft alone)
+    return {**best, "met": bool(feasible), "episodes": n, "none_sent_up": {k: never[k] for k in ("misses", "flops_vs_target")}}
 
 
 # --- 5. the two stages and the calibration -------------------------------------------------------
@@ -204,7 +206,7 @@ def calibrate_allocator(data: Batchable, episodes: Sequence[Episode], network: A
 def train_allocator(episodes: Sequence[Episode], args: CPOArgs | None = None, *, tiers: Sequence[dict[str, Any]],
                     calibration: Sequence[Episode] = (), gate: Gate | None = None, supervised_epochs: int = 100,
                     supervised_lr: float = 1e-2, progress: bool = False,
-                    log: Callable[[int, dict], None] | None = None) -> AllocatorArtifact:
+                    log: Callable[[int, dict], object] | None = None) -> AllocatorArtifact:
     """Supervised, then CPO, then calibrated κ; returns the artifact (not yet saved).
 
     Args:
@@ -248,7 +250,8 @@ def train_allocator(episodes: Sequence[Episode], args: CPOArgs | None = None, *,
         artifact.kappa = chosen["kappa"]
         summary = {"online_kappa": run.kappa, "calibrated_kappa": chosen["kappa"], "calibration_episodes": len(held_out),
                    "calibration_surrogate_miss": chosen["misses"] / len(held_out), "calibration_met": chosen["met"],
-                   "calibration_flops_vs_target": chosen["flops_vs_target"], "calibration_sent_up": chosen["sent_up"]}
+                   "calibration_flops_vs_target": chosen["flops_vs_target"], "calibration_sent_up": chosen["sent_up"],
+                   "calibration_none_sent_up": chosen["none_sent_up"]}
         artifact.guarantee = calibration_guarantee(args.alpha, len(held_out), chosen["misses"])
     else:
         artifact.guarantee = calibration_guarantee(args.alpha, 0)
