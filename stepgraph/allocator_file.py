@@ -52,7 +52,9 @@ class AllocatorNetwork(PolicyNetwork):
         self.n_tiers = n_tiers
 
     def escalate_probability(self, x: torch.Tensor) -> torch.Tensor:
-        return 1.0 - torch.softmax(self.forward(x), dim=-1)[..., 0]
+        # The sum over the stronger tiers, not 1 − p_0: a confident "draft" would round 1 − p_0 to 0
+        # and tie every such step, leaving calibration no order to choose κ from.
+        return torch.softmax(self.forward(x), dim=-1)[..., 1:].sum(-1)
 
 
 class _Tier(BaseModel):

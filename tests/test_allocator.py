@@ -171,17 +171,29 @@ def test_training_learns_the_labels_and_calibrates():
         x = AllocatorInput(question, (), allocator_observation(question, []), 0, 2)
         assert allocator.allocate(x).tier == int(hard)
     assert artifact.training["supervised_accuracy"] > 0.95
+    assert artifact.training["selected_stage"] in {"supervised", "rl"}
+    assert set(artifact.training["calibration_by_stage"]) == {"supervised", "rl"}
     assert artifact.guarantee["type"] == "split-conformal"
     assert artifact.training["calibration_surrogate_miss"] <= 0.05
     assert 0.2 < artifact.training["calibration_sent_up"] < 0.5  # the hard questions, not everything
+
+
+def test_confident_drafts_keep_their_order_for_calibration():
+    """1 − p_0 rounds to 0 for every confident "draft" in float32, which tied them all for κ."""
+    net = AllocatorNetwork(1, 2, hidden=1, layers=1)
+    with torch.no_grad():
+        net.net[-1].weight.copy_(torch.tensor([[1.0], [0.0]]))
+        net.net[-1].bias.zero_()
+    p_up = net.escalate_probability(torch.tensor([[40.0], [50.0], [60.0]]))
+    assert bool((p_up > 0).all()) and p_up[0] > p_up[1] > p_up[2]
 
 
 def test_calibration_sends_everything_up_when_nothing_else_is_covered():
     episodes = _synthetic_episodes(60, 3)
     for e in episodes:
         e.reward = 0
-        for s in e.steps:
-            s.draft_correct = False
+        for s in e.steps:  # the behaviour kept only the next tier's (verified) steps; every draft fails
+            s.draft_correct, s.action = False, 1
     net = AllocatorNetwork(len(ALLOCATOR_SCHEMA.names), 2)
     artifact = AllocatorArtifact(net, 0.5, 0.05, TIERS, [0.0] * len(ALLOCATOR_SCHEMA.names), [1.0] * len(ALLOCATOR_SCHEMA.names))
     chosen = calibrate_allocator(to_batchable(episodes, artifact, 1.0), episodes, net, 0.05)

@@ -17,7 +17,10 @@ Read top to bottom:
 4. calibration: the cheapest κ whose surrogate misses on held-out episodes meet split
    conformal's bound ⌊α(n + 1)⌋ − 1 (``cpo.episode_miss``, ``guarantee.calibration_guarantee``).
    With a post-hoc gate (``gate=``), a step the allocator keeps on tier 0 is still checked by
-   that gate, and κ is calibrated for the combination.
+   that gate, and κ is calibrated for the combination. Both the supervised and the RL-refined
+   weights are calibrated, and the cheaper at the coverage bound is kept (``selected_stage``):
+   on the testbed the RL stage, whose coverage critic sees off-policy returns only, drifts toward
+   drafting everything and loses the supervised ranking, and calibration then has to send more up.
 
 The replay and calibration use the 2-tier records the collector writes (draft and the next tier);
 the network and the decision rule are for K tiers.
@@ -25,6 +28,7 @@ the network and the decision rule are for K tiers.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -235,6 +239,7 @@ def train_allocator(episodes: Sequence[Episode], args: CPOArgs | None = None, *,
     losses = supervised_stage(network, data.x, labels, supervised_epochs, supervised_lr)
     with torch.no_grad():
         supervised_accuracy = float((network(data.x).argmax(-1) == labels).float().mean())
+    supervised_weights = copy.deepcopy(network.state_dict())
     critics = _critic(data.x.shape[1], args.hidden), _critic(data.x.shape[1], args.hidden)
     optimiser = torch.optim.Adam([*critics[0].parameters(), *critics[1].parameters()], lr=args.critic_lr)
     run = Run(args, list(episodes), data, cast(Any, artifact), network, critics[0], critics[1], optimiser,
@@ -246,9 +251,17 @@ def train_allocator(episodes: Sequence[Episode], args: CPOArgs | None = None, *,
     summary: dict[str, Any] = {}
     if held_out:
         cal = to_batchable(held_out, artifact, cost_scale)
-        chosen = calibrate_allocator(cal, held_out, network, args.alpha, gate_escalations(held_out, gate) if gate else None)
+        gate_choice = gate_escalations(held_out, gate) if gate else None
+        by_stage = {"rl": (copy.deepcopy(network.state_dict()), calibrate_allocator(cal, held_out, network, args.alpha, gate_choice))}
+        network.load_state_dict(supervised_weights)
+        by_stage["supervised"] = (supervised_weights, calibrate_allocator(cal, held_out, network, args.alpha, gate_choice))
+        # The RL refinement is kept only where it calibrates cheaper (met coverage first, then FLOPs).
+        stage = min(by_stage, key=lambda k: (not by_stage[k][1]["met"], by_stage[k][1]["flops_vs_target"]))
+        weights, chosen = by_stage[stage]
+        network.load_state_dict(weights)
         artifact.kappa = chosen["kappa"]
-        summary = {"online_kappa": run.kappa, "calibrated_kappa": chosen["kappa"], "calibration_episodes": len(held_out),
+        summary = {"selected_stage": stage, "calibration_by_stage": {k: v[1] for k, v in by_stage.items()},
+                   "online_kappa": run.kappa, "calibrated_kappa": chosen["kappa"], "calibration_episodes": len(held_out),
                    "calibration_surrogate_miss": chosen["misses"] / len(held_out), "calibration_met": chosen["met"],
                    "calibration_flops_vs_target": chosen["flops_vs_target"], "calibration_sent_up": chosen["sent_up"],
                    "calibration_none_sent_up": chosen["none_sent_up"]}
@@ -320,7 +333,7 @@ def train_allocator_command(args: Any, cpo_args: CPOArgs) -> dict[str, Any]:
     artifact.training |= {"store": str(args.store), "seconds": round(time.time() - started, 1),
                           "allocator_gate": str(args.allocator_gate) if args.allocator_gate else None}
     artifact.save(out)
-    keys = ("supervised_accuracy", "online_kappa", "calibration_episodes", "calibration_surrogate_miss",
+    keys = ("selected_stage", "supervised_accuracy", "online_kappa", "calibration_episodes", "calibration_surrogate_miss",
             "calibration_sent_up", "calibration_flops_vs_target", "train_sent_up", "seconds")
     return {"out": str(out), "kappa": artifact.kappa, "alpha": artifact.alpha, "guarantee": (artifact.guarantee or {}).get("type"),
             **{k: artifact.training[k] for k in keys if k in artifact.training}}
