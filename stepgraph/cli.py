@@ -153,7 +153,12 @@ def _solve(args: argparse.Namespace) -> int:
     gate = resolve_gate(args.gate, **_gate_options(args))
     models = [TransformersStepModel(path) for path in model_dirs]  # cheapest first: tier i is models[i]
     check_tier_tokenizers(models)
-    graph = build_graph(models, gate, allow_other_tiers=args.allow_other_tiers)
+    allocator = None
+    if args.allocator is not None:
+        from stepgraph.allocator_file import LearnedAllocator
+
+        allocator = LearnedAllocator.from_path(args.allocator, [{"name": m.name, "parameters": m.n_params} for m in models])
+    graph = build_graph(models, gate, allocator=allocator, allow_other_tiers=args.allow_other_tiers)
     result = graph.invoke({"question": question}, context=context)
     if args.json:
         json.dump(result, sys.stdout, indent=2, default=str)
@@ -232,6 +237,9 @@ def build_parser(offline: bool = True) -> argparse.ArgumentParser:
                        help="run spec (TOML) giving the tiers, gate and sampling; the other run options are then ignored")
     solve.add_argument("--allow-other-tiers", action="store_true",
                        help="use a policy trained on other models than --models, with a warning (its coverage does not carry over)")
+    solve.add_argument("--allocator", type=Path, default=None, metavar="DIR",
+                       help="an allocator artifact (`stepgraph train --allocator`): it picks each step's tier before the "
+                            "draft, and the gate still checks the drafts (default: none)")
     _add_run_options(solve)
     solve.set_defaults(func=_solve)
     overhead = sub.add_parser(

@@ -8,6 +8,10 @@ on the escalated draft, until the strongest tier writes the step. ``start`` runs
 question: on a thread with a checkpointer, a new question starts a fresh answer, while
 ``invoke(None, config)`` resumes an interrupted one where it stopped.
 
+Two opt-in modes add a node each (the default graph has neither): with an ``allocator`` an
+``allocate`` node picks the tier before every ``draft`` (``append`` loops back to it), and with a
+``decomposer`` a ``plan`` node between ``start`` and the first step asks for sub-questions.
+
 Every node has a sync and an async body: ``invoke``/``batch``/``stream`` call the models'
 ``generate_step``; ``ainvoke``/``abatch``/``astream`` await ``agenerate_step`` where a model has
 one (else a worker thread per call) and run the cheap nodes inline on the event loop.
@@ -16,7 +20,7 @@ one (else a worker thread per call) and run the cheap nodes inline on the event 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph._internal._runnable import RunnableCallable  # how LangGraph's ToolNode gives a node both bodies
@@ -24,13 +28,17 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
 
+from stepgraph.allocator import AllocateNode, Allocator
 from stepgraph.context import RouterContext, RouterLimits
 from stepgraph.costs import Prices
 from stepgraph.gates.base import Gate
 from stepgraph.models.base import StepModel
 from stepgraph.nodes import RoutingNodes
-from stepgraph.state import InputState, OutputState, RouterState
+from stepgraph.state import InputState, OutputState, PlannedOutputState, RouterState
 from stepgraph.tiers import check_tiers, describe, recorded_tiers
+
+if TYPE_CHECKING:
+    from stepgraph.decompose import Decomposer
 
 # Each step takes at most 3 + 2·(tiers − 1) super-steps; the limit only guards against bugs,
 # the run's own stop rules (final answer, max_steps, budget) end it first.
@@ -86,6 +94,8 @@ def build_graph(
     limits: RouterLimits | None = None,
     allow_other_tiers: bool = False,
     name: str = "stepgraph",
+    allocator: Allocator | None = None,
+    decomposer: Decomposer | None = None,
 ) -> CompiledStateGraph[RouterState, RouterContext, InputState, OutputState]:
     """Compile the routing graph over ``tiers`` (cheapest first) with one or more gates.
 
@@ -99,6 +109,11 @@ def build_graph(
         allow_other_tiers: use a policy whose artifact records other tiers than ``tiers`` (its
             calibrated coverage does not carry over); by default that is refused.
         name: the compiled graph's name.
+        allocator: opt-in ex-ante allocator (``stepgraph.allocator``): an ``allocate`` node before
+            every ``draft`` picks the step's tier, so a step sent up costs no draft call.
+        decomposer: opt-in decomposer mode (``stepgraph.decompose``): a ``plan`` node after
+            ``start`` asks for numbered sub-questions that every step is then written for; the
+            output gains ``plan``.
 
     Raises:
         PolicyFileError: a gate's artifact was trained on other tiers (see ``allow_other_tiers``).
@@ -116,7 +131,8 @@ def build_graph(
         if (recorded := recorded_tiers(one)) and not getattr(one, "allow_other_tiers", False):
             check_tiers(recorded, describe(tiers), f"The {gate_name!r} gate's artifact", allow_other_tiers)
     nodes = RoutingNodes(tiers, gates, prices, limits)
-    builder = StateGraph(RouterState, context_schema=RouterContext, input_schema=InputState, output_schema=OutputState)
+    output: type[OutputState] = OutputState if decomposer is None else PlannedOutputState
+    builder = StateGraph(RouterState, context_schema=RouterContext, input_schema=InputState, output_schema=output)
     builder.add_node("start", _node(nodes.start))
     builder.add_node("draft", _node(nodes.draft, nodes.adraft))
     builder.add_node("features", _node(nodes.features))
@@ -124,12 +140,25 @@ def build_graph(
     builder.add_node("escalate", _node(nodes.escalate, nodes.aescalate))
     builder.add_node("append", _node(nodes.append))
     builder.add_edge(START, "start")
-    builder.add_edge("start", "draft")
+    next_step = "draft"  # where a new step begins: draft, or allocate in a graph with an allocator
+    if allocator is not None:
+        builder.add_node("allocate", _node(AllocateNode(allocator, len(tiers)).allocate))
+        builder.add_edge("allocate", "draft")
+        next_step = "allocate"
+    if decomposer is not None:
+        from stepgraph.decompose import PlanNode
+
+        planner = PlanNode(decomposer, tiers, prices)
+        builder.add_node("plan", _node(planner.plan, planner.aplan))
+        builder.add_edge("start", "plan")
+        builder.add_edge("plan", next_step)
+    else:
+        builder.add_edge("start", next_step)
     builder.add_edge("draft", "features")
     builder.add_edge("features", "gate")
     builder.add_conditional_edges("gate", nodes.after_gate, ["escalate", "append"])
     builder.add_conditional_edges("escalate", nodes.after_escalate, ["features", "append"])
-    builder.add_conditional_edges("append", nodes.after_append, ["draft", END])
+    builder.add_conditional_edges("append", nodes.after_append, {"draft": next_step, END: END})
     compiled = builder.compile(checkpointer=checkpointer, name=name)
     graph = RoutingGraph(**{k: v for k, v in compiled.__dict__.items() if k != "__orig_class__"})  # as Pregel.copy does
     return graph.with_config(recursion_limit=RECURSION_LIMIT)

@@ -81,6 +81,7 @@ class RoutingNodes:
     def _request(self, state: RouterState, context: RouterContext, tier: int) -> tuple[StepModel, str, list[str], dict[str, Any]]:
         """The model of ``tier`` and what to ask it: question, accepted steps, sampling settings."""
         question = validate_question(state.get("question"), self.limits.max_question_chars)
+        question = state.get("task_prompt") or question  # a decomposer's plan rides along with the question
         accepted = [s["text"] for s in state.get("steps", [])]
         settings = {"temperature": context.temperature, "seed": call_seed(context.seed, len(accepted), tier),
                     "max_tokens": context.max_step_tokens}
@@ -144,8 +145,8 @@ class RoutingNodes:
         }
 
     def draft(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
-        """The current base tier writes the next step."""
-        tier = state.get("base_tier", 0)
+        """The current base tier (or the allocated tier) writes the next step."""
+        tier = self.draft_tier(state)
         try:
             return self._drafted(tier, *self._generate(state, self.context(runtime), tier))
         except ContextLimitError:
@@ -153,11 +154,17 @@ class RoutingNodes:
 
     async def adraft(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
         """``draft``, awaiting the model."""
-        tier = state.get("base_tier", 0)
+        tier = self.draft_tier(state)
         try:
             return self._drafted(tier, *await self._agenerate(state, self.context(runtime), tier))
         except ContextLimitError:
             return dict(_DRAFT_CONTEXT_LIMIT)
+
+    @staticmethod
+    def draft_tier(state: RouterState) -> int:
+        """The base tier, or the tier an ``allocate`` node chose for this step (graphs with an allocator)."""
+        allocated = state.get("allocated_tier")
+        return state.get("base_tier", 0) if allocated is None else allocated
 
     @staticmethod
     def _drafted(tier: int, out: StepOutput, attempt: dict[str, Any]) -> dict[str, Any]:

@@ -73,6 +73,12 @@ class OutputState(TypedDict):
     escalations: int
 
 
+class PlannedOutputState(OutputState):
+    """What a decomposing graph returns: the output plus the planner's sub-questions."""
+
+    plan: list[str]
+
+
 def append_steps(steps: list[Step], appended: Sequence[list[Step]]) -> list[Step]:
     """Reducer of ``steps``: the steps so far, then each batch of appended steps in order."""
     return [*steps, *(step for batch in appended for step in batch)]
@@ -103,3 +109,8 @@ class RouterState(TypedDict):
     answer: NotRequired[str | None]
     stop_reason: NotRequired[str | None]
     totals: NotRequired[dict[str, float]]
+    # Set only in graphs built with an allocator or a decomposer (``build_graph``'s opt-in arguments).
+    allocated_tier: NotRequired[int | None]
+    allocation: NotRequired[dict[str, Any] | None]
+    plan: NotRequired[list[str]]
+    task_prompt: NotRequired[str | None]

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stepgraph.training.allocator import add_allocator_options
 from stepgraph.training.calibrate import CURVE_ALPHAS, check_tiers, load_gate_artifact, min_episodes, too_few_message
 from stepgraph.training.cli_args import add_dataclass_options, dataclass_from_args
 from stepgraph.training.collect import collect, default_store_path, testbed_items
@@ -84,10 +85,14 @@ def _train(args: argparse.Namespace) -> dict:
     spec = _spec(args)
     if spec is not None:  # the spec's α and paths, unless given on the command line
         args.alpha = spec.alpha if args.alpha is None else args.alpha
-        args.store, args.out = args.store or spec.paths.store, args.out or spec.paths.policy
+        args.store, args.out = args.store or spec.paths.store, args.out or (None if args.allocator else spec.paths.policy)
     args.alpha = CPOArgs.alpha if args.alpha is None else args.alpha
-    args.store, args.out = args.store or default_store_path(), args.out or Path("runs/policy")
+    args.store, args.out = args.store or default_store_path(), args.out or Path("runs/allocator" if args.allocator else "runs/policy")
     cpo_args = dataclass_from_args(CPOArgs, args)
+    if args.allocator:  # the ex-ante allocator: its own stages and artifact (stepgraph.training.allocator)
+        from stepgraph.training.allocator import train_allocator_command
+
+        return train_allocator_command(args, cpo_args)
     with TraceStore(args.store, readonly=True) as store:
         episodes = list(store.episodes(split=args.split))
         calibration = list(store.episodes(split=args.calibration_split)) if args.calibration_split else []
@@ -349,6 +354,7 @@ def add_commands(sub: Any) -> None:
     t.add_argument("--alpha", type=float, default=None,
                    help=f"allowed miss rate: coverage must be at least 1 - alpha (default: the spec's alpha, else {CPOArgs.alpha})")
     add_dataclass_options(t, CPOArgs, skip=("alpha",))
+    add_allocator_options(t)
     t.set_defaults(func=_single_threaded(_train))
 
     k = sub.add_parser("calibrate", help="set a gate's threshold so held-out coverage meets 1 - alpha; print the alpha curve",

@@ -1,0 +1,236 @@
+"""The learned allocator and its artifact: ``allocator.safetensors`` + ``allocator.json``, never pickled.
+
+The network maps the normalised ``ALLOCATOR_SCHEMA`` observation to logits over the K tiers
+(p_k: tier k is the cheapest whose step the verifier accepts). The manifest records κ, α, the
+tiers it was trained for (name and parameters, cheapest first), the feature schema and its
+normalisation, the network's shape, a training summary, the coverage guarantee and the weights'
+SHA-256. ``load`` refuses missing, corrupted or out-of-range files, another feature schema,
+weights of another shape, non-finite weights, and (given ``tiers``) an artifact of other tiers;
+``save`` refuses to write what ``load`` would refuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import torch
+from pydantic import BaseModel, Field, Strict, ValidationError, model_validator
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from stepgraph.allocator import ALLOCATOR_SCHEMA, Allocation, Allocator, AllocatorInput, tier_from_probabilities
+from stepgraph.errors import PolicyFileError
+from stepgraph.features import FeatureSchema, Observation
+from stepgraph.policy import PolicyNetwork
+
+FORMAT = "stepgraph.allocator"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "allocator.safetensors"
+MANIFEST_FILE = "allocator.json"
+
+FiniteFloat = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+
+
+class AllocatorNetwork(PolicyNetwork):
+    """The policy MLP with one logit per tier instead of (accept, escalate).
+
+    ``escalate_probability`` is P(a tier above 0 is needed), so CPO's replay and calibration
+    functions (``stepgraph.training.cpo``) read it as the probability of leaving the draft tier.
+    """
+
+    def __init__(self, n_features: int, n_tiers: int, hidden: int = 64, layers: int = 3) -> None:
+        super().__init__(n_features, hidden, layers)
+        last = self.net[-1]
+        assert isinstance(last, torch.nn.Linear)
+        self.net[-1] = torch.nn.Linear(last.in_features, n_tiers)
+        self.n_tiers = n_tiers
+
+    def escalate_probability(self, x: torch.Tensor) -> torch.Tensor:
+        # The sum over the stronger tiers, not 1 − p_0: a confident "draft" would round 1 − p_0 to 0
+        # and tie every such step, leaving calibration no order to choose κ from.
+        return torch.softmax(self.forward(x), dim=-1)[..., 1:].sum(-1)
+
+
+class _Tier(BaseModel):
+    name: str
+    parameters: Annotated[int, Strict(), Field(ge=0)]
+
+
+class _FeatureSchemaModel(BaseModel):
+    name: str
+    version: int
+    names: list[str] = Field(min_length=1)
+
+
+class AllocatorManifest(BaseModel):
+    """The schema of ``allocator.json``."""
+
+    format: Literal["stepgraph.allocator"]
+    format_version: Literal[1]
+    kappa: Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
+    """threshold on P(a stronger tier is needed), in [0, 1]"""
+    alpha: Annotated[float, Strict(), Field(gt=0, lt=1, allow_inf_nan=False)]
+    """the allowed miss rate, in (0, 1)"""
+    tiers: list[_Tier] = Field(min_length=2)
+    """the tiers the allocator chooses among, cheapest first"""
+    feature_schema: _FeatureSchemaModel
+    mean: list[FiniteFloat]
+    std: list[Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]]
+    ignored: list[str] = Field(default_factory=list)
+    hidden: Annotated[int, Strict(), Field(ge=1, le=4096)]
+    layers: Annotated[int, Strict(), Field(ge=1, le=16)]
+    training: dict[str, Any] = Field(default_factory=dict)
+    guarantee: dict[str, Any] | None = None
+    weights_sha256: str
+
+    @model_validator(mode="after")
+    def _fits_the_schema(self) -> Self:
+        n = len(self.feature_schema.names)
+        if len(self.mean) != n or len(self.std) != n:
+            raise ValueError(f"mean and std must each hold one value per feature ({n}), got {len(self.mean)} and {len(self.std)}")
+        if unknown := sorted(set(self.ignored) - set(self.feature_schema.names)):
+            raise ValueError(f"ignored features {unknown} are not in the feature schema")
+        return self
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg']}" for e in exc.errors())
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class AllocatorArtifact:
+    """A trained allocator with what it needs to score new observations."""
+
+    network: AllocatorNetwork
+    kappa: float
+    alpha: float
+    tiers: list[dict[str, Any]]
+    mean: list[float]
+    std: list[float]
+    hidden: int = 64
+    layers: int = 3
+    schema: FeatureSchema = field(default_factory=lambda: ALLOCATOR_SCHEMA)
+    ignored: list[str] = field(default_factory=list)
+    training: dict[str, Any] = field(default_factory=dict)
+    guarantee: dict[str, Any] | None = None
+
+    def normalise(self, rows: Sequence[Sequence[float]]) -> torch.Tensor:
+        """Standardise rows; a missing (NaN) or ignored feature becomes its training mean (0)."""
+        x = (torch.tensor(rows, dtype=torch.float32) - torch.tensor(self.mean)) / torch.tensor(self.std)
+        x[..., [self.schema.names.index(n) for n in self.ignored]] = 0.0
+        return torch.nan_to_num(x, nan=0.0)
+
+    @torch.no_grad()
+    def probabilities(self, observation: Observation) -> list[float]:
+        """p_k for one observation: the probability that tier k is the cheapest accepted."""
+        return torch.softmax(self.network(self.normalise([self.schema.vector(observation)])), dim=-1)[0].tolist()
+
+    def _manifest(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "kappa": self.kappa, "alpha": self.alpha,
+            "tiers": self.tiers, "feature_schema": self.schema.to_dict(), "mean": self.mean, "std": self.std,
+            "ignored": self.ignored, "hidden": self.hidden, "layers": self.layers, "training": self.training,
+            "guarantee": self.guarantee, "weights_sha256": "",
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the artifact after checking that ``load`` will accept it.
+
+        Raises:
+            PolicyFileError: an invalid field, a network of another size than the tiers, or
+                non-finite weights; nothing is written.
+        """
+        directory = Path(directory)
+        manifest = self._manifest()
+        try:
+            AllocatorManifest.model_validate(manifest)
+        except ValidationError as exc:
+            raise PolicyFileError(f"Refusing to write an allocator that would not load into {directory}: {_problems(exc)}") from exc
+        if self.network.n_tiers != len(self.tiers):
+            raise PolicyFileError(f"Refusing to write an allocator into {directory}: its network scores "
+                                  f"{self.network.n_tiers} tiers but it records {len(self.tiers)}.")
+        weights = {k: v.detach().contiguous() for k, v in self.network.state_dict().items()}
+        if bad := [k for k, v in weights.items() if not bool(torch.isfinite(v).all())]:
+            raise PolicyFileError(f"Refusing to write an allocator into {directory}: weights {bad} are not finite.")
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(weights, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
+        manifest["weights_sha256"] = _sha256(directory / WEIGHTS_FILE)
+        (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, tiers: Sequence[Mapping[str, Any]] | None = None) -> AllocatorArtifact:
+        """Load and validate an artifact; with ``tiers`` (name and parameters, cheapest first), refuse one
+        trained for tiers of other sizes (a model served under another name passes).
+
+        Raises:
+            PolicyFileError: names the file and what is wrong with it.
+        """
+        directory = Path(directory)
+        manifest_path, weights_path = directory / MANIFEST_FILE, directory / WEIGHTS_FILE
+        for path in (manifest_path, weights_path):
+            if not path.is_file():
+                raise PolicyFileError(f"{path} is missing: an allocator directory holds {MANIFEST_FILE} and {WEIGHTS_FILE}.")
+        try:
+            raw = json.loads(manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PolicyFileError(f"{manifest_path} is corrupted or incomplete: {exc}") from exc
+        try:
+            manifest = AllocatorManifest.model_validate(raw)
+        except ValidationError as exc:
+            raise PolicyFileError(f"{manifest_path} is not a valid {FORMAT} v{FORMAT_VERSION} manifest: {_problems(exc)}") from exc
+        schema = FeatureSchema(**manifest.feature_schema.model_dump())
+        if schema != ALLOCATOR_SCHEMA:
+            raise PolicyFileError(f"The allocator in {directory} was trained on {schema}, but this stepgraph computes "
+                                  f"{ALLOCATOR_SCHEMA}; train it again (`stepgraph train --allocator`).")
+        recorded = [t.model_dump() for t in manifest.tiers]
+        if tiers is not None and [t["parameters"] for t in recorded] != [t.get("parameters") for t in tiers]:
+            raise PolicyFileError(f"The allocator in {directory} was trained for the tiers {recorded}, but this graph's are "
+                                  f"{list(tiers)} (other sizes or another number); train it on traces of these tiers.")
+        if manifest.weights_sha256 != _sha256(weights_path):
+            raise PolicyFileError(f"{weights_path} does not match the checksum in {manifest_path}: the file is corrupted or was replaced.")
+        network = AllocatorNetwork(len(schema.names), len(recorded), manifest.hidden, manifest.layers)
+        try:
+            weights = load_file(str(weights_path))
+            network.load_state_dict(weights)
+        except (SafetensorError, RuntimeError, OSError) as exc:
+            raise PolicyFileError(f"{weights_path} does not hold a {manifest.layers}x{manifest.hidden} allocator over "
+                                  f"{len(recorded)} tiers: {exc}") from exc
+        if bad := [k for k, v in weights.items() if not bool(torch.isfinite(v).all())]:
+            raise PolicyFileError(f"{weights_path}: weights {bad} are not finite; train the allocator again.")
+        network.eval()
+        return cls(network, manifest.kappa, manifest.alpha, recorded, list(manifest.mean), list(manifest.std),
+                   manifest.hidden, manifest.layers, schema, list(manifest.ignored), manifest.training, manifest.guarantee)
+
+
+class LearnedAllocator(Allocator):
+    """Applies a trained allocator artifact; its κ is the threshold training calibrated.
+
+    Example:
+        >>> allocator = LearnedAllocator.from_path("runs/allocator")  # doctest: +SKIP
+    """
+
+    name = "learned"
+
+    def __init__(self, artifact: AllocatorArtifact) -> None:
+        self.artifact = artifact
+
+    @classmethod
+    def from_path(cls, directory: str | Path, tiers: Sequence[Mapping[str, Any]] | None = None) -> LearnedAllocator:
+        return cls(AllocatorArtifact.load(directory, tiers))
+
+    def allocate(self, x: AllocatorInput) -> Allocation:
+        if x.n_tiers != len(self.artifact.tiers):
+            raise PolicyFileError(f"The allocator was trained for {len(self.artifact.tiers)} tiers; this graph has {x.n_tiers}.")
+        tier, score = tier_from_probabilities(self.artifact.probabilities(x.observation), self.artifact.kappa, x.tier)
+        return Allocation(tier, score, None if math.isfinite(score) else "non-finite score")

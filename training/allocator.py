@@ -1,0 +1,339 @@
+"""Train the ex-ante allocator from the collected traces, in R2-Reasoner's two stages, then calibrate κ.
+
+Read top to bottom:
+
+1. each recorded step becomes the allocator's observation before it (``stepgraph.allocator``:
+   the question and the accepted prefix, no draft) and a label: the cheapest tier whose step the
+   exact verifier accepts (tier 0 when the draft is verified, else the next tier, which wrote the
+   recorded escalated step; a record that carries ``tier_correct``, one verdict per tier, gives
+   the label for K tiers);
+2. supervised stage: cross-entropy on those labels;
+3. RL stage: CPO under the coverage constraint with ``stepgraph.training.cpo``'s building
+   blocks (V-trace critics, the trust-region step by conjugate gradient, the online-conformal κ
+   update). The behaviour's recorded action (did a stronger tier write the step) and
+   μ(escalate | o) weigh the off-policy returns; the cost of a step is what it costs *ex ante*:
+   the draft call when the draft tier writes it, only the stronger tier's call when it is sent
+   up (no draft is paid for);
+4. calibration: the cheapest κ whose surrogate misses on held-out episodes meet split
+   conformal's bound ⌊α(n + 1)⌋ − 1 (``cpo.episode_miss``, ``guarantee.calibration_guarantee``).
+   With a post-hoc gate (``gate=``), a step the allocator keeps on tier 0 is still checked by
+   that gate, and κ is calibrated for the combination. Both the supervised and the RL-refined
+   weights are calibrated, and the cheaper at the coverage bound is kept (``selected_stage``):
+   on the testbed the RL stage, whose coverage critic sees off-policy returns only, drifts toward
+   drafting everything and loses the supervised ranking, and calibration then has to send more up.
+
+The replay and calibration use the 2-tier records the collector writes (draft and the next tier);
+the network and the decision rule are for K tiers.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from stepgraph.training.calibrate import replay_inputs
+from stepgraph.training.cpo import (
+    Batchable,
+    CPOArgs,
+    Run,
+    _critic,
+    episode_miss,
+    fit_critics,
+    kappa_step,
+    policy_step,
+    sample_batch,
+)
+from stepgraph.training.guarantee import allowed_misses, calibration_guarantee
+from stepgraph.training.records import Episode, StepRecord
+from tqdm import tqdm
+
+from stepgraph.allocator import ALLOCATOR_SCHEMA, PriorStep, allocator_observation
+from stepgraph.allocator_file import AllocatorArtifact, AllocatorNetwork
+from stepgraph.gates.base import Gate
+
+# --- 1. data -------------------------------------------------------------------------------------
+
+
+def episode_observations(episode: Episode) -> list[dict[str, float | None]]:
+    """The allocator's observation before each recorded step (the prefix the behaviour kept)."""
+    prior: list[PriorStep] = []
+    rows = []
+    for step in episode.steps:
+        rows.append(allocator_observation(episode.question, prior))
+        prior.append(PriorStep(tier=step.action, draft_observation=step.observation))
+    return rows
+
+
+def cheapest_accepted_tier(step: StepRecord, n_tiers: int = 2) -> int:
+    """The label: the cheapest tier whose step the verifier accepts; the strongest when none is."""
+    verdicts = getattr(step, "tier_correct", None)
+    if verdicts is None:
+        verdicts = [step.draft_correct, step.escalated_correct]
+    for tier, ok in enumerate(list(verdicts)[:n_tiers]):
+        if ok is True:
+            return tier
+    return n_tiers - 1
+
+
+def normalisation(rows: Sequence[Sequence[float]]) -> tuple[list[float], list[float], list[str]]:
+    """Per-feature mean and std over the rows (NaN = not reported); never-reported features are ignored."""
+    table = torch.tensor(rows, dtype=torch.float64)
+    mean, std, ignored = [], [], []
+    for name, column in zip(ALLOCATOR_SCHEMA.names, table.T):
+        seen = column[~torch.isnan(column)]
+        if not seen.numel():
+            ignored.append(name)
+            mean.append(0.0)
+            std.append(1.0)
+            continue
+        sd = float(seen.std()) if seen.numel() > 1 else 1.0
+        mean.append(float(seen.mean()))
+        std.append(sd if math.isfinite(sd) and sd > 1e-6 else 1.0)
+    return mean, std, ignored
+
+
+def ex_ante_cost(step: StepRecord, sent_up: bool, fallback_flops: float) -> float:
+    """FLOPs of the step when the allocator drafts it (the draft call) or sends it up (only the stronger call)."""
+    escalate = step.escalate_flops if step.escalate_flops is not None else fallback_flops
+    return escalate if sent_up else step.draft_flops
+
+
+def to_batchable(episodes: Sequence[Episode], artifact: AllocatorArtifact, cost_scale: float) -> Batchable:
+    """The episodes as CPO's per-step tensors, with the allocator's observations and ex-ante costs."""
+    starts, ends, rows, position = [], [], [], 0
+    for e in episodes:
+        starts.append(position)
+        position += len(e.steps)
+        ends.append(position)
+        rows += [ALLOCATOR_SCHEMA.vector(o) for o in episode_observations(e)]
+    steps = [(e, s) for e in episodes for s in e.steps]
+    last = {end - 1 for end in ends}
+    return Batchable(
+        x=artifact.normalise(rows),
+        action=torch.tensor([s.action for _, s in steps], dtype=torch.long),
+        mu_escalate=torch.tensor([s.mu_escalate for _, s in steps], dtype=torch.float32),
+        reward=torch.tensor([-ex_ante_cost(s, bool(s.action), cost_scale) / cost_scale for _, s in steps], dtype=torch.float32),
+        coverage=torch.tensor([float(i in last and (e.reward == 1 or e.target_reward == 0)) for i, (e, _) in enumerate(steps)]),
+        draft_ok=torch.tensor([float(s.draft_correct is True) for _, s in steps]),
+        escalated_ok=torch.tensor([float(s.escalated_correct is True) for _, s in steps]),
+        starts=starts,
+        ends=ends,
+        episode_reward=[e.reward for e in episodes],
+        target_reward=[e.target_reward for e in episodes],
+    )
+
+
+# --- 2. supervised stage -------------------------------------------------------------------------
+
+
+def supervised_stage(network: AllocatorNetwork, x: torch.Tensor, labels: torch.Tensor, epochs: int, lr: float) -> list[float]:
+    """Cross-entropy on the cheapest-accepted-tier labels, full batch; returns the loss per epoch."""
+    optimiser = torch.optim.Adam(network.parameters(), lr=lr)
+    losses = []
+    for _ in range(epochs):
+        loss = torch.nn.functional.cross_entropy(network(x), labels)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    return losses
+
+
+# --- 3. RL stage ---------------------------------------------------------------------------------
+
+
+def rl_stage(run: Run, progress: bool = False, log: Callable[[int, dict], object] | None = None) -> list[dict[str, float]]:
+    """CPO's loop on the allocator: sample, fit critics, trust-region step, κ update."""
+    history = []
+    for step in tqdm(range(run.args.steps), desc="allocator rl", disable=not progress):
+        batch = sample_batch(run)
+        targets, losses = fit_critics(run, batch)
+        metrics = {**losses, **policy_step(run, batch, targets)} | kappa_step(run, batch)
+        history.append(metrics)
+        if log is not None:
+            log(step, metrics)
+    return history
+
+
+# --- 4. calibration ------------------------------------------------------------------------------
+
+
+def gate_escalations(episodes: Sequence[Episode], gate: Gate) -> torch.Tensor:
+    """The post-hoc gate's decision on every recorded draft, replayed (1 = escalate)."""
+    return torch.tensor([int(gate.decide(x).escalate) for e in episodes for x in replay_inputs(e)], dtype=torch.long)
+
+
+def calibrate_allocator(data: Batchable, episodes: Sequence[Episode], network: AllocatorNetwork, alpha: float,
+                        gate_choice: torch.Tensor | None = None, max_candidates: int = 100) -> dict[str, Any]:
+    """The cheapest κ whose surrogate misses on the held-out episodes are ≤ ⌊α(n + 1)⌋ − 1.
+
+    A step is sent up when P(a stronger tier is needed) ≥ κ; with ``gate_choice`` a step kept on
+    the draft tier is escalated where the post-hoc gate escalates it. The cost of a κ is the
+    replayed ex-ante cost of its choices (draft call, stronger call, or both). Returns κ, its
+    misses, cost relative to the strongest tier alone, the share of steps sent up, and the misses
+    and cost of sending none up (``none_sent_up``), for comparison.
+    """
+    with torch.no_grad():
+        p_up = network.escalate_probability(data.x)
+    n = len(data.starts)
+    allowed = allowed_misses(alpha, n)
+    steps = [s for e in episodes for s in e.steps]
+    target_flops = sum(e.target_flops for e in episodes) or 1.0
+    fallback = target_flops / max(1, len(steps))
+    candidates = torch.unique(p_up)
+    if candidates.numel() > max_candidates:
+        candidates = torch.quantile(p_up, torch.linspace(0, 1, max_candidates))
+    trials = []
+    for kappa in sorted({float(c) for c in candidates} | {0.0, 1.0 + 1e-9}, reverse=True):
+        up = (p_up >= kappa).long()
+        choice = up if gate_choice is None else torch.maximum(up, gate_choice)
+        misses = sum(episode_miss(data, e, choice[data.starts[e] : data.ends[e]]) for e in range(n))
+        cost = sum(ex_ante_cost(s, bool(u), fallback) + (s.escalate_flops or fallback) * float(bool(c) and not u)
+                   for s, u, c in zip(steps, up.tolist(), choice.tolist()))
+        trials.append({"kappa": min(kappa, 1.0), "misses": misses, "flops_vs_target": cost / target_flops,
+                       "sent_up": float(up.float().mean())})
+    feasible = [t for t in trials if t["misses"] <= allowed]
+    best = min(feasible, key=lambda t: t["flops_vs_target"]) if feasible else trials[-1]  # κ = 0: everything sent up
+    never = trials[0]  # the highest κ: no step sent up (the post-hoc gate alone, or the draft alone)
+    return {**best, "met": bool(feasible), "episodes": n, "none_sent_up": {k: never[k] for k in ("misses", "flops_vs_target")}}
+
+
+# --- 5. the two stages and the calibration -------------------------------------------------------
+
+
+def train_allocator(episodes: Sequence[Episode], args: CPOArgs | None = None, *, tiers: Sequence[dict[str, Any]],
+                    calibration: Sequence[Episode] = (), gate: Gate | None = None, supervised_epochs: int = 100,
+                    supervised_lr: float = 1e-2, progress: bool = False,
+                    log: Callable[[int, dict], object] | None = None) -> AllocatorArtifact:
+    """Supervised, then CPO, then calibrated κ; returns the artifact (not yet saved).
+
+    Args:
+        episodes: train episodes (collected traces).
+        args: CPO's settings for the RL stage (``steps=0`` skips it) and α.
+        tiers: name and parameters of each tier, cheapest first (recorded in the artifact).
+        calibration: held-out episodes for κ; without them κ is the RL stage's online κ, with no guarantee.
+        gate: the post-hoc gate the allocator will be combined with (its replayed decisions enter the calibration).
+        supervised_epochs, supervised_lr: the supervised stage's full-batch Adam epochs and learning rate.
+    """
+    args = args or CPOArgs()
+    episodes = [e for e in episodes if e.steps]
+    if not episodes:
+        raise ValueError("train_allocator needs at least one episode with steps; collect traces first.")
+    if len(tiers) < 2:
+        raise ValueError(f"An allocator chooses among at least two tiers, got {len(tiers)}.")
+    torch.manual_seed(args.seed)
+    rows = [ALLOCATOR_SCHEMA.vector(o) for e in episodes for o in episode_observations(e)]
+    mean, std, ignored = normalisation(rows)
+    network = AllocatorNetwork(len(ALLOCATOR_SCHEMA.names), len(tiers), args.hidden, args.layers)
+    artifact = AllocatorArtifact(network, args.kappa_init, args.alpha, [dict(t) for t in tiers], mean, std, args.hidden,
+                                 args.layers, ignored=ignored)
+    labels = torch.tensor([cheapest_accepted_tier(s, len(tiers)) for e in episodes for s in e.steps])
+    cost_scale = sum(e.target_flops for e in episodes) / len(episodes) or 1.0
+    data = to_batchable(episodes, artifact, cost_scale)
+    losses = supervised_stage(network, data.x, labels, supervised_epochs, supervised_lr)
+    with torch.no_grad():
+        supervised_accuracy = float((network(data.x).argmax(-1) == labels).float().mean())
+    supervised_weights = copy.deepcopy(network.state_dict())
+    critics = _critic(data.x.shape[1], args.hidden), _critic(data.x.shape[1], args.hidden)
+    optimiser = torch.optim.Adam([*critics[0].parameters(), *critics[1].parameters()], lr=args.critic_lr)
+    run = Run(args, list(episodes), data, cast(Any, artifact), network, critics[0], critics[1], optimiser,
+              random.Random(args.seed), cost_scale, args.kappa_init)
+    history = rl_stage(run, progress, log)
+    network.eval()
+    artifact.kappa = run.kappa
+    held_out = [e for e in calibration if e.steps]
+    summary: dict[str, Any] = {}
+    if held_out:
+        cal = to_batchable(held_out, artifact, cost_scale)
+        gate_choice = gate_escalations(held_out, gate) if gate else None
+        by_stage = {"rl": (copy.deepcopy(network.state_dict()), calibrate_allocator(cal, held_out, network, args.alpha, gate_choice))}
+        network.load_state_dict(supervised_weights)
+        by_stage["supervised"] = (supervised_weights, calibrate_allocator(cal, held_out, network, args.alpha, gate_choice))
+        # The RL refinement is kept only where it calibrates cheaper (met coverage first, then FLOPs).
+        stage = min(by_stage, key=lambda k: (not by_stage[k][1]["met"], by_stage[k][1]["flops_vs_target"]))
+        weights, chosen = by_stage[stage]
+        network.load_state_dict(weights)
+        artifact.kappa = chosen["kappa"]
+        summary = {"selected_stage": stage, "calibration_by_stage": {k: v[1] for k, v in by_stage.items()},
+                   "online_kappa": run.kappa, "calibrated_kappa": chosen["kappa"], "calibration_episodes": len(held_out),
+                   "calibration_surrogate_miss": chosen["misses"] / len(held_out), "calibration_met": chosen["met"],
+                   "calibration_flops_vs_target": chosen["flops_vs_target"], "calibration_sent_up": chosen["sent_up"],
+                   "calibration_none_sent_up": chosen["none_sent_up"]}
+        artifact.guarantee = calibration_guarantee(args.alpha, len(held_out), chosen["misses"])
+    else:
+        artifact.guarantee = calibration_guarantee(args.alpha, 0)
+    with torch.no_grad():
+        sent_up = float((network.escalate_probability(data.x) >= artifact.kappa).float().mean())
+    artifact.training = {
+        **summary,
+        "algorithm": "supervised+cpo+split-conformal-kappa",
+        "args": asdict(args),
+        "supervised_epochs": supervised_epochs,
+        "supervised_lr": supervised_lr,
+        "supervised_final_loss": losses[-1] if losses else None,
+        "supervised_accuracy": supervised_accuracy,
+        "label_share": [float((labels == k).float().mean()) for k in range(len(tiers))],
+        "rl_accepted_steps": sum(h["charts/accepted"] for h in history),
+        "combined_with_gate": getattr(gate, "name", None) if gate else None,
+        "episodes": len(episodes),
+        "cost_scale_flops": cost_scale,
+        "train_sent_up": sent_up,
+    }
+    return artifact
+
+
+# --- CLI: ``stepgraph train --allocator`` --------------------------------------------------------
+
+
+def add_allocator_options(parser: Any) -> None:
+    """The ``train`` command's allocator options (the CPO flags set the RL stage)."""
+    parser.add_argument("--allocator", action="store_true",
+                        help="train the ex-ante allocator (supervised, then CPO, then calibrated) instead of the policy; "
+                             "--out defaults to runs/allocator; --steps sets the RL stage (try 200)")
+    parser.add_argument("--allocator-gate", type=Path, default=None, metavar="DIR",
+                        help="allocator: calibrate κ for the combination with this post-hoc policy artifact (default: the allocator alone)")
+    parser.add_argument("--supervised-epochs", type=int, default=100, help="allocator: supervised stage's full-batch epochs (default: %(default)s)")
+    parser.add_argument("--supervised-lr", type=float, default=1e-2, help="allocator: supervised stage's learning rate (default: %(default)s)")
+
+
+def train_allocator_command(args: Any, cpo_args: CPOArgs) -> dict[str, Any]:
+    """``stepgraph train --allocator``: read the store, train, calibrate, save; the summary as a dict."""
+    import json
+    import time
+
+    from stepgraph.training.store import TraceStore
+
+    from stepgraph.errors import ConfigError, StepgraphError
+    from stepgraph.gates import PolicyGate
+
+    if args.supervised_epochs < 0 or not args.supervised_lr > 0:
+        raise ConfigError("--supervised-epochs must be >= 0 and --supervised-lr > 0.")
+    out = args.out or Path("runs/allocator")
+    with TraceStore(args.store, readonly=True) as store:
+        episodes = list(store.episodes(split=args.split))
+        calibration = list(store.episodes(split=args.calibration_split)) if args.calibration_split else []
+        tiers = store.meta("models") or []
+    if not episodes:
+        raise StepgraphError(f"{args.store} holds no {args.split} episodes; run `stepgraph collect` first.")
+    if len(tiers) < 2:
+        raise StepgraphError(f"{args.store} does not record its tiers (meta 'models'); collect it again with this stepgraph.")
+    gate = PolicyGate.from_path(args.allocator_gate) if args.allocator_gate else None
+    started = time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "metrics.jsonl").open("w") as log:
+        artifact = train_allocator(episodes, cpo_args, tiers=tiers, calibration=calibration, gate=gate,
+                                   supervised_epochs=args.supervised_epochs, supervised_lr=args.supervised_lr, progress=True,
+                                   log=lambda step, m: log.write(json.dumps({"step": step, **m}) + "\n"))
+    artifact.training |= {"store": str(args.store), "seconds": round(time.time() - started, 1),
+                          "allocator_gate": str(args.allocator_gate) if args.allocator_gate else None}
+    artifact.save(out)
+    keys = ("selected_stage", "supervised_accuracy", "online_kappa", "calibration_episodes", "calibration_surrogate_miss",
+            "calibration_sent_up", "calibration_flops_vs_target", "train_sent_up", "seconds")
+    return {"out": str(out), "kappa": artifact.kappa, "alpha": artifact.alpha, "guarantee": (artifact.guarantee or {}).get("type"),
+            **{k: artifact.training[k] for k in keys if k in artifact.training}}
