@@ -1,4 +1,4 @@
-"""The CPO policy gate: escalate iff π(escalate | o) ≥ κ."""
+"""The CPO policy gate: escalate iff π(escalate | o) ≥ κ (or its log-odds ≥ κ, by the artifact's scale)."""
 
 from __future__ import annotations
 
@@ -57,9 +57,9 @@ class PolicyGate(Gate):
         return cls.from_path(path)
 
     def score(self, x: GateInput) -> float:
-        """π(escalate | o) of the draft's observation."""
+        """π(escalate | o) of the draft's observation, or its log-odds (the artifact's ``scale``)."""
         self._warn_on_missing(x.observation)
-        return self.artifact.escalate_probability(x.observation)
+        return self.artifact.score(x.observation)
 
     def _warn_on_missing(self, observation: dict[str, float | None]) -> None:
         for name in self.trained_on:

@@ -215,6 +215,8 @@ class VLLMStepModel:
             tokens=[self._token_text(i) for i in ids],
             max_logits=[max(lp.logprob for _, lp in row) for row in rows] if as_logits else None,
             top_logprobs=[] if as_logits else [[(self._token_text(t), lp.logprob) for t, lp in row] for row in rows],
+            # vLLM always lists the sampled token in its position's logprobs
+            token_logprobs=None if as_logits else [float(pos[i].logprob) for pos, i in zip(positions, ids)],
             prompt_tokens=prompt_tokens,
             cached_tokens=int(out.num_cached_tokens or 0),
             generated_tokens=len(ids),

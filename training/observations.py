@@ -1,0 +1,34 @@
+"""Recompute a stored episode's observations with this stepgraph's feature schema.
+
+Traces keep each draft's StepOutput (``StepRecord.draft_output``), the question and the steps
+the routed answer kept, so the features of a newer schema can be computed from traces collected
+before it, exactly as the graph would compute them (``stepgraph.features.observe``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from stepgraph.training.records import Episode
+
+from stepgraph.features import observe
+from stepgraph.models.base import StepOutput
+
+
+def reobserve(episode: Episode) -> Episode:
+    """The episode with every step's observation recomputed; a step without its draft's output keeps the stored one."""
+    steps, prior = [], []
+    escalations = 0
+    previous: dict[str, object] | None = None
+    for record in episode.steps:
+        observation = record.observation
+        if record.draft_output is not None:
+            observation = observe(StepOutput.from_dict(record.draft_output), step_index=record.index, escalations=escalations,
+                                  difficulty=record.observation.get("difficulty"), question=episode.question,
+                                  prior_steps=prior, previous=previous)
+        steps.append(dataclasses.replace(record, observation=observation))
+        kept = record.escalated if record.action and record.escalated is not None else record.draft
+        prior.append(kept)
+        escalations += record.action
+        previous = {"observation": observation, "escalated": bool(record.action)}
+    return dataclasses.replace(episode, steps=steps)
