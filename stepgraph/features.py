@@ -18,7 +18,9 @@ its own features from the same observation.
 
 from __future__ import annotations
 
+import ast
 import math
+import operator
 import re
 from collections.abc import Mapping, Sequence
 
@@ -105,10 +107,14 @@ FEATURE_SCHEMA = FeatureSchema(
         "entropy_max",  # largest entropy (nats) of the top-k distribution over math tokens
         "result_digit_min",  # least likely sampled digit after the last "="
         "ungrounded_operands",  # operands found neither in the question nor in earlier steps
+        "arithmetic_error",  # 1 if an "expression = number" in the step does not hold, 0 if all do; None if none
         "previous_escalated",  # 1 if the previous step was escalated, 0 if not; None on the first step
         "previous_sampled_logprob_min",  # the previous step's sampled_logprob_min
     ],
 )
+
+SITUATIONAL = frozenset({"result_digit_min", "arithmetic_error", "previous_escalated", "previous_sampled_logprob_min"})
+"""Features that are None by the step's nature (no "=", the first step), not because a backend lacks them."""
 
 SCHEMAS = {(s.name, s.version): s for s in (CONFIDENCE_SCHEMA, FEATURE_SCHEMA)}
 """Every schema this stepgraph can compute, by (name, version): artifacts of any of them load."""
@@ -218,6 +224,46 @@ def ungrounded_operands(question: str, prior_steps: Sequence[str], step_text: st
     return float(missing)
 
 
+_EQUATION = re.compile(r"([\d.,+\-*/×x÷()\s]+?)=\s*[$€£]?\s*(-?[\d.,]+)")
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def _evaluate(node: ast.AST) -> float:
+    """An arithmetic expression tree of numbers and + - * / (anything else raises ValueError)."""
+    if isinstance(node, ast.Expression):
+        return _evaluate(node.body)
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+        return float(node.value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_evaluate(node.operand)
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        return _OPERATORS[type(node.op)](_evaluate(node.left), _evaluate(node.right))
+    raise ValueError("not arithmetic")
+
+
+def arithmetic_error(step_text: str) -> float | None:
+    """Whether a written calculation is wrong: 1.0 if some "expression = number" does not hold, 0.0 if every
+    one does, None when the step writes no checkable calculation (a calculator's check of the draft's text).
+
+    The expression is the run of digits, operators (+ − * / × ÷) and parentheses before an "=";
+    thousands separators are dropped; a bare number ("x = 5") is not a calculation.
+    """
+    checked = False
+    for match in _EQUATION.finditer(step_text):
+        expression = match.group(1).replace(",", "").replace("×", "*").replace("x", "*").replace("÷", "/").strip()
+        if not any(op in expression.lstrip("-") for op in "+-*/"):
+            continue
+        try:
+            value = _evaluate(ast.parse(expression, mode="eval"))
+            stated = float(match.group(2).replace(",", "").rstrip("."))
+        except (SyntaxError, ValueError, ZeroDivisionError, OverflowError):
+            continue
+        checked = True
+        if not math.isclose(value, stated, rel_tol=1e-6, abs_tol=1e-6):
+            return 1.0
+    return 0.0 if checked else None
+
+
 def observe(step: StepOutput, *, step_index: int, escalations: int, difficulty: float | None = None,
             question: str | None = None, prior_steps: Sequence[str] = (),
             previous: Mapping[str, object] | None = None) -> Observation:
@@ -251,6 +297,7 @@ def observe(step: StepOutput, *, step_index: int, escalations: int, difficulty: 
         "entropy_max": entropy,
         "result_digit_min": result_digit_min(step),
         "ungrounded_operands": None if question is None else ungrounded_operands(question, prior_steps, step.text),
+        "arithmetic_error": arithmetic_error(step.text),
         "previous_escalated": float(bool(previous.get("escalated"))) if previous else None,
         "previous_sampled_logprob_min": float(previous_min) if isinstance(previous_min, (int, float)) else None,
     }

@@ -95,11 +95,12 @@ def test_training_learns_to_escalate_low_confidence_drafts():
     artifact, history = cpo.train_policy(episodes, cpo.CPOArgs(steps=150, seed=0), progress=False)
     assert len(history) == 150 and {"charts/kappa", "losses/critic_cost"} <= set(history[-1])
     obs = {n: None for n in CONFIDENCE_SCHEMA.names}
-    low = artifact.escalate_probability({**obs, "logit_confidence": 3.5, "step_index": 1.0, "step_tokens": 8.0})
-    high = artifact.escalate_probability({**obs, "logit_confidence": 9.5, "step_index": 1.0, "step_tokens": 8.0})
+    assert artifact.scale == "log_odds"
+    low = artifact.score({**obs, "logit_confidence": 3.5, "step_index": 1.0, "step_tokens": 8.0})
+    high = artifact.score({**obs, "logit_confidence": 9.5, "step_index": 1.0, "step_tokens": 8.0})
     assert low >= artifact.kappa > high
     data = cpo.to_tensors(held_out, artifact, cost_scale=1.0)
-    assert cpo.surrogate_coverage(data, artifact.network, artifact.kappa) >= 1 - 0.02 - 0.03
+    assert cpo.score_coverage(data, artifact.scores(data.x), artifact.kappa) >= 1 - 0.02 - 0.03
 
 
 def test_empty_input_is_a_clear_error():
@@ -153,14 +154,14 @@ def test_calibration_picks_the_largest_kappa_meeting_the_bound():
     assert summary["calibrated_kappa"] == artifact.kappa and summary["calibration_episodes"] == 300
     data = cpo.to_tensors(calibration, artifact, cost_scale=1.0)
     n, allowed = 300, int(0.02 * 301) - 1
-    misses = round((1 - cpo.surrogate_coverage(data, artifact.network, artifact.kappa)) * n)
+    scores = artifact.scores(data.x)  # log-odds of escalation
+    misses = round((1 - cpo.score_coverage(data, scores, artifact.kappa)) * n)
     assert misses <= allowed
-    # Brute force over every distinct π value: no larger candidate meets the bound.
-    kappa, _ = cpo.calibrate_kappa(data, artifact.network, 0.02, max_candidates=10**6)
-    with torch.no_grad():
-        probs = artifact.network.escalate_probability(data.x)
-    for candidate in {float(p) for p in probs if p > kappa}:
-        assert round((1 - cpo.surrogate_coverage(data, artifact.network, candidate)) * n) > allowed
+    # Brute force over every distinct score: no larger candidate meets the bound.
+    kappa, _ = cpo.calibrate_kappa(data, artifact.network, 0.02, max_candidates=10**6, scale="log_odds")
+    assert kappa == artifact.kappa
+    for candidate in {float(p) for p in scores if p > kappa}:
+        assert round((1 - cpo.score_coverage(data, scores, candidate)) * n) > allowed
 
 
 def test_surrogate_stops_where_the_gate_leaves_the_recorded_trajectory():
