@@ -32,3 +32,30 @@ def reobserve(episode: Episode) -> Episode:
         escalations += record.action
         previous = {"observation": observation, "escalated": bool(record.action)}
     return dataclasses.replace(episode, steps=steps)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m stepgraph.training.observations --store OLD --out NEW``: a copy of a store with current observations."""
+    import argparse
+
+    from stepgraph.training.store import TraceStore
+
+    from stepgraph.features import FEATURE_SCHEMA
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--store", required=True, help="trace store to read (unchanged)")
+    parser.add_argument("--out", required=True, help="new trace store to write")
+    args = parser.parse_args(argv)
+    with TraceStore(args.store, readonly=True) as old, TraceStore(args.out) as new:
+        if len(new):
+            raise SystemExit(f"{args.out} already holds episodes; pass a new --out path.")
+        new.set_meta("feature_schema", FEATURE_SCHEMA.to_dict())
+        new.set_meta("models", old.meta("models"))
+        for split in ("train", "calibration", "test"):
+            for episode in old.episodes(split):
+                new.add(reobserve(episode), split)
+        print(f"{args.out}: {len(new)} episodes with {FEATURE_SCHEMA}")
+
+
+if __name__ == "__main__":
+    main()

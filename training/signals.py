@@ -28,11 +28,12 @@ FREE = ["api_confidence", "logit_confidence", "sampled_logprob_sum", "sampled_lo
 STEPWISE = ["previous_escalated", "previous_sampled_logprob_min", "escalations"]
 SETS: dict[str, list[str]] = {
     **{name: [name] for name in ("api_confidence", "logit_confidence", "sampled_logprob_sum", "sampled_logprob_min",
-                                 "margin_min", "entropy_max", "result_digit_min", "ungrounded_operands")},
+                                 "margin_min", "entropy_max", "result_digit_min", "ungrounded_operands", "arithmetic_error")},
     "top-k summaries + sampled prob": ["sampled_logprob_sum", "sampled_logprob_min", "margin_min", "entropy_max", "result_digit_min"],
     "free per-token (all)": FREE,
     "free + grounding": [*FREE, "ungrounded_operands"],
     "free + grounding + stepwise": [*FREE, "ungrounded_operands", *STEPWISE],
+    "free + grounding + arithmetic check + stepwise": [*FREE, "ungrounded_operands", "arithmetic_error", *STEPWISE],
     "logits only (+ grounding, stepwise)": ["logit_confidence", "step_index", "step_tokens", "is_final", "ungrounded_operands",
                                             "previous_escalated", "escalations"],
 }
