@@ -42,17 +42,22 @@ def _math_positions(tokens: Sequence[str]) -> list[int]:
     return positions or list(range(len(tokens)))
 
 
-def logit_confidence(step: StepOutput) -> float | None:
-    """Mean of the per-token max raw logit over math tokens (STEER's score); None without logits."""
+def logit_confidence(step: StepOutput, math_positions: Sequence[int] | None = None) -> float | None:
+    """Mean of the per-token max raw logit over math tokens (STEER's score); None without logits.
+
+    ``math_positions`` (every feature of one step takes it) saves finding the math tokens again.
+    """
     if not step.max_logits:
         return None
-    positions = [i for i in _math_positions(step.tokens) if i < len(step.max_logits)]
+    math_positions = _math_positions(step.tokens) if math_positions is None else math_positions
+    positions = [i for i in math_positions if i < len(step.max_logits)]
     return sum(step.max_logits[i] for i in positions) / len(positions) if positions else None
 
 
-def api_confidence(step: StepOutput) -> float | None:
+def api_confidence(step: StepOutput, math_positions: Sequence[int] | None = None) -> float | None:
     """Minimum top-1 probability over math tokens, from top-k logprobs; None without logprobs."""
-    positions = [i for i in _math_positions(step.tokens) if i < len(step.top_logprobs) and step.top_logprobs[i]]
+    math_positions = _math_positions(step.tokens) if math_positions is None else math_positions
+    positions = [i for i in math_positions if i < len(step.top_logprobs) and step.top_logprobs[i]]
     if not positions:
         return None
     return min(math.exp(max(lp for _, lp in step.top_logprobs[i])) for i in positions)
@@ -131,23 +136,23 @@ def _sampled(step: StepOutput) -> list[float] | None:
     return lps if lps and len(lps) == len(step.tokens) else None
 
 
-def sampled_logprobs(step: StepOutput) -> tuple[float | None, float | None]:
+def sampled_logprobs(step: StepOutput, math_positions: Sequence[int] | None = None) -> tuple[float | None, float | None]:
     """(sum, min) of the sampled tokens' log-probabilities over math tokens; (None, None) without them."""
     lps = _sampled(step)
     if lps is None:
         return None, None
-    values = [lps[i] for i in _math_positions(step.tokens)]
+    values = [lps[i] for i in (_math_positions(step.tokens) if math_positions is None else math_positions)]
     return (sum(values), min(values)) if values else (None, None)
 
 
-def top_k_summaries(step: StepOutput) -> tuple[float | None, float | None]:
+def top_k_summaries(step: StepOutput, math_positions: Sequence[int] | None = None) -> tuple[float | None, float | None]:
     """(smallest top-1 − top-2 log-probability margin, largest entropy) over math tokens.
 
     The entropy is of the top-k probabilities with the rest of the mass as one more outcome, a
     lower bound of the full distribution's. (None, None) without top-k log-probabilities.
     """
     margins, entropies = [], []
-    for i in _math_positions(step.tokens):
+    for i in _math_positions(step.tokens) if math_positions is None else math_positions:
         if i >= len(step.top_logprobs) or not step.top_logprobs[i]:
             continue
         lps = sorted((lp for _, lp in step.top_logprobs[i]), reverse=True)
@@ -279,13 +284,14 @@ def observe(step: StepOutput, *, step_index: int, escalations: int, difficulty: 
         previous: the previous step as the graph appended it (its ``observation`` and
             ``escalated``); None on the first step.
     """
-    logprob_sum, logprob_min = sampled_logprobs(step)
-    margin, entropy = top_k_summaries(step)
+    positions = _math_positions(step.tokens)
+    logprob_sum, logprob_min = sampled_logprobs(step, positions)
+    margin, entropy = top_k_summaries(step, positions)
     previous_observation = previous.get("observation") if previous else None
     previous_min = previous_observation.get("sampled_logprob_min") if isinstance(previous_observation, Mapping) else None
     return {
-        "logit_confidence": logit_confidence(step),
-        "api_confidence": api_confidence(step),
+        "logit_confidence": logit_confidence(step, positions),
+        "api_confidence": api_confidence(step, positions),
         "step_index": float(step_index),
         "step_tokens": float(step.generated_tokens),
         "is_final": float("\\boxed{" in step.text or step.finished),

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
+import numpy as np
 import torch
 from pydantic import BaseModel, Field, Strict, ValidationError, model_validator
 from safetensors import SafetensorError
@@ -188,11 +189,20 @@ class PolicyArtifact:
     format_version: int = FORMAT_VERSION
     """The manifest format it was loaded from (1: probability κ only); ``save`` writes format 2."""
 
+    def _normalisation(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Mean, std and ignored columns as tensors, built once per value (the gate asks every step)."""
+        key = (tuple(self.mean), tuple(self.std), tuple(self.ignored))
+        cached = self.__dict__.get("_normalisation_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, torch.tensor(self.mean), torch.tensor(self.std), [self.schema.names.index(n) for n in self.ignored])
+            self.__dict__["_normalisation_cache"] = cached
+        return cached[1], cached[2], cached[3]
+
     def normalise(self, rows: Sequence[Sequence[float]]) -> torch.Tensor:
         """Standardise feature rows; a missing (NaN) or ignored feature becomes its training mean (0)."""
-        x = torch.tensor(rows, dtype=torch.float32)
-        x = (x - torch.tensor(self.mean)) / torch.tensor(self.std)
-        x[..., [self.schema.names.index(n) for n in self.ignored]] = 0.0
+        mean, std, ignored = self._normalisation()
+        x = (torch.tensor(rows, dtype=torch.float32) - mean) / std
+        x[..., ignored] = 0.0
         return torch.nan_to_num(x, nan=0.0)
 
     @torch.no_grad()
@@ -200,13 +210,34 @@ class PolicyArtifact:
         """π(escalate | o) for one observation keyed by the schema's feature names."""
         return float(self.network.escalate_probability(self.normalise([self.schema.vector(observation)]))[0])
 
-    @torch.no_grad()
     def score(self, observation: Observation) -> float:
-        """What κ is compared with: π(escalate | o), or its log-odds on the log-odds scale."""
-        x = self.normalise([self.schema.vector(observation)])
-        if self.scale == "log_odds":
-            return float(self.network.escalate_log_odds(x)[0])
-        return float(self.network.escalate_probability(x)[0])
+        """What κ is compared with: π(escalate | o), or its log-odds on the log-odds scale.
+
+        The log-odds are computed in NumPy: one observation through a small MLP is dominated by
+        per-operation overhead, which NumPy's is a fraction of torch's (the gate runs every step).
+        The probability scale keeps torch, so format 1 artifacts compute exactly as they did.
+        """
+        if self.scale != "log_odds":
+            return self.escalate_probability(observation)
+        mean, std, ignored, layers = self._numpy_network()
+        x = (np.asarray(self.schema.vector(observation), dtype=np.float32) - mean) / std
+        x[ignored] = 0.0
+        x = np.nan_to_num(x, nan=0.0)
+        for i, (weight, bias) in enumerate(layers):
+            x = weight @ x + bias
+            if i < len(layers) - 1:
+                x = np.tanh(x)
+        return float(x[1] - x[0])
+
+    def _numpy_network(self) -> tuple[np.ndarray, np.ndarray, list[int], list[tuple[np.ndarray, np.ndarray]]]:
+        mean, std, ignored = self._normalisation()
+        cached = self.__dict__.get("_numpy_cache")
+        if cached is None or cached[0] is not self.network or cached[1] is not mean:
+            linears = [m for m in self.network.net if isinstance(m, torch.nn.Linear)]
+            layers = [(m.weight.detach().numpy().copy(), m.bias.detach().numpy().copy()) for m in linears]
+            cached = (self.network, mean, (mean.numpy(), std.numpy(), ignored, layers))
+            self.__dict__["_numpy_cache"] = cached
+        return cached[2]
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """``score`` over rows of normalised features."""

@@ -61,6 +61,7 @@ _CPO_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "layers": (lambda v: 1 <= v <= 16, "in [1, 16]"),
     "seed": (lambda v: True, "any integer"),
     "entropy_coef": (lambda v: v >= 0, ">= 0"),
+    "warm_start": (lambda v: v >= 0, ">= 0"),
 }
 
 
@@ -102,6 +103,8 @@ class CPOArgs:
     """seed of the networks and of batch sampling"""
     entropy_coef: float = 0.0
     """weight of pi's mean entropy in the objective: above 0 keeps pi off saturation (0: the paper's objective)"""
+    warm_start: int = 0
+    """full-batch steps fitting pi(escalate | o) to the draft-is-wrong label before CPO (0: start from random weights)"""
 
     def __post_init__(self) -> None:
         """Refuse a setting outside its range at construction, naming the option and the range."""
@@ -509,9 +512,25 @@ def start_run(episodes: Sequence[Episode], args: CPOArgs, schema: FeatureSchema,
     artifact = PolicyArtifact(policy, args.kappa_init, args.alpha, schema, mean, std, args.hidden, args.layers, ignored=ignored)
     cost_scale = sum(e.target_flops for e in episodes) / len(episodes) or 1.0
     data = to_tensors(episodes, artifact, cost_scale)
+    if args.warm_start:
+        warm_start(policy, data, args.warm_start)
     cost_critic, coverage_critic = _critic(len(schema.names), args.hidden), _critic(len(schema.names), args.hidden)
     optimiser = torch.optim.Adam([*cost_critic.parameters(), *coverage_critic.parameters()], lr=args.critic_lr)
     return Run(args, episodes, data, artifact, policy, cost_critic, coverage_critic, optimiser, rng, cost_scale, args.kappa_init)
+
+
+def warm_start(policy: PolicyNetwork, data: Batchable, steps: int) -> None:
+    """Fit the escalation logit to "the draft is wrong" (a verdict of None counts as wrong) by logistic loss.
+
+    CPO then starts from a policy that already ranks drafts by their chance of being wrong, on a
+    log-odds scale of a few units, instead of from random weights it would push to saturation.
+    """
+    optimiser = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    wrong = 1.0 - data.draft_ok
+    for _ in range(steps):
+        optimiser.zero_grad()
+        torch.nn.functional.binary_cross_entropy_with_logits(policy.escalate_log_odds(data.x), wrong).backward()
+        optimiser.step()
 
 
 def sample_batch(run: Run) -> Batch:
