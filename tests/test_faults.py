@@ -29,7 +29,7 @@ from stepgraph.training.store import TraceStore
 from stepgraph.cli import main
 from stepgraph.defaults import DEFAULT_POLICY_DIR, LOGITS_ONLY_POLICY_DIR
 from stepgraph.errors import ConfigError, PolicyFileError, TraceStoreError
-from stepgraph.features import CONFIDENCE_SCHEMA
+from stepgraph.features import CONFIDENCE_SCHEMA, FEATURE_SCHEMA
 from stepgraph.gates import AlwaysDraftGate, ConfidenceThresholdGate, ExploringGate, PolicyGate, RandomGate
 from stepgraph.gates.base import Gate, GateInput
 from stepgraph.graph import build_graph
@@ -143,7 +143,8 @@ def test_save_refuses_an_artifact_that_would_not_load_and_writes_nothing(tmp_pat
 
 @pytest.mark.parametrize("directory", [DEFAULT_POLICY_DIR, LOGITS_ONLY_POLICY_DIR])
 def test_shipped_artifacts_still_load(directory):
-    assert 0.0 <= PolicyArtifact.load(directory).kappa <= 1.0
+    artifact = PolicyArtifact.load(directory)
+    assert artifact.scale == "log_odds" and math.isfinite(artifact.kappa) and artifact.schema == FEATURE_SCHEMA
 
 
 def test_train_refuses_a_nan_kappa_and_writes_nothing(tmp_path, capsys):

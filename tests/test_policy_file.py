@@ -162,3 +162,24 @@ def test_a_v2_policy_escalates_non_finite_features(tmp_path):
     for bad in (math.nan, math.inf, -math.inf):
         decision = gate.decide(GateInput("q", (), STEP, obs | {"sampled_logprob_sum": bad}))
         assert decision.escalate and "sampled_logprob_sum" in (decision.reason or "")
+
+
+@pytest.mark.slow  # loads the shipped models
+def test_the_shipped_default_policy_loads_and_routes_on_v2_features():
+    import warnings
+
+    from stepgraph.graph import build_graph
+    from stepgraph.testbed import load_pair, task
+    from stepgraph.testbed.defaults import DEFAULT_POLICY_DIR
+
+    gate = PolicyGate.from_path(DEFAULT_POLICY_DIR)
+    assert gate.artifact.schema == FEATURE_SCHEMA and gate.artifact.scale == "log_odds"
+    assert -50 < gate.threshold < 50  # a log-odds κ, not a probability in the far tail
+    question = task.generate("test", 1, seed=5)[0].question
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the transformers backend reports every feature the policy reads
+        result = build_graph(load_pair(), gate).invoke({"question": question})
+    assert result["steps"]
+    for step in result["steps"]:
+        assert step["observation"]["sampled_logprob_sum"] is not None and step["observation"]["ungrounded_operands"] is not None
+        assert step["escalated"] == (step["gate_score"] >= gate.threshold)
