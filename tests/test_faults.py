@@ -27,7 +27,7 @@ from stepgraph.training.records import Episode, StepRecord
 from stepgraph.training.store import TraceStore
 
 from stepgraph.cli import main
-from stepgraph.defaults import DEFAULT_POLICY_DIR, LOGITS_ONLY_POLICY_DIR
+from stepgraph.defaults import API_ONLY_POLICY_DIR, DEFAULT_POLICY_DIR, LOGITS_ONLY_POLICY_DIR
 from stepgraph.errors import ConfigError, PolicyFileError, TraceStoreError
 from stepgraph.features import CONFIDENCE_SCHEMA, FEATURE_SCHEMA
 from stepgraph.gates import AlwaysDraftGate, ConfidenceThresholdGate, ExploringGate, PolicyGate, RandomGate
@@ -141,7 +141,7 @@ def test_save_refuses_an_artifact_that_would_not_load_and_writes_nothing(tmp_pat
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-@pytest.mark.parametrize("directory", [DEFAULT_POLICY_DIR, LOGITS_ONLY_POLICY_DIR])
+@pytest.mark.parametrize("directory", [DEFAULT_POLICY_DIR, LOGITS_ONLY_POLICY_DIR, API_ONLY_POLICY_DIR])
 def test_shipped_artifacts_still_load(directory):
     artifact = PolicyArtifact.load(directory)
     assert artifact.scale == "log_odds" and math.isfinite(artifact.kappa) and artifact.schema == FEATURE_SCHEMA

@@ -445,3 +445,19 @@ def test_cli_gate_flags_come_from_the_registry():
     assert _gate_options(args) == {"rate": None, "seed": 3}  # a flag of another gate is not passed on
     args = parser.parse_args(["solve", "q", "--gate", "confidence-threshold", "--feature", "api_confidence"])
     assert resolve_gate(args.gate, **_gate_options(args)).feature == "api_confidence"
+
+
+def test_the_api_only_policy_serves_a_backend_without_logits_silently():
+    import warnings
+
+    from stepgraph.testbed.defaults import API_ONLY_POLICY_DIR
+
+    gate = PolicyGate.from_path(API_ONLY_POLICY_DIR)
+    assert "logit_confidence" not in gate.trained_on and "sampled_logprob_sum" in gate.trained_on
+    api = {n: 1.0 for n in gate.artifact.schema.names} | {"logit_confidence": None, "difficulty": None, "api_confidence": 0.9,
+                                                          "sampled_logprob_sum": -0.5, "sampled_logprob_min": -0.3}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        silent = gate.decide(GateInput("q", (), STEP, api))
+    reported = gate.decide(GateInput("q", (), STEP, api | {"logit_confidence": 3.0}))
+    assert (reported.escalate, reported.score) == (silent.escalate, silent.score)
