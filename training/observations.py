@@ -17,7 +17,8 @@ from stepgraph.models.base import StepOutput
 
 def reobserve(episode: Episode) -> Episode:
     """The episode with every step's observation recomputed; a step without its draft's output keeps the stored one."""
-    steps, prior = [], []
+    steps: list = []
+    prior: list[str] = []
     escalations = 0
     previous: dict[str, object] | None = None
     for record in episode.steps:
