@@ -374,6 +374,6 @@ def test_train_warns_and_records_no_guarantee_instead_of_kappa_zero(tmp_path, ca
     artifact = PolicyArtifact.load(out)
     assert artifact.guarantee["type"] == "none" and artifact.guarantee["calibration_episodes_needed"] == 49
     online = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["charts/kappa"]
-    # the online κ (a probability during training, stored as its log-odds), not κ = 0
-    assert artifact.kappa == pytest.approx(math.log(online / (1 - online))) and "calibrated_kappa" not in artifact.training
+    assert artifact.kappa == online and "calibrated_kappa" not in artifact.training  # the online κ, not κ = 0
+    assert artifact.scale == "probability"  # the online κ keeps the scale it was learnt on
     assert json.loads(captured.out)["guarantee"] == "none"

@@ -589,12 +589,13 @@ def kappa_step(run: Run, batch: Batch) -> dict[str, float]:
 def finalise(run: Run, calibration: Sequence[Episode]) -> PolicyArtifact:
     """Set κ (online, or calibrated on held-out episodes) and record the training summary."""
     artifact, policy = run.artifact, run.policy
-    artifact.scale = "log_odds"  # the online κ is a probability; the artifact keeps its log-odds
-    online = min(max(run.kappa, 1e-12), 1 - 1e-12)
-    artifact.kappa = math.log(online / (1 - online))
+    # The online κ is a probability and stays one (its rule may rest on float32 rounding to 0 or 1);
+    # a κ calibrated on held-out episodes is set on the log-odds scale, which keeps its resolution.
+    artifact.kappa, artifact.scale = run.kappa, "probability"
     calibration_summary: dict[str, float] = {}
     held_out = [e for e in calibration if e.steps]
     if held_out:
+        artifact.scale = "log_odds"
         artifact.kappa, miss_rate = calibrate_kappa(to_tensors(held_out, artifact, run.cost_scale), policy, run.args.alpha,
                                                     scale=artifact.scale)
         calibration_summary = {"online_kappa": run.kappa, "calibrated_kappa": artifact.kappa,
