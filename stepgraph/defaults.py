@@ -1,6 +1,7 @@
 """Compatibility re-export: the testbed-calibrated gate defaults live in ``stepgraph.testbed.defaults``."""
 
 from stepgraph.testbed.defaults import (
+    API_ONLY_POLICY_DIR,
     DEFAULT_CONFIDENCE_THRESHOLD,
     DEFAULT_POLICY_DIR,
     LOGITS_ONLY_POLICY_DIR,
@@ -8,4 +9,4 @@ from stepgraph.testbed.defaults import (
     resolve_gate,
 )
 
-__all__ = ["DEFAULT_CONFIDENCE_THRESHOLD", "DEFAULT_POLICY_DIR", "LOGITS_ONLY_POLICY_DIR", "default_gate_name", "resolve_gate"]
+__all__ = ["API_ONLY_POLICY_DIR", "DEFAULT_CONFIDENCE_THRESHOLD", "DEFAULT_POLICY_DIR", "LOGITS_ONLY_POLICY_DIR", "default_gate_name", "resolve_gate"]

@@ -7,12 +7,22 @@ it is non-empty and either starts with a backslash (a LaTeX command such as ``\\
 Words, punctuation-only prose and the step break are not. STEER's observation is that the
 model's confidence on exactly these tokens separates right from wrong steps; when a step has no
 math token at all, every token counts.
+
+Two schemas exist. ``CONFIDENCE_SCHEMA`` (v1) is what policies trained before the richer
+observations read; ``FEATURE_SCHEMA`` (v2) adds the sampled tokens' own log-probabilities,
+per-token summaries of the top-k log-probabilities, a grounding check of the step's operands
+against the question and the earlier steps, and the previous step's outcome (the paper's
+stepwise dependency). ``observe`` computes v2, a superset of v1, so either kind of policy reads
+its own features from the same observation.
 """
 
 from __future__ import annotations
 
+import ast
 import math
-from collections.abc import Sequence
+import operator
+import re
+from collections.abc import Mapping, Sequence
 
 from stepgraph.models.base import StepOutput
 
@@ -32,17 +42,22 @@ def _math_positions(tokens: Sequence[str]) -> list[int]:
     return positions or list(range(len(tokens)))
 
 
-def logit_confidence(step: StepOutput) -> float | None:
-    """Mean of the per-token max raw logit over math tokens (STEER's score); None without logits."""
+def logit_confidence(step: StepOutput, math_positions: Sequence[int] | None = None) -> float | None:
+    """Mean of the per-token max raw logit over math tokens (STEER's score); None without logits.
+
+    ``math_positions`` (every feature of one step takes it) saves finding the math tokens again.
+    """
     if not step.max_logits:
         return None
-    positions = [i for i in _math_positions(step.tokens) if i < len(step.max_logits)]
+    math_positions = _math_positions(step.tokens) if math_positions is None else math_positions
+    positions = [i for i in math_positions if i < len(step.max_logits)]
     return sum(step.max_logits[i] for i in positions) / len(positions) if positions else None
 
 
-def api_confidence(step: StepOutput) -> float | None:
+def api_confidence(step: StepOutput, math_positions: Sequence[int] | None = None) -> float | None:
     """Minimum top-1 probability over math tokens, from top-k logprobs; None without logprobs."""
-    positions = [i for i in _math_positions(step.tokens) if i < len(step.top_logprobs) and step.top_logprobs[i]]
+    math_positions = _math_positions(step.tokens) if math_positions is None else math_positions
+    positions = [i for i in math_positions if i < len(step.top_logprobs) and step.top_logprobs[i]]
     if not positions:
         return None
     return min(math.exp(max(lp for _, lp in step.top_logprobs[i])) for i in positions)
@@ -86,14 +101,209 @@ CONFIDENCE_SCHEMA = FeatureSchema(
 )
 
 
-def observe(step: StepOutput, *, step_index: int, escalations: int, difficulty: float | None = None) -> Observation:
-    """The observation o_t of a drafted step, keyed by CONFIDENCE_SCHEMA's names."""
+FEATURE_SCHEMA = FeatureSchema(
+    "stepgraph.confidence",
+    2,
+    [
+        *CONFIDENCE_SCHEMA.names,
+        "sampled_logprob_sum",  # sum of the sampled tokens' log-probabilities over math tokens
+        "sampled_logprob_min",  # the least likely sampled math token's log-probability
+        "margin_min",  # smallest top-1 minus top-2 log-probability over math tokens
+        "entropy_max",  # largest entropy (nats) of the top-k distribution over math tokens
+        "result_digit_min",  # least likely sampled digit after the last "="
+        "ungrounded_operands",  # operands found neither in the question nor in earlier steps
+        "arithmetic_error",  # 1 if an "expression = number" in the step does not hold, 0 if all do; None if none
+        "previous_escalated",  # 1 if the previous step was escalated, 0 if not; None on the first step
+        "previous_sampled_logprob_min",  # the previous step's sampled_logprob_min
+    ],
+)
+
+SITUATIONAL = frozenset({"result_digit_min", "arithmetic_error", "previous_escalated", "previous_sampled_logprob_min"})
+"""Features that are None by the step's nature (no "=", the first step), not because a backend lacks them."""
+
+SCHEMAS = {(s.name, s.version): s for s in (CONFIDENCE_SCHEMA, FEATURE_SCHEMA)}
+"""Every schema this stepgraph can compute, by (name, version): artifacts of any of them load."""
+
+
+def known_schema(name: str, version: int, names: Sequence[str]) -> FeatureSchema | None:
+    """The known schema with this name, version and feature list, else None."""
+    schema = SCHEMAS.get((name, version))
+    return schema if schema is not None and list(schema.names) == list(names) else None
+
+
+def _sampled(step: StepOutput) -> list[float] | None:
+    lps = step.token_logprobs
+    return lps if lps and len(lps) == len(step.tokens) else None
+
+
+def sampled_logprobs(step: StepOutput, math_positions: Sequence[int] | None = None) -> tuple[float | None, float | None]:
+    """(sum, min) of the sampled tokens' log-probabilities over math tokens; (None, None) without them."""
+    lps = _sampled(step)
+    if lps is None:
+        return None, None
+    values = [lps[i] for i in (_math_positions(step.tokens) if math_positions is None else math_positions)]
+    return (sum(values), min(values)) if values else (None, None)
+
+
+def top_k_summaries(step: StepOutput, math_positions: Sequence[int] | None = None) -> tuple[float | None, float | None]:
+    """(smallest top-1 − top-2 log-probability margin, largest entropy) over math tokens.
+
+    The entropy is of the top-k probabilities with the rest of the mass as one more outcome, a
+    lower bound of the full distribution's. (None, None) without top-k log-probabilities.
+    """
+    margins, entropies = [], []
+    for i in _math_positions(step.tokens) if math_positions is None else math_positions:
+        if i >= len(step.top_logprobs) or not step.top_logprobs[i]:
+            continue
+        lps = sorted((lp for _, lp in step.top_logprobs[i]), reverse=True)
+        margins.append(lps[0] - lps[1] if len(lps) > 1 else math.inf)
+        probs = [math.exp(lp) for lp in lps]
+        rest = max(0.0, 1.0 - sum(probs))
+        entropies.append(-sum(p * math.log(p) for p in [*probs, rest] if p > 0))
+    if not margins:
+        return None, None
+    margin = min(margins)
+    return (margin if math.isfinite(margin) else None), max(entropies)
+
+
+def result_digit_min(step: StepOutput) -> float | None:
+    """The least likely sampled digit token after the step's last "=" (the result it wrote).
+
+    None without sampled log-probabilities, or when no digit follows an "=".
+    """
+    lps = _sampled(step)
+    if lps is None:
+        return None
+    last_eq = max((i for i, tok in enumerate(step.tokens) if "=" in tok), default=None)
+    if last_eq is None:
+        return None
+    digits = [lps[i] for i in range(last_eq, len(step.tokens)) if any(c.isdigit() for c in step.tokens[i])]
+    return min(digits) if digits else None
+
+
+# A number as written in word problems: thousands separators ("1,200") and decimals ("2.50").
+_NUMBER = re.compile(r"(?<![\d.])(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?")
+_RESULT_MARK = re.compile(r"=\s*[$€£]?\s*$")
+# Quantities a question states in words; a step may use them as operands.
+_WORD_NUMBERS = {
+    "half": 2, "twice": 2, "double": 2, "doubles": 2, "triple": 3, "triples": 3, "dozen": 12, "percent": 100,
+    "quarter": 4, "hundred": 100, "thousand": 1000, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5,
+    "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12,
+}
+_WORD = re.compile(r"[a-z]+")
+
+
+def numbers(text: str) -> list[tuple[float, bool]]:
+    """The numbers in a text, each with whether it is a result (written right after an "=")."""
+    found = []
+    for match in _NUMBER.finditer(text):
+        value = float(match.group(1).replace(",", "") + (match.group(2) or ""))
+        found.append((value, bool(_RESULT_MARK.search(text[: match.start()]))))
+    return found
+
+
+def question_numbers(question: str) -> set[float]:
+    """The quantities a question states, in digits or as common number words."""
+    known = {value for value, _ in numbers(question)}
+    known.update(float(_WORD_NUMBERS[w]) for w in _WORD.findall(question.lower()) if w in _WORD_NUMBERS)
+    return known
+
+
+def ungrounded_operands(question: str, prior_steps: Sequence[str], step_text: str,
+                        known: set[float] | None = None) -> float:
+    """How many operands of the step appear neither in the question nor in the earlier steps.
+
+    An operand is a number in the step not written right after an "="; results (after an "=")
+    become known for the rest of the step. 1 is always allowed (counting, "each"). Numbers are
+    compared by value, so "1,200", "1200" and "1200.0" match. A step without numbers scores 0.
+    ``known`` (the question's numbers) may be passed to skip re-reading the question.
+    """
+    grounded = set(known if known is not None else question_numbers(question)) | {1.0}
+    for prior in prior_steps:
+        grounded.update(value for value, _ in numbers(prior))
+    missing = 0
+    for value, is_result in numbers(step_text):
+        if not is_result and value not in grounded:
+            missing += 1
+        grounded.add(value)
+    return float(missing)
+
+
+_EQUATION = re.compile(r"([\d.,+\-*/×x÷()\s]+?)=\s*[$€£]?\s*(-?[\d.,]+)")
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def _evaluate(node: ast.AST) -> float:
+    """An arithmetic expression tree of numbers and + - * / (anything else raises ValueError)."""
+    if isinstance(node, ast.Expression):
+        return _evaluate(node.body)
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+        return float(node.value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_evaluate(node.operand)
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        return _OPERATORS[type(node.op)](_evaluate(node.left), _evaluate(node.right))
+    raise ValueError("not arithmetic")
+
+
+def arithmetic_error(step_text: str) -> float | None:
+    """Whether a written calculation is wrong: 1.0 if some "expression = number" does not hold, 0.0 if every
+    one does, None when the step writes no checkable calculation (a calculator's check of the draft's text).
+
+    The expression is the run of digits, operators (+ − * / × ÷) and parentheses before an "=";
+    thousands separators are dropped; a bare number ("x = 5") is not a calculation.
+    """
+    checked = False
+    for match in _EQUATION.finditer(step_text):
+        expression = match.group(1).replace(",", "").replace("×", "*").replace("x", "*").replace("÷", "/").strip()
+        if not any(op in expression.lstrip("-") for op in "+-*/"):
+            continue
+        try:
+            value = _evaluate(ast.parse(expression, mode="eval"))
+            stated = float(match.group(2).replace(",", "").rstrip("."))
+        except (SyntaxError, ValueError, ZeroDivisionError, OverflowError):
+            continue
+        checked = True
+        if not math.isclose(value, stated, rel_tol=1e-6, abs_tol=1e-6):
+            return 1.0
+    return 0.0 if checked else None
+
+
+def observe(step: StepOutput, *, step_index: int, escalations: int, difficulty: float | None = None,
+            question: str | None = None, prior_steps: Sequence[str] = (),
+            previous: Mapping[str, object] | None = None) -> Observation:
+    """The observation o_t of a drafted step, keyed by FEATURE_SCHEMA's names (a superset of v1's).
+
+    Args:
+        step: the draft.
+        step_index: 0 for the first step.
+        escalations: steps escalated so far in this answer.
+        difficulty: an optional difficulty estimate in [0, 1].
+        question: the question; without it ``ungrounded_operands`` is None.
+        prior_steps: the accepted steps before this one.
+        previous: the previous step as the graph appended it (its ``observation`` and
+            ``escalated``); None on the first step.
+    """
+    positions = _math_positions(step.tokens)
+    logprob_sum, logprob_min = sampled_logprobs(step, positions)
+    margin, entropy = top_k_summaries(step, positions)
+    previous_observation = previous.get("observation") if previous else None
+    previous_min = previous_observation.get("sampled_logprob_min") if isinstance(previous_observation, Mapping) else None
     return {
-        "logit_confidence": logit_confidence(step),
-        "api_confidence": api_confidence(step),
+        "logit_confidence": logit_confidence(step, positions),
+        "api_confidence": api_confidence(step, positions),
         "step_index": float(step_index),
         "step_tokens": float(step.generated_tokens),
         "is_final": float("\\boxed{" in step.text or step.finished),
         "escalations": float(escalations),
         "difficulty": difficulty,
+        "sampled_logprob_sum": logprob_sum,
+        "sampled_logprob_min": logprob_min,
+        "margin_min": margin,
+        "entropy_max": entropy,
+        "result_digit_min": result_digit_min(step),
+        "ungrounded_operands": None if question is None else ungrounded_operands(question, prior_steps, step.text),
+        "arithmetic_error": arithmetic_error(step.text),
+        "previous_escalated": float(bool(previous.get("escalated"))) if previous else None,
+        "previous_sampled_logprob_min": float(previous_min) if isinstance(previous_min, (int, float)) else None,
     }

@@ -184,11 +184,15 @@ class RoutingNodes:
             return {}
         context = self.context(runtime)
         candidate = StepOutput.from_dict(state["candidate"] or {})
+        steps = state.get("steps", [])
         obs = observe(
             candidate,
-            step_index=len(state.get("steps", [])),
+            step_index=len(steps),
             escalations=state.get("escalations", 0),
             difficulty=context.difficulty,
+            question=state["question"],
+            prior_steps=[s["text"] for s in steps],
+            previous=steps[-1] if steps else None,
         )
         update: dict[str, Any] = {"observation": obs}
         if state.get("first_observation") is None:

@@ -2,7 +2,14 @@
 
 An artifact is a directory holding ``policy.safetensors`` (the MLP) and ``policy.json``
 (κ, α, the feature schema it was trained on, the feature normalisation, the model names and a
-training summary, and the SHA-256 of the weights). It is never pickled. ``PolicyArtifact.load``
+training summary, and the SHA-256 of the weights).
+
+The decision scale. Format 1 manifests hold κ as a probability: escalate iff π(escalate | o) ≥ κ.
+Format 2 manifests also name their ``scale``; on ``"log_odds"`` the gate compares the log-odds of
+escalation, log π(escalate | o) − log π(accept | o) (the network's logit difference), with κ, which
+reads directly (0 is even odds, −3 about 5%) and keeps its resolution where the probability would
+round to 0 or 1. Both describe the same rule (κ_log-odds = log(κ / (1 − κ))), so a format 1 artifact
+loads and decides exactly as before. It is never pickled. ``PolicyArtifact.load``
 refuses a directory whose files are missing, unreadable, corrupted, out of range (``Manifest``
 is the schema), of another feature schema, or whose weights are not finite; ``save`` refuses to
 write an artifact that ``load`` would refuse.
@@ -18,16 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
+import numpy as np
 import torch
 from pydantic import BaseModel, Field, Strict, ValidationError, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from stepgraph.errors import PolicyFileError
-from stepgraph.features import CONFIDENCE_SCHEMA, FeatureSchema, Observation
+from stepgraph.features import FeatureSchema, Observation, known_schema
 
 FORMAT = "stepgraph.policy"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+SCALES = ("probability", "log_odds")
 WEIGHTS_FILE = "policy.safetensors"
 MANIFEST_FILE = "policy.json"
 
@@ -56,9 +66,11 @@ class Manifest(BaseModel):
     """The schema of ``policy.json``: types and ranges a policy needs to route safely."""
 
     format: Literal["stepgraph.policy"]
-    format_version: Literal[1]
-    kappa: Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
-    """the threshold on π(escalate | o), in [0, 1]"""
+    format_version: Literal[1, 2]
+    scale: Literal["probability", "log_odds"] = "probability"
+    """what κ thresholds: π(escalate | o), or its log-odds (format 1 manifests: always the probability)"""
+    kappa: Annotated[float, Strict(), Field(allow_inf_nan=False)]
+    """the threshold: in [0, 1] on the probability scale, any finite number on the log-odds scale"""
     alpha: Annotated[float, Strict(), Field(gt=0, lt=1, allow_inf_nan=False)]
     """the allowed miss rate, in (0, 1)"""
     feature_schema: _FeatureSchemaModel
@@ -72,6 +84,11 @@ class Manifest(BaseModel):
 
     @model_validator(mode="after")
     def _fits_the_schema(self) -> Self:
+        if self.format_version == 1 and self.scale != "probability":
+            raise ValueError("scale: format_version 1 manifests hold a probability κ; write scale "
+                             f"{self.scale!r} with format_version 2")
+        if self.scale == "probability" and not 0 <= self.kappa <= 1:
+            raise ValueError(f"kappa: a probability κ must be in [0, 1] (found {self.kappa!r})")
         n = len(self.feature_schema.names)
         if len(self.normalization.mean) != n or len(self.normalization.std) != n:
             raise ValueError(f"normalization.mean and .std must each hold one value per feature ({n}), got "
@@ -94,16 +111,21 @@ def _validation_message(exc: ValidationError) -> str:
     return "; ".join(problems)
 
 
-def _check_feature_schema(stored: Any, expected: FeatureSchema, directory: Path) -> None:
+def _check_feature_schema(stored: Any, expected: FeatureSchema | None, directory: Path) -> None:
     """Refuse another feature schema first: it explains normalisation lists of another length too."""
     try:
         schema = FeatureSchema(**_FeatureSchemaModel.model_validate(stored).model_dump())
     except ValidationError:
         return  # the manifest's validation names what is wrong with it
-    if schema != expected:
+    if expected is not None and schema != expected:
         raise PolicyFileError(
             f"The policy in {directory} was trained on feature schema {schema}, but this graph computes "
             f"{expected}. Retrain the policy (`stepgraph train`) on traces of this schema."
+        )
+    if expected is None and known_schema(schema.name, schema.version, schema.names) is None:
+        raise PolicyFileError(
+            f"The policy in {directory} was trained on feature schema {schema}, which this stepgraph does not "
+            "compute. Retrain the policy (`stepgraph train`) on traces of a current schema."
         )
 
 
@@ -136,6 +158,11 @@ class PolicyNetwork(torch.nn.Module):
     def escalate_probability(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.forward(x), dim=-1)[..., 1]
 
+    def escalate_log_odds(self, x: torch.Tensor) -> torch.Tensor:
+        """log π(escalate | o) − log π(accept | o): the logit difference, finite where the probability saturates."""
+        logits = self.forward(x)
+        return logits[..., 1] - logits[..., 0]
+
 
 @dataclass
 class PolicyArtifact:
@@ -157,12 +184,25 @@ class PolicyArtifact:
     guarantee: dict[str, Any] | None = None
     """The coverage κ was calibrated to hold: ``{"type": "split-conformal", "coverage": 1 − α, ...}``,
     or ``{"type": "none", "reason": ...}`` (too few calibration episodes); None in older artifacts."""
+    scale: str = "probability"
+    """What κ thresholds: ``"probability"`` (π(escalate | o)) or ``"log_odds"`` (see the module docstring)."""
+    format_version: int = FORMAT_VERSION
+    """The manifest format it was loaded from (1: probability κ only); ``save`` writes format 2."""
+
+    def _normalisation(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Mean, std and ignored columns as tensors, built once per value (the gate asks every step)."""
+        key = (tuple(self.mean), tuple(self.std), tuple(self.ignored))
+        cached = self.__dict__.get("_normalisation_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, torch.tensor(self.mean), torch.tensor(self.std), [self.schema.names.index(n) for n in self.ignored])
+            self.__dict__["_normalisation_cache"] = cached
+        return cached[1], cached[2], cached[3]
 
     def normalise(self, rows: Sequence[Sequence[float]]) -> torch.Tensor:
         """Standardise feature rows; a missing (NaN) or ignored feature becomes its training mean (0)."""
-        x = torch.tensor(rows, dtype=torch.float32)
-        x = (x - torch.tensor(self.mean)) / torch.tensor(self.std)
-        x[..., [self.schema.names.index(n) for n in self.ignored]] = 0.0
+        mean, std, ignored = self._normalisation()
+        x = (torch.tensor(rows, dtype=torch.float32) - mean) / std
+        x[..., ignored] = 0.0
         return torch.nan_to_num(x, nan=0.0)
 
     @torch.no_grad()
@@ -170,11 +210,47 @@ class PolicyArtifact:
         """π(escalate | o) for one observation keyed by the schema's feature names."""
         return float(self.network.escalate_probability(self.normalise([self.schema.vector(observation)]))[0])
 
+    def score(self, observation: Observation) -> float:
+        """What κ is compared with: π(escalate | o), or its log-odds on the log-odds scale.
+
+        The log-odds are computed in NumPy: one observation through a small MLP is dominated by
+        per-operation overhead, which NumPy's is a fraction of torch's (the gate runs every step).
+        The probability scale keeps torch, so format 1 artifacts compute exactly as they did.
+        """
+        if self.scale != "log_odds":
+            return self.escalate_probability(observation)
+        mean, std, ignored, layers = self._numpy_network()
+        x = (np.asarray(self.schema.vector(observation), dtype=np.float32) - mean) / std
+        x[ignored] = 0.0
+        x = np.nan_to_num(x, nan=0.0)
+        for i, (weight, bias) in enumerate(layers):
+            x = weight @ x + bias
+            if i < len(layers) - 1:
+                x = np.tanh(x)
+        return float(x[1] - x[0])
+
+    def _numpy_network(self) -> tuple[np.ndarray, np.ndarray, list[int], list[tuple[np.ndarray, np.ndarray]]]:
+        mean, std, ignored = self._normalisation()
+        cached = self.__dict__.get("_numpy_cache")
+        if cached is None or cached[0] is not self.network or cached[1] is not mean:
+            linears = [m for m in self.network.net if isinstance(m, torch.nn.Linear)]
+            layers = [(m.weight.detach().numpy().copy(), m.bias.detach().numpy().copy()) for m in linears]
+            cached = (self.network, mean, (mean.numpy(), std.numpy(), ignored, layers))
+            self.__dict__["_numpy_cache"] = cached
+        return cached[2]
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """``score`` over rows of normalised features."""
+        with torch.no_grad():
+            if self.scale == "log_odds":
+                return self.network.escalate_log_odds(x)
+            return self.network.escalate_probability(x)
+
     def save(self, directory: str | Path) -> Path:
         """Write the artifact, after checking that ``load`` will accept it.
 
         Raises:
-            PolicyFileError: the artifact is invalid (e.g. κ not in [0, 1], non-finite weights);
+            PolicyFileError: the artifact is invalid (e.g. a probability κ not in [0, 1], non-finite weights);
                 nothing is written.
         """
         directory = Path(directory)
@@ -182,6 +258,7 @@ class PolicyArtifact:
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
+            "scale": self.scale,
             "kappa": self.kappa,
             "alpha": self.alpha,
             "feature_schema": self.schema.to_dict(),
@@ -207,13 +284,14 @@ class PolicyArtifact:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, expected_schema: FeatureSchema = CONFIDENCE_SCHEMA) -> PolicyArtifact:
+    def load(cls, directory: str | Path, expected_schema: FeatureSchema | None = None) -> PolicyArtifact:
         """Load and validate an artifact.
 
         Raises:
             PolicyFileError: files missing, unreadable or corrupted, another format version, a
                 value out of its range (see ``Manifest``), non-finite weights, or a feature schema
-                other than ``expected_schema``. The message names the file and the field.
+                other than ``expected_schema`` (None: any schema ``stepgraph.features.SCHEMAS``
+                knows). The message names the file and the field.
         """
         directory = Path(directory)
         manifest_path, weights_path = directory / MANIFEST_FILE, directory / WEIGHTS_FILE
@@ -229,9 +307,9 @@ class PolicyArtifact:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise PolicyFileError(f"{manifest_path} is corrupted or incomplete: {exc}") from exc
         if isinstance(raw, dict):
-            if (raw.get("format"), raw.get("format_version")) != (FORMAT, FORMAT_VERSION):
+            if raw.get("format") != FORMAT or raw.get("format_version") not in READABLE_VERSIONS:
                 raise PolicyFileError(
-                    f"{manifest_path} is not a {FORMAT} v{FORMAT_VERSION} manifest "
+                    f"{manifest_path} is not a {FORMAT} manifest of version {' or '.join(map(str, READABLE_VERSIONS))} "
                     f"(found {raw.get('format')!r} v{raw.get('format_version')!r})."
                 )
             _check_feature_schema(raw.get("feature_schema"), expected_schema, directory)
@@ -257,7 +335,7 @@ class PolicyArtifact:
             raise PolicyFileError(f"{weights_path}: weights {bad} are not finite (NaN or inf); retrain the policy.")
         network.eval()
         return cls(network, manifest.kappa, manifest.alpha, schema, list(mean), list(std), hidden, layers, manifest.models,
-                   manifest.training, list(ignored), manifest.guarantee)
+                   manifest.training, list(ignored), manifest.guarantee, manifest.scale, manifest.format_version)
 
 
 def _sha256(path: Path) -> str:

@@ -87,6 +87,30 @@ def test_statistics_and_usage_come_from_the_response():
     assert not out.finished
 
 
+class SlippedChat(ScriptedChat):
+    """Reports each token's own log-probability apart from the top-1's: the "7" was sampled off the top."""
+
+    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any) -> ChatResult:
+        result = super()._generate(messages, stop, run_manager, **kwargs)
+        for entry in result.generations[0].message.response_metadata["logprobs"]["content"]:
+            if entry["token"] == "7":
+                entry["logprob"] = -2.3  # the API's logprob of the sampled token; top_logprobs[0] stays the top choice
+        return result
+
+
+def test_the_sampled_tokens_own_logprobs_are_kept():
+    out = ChatStepModel(SlippedChat(top1=0.8), n_params=1000).generate_step(QUESTION, [])
+    assert out.tokens == list("12+7=19")
+    expected = [math.log(0.8)] * 7
+    expected[3] = -2.3
+    assert out.token_logprobs == pytest.approx(expected)
+    assert out.top_logprobs[3][0][1] == pytest.approx(math.log(0.8))  # api_confidence alone would miss the slip
+    logits = ChatStepModel(ScriptedChat(), n_params=1000, logprobs_are_logits=True).generate_step(QUESTION, [])
+    assert logits.token_logprobs is None  # raw logits are not log-probabilities
+    bare = ChatStepModel(ScriptedChat(with_logprobs=False), n_params=1000).generate_step(QUESTION, [])
+    assert bare.token_logprobs is None
+
+
 def test_transient_errors_are_retried_then_reported():
     chat = ScriptedChat(failures=2)
     model = ChatStepModel(chat, n_params=1000, max_retries=2, backoff_seconds=0.001)

@@ -8,7 +8,7 @@ import torch
 from stepgraph.training import cpo
 from stepgraph.training.records import Episode, StepRecord
 
-from stepgraph.features import CONFIDENCE_SCHEMA
+from stepgraph.features import CONFIDENCE_SCHEMA, FEATURE_SCHEMA
 from stepgraph.policy import PolicyArtifact, PolicyNetwork
 
 
@@ -92,14 +92,15 @@ def test_training_learns_to_escalate_low_confidence_drafts():
     rng = random.Random(0)
     episodes = [_episode(rng, i) for i in range(200)]
     held_out = [_episode(rng, 1000 + i) for i in range(200)]
-    artifact, history = cpo.train_policy(episodes, cpo.CPOArgs(steps=150, seed=0), progress=False)
+    artifact, history = cpo.train_policy(episodes, cpo.CPOArgs(steps=150, seed=0), CONFIDENCE_SCHEMA, progress=False)
     assert len(history) == 150 and {"charts/kappa", "losses/critic_cost"} <= set(history[-1])
     obs = {n: None for n in CONFIDENCE_SCHEMA.names}
-    low = artifact.escalate_probability({**obs, "logit_confidence": 3.5, "step_index": 1.0, "step_tokens": 8.0})
-    high = artifact.escalate_probability({**obs, "logit_confidence": 9.5, "step_index": 1.0, "step_tokens": 8.0})
+    assert artifact.scale == "probability"  # no calibration episodes: the online κ, a probability
+    low = artifact.score({**obs, "logit_confidence": 3.5, "step_index": 1.0, "step_tokens": 8.0})
+    high = artifact.score({**obs, "logit_confidence": 9.5, "step_index": 1.0, "step_tokens": 8.0})
     assert low >= artifact.kappa > high
     data = cpo.to_tensors(held_out, artifact, cost_scale=1.0)
-    assert cpo.surrogate_coverage(data, artifact.network, artifact.kappa) >= 1 - 0.02 - 0.03
+    assert cpo.score_coverage(data, artifact.scores(data.x), artifact.kappa) >= 1 - 0.02 - 0.03
 
 
 def test_empty_input_is_a_clear_error():
@@ -124,7 +125,8 @@ def test_ignored_features_never_reach_the_network(tmp_path):
     for e in episodes:  # give api_confidence a signal the policy could otherwise pick up
         for s in e.steps:
             s.observation["api_confidence"] = 0.2 if s.draft_correct else 0.99
-    artifact, _ = cpo.train_policy(episodes, cpo.CPOArgs(steps=5), progress=False, ignore_features=["api_confidence"])
+    artifact, _ = cpo.train_policy(episodes, cpo.CPOArgs(steps=5), CONFIDENCE_SCHEMA, progress=False,
+                                   ignore_features=["api_confidence"])  # v1 traces, the v1 schema
     assert artifact.ignored == ["api_confidence", "difficulty"]  # left out, and never recorded
     artifact.save(tmp_path)
     loaded = PolicyArtifact.load(tmp_path)
@@ -133,8 +135,10 @@ def test_ignored_features_never_reach_the_network(tmp_path):
     without = loaded.escalate_probability(obs)
     for reported in ({"api_confidence": 0.01}, {"api_confidence": 50.0}, {"difficulty": 0.9}):
         assert loaded.escalate_probability(obs | reported) == without
-    kept, _ = cpo.train_policy(episodes, cpo.CPOArgs(steps=5), progress=False)
+    kept, _ = cpo.train_policy(episodes, cpo.CPOArgs(steps=5), CONFIDENCE_SCHEMA, progress=False)
     assert kept.ignored == ["difficulty"]
+    v2, _ = cpo.train_policy(episodes, cpo.CPOArgs(steps=5), progress=False)  # the default schema: v2's extras never recorded
+    assert v2.schema == FEATURE_SCHEMA and v2.ignored == ["difficulty", *FEATURE_SCHEMA.names[len(CONFIDENCE_SCHEMA.names):]]
     assert kept.escalate_probability(obs | {"api_confidence": 0.01}) != kept.escalate_probability(obs | {"api_confidence": 50.0})
 
 
@@ -153,14 +157,14 @@ def test_calibration_picks_the_largest_kappa_meeting_the_bound():
     assert summary["calibrated_kappa"] == artifact.kappa and summary["calibration_episodes"] == 300
     data = cpo.to_tensors(calibration, artifact, cost_scale=1.0)
     n, allowed = 300, int(0.02 * 301) - 1
-    misses = round((1 - cpo.surrogate_coverage(data, artifact.network, artifact.kappa)) * n)
+    scores = artifact.scores(data.x)  # log-odds of escalation
+    misses = round((1 - cpo.score_coverage(data, scores, artifact.kappa)) * n)
     assert misses <= allowed
-    # Brute force over every distinct π value: no larger candidate meets the bound.
-    kappa, _ = cpo.calibrate_kappa(data, artifact.network, 0.02, max_candidates=10**6)
-    with torch.no_grad():
-        probs = artifact.network.escalate_probability(data.x)
-    for candidate in {float(p) for p in probs if p > kappa}:
-        assert round((1 - cpo.surrogate_coverage(data, artifact.network, candidate)) * n) > allowed
+    # Brute force over every distinct score: no larger candidate meets the bound.
+    assert artifact.scale == "log_odds"
+    kappa, _ = cpo.calibrate_kappa(data, artifact.network, 0.02, max_candidates=10**6, scale="log_odds")
+    for candidate in {float(p) for p in scores if p > kappa}:
+        assert round((1 - cpo.score_coverage(data, scores, candidate)) * n) > allowed
 
 
 def test_surrogate_stops_where_the_gate_leaves_the_recorded_trajectory():

@@ -27,9 +27,9 @@ from stepgraph.training.records import Episode, StepRecord
 from stepgraph.training.store import TraceStore
 
 from stepgraph.cli import main
-from stepgraph.defaults import DEFAULT_POLICY_DIR, LOGITS_ONLY_POLICY_DIR
+from stepgraph.defaults import API_ONLY_POLICY_DIR, DEFAULT_POLICY_DIR, LOGITS_ONLY_POLICY_DIR
 from stepgraph.errors import ConfigError, PolicyFileError, TraceStoreError
-from stepgraph.features import CONFIDENCE_SCHEMA
+from stepgraph.features import CONFIDENCE_SCHEMA, FEATURE_SCHEMA
 from stepgraph.gates import AlwaysDraftGate, ConfidenceThresholdGate, ExploringGate, PolicyGate, RandomGate
 from stepgraph.gates.base import Gate, GateInput
 from stepgraph.graph import build_graph
@@ -141,9 +141,10 @@ def test_save_refuses_an_artifact_that_would_not_load_and_writes_nothing(tmp_pat
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-@pytest.mark.parametrize("directory", [DEFAULT_POLICY_DIR, LOGITS_ONLY_POLICY_DIR])
+@pytest.mark.parametrize("directory", [DEFAULT_POLICY_DIR, LOGITS_ONLY_POLICY_DIR, API_ONLY_POLICY_DIR])
 def test_shipped_artifacts_still_load(directory):
-    assert 0.0 <= PolicyArtifact.load(directory).kappa <= 1.0
+    artifact = PolicyArtifact.load(directory)
+    assert artifact.scale == "log_odds" and math.isfinite(artifact.kappa) and artifact.schema == FEATURE_SCHEMA
 
 
 def test_train_refuses_a_nan_kappa_and_writes_nothing(tmp_path, capsys):
@@ -374,4 +375,5 @@ def test_train_warns_and_records_no_guarantee_instead_of_kappa_zero(tmp_path, ca
     assert artifact.guarantee["type"] == "none" and artifact.guarantee["calibration_episodes_needed"] == 49
     online = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["charts/kappa"]
     assert artifact.kappa == online and "calibrated_kappa" not in artifact.training  # the online κ, not κ = 0
+    assert artifact.scale == "probability"  # the online κ keeps the scale it was learnt on
     assert json.loads(captured.out)["guarantee"] == "none"

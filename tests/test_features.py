@@ -6,7 +6,19 @@ import pytest
 
 from stepgraph.answers import extract_boxed, is_correct
 from stepgraph.costs import Prices, add_costs, call_cost, total_costs
-from stepgraph.features import CONFIDENCE_SCHEMA, api_confidence, is_math_token, logit_confidence, observe
+from stepgraph.features import (
+    CONFIDENCE_SCHEMA,
+    FEATURE_SCHEMA,
+    api_confidence,
+    arithmetic_error,
+    is_math_token,
+    logit_confidence,
+    observe,
+    result_digit_min,
+    sampled_logprobs,
+    top_k_summaries,
+    ungrounded_operands,
+)
 from stepgraph.models.base import StepOutput
 
 
@@ -48,7 +60,8 @@ def test_missing_logits_give_none_not_a_crash():
 def test_observation_follows_the_schema():
     step = _step(["\\boxed", "{", "7", "}"], [9.0] * 4, [0.9] * 4)
     obs = observe(step, step_index=3, escalations=2, difficulty=0.5)
-    assert list(obs) == list(CONFIDENCE_SCHEMA.names)
+    assert list(obs) == list(FEATURE_SCHEMA.names)
+    assert FEATURE_SCHEMA.names[: len(CONFIDENCE_SCHEMA.names)] == CONFIDENCE_SCHEMA.names  # v1 policies read a prefix
     assert obs["is_final"] == 1.0 and obs["step_tokens"] == 4.0 and obs["difficulty"] == 0.5
 
 
@@ -87,3 +100,94 @@ def test_is_correct_works_off_the_main_thread():
     with ThreadPoolExecutor(1) as pool:
         assert pool.submit(is_correct, "42", "42").result()
         assert not pool.submit(is_correct, "41", "42").result()
+
+
+# --- schema v2: sampled-token probabilities, per-token summaries, grounding, stepwise -----------------
+
+
+def _v2_step(tokens, sampled, top=None, text=None) -> StepOutput:
+    top = top if top is not None else [[(t, lp), ("?", -6.0)] for t, lp in zip(tokens, sampled)]
+    return StepOutput(text if text is not None else "".join(tokens).strip(), tokens, None, top, 10, 0, len(tokens), False, "m",
+                      token_logprobs=sampled)
+
+
+def test_sampled_token_probability_counts_math_tokens_only():
+    step = _v2_step(["So", " 3", "+", "4", "=", "7", "\n\n"], [-3.0, -0.1, -0.2, -1.5, -0.1, -0.4, -2.0])
+    total, least = sampled_logprobs(step)
+    assert total == pytest.approx(-0.1 - 0.2 - 1.5 - 0.1 - 0.4) and least == pytest.approx(-1.5)
+
+
+def test_a_slip_off_the_top_choice_shows_in_the_sampled_probability_not_in_api_confidence():
+    top = [[("7", math.log(0.9)), ("8", math.log(0.1))]] * 3
+    confident = _v2_step(["7", "=", "7"], [math.log(0.9)] * 3, top)
+    slipped = _v2_step(["8", "=", "7"], [math.log(0.1), math.log(0.9), math.log(0.9)], top)
+    assert api_confidence(confident) == api_confidence(slipped)
+    assert sampled_logprobs(slipped)[1] == pytest.approx(math.log(0.1))
+    assert sampled_logprobs(confident)[1] == pytest.approx(math.log(0.9))
+
+
+def test_missing_or_misaligned_sampled_logprobs_give_none():
+    without = StepOutput("3+4=7", ["3", "+", "4", "=", "7"], None, [], 3, 0, 5, False, "api")
+    misaligned = _v2_step(["3", "+", "4"], [-0.1, -0.1])
+    for step in (without, misaligned):
+        assert sampled_logprobs(step) == (None, None) and result_digit_min(step) is None
+    obs = observe(without, step_index=0, escalations=0, question="Ann has 3 coins and finds 4.")
+    assert obs["sampled_logprob_sum"] is None and obs["margin_min"] is None and obs["entropy_max"] is None
+    assert all(math.isnan(v) for v in FEATURE_SCHEMA.vector(obs)[7:11])
+
+
+def test_old_step_outputs_without_sampled_logprobs_still_load():
+    data = StepOutput("x", ["x"], None, [[("x", -0.1)]], 1, 0, 1, False, "m").to_dict()
+    del data["token_logprobs"]  # a stored candidate from before the field existed
+    assert StepOutput.from_dict(data).token_logprobs is None
+
+
+def test_margin_and_entropy_summaries():
+    top = [[("3", math.log(0.5)), ("4", math.log(0.3))], [("=", 0.0)], [("7", math.log(0.9)), ("1", math.log(0.1))]]
+    step = _v2_step(["3", "=", "7"], [math.log(0.5), 0.0, math.log(0.9)], top)
+    margin, entropy = top_k_summaries(step)
+    assert margin == pytest.approx(math.log(0.5 / 0.3))
+    expected = -(0.5 * math.log(0.5) + 0.3 * math.log(0.3) + 0.2 * math.log(0.2))  # the rest of the mass as one outcome
+    assert entropy == pytest.approx(expected)
+
+
+def test_weakest_result_digit_reads_the_digits_after_the_last_equals():
+    step = _v2_step(["1", "2", "+", "3", "=", "1", "5"], [-2.0, -0.1, -0.1, -0.1, -0.1, -0.3, -0.7])
+    assert result_digit_min(step) == pytest.approx(-0.7)  # the -2.0 is an operand, not the result
+    assert result_digit_min(_v2_step(["\\boxed{", "7", "}"], [-0.1, -0.2, -0.1])) is None
+
+
+def test_non_math_step_uses_every_token_and_has_nothing_to_ground():
+    step = _v2_step(["Let", " us", " add"], [-0.5, -1.0, -0.2])
+    assert sampled_logprobs(step) == (pytest.approx(-1.7), -1.0)
+    assert ungrounded_operands("Ann has 3 coins.", [], step.text) == 0.0 and arithmetic_error(step.text) is None
+
+
+@pytest.mark.parametrize(("prior", "step", "missing"), [
+    ([], "1200 * 2.5 = 3000", 0),  # "1,200" and "$2.50" by value
+    ([], "1,300 * 2.50 = 3,250", 1),  # 1,300 is in neither
+    (["1,200 * 2.50 = 3,000"], "3,000 - 500 = 2,500", 0),  # an earlier result, a question number
+    ([], "1200 * 2.5 = 3000, then 3000 - 45 = 2955", 1),  # a result is known later in the step; 45 is not
+    ([], "Half of 1,200 is 1200 / 2 = 600", 0),  # "half" states the 2
+])
+def test_grounding_counts_operands_found_neither_in_the_question_nor_before(prior, step, missing):
+    question = "Mia sold 1,200 apples at $2.50 each, then spent 500 dollars. She gave half away."
+    assert ungrounded_operands(question, prior, step) == missing
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("84*3=242", 1.0), ("84*3=252", 0.0), ("So 1,200 + 300 = 1,500 apples", 0.0), ("16 - 3 - 4 = 9 eggs. 9 * 2 = $18", 0.0),
+    ("2 x 3 = 7", 1.0), ("(2+3)*4=20.", 0.0), ("x = 5", None), ("\\boxed{5}", None), ("1/0=3", None),
+])
+def test_arithmetic_check(text, error):
+    assert arithmetic_error(text) == error
+
+
+def test_stepwise_features_follow_the_previous_step():
+    step = _v2_step(["5", "=", "5"], [-0.1] * 3)
+    first = observe(step, step_index=0, escalations=0, question="q")
+    assert first["previous_escalated"] is None and first["previous_sampled_logprob_min"] is None
+    later = observe(step, step_index=1, escalations=1, question="q",
+                    previous={"observation": {"sampled_logprob_min": -2.5}, "escalated": True})
+    assert later["previous_escalated"] == 1.0 and later["previous_sampled_logprob_min"] == -2.5
+    assert observe(step, step_index=1, escalations=0)["ungrounded_operands"] is None  # no question given

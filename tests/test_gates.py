@@ -357,7 +357,7 @@ def test_policy_gate_warns_once_when_a_trained_feature_is_missing():
 
     gate = PolicyGate.from_path(DEFAULT_POLICY_DIR)
     assert "api_confidence" in gate.trained_on and "difficulty" not in gate.trained_on  # difficulty was never given
-    full = {n: 1.0 for n in CONFIDENCE_SCHEMA.names} | {"logit_confidence": 16.0, "api_confidence": 0.9, "difficulty": None}
+    full = {n: 1.0 for n in gate.artifact.schema.names} | {"logit_confidence": 16.0, "api_confidence": 0.9, "difficulty": None}
     without_api = full | {"api_confidence": None}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -376,11 +376,14 @@ def test_the_logits_only_policy_serves_a_backend_without_logprobs_silently():
 
     gate = PolicyGate.from_path(LOGITS_ONLY_POLICY_DIR)
     assert "logit_confidence" in gate.trained_on and "api_confidence" not in gate.trained_on
-    logits_only = {n: 1.0 for n in CONFIDENCE_SCHEMA.names} | {"logit_confidence": 16.0, "api_confidence": None, "difficulty": None}
+    lacking = {"api_confidence", "sampled_logprob_sum", "sampled_logprob_min", "margin_min", "entropy_max", "result_digit_min",
+               "previous_sampled_logprob_min", "difficulty"}  # what a raw-logits backend cannot report
+    assert not lacking & set(gate.trained_on)
+    logits_only = {n: None if n in lacking else 1.0 for n in gate.artifact.schema.names} | {"logit_confidence": 16.0}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         silent = gate.decide(GateInput("q", (), STEP, logits_only))
-    reported = gate.decide(GateInput("q", (), STEP, logits_only | {"api_confidence": 0.05}))
+    reported = gate.decide(GateInput("q", (), STEP, logits_only | {"api_confidence": 0.05, "sampled_logprob_sum": -9.0}))
     assert (reported.escalate, reported.score) == (silent.escalate, silent.score)  # a reported value changes nothing
 
 
@@ -442,3 +445,19 @@ def test_cli_gate_flags_come_from_the_registry():
     assert _gate_options(args) == {"rate": None, "seed": 3}  # a flag of another gate is not passed on
     args = parser.parse_args(["solve", "q", "--gate", "confidence-threshold", "--feature", "api_confidence"])
     assert resolve_gate(args.gate, **_gate_options(args)).feature == "api_confidence"
+
+
+def test_the_api_only_policy_serves_a_backend_without_logits_silently():
+    import warnings
+
+    from stepgraph.testbed.defaults import API_ONLY_POLICY_DIR
+
+    gate = PolicyGate.from_path(API_ONLY_POLICY_DIR)
+    assert "logit_confidence" not in gate.trained_on and "sampled_logprob_sum" in gate.trained_on
+    api = {n: 1.0 for n in gate.artifact.schema.names} | {"logit_confidence": None, "difficulty": None, "api_confidence": 0.9,
+                                                          "sampled_logprob_sum": -0.5, "sampled_logprob_min": -0.3}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        silent = gate.decide(GateInput("q", (), STEP, api))
+    reported = gate.decide(GateInput("q", (), STEP, api | {"logit_confidence": 3.0}))
+    assert (reported.escalate, reported.score) == (silent.escalate, silent.score)

@@ -75,6 +75,21 @@ def test_loading_a_directory_that_is_not_a_model_fails_clearly(tmp_path):
         TransformersStepModel(tmp_path)
 
 
+def test_sampled_token_logprobs_are_the_models_own_at_temperature_1(draft):
+    """Each sampled token's log-probability is log-softmax of the raw logits (T = 1), whatever the sampling temperature."""
+    greedy = draft.generate_step(QUESTION, [], temperature=0)
+    assert greedy.token_logprobs == pytest.approx([top[0][1] for top in greedy.top_logprobs])
+    for seed in range(3):
+        hot = draft.generate_step(QUESTION, [], temperature=1.5, seed=seed)
+        assert len(hot.token_logprobs) == len(hot.tokens) and all(lp <= 0 for lp in hot.token_logprobs)
+        for token, lp, top in zip(hot.tokens, hot.token_logprobs, hot.top_logprobs):
+            listed = dict(top)
+            if token in listed:  # the same number as the top-k list, not the tempered distribution's
+                assert lp == pytest.approx(listed[token], abs=1e-5)
+            else:
+                assert lp <= min(listed.values()) + 1e-5
+
+
 def test_step_logprobs_agree_with_the_cached_generation(draft):
     """Scoring a step in one uncached pass gives the log-probabilities its cached generation saw."""
     out = draft.generate_step(QUESTION, [], temperature=0)

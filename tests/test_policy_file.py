@@ -1,12 +1,14 @@
 """Policy artifacts: round trip, and clear errors for corrupted or mismatched files."""
 
 import json
+import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from stepgraph.errors import PolicyFileError
-from stepgraph.features import CONFIDENCE_SCHEMA, FeatureSchema
+from stepgraph.features import CONFIDENCE_SCHEMA, FEATURE_SCHEMA, FeatureSchema
 from stepgraph.gates import PolicyGate
 from stepgraph.gates.base import GateInput
 from stepgraph.models.base import StepOutput
@@ -161,3 +163,92 @@ def test_cli_solve_refuses_the_policy_over_other_models_unless_allowed(capsys, t
     assert "calibrated on the tiers" in capsys.readouterr().err
     with pytest.warns(RuntimeWarning, match="does not carry its coverage"):
         assert main([*args, "--allow-other-tiers"]) == 0
+
+# --- format 2: the log-odds scale; format 1 artifacts load and decide as before ---------------------
+
+V1_POLICY = Path(__file__).parent / "data" / "policy_v1"  # the default policy shipped before schema v2
+V1_SCORES = [  # (api_confidence, logit_confidence, π(escalate | o) computed by the format-1 code)
+    (0.2, 14.0, 1.0), (0.9, 14.0, 2.243058863649061e-11), (0.9, 18.0, 9.438951627683406e-14),
+    (0.99, 14.0, 6.753809158119165e-15), (1.0, 18.0, 1.4493521468162025e-15),
+]
+
+
+@pytest.mark.parametrize(("api", "logit", "expected"), V1_SCORES)
+def test_a_format_1_artifact_loads_and_decides_as_before(api, logit, expected):
+    gate = PolicyGate.from_path(V1_POLICY)
+    assert gate.artifact.scale == "probability" and gate.artifact.format_version == 1
+    assert gate.artifact.schema == CONFIDENCE_SCHEMA and gate.threshold == 2.5025242837185824e-14
+    # a v2 observation (a superset of v1's features) routes on the v1 features only
+    obs = {n: 0.0 for n in FEATURE_SCHEMA.names} | {"step_index": 1.0, "step_tokens": 8.0, "difficulty": None,
+                                                     "api_confidence": api, "logit_confidence": logit}
+    decision = gate.decide(GateInput("q", (), STEP, obs))
+    assert decision.score == pytest.approx(expected, rel=1e-5)
+    assert decision.escalate == (expected >= gate.threshold)
+
+
+def _log_odds_artifact(kappa: float) -> PolicyArtifact:
+    artifact = _artifact(kappa=0.5)
+    artifact.scale, artifact.kappa = "log_odds", kappa
+    return artifact
+
+
+def test_log_odds_kappa_round_trip(tmp_path):
+    _log_odds_artifact(-2.5).save(tmp_path)
+    manifest = json.loads((tmp_path / "policy.json").read_text())
+    assert (manifest["format_version"], manifest["scale"], manifest["kappa"]) == (2, "log_odds", -2.5)
+    gate = PolicyGate.from_path(tmp_path)
+    assert gate.threshold == -2.5 and gate.artifact.scale == "log_odds"
+    decisions = []
+    for confidence in (6.0, 8.5, 9.0, 10.0):  # logit gap −4·tanh(tanh(confidence − 8)): −1.73, −2.57 around κ
+        decision = gate.decide(_x(confidence))
+        p = gate.artifact.escalate_probability(_x(confidence).observation)
+        assert decision.score == pytest.approx(math.log(p / (1 - p)), abs=1e-4)
+        assert decision.escalate == (p >= 1 / (1 + math.exp(2.5)))  # the same rule on the probability scale
+        decisions.append(decision.escalate)
+    assert decisions == [True, True, False, False]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"scale": "probability", "kappa": 1.5}, "probability κ must be in"),
+    ({"format_version": 1, "scale": "log_odds"}, "format_version 1"),
+    ({"scale": "percent"}, "scale"),
+    ({"kappa": "-inf"}, "kappa"),
+])
+def test_bad_scales_are_refused(tmp_path, change, message):
+    _log_odds_artifact(-2.5).save(tmp_path)
+    manifest = json.loads((tmp_path / "policy.json").read_text()) | change
+    (tmp_path / "policy.json").write_text(json.dumps(manifest).replace('"-inf"', "-Infinity"))
+    with pytest.raises(PolicyFileError, match=message):
+        PolicyArtifact.load(tmp_path)
+
+
+def test_a_v2_policy_escalates_non_finite_features(tmp_path):
+    n = len(FEATURE_SCHEMA.names)
+    artifact = PolicyArtifact(PolicyNetwork(n), -1.0, 0.02, FEATURE_SCHEMA, [0.0] * n, [1.0] * n, scale="log_odds")
+    artifact.save(tmp_path)
+    gate = PolicyGate.from_path(tmp_path)
+    obs = {name: 0.0 for name in FEATURE_SCHEMA.names}
+    for bad in (math.nan, math.inf, -math.inf):
+        decision = gate.decide(GateInput("q", (), STEP, obs | {"sampled_logprob_sum": bad}))
+        assert decision.escalate and "sampled_logprob_sum" in (decision.reason or "")
+
+
+@pytest.mark.slow  # loads the shipped models
+def test_the_shipped_default_policy_loads_and_routes_on_v2_features():
+    import warnings
+
+    from stepgraph.graph import build_graph
+    from stepgraph.testbed import load_pair, task
+    from stepgraph.testbed.defaults import DEFAULT_POLICY_DIR
+
+    gate = PolicyGate.from_path(DEFAULT_POLICY_DIR)
+    assert gate.artifact.schema == FEATURE_SCHEMA and gate.artifact.scale == "log_odds"
+    assert -50 < gate.threshold < 50  # a log-odds κ, not a probability in the far tail
+    question = task.generate("test", 1, seed=5)[0].question
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the transformers backend reports every feature the policy reads
+        result = build_graph(load_pair(), gate).invoke({"question": question})
+    assert result["steps"]
+    for step in result["steps"]:
+        assert step["observation"]["sampled_logprob_sum"] is not None and step["observation"]["ungrounded_operands"] is not None
+        assert step["escalated"] == (step["gate_score"] >= gate.threshold)

@@ -1,6 +1,7 @@
 """collect → train → evaluate on a few problems with the shipped pair, and a killed collection."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -8,11 +9,13 @@ import sys
 import time
 
 import pytest
+from stepgraph.training.observations import reobserve
 from stepgraph.training.store import TraceStore
 
 from stepgraph.cli import main
 from stepgraph.gates import PolicyGate
 from stepgraph.graph import build_graph
+from stepgraph.models.base import StepOutput
 from stepgraph.testbed import load_pair
 
 
@@ -30,9 +33,13 @@ def test_collect_train_evaluate(tmp_path, capsys):
         assert all(st.escalated is not None and st.escalated_correct is not None for st in e.steps)
         assert all(st.cost == pytest.approx(st.draft_flops + st.action * st.escalate_flops) for st in e.steps)
         assert e.target_flops > 0 and e.reward in (0, 1) and e.target_reward in (0, 1)
+        # the draft's whole output is kept, so later feature schemas can be recomputed from the trace
+        assert all(StepOutput.from_dict(st.draft_output).text == st.draft for st in e.steps)
+        assert all(len(st.draft_output["token_logprobs"]) == len(st.draft_output["tokens"]) for st in e.steps)
+        assert [st.observation for st in reobserve(e).steps] == [st.observation for st in e.steps]
     assert main(["train", "--store", str(store), "--out", str(policy), "--steps", "20"]) == 0
     trained = json.loads(capsys.readouterr().out)
-    assert 0.0 <= trained["kappa"] <= 1.0 and trained["episodes"] == 6
+    assert math.isfinite(trained["kappa"]) and trained["episodes"] == 6  # κ on the log-odds scale
     assert len((policy / "metrics.jsonl").read_text().splitlines()) == 20
     gate = PolicyGate.from_path(policy)
     result = build_graph(load_pair(), gate).invoke({"question": episodes[0].question})

@@ -116,7 +116,16 @@ class Family:
 
 def policy_family(gate: PolicyGate) -> Family:
     return Family("policy", gate.score, lambda s, t: s is not None and s >= t,
-                  lambda t: _policy_with_kappa(gate, t), lambda scores: sorted(set(scores) | {0.0, 1.0}, reverse=True))
+                  lambda t: _policy_with_kappa(gate, t), lambda scores: _kappa_candidates(gate.artifact.scale, scores))
+
+
+def _kappa_candidates(scale: str, scores: list[float]) -> list[float]:
+    """Every score as a κ, between one above them all (escalates nothing) and one at or below them all."""
+    if scale == "log_odds":  # unbounded: the ends sit just outside the scores seen
+        ends = {math.floor(max(scores, default=0.0)) + 1.0, math.floor(min(scores, default=0.0))}
+    else:
+        ends = {0.0, 1.0}
+    return sorted(set(scores) | ends, reverse=True)
 
 
 def _policy_with_kappa(gate: PolicyGate, kappa: float) -> PolicyGate:

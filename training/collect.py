@@ -24,13 +24,38 @@ from tqdm import tqdm
 from stepgraph.answers import is_correct
 from stepgraph.context import RouterContext
 from stepgraph.costs import call_cost
-from stepgraph.features import CONFIDENCE_SCHEMA
+from stepgraph.errors import TraceStoreError
+from stepgraph.features import FEATURE_SCHEMA
 from stepgraph.gates import AlwaysDraftGate, ConfidenceThresholdGate, ExploringGate
 from stepgraph.gates.base import Gate
 from stepgraph.graph import build_graph
-from stepgraph.models.base import StepModel
+from stepgraph.models.base import StepModel, StepOutput
 from stepgraph.nodes import call_seed
 from stepgraph.testbed import task
+
+
+class DraftRecorder:
+    """Wraps the draft tier and keeps each step it writes, keyed by the number of steps before it.
+
+    The graph's state keeps only a step's text; the trace keeps the draft's whole StepOutput so
+    that features of a later schema can be recomputed from it. Anything else is the model's.
+    """
+
+    def __init__(self, model: StepModel) -> None:
+        self.model = model
+        self.outputs: dict[int, StepOutput] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    @property
+    def n_params(self) -> int:
+        return int(self.model.n_params)
+
+    def generate_step(self, question: str, steps: Sequence[str], **kwargs: Any) -> StepOutput:
+        out = self.model.generate_step(question, steps, **kwargs)
+        self.outputs.setdefault(len(steps), out)
+        return out
 
 
 @dataclass(frozen=True)
@@ -60,7 +85,8 @@ def collect_episode(
     base = context or RouterContext(temperature=temperature, max_steps=max_steps)
     context = RouterContext(**{**vars(base), "seed": seed})
     temperature = context.temperature
-    state = build_graph(tiers, behaviour).invoke({"question": item.question}, context=context)
+    recorder = DraftRecorder(tiers[0])
+    state = build_graph([recorder, *tiers[1:]], behaviour).invoke({"question": item.question}, context=context)
     strongest = tiers[-1]
     records: list[StepRecord] = []
     prior: list[str] = []
@@ -88,6 +114,7 @@ def collect_episode(
                 draft_flops=draft["cost"]["flops"],
                 escalate_flops=escalate_flops,
                 cost=sum(a["cost"]["flops"] for a in step["attempts"]),
+                draft_output=recorder.outputs[step["index"]].to_dict() if step["index"] in recorder.outputs else None,
             )
         )
         prior.append(step["text"])
@@ -140,7 +167,10 @@ def collect(
 
     done = store.problem_ids()
     todo = [(i, item) for i, item in enumerate(items) if item.problem_id not in done]
-    store.set_meta("feature_schema", CONFIDENCE_SCHEMA.to_dict())
+    if len(store) and store.meta("feature_schema") not in (None, FEATURE_SCHEMA.to_dict()):
+        raise TraceStoreError(f"{store.path} holds traces of feature schema {store.meta('feature_schema')}; new traces have "
+                              f"{FEATURE_SCHEMA.to_dict()}. Collect into a new --store.")
+    store.set_meta("feature_schema", FEATURE_SCHEMA.to_dict())
     worker_tiers = [make_tiers() for _ in range(max(1, workers))]
     info = list(describe_tiers(worker_tiers[0]) if describe_tiers else [{"name": m.name, "parameters": m.n_params} for m in worker_tiers[0]])
     if len(store):

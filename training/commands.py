@@ -39,7 +39,7 @@ from stepgraph.training.verifiers import TestbedVerifier
 
 from stepgraph.defaults import DEFAULT_POLICY_DIR
 from stepgraph.errors import ConfigError, StepgraphError
-from stepgraph.features import CONFIDENCE_SCHEMA
+from stepgraph.features import FEATURE_SCHEMA
 from stepgraph.gates import PolicyGate
 from stepgraph.options import in_range
 from stepgraph.testbed import BACKENDS, close_pair, load_pair, task
@@ -348,7 +348,7 @@ def add_commands(sub: Any) -> None:
     t.add_argument("--calibration-split", default="calibration",
                    help="stored split whose episodes calibrate κ after training; '' keeps the online κ (default: %(default)s)")
     t.add_argument("--out", type=Path, default=None, help="artifact directory (default: the spec's paths.policy, else runs/policy)")
-    t.add_argument("--ignore-feature", action="append", default=[], choices=CONFIDENCE_SCHEMA.names, metavar="NAME",
+    t.add_argument("--ignore-feature", action="append", default=[], choices=FEATURE_SCHEMA.names, metavar="NAME",
                    help="hide a feature from the policy, for a backend that does not report it, e.g. api_confidence "
                         "on a vLLM engine with raw logits (repeatable; choices: %(choices)s)")
     t.add_argument("--alpha", type=float, default=None,

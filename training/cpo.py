@@ -36,7 +36,7 @@ from stepgraph.training.records import Episode
 from tqdm import tqdm
 
 from stepgraph.errors import ConfigError
-from stepgraph.features import CONFIDENCE_SCHEMA, FeatureSchema
+from stepgraph.features import FEATURE_SCHEMA, FeatureSchema
 from stepgraph.policy import PolicyArtifact, PolicyNetwork
 
 EPS = 1e-8
@@ -60,6 +60,8 @@ _CPO_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "hidden": (lambda v: 1 <= v <= 4096, "in [1, 4096]"),
     "layers": (lambda v: 1 <= v <= 16, "in [1, 16]"),
     "seed": (lambda v: True, "any integer"),
+    "entropy_coef": (lambda v: v >= 0, ">= 0"),
+    "warm_start": (lambda v: v >= 0, ">= 0"),
 }
 
 
@@ -99,6 +101,10 @@ class CPOArgs:
     """linear layers of the policy MLP"""
     seed: int = 0
     """seed of the networks and of batch sampling"""
+    entropy_coef: float = 0.0
+    """weight of pi's mean entropy in the objective: above 0 keeps pi off saturation (0: the paper's objective)"""
+    warm_start: int = 0
+    """full-batch steps fitting pi(escalate | o) to the draft-is-wrong label before CPO (0: start from random weights)"""
 
     def __post_init__(self) -> None:
         """Refuse a setting outside its range at construction, naming the option and the range."""
@@ -333,9 +339,12 @@ def trust_region_step(policy: PolicyNetwork, x: torch.Tensor, action: torch.Tens
     old_logp_a = old_log_probs.gather(1, action[:, None]).squeeze(1)
 
     def surrogates() -> tuple[torch.Tensor, torch.Tensor]:
-        logp_a = torch.log_softmax(policy(x), dim=-1).gather(1, action[:, None]).squeeze(1)
-        ratio = torch.exp(logp_a - old_logp_a)
-        return (ratio * cost_adv).mean(), (ratio * miss_adv).mean()
+        log_probs = torch.log_softmax(policy(x), dim=-1)
+        ratio = torch.exp(log_probs.gather(1, action[:, None]).squeeze(1) - old_logp_a)
+        objective = (ratio * cost_adv).mean()
+        if args.entropy_coef:  # a bonus for uncertainty keeps the logits, hence κ, on a readable scale
+            objective = objective - args.entropy_coef * (log_probs.exp() * log_probs).sum(-1).mean()
+        return objective, (ratio * miss_adv).mean()
 
     objective, constraint = surrogates()
     g = _flat_grad(objective, policy, retain_graph=True)
@@ -421,25 +430,34 @@ def surrogate_coverage(data: Batchable, policy: PolicyNetwork, kappa: float) -> 
     return 1.0 - sum(surrogate_miss(data, e, policy, kappa) for e in range(n)) / n
 
 
-def calibrate_kappa(data: Batchable, policy: PolicyNetwork, alpha: float, max_candidates: int = 400) -> tuple[float, float]:
+def score_coverage(data: Batchable, scores: torch.Tensor, kappa: float) -> float:
+    """1 − the surrogate miss rate of Γ(o) = 1{score(o) ≥ κ}, given every step's score."""
+    n = len(data.starts)
+    return 1.0 - sum(episode_miss(data, e, (scores[data.starts[e] : data.ends[e]] >= kappa).long()) for e in range(n)) / n
+
+
+def calibrate_kappa(data: Batchable, policy: PolicyNetwork, alpha: float, max_candidates: int = 400,
+                    scale: str = "probability") -> tuple[float, float]:
     """The largest κ whose surrogate miss rate on held-out episodes meets the conformal bound.
 
     With n calibration episodes, κ is accepted when misses ≤ ⌊α(n + 1)⌋ − 1, the finite-sample
-    correction of split conformal calibration. Returns (κ, its miss rate).
+    correction of split conformal calibration. ``scale`` says what κ thresholds: π(escalate | o)
+    or its log-odds (``"log_odds"``). Returns (κ, its miss rate).
     """
     with torch.no_grad():
-        probs = policy.escalate_probability(data.x)
+        scores = policy.escalate_log_odds(data.x) if scale == "log_odds" else policy.escalate_probability(data.x)
     n = len(data.starts)
     allowed = math.floor(alpha * (n + 1)) - 1
-    candidates = torch.unique(probs)
+    candidates = torch.unique(scores)
     if candidates.numel() > max_candidates:
-        candidates = torch.quantile(probs, torch.linspace(0, 1, max_candidates))
-    for kappa in sorted({float(c) for c in candidates} | {1.0}, reverse=True):
-        choice = (probs >= kappa).long()
+        candidates = torch.quantile(scores, torch.linspace(0, 1, max_candidates))
+    top, bottom = (math.floor(float(scores.max())) + 1.0, math.floor(float(scores.min()))) if scale == "log_odds" else (1.0, 0.0)
+    for kappa in sorted({float(c) for c in candidates} | {top}, reverse=True):
+        choice = (scores >= kappa).long()
         misses = sum(episode_miss(data, e, choice[data.starts[e] : data.ends[e]]) for e in range(n))
         if misses <= allowed:
             return kappa, misses / n
-    return 0.0, sum(episode_miss(data, e, torch.ones(data.ends[e] - data.starts[e], dtype=torch.long)) for e in range(n)) / n
+    return bottom, sum(episode_miss(data, e, torch.ones(data.ends[e] - data.starts[e], dtype=torch.long)) for e in range(n)) / n
 
 
 # --- 5. the loop: sample, fit critics, trust-region step, κ update, finalise ---------------------
@@ -494,9 +512,25 @@ def start_run(episodes: Sequence[Episode], args: CPOArgs, schema: FeatureSchema,
     artifact = PolicyArtifact(policy, args.kappa_init, args.alpha, schema, mean, std, args.hidden, args.layers, ignored=ignored)
     cost_scale = sum(e.target_flops for e in episodes) / len(episodes) or 1.0
     data = to_tensors(episodes, artifact, cost_scale)
+    if args.warm_start:
+        warm_start(policy, data, args.warm_start)
     cost_critic, coverage_critic = _critic(len(schema.names), args.hidden), _critic(len(schema.names), args.hidden)
     optimiser = torch.optim.Adam([*cost_critic.parameters(), *coverage_critic.parameters()], lr=args.critic_lr)
     return Run(args, episodes, data, artifact, policy, cost_critic, coverage_critic, optimiser, rng, cost_scale, args.kappa_init)
+
+
+def warm_start(policy: PolicyNetwork, data: Batchable, steps: int) -> None:
+    """Fit the escalation logit to "the draft is wrong" (a verdict of None counts as wrong) by logistic loss.
+
+    CPO then starts from a policy that already ranks drafts by their chance of being wrong, on a
+    log-odds scale of a few units, instead of from random weights it would push to saturation.
+    """
+    optimiser = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    wrong = 1.0 - data.draft_ok
+    for _ in range(steps):
+        optimiser.zero_grad()
+        torch.nn.functional.binary_cross_entropy_with_logits(policy.escalate_log_odds(data.x), wrong).backward()
+        optimiser.step()
 
 
 def sample_batch(run: Run) -> Batch:
@@ -555,15 +589,18 @@ def kappa_step(run: Run, batch: Batch) -> dict[str, float]:
 def finalise(run: Run, calibration: Sequence[Episode]) -> PolicyArtifact:
     """Set κ (online, or calibrated on held-out episodes) and record the training summary."""
     artifact, policy = run.artifact, run.policy
-    artifact.kappa = run.kappa
+    # The online κ is a probability and stays one (its rule may rest on float32 rounding to 0 or 1);
+    # a κ calibrated on held-out episodes is set on the log-odds scale, which keeps its resolution.
+    artifact.kappa, artifact.scale = run.kappa, "probability"
     calibration_summary: dict[str, float] = {}
     held_out = [e for e in calibration if e.steps]
     if held_out:
-        artifact.kappa, miss_rate = calibrate_kappa(to_tensors(held_out, artifact, run.cost_scale), policy, run.args.alpha)
+        artifact.scale = "log_odds"
+        artifact.kappa, miss_rate = calibrate_kappa(to_tensors(held_out, artifact, run.cost_scale), policy, run.args.alpha,
+                                                    scale=artifact.scale)
         calibration_summary = {"online_kappa": run.kappa, "calibrated_kappa": artifact.kappa,
                                "calibration_episodes": len(held_out), "calibration_surrogate_miss": miss_rate}
-    with torch.no_grad():
-        escalation_rate = float((policy.escalate_probability(run.data.x) >= artifact.kappa).float().mean())
+    escalation_rate = float((artifact.scores(run.data.x) >= artifact.kappa).float().mean())
     artifact.training = {
         **calibration_summary,
         "algorithm": "cpo+online-conformal-kappa",
@@ -571,13 +608,13 @@ def finalise(run: Run, calibration: Sequence[Episode]) -> PolicyArtifact:
         "episodes": len(run.episodes),
         "cost_scale_flops": run.cost_scale,
         "escalation_rate": escalation_rate,
-        "surrogate_coverage": surrogate_coverage(run.data, policy, artifact.kappa),
+        "surrogate_coverage": score_coverage(run.data, artifact.scores(run.data.x), artifact.kappa),
     }
     policy.eval()
     return artifact
 
 
-def train_policy(episodes: Sequence[Episode], args: CPOArgs | None = None, schema: FeatureSchema = CONFIDENCE_SCHEMA,
+def train_policy(episodes: Sequence[Episode], args: CPOArgs | None = None, schema: FeatureSchema = FEATURE_SCHEMA,
                  progress: bool = True, log: Callable[[int, dict], None] | None = None,
                  calibration: Sequence[Episode] = (), ignore_features: Sequence[str] = ()) -> tuple[PolicyArtifact, list[dict[str, float]]]:
     """Train π and κ on behaviour episodes; return the policy artifact and per-step metrics.

@@ -24,6 +24,9 @@ class StepRecord:
         draft_flops: FLOPs of the draft call (2·N·generated tokens).
         escalate_flops: FLOPs of the escalation call; None where it was not run.
         cost: FLOPs this step cost the routed system: the draft, plus the escalation if taken.
+        draft_output: the draft's ``StepOutput.to_dict()`` (tokens and their log-probabilities),
+            so that features of a later schema can be recomputed from the trace; None in traces
+            collected before it was kept.
     """
 
     index: int
@@ -37,6 +40,7 @@ class StepRecord:
     draft_flops: float
     escalate_flops: float | None
     cost: float
+    draft_output: dict[str, Any] | None = None
 
 
 @dataclass

@@ -42,7 +42,7 @@ from typing import Any, Self
 from stepgraph.training.records import Episode
 
 from stepgraph.errors import TraceStoreError
-from stepgraph.features import CONFIDENCE_SCHEMA, FeatureSchema
+from stepgraph.features import SCHEMAS, FeatureSchema
 
 SCHEMA_VERSION = 1
 CLAIM_SECONDS = 3600.0
@@ -67,7 +67,8 @@ class TraceStore:
         path: the SQLite file.
         create: create the file if it does not exist (otherwise a missing file is an error).
         readonly: open for reading only; nothing is written, so a read-only file can be read.
-        feature_schema: the features this stepgraph computes; a store of another schema is refused.
+        feature_schema: the feature schema the caller needs; a store of another one is refused.
+            None (default) accepts any schema this stepgraph knows (``stepgraph.features.SCHEMAS``).
 
     Raises:
         TraceStoreError: the file is missing (``create=False``), not a SQLite database, corrupted
@@ -75,7 +76,7 @@ class TraceStore:
     """
 
     def __init__(self, path: str | Path, *, create: bool = True, readonly: bool = False,
-                 feature_schema: FeatureSchema = CONFIDENCE_SCHEMA) -> None:
+                 feature_schema: FeatureSchema | None = None) -> None:
         self.path = Path(path)
         self.readonly = readonly
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -123,7 +124,7 @@ class TraceStore:
         elif self.readonly:
             raise TraceStoreError(f"{self.path} holds no episodes table; run `stepgraph collect --store {self.path}` first.")
 
-    def _check_meta(self, feature_schema: FeatureSchema) -> None:
+    def _check_meta(self, feature_schema: FeatureSchema | None) -> None:
         version = self.meta("schema_version")
         try:
             readable = int(version) == SCHEMA_VERSION  # stored as text by older writers
@@ -133,9 +134,10 @@ class TraceStore:
             raise TraceStoreError(f"{self.path} has trace schema version {version!r}; this stepgraph reads version "
                                   f"{SCHEMA_VERSION}. Collect a new store with this version.")
         stored = self.meta("feature_schema")
-        if stored is not None and stored != feature_schema.to_dict():
+        allowed = [feature_schema.to_dict()] if feature_schema is not None else [s.to_dict() for s in SCHEMAS.values()]
+        if stored is not None and stored not in allowed:
             raise TraceStoreError(f"{self.path} holds traces of feature schema {stored}, but this stepgraph computes "
-                                  f"{feature_schema.to_dict()}. Collect a new store with this version.")
+                                  f"{' or '.join(map(str, allowed))}. Collect a new store with this version.")
 
     def close(self) -> None:
         self._db.close()

@@ -1,4 +1,4 @@
-"""The CPO policy gate: escalate iff π(escalate | o) ≥ κ."""
+"""The CPO policy gate: escalate iff π(escalate | o) ≥ κ (or its log-odds ≥ κ, by the artifact's scale)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from stepgraph.errors import GateConfigError
+from stepgraph.features import SITUATIONAL
 from stepgraph.gates.base import Gate, GateInput, GateOption
 
 if TYPE_CHECKING:  # torch loads with the first policy, not with the gate registry
@@ -35,6 +36,7 @@ class PolicyGate(Gate):
         self.artifact = artifact
         self.threshold = artifact.kappa
         self.trained_on = [n for n in artifact.schema.names if n not in artifact.ignored]
+        self._reported = [n for n in self.trained_on if n not in SITUATIONAL]  # None means the backend lacks it
         self._warned: set[str] = set()
 
     @classmethod
@@ -57,12 +59,12 @@ class PolicyGate(Gate):
         return cls.from_path(path)
 
     def score(self, x: GateInput) -> float:
-        """π(escalate | o) of the draft's observation."""
+        """π(escalate | o) of the draft's observation, or its log-odds (the artifact's ``scale``)."""
         self._warn_on_missing(x.observation)
-        return self.artifact.escalate_probability(x.observation)
+        return self.artifact.score(x.observation)
 
     def _warn_on_missing(self, observation: dict[str, float | None]) -> None:
-        for name in self.trained_on:
+        for name in self._reported:
             if observation.get(name) is None and name not in self._warned:  # NaN escalates in Gate.decide
                 self._warned.add(name)
                 warnings.warn(

@@ -20,6 +20,11 @@ class StepOutput:
         max_logits: per generated token, the largest raw (unnormalised) logit; None where the
             backend exposes only log-probabilities (e.g. the OpenAI API).
         top_logprobs: per generated token, the k most likely (token, log-probability) pairs.
+        token_logprobs: per generated token, the log-probability of the token that was sampled,
+            under the model's own distribution at temperature 1 (the same scale as
+            ``top_logprobs``, not the tempered sampling distribution), so a slip sampled off the
+            model's top choice shows up; None where the backend does not report it (raw-logit
+            modes, older traces).
         prompt_tokens: tokens in the prompt this call was given.
         cached_tokens: prompt tokens whose keys/values were reused from a cache.
         generated_tokens: tokens this call generated.
@@ -37,6 +42,7 @@ class StepOutput:
     finished: bool
     model: str
     extra: dict[str, Any] = field(default_factory=dict)
+    token_logprobs: list[float] | None = None
 
     @property
     def prefill_tokens(self) -> int:
@@ -50,6 +56,8 @@ class StepOutput:
     def from_dict(cls, data: dict[str, Any]) -> StepOutput:
         data = dict(data)
         data["top_logprobs"] = [[(str(t), float(lp)) for t, lp in pos] for pos in data["top_logprobs"]]
+        if data.get("token_logprobs") is not None:
+            data["token_logprobs"] = [float(lp) for lp in data["token_logprobs"]]
         return cls(**data)
 
 

@@ -167,6 +167,7 @@ class ChatStepModel:
             tokens=tokens,
             max_logits=max_logits,
             top_logprobs=[] if self.logprobs_are_logits else tops,  # raw logits are not probabilities
+            token_logprobs=None if self.logprobs_are_logits or not content else [float(c["logprob"]) for c in content],
             prompt_tokens=int(usage.get("input_tokens", 0)),
             cached_tokens=cached,
             generated_tokens=int(usage.get("output_tokens", len(tokens))),

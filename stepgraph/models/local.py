@@ -137,6 +137,7 @@ class TransformersStepModel:
             ids: list[int] = []
             max_logits: list[float] = []
             top: list[list[tuple[str, float]]] = []
+            sampled: list[float] = []  # the sampled token's log-probability at temperature 1
             text = ""
             finished = False
             while len(ids) < max_tokens:
@@ -146,6 +147,7 @@ class TransformersStepModel:
                 top.append([(self._token_text(int(i)), float(v)) for v, i in zip(values, indices)])
                 token = _sample(logits, temperature, generator)
                 ids.append(token)
+                sampled.append(float(logprobs[token]))
                 if token in self._eos_ids:
                     finished = True
                     break
@@ -160,6 +162,7 @@ class TransformersStepModel:
             tokens=[self._token_text(i) for i in ids],
             max_logits=max_logits,
             top_logprobs=top,
+            token_logprobs=sampled,
             prompt_tokens=len(prompt_ids),
             cached_tokens=cached,
             generated_tokens=len(ids),

@@ -215,6 +215,7 @@ class VLLMStepModel:
             tokens=[self._token_text(i) for i in ids],
             max_logits=[max(lp.logprob for _, lp in row) for row in rows] if as_logits else None,
             top_logprobs=[] if as_logits else [[(self._token_text(t), lp.logprob) for t, lp in row] for row in rows],
+            token_logprobs=None if as_logits else _sampled_logprobs(positions, ids),
             prompt_tokens=prompt_tokens,
             cached_tokens=int(out.num_cached_tokens or 0),
             generated_tokens=len(ids),
@@ -225,6 +226,13 @@ class VLLMStepModel:
 
     def _token_text(self, token_id: int) -> str:
         return str(self.tokenizer.decode([token_id]))
+
+
+def _sampled_logprobs(positions: Sequence[dict[int, Any] | None], ids: Sequence[int]) -> list[float] | None:
+    """Each sampled token's log-probability: vLLM lists the sampled token at its position even outside the top k."""
+    if not all(pos and i in pos for pos, i in zip(positions, ids)):
+        return None
+    return [float(pos[i].logprob) for pos, i in zip(positions, ids)]  # type: ignore[index]
 
 
 def start_engine(model: str | Path, **engine_kwargs: Any) -> LLM:

@@ -8,7 +8,9 @@ threshold on your own calibration data.
 
 ``LOGITS_ONLY_POLICY_DIR`` is the policy for a draft backend that reports raw logits but no
 log-probabilities (a vLLM engine or server with ``logprobs_mode="raw_logits"``): trained on the
-same traces without ``api_confidence``, so its calibration holds there, at a higher escalation rate.
+same traces without the log-probability features, so its calibration holds there, at a higher
+escalation rate. ``API_ONLY_POLICY_DIR`` is the one for a backend that reports log-probabilities
+but no logits (the OpenAI API through ``ChatStepModel``): trained without ``logit_confidence``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from stepgraph.gates import ConfidenceThresholdGate, Gate, PolicyGate, canonical
 POLICIES_DIR = Path(__file__).parent / "policies"
 DEFAULT_POLICY_DIR = POLICIES_DIR / "default"
 LOGITS_ONLY_POLICY_DIR = POLICIES_DIR / "logits_only"
+API_ONLY_POLICY_DIR = POLICIES_DIR / "api_only"
 DEFAULT_CONFIDENCE_THRESHOLD = 16.0
 
 TESTBED_GATE_OPTIONS: dict[str, dict[str, Any]] = {

@@ -1,0 +1,62 @@
+"""Recompute a stored episode's observations with this stepgraph's feature schema.
+
+Traces keep each draft's StepOutput (``StepRecord.draft_output``), the question and the steps
+the routed answer kept, so the features of a newer schema can be computed from traces collected
+before it, exactly as the graph would compute them (``stepgraph.features.observe``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from stepgraph.training.records import Episode
+
+from stepgraph.features import observe
+from stepgraph.models.base import StepOutput
+
+
+def reobserve(episode: Episode) -> Episode:
+    """The episode with every step's observation recomputed; a step without its draft's output keeps the stored one."""
+    steps: list = []
+    prior: list[str] = []
+    escalations = 0
+    previous: dict[str, object] | None = None
+    for record in episode.steps:
+        observation = record.observation
+        if record.draft_output is not None:
+            observation = observe(StepOutput.from_dict(record.draft_output), step_index=record.index, escalations=escalations,
+                                  difficulty=record.observation.get("difficulty"), question=episode.question,
+                                  prior_steps=prior, previous=previous)
+        steps.append(dataclasses.replace(record, observation=observation))
+        kept = record.escalated if record.action and record.escalated is not None else record.draft
+        prior.append(kept)
+        escalations += record.action
+        previous = {"observation": observation, "escalated": bool(record.action)}
+    return dataclasses.replace(episode, steps=steps)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m stepgraph.training.observations --store OLD --out NEW``: a copy of a store with current observations."""
+    import argparse
+
+    from stepgraph.training.store import TraceStore
+
+    from stepgraph.features import FEATURE_SCHEMA
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--store", required=True, help="trace store to read (unchanged)")
+    parser.add_argument("--out", required=True, help="new trace store to write")
+    args = parser.parse_args(argv)
+    with TraceStore(args.store, readonly=True) as old, TraceStore(args.out) as new:
+        if len(new):
+            raise SystemExit(f"{args.out} already holds episodes; pass a new --out path.")
+        new.set_meta("feature_schema", FEATURE_SCHEMA.to_dict())
+        new.set_meta("models", old.meta("models"))
+        for split in ("train", "calibration", "test"):
+            for episode in old.episodes(split):
+                new.add(reobserve(episode), split)
+        print(f"{args.out}: {len(new)} episodes with {FEATURE_SCHEMA}")
+
+
+if __name__ == "__main__":
+    main()
