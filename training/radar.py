@@ -1,0 +1,373 @@
+"""RADAR offline: response matrices, the 2PL fit, the difficulty regressor, τ calibration, new configurations.
+
+    stepgraph radar collect --split train --problems 300      # query × configuration → correct, cost
+    stepgraph radar collect --split calibration --problems 200
+    stepgraph radar fit --out runs/radar                      # 2PL + regressor + τ, writes the artifact
+
+Stages, each a small function below:
+
+1. ``collect_responses``: every configuration answers every query of a split, with the run
+   seeds of ``training.runs`` (so a configuration's row for a query is what it would answer
+   in any later run with the same base seed); one JSONL journal per configuration, resumable.
+2. ``fit_2pl``: MAP fit of P(right) = sigmoid(a_q (θ_c − b_q)) with weak priors (θ, b ~ N(0, 2²),
+   log a ~ N(0, 0.5²)), then put on the scale where the queries' b have mean 0 and std 1.
+3. ``train_regressor``: question embedding (``stepgraph.radar.QueryEmbedder``) → b, on a random
+   80% of the training queries; its error is reported on the other 20%.
+4. ``calibrate_threshold``: the smallest τ whose misses on the calibration split are within
+   split conformal's ⌊α(n + 1)⌋ − 1 (``training.guarantee``), a miss being a wrong answer where
+   the strongest tier alone was right (relative coverage, as for the stepwise router).
+5. ``adaptive_ability``: a new configuration's θ from a few queries chosen one by one by maximum
+   Fisher information a²p(1 − p) at the current estimate, the other parameters fixed.
+
+Why not ``catsim``: it installs without touching torch, but pulls scipy, scikit-learn, numexpr,
+json-tricks and joblib, and it does not calibrate item parameters (the 2PL fit needs our own
+code anyway); its max-information selector and ability estimator are a few lines each here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from stepgraph.training.collect import Item
+from stepgraph.training.guarantee import allowed_misses, calibration_guarantee
+from stepgraph.training.runs import run_gate, run_seed
+
+from stepgraph.context import RouterContext
+from stepgraph.costs import Prices
+from stepgraph.errors import ConfigError
+from stepgraph.gates import AlwaysDraftGate, ConfidenceThresholdGate, PolicyGate
+from stepgraph.gates.base import Gate
+from stepgraph.models.base import StepModel
+from stepgraph.radar import Configuration, DifficultyRegressor, p_correct
+from stepgraph.testbed import task
+
+# The testbed's configurations: each tier alone, each with a 4-step budget, the stepwise policy at three κ.
+TESTBED_CONFIGURATIONS = [
+    Configuration(name="draft", gate="draft"),
+    Configuration(name="draft@4steps", gate="draft", max_steps=4),
+    Configuration(name="target@4steps", gate="target", max_steps=4),
+    Configuration(name="target", gate="target"),
+    Configuration(name="policy", gate="policy"),
+    Configuration(name="policy@k0.3", gate="policy", kappa=0.3),
+    Configuration(name="policy@k0.6", gate="policy", kappa=0.6),
+]
+# The shifted split: longer problems than the 2-4 operations the shipped pair was trained on.
+SHIFTED = task.Difficulty(min_ops=3, max_ops=5)
+SPLIT_SEEDS = {"train": 0, "calibration": 1, "test": 0, "shifted": 2}
+PRICES = Prices(0.40, 0.10, 1.60)
+
+
+def split_items(split: str, n: int) -> list[Item]:
+    """Testbed items of a split; ``shifted`` is the test split's questions drawn with ``SHIFTED``."""
+    if split == "shifted":
+        problems = task.generate("test", n, seed=SPLIT_SEEDS[split], difficulty=SHIFTED)
+    elif split in ("train", "calibration", "test"):
+        problems = task.generate(split, n, seed=SPLIT_SEEDS[split])  # type: ignore[arg-type]
+    else:
+        raise ConfigError(f"--split must be train, calibration, test or shifted; got {split!r}.")
+    return [Item(f"{split}:{SPLIT_SEEDS[split]}:{i}", p.question, str(p.answer)) for i, p in enumerate(problems)]
+
+
+def build_gate(config: Configuration, policy: PolicyGate) -> Gate:
+    """The gate a configuration runs (the policy's κ replaced when the configuration sets one)."""
+    if config.gate in ("draft", "target"):  # a tier alone: the graph's pair is that tier twice, never escalated
+        return AlwaysDraftGate()
+    if config.gate == "threshold":
+        return ConfidenceThresholdGate(0.9 if config.threshold is None else config.threshold)
+    if config.kappa is None:
+        return policy
+    import dataclasses
+
+    return PolicyGate(dataclasses.replace(policy.artifact, kappa=config.kappa))
+
+
+def tier_of(config: Configuration, n_tiers: int) -> list[int]:
+    """Which tiers a configuration runs: a tier alone is the graph's pair of the same model."""
+    return [0, 0] if config.gate == "draft" else [n_tiers - 1, n_tiers - 1] if config.gate == "target" else list(range(n_tiers))
+
+
+def collect_responses(tiers: Sequence[StepModel], configurations: Sequence[Configuration], items: Sequence[Item],
+                      policy: PolicyGate, out: Path, *, seed: int = 0, temperature: float = 0.7,
+                      difficulties: Sequence[float | None] | None = None, progress: bool = True) -> dict[str, list[dict[str, Any]]]:
+    """Run every configuration on every item; ``out/<name>.jsonl`` journals each (resumable). Rows in item order."""
+    out.mkdir(parents=True, exist_ok=True)
+    prices = [PRICES] * 2
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for config in configurations:
+        graph_tiers = [tiers[i] for i in tier_of(config, len(tiers))]
+        context = config.context(RouterContext(temperature=temperature))
+        rows[config.name] = run_gate(graph_tiers, build_gate(config, policy), items, seed=seed, context=context, prices=prices,
+                                     desc=config.name, progress=progress, journal=out / f"{config.name}.jsonl",
+                                     difficulties=difficulties)
+    return rows
+
+
+def response_matrix(rows: Mapping[str, Sequence[Mapping[str, Any]]], names: Sequence[str]) -> torch.Tensor:
+    """``[queries, configurations]`` of 0/1 correctness, configurations in ``names`` order."""
+    return torch.tensor([[float(r["correct"]) for r in rows[n]] for n in names], dtype=torch.float64).T
+
+
+# --- the 2PL fit ------------------------------------------------------------------------------------
+
+
+@dataclass
+class IRTFit:
+    """Fitted 2PL parameters on the b-standardised scale."""
+
+    theta: torch.Tensor  # [configurations]
+    b: torch.Tensor  # [queries]
+    a: torch.Tensor  # [queries]
+    log_likelihood: float
+
+
+def standardize(theta: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The same model on the scale where b has mean 0 and std 1 (2PL is invariant to θ, b → sθ + t, sb + t; a → a / s)."""
+    t, s = b.mean(), b.std()
+    return (theta - t) / s, (b - t) / s, a * s
+
+
+def fit_2pl(responses: torch.Tensor, mask: torch.Tensor | None = None, *, steps: int = 200, prior_sd: float = 2.0,
+            log_a_sd: float = 0.5, theta: torch.Tensor | None = None, seed: int = 0) -> IRTFit:
+    """MAP 2PL fit of a ``[queries, configurations]`` 0/1 matrix (``mask``: which cells were observed).
+
+    With ``theta`` given, the abilities stay fixed and only the queries' b and a are fitted (used to
+    place new queries on an existing scale).
+    """
+    y = responses.to(torch.float64)
+    m = torch.ones_like(y) if mask is None else mask.to(torch.float64)
+    if not torch.isfinite(y[m > 0]).all() or ((y != 0) & (y != 1) & (m > 0)).any():
+        raise ConfigError("The response matrix must hold 0 or 1 in every observed cell.")
+    n_q, n_c = y.shape
+    generator = torch.Generator().manual_seed(seed)
+    fixed_theta = theta is not None
+    th = (theta.to(torch.float64).clone() if fixed_theta else 0.1 * torch.randn(n_c, generator=generator, dtype=torch.float64))
+    th.requires_grad_(not fixed_theta)
+    # start b from each query's observed error rate: hard queries high
+    rate = ((y * m).sum(1) + 0.5) / (m.sum(1) + 1.0)
+    b = (-torch.logit(rate)).clone().requires_grad_(True)
+    log_a = torch.zeros(n_q, dtype=torch.float64, requires_grad=True)
+    params = [b, log_a] + ([] if fixed_theta else [th])
+    optimizer = torch.optim.LBFGS(params, lr=1, max_iter=steps, line_search_fn="strong_wolfe", tolerance_grad=1e-9,
+                                  tolerance_change=1e-12)
+
+    def loss_fn() -> torch.Tensor:
+        logits = log_a.exp()[:, None] * (th[None, :] - b[:, None])
+        nll = (torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none") * m).sum()
+        prior = (b**2).sum() / (2 * prior_sd**2) + (log_a**2).sum() / (2 * log_a_sd**2)
+        if not fixed_theta:
+            prior = prior + (th**2).sum() / (2 * prior_sd**2)
+        return nll + prior
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        logits = log_a.exp()[:, None] * (th[None, :] - b[:, None])
+        ll = -float((torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none") * m).sum())
+        if fixed_theta:
+            return IRTFit(th.detach(), b.detach(), log_a.exp().detach(), ll)
+        theta_s, b_s, a_s = standardize(th.detach(), b.detach(), log_a.exp().detach())
+    return IRTFit(theta_s, b_s, a_s, ll)
+
+
+def estimate_ability(answers: Sequence[float], a: Sequence[float], b: Sequence[float], prior_sd: float = 2.0) -> float:
+    """MAP θ of one configuration from its answers to queries with known (a, b), by Newton steps."""
+    y, a_t, b_t = (torch.tensor(list(v), dtype=torch.float64) for v in (answers, a, b))
+    theta = 0.0
+    for _ in range(50):
+        p = torch.sigmoid(a_t * (theta - b_t))
+        grad = float((a_t * (y - p)).sum()) - theta / prior_sd**2
+        info = float((a_t**2 * p * (1 - p)).sum()) + 1 / prior_sd**2
+        step = grad / info
+        theta += max(-1.0, min(1.0, step))
+        if abs(step) < 1e-8:
+            break
+    return theta
+
+
+def adaptive_ability(answer: Callable[[int], float], a: Sequence[float], b: Sequence[float], budget: int = 30,
+                     prior_sd: float = 2.0) -> tuple[float, list[int]]:
+    """θ of a new configuration from ``budget`` queries, each the one of maximum Fisher information a²p(1 − p).
+
+    Args:
+        answer: runs the new configuration on query ``i`` and returns 1.0 if right, else 0.0.
+        a, b: the fitted discrimination and difficulty of the candidate queries.
+        budget: how many queries to ask.
+
+    Returns:
+        The estimate and the queries asked, in order.
+    """
+    if not 1 <= budget <= len(b):
+        raise ConfigError(f"budget must be between 1 and the {len(b)} candidate queries; got {budget}.")
+    asked: list[int] = []
+    answers: list[float] = []
+    theta = 0.0
+    for _ in range(budget):
+        best, best_info = -1, -1.0
+        for i in range(len(b)):
+            if i in asked:
+                continue
+            p = p_correct(theta, a[i], b[i])
+            info = a[i] ** 2 * p * (1 - p)
+            if info > best_info:
+                best, best_info = i, info
+        asked.append(best)
+        answers.append(answer(best))
+        theta = estimate_ability(answers, [a[i] for i in asked], [b[i] for i in asked], prior_sd)
+    return theta, asked
+
+
+# --- the difficulty regressor -----------------------------------------------------------------------
+
+
+def train_regressor(embeddings: torch.Tensor, difficulty: torch.Tensor, *, hidden: int = 32, steps: int = 400,
+                    weight_decay: float = 1e-2, holdout: float = 0.2, seed: int = 0) -> tuple[DifficultyRegressor, dict[str, float]]:
+    """Fit embedding → b on a random (1 − holdout) share; report the held-out RMSE, the mean-only RMSE and Spearman ρ."""
+    if embeddings.shape[0] != difficulty.shape[0] or embeddings.shape[0] < 5:
+        raise ConfigError(f"The regressor needs one difficulty per embedding and at least 5 queries; got "
+                          f"{embeddings.shape[0]} embeddings and {difficulty.shape[0]} difficulties.")
+    x, y = embeddings.float(), difficulty.float()
+    order = list(range(len(y)))
+    random.Random(seed).shuffle(order)
+    n_held = max(1, int(holdout * len(y))) if holdout > 0 else 0
+    held, fit = torch.tensor(order[:n_held], dtype=torch.long), torch.tensor(order[n_held:], dtype=torch.long)
+    torch.manual_seed(seed)
+    model = DifficultyRegressor(x.shape[1], hidden)
+    model.mean.copy_(x[fit].mean(0))
+    model.std.copy_(x[fit].std(0).clamp_min(1e-6))
+    optimizer = torch.optim.AdamW(model.net.parameters(), lr=1e-2, weight_decay=weight_decay)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x[fit]), y[fit])
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    report: dict[str, float] = {"train_rmse": float(loss.detach().sqrt()), "fit_queries": len(fit), "heldout_queries": n_held}
+    if n_held:
+        with torch.no_grad():
+            pred = model(x[held])
+        report["heldout_rmse"] = float(((pred - y[held]) ** 2).mean().sqrt())
+        report["heldout_rmse_mean_only"] = float(((y[fit].mean() - y[held]) ** 2).mean().sqrt())
+        report["heldout_spearman"] = spearman(pred, y[held])
+    return model, report
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
+    rx, ry = x.argsort().argsort().double(), y.argsort().argsort().double()
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    return float((rx * ry).sum() / ((rx**2).sum().sqrt() * (ry**2).sum().sqrt()).clamp_min(1e-12))
+
+
+# --- threshold calibration --------------------------------------------------------------------------
+
+
+def route_rows(choices: Sequence[str], rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """The rows RADAR's choices give: query i's row of the configuration chosen for it."""
+    return [dict(rows[name][i], configuration=name) for i, name in enumerate(choices)]
+
+
+def calibrate_threshold(choose: Callable[[float], list[str]], rows: Mapping[str, Sequence[Mapping[str, Any]]],
+                        target: Sequence[Mapping[str, Any]], alpha: float, grid: Sequence[float] | None = None) -> dict[str, Any]:
+    """The smallest τ whose misses meet split conformal's bound; τ > 1 (always the fallback) when none does.
+
+    Args:
+        choose: τ → the configuration chosen for each calibration query.
+        rows: per configuration, its rows on the calibration queries (``correct``, ``flops``).
+        target: the strongest tier alone on the same queries and seeds.
+        alpha: allowed miss rate.
+        grid: candidate τ (default 0.00, 0.01, ..., 1.00).
+    """
+    n = len(target)
+    allowed = allowed_misses(alpha, n)
+    trials = []
+    for tau in grid if grid is not None else [i / 100 for i in range(101)]:
+        routed = route_rows(choose(tau), rows)
+        misses = sum(1 for r, t in zip(routed, target) if r["correct"] == 0 and t["correct"] == 1)
+        trials.append({"threshold": tau, "misses": misses, "coverage": 1 - misses / n,
+                       "flops": sum(r["flops"] for r in routed) / n})
+    feasible = [t for t in trials if t["misses"] <= allowed] if allowed >= 0 else []
+    chosen = min(feasible, key=lambda t: (t["flops"], t["threshold"])) if feasible else None
+    guarantee = calibration_guarantee(alpha, n, None if chosen else (min(t["misses"] for t in trials) if allowed >= 0 else None))
+    if chosen is None:
+        guarantee = {"type": "none", "reason": guarantee.get("reason") or f"no τ met {allowed} misses on {n} queries; "
+                     "the router sends every query to its most able configuration.", "calibration_episodes": n}
+    return {"threshold": chosen["threshold"] if chosen else 1.000001, "allowed_misses": allowed, "trials": trials,
+            "guarantee": guarantee, "met": chosen is not None}
+
+
+def load_rows(directory: Path, names: Sequence[str], n: int) -> dict[str, list[dict[str, Any]]]:
+    """The journalled rows of each configuration on the first ``n`` items, in item order (seed 0)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name in names:
+        path = directory / f"{name}.jsonl"
+        if not path.is_file():
+            raise ConfigError(f"{path} is missing: run `stepgraph radar collect` for this split first.")
+        by_seed = {}
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            by_seed[row["run_seed"]] = row
+        missing = [i for i in range(n) if run_seed(0, i) not in by_seed]
+        if missing:
+            raise ConfigError(f"{path} lacks {len(missing)} of {n} queries (first: #{missing[0]}); finish `stepgraph radar collect`.")
+        out[name] = [by_seed[run_seed(0, i)] for i in range(n)]
+    return out
+
+
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+# --- the CLI: `stepgraph radar collect|fit|add` -------------------------------------------------------
+
+
+def _load(args: Any) -> tuple[list[StepModel], PolicyGate]:
+    from stepgraph.defaults import DEFAULT_POLICY_DIR
+    from stepgraph.testbed import load_pair
+
+    return load_pair(), PolicyGate.from_path(args.policy or DEFAULT_POLICY_DIR)
+
+
+def _collect_command(args: Any) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    tiers, policy = _load(args)
+    names = args.configurations or [c.name for c in TESTBED_CONFIGURATIONS]
+    configurations = [c for c in TESTBED_CONFIGURATIONS if c.name in names]
+    items = split_items(args.split, args.problems)
+    rows = collect_responses(tiers, configurations, items, policy, args.dir / args.split, temperature=args.temperature)
+    return {"split": args.split, "queries": len(items), "dir": str(args.dir / args.split),
+            "accuracy": {name: round(mean([r["correct"] for r in r_]), 4) for name, r_ in rows.items()},
+            "mean_mflops": {name: round(mean([r["flops"] for r in r_]) / 1e6, 3) for name, r_ in rows.items()}}
+
+
+def add_radar_command(sub: Any) -> None:
+    """``stepgraph radar collect|fit|add``: the query-level router's offline stages."""
+    from stepgraph.options import in_range
+
+    radar = sub.add_parser("radar", help="RADAR query-level routing: collect a response matrix, fit the 2PL model, add a configuration",
+                           description="RADAR: an item-response (2PL) model over testbed configurations (tiers alone, budgets, the "
+                           "stepwise policy at several κ) routes each query to the cheapest configuration able enough for it.")
+    stages = radar.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    c = stages.add_parser("collect", help="run every configuration on a split's queries (resumable JSONL journals)")
+    c.add_argument("--split", default="train", choices=["train", "calibration", "test", "shifted"],
+                   help="testbed split; 'shifted' is test questions with 3-5 operations (default: %(default)s)")
+    c.add_argument("--problems", type=in_range(int, 1), default=300, help="queries (default: %(default)s)")
+    c.add_argument("--dir", type=Path, default=Path("runs/radar/responses"), help="journal directory (default: %(default)s)")
+    c.add_argument("--configurations", nargs="+", default=None, choices=[c.name for c in TESTBED_CONFIGURATIONS],
+                   metavar="NAME", help="configurations to run (default: all: %(choices)s)")
+    c.add_argument("--policy", type=Path, default=None, help="stepwise policy artifact (default: the shipped policy)")
+    c.add_argument("--temperature", type=in_range(float, 0), default=0.7, help="sampling temperature (default: %(default)s)")
+    c.set_defaults(func=_collect_command)
