@@ -26,6 +26,7 @@ code anyway); its max-information selector and ability estimator are a few lines
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import random
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from stepgraph.training.collect import Item
 from stepgraph.training.guarantee import allowed_misses, calibration_guarantee
 from stepgraph.training.runs import run_gate, run_seed
@@ -45,7 +47,7 @@ from stepgraph.errors import ConfigError
 from stepgraph.gates import AlwaysDraftGate, ConfidenceThresholdGate, PolicyGate
 from stepgraph.gates.base import Gate
 from stepgraph.models.base import StepModel
-from stepgraph.radar import Configuration, DifficultyRegressor, p_correct
+from stepgraph.radar import Configuration, DifficultyRegressor, QueryEmbedder, RadarManifest, RadarRouter, p_correct
 from stepgraph.testbed import task
 
 # The testbed's configurations: each tier alone, each with a 4-step budget, the stepwise policy at three κ.
@@ -58,6 +60,8 @@ TESTBED_CONFIGURATIONS = [
     Configuration(name="policy@k0.3", gate="policy", kappa=0.3),
     Configuration(name="policy@k0.6", gate="policy", kappa=0.6),
 ]
+# Configurations added after the fit by `radar add` (adaptive ability estimation), not in any pool's fit.
+NEW_CONFIGURATIONS = [Configuration(name="policy@k0.1", gate="policy", kappa=0.1)]
 # The shifted split: longer problems than the 2-4 operations the shipped pair was trained on.
 SHIFTED = task.Difficulty(min_ops=3, max_ops=5)
 SPLIT_SEEDS = {"train": 0, "calibration": 1, "test": 0, "shifted": 2}
@@ -331,6 +335,71 @@ def mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+# --- fitting the artifact ---------------------------------------------------------------------------
+
+POOLS = {
+    "query": ["draft", "draft@4steps", "target@4steps", "target"],  # tiers alone and budgets: query-level RADAR
+    "hierarchical": ["draft", "draft@4steps", "policy"],  # cheap configurations or the stepwise router
+    "all": [c.name for c in TESTBED_CONFIGURATIONS],
+}
+ITEMS_FILE = "items.safetensors"
+
+
+def embed(embedder: QueryEmbedder, items: Sequence[Item]) -> torch.Tensor:
+    return torch.stack([embedder(item.question) for item in items])
+
+
+@dataclass
+class RadarFit:
+    """Everything ``fit_radar`` learns: the 2PL fit, configurations with abilities and costs, the regressor."""
+
+    irt: IRTFit
+    configurations: list[Configuration]
+    regressor: DifficultyRegressor
+    report: dict[str, Any]
+
+
+def fit_radar(train_rows: Mapping[str, Sequence[Mapping[str, Any]]], train_embeddings: torch.Tensor,
+              configurations: Sequence[Configuration], *, seed: int = 0) -> RadarFit:
+    """2PL on the train response matrix; abilities and mean costs into the configurations; the regressor on b."""
+    names = [c.name for c in configurations]
+    irt = fit_2pl(response_matrix(train_rows, names), seed=seed)
+    fitted = [c.model_copy(update={"ability": float(irt.theta[i]), "mean_flops": mean([r["flops"] for r in train_rows[c.name]]),
+                                   "mean_usd": mean([r["usd"] for r in train_rows[c.name]])}) for i, c in enumerate(configurations)]
+    _, heldout = train_regressor(train_embeddings, irt.b, seed=seed)  # the 80/20 split reports the error...
+    regressor, _ = train_regressor(train_embeddings, irt.b, seed=seed, holdout=0)  # ...the artifact learns from all
+    report = {"train_queries": len(irt.b), "log_likelihood": irt.log_likelihood, "median_discrimination": float(irt.a.median()),
+              "regressor": heldout, "abilities": {c.name: round(c.ability or 0.0, 4) for c in fitted}}
+    return RadarFit(irt, fitted, regressor, report)
+
+
+def make_router(fit: RadarFit, pool: Sequence[str], *, threshold: float = 1.000001, alpha: float = 0.02,
+                tiers: Sequence[Mapping[str, Any]] = (), embedder: QueryEmbedder | None = None) -> RadarRouter:
+    manifest = RadarManifest(configurations=fit.configurations, pool=list(pool), discrimination=float(fit.irt.a.median()),
+                             threshold=threshold, alpha=alpha, embedding_tier=0, embedding_dim=fit.regressor.mean.numel(),
+                             regressor_hidden=fit.regressor.net[0].out_features, tiers=list(tiers), training=fit.report)
+    return RadarRouter(manifest, fit.regressor, embedder)
+
+
+def predicted_difficulties(router: RadarRouter, embeddings: torch.Tensor) -> list[float]:
+    with torch.no_grad():
+        return [float(v) for v in router.regressor(embeddings)]  # type: ignore[misc]
+
+
+def calibrate_router(router: RadarRouter, difficulties: Sequence[float], rows: Mapping[str, Sequence[Mapping[str, Any]]],
+                     target: Sequence[Mapping[str, Any]], alpha: float) -> tuple[RadarRouter, dict[str, Any]]:
+    """τ for relative coverage ≥ 1 − α on the calibration queries; the router with it and the guarantee recorded."""
+    result = calibrate_threshold(lambda tau: [router.choose(b, tau).configuration.name for b in difficulties], rows, target, alpha)
+    manifest = router.manifest.model_copy(update={"threshold": result["threshold"], "alpha": alpha, "guarantee": result["guarantee"]})
+    return RadarRouter(manifest, router.regressor, router.embedder), result
+
+
+def save_items(directory: Path, fit: IRTFit, ids: Sequence[str]) -> None:
+    """The training queries' fitted a and b (``radar add`` places a new configuration on their scale)."""
+    save_file({"a": fit.a.float().contiguous(), "b": fit.b.float().contiguous()}, str(directory / ITEMS_FILE),
+              metadata={"ids": json.dumps(list(ids))})
+
+
 # --- the CLI: `stepgraph radar collect|fit|add` -------------------------------------------------------
 
 
@@ -345,12 +414,116 @@ def _collect_command(args: Any) -> dict[str, Any]:
     torch.set_num_threads(1)
     tiers, policy = _load(args)
     names = args.configurations or [c.name for c in TESTBED_CONFIGURATIONS]
-    configurations = [c for c in TESTBED_CONFIGURATIONS if c.name in names]
+    configurations = [c for c in TESTBED_CONFIGURATIONS + NEW_CONFIGURATIONS if c.name in names]
     items = split_items(args.split, args.problems)
     rows = collect_responses(tiers, configurations, items, policy, args.dir / args.split, temperature=args.temperature)
     return {"split": args.split, "queries": len(items), "dir": str(args.dir / args.split),
             "accuracy": {name: round(mean([r["correct"] for r in r_]), 4) for name, r_ in rows.items()},
             "mean_mflops": {name: round(mean([r["flops"] for r in r_]) / 1e6, 3) for name, r_ in rows.items()}}
+
+
+def _fit_command(args: Any) -> dict[str, Any]:
+    from stepgraph.training.calibrate import describe
+
+    torch.set_num_threads(1)
+    tiers, _ = _load(args)
+    configurations = [c for c in TESTBED_CONFIGURATIONS if c.name in set(POOLS["all"])]
+    names = [c.name for c in configurations]
+    train, calibration = split_items("train", args.train_problems), split_items("calibration", args.calibration_problems)
+    train_rows = load_rows(args.responses / "train", names, len(train))
+    calibration_rows = load_rows(args.responses / "calibration", names, len(calibration))
+    embedder = QueryEmbedder(tiers[0])
+    fit = fit_radar(train_rows, embed(embedder, train), configurations, seed=args.seed)
+    router = make_router(fit, POOLS[args.pool], alpha=args.alpha, tiers=describe(tiers), embedder=embedder)
+    b_calibration = predicted_difficulties(router, embed(embedder, calibration))
+    # the regressor's error on queries it never saw, against their b fitted on the training scale (θ fixed)
+    placed = fit_2pl(response_matrix(calibration_rows, names), theta=fit.irt.theta)
+    error = float(((torch.tensor(b_calibration, dtype=torch.float64) - placed.b) ** 2).mean().sqrt())
+    router, result = calibrate_router(router, b_calibration, calibration_rows, calibration_rows["target"], args.alpha)
+    router.manifest.training["calibration_rmse_vs_fixed_theta_fit"] = round(error, 4)
+    router.manifest.training["calibration_rmse_mean_only"] = round(float(((placed.b - fit.irt.b.mean()) ** 2).mean().sqrt()), 4)
+    router.save(args.out)
+    save_items(args.out, fit.irt, [item.problem_id for item in train])
+    return {"out": str(args.out), "pool": args.pool, "threshold": router.manifest.threshold, "guarantee": result["guarantee"]["type"],
+            "abilities": fit.report["abilities"], "mean_mflops": {c.name: round((c.mean_flops or 0) / 1e6, 3) for c in fit.configurations},
+            "regressor": fit.report["regressor"], "calibration_rmse": router.manifest.training["calibration_rmse_vs_fixed_theta_fit"],
+            "calibration_rmse_mean_only": router.manifest.training["calibration_rmse_mean_only"]}
+
+
+def answer_one(tiers: Sequence[StepModel], config: Configuration, policy: PolicyGate, temperature: float = 0.7,
+               ) -> Callable[[Item, int], dict[str, Any]]:
+    """Run ``config`` on one item with item ``index``'s run seed: the correctness and cost ``collect_responses`` records."""
+    from stepgraph.answers import is_correct
+    from stepgraph.graph import build_graph
+
+    graph = build_graph([tiers[i] for i in tier_of(config, len(tiers))], build_gate(config, policy), prices=[PRICES] * 2)
+    context = config.context(RouterContext(temperature=temperature))
+
+    def run(item: Item, index: int) -> dict[str, Any]:
+        state = graph.invoke({"question": item.question}, context=RouterContext(**{**vars(context), "seed": run_seed(0, index)}))
+        return {"correct": float(is_correct(state["answer"], item.reference)), "flops": state["totals"]["flops"],
+                "usd": state["totals"]["usd"]}
+
+    return run
+
+
+def _add_command(args: Any) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    torch.set_num_threads(1)
+    tiers, policy = _load(args)
+    router = RadarRouter.from_path(args.router)
+    config = next(c for c in NEW_CONFIGURATIONS + TESTBED_CONFIGURATIONS if c.name == args.configuration)
+    if config.name in {c.name for c in router.manifest.configurations}:
+        raise ConfigError(f"{args.router} already has a configuration named {config.name!r}.")
+    with safe_open(str(args.router / ITEMS_FILE), "pt") as f:
+        a, b = f.get_tensor("a").tolist(), f.get_tensor("b").tolist()
+        ids = json.loads(f.metadata()["ids"])
+    items = split_items("train", len(ids))
+    run = answer_one(tiers, config, policy)
+    rows: list[dict[str, Any]] = []
+
+    def answer(i: int) -> float:
+        rows.append(run(items[i], i))
+        return rows[-1]["correct"]
+
+    theta, asked = adaptive_ability(answer, a, b, budget=args.budget)
+    added = config.model_copy(update={"ability": theta, "mean_flops": mean([r["flops"] for r in rows]),
+                                      "mean_usd": mean([r["usd"] for r in rows])})
+    manifest = router.manifest.model_copy(update={"configurations": [*router.manifest.configurations, added]})
+    RadarRouter(manifest, router.regressor).save(args.out or args.router)
+    return {"configuration": config.name, "ability": round(theta, 4), "queries": len(asked), "accuracy_on_asked": mean([r["correct"] for r in rows]),
+            "mean_mflops_on_asked": round((added.mean_flops or 0) / 1e6, 3), "out": str(args.out or args.router),
+            "note": "the cost is the mean over the asked (most informative) queries; add it to a pool by editing pool in radar.json"}
+
+
+def _traces_command(args: Any) -> dict[str, Any]:
+    """Behaviour traces whose every step carries RADAR's difficulty feature, for a policy trained with it."""
+    from stepgraph.training.collect import collect_episode
+    from stepgraph.training.store import TraceStore
+    from stepgraph.training.verifiers import TestbedVerifier
+    from tqdm import tqdm
+
+    from stepgraph.gates import ExploringGate
+
+    torch.set_num_threads(1)
+    tiers, _ = _load(args)
+    router = RadarRouter.from_path(args.router, tiers)
+    items = split_items(args.split, args.problems)
+    verifier = TestbedVerifier(task.generate(args.split, args.problems, seed=SPLIT_SEEDS[args.split]))  # type: ignore[arg-type]
+    with TraceStore(args.store) as store:
+        done = store.problem_ids()
+        store.set_meta("models", [{"name": m.name, "parameters": m.n_params} for m in tiers])
+        for i, item in enumerate(tqdm(items, desc=f"traces {args.split}")):
+            if item.problem_id in done:
+                continue
+            difficulty = router.route(item.question).difficulty_feature
+            behaviour = ExploringGate(ConfidenceThresholdGate(0.9), epsilon=0.3, seed=run_seed(0, i))
+            episode = collect_episode(tiers, behaviour, verifier, item, seed=run_seed(0, i),
+                                      context=RouterContext(temperature=0.7, difficulty=difficulty))
+            store.add(episode, args.split)
+        total = len(store)
+    return {"store": str(args.store), "split": args.split, "episodes": total}
 
 
 def add_radar_command(sub: Any) -> None:
@@ -366,8 +539,42 @@ def add_radar_command(sub: Any) -> None:
                    help="testbed split; 'shifted' is test questions with 3-5 operations (default: %(default)s)")
     c.add_argument("--problems", type=in_range(int, 1), default=300, help="queries (default: %(default)s)")
     c.add_argument("--dir", type=Path, default=Path("runs/radar/responses"), help="journal directory (default: %(default)s)")
-    c.add_argument("--configurations", nargs="+", default=None, choices=[c.name for c in TESTBED_CONFIGURATIONS],
+    c.add_argument("--configurations", nargs="+", default=None, choices=[c.name for c in TESTBED_CONFIGURATIONS + NEW_CONFIGURATIONS],
                    metavar="NAME", help="configurations to run (default: all: %(choices)s)")
     c.add_argument("--policy", type=Path, default=None, help="stepwise policy artifact (default: the shipped policy)")
     c.add_argument("--temperature", type=in_range(float, 0), default=0.7, help="sampling temperature (default: %(default)s)")
     c.set_defaults(func=_collect_command)
+
+    f = stages.add_parser("fit", help="fit the 2PL model and the difficulty regressor on train, calibrate τ, write the artifact")
+    f.add_argument("--responses", type=Path, default=Path("runs/radar/responses"), help="journals of `radar collect` (default: %(default)s)")
+    f.add_argument("--train-problems", type=in_range(int, 5), default=300, help="train queries collected (default: %(default)s)")
+    f.add_argument("--calibration-problems", type=in_range(int, 1), default=200, help="calibration queries collected (default: %(default)s)")
+    f.add_argument("--pool", choices=sorted(POOLS), default="hierarchical",
+                   help="configurations routed among: query (tiers alone and budgets), hierarchical (cheap ones or the stepwise "
+                        "policy), all (default: %(default)s)")
+    f.add_argument("--alpha", type=in_range(float, 0, 1, exclusive=True), default=0.02, help="allowed miss rate (default: %(default)s)")
+    f.add_argument("--out", type=Path, default=Path("runs/radar/router"), help="artifact directory (default: %(default)s)")
+    f.add_argument("--policy", type=Path, default=None, help="stepwise policy artifact (default: the shipped policy)")
+    f.add_argument("--seed", type=int, default=0, help="fit seed (default: %(default)s)")
+    f.set_defaults(func=_fit_command)
+
+    n = stages.add_parser("add", help="add a configuration: estimate only its ability from a few max-information train queries")
+    n.add_argument("--router", type=Path, default=Path("runs/radar/router"), help="artifact of `radar fit` (default: %(default)s)")
+    n.add_argument("--configuration", default=NEW_CONFIGURATIONS[0].name, choices=[c.name for c in NEW_CONFIGURATIONS],
+                   help="the configuration to add (default: %(default)s)")
+    n.add_argument("--budget", type=in_range(int, 1), default=30, help="queries to run it on (default: %(default)s)")
+    n.add_argument("--out", type=Path, default=None, help="write the extended artifact here (default: over --router)")
+    n.add_argument("--policy", type=Path, default=None, help="stepwise policy artifact (default: the shipped policy)")
+    n.set_defaults(func=_add_command)
+
+    t = stages.add_parser("traces", help="collect behaviour traces with RADAR's difficulty feature set (for `stepgraph train`)")
+    t.add_argument("--router", type=Path, default=Path("runs/radar/router"), help="artifact of `radar fit` (default: %(default)s)")
+    t.add_argument("--split", default="train", choices=["train", "calibration"], help="testbed split (default: %(default)s)")
+    t.add_argument("--problems", type=in_range(int, 1), default=300, help="queries (default: %(default)s)")
+    t.add_argument("--store", type=Path, default=Path("runs/radar/traces.sqlite"), help="trace store (default: %(default)s)")
+    t.add_argument("--policy", type=Path, default=None, help=argparse.SUPPRESS)
+    t.set_defaults(func=_traces_command)
+
+    from stepgraph.training.bench_radar import add_bench_stage
+
+    add_bench_stage(stages)
