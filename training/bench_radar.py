@@ -56,8 +56,11 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def run_bench(tiers: Sequence[Any], policy: PolicyGate, *, responses: Path, sizes: Mapping[str, int], alpha: float,
               difficulty_policy: PolicyGate | None, plain_policy: PolicyGate | None, eval_splits: Sequence[str] = ("test", "shifted"),
-              adaptive_budget: int = 30) -> dict[str, Any]:
-    """Fit on train, calibrate every router on calibration, evaluate every row on ``eval_splits``."""
+              adaptive_budget: int = 30, regressor: Any = None) -> dict[str, Any]:
+    """Fit on train, calibrate every router on calibration, evaluate every row on ``eval_splits``.
+
+    ``regressor`` (default: refitted) is the difficulty regressor of the artifact the difficulty traces were collected with.
+    """
     configurations = list(TESTBED_CONFIGURATIONS)
     names = [c.name for c in configurations]
     items = {split: split_items(split, n) for split, n in sizes.items()}
@@ -65,6 +68,8 @@ def run_bench(tiers: Sequence[Any], policy: PolicyGate, *, responses: Path, size
     embedder = QueryEmbedder(tiers[0])
     embeddings = {split: embed(embedder, split_items_) for split, split_items_ in items.items()}
     fit = fit_radar(rows["train"], embeddings["train"], configurations)
+    if regressor is not None:
+        fit.regressor = regressor
     base = make_router(fit, POOLS["all"], alpha=alpha)
     difficulty = {split: predicted_difficulties(base, embeddings[split]) for split in items}
     report: dict[str, Any] = {"alpha": alpha, "sizes": dict(sizes), "fit": fit.report, "routers": {}, "splits": {}}
@@ -180,7 +185,8 @@ def _bench_command(args: Any) -> dict[str, Any]:
     report = run_bench(tiers, policy, responses=args.responses, alpha=args.alpha,
                        sizes={"train": args.train_problems, "calibration": args.calibration_problems,
                               "test": args.problems, "shifted": args.problems},
-                       difficulty_policy=load(args.difficulty_policy), plain_policy=load(args.plain_policy))
+                       difficulty_policy=load(args.difficulty_policy), plain_policy=load(args.plain_policy),
+                       regressor=RadarRouter.from_path(args.router).regressor if (args.router / "radar.json").is_file() else None)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "table.md").write_text(markdown(report))
@@ -202,5 +208,7 @@ def add_bench_stage(stages: Any) -> None:
                    help="policy trained on `radar traces` with the difficulty feature (row left out if absent) (default: %(default)s)")
     b.add_argument("--plain-policy", type=Path, default=Path("runs/radar/policy_plain"),
                    help="the same traces' policy with difficulty hidden (row left out if absent) (default: %(default)s)")
+    b.add_argument("--router", type=Path, default=Path("runs/radar/router"),
+                   help="artifact whose difficulty regressor made the difficulty traces (default: %(default)s; refitted if absent)")
     b.add_argument("--out", type=Path, default=Path("runs/radar/bench"), help="output directory (default: %(default)s)")
     b.set_defaults(func=_bench_command)

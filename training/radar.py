@@ -235,36 +235,61 @@ def adaptive_ability(answer: Callable[[int], float], a: Sequence[float], b: Sequ
 # --- the difficulty regressor -----------------------------------------------------------------------
 
 
-def train_regressor(embeddings: torch.Tensor, difficulty: torch.Tensor, *, hidden: int = 32, steps: int = 400,
-                    weight_decay: float = 1e-2, holdout: float = 0.2, seed: int = 0) -> tuple[DifficultyRegressor, dict[str, float]]:
-    """Fit embedding → b on a random (1 − holdout) share; report the held-out RMSE, the mean-only RMSE and Spearman ρ."""
-    if embeddings.shape[0] != difficulty.shape[0] or embeddings.shape[0] < 5:
-        raise ConfigError(f"The regressor needs one difficulty per embedding and at least 5 queries; got "
+def train_regressor(embeddings: torch.Tensor, difficulty: torch.Tensor, *, hidden: int = 16, steps: int = 150,
+                    weight_decays: Sequence[float] = (0.01, 0.1, 1.0, 10.0), holdout: float = 0.2,
+                    seed: int = 0) -> tuple[DifficultyRegressor, dict[str, float]]:
+    """Fit embedding → b on a random (1 − holdout) share; report the held-out RMSE, the mean-only RMSE and Spearman ρ.
+
+    The fitted b of a query rests on a handful of 0/1 answers, so the targets can be noisy: the
+    weight decay is chosen among ``weight_decays`` on an inner 20% of the fitting share, then the
+    regressor is refitted on the whole share.
+    """
+    if embeddings.shape[0] != difficulty.shape[0] or embeddings.shape[0] < 10:
+        raise ConfigError(f"The regressor needs one difficulty per embedding and at least 10 queries; got "
                           f"{embeddings.shape[0]} embeddings and {difficulty.shape[0]} difficulties.")
     x, y = embeddings.float(), difficulty.float()
-    order = list(range(len(y)))
-    random.Random(seed).shuffle(order)
-    n_held = max(1, int(holdout * len(y))) if holdout > 0 else 0
-    held, fit = torch.tensor(order[:n_held], dtype=torch.long), torch.tensor(order[n_held:], dtype=torch.long)
-    torch.manual_seed(seed)
-    model = DifficultyRegressor(x.shape[1], hidden)
-    model.mean.copy_(x[fit].mean(0))
-    model.std.copy_(x[fit].std(0).clamp_min(1e-6))
-    optimizer = torch.optim.AdamW(model.net.parameters(), lr=1e-2, weight_decay=weight_decay)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss = torch.nn.functional.mse_loss(model(x[fit]), y[fit])
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    report: dict[str, float] = {"train_rmse": float(loss.detach().sqrt()), "fit_queries": len(fit), "heldout_queries": n_held}
-    if n_held:
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        raise ConfigError("The regressor's embeddings and difficulties must be finite.")
+    fit, held = _shuffled_split(len(y), holdout, seed)
+    inner_fit, inner_held = _shuffled_split(len(fit), 0.2, seed + 1)
+    scores = {wd: _rmse(_fit_mlp(x[fit][inner_fit], y[fit][inner_fit], hidden, steps, wd, seed), x[fit][inner_held], y[fit][inner_held])
+              for wd in weight_decays}
+    weight_decay = min(scores, key=lambda wd: scores[wd])
+    model = _fit_mlp(x[fit], y[fit], hidden, steps, weight_decay, seed)
+    report: dict[str, float] = {"weight_decay": weight_decay, "train_rmse": _rmse(model, x[fit], y[fit]),
+                                "fit_queries": len(fit), "heldout_queries": len(held)}
+    if len(held):
         with torch.no_grad():
             pred = model(x[held])
-        report["heldout_rmse"] = float(((pred - y[held]) ** 2).mean().sqrt())
+        report["heldout_rmse"] = _rmse(model, x[held], y[held])
         report["heldout_rmse_mean_only"] = float(((y[fit].mean() - y[held]) ** 2).mean().sqrt())
         report["heldout_spearman"] = spearman(pred, y[held])
     return model, report
+
+
+def _shuffled_split(n: int, share: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    k = max(1, int(share * n)) if share > 0 else 0
+    return torch.tensor(order[k:], dtype=torch.long), torch.tensor(order[:k], dtype=torch.long)
+
+
+def _fit_mlp(x: torch.Tensor, y: torch.Tensor, hidden: int, steps: int, weight_decay: float, seed: int) -> DifficultyRegressor:
+    torch.manual_seed(seed)
+    model = DifficultyRegressor(x.shape[1], hidden)
+    model.mean.copy_(x.mean(0))
+    model.std.copy_(x.std(0).clamp_min(1e-6))
+    optimizer = torch.optim.AdamW(model.net.parameters(), lr=1e-2, weight_decay=weight_decay)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    return model.eval()
+
+
+def _rmse(model: DifficultyRegressor, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(((model(x) - y) ** 2).mean().sqrt())
 
 
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -302,10 +327,14 @@ def calibrate_threshold(choose: Callable[[float], list[str]], rows: Mapping[str,
                        "flops": sum(r["flops"] for r in routed) / n})
     feasible = [t for t in trials if t["misses"] <= allowed] if allowed >= 0 else []
     chosen = min(feasible, key=lambda t: (t["flops"], t["threshold"])) if feasible else None
-    guarantee = calibration_guarantee(alpha, n, None if chosen else (min(t["misses"] for t in trials) if allowed >= 0 else None))
-    if chosen is None:
-        guarantee = {"type": "none", "reason": guarantee.get("reason") or f"no τ met {allowed} misses on {n} queries; "
-                     "the router sends every query to its most able configuration.", "calibration_episodes": n}
+    guarantee = calibration_guarantee(alpha, n)  # split conformal, or too few queries (with how many α needs)
+    if chosen is None and guarantee["type"] != "none":
+        fewest = min(t["misses"] for t in trials)
+        guarantee = {"type": "none", "calibration_episodes": n,
+                     "reason": f"no τ keeps the misses within {allowed} of {n} calibration queries (the fewest is {fewest}, "
+                               f"sending queries to the pool's most able configurations): the pool cannot reach coverage "
+                               f"{1 - alpha:g}. The router sends every query to its most able configuration; add a stronger "
+                               "configuration to the pool or raise --alpha."}
     return {"threshold": chosen["threshold"] if chosen else 1.000001, "allowed_misses": allowed, "trials": trials,
             "guarantee": guarantee, "met": chosen is not None}
 
