@@ -207,3 +207,20 @@ def test_query_embedding_from_the_shipped_draft_is_its_mean_hidden_state() -> No
     ids = draft.tokenizer.encode(draft.prompt(question, []), add_special_tokens=False)
     hidden = draft.model.hidden_states(ids)  # the LM head reads exactly these states
     assert torch.allclose(torch.nn.functional.linear(hidden, draft.model.lm_head), draft.model.logits(ids))
+
+
+def test_calibration_finds_thresholds_between_probabilities_near_one() -> None:
+    # cheap (P = 0.9975) is always wrong, mid (P = 0.9999) always right: only τ in (0.9975, 0.9999] routes to mid.
+    # A 0.01 grid jumps from cheap (τ = 0.99) to the costliest fallback (τ = 1.0); the breakpoints find mid.
+    from stepgraph.training.radar import calibrate_router
+
+    configurations = [Configuration(name="cheap", gate="draft", ability=2.0, mean_flops=1.0),
+                      Configuration(name="mid", gate="policy", ability=3.1, mean_flops=5.0),
+                      Configuration(name="top", gate="target", ability=6.0, mean_flops=10.0)]
+    router = RadarRouter(manifest(configurations=configurations, pool=["cheap", "mid", "top"], discrimination=3.0))
+    n = 40
+    rows = {"cheap": [{"correct": 0.0, "flops": 1.0}] * n, "mid": [{"correct": 1.0, "flops": 5.0}] * n,
+            "top": [{"correct": 1.0, "flops": 10.0}] * n}
+    calibrated, result = calibrate_router(router, [0.0] * n, rows, rows["top"], alpha=0.1)
+    assert result["met"] and calibrated.choose(0.0).configuration.name == "mid"
+    assert calibrated.manifest.guarantee["type"] == "split-conformal"

@@ -54,7 +54,7 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def run_bench(tiers: Sequence[Any], policy: PolicyGate, *, responses: Path, sizes: Mapping[str, int], alpha: float,
+def run_bench(tiers: Sequence[Any], policy: PolicyGate, *, responses: Path, sizes: Mapping[str, int], alphas: Sequence[float],
               difficulty_policy: PolicyGate | None, plain_policy: PolicyGate | None, eval_splits: Sequence[str] = ("test", "shifted"),
               adaptive_budget: int = 30, regressor: Any = None) -> dict[str, Any]:
     """Fit on train, calibrate every router on calibration, evaluate every row on ``eval_splits``.
@@ -70,16 +70,18 @@ def run_bench(tiers: Sequence[Any], policy: PolicyGate, *, responses: Path, size
     fit = fit_radar(rows["train"], embeddings["train"], configurations)
     if regressor is not None:
         fit.regressor = regressor
-    base = make_router(fit, POOLS["all"], alpha=alpha)
+    base = make_router(fit, POOLS["all"])
     difficulty = {split: predicted_difficulties(base, embeddings[split]) for split in items}
-    report: dict[str, Any] = {"alpha": alpha, "sizes": dict(sizes), "fit": fit.report, "routers": {}, "splits": {}}
+    report: dict[str, Any] = {"alphas": list(alphas), "sizes": dict(sizes), "fit": fit.report, "routers": {}, "splits": {}}
 
     routers: dict[str, RadarRouter] = {}
-    for pool in ROUTERS:
-        router, result = calibrate_router(make_router(fit, POOLS[pool], alpha=alpha), difficulty["calibration"],
-                                          rows["calibration"], rows["calibration"]["target"], alpha)
-        routers[pool] = router
-        report["routers"][pool] = {"threshold": result["threshold"], "met": result["met"], "guarantee": result["guarantee"]["type"]}
+    for alpha in alphas:
+        for pool, label in ROUTERS.items():
+            router, result = calibrate_router(make_router(fit, POOLS[pool], alpha=alpha), difficulty["calibration"],
+                                              rows["calibration"], rows["calibration"]["target"], alpha)
+            routers[f"{label}, α = {alpha}"] = router
+            report["routers"][f"{pool}@{alpha}"] = {"threshold": result["threshold"], "met": result["met"],
+                                                    "guarantee": result["guarantee"]["type"]}
 
     # the new configuration, added by adaptive ability estimation (part 4), checked against a full refit
     new = NEW_CONFIGURATIONS[0]
@@ -98,7 +100,7 @@ def run_bench(tiers: Sequence[Any], policy: PolicyGate, *, responses: Path, size
         live["policy + difficulty feature"] = {"gate": difficulty_policy}
     if plain_policy is not None:
         live["policy retrained, difficulty hidden"] = {"gate": plain_policy}
-    hierarchical_d = None
+    hierarchical_d: dict[float, RadarRouter] = {}
     if difficulty_policy is not None:  # RADAR → the difficulty policy: the policy joins the pool as a new configuration
         config = Configuration(name="policy+difficulty", gate="policy")
         feature = [base.choose(b).difficulty_feature for b in difficulty["train"]]
@@ -113,11 +115,12 @@ def run_bench(tiers: Sequence[Any], policy: PolicyGate, *, responses: Path, size
         added = config.model_copy(update={"ability": theta, "mean_flops": sum(r["flops"] for r in cal) / len(cal),
                                           "mean_usd": sum(r["usd"] for r in cal) / len(cal)})
         fit_d = type(fit)(fit.irt, [*fit.configurations, added], fit.regressor, fit.report)
-        hierarchical_d, result = calibrate_router(make_router(fit_d, ["draft", "draft@4steps", added.name], alpha=alpha),
-                                                  difficulty["calibration"], {**rows["calibration"], added.name: cal},
-                                                  rows["calibration"]["target"], alpha)
-        report["routers"]["hierarchical+difficulty"] = {"threshold": result["threshold"], "met": result["met"],
-                                                        "guarantee": result["guarantee"]["type"], "ability": theta}
+        for alpha in alphas:
+            hierarchical_d[alpha], result = calibrate_router(make_router(fit_d, ["draft", "draft@4steps", added.name], alpha=alpha),
+                                                             difficulty["calibration"], {**rows["calibration"], added.name: cal},
+                                                             rows["calibration"]["target"], alpha)
+            report["routers"][f"hierarchical+difficulty@{alpha}"] = {"threshold": result["threshold"], "met": result["met"],
+                                                                     "guarantee": result["guarantee"]["type"], "ability": theta}
 
     for split in eval_splits:
         split_rows = rows[split]
@@ -125,18 +128,18 @@ def run_bench(tiers: Sequence[Any], policy: PolicyGate, *, responses: Path, size
         table: dict[str, Any] = {}
         for name in ("target", "draft", "draft@4steps", "target@4steps", "policy", "policy@k0.3", "policy@k0.6"):
             table[name] = summarize(add_coverage([dict(r) for r in split_rows[name]], target))
-        for pool, router in routers.items():
+        for label, router in routers.items():
             choices = [router.choose(b).configuration.name for b in difficulty[split]]
-            table[ROUTERS[pool]] = summarize(add_coverage(route_rows(choices, split_rows), target))
+            table[label] = summarize(add_coverage(route_rows(choices, split_rows), target))
         features = [base.choose(b).difficulty_feature for b in difficulty[split]]
         live_split: dict[str, list[dict[str, Any]]] = {}
         for label, entry in live.items():
             live_split[label] = live_rows(tiers, entry["gate"], items[split], features)
             table[label] = summarize(add_coverage([dict(r) for r in live_split[label]], target))
-        if hierarchical_d is not None:
+        for alpha, router in hierarchical_d.items():
             d_rows = {**split_rows, "policy+difficulty": live_split["policy + difficulty feature"]}
-            choices = [hierarchical_d.choose(b).configuration.name for b in difficulty[split]]
-            table["RADAR → policy + difficulty feature"] = summarize(add_coverage(route_rows(choices, d_rows), target))
+            choices = [router.choose(b).configuration.name for b in difficulty[split]]
+            table[f"RADAR → policy + difficulty feature, α = {alpha}"] = summarize(add_coverage(route_rows(choices, d_rows), target))
         report["splits"][split] = table
     return report
 
@@ -182,7 +185,7 @@ def _bench_command(args: Any) -> dict[str, Any]:
     tiers = load_pair()
     policy = PolicyGate.from_path(args.policy or DEFAULT_POLICY_DIR)
     load = lambda path: PolicyGate.from_path(path) if path and (path / "policy.json").is_file() else None
-    report = run_bench(tiers, policy, responses=args.responses, alpha=args.alpha,
+    report = run_bench(tiers, policy, responses=args.responses, alphas=args.alpha,
                        sizes={"train": args.train_problems, "calibration": args.calibration_problems,
                               "test": args.problems, "shifted": args.problems},
                        difficulty_policy=load(args.difficulty_policy), plain_policy=load(args.plain_policy),
@@ -202,7 +205,8 @@ def add_bench_stage(stages: Any) -> None:
     b.add_argument("--train-problems", type=in_range(int, 5), default=300, help="train queries collected (default: %(default)s)")
     b.add_argument("--calibration-problems", type=in_range(int, 1), default=200, help="calibration queries (default: %(default)s)")
     b.add_argument("--problems", type=in_range(int, 1), default=150, help="test and shifted queries (default: %(default)s)")
-    b.add_argument("--alpha", type=in_range(float, 0, 1, exclusive=True), default=0.02, help="allowed miss rate (default: %(default)s)")
+    b.add_argument("--alpha", type=in_range(float, 0, 1, exclusive=True), nargs="+", default=[0.02, 0.05],
+                   help="allowed miss rates the routers are calibrated for, each a row (default: 0.02 0.05)")
     b.add_argument("--policy", type=Path, default=None, help="stepwise policy artifact (default: the shipped policy)")
     b.add_argument("--difficulty-policy", type=Path, default=Path("runs/radar/policy_difficulty"),
                    help="policy trained on `radar traces` with the difficulty feature (row left out if absent) (default: %(default)s)")

@@ -418,7 +418,12 @@ def predicted_difficulties(router: RadarRouter, embeddings: torch.Tensor) -> lis
 def calibrate_router(router: RadarRouter, difficulties: Sequence[float], rows: Mapping[str, Sequence[Mapping[str, Any]]],
                      target: Sequence[Mapping[str, Any]], alpha: float) -> tuple[RadarRouter, dict[str, Any]]:
     """τ for relative coverage ≥ 1 − α on the calibration queries; the router with it and the guarantee recorded."""
-    result = calibrate_threshold(lambda tau: [router.choose(b, tau).configuration.name for b in difficulties], rows, target, alpha)
+    # every predicted probability is a breakpoint where a choice changes: a fixed 0.01 grid is too coarse near 1
+    points = sorted({p for b in difficulties for p in router.probabilities(b).values() if math.isfinite(p)} | {0.0})
+    if len(points) > 400:  # evenly spaced in rank, ends kept
+        points = [points[round(i * (len(points) - 1) / 399)] for i in range(400)]
+    result = calibrate_threshold(lambda tau: [router.choose(b, tau).configuration.name for b in difficulties], rows, target, alpha,
+                                 grid=points)
     manifest = router.manifest.model_copy(update={"threshold": result["threshold"], "alpha": alpha, "guarantee": result["guarantee"]})
     return RadarRouter(manifest, router.regressor, router.embedder), result
 
