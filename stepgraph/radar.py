@@ -97,8 +97,8 @@ class RadarManifest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal["stepgraph.radar"] = RADAR_FORMAT
-    format_version: Literal[1] = RADAR_FORMAT_VERSION
+    format: Literal["stepgraph.radar"] = "stepgraph.radar"
+    format_version: Literal[1] = 1
     configurations: list[Configuration] = Field(min_length=1)
     """Every configuration with its ability and cost."""
     pool: list[str] = Field(min_length=1)
@@ -139,8 +139,12 @@ class RadarManifest(BaseModel):
 class DifficultyRegressor(torch.nn.Module):
     """Embedding → predicted 2PL difficulty b: standardise, one hidden layer, linear out."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, dim: int, hidden: int = 32) -> None:
         super().__init__()
+        self.dim, self.hidden = dim, hidden
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
         self.net = torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1))

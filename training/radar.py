@@ -151,7 +151,7 @@ def fit_2pl(responses: torch.Tensor, mask: torch.Tensor | None = None, *, steps:
     n_q, n_c = y.shape
     generator = torch.Generator().manual_seed(seed)
     fixed_theta = theta is not None
-    th = (theta.to(torch.float64).clone() if fixed_theta else 0.1 * torch.randn(n_c, generator=generator, dtype=torch.float64))
+    th = (theta.to(torch.float64).clone() if theta is not None else 0.1 * torch.randn(n_c, generator=generator, dtype=torch.float64))
     th.requires_grad_(not fixed_theta)
     # start b from each query's observed error rate: hard queries high
     rate = ((y * m).sum(1) + 0.5) / (m.sum(1) + 1.0)
@@ -405,8 +405,8 @@ def fit_radar(train_rows: Mapping[str, Sequence[Mapping[str, Any]]], train_embed
 def make_router(fit: RadarFit, pool: Sequence[str], *, threshold: float = 1.000001, alpha: float = 0.02,
                 tiers: Sequence[Mapping[str, Any]] = (), embedder: QueryEmbedder | None = None) -> RadarRouter:
     manifest = RadarManifest(configurations=fit.configurations, pool=list(pool), discrimination=float(fit.irt.a.median()),
-                             threshold=threshold, alpha=alpha, embedding_tier=0, embedding_dim=fit.regressor.mean.numel(),
-                             regressor_hidden=fit.regressor.net[0].out_features, tiers=list(tiers), training=fit.report)
+                             threshold=threshold, alpha=alpha, embedding_tier=0, embedding_dim=fit.regressor.dim,
+                             regressor_hidden=fit.regressor.hidden, tiers=[dict(t) for t in tiers], training=fit.report)
     return RadarRouter(manifest, fit.regressor, embedder)
 
 
