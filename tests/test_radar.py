@@ -224,3 +224,25 @@ def test_calibration_finds_thresholds_between_probabilities_near_one() -> None:
     calibrated, result = calibrate_router(router, [0.0] * n, rows, rows["top"], alpha=0.1)
     assert result["met"] and calibrated.choose(0.0).configuration.name == "mid"
     assert calibrated.manifest.guarantee["type"] == "split-conformal"
+
+
+def test_run_gate_gives_each_item_its_difficulty() -> None:
+    # RADAR → policy: each query's predicted difficulty reaches the gate's observation
+    from scripted import ScriptedModel
+    from stepgraph.training.collect import Item
+    from stepgraph.training.runs import run_gate
+
+    from stepgraph.gates import AlwaysDraftGate
+    from stepgraph.gates.base import GateInput
+
+    seen: list[float | None] = []
+
+    class Recording(AlwaysDraftGate):
+        def decide(self, x: GateInput):  # type: ignore[no-untyped-def]
+            seen.append(x.observation.get("difficulty"))
+            return super().decide(x)
+
+    tiers = [ScriptedModel("d", 10, ["\\boxed{1}"]), ScriptedModel("t", 20, ["\\boxed{1}"])]
+    items = [Item("a", "Q1?", "1"), Item("b", "Q2?", "1")]
+    rows = run_gate(tiers, Recording(), items, progress=False, difficulties=[0.25, None])
+    assert [r["correct"] for r in rows] == [1.0, 1.0] and seen == [0.25, None]
