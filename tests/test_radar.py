@@ -246,3 +246,23 @@ def test_run_gate_gives_each_item_its_difficulty() -> None:
     items = [Item("a", "Q1?", "1"), Item("b", "Q2?", "1")]
     rows = run_gate(tiers, Recording(), items, progress=False, difficulties=[0.25, None])
     assert [r["correct"] for r in rows] == [1.0, 1.0] and seen == [0.25, None]
+
+
+def test_fit_refuses_missing_or_unfinished_response_journals(tmp_path) -> None:
+    from stepgraph.training.radar import load_rows
+
+    with pytest.raises(ConfigError, match="radar collect"):
+        load_rows(tmp_path, ["draft"], 3)
+    (tmp_path / "draft.jsonl").write_text(json.dumps({"run_seed": 0, "correct": 1.0, "flops": 1.0}) + "\n{cut")
+    with pytest.raises(ConfigError, match="lacks 2 of 3"):
+        load_rows(tmp_path, ["draft"], 3)
+
+
+def test_radar_cli_lists_its_stages() -> None:
+    from stepgraph.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["radar", "fit", "--pool", "all", "--alpha", "0.05"])
+    assert (args.stage, args.pool, args.alpha) == ("fit", "all", 0.05)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["radar", "fit", "--alpha", "1.5"])
