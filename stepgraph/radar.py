@@ -25,6 +25,8 @@ Example:
     >>> router = RadarRouter.from_path("runs/radar")  # doctest: +SKIP
     >>> route = router.route("Ann has 3 coins. She gets 2 more. How many coins does she have?")  # doctest: +SKIP
     >>> route.configuration.name, route.context().difficulty  # doctest: +SKIP
+    >>> tiers, gate = route.configuration.graph_parts(load_pair(), PolicyGate.from_path(DEFAULT_POLICY_DIR))  # doctest: +SKIP
+    >>> build_graph(tiers, gate).invoke({"question": question}, context=route.context())  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from safetensors.torch import load_file, save_file
 
 from stepgraph.context import RouterContext
-from stepgraph.errors import PolicyFileError
+from stepgraph.errors import ConfigError, PolicyFileError
 
 RADAR_FORMAT = "stepgraph.radar"
 RADAR_FORMAT_VERSION = 1
@@ -85,6 +87,28 @@ class Configuration(BaseModel):
     @property
     def stepwise(self) -> bool:
         return self.gate in ("policy", "threshold")
+
+    def graph_parts(self, tiers: Sequence[Any], policy: Any = None) -> tuple[list[Any], Any]:
+        """The tiers and gate that run this configuration (``build_graph(*config.graph_parts(tiers, policy))``).
+
+        A tier alone is that tier twice, never escalated; ``policy`` (a ``PolicyGate``) is needed for
+        ``gate="policy"``, its κ replaced when ``kappa`` is set.
+        """
+        from stepgraph.gates import AlwaysDraftGate, ConfidenceThresholdGate, PolicyGate
+
+        if self.gate == "draft":
+            return [tiers[0], tiers[0]], AlwaysDraftGate()
+        if self.gate == "target":
+            return [tiers[-1], tiers[-1]], AlwaysDraftGate()
+        if self.gate == "threshold":
+            return list(tiers), ConfidenceThresholdGate(0.9 if self.threshold is None else self.threshold)
+        if not isinstance(policy, PolicyGate):
+            raise ConfigError(f"Configuration {self.name!r} runs the stepwise policy: pass policy= (a PolicyGate).")
+        if self.kappa is None:
+            return list(tiers), policy
+        import dataclasses
+
+        return list(tiers), PolicyGate(dataclasses.replace(policy.artifact, kappa=self.kappa))
 
     def context(self, base: RouterContext | None = None, difficulty: float | None = None) -> RouterContext:
         """The run settings of this configuration over ``base`` (seed, temperature...), with ``difficulty``."""

@@ -266,3 +266,17 @@ def test_radar_cli_lists_its_stages() -> None:
     assert (args.stage, args.pool, args.alpha) == ("fit", "all", 0.05)
     with pytest.raises(SystemExit):
         parser.parse_args(["radar", "fit", "--alpha", "1.5"])
+
+
+def test_configuration_graph_parts_run_a_tier_alone_or_the_policy() -> None:
+    from stepgraph.defaults import DEFAULT_POLICY_DIR
+    from stepgraph.gates import AlwaysDraftGate, PolicyGate
+
+    draft, target = object(), object()
+    tiers, gate = Configuration(name="t", gate="target").graph_parts([draft, target])
+    assert tiers == [target, target] and isinstance(gate, AlwaysDraftGate)
+    policy = PolicyGate.from_path(DEFAULT_POLICY_DIR)
+    tiers, gate = Configuration(name="p", gate="policy", kappa=0.3).graph_parts([draft, target], policy)
+    assert tiers == [draft, target] and gate.artifact.kappa == 0.3 and policy.artifact.kappa != 0.3  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="policy="):
+        Configuration(name="p", gate="policy").graph_parts([draft, target])

@@ -44,8 +44,7 @@ from stepgraph.training.runs import run_gate, run_seed
 from stepgraph.context import RouterContext
 from stepgraph.costs import Prices
 from stepgraph.errors import ConfigError
-from stepgraph.gates import AlwaysDraftGate, ConfidenceThresholdGate, PolicyGate
-from stepgraph.gates.base import Gate
+from stepgraph.gates import ConfidenceThresholdGate, PolicyGate
 from stepgraph.models.base import StepModel
 from stepgraph.radar import Configuration, DifficultyRegressor, QueryEmbedder, RadarManifest, RadarRouter, p_correct
 from stepgraph.testbed import task
@@ -79,24 +78,6 @@ def split_items(split: str, n: int) -> list[Item]:
     return [Item(f"{split}:{SPLIT_SEEDS[split]}:{i}", p.question, str(p.answer)) for i, p in enumerate(problems)]
 
 
-def build_gate(config: Configuration, policy: PolicyGate) -> Gate:
-    """The gate a configuration runs (the policy's κ replaced when the configuration sets one)."""
-    if config.gate in ("draft", "target"):  # a tier alone: the graph's pair is that tier twice, never escalated
-        return AlwaysDraftGate()
-    if config.gate == "threshold":
-        return ConfidenceThresholdGate(0.9 if config.threshold is None else config.threshold)
-    if config.kappa is None:
-        return policy
-    import dataclasses
-
-    return PolicyGate(dataclasses.replace(policy.artifact, kappa=config.kappa))
-
-
-def tier_of(config: Configuration, n_tiers: int) -> list[int]:
-    """Which tiers a configuration runs: a tier alone is the graph's pair of the same model."""
-    return [0, 0] if config.gate == "draft" else [n_tiers - 1, n_tiers - 1] if config.gate == "target" else list(range(n_tiers))
-
-
 def collect_responses(tiers: Sequence[StepModel], configurations: Sequence[Configuration], items: Sequence[Item],
                       policy: PolicyGate, out: Path, *, seed: int = 0, temperature: float = 0.7,
                       difficulties: Sequence[float | None] | None = None, progress: bool = True) -> dict[str, list[dict[str, Any]]]:
@@ -105,9 +86,9 @@ def collect_responses(tiers: Sequence[StepModel], configurations: Sequence[Confi
     prices = [PRICES] * 2
     rows: dict[str, list[dict[str, Any]]] = {}
     for config in configurations:
-        graph_tiers = [tiers[i] for i in tier_of(config, len(tiers))]
+        graph_tiers, gate = config.graph_parts(tiers, policy)
         context = config.context(RouterContext(temperature=temperature))
-        rows[config.name] = run_gate(graph_tiers, build_gate(config, policy), items, seed=seed, context=context, prices=prices,
+        rows[config.name] = run_gate(graph_tiers, gate, items, seed=seed, context=context, prices=prices,
                                      desc=config.name, progress=progress, journal=out / f"{config.name}.jsonl",
                                      difficulties=difficulties)
     return rows
@@ -490,7 +471,7 @@ def answer_one(tiers: Sequence[StepModel], config: Configuration, policy: Policy
     from stepgraph.answers import is_correct
     from stepgraph.graph import build_graph
 
-    graph = build_graph([tiers[i] for i in tier_of(config, len(tiers))], build_gate(config, policy), prices=[PRICES] * 2)
+    graph = build_graph(*config.graph_parts(tiers, policy), prices=[PRICES] * 2)
     context = config.context(RouterContext(temperature=temperature))
 
     def run(item: Item, index: int) -> dict[str, Any]:
