@@ -56,7 +56,7 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def run_bench(tiers: Sequence[Any], policy: PolicyGate, *, responses: Path, sizes: Mapping[str, int], alphas: Sequence[float],
               difficulty_policy: PolicyGate | None, plain_policy: PolicyGate | None, eval_splits: Sequence[str] = ("test", "shifted"),
-              adaptive_budget: int = 30, regressor: Any = None) -> dict[str, Any]:
+              adaptive_budget: int = 30, regressor: Any = None, seeds: Sequence[int] = (0,)) -> dict[str, Any]:
     """Fit on train, calibrate every router on calibration, evaluate every row on ``eval_splits``.
 
     ``regressor`` (default: refitted) is the difficulty regressor of the artifact the difficulty traces were collected with.
@@ -72,7 +72,7 @@ def run_bench(tiers: Sequence[Any], policy: PolicyGate, *, responses: Path, size
         fit.regressor = regressor
     base = make_router(fit, POOLS["all"])
     difficulty = {split: predicted_difficulties(base, embeddings[split]) for split in items}
-    report: dict[str, Any] = {"alphas": list(alphas), "sizes": dict(sizes), "fit": fit.report, "routers": {}, "splits": {}}
+    report: dict[str, Any] = {"alphas": list(alphas), "seeds": list(seeds), "sizes": dict(sizes), "fit": fit.report, "routers": {}, "splits": {}}
 
     routers: dict[str, RadarRouter] = {}
     for alpha in alphas:
@@ -123,24 +123,25 @@ def run_bench(tiers: Sequence[Any], policy: PolicyGate, *, responses: Path, size
                                                                      "guarantee": result["guarantee"]["type"], "ability": theta}
 
     for split in eval_splits:
-        split_rows = rows[split]
-        target = split_rows["target"]
-        table: dict[str, Any] = {}
-        for name in ("target", "draft", "draft@4steps", "target@4steps", "policy", "policy@k0.3", "policy@k0.6"):
-            table[name] = summarize(add_coverage([dict(r) for r in split_rows[name]], target))
-        for label, router in routers.items():
-            choices = [router.choose(b).configuration.name for b in difficulty[split]]
-            table[label] = summarize(add_coverage(route_rows(choices, split_rows), target))
+        by_method: dict[str, list[dict[str, Any]]] = {}
         features = [base.choose(b).difficulty_feature for b in difficulty[split]]
-        live_split: dict[str, list[dict[str, Any]]] = {}
-        for label, entry in live.items():
-            live_split[label] = live_rows(tiers, entry["gate"], items[split], features)
-            table[label] = summarize(add_coverage([dict(r) for r in live_split[label]], target))
-        for alpha, router in hierarchical_d.items():
-            d_rows = {**split_rows, "policy+difficulty": live_split["policy + difficulty feature"]}
-            choices = [router.choose(b).configuration.name for b in difficulty[split]]
-            table[f"RADAR → policy + difficulty feature, α = {alpha}"] = summarize(add_coverage(route_rows(choices, d_rows), target))
-        report["splits"][split] = table
+        for seed in seeds:  # the same queries under each sampling seed; routers choose per query, the seed only resamples
+            split_rows = rows[split] if seed == 0 else load_rows(responses / split, names, len(items[split]), seed)
+            target = split_rows["target"]
+            found: dict[str, list[dict[str, Any]]] = {}
+            for name in ("target", "draft", "draft@4steps", "target@4steps", "policy", "policy@k0.3", "policy@k0.6"):
+                found[name] = [dict(r) for r in split_rows[name]]
+            for label, router in routers.items():
+                found[label] = route_rows([router.choose(b).configuration.name for b in difficulty[split]], split_rows)
+            for label, entry in live.items():
+                found[label] = live_rows(tiers, entry["gate"], items[split], features, seed)
+            for alpha, router in hierarchical_d.items():
+                d_rows = {**split_rows, "policy+difficulty": found["policy + difficulty feature"]}
+                choices = [router.choose(b).configuration.name for b in difficulty[split]]
+                found[f"RADAR → policy + difficulty feature, α = {alpha}"] = route_rows(choices, d_rows)
+            for label, method_rows in found.items():
+                by_method.setdefault(label, []).extend(add_coverage([dict(r) for r in method_rows], target))
+        report["splits"][split] = {label: summarize(method_rows) for label, method_rows in by_method.items()}
     return report
 
 
@@ -155,8 +156,9 @@ def run_with_difficulty(tiers: Sequence[Any], gate: PolicyGate, item: Any, index
     return {"correct": float(is_correct(state["answer"], item.reference)), "flops": state["totals"]["flops"], "usd": state["totals"]["usd"]}
 
 
-def live_rows(tiers: Sequence[Any], gate: PolicyGate, items: Sequence[Any], difficulties: Sequence[float | None]) -> list[dict[str, Any]]:
-    return run_gate(tiers, gate, items, seed=0, context=RouterContext(temperature=0.7), prices=[PRICES] * 2, progress=False,
+def live_rows(tiers: Sequence[Any], gate: PolicyGate, items: Sequence[Any], difficulties: Sequence[float | None],
+              seed: int = 0) -> list[dict[str, Any]]:
+    return run_gate(tiers, gate, items, seed=seed, context=RouterContext(temperature=0.7), prices=[PRICES] * 2, progress=False,
                     difficulties=difficulties)
 
 
@@ -166,7 +168,7 @@ def markdown(report: Mapping[str, Any]) -> str:
 
     lines = []
     for split, table in report["splits"].items():
-        lines += [f"\n### {split} ({report['sizes'][split]} queries, seed 0)\n",
+        lines += [f"\n### {split} ({report['sizes'][split]} queries × seeds {report['seeds']})\n",
                   "| method | accuracy | relative coverage | MFLOPs | $ per 1k queries | configurations chosen |", "|---|---|---|---|---|---|"]
         for name, s in table.items():
             mix = ", ".join(f"{k} {v}" for k, v in s.get("mix", {}).items())
@@ -189,7 +191,8 @@ def _bench_command(args: Any) -> dict[str, Any]:
                        sizes={"train": args.train_problems, "calibration": args.calibration_problems,
                               "test": args.problems, "shifted": args.problems},
                        difficulty_policy=load(args.difficulty_policy), plain_policy=load(args.plain_policy),
-                       regressor=RadarRouter.from_path(args.router).regressor if (args.router / "radar.json").is_file() else None)
+                       regressor=RadarRouter.from_path(args.router).regressor if (args.router / "radar.json").is_file() else None,
+                       seeds=args.seeds)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "table.md").write_text(markdown(report))
@@ -207,6 +210,8 @@ def add_bench_stage(stages: Any) -> None:
     b.add_argument("--problems", type=in_range(int, 1), default=150, help="test and shifted queries (default: %(default)s)")
     b.add_argument("--alpha", type=in_range(float, 0, 1, exclusive=True), nargs="+", default=[0.02, 0.05],
                    help="allowed miss rates the routers are calibrated for, each a row (default: 0.02 0.05)")
+    b.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="sampling seeds of the test and shifted rows, each collected by `radar collect --seed` (default: 0)")
     b.add_argument("--policy", type=Path, default=None, help="stepwise policy artifact (default: the shipped policy)")
     b.add_argument("--difficulty-policy", type=Path, default=Path("runs/radar/policy_difficulty"),
                    help="policy trained on `radar traces` with the difficulty feature (row left out if absent) (default: %(default)s)")

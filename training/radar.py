@@ -320,8 +320,8 @@ def calibrate_threshold(choose: Callable[[float], list[str]], rows: Mapping[str,
             "guarantee": guarantee, "met": chosen is not None}
 
 
-def load_rows(directory: Path, names: Sequence[str], n: int) -> dict[str, list[dict[str, Any]]]:
-    """The journalled rows of each configuration on the first ``n`` items, in item order (seed 0)."""
+def load_rows(directory: Path, names: Sequence[str], n: int, seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+    """The journalled rows of each configuration on the first ``n`` items with base seed ``seed``, in item order."""
     out: dict[str, list[dict[str, Any]]] = {}
     for name in names:
         path = directory / f"{name}.jsonl"
@@ -334,10 +334,11 @@ def load_rows(directory: Path, names: Sequence[str], n: int) -> dict[str, list[d
             except json.JSONDecodeError:
                 continue
             by_seed[row["run_seed"]] = row
-        missing = [i for i in range(n) if run_seed(0, i) not in by_seed]
+        missing = [i for i in range(n) if run_seed(seed, i) not in by_seed]
         if missing:
-            raise ConfigError(f"{path} lacks {len(missing)} of {n} queries (first: #{missing[0]}); finish `stepgraph radar collect`.")
-        out[name] = [by_seed[run_seed(0, i)] for i in range(n)]
+            raise ConfigError(f"{path} lacks {len(missing)} of {n} queries of seed {seed} (first: #{missing[0]}); "
+                              f"finish `stepgraph radar collect --seed {seed}`.")
+        out[name] = [by_seed[run_seed(seed, i)] for i in range(n)]
     return out
 
 
@@ -431,7 +432,7 @@ def _collect_command(args: Any) -> dict[str, Any]:
     names = args.configurations or [c.name for c in TESTBED_CONFIGURATIONS]
     configurations = [c for c in TESTBED_CONFIGURATIONS + NEW_CONFIGURATIONS if c.name in names]
     items = split_items(args.split, args.problems)
-    rows = collect_responses(tiers, configurations, items, policy, args.dir / args.split, temperature=args.temperature)
+    rows = collect_responses(tiers, configurations, items, policy, args.dir / args.split, seed=args.seed, temperature=args.temperature)
     return {"split": args.split, "queries": len(items), "dir": str(args.dir / args.split),
             "accuracy": {name: round(mean([r["correct"] for r in r_]), 4) for name, r_ in rows.items()},
             "mean_mflops": {name: round(mean([r["flops"] for r in r_]) / 1e6, 3) for name, r_ in rows.items()}}
@@ -558,6 +559,8 @@ def add_radar_command(sub: Any) -> None:
                    metavar="NAME", help="configurations to run (default: all: %(choices)s)")
     c.add_argument("--policy", type=Path, default=None, help="stepwise policy artifact (default: the shipped policy)")
     c.add_argument("--temperature", type=in_range(float, 0), default=0.7, help="sampling temperature (default: %(default)s)")
+    c.add_argument("--seed", type=int, default=0,
+                   help="base sampling seed; seeds share a journal, each query's run seed told apart (default: %(default)s)")
     c.set_defaults(func=_collect_command)
 
     f = stages.add_parser("fit", help="fit the 2PL model and the difficulty regressor on train, calibrate τ, write the artifact")
