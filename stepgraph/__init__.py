@@ -61,6 +61,8 @@ _EXPORTS: dict[str, str] = {
     "count_parameters": "stepgraph.models.vllm_engine",
     "load_pair": "stepgraph.testbed",
     "close_pair": "stepgraph.testbed",
+    # query-level routing (RADAR)
+    "RadarRouter": "stepgraph.radar",
     # integrations
     "ChatStepRouter": "stepgraph.integrations.chat_model",
     "routed_reasoning_tool": "stepgraph.integrations.tool",
@@ -97,6 +99,7 @@ __all__ = [
     "PolicyFileError",
     "PolicyGate",
     "Prices",
+    "RadarRouter",
     "RandomGate",
     "RouterContext",
     "RouterLimits",
@@ -169,6 +172,7 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the real names
     from stepgraph.models.chat import ChatStepModel
     from stepgraph.models.local import TransformersStepModel
     from stepgraph.models.vllm_engine import VLLMStepModel, count_parameters
+    from stepgraph.radar import RadarRouter
     from stepgraph.state import InputState, OutputState, RouterState, Step
     from stepgraph.testbed import close_pair, load_pair
     from stepgraph.testbed.defaults import resolve_gate

@@ -409,3 +409,7 @@ def add_commands(sub: Any) -> None:
     b.add_argument("--output-price", type=in_range(float, 0), default=1.60, help="testbed: $ per 1M output tokens (default: %(default)s)")
     b.add_argument("--allow-other-tiers", action="store_true", help="use an artifact trained on other tiers, with a warning")
     b.set_defaults(func=_single_threaded(_bench))
+
+    from stepgraph.training.radar import add_radar_command
+
+    add_radar_command(sub)

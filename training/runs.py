@@ -35,7 +35,8 @@ def run_seed(base: int, index: int) -> int:
 
 def run_gate(tiers: Sequence[StepModel], gate: Gate, items: Sequence[Item], *, seed: int = 0,
              context: RouterContext | None = None, prices: Sequence[Prices] | None = None, concurrency: int = 1,
-             desc: str = "", progress: bool = True, journal: Path | None = None) -> list[dict[str, Any]]:
+             desc: str = "", progress: bool = True, journal: Path | None = None,
+             difficulties: Sequence[float | None] | None = None) -> list[dict[str, Any]]:
     """Answer every item with the routed graph; one row per item, in item order.
 
     Rows hold correctness (math-verify against the reference), FLOPs (judge FLOPs of a judging
@@ -47,6 +48,8 @@ def run_gate(tiers: Sequence[StepModel], gate: Gate, items: Sequence[Item], *, s
     With ``journal`` (a JSONL file), each finished row is appended at once and rows already there
     (same problem id and run seed) are reused, so a killed run resumes where it stopped. The
     journal is trusted to belong to the same tiers, gate and settings: use one per run.
+
+    ``difficulties`` (one per item) sets each run's ``RouterContext.difficulty`` (RADAR's estimate).
     """
     base = context or RouterContext(seed=seed)
     graph = build_graph(tiers, gate, prices=prices)
@@ -54,7 +57,8 @@ def run_gate(tiers: Sequence[StepModel], gate: Gate, items: Sequence[Item], *, s
     def answer(index: int) -> dict[str, Any]:
         item = items[index]
         started = time.perf_counter()
-        ctx = RouterContext(**{**vars(base), "seed": run_seed(seed, index)})
+        ctx = RouterContext(**{**vars(base), "seed": run_seed(seed, index)}
+                            | ({"difficulty": difficulties[index]} if difficulties is not None else {}))
         state = graph.invoke({"question": item.question}, context=ctx)
         steps = state["steps"]
         # A judging gate's calls are in the run's costs beside the steps' own generations.

@@ -140,6 +140,10 @@ class Qwen2:
 
     def logits(self, ids: Sequence[int], cache: KVCache | None = None) -> torch.Tensor:
         """Logits ``[len(ids), vocab]`` of the tokens ``ids`` following what ``cache`` holds (which grows)."""
+        return F.linear(self.hidden_states(ids, cache), self.lm_head).float()  # type: ignore[arg-type]
+
+    def hidden_states(self, ids: Sequence[int], cache: KVCache | None = None) -> torch.Tensor:
+        """The final-norm hidden states ``[len(ids), hidden]`` that the LM head reads (RADAR embeds questions with them)."""
         c, w = self.config, self.w
         cache = cache or self.new_cache()
         past, n = cache.get_seq_length(), len(ids)
@@ -164,7 +168,7 @@ class Qwen2:
             h = _rms_norm(x, w[p + "post_attention_layernorm.weight"], c.eps)
             gate, up = F.linear(h, w[p + "mlp.gate_proj.weight"]), F.linear(h, w[p + "mlp.up_proj.weight"])
             x = x + F.linear(F.silu(gate) * up, w[p + "mlp.down_proj.weight"])
-        return F.linear(_rms_norm(x, w["model.norm.weight"], c.eps), self.lm_head).float()  # type: ignore[arg-type]
+        return _rms_norm(x, w["model.norm.weight"], c.eps)
 
 
 def load(path: Path, dtype: torch.dtype) -> tuple[Qwen2, dict[str, list[str]]]:
