@@ -24,6 +24,9 @@ class StepRecord:
         draft_flops: FLOPs of the draft call (2·N·generated tokens).
         escalate_flops: FLOPs of the escalation call; None where it was not run.
         cost: FLOPs this step cost the routed system: the draft, plus the escalation if taken.
+        tiers: with more than two tiers (``collect(..., record_tiers=True)``), what every tier
+            writes from the same prefix, cheapest first: ``{"tier", "model", "text", "correct",
+            "flops", "observation"}`` each (``training.tier_traces``); None in 2-tier traces.
     """
 
     index: int
@@ -37,6 +40,7 @@ class StepRecord:
     draft_flops: float
     escalate_flops: float | None
     cost: float
+    tiers: list[dict[str, Any]] | None = None
 
 
 @dataclass

@@ -30,6 +30,7 @@ from stepgraph.testbed.tokenizer import build_tokenizer
 # Head size 32 for both: the smallest vLLM's CPU attention accepts.
 ARCHITECTURES = {
     "draft": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2},
+    "mid": {"hidden_size": 96, "intermediate_size": 384, "num_hidden_layers": 3, "num_attention_heads": 3, "num_key_value_heads": 3},
     "target": {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4},
 }
 
@@ -37,14 +38,19 @@ ARCHITECTURES = {
 @dataclass
 class Args:
     which: str = "both"
-    """which model to train: draft, target or both"""
+    """which model to train: draft, mid, target or both (draft and target)"""
     steps_draft: int = 4000
     """optimizer steps for the draft model (fewer steps keep it a weaker reasoner)"""
+    steps_mid: int = 3000
+    """optimizer steps in the mid model's learning-rate schedule"""
     steps_target: int = 5000
     """optimizer steps for the target model"""
     draft_stop_at: int | None = 2500
     """stop the draft early at this step (its learning-rate schedule still spans --steps-draft):
     the draft is meant to be a mediocre reasoner, so it is cut mid-way through learning"""
+    mid_stop_at: int | None = None
+    """stop the mid model early at this step (its schedule still spans --steps-mid), like
+    --draft-stop-at: the mid tier is meant to sit between the draft and the target"""
     save_every: int = 0
     """also save a checkpoint every this many steps (0: never), to choose --draft-stop-at"""
     batch_size: int = 64
@@ -126,9 +132,11 @@ def train(which: str, steps: int, args: Args) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     model.train()
     started = time.time()
-    stop_at = min(steps, args.draft_stop_at or steps) if which == "draft" else steps
+    early_stop = {"draft": args.draft_stop_at, "mid": args.mid_stop_at}.get(which)
+    stop_at = min(steps, early_stop or steps)
     summary = {"architecture": ARCHITECTURES[which], "parameters": n_params, "schedule_steps": steps,
-               "trained_steps": stop_at, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+               "trained_steps": stop_at, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+               "threads": args.threads}
     progress = tqdm(zip(range(stop_at), batches(tokenizer, args.batch_size, args.seed)), total=stop_at, desc=which)
     for step, (input_ids, labels) in progress:
         loss = model(input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long(), labels=labels).loss
@@ -209,9 +217,10 @@ Raw numbers: `measurements.json`; per-model training summaries: `*/training.json
 def parse_args() -> Args:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = Args()
-    parser.add_argument("--which", choices=["draft", "target", "both"], default=defaults.which, help="model(s) to train (default: %(default)s)")
+    parser.add_argument("--which", choices=["draft", "mid", "target", "both"], default=defaults.which, help="model(s) to train (default: %(default)s)")
     parser.add_argument("--draft-stop-at", type=int, default=None, help="stop the draft at this step (default: --steps-draft)")
-    for name in ("steps_draft", "steps_target", "batch_size", "seed", "threads", "eval_problems", "save_every"):
+    parser.add_argument("--mid-stop-at", type=int, default=None, help="stop the mid model at this step (default: --steps-mid)")
+    for name in ("steps_draft", "steps_mid", "steps_target", "batch_size", "seed", "threads", "eval_problems", "save_every"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name), help="default: %(default)s")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="default: %(default)s")
     parser.add_argument("--out", type=Path, default=defaults.out, help="default: %(default)s")
@@ -223,9 +232,10 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     if not args.evaluate_only:
-        for which in ("draft", "target"):
-            if args.which in (which, "both"):
-                train(which, args.steps_draft if which == "draft" else args.steps_target, args)
+        steps = {"draft": args.steps_draft, "mid": args.steps_mid, "target": args.steps_target}
+        for which in ("draft", "mid", "target"):
+            if args.which == which or (args.which == "both" and which != "mid"):
+                train(which, steps[which], args)
     if (args.out / "draft" / "config.json").exists() and (args.out / "target" / "config.json").exists():
         report = measure_pair(args.out / "draft", args.out / "target", n_problems=args.eval_problems, seed=args.seed)
         (args.out / "measurements.json").write_text(json.dumps(report, indent=2) + "\n")
