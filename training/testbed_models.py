@@ -1,11 +1,12 @@
-"""Train the shipped testbed pair (a small draft and a large target Qwen2 model) on CPU.
+"""Train the shipped testbed models (a small draft, a mid model and a large target, all Qwen2) on CPU.
 
-Reproduces ``stepgraph/testbed/models/{draft,target}`` and measures what their model card
-reports. Both models see the same stream of training problems; the loss is on the solution
+Reproduces ``stepgraph/testbed/models/{draft,mid,target}`` and measures what their model card
+reports. All models see the same stream of training problems; the loss is on the solution
 tokens only. Run ``python -m stepgraph.training.testbed_models --help`` for the options.
 
 Example:
     python -m stepgraph.training.testbed_models --which target --steps 3000
+    OMP_NUM_THREADS=1 python -m stepgraph.training.testbed_models --which mid --mid-stop-at 1250 --threads 1
     python -m stepgraph.training.testbed_models --evaluate-only --eval-problems 300
 """
 
@@ -24,10 +25,13 @@ from tqdm import tqdm
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from stepgraph.testbed import MODELS_DIR, task
-from stepgraph.testbed.measure import measure_pair
+from stepgraph.testbed.measure import measure_models
 from stepgraph.testbed.tokenizer import build_tokenizer
 
-# Head size 32 for both: the smallest vLLM's CPU attention accepts.
+ROLES = ("draft", "mid", "target")
+"""The shipped models, cheapest first."""
+
+# Head size 32 for all three: the smallest vLLM's CPU attention accepts.
 ARCHITECTURES = {
     "draft": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2},
     "mid": {"hidden_size": 96, "intermediate_size": 384, "num_hidden_layers": 3, "num_attention_heads": 3, "num_key_value_heads": 3},
@@ -158,7 +162,7 @@ def train(which: str, steps: int, args: Args) -> None:
 def write_card(out: Path, report: dict) -> None:
     """Write MODEL_CARD.md from the training summaries and the fresh measurements."""
     rows = []
-    for role in ("draft", "target"):
+    for role in (r for r in ROLES if r in report):
         t = json.loads((out / role / "training.json").read_text())
         m = report[role]
         a = t["architecture"]
@@ -176,9 +180,9 @@ def _auroc_cell(value: float | None) -> str:
     return "n/a (no wrong step)" if value is None else f"{value:.3f}"
 
 
-CARD_TEMPLATE = """# stepgraph testbed models: draft and target
+CARD_TEMPLATE = """# stepgraph testbed models: draft, mid and target
 
-Two Qwen2-architecture causal LMs (`Qwen2ForCausalLM`, safetensors, float32) with a byte-level
+Three Qwen2-architecture causal LMs (`Qwen2ForCausalLM`, safetensors, float32) with a byte-level
 BPE tokenizer built like Qwen2's (same pre-tokenizer; digits are single tokens) and Qwen's chat
 template. They exist because no model hub is reachable on the machines stepgraph is developed
 and tested on; they load through the same code paths (transformers, vLLM) as real Qwen models.
@@ -193,11 +197,13 @@ by `task.verify_step` given the steps before it.
 ## Training
 
 `python -m stepgraph.training.testbed_models` (defaults reproduce these files; about 40 minutes
-on a 2-core CPU). Both models see the same seeded stream of train-split problems (batch 64,
+on a 2-core CPU for draft and target; `--which mid --mid-stop-at N` for the mid model). All models see the same seeded stream of train-split problems (batch 64,
 AdamW, lr 2e-3 with 100 warm-up steps then cosine decay to 10%, weight decay 0.01, gradient
 clipping 1.0), loss on the solution tokens only. The draft is stopped part-way through its
-schedule (`--draft-stop-at`) so it stays a mediocre reasoner; head size is 32 for both (the
-smallest vLLM's CPU attention accepts).
+schedule (`--draft-stop-at`) so it stays a mediocre reasoner; the mid model likewise
+(`--mid-stop-at`), so it sits between the draft and the target, a third tier for K-tier routing
+(`stepgraph.testbed.load_tiers(3)`). Head size is 32 for all three (the smallest vLLM's CPU
+attention accepts). Each model's `training.json` records its torch thread count.
 
 ## Measured
 
@@ -237,7 +243,8 @@ def main() -> None:
             if args.which == which or (args.which == "both" and which != "mid"):
                 train(which, steps[which], args)
     if (args.out / "draft" / "config.json").exists() and (args.out / "target" / "config.json").exists():
-        report = measure_pair(args.out / "draft", args.out / "target", n_problems=args.eval_problems, seed=args.seed)
+        roles = {role: args.out / role for role in ROLES if (args.out / role / "config.json").exists()}
+        report = measure_models(roles, n_problems=args.eval_problems, seed=args.seed)
         (args.out / "measurements.json").write_text(json.dumps(report, indent=2) + "\n")
         write_card(args.out, report)
         print(json.dumps(report, indent=2))
