@@ -134,3 +134,34 @@ def test_calibration_picks_the_largest_kappa_within_the_conformal_bound() -> Non
 def test_bad_epsilon_names_the_option() -> None:
     with pytest.raises(ConfigError, match="epsilon"):
         TierCPOArgs(epsilon=1.5)
+
+
+class _Verifier:
+    """Accepts the steps that say "good"."""
+
+    def verify(self, question: str, reference: str, prior: object, step: str) -> bool:
+        return "good" in step
+
+
+def test_collection_records_every_tiers_step_and_verdict_and_old_traces_still_read() -> None:
+    from scripted import ScriptedModel
+    from stepgraph.training.collect import Item, collect_episode
+
+    from stepgraph.gates import AlwaysDraftGate
+
+    models = [ScriptedModel("small", 1, ["bad 1", "\\boxed{1}"]), ScriptedModel("mid", 3, ["good 1", "\\boxed{1} good"]),
+              ScriptedModel("large", 10, ["good one", "\\boxed{1} good"])]
+    episode = collect_episode(models, AlwaysDraftGate(), _Verifier(), Item("p", "q", "1"), seed=3, record_tiers=True)
+    first = episode.steps[0].tiers
+    assert first is not None and [e["model"] for e in first] == ["small", "mid", "large"]
+    assert [e["text"] for e in first] == ["bad 1", "good 1", "good one"]
+    assert [e["correct"] for e in first] == [False, True, True]
+    assert first[2]["flops"] > first[1]["flops"] > first[0]["flops"] > 0
+    assert first[1]["observation"]["escalations"] == 1.0 and first[0]["observation"]["escalations"] == 0.0
+    assert Episode.from_dict(episode.to_dict()).steps[0].tiers == first
+    old = episode.to_dict()
+    for step_dict in old["steps"]:
+        del step_dict["tiers"]  # a store written before tier tables
+    assert Episode.from_dict(old).steps[0].tiers is None
+    plain = collect_episode(models, AlwaysDraftGate(), _Verifier(), Item("p", "q", "1"), seed=3)
+    assert plain.steps[0].tiers is None
