@@ -61,8 +61,10 @@ class TierBenchArgs:
 
 def collect_tier_traces(store: TraceStore, make_tiers, args: TierBenchArgs) -> dict[str, Any]:
     """Train and calibration traces with every tier's step, on the testbed's splits."""
-    reports = {}
-    for split, n, seed in (("train", args.train_problems, args.seed), ("calibration", args.calibration_problems, args.seed + 1)):
+    reports: dict[str, Any] = {}
+    splits: tuple[tuple[task.Split, int, int], ...] = (("train", args.train_problems, args.seed),
+                                                      ("calibration", args.calibration_problems, args.seed + 1))
+    for split, n, seed in splits:
         verifier = TestbedVerifier(task.generate(split, n, seed=seed))
         reports[split] = collect(store, testbed_items(split, n, seed=seed), make_tiers, verifier, split=split, seed=seed,
                                  record_tiers=True)

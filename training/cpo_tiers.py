@@ -111,7 +111,12 @@ def tier_normalisation(episodes: Sequence[Episode], schema: FeatureSchema, colum
 def to_tier_tensors(episodes: Sequence[Episode], artifact: TierPolicyArtifact, columns: Sequence[int]) -> TierData:
     """The tables of ``columns`` (indices into the recorded tiers, cheapest first) as tensors."""
     k = len(columns)
-    rows, ok, flops, kept_ok, starts, ends = [], [], [], [], [], []
+    rows: list[list[float]] = []
+    ok: list[list[float]] = []
+    flops: list[list[float]] = []
+    kept_ok: list[float] = []
+    starts: list[int] = []
+    ends: list[int] = []
     for episode in episodes:
         starts.append(len(ok))
         for step, table in zip(episode.steps, _tables(episode, columns)):
@@ -210,7 +215,13 @@ def replay_batch(data: TierData, episodes: Sequence[int], walks: Sequence[Walk],
     escalates to it) / ``cost_scale``; the coverage indicator is on each episode's last decision.
     """
     top = data.n_tiers - 1
-    rows, actions, mus, rewards, coverage, starts, ends = [], [], [], [], [], [], []
+    rows: list[tuple[int, int]] = []
+    actions: list[int] = []
+    mus: list[float] = []
+    rewards: list[float] = []
+    coverage: list[float] = []
+    starts: list[int] = []
+    ends: list[int] = []
     for e, w in zip(episodes, walks):
         starts.append(len(rows))
         for row, k, j, mu in w.decisions:

@@ -29,7 +29,8 @@ class TierPolicyGate(PolicyGate):
     """
 
     def __init__(self, artifact: TierPolicyArtifact) -> None:  # type: ignore[override]
-        self.artifact = artifact  # type: ignore[assignment]
+        self.artifact = artifact  # type: ignore[assignment]  # PolicyGate's name for it
+        self.tier_artifact = artifact
         self.threshold = artifact.kappa
         self.trained_on = [n for n in artifact.schema.names if n not in artifact.ignored]
         self._warned: set[str] = set()
@@ -41,9 +42,9 @@ class TierPolicyGate(PolicyGate):
         return cls(TierPolicyArtifact.load(directory))
 
     def _probabilities(self, x: GateInput) -> list[float] | None:
-        if not 0 <= x.tier < len(self.artifact.tiers) - 1:
+        if not 0 <= x.tier < len(self.tier_artifact.tiers) - 1:
             return None
-        return self.artifact.probabilities(x.observation, x.tier)  # type: ignore[attr-defined]
+        return self.tier_artifact.probabilities(x.observation, x.tier)
 
     def score(self, x: GateInput) -> float:
         """π(escalate | o, k) = 1 − π(k | o, k); NaN for a tier the policy does not route from."""
