@@ -54,10 +54,11 @@ from stepgraph.tier_policy import TierPolicyArtifact, TierPolicyNetwork, tier_in
 class TierCPOArgs(CPOArgs):
     alpha: float = 0.03
     """allowed miss rate: coverage must be at least 1 - alpha"""
-    steps: int = 300
+    steps: int = 800
     batch_size: int = 16
-    epsilon: float = 0.2
-    """behaviour exploration: with this probability a uniformly random allowed tier, else π_old's"""
+    epsilon: float = 0.02
+    """behaviour exploration: with this probability a uniformly random allowed tier, else π_old's (larger values
+    keep the coverage critic's miss estimate above α, so the trust region stays in recovery and escalates more)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
