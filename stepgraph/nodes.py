@@ -226,7 +226,7 @@ class RoutingNodes:
     def escalate(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
         """The next tier regenerates the step from the same prefix."""
         context = self.context(runtime)
-        tier = state["candidate_tier"] + 1
+        tier = self._escalation_tier(state)
         try:
             return self._escalated(state, context, tier, *self._generate(state, context, tier))
         except ContextLimitError:  # the draft the gate rejected is not kept in its place
@@ -235,11 +235,19 @@ class RoutingNodes:
     async def aescalate(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
         """``escalate``, awaiting the model."""
         context = self.context(runtime)
-        tier = state["candidate_tier"] + 1
+        tier = self._escalation_tier(state)
         try:
             return self._escalated(state, context, tier, *await self._agenerate(state, context, tier))
         except ContextLimitError:  # the draft the gate rejected is not kept in its place
             return dict(_CONTEXT_LIMIT)
+
+    def _escalation_tier(self, state: RouterState) -> int:
+        """The tier the gate chose (``GateDecision.tier``), if it is above the candidate's; else the next one up."""
+        current = state["candidate_tier"]
+        chosen = (state.get("decision") or {}).get("tier")
+        if isinstance(chosen, int) and not isinstance(chosen, bool) and chosen > current:
+            return min(chosen, len(self.tiers) - 1)
+        return current + 1
 
     @staticmethod
     def _escalated(state: RouterState, context: RouterContext, tier: int, out: StepOutput, attempt: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from stepgraph.training.records import Episode, StepRecord
 from stepgraph.training.store import TraceStore
+from stepgraph.training.tier_traces import tier_table
 from stepgraph.training.verifiers import StepVerifier
 from tqdm import tqdm
 
@@ -77,10 +78,12 @@ def collect_episode(
     temperature: float = 0.7,
     max_steps: int = 16,
     context: RouterContext | None = None,
+    record_tiers: bool = False,
 ) -> Episode:
     """Run one problem under the behaviour gate and turn the final state into an Episode.
 
     ``context`` (default: from ``temperature`` and ``max_steps``) sets the limits; its seed is replaced by ``seed``.
+    ``record_tiers`` also records every tier's step from each prefix (``StepRecord.tiers``), for K-tier training.
     """
     base = context or RouterContext(temperature=temperature, max_steps=max_steps)
     context = RouterContext(**{**vars(base), "seed": seed})
@@ -90,6 +93,7 @@ def collect_episode(
     strongest = tiers[-1]
     records: list[StepRecord] = []
     prior: list[str] = []
+    escalations = 0
     for step in state["steps"]:
         draft = step["attempts"][0]
         if step["escalated"]:
@@ -115,9 +119,12 @@ def collect_episode(
                 escalate_flops=escalate_flops,
                 cost=sum(a["cost"]["flops"] for a in step["attempts"]),
                 draft_output=recorder.outputs[step["index"]].to_dict() if step["index"] in recorder.outputs else None,
+                tiers=tier_table(tiers, verifier, question=item.question, reference=item.reference, prior=prior, seed=seed,
+                                 context=context, escalations=escalations) if record_tiers else None,
             )
         )
         prior.append(step["text"])
+        escalations += len(step["attempts"]) - 1
     alone = build_graph([strongest, strongest], AlwaysDraftGate()).invoke({"question": item.question}, context=context)
     return Episode(
         problem_id=item.problem_id,
@@ -150,6 +157,7 @@ def collect(
     context: RouterContext | None = None,
     verifier_for: Callable[[Sequence[StepModel]], StepVerifier] | None = None,
     describe_tiers: Callable[[Sequence[StepModel]], Sequence[Mapping[str, Any]]] | None = None,
+    record_tiers: bool = False,
 ) -> dict[str, Any]:
     """Collect episodes for the items not yet in ``store``; each worker owns its own models.
 
@@ -161,6 +169,7 @@ def collect(
     ``verifier_for`` builds a verifier per worker from its tiers (the rollout verifier completes
     with the worker's strongest tier); otherwise ``verifier`` is shared. The tiers are recorded in
     the store (``describe_tiers(tiers)``, or name and parameters); a store collected on other tiers is refused.
+    ``record_tiers`` records every tier's step from each prefix, for K-tier training (``collect_episode``).
     """
     from stepgraph.training.calibrate import check_tiers
     from stepgraph.training.runs import run_seed
@@ -181,7 +190,7 @@ def collect(
     def run(slot: int, index: int, item: Item) -> Episode:
         behaviour = ExploringGate(ConfidenceThresholdGate(threshold, feature), epsilon=epsilon, seed=run_seed(seed, index))
         return collect_episode(worker_tiers[slot], behaviour, verifiers[slot], item, seed=run_seed(seed, index),
-                               temperature=temperature, context=context)
+                               temperature=temperature, context=context, record_tiers=record_tiers)
 
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"collect {split}", disable=not progress)
     collected = 0

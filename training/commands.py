@@ -247,6 +247,8 @@ def _bench(args: argparse.Namespace) -> dict:
     from stepgraph.costs import Prices
 
     spec = _spec(args)
+    if args.tiers == 3:
+        return _bench_tiers(args)
     if spec is not None:
         return _bench_from_spec(spec, args)
     args.store, args.out = args.store or default_store_path(), args.out or Path("runs/bench")
@@ -268,6 +270,19 @@ def _bench(args: argparse.Namespace) -> dict:
     files = write_outputs(report, args.out)
     print(markdown_table(report), file=sys.stderr)
     return files
+
+
+def _bench_tiers(args: argparse.Namespace) -> dict:
+    """The testbed's 2-tier against 3-tier routers (``training.bench_tiers``)."""
+    from stepgraph.training.bench_tiers import TierBenchArgs, main
+
+    if args.config is not None:
+        raise ConfigError("--tiers 3 runs on the shipped testbed models; it takes no --config.")
+    report = main(TierBenchArgs(out=args.out or Path("runs/tiers"), train_problems=args.train_problems,
+                                calibration_problems=args.calibration_problems, problems=args.problems, seeds=args.seeds,
+                                seed=args.seed, alpha=args.alpha if args.alpha is not None else 0.03))
+    print(Path(report["table"]).read_text(), file=sys.stderr)
+    return report
 
 
 def _bench_from_spec(spec: RunSpec, args: argparse.Namespace) -> dict:
@@ -408,6 +423,10 @@ def add_commands(sub: Any) -> None:
     b.add_argument("--cached-price", type=in_range(float, 0), default=0.10, help="testbed: $ per 1M cached input tokens (default: %(default)s)")
     b.add_argument("--output-price", type=in_range(float, 0), default=1.60, help="testbed: $ per 1M output tokens (default: %(default)s)")
     b.add_argument("--allow-other-tiers", action="store_true", help="use an artifact trained on other tiers, with a warning")
+    b.add_argument("--tiers", type=int, choices=[2, 3], default=2,
+                   help="3: collect traces on the shipped draft, mid and target, train a 3-tier and a 2-tier K-tier CPO policy "
+                        "at --alpha (default there 0.03), and bench them against each tier alone (default: %(default)s)")
+    b.add_argument("--train-problems", type=in_range(int, 1), default=400, help="--tiers 3: train problems to collect (default: %(default)s)")
     b.set_defaults(func=_single_threaded(_bench))
 
     from stepgraph.training.radar import add_radar_command

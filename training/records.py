@@ -27,6 +27,9 @@ class StepRecord:
         draft_output: the draft's ``StepOutput.to_dict()`` (tokens and their log-probabilities),
             so that features of a later schema can be recomputed from the trace; None in traces
             collected before it was kept.
+        tiers: with more than two tiers (``collect(..., record_tiers=True)``), what every tier
+            writes from the same prefix, cheapest first: ``{"tier", "model", "text", "correct",
+            "flops", "observation"}`` each (``training.tier_traces``); None in 2-tier traces.
     """
 
     index: int
@@ -41,6 +44,7 @@ class StepRecord:
     escalate_flops: float | None
     cost: float
     draft_output: dict[str, Any] | None = None
+    tiers: list[dict[str, Any]] | None = None
 
 
 @dataclass

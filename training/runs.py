@@ -40,7 +40,7 @@ def run_gate(tiers: Sequence[StepModel], gate: Gate, items: Sequence[Item], *, s
     """Answer every item with the routed graph; one row per item, in item order.
 
     Rows hold correctness (math-verify against the reference), FLOPs (judge FLOPs of a judging
-    gate included), prefill FLOPs, dollars, steps, escalations and wall time. ``concurrency``
+    gate included), prefill FLOPs, dollars, steps (also per tier), escalations and wall time. ``concurrency``
     items run at once on threads (served models answer in parallel; local models take turns).
     A judging gate's model calls reach the run's costs through the graph state, so they are
     counted per run also under concurrency.
@@ -74,6 +74,7 @@ def run_gate(tiers: Sequence[StepModel], gate: Gate, items: Sequence[Item], *, s
             "usd": state["totals"]["usd"],
             "steps": len(steps),
             "escalated_steps": escalated,
+            "steps_by_tier": [sum(s["tier"] == k for s in steps) for k in range(len(tiers))],
             "escalation_rate": escalated / max(1, len(steps)),
             "seconds": time.perf_counter() - started,
         }

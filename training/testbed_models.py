@@ -1,11 +1,12 @@
-"""Train the shipped testbed pair (a small draft and a large target Qwen2 model) on CPU.
+"""Train the shipped testbed models (a small draft, a mid model and a large target, all Qwen2) on CPU.
 
-Reproduces ``stepgraph/testbed/models/{draft,target}`` and measures what their model card
-reports. Both models see the same stream of training problems; the loss is on the solution
+Reproduces ``stepgraph/testbed/models/{draft,mid,target}`` and measures what their model card
+reports. All models see the same stream of training problems; the loss is on the solution
 tokens only. Run ``python -m stepgraph.training.testbed_models --help`` for the options.
 
 Example:
     python -m stepgraph.training.testbed_models --which target --steps 3000
+    OMP_NUM_THREADS=1 python -m stepgraph.training.testbed_models --which mid --mid-stop-at 1250 --threads 1
     python -m stepgraph.training.testbed_models --evaluate-only --eval-problems 300
 """
 
@@ -24,12 +25,16 @@ from tqdm import tqdm
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from stepgraph.testbed import MODELS_DIR, task
-from stepgraph.testbed.measure import measure_pair
+from stepgraph.testbed.measure import measure_models
 from stepgraph.testbed.tokenizer import build_tokenizer
 
-# Head size 32 for both: the smallest vLLM's CPU attention accepts.
+ROLES = ("draft", "mid", "target")
+"""The shipped models, cheapest first."""
+
+# Head size 32 for all three: the smallest vLLM's CPU attention accepts.
 ARCHITECTURES = {
     "draft": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2},
+    "mid": {"hidden_size": 96, "intermediate_size": 384, "num_hidden_layers": 3, "num_attention_heads": 3, "num_key_value_heads": 3},
     "target": {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4},
 }
 
@@ -37,14 +42,19 @@ ARCHITECTURES = {
 @dataclass
 class Args:
     which: str = "both"
-    """which model to train: draft, target or both"""
+    """which model to train: draft, mid, target or both (draft and target)"""
     steps_draft: int = 4000
     """optimizer steps for the draft model (fewer steps keep it a weaker reasoner)"""
+    steps_mid: int = 3000
+    """optimizer steps in the mid model's learning-rate schedule"""
     steps_target: int = 5000
     """optimizer steps for the target model"""
     draft_stop_at: int | None = 2500
     """stop the draft early at this step (its learning-rate schedule still spans --steps-draft):
     the draft is meant to be a mediocre reasoner, so it is cut mid-way through learning"""
+    mid_stop_at: int | None = None
+    """stop the mid model early at this step (its schedule still spans --steps-mid), like
+    --draft-stop-at: the mid tier is meant to sit between the draft and the target"""
     save_every: int = 0
     """also save a checkpoint every this many steps (0: never), to choose --draft-stop-at"""
     batch_size: int = 64
@@ -126,9 +136,11 @@ def train(which: str, steps: int, args: Args) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     model.train()
     started = time.time()
-    stop_at = min(steps, args.draft_stop_at or steps) if which == "draft" else steps
+    early_stop = {"draft": args.draft_stop_at, "mid": args.mid_stop_at}.get(which)
+    stop_at = min(steps, early_stop or steps)
     summary = {"architecture": ARCHITECTURES[which], "parameters": n_params, "schedule_steps": steps,
-               "trained_steps": stop_at, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+               "trained_steps": stop_at, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+               "threads": args.threads}
     progress = tqdm(zip(range(stop_at), batches(tokenizer, args.batch_size, args.seed)), total=stop_at, desc=which)
     for step, (input_ids, labels) in progress:
         loss = model(input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long(), labels=labels).loss
@@ -150,7 +162,7 @@ def train(which: str, steps: int, args: Args) -> None:
 def write_card(out: Path, report: dict) -> None:
     """Write MODEL_CARD.md from the training summaries and the fresh measurements."""
     rows = []
-    for role in ("draft", "target"):
+    for role in (r for r in ROLES if r in report):
         t = json.loads((out / role / "training.json").read_text())
         m = report[role]
         a = t["architecture"]
@@ -168,9 +180,9 @@ def _auroc_cell(value: float | None) -> str:
     return "n/a (no wrong step)" if value is None else f"{value:.3f}"
 
 
-CARD_TEMPLATE = """# stepgraph testbed models: draft and target
+CARD_TEMPLATE = """# stepgraph testbed models: draft, mid and target
 
-Two Qwen2-architecture causal LMs (`Qwen2ForCausalLM`, safetensors, float32) with a byte-level
+Three Qwen2-architecture causal LMs (`Qwen2ForCausalLM`, safetensors, float32) with a byte-level
 BPE tokenizer built like Qwen2's (same pre-tokenizer; digits are single tokens) and Qwen's chat
 template. They exist because no model hub is reachable on the machines stepgraph is developed
 and tested on; they load through the same code paths (transformers, vLLM) as real Qwen models.
@@ -185,11 +197,13 @@ by `task.verify_step` given the steps before it.
 ## Training
 
 `python -m stepgraph.training.testbed_models` (defaults reproduce these files; about 40 minutes
-on a 2-core CPU). Both models see the same seeded stream of train-split problems (batch 64,
+on a 2-core CPU for draft and target; `--which mid --mid-stop-at N` for the mid model). All models see the same seeded stream of train-split problems (batch 64,
 AdamW, lr 2e-3 with 100 warm-up steps then cosine decay to 10%, weight decay 0.01, gradient
 clipping 1.0), loss on the solution tokens only. The draft is stopped part-way through its
-schedule (`--draft-stop-at`) so it stays a mediocre reasoner; head size is 32 for both (the
-smallest vLLM's CPU attention accepts).
+schedule (`--draft-stop-at`) so it stays a mediocre reasoner; the mid model likewise
+(`--mid-stop-at`), so it sits between the draft and the target, a third tier for K-tier routing
+(`stepgraph.testbed.load_tiers(3)`). Head size is 32 for all three (the smallest vLLM's CPU
+attention accepts). Each model's `training.json` records its torch thread count.
 
 ## Measured
 
@@ -209,9 +223,10 @@ Raw numbers: `measurements.json`; per-model training summaries: `*/training.json
 def parse_args() -> Args:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = Args()
-    parser.add_argument("--which", choices=["draft", "target", "both"], default=defaults.which, help="model(s) to train (default: %(default)s)")
+    parser.add_argument("--which", choices=["draft", "mid", "target", "both"], default=defaults.which, help="model(s) to train (default: %(default)s)")
     parser.add_argument("--draft-stop-at", type=int, default=None, help="stop the draft at this step (default: --steps-draft)")
-    for name in ("steps_draft", "steps_target", "batch_size", "seed", "threads", "eval_problems", "save_every"):
+    parser.add_argument("--mid-stop-at", type=int, default=None, help="stop the mid model at this step (default: --steps-mid)")
+    for name in ("steps_draft", "steps_mid", "steps_target", "batch_size", "seed", "threads", "eval_problems", "save_every"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name), help="default: %(default)s")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="default: %(default)s")
     parser.add_argument("--out", type=Path, default=defaults.out, help="default: %(default)s")
@@ -223,11 +238,13 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     if not args.evaluate_only:
-        for which in ("draft", "target"):
-            if args.which in (which, "both"):
-                train(which, args.steps_draft if which == "draft" else args.steps_target, args)
+        steps = {"draft": args.steps_draft, "mid": args.steps_mid, "target": args.steps_target}
+        for which in ("draft", "mid", "target"):
+            if args.which == which or (args.which == "both" and which != "mid"):
+                train(which, steps[which], args)
     if (args.out / "draft" / "config.json").exists() and (args.out / "target" / "config.json").exists():
-        report = measure_pair(args.out / "draft", args.out / "target", n_problems=args.eval_problems, seed=args.seed)
+        roles = {role: args.out / role for role in ROLES if (args.out / role / "config.json").exists()}
+        report = measure_models(roles, n_problems=args.eval_problems, seed=args.seed)
         (args.out / "measurements.json").write_text(json.dumps(report, indent=2) + "\n")
         write_card(args.out, report)
         print(json.dumps(report, indent=2))

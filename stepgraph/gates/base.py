@@ -52,6 +52,8 @@ class GateDecision:
         cost: what the gate's own model calls cost on this decision, per tier as in the graph's
             ``costs`` (e.g. a judging pass of the next tier's model); the gate node adds it to
             the run's costs. Empty for gates that call no model.
+        tier: the tier to escalate to, for gates that choose one (a K-tier policy); None means
+            the next tier up. Ignored unless ``escalate``.
     """
 
     escalate: bool
@@ -59,6 +61,7 @@ class GateDecision:
     mu_escalate: float
     reason: str | None = None
     cost: dict[str, dict[str, float]] = field(default_factory=dict)
+    tier: int | None = None
 
 
 def non_finite_features(observation: Observation) -> list[str]:

@@ -41,13 +41,18 @@ class PolicyGate(Gate):
 
     @classmethod
     def from_path(cls, directory: str | Path) -> PolicyGate:
-        """Load an artifact directory.
+        """Load an artifact directory: a 2-tier policy, or a K-tier one (a ``TierPolicyGate``).
 
         Raises:
             PolicyFileError: the files are missing, corrupted, or of another feature schema.
         """
         from stepgraph.policy import PolicyArtifact
+        from stepgraph.tier_policy import is_tier_policy
 
+        if is_tier_policy(directory):
+            from stepgraph.gates.tier_policy_gate import TierPolicyGate
+
+            return TierPolicyGate.from_path(directory)
         return cls(PolicyArtifact.load(directory))
 
     @classmethod

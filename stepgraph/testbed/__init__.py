@@ -1,4 +1,8 @@
-"""The testbed: a step-checkable arithmetic task and the shipped draft/target model pair."""
+"""The testbed: a step-checkable arithmetic task and the shipped models: draft, mid and target.
+
+The default router is the 2-tier draft → target pair (``load_pair``); ``load_tiers(3)`` adds the
+mid model between them for K-tier routing.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ from pathlib import Path
 MODELS_DIR = Path(__file__).parent / "models"
 DRAFT_MODEL_DIR = MODELS_DIR / "draft"
 TARGET_MODEL_DIR = MODELS_DIR / "target"
+MID_MODEL_DIR = MODELS_DIR / "mid"
+TIER_DIRS = {2: (DRAFT_MODEL_DIR, TARGET_MODEL_DIR), 3: (DRAFT_MODEL_DIR, MID_MODEL_DIR, TARGET_MODEL_DIR)}
+"""The shipped tiers, cheapest first, by how many a router uses."""
 
 
 BACKENDS = ("transformers", "vllm")
@@ -19,17 +26,31 @@ def load_pair(backend: str = "transformers") -> list:
     CPU testbed settings (raw logits, caches under ``./.vllm-cache`` unless the environment says
     otherwise), which hold worker processes until ``close_pair``.
     """
+    return load_tiers(2, backend)
+
+
+def load_tiers(n: int = 3, backend: str = "transformers") -> list:
+    """The shipped tiers as step models, cheapest first: 2 (draft, target) or 3 (draft, mid, target).
+
+    Backends as in ``load_pair``.
+
+    Example:
+        >>> [m.name for m in load_tiers(3)]  # doctest: +SKIP
+        ['draft', 'mid', 'target']
+    """
+    if n not in TIER_DIRS:
+        raise ValueError(f"The testbed ships {sorted(TIER_DIRS)} tiers, not {n!r}.")
     if backend == "transformers":
         from stepgraph.models.local import TransformersStepModel
 
-        return [TransformersStepModel(DRAFT_MODEL_DIR), TransformersStepModel(TARGET_MODEL_DIR)]
+        return [TransformersStepModel(path) for path in TIER_DIRS[n]]
     if backend == "vllm":
         from stepgraph.testbed.vllm_serving import ENGINE_ARGS, configure_environment
 
         configure_environment(".vllm-cache")  # before vLLM is imported
         from stepgraph.models.vllm_engine import VLLMStepModel
 
-        return [VLLMStepModel(DRAFT_MODEL_DIR, engine_kwargs=ENGINE_ARGS), VLLMStepModel(TARGET_MODEL_DIR, engine_kwargs=ENGINE_ARGS)]
+        return [VLLMStepModel(path, engine_kwargs=ENGINE_ARGS) for path in TIER_DIRS[n]]
     raise ValueError(f"Unknown backend {backend!r}; choose from {BACKENDS}.")
 
 

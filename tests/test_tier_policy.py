@@ -1,0 +1,137 @@
+"""K-tier policy artifacts and gate: round trip, refusals, 2-tier artifacts still loading, and the graph jumping to the chosen tier."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from scripted import ScriptedModel
+
+from stepgraph.errors import PolicyFileError
+from stepgraph.features import CONFIDENCE_SCHEMA, FeatureSchema
+from stepgraph.gates import PolicyGate, make_gate
+from stepgraph.gates.base import GateInput
+from stepgraph.gates.tier_policy_gate import TierPolicyGate
+from stepgraph.graph import build_graph
+from stepgraph.models.base import StepOutput
+from stepgraph.policy import PolicyArtifact, PolicyNetwork
+from stepgraph.tier_policy import TierPolicyArtifact, TierPolicyNetwork
+
+N = len(CONFIDENCE_SCHEMA.names)
+TIERS = [{"name": "draft", "parameters": 10}, {"name": "mid", "parameters": 40}, {"name": "target", "parameters": 100}]
+STEP = StepOutput("1+1=2", ["1"], [9.0], [[("1", -0.1)]], 10, 0, 1, False, "m")
+
+
+def _artifact(bias: list[float], kappa: float = 0.5) -> TierPolicyArtifact:
+    """A policy whose logits are ``bias`` whatever it observes (tiers below the current one masked)."""
+    net = TierPolicyNetwork(N, 3, 8, 2)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net.net[-1].bias.copy_(torch.tensor(bias))
+    return TierPolicyArtifact(net, kappa, 0.03, CONFIDENCE_SCHEMA, [0.0] * N, [1.0] * N, TIERS, 8, 2, ignored=["difficulty"])
+
+
+def _observation() -> dict[str, float | None]:
+    return {n: 1.0 for n in CONFIDENCE_SCHEMA.names}
+
+
+def test_round_trip_keeps_the_decisions_and_the_tiers(tmp_path):
+    artifact = _artifact([0.3, -1.0, 2.0], kappa=0.4)
+    artifact.save(tmp_path)
+    loaded = TierPolicyArtifact.load(tmp_path)
+    assert loaded.tiers == TIERS and loaded.kappa == 0.4
+    for tier in (0, 1):
+        assert loaded.probabilities(_observation(), tier) == pytest.approx(artifact.probabilities(_observation(), tier))
+    assert loaded.probabilities(_observation(), 1)[0] == 0.0  # a weaker tier is never chosen
+
+
+def test_policy_gate_and_the_registry_load_either_format(tmp_path):
+    _artifact([0.0, 0.0, 5.0]).save(tmp_path / "k")
+    two = PolicyArtifact(PolicyNetwork(N), 0.5, 0.02, CONFIDENCE_SCHEMA, [0.0] * N, [1.0] * N)
+    two.save(tmp_path / "two")
+    assert isinstance(PolicyGate.from_path(tmp_path / "k"), TierPolicyGate)
+    assert isinstance(make_gate("policy", path=tmp_path / "k"), TierPolicyGate)
+    two_tier = make_gate("policy", path=tmp_path / "two")
+    assert type(two_tier) is PolicyGate
+    assert two_tier.decide(GateInput("q", (), STEP, _observation())).tier is None  # escalates to the next tier
+
+
+def test_gate_names_the_likeliest_stronger_tier():
+    gate = TierPolicyGate(_artifact([0.0, 1.0, 3.0], kappa=0.5))
+    to_target = gate.decide(GateInput("q", (), STEP, _observation(), tier=0))
+    assert to_target.escalate and to_target.tier == 2
+    accept = TierPolicyGate(_artifact([4.0, 1.0, 0.0], kappa=0.5)).decide(GateInput("q", (), STEP, _observation(), tier=0))
+    assert not accept.escalate and accept.tier is None
+    unknown_tier = gate.decide(GateInput("q", (), STEP, _observation(), tier=5))  # a graph with more tiers: the safe side
+    assert unknown_tier.escalate and unknown_tier.reason == "non-finite score"
+
+
+@pytest.mark.parametrize(
+    ("bias", "kept", "called"),
+    [([0.0, -5.0, 5.0], 2, {"draft", "target"}),  # straight to the target: the mid model is never asked
+     ([0.0, 5.0, -5.0], 1, {"draft", "mid"}),  # up one tier, then the mid's step is accepted
+     ([5.0, 0.0, 0.0], 0, {"draft"})],
+)
+def test_the_graph_routes_each_step_to_the_tier_the_policy_picks(bias, kept, called):
+    models = [ScriptedModel(t["name"], t["parameters"], ["a = 1", "\\boxed{1}"]) for t in TIERS]
+    state = build_graph(models, TierPolicyGate(_artifact(bias))).invoke({"question": "q"})
+    assert [s["tier"] for s in state["steps"]] == [kept, kept]
+    assert {m.name for m in models if m.calls} == called
+    assert [a["tier"] for a in state["steps"][0]["attempts"]] == sorted({0, kept})
+
+
+def _saved(tmp_path) -> TierPolicyArtifact:
+    artifact = _artifact([0.0, 1.0, 2.0])
+    artifact.save(tmp_path)
+    return artifact
+
+
+def _edit_manifest(tmp_path, **changes):
+    path = tmp_path / "policy.json"
+    manifest = json.loads(path.read_text()) | changes
+    path.write_text(json.dumps(manifest))
+
+
+def test_corrupted_weights_are_refused(tmp_path):
+    _saved(tmp_path)
+    data = bytearray((tmp_path / "policy.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (tmp_path / "policy.safetensors").write_bytes(bytes(data))
+    with pytest.raises(PolicyFileError, match="checksum"):
+        TierPolicyGate.from_path(tmp_path)
+
+
+def test_a_manifest_naming_other_tiers_than_the_network_is_refused(tmp_path):
+    _saved(tmp_path)
+    _edit_manifest(tmp_path, tiers=TIERS[:2])
+    with pytest.raises(PolicyFileError, match="over 2 tiers"):
+        TierPolicyArtifact.load(tmp_path)
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"kappa": 1.5}, "kappa"),
+    ({"tiers": TIERS[:1]}, "tiers"),
+    ({"format_version": 2}, "not a stepgraph.tier_policy v1"),
+    ({"feature_schema": FeatureSchema("other", 1, ["x"]).to_dict()}, "feature schema"),
+])
+def test_broken_manifests_are_refused(tmp_path, change, match):
+    _saved(tmp_path)
+    _edit_manifest(tmp_path, **change)
+    with pytest.raises(PolicyFileError, match=match):
+        TierPolicyArtifact.load(tmp_path)
+
+
+def test_a_2_tier_loader_refuses_a_k_tier_artifact_by_its_format(tmp_path):
+    _saved(tmp_path)
+    with pytest.raises(PolicyFileError, match="not a stepgraph.policy v1"):
+        PolicyArtifact.load(tmp_path)
+
+
+def test_save_refuses_a_network_over_other_tiers(tmp_path):
+    artifact = _artifact([0.0, 0.0, 0.0])
+    artifact.tiers = TIERS[:2]
+    with pytest.raises(PolicyFileError, match="routes between 3"):
+        artifact.save(tmp_path)
+    assert not (tmp_path / "policy.json").exists()

@@ -1,0 +1,186 @@
+"""Two tiers against three on the same problems and seeds: ``stepgraph bench --tiers 3``.
+
+The pipeline, each stage resumable or cheap to redo:
+
+1. collect train and calibration traces on the shipped draft → mid → target tiers, recording every
+   tier's step and verdict from each prefix (``collect(..., record_tiers=True)``);
+2. train two K-tier CPO policies on them at the same α: over all three tiers, and over
+   draft → target only (the same traces, the mid tier's column left out); κ of each is
+   calibrated on the calibration split (split conformal);
+3. run on the test problems, for every seed: each tier alone, the shipped 2-tier policy, the
+   2-tier and the 3-tier CPO policies. Rows: accuracy, coverage (right, or the target alone
+   wrong on the same problem and seed), generated and total (generated + prefill) FLOPs, and the
+   share of steps each tier wrote; the 3-tier router's FLOPs minus the best 2-tier router's, per
+   problem, with a paired bootstrap interval.
+
+Rows for other routers (the ex-ante allocator) are added with ``extra_gates``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stepgraph.training.bench import bootstrap, run_rows, summarize
+from stepgraph.training.collect import collect, testbed_items
+from stepgraph.training.cpo_tiers import TierCPOArgs, train_tier_policy
+from stepgraph.training.runs import add_coverage
+from stepgraph.training.store import TraceStore
+from stepgraph.training.verifiers import TestbedVerifier
+from tqdm import tqdm
+
+from stepgraph.defaults import DEFAULT_POLICY_DIR
+from stepgraph.gates import AlwaysDraftGate, PolicyGate
+from stepgraph.gates.base import Gate
+from stepgraph.models.base import StepModel
+from stepgraph.testbed import close_pair, load_tiers, task
+
+
+@dataclass
+class TierBenchArgs:
+    out: Path = Path("runs/tiers")
+    """where the trace store, the two policies and the results go"""
+    train_problems: int = 400
+    """train-split problems to collect"""
+    calibration_problems: int = 200
+    """calibration-split problems to collect (κ is calibrated on them)"""
+    problems: int = 200
+    """test-split problems to bench on"""
+    seeds: Sequence[int] = (0, 1)
+    """sampling seeds, each a full run of every row"""
+    seed: int = 0
+    """problem-selection seed"""
+    alpha: float = 0.03
+    """coverage target 1 - alpha of both trained policies"""
+    cpo: dict[str, Any] = field(default_factory=dict)
+    """TierCPOArgs overrides (e.g. steps)"""
+
+
+def collect_tier_traces(store: TraceStore, make_tiers, args: TierBenchArgs) -> dict[str, Any]:
+    """Train and calibration traces with every tier's step, on the testbed's splits."""
+    reports: dict[str, Any] = {}
+    splits: tuple[tuple[task.Split, int, int], ...] = (("train", args.train_problems, args.seed),
+                                                      ("calibration", args.calibration_problems, args.seed + 1))
+    for split, n, seed in splits:
+        verifier = TestbedVerifier(task.generate(split, n, seed=seed))
+        reports[split] = collect(store, testbed_items(split, n, seed=seed), make_tiers, verifier, split=split, seed=seed,
+                                 record_tiers=True)
+    return reports
+
+
+def train_policies(store: TraceStore, args: TierBenchArgs) -> dict[str, Path]:
+    """The 3-tier and the draft → target CPO policies on the same traces, saved under ``args.out``."""
+    tiers = store.meta("models")
+    train, calibration = list(store.episodes("train")), list(store.episodes("calibration"))
+    paths = {}
+    for name, columns in (("policy-3-tier", [0, 1, 2]), ("policy-2-tier", [0, 2])):
+        artifact, _ = train_tier_policy(train, tiers, TierCPOArgs(alpha=args.alpha, **args.cpo), columns=columns,
+                                        calibration=calibration)
+        paths[name] = artifact.save(args.out / name)
+    return paths
+
+
+def tier_shares(rows: Sequence[Mapping[str, Any]], n_tiers: int) -> list[float]:
+    """The share of all steps that each tier wrote."""
+    counts = [sum(r["steps_by_tier"][k] for r in rows) for k in range(n_tiers)]
+    return [c / max(1, sum(counts)) for c in counts]
+
+
+def paired_difference(rows: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]], metric: str = "flops") -> dict[str, float]:
+    """Mean of ``metric`` minus the baseline's on the same problem and seed, with a bootstrap 95% interval."""
+    mean, low, high = bootstrap([float(a[metric]) - float(b[metric]) for a, b in zip(rows, baseline, strict=True)])
+    return {"mean": mean, "low": low, "high": high}
+
+
+def run_tier_bench(tiers: Sequence[StepModel], policies: Mapping[str, Path], items: Sequence, *, seeds: Sequence[int],
+                   shipped_policy: Path | None = DEFAULT_POLICY_DIR, extra_gates: Mapping[str, tuple[Sequence[int], Gate]] = {},
+                   progress: bool = True) -> dict[str, Any]:
+    """Every row on the same items and seeds; ``tiers`` are draft, mid, target.
+
+    ``extra_gates`` adds rows: name → (the tier indices its graph uses, the gate).
+    """
+    draft, mid, target = tiers
+    routers: dict[str, tuple[list[StepModel], Gate]] = {
+        "draft-alone": ([draft, draft], AlwaysDraftGate()),
+        "mid-alone": ([mid, mid], AlwaysDraftGate()),
+        "target-alone": ([target, target], AlwaysDraftGate()),
+        "policy-2-tier": ([draft, target], PolicyGate.from_path(policies["policy-2-tier"])),
+        "policy-3-tier": ([draft, mid, target], PolicyGate.from_path(policies["policy-3-tier"])),
+    }
+    if shipped_policy is not None and (shipped_policy / "policy.json").is_file():
+        routers["shipped-policy-2-tier"] = ([draft, target], PolicyGate.from_path(shipped_policy))
+    for name, (indices, gate) in extra_gates.items():
+        routers[name] = ([tiers[i] for i in indices], gate)
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for seed in tqdm(seeds, desc="seeds", disable=not progress):
+        per_seed = {name: run_rows(models, gate, items, seed=seed, prices=None)
+                    for name, (models, gate) in tqdm(routers.items(), desc=f"seed {seed}", leave=False, disable=not progress)}
+        for name, method_rows in per_seed.items():
+            names = [m.name for m in routers[name][0]]
+            for row in add_coverage(method_rows, per_seed["target-alone"]):
+                row["seed"] = seed
+                row["total_flops"] = row["flops"] + row["prefill_flops"]
+                # The share of steps per shipped model (a tier-alone graph writes every step with its tier 0 model).
+                row["steps_by_model"] = {m.name: sum(n for n, model in zip(row["steps_by_tier"], names) if model == m.name)
+                                         for m in tiers}
+            rows.setdefault(name, []).extend(method_rows)
+    summary = {}
+    for name, method_rows in rows.items():
+        s = summarize(method_rows)
+        s["total_flops"] = dict(zip(("mean", "low", "high"), bootstrap([r["total_flops"] for r in method_rows])))
+        steps = {m.name: sum(r["steps_by_model"][m.name] for r in method_rows) for m in tiers}
+        s["tier_share"] = {k: v / max(1, sum(steps.values())) for k, v in steps.items()}
+        summary[name] = s
+    two_tier = [n for n in rows if n.endswith("2-tier")]
+    feasible = [n for n in two_tier if summary[n]["covered"]["mean"] >= 0.97] or two_tier
+    best = min(feasible, key=lambda n: summary[n]["flops"]["mean"])
+    comparison = {"best_2_tier": best, "flops_3_minus_best_2": paired_difference(rows["policy-3-tier"], rows[best]),
+                  "total_flops_3_minus_best_2": paired_difference(rows["policy-3-tier"], rows[best], "total_flops"),
+                  "coverage_3_minus_best_2": paired_difference(rows["policy-3-tier"], rows[best], "covered")}
+    return {"seeds": list(seeds), "problems": len(items), "summary": summary, "comparison": comparison, "rows": rows}
+
+
+ORDER = ["draft-alone", "mid-alone", "target-alone", "shipped-policy-2-tier", "policy-2-tier", "policy-3-tier"]
+
+
+def markdown_table(report: Mapping[str, Any], tier_names: Sequence[str] = ("draft", "mid", "target")) -> str:
+    """One row per router: accuracy, coverage, generated and total MFLOPs, steps per tier."""
+
+    def cell(stat: Mapping[str, float], scale: float = 1.0, digits: int = 3) -> str:
+        return f"{stat['mean'] / scale:.{digits}f} [{stat['low'] / scale:.{digits}f}, {stat['high'] / scale:.{digits}f}]"
+
+    lines = ["| router | accuracy | coverage | generated MFLOPs | total MFLOPs | steps by " + " / ".join(tier_names) + " |",
+             "|---|---|---|---|---|---|"]
+    names = [n for n in ORDER if n in report["summary"]] + [n for n in report["summary"] if n not in ORDER]
+    for name in names:
+        s = report["summary"][name]
+        shares = " / ".join(f"{s['tier_share'].get(t, 0.0):.2f}" for t in tier_names)
+        lines.append(f"| {name} | {cell(s['correct'])} | {cell(s['covered'])} | {cell(s['flops'], 1e6, 2)} "
+                     f"| {cell(s['total_flops'], 1e6, 2)} | {shares} |")
+    c = report["comparison"]
+    lines.append("")
+    lines.append(f"3-tier minus {c['best_2_tier']} (paired, per problem and seed): generated MFLOPs "
+                 f"{cell(c['flops_3_minus_best_2'], 1e6, 3)}, total MFLOPs {cell(c['total_flops_3_minus_best_2'], 1e6, 3)}, "
+                 f"coverage {cell(c['coverage_3_minus_best_2'])}")
+    return "\n".join(lines) + "\n"
+
+
+def main(args: TierBenchArgs) -> dict[str, Any]:
+    """Collect, train both policies, bench; write ``results.json`` and ``table.md`` under ``args.out``."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    with TraceStore(args.out / "traces.sqlite") as store:
+        collected = collect_tier_traces(store, lambda: load_tiers(3), args)
+        policies = train_policies(store, args)
+    tiers = load_tiers(3)
+    try:
+        report = run_tier_bench(tiers, policies, testbed_items("test", args.problems, seed=args.seed), seeds=args.seeds)
+    finally:
+        close_pair(tiers)
+    report["collected"] = collected
+    report["policies"] = {name: json.loads((path / "policy.json").read_text())["training"] for name, path in policies.items()}
+    (args.out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.out / "table.md").write_text(markdown_table(report))
+    return {"results": str(args.out / "results.json"), "table": str(args.out / "table.md"), "comparison": report["comparison"]}

@@ -1,0 +1,406 @@
+"""CPO of the K-tier policy π(tier | o, k) and its threshold κ, from traces with every tier's step.
+
+The same problem as ``cpo.py`` (minimise the expected FLOPs subject to coverage
+P(R_Π = 1 ∨ R_M = 0) ≥ 1 − α) over the paper's larger action space: on a step written by tier k,
+accept it or have any tier k' > k rewrite it (the policy is then asked again on that tier's step).
+The traces hold, for every prefix, what each tier writes and the verifier's verdict on it
+(``collect(..., record_tiers=True)``), so any action sequence is replayed exactly on the
+recorded prefixes. Read top to bottom:
+
+1. per-step tensors: the policy's input for every (step, tier), the verdicts and the FLOPs;
+2. each update, a batch of episodes is replayed under the behaviour μ = (1 − ε)·π_old + ε·uniform
+   over the allowed tiers, giving decisions with their μ(a | o) (one per tier visited);
+3. the cost and coverage critics regress on V-trace targets (``cpo.episode_targets``, truncated
+   ρ̄, c̄) and ``cpo.trust_region_step`` takes the CPO step (natural gradient, coverage
+   constraint by its Lagrange multiplier, recovery when infeasible, KL ≤ δ);
+4. κ follows the online-conformal rule (``cpo.update_kappa``) on the deterministic gate's
+   surrogate misses, and is finally calibrated on held-out episodes with the split-conformal bound.
+
+The deterministic gate: escalate iff 1 − π(k | o, k) ≥ κ, to argmax_{j > k} π(j | o, k).
+The surrogate miss is ``cpo.episode_miss``'s local verification: a miss when a kept step fails
+the verifier before the walk reaches a step where the gate kept a verified step and the
+behaviour's recorded one was not (the recorded prefix ends there), unless R_M = 0.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from stepgraph.training.cpo import (
+    Batchable,
+    CPOArgs,
+    _critic,
+    episode_targets,
+    normalisation,
+    trust_region_step,
+    update_kappa,
+)
+from stepgraph.training.guarantee import allowed_misses, calibration_guarantee
+from stepgraph.training.records import Episode
+from tqdm import tqdm
+
+from stepgraph.errors import ConfigError, StepgraphError
+from stepgraph.features import CONFIDENCE_SCHEMA, FeatureSchema
+from stepgraph.tier_policy import TierPolicyArtifact, TierPolicyNetwork, tier_inputs
+
+
+@dataclass
+class TierCPOArgs(CPOArgs):
+    alpha: float = 0.03
+    """allowed miss rate: coverage must be at least 1 - alpha"""
+    steps: int = 800
+    batch_size: int = 16
+    epsilon: float = 0.02
+    """behaviour exploration: with this probability a uniformly random allowed tier, else π_old's (larger values
+    keep the coverage critic's miss estimate above α, so the trust region stays in recovery and escalates more)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (isinstance(self.epsilon, int | float) and 0 <= self.epsilon < 1):
+            raise ConfigError(f"TierCPOArgs.epsilon (--epsilon) must be a number in [0, 1), got {self.epsilon!r}.")
+
+
+class MissingTierTableError(StepgraphError, ValueError):
+    """Traces without every tier's step (collected without ``record_tiers``)."""
+
+
+# --- 1. data -------------------------------------------------------------------------------------
+
+
+@dataclass
+class TierData:
+    """Every recorded step's table as tensors; ``starts``/``ends`` index each episode's steps."""
+
+    x: torch.Tensor  # (S, K, F + K): the policy's input on tier k's step
+    ok: torch.Tensor  # (S, K) the verifier accepted tier k's step (None counts as not)
+    flops: torch.Tensor  # (S, K) FLOPs of tier k's step
+    kept_ok: torch.Tensor  # (S,) the behaviour's kept step was verified
+    starts: list[int]
+    ends: list[int]
+    target_reward: list[int]
+
+    @property
+    def n_tiers(self) -> int:
+        return self.ok.shape[1]
+
+
+def _tables(episode: Episode, columns: Sequence[int]) -> list[list[dict[str, Any]]]:
+    tables = []
+    for step in episode.steps:
+        if not step.tiers or max(columns) >= len(step.tiers):
+            raise MissingTierTableError(
+                f"Episode {episode.problem_id!r} step {step.index} has no table of tiers {list(columns)}: collect the traces "
+                "with every tier's step (`collect(..., record_tiers=True)`, e.g. `stepgraph bench --tiers 3`).")
+        tables.append([step.tiers[c] for c in columns])
+    return tables
+
+
+def tier_normalisation(episodes: Sequence[Episode], schema: FeatureSchema, columns: Sequence[int],
+                       ignore: Sequence[str] = ()) -> tuple[list[float], list[float], list[str]]:
+    """``cpo.normalisation`` over the observations of every tier that decides (all but the strongest)."""
+    observed = [SimpleNamespace(steps=[SimpleNamespace(observation=entry["observation"]) for table in _tables(e, columns)
+                                       for entry in table[:-1]]) for e in episodes]
+    return normalisation(observed, schema, ignore)  # type: ignore[arg-type]
+
+
+def to_tier_tensors(episodes: Sequence[Episode], artifact: TierPolicyArtifact, columns: Sequence[int]) -> TierData:
+    """The tables of ``columns`` (indices into the recorded tiers, cheapest first) as tensors."""
+    k = len(columns)
+    rows: list[list[float]] = []
+    ok: list[list[float]] = []
+    flops: list[list[float]] = []
+    kept_ok: list[float] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    for episode in episodes:
+        starts.append(len(ok))
+        for step, table in zip(episode.steps, _tables(episode, columns)):
+            rows.extend(artifact.schema.vector(entry["observation"]) for entry in table)
+            ok.append([float(entry["correct"] is True) for entry in table])
+            flops.append([float(entry["flops"]) for entry in table])
+            kept_ok.append(float((step.escalated_correct if step.action else step.draft_correct) is True))
+        ends.append(len(ok))
+    features = artifact.normalise(rows).view(len(ok), k, -1)
+    tiers = torch.arange(k).expand(len(ok), k)
+    return TierData(tier_inputs(features, tiers, k), torch.tensor(ok), torch.tensor(flops), torch.tensor(kept_ok),
+                    starts, ends, [e.target_reward for e in episodes])
+
+
+# --- 2. replay -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Walk:
+    """One replayed episode: its decisions, which tier's step was kept at each step, and its cost."""
+
+    decisions: list[tuple[int, int, int, float]]  # (step row, tier k, chosen tier j, μ(j | o, k))
+    kept: list[int]
+    flops: float
+
+
+def walk(data: TierData, episode: int, choose: Callable[[int, int], tuple[int, float]]) -> Walk:
+    """Replay one episode: on each step start at tier 0; ``choose(row, k)`` gives (tier j ≥ k, its probability).
+
+    The strongest tier's step is always kept (nothing is above it).
+    """
+    top = data.n_tiers - 1
+    decisions, kept, cost = [], [], 0.0
+    for row in range(data.starts[episode], data.ends[episode]):
+        k = 0
+        while k < top:
+            j, prob = choose(row, k)
+            decisions.append((row, k, j, prob))
+            cost += float(data.flops[row, k])
+            if j == k:
+                break
+            k = j
+        if k == top:
+            cost += float(data.flops[row, top])
+        kept.append(k)
+    return Walk(decisions, kept, cost)
+
+
+def walk_miss(data: TierData, episode: int, kept: Sequence[int]) -> bool:
+    """The local-verification surrogate of a miss (``cpo.episode_miss`` with K tiers)."""
+    if data.target_reward[episode] == 0:
+        return False
+    for row, k in zip(range(data.starts[episode], data.ends[episode]), kept):
+        if data.ok[row, k] != 1:
+            return True
+        if data.kept_ok[row] != 1:  # the gate fixed a step the behaviour got wrong: the recorded prefix ends here
+            return False
+    return False
+
+
+def gate_chooser(probs: torch.Tensor, kappa: float) -> Callable[[int, int], tuple[int, float]]:
+    """The deterministic gate on precomputed π (rows × K × K): escalate iff 1 − π(k) ≥ κ, to the likeliest tier above."""
+
+    def choose(row: int, k: int) -> tuple[int, float]:
+        p = probs[row, k]
+        if 1.0 - float(p[k]) < kappa:
+            return k, 1.0
+        return k + 1 + int(p[k + 1 :].argmax()), 1.0
+
+    return choose
+
+
+def behaviour_chooser(probs: torch.Tensor, epsilon: float, rng: random.Random) -> Callable[[int, int], tuple[int, float]]:
+    """Sample from μ = (1 − ε)·π + ε·uniform over the tiers ≥ k; returns the tier and its μ."""
+    n = probs.shape[-1]
+
+    def choose(row: int, k: int) -> tuple[int, float]:
+        mu = (1 - epsilon) * probs[row, k].double()
+        mu[k:] += epsilon / (n - k)
+        j = rng.choices(range(n), weights=mu.tolist())[0]
+        return j, float(mu[j])
+
+    return choose
+
+
+@torch.no_grad()
+def all_probabilities(policy: TierPolicyNetwork, data: TierData) -> torch.Tensor:
+    """π(· | o, k) on every step's every tier: (rows, K, K)."""
+    return policy.probabilities(data.x)
+
+
+def replay_batch(data: TierData, episodes: Sequence[int], walks: Sequence[Walk], cost_scale: float) -> Batchable:
+    """The walks' decisions as the per-step tensors ``cpo.episode_targets`` reads.
+
+    A decision's reward is −(FLOPs of the step it judged, plus the strongest tier's step when it
+    escalates to it) / ``cost_scale``; the coverage indicator is on each episode's last decision.
+    """
+    top = data.n_tiers - 1
+    rows: list[tuple[int, int]] = []
+    actions: list[int] = []
+    mus: list[float] = []
+    rewards: list[float] = []
+    coverage: list[float] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    for e, w in zip(episodes, walks):
+        starts.append(len(rows))
+        for row, k, j, mu in w.decisions:
+            rows.append((row, k))
+            actions.append(j)
+            mus.append(mu)
+            rewards.append(-(float(data.flops[row, k]) + (float(data.flops[row, top]) if j == top else 0.0)) / cost_scale)
+            coverage.append(0.0)
+        coverage[-1] = float(not walk_miss(data, e, w.kept))
+        ends.append(len(rows))
+    index = torch.tensor(rows)
+    empty = torch.zeros(len(rows))
+    return Batchable(x=data.x[index[:, 0], index[:, 1]], action=torch.tensor(actions), mu_escalate=torch.tensor(mus),
+                     reward=torch.tensor(rewards), coverage=torch.tensor(coverage), draft_ok=empty, escalated_ok=empty,
+                     starts=starts, ends=ends, episode_reward=[0] * len(walks),
+                     target_reward=[data.target_reward[e] for e in episodes])
+
+
+# --- 3. the loop ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TierRun:
+    args: TierCPOArgs
+    data: TierData
+    artifact: TierPolicyArtifact
+    columns: list[int]
+    cost_critic: torch.nn.Module
+    coverage_critic: torch.nn.Module
+    optimiser: torch.optim.Optimizer
+    rng: random.Random
+    cost_scale: float
+    kappa: float
+
+    @property
+    def policy(self) -> TierPolicyNetwork:
+        return self.artifact.network
+
+
+def start_tier_run(episodes: Sequence[Episode], args: TierCPOArgs, tiers: Sequence[dict[str, Any]], columns: Sequence[int],
+                   schema: FeatureSchema, ignore_features: Sequence[str]) -> TierRun:
+    episodes = [e for e in episodes if e.steps]
+    if not episodes:
+        raise ValueError("train_tier_policy needs at least one episode with steps; collect traces first.")
+    if len(columns) < 2 or list(columns) != sorted(set(columns)):
+        raise ConfigError(f"columns must name at least two recorded tiers in increasing order, got {list(columns)}.")
+    torch.manual_seed(args.seed)
+    mean, std, ignored = tier_normalisation(episodes, schema, columns, ignore_features)
+    policy = TierPolicyNetwork(len(schema.names), len(columns), args.hidden, args.layers)
+    artifact = TierPolicyArtifact(policy, args.kappa_init, args.alpha, schema, mean, std, [dict(tiers[c]) for c in columns],
+                                  args.hidden, args.layers, ignored=ignored)
+    data = to_tier_tensors(episodes, artifact, columns)
+    cost_scale = float(data.flops[:, -1].sum()) / len(episodes) or 1.0  # the strongest tier alone on the recorded prefixes
+    width = len(schema.names) + len(columns)
+    cost_critic, coverage_critic = _critic(width, args.hidden), _critic(width, args.hidden)
+    optimiser = torch.optim.Adam([*cost_critic.parameters(), *coverage_critic.parameters()], lr=args.critic_lr)
+    return TierRun(args, data, artifact, list(columns), cost_critic, coverage_critic, optimiser, random.Random(args.seed),
+                   cost_scale, args.kappa_init)
+
+
+def update(run: TierRun) -> dict[str, float]:
+    """One update: replay a batch under μ, fit the critics on V-trace targets, CPO step, κ step."""
+    args, data = run.args, run.data
+    episodes = run.rng.sample(range(len(data.starts)), min(args.batch_size, len(data.starts)))
+    probs = all_probabilities(run.policy, data)
+    walks = [walk(data, e, behaviour_chooser(probs, args.epsilon, run.rng)) for e in episodes]
+    batch = replay_batch(data, episodes, walks, run.cost_scale)
+    with torch.no_grad():
+        pi_a = run.policy.probabilities(batch.x).gather(1, batch.action[:, None]).squeeze(1)
+        ratio = pi_a / batch.mu_escalate.clamp_min(1e-3)
+    rhos, cs = ratio.clamp(max=args.rho_bar), ratio.clamp(max=args.c_bar)
+    everything = range(len(episodes))
+
+    def targets() -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            v_cost, v_cov = run.cost_critic(batch.x).squeeze(1), run.coverage_critic(batch.x).squeeze(1)
+            return episode_targets(batch, everything, v_cost, v_cov, rhos, cs, args.gamma)
+
+    for _ in range(args.critic_updates):
+        t = targets()
+        loss_cost = ((run.cost_critic(batch.x).squeeze(1) - t["vs_cost"]) ** 2).mean()
+        loss_cov = ((run.coverage_critic(batch.x).squeeze(1) - t["vs_coverage"]) ** 2).mean()
+        run.optimiser.zero_grad()
+        (loss_cost + loss_cov).backward()
+        run.optimiser.step()
+    t = targets()
+    miss_value = 1.0 - float(t["start_coverage"].mean().clamp(0, 1))
+    info = trust_region_step(run.policy, batch.x, batch.action, t["adv_cost"], -t["adv_coverage"], miss_value, args)  # type: ignore[arg-type]
+    gate = gate_chooser(all_probabilities(run.policy, data), run.kappa)
+    misses = [walk_miss(data, e, walk(data, e, gate).kept) for e in episodes]
+    for miss in misses:
+        run.kappa = update_kappa(run.kappa, miss, args.alpha, args.eta)
+    return {"losses/critic_cost": loss_cost.item(), "losses/critic_constraint": loss_cov.item(), "charts/kl": info["kl"],
+            "charts/accepted": info["accepted"], "charts/cpo_case": info["case"],
+            "charts/lagrange_multiplier": info["lagrange_multiplier"], "charts/estimated_miss": miss_value,
+            "charts/kappa": run.kappa, "charts/batch_misses": float(sum(misses))}
+
+
+# --- 4. κ and the summary ------------------------------------------------------------------------
+
+
+def replay_gate(data: TierData, probs: torch.Tensor, kappa: float) -> dict[str, Any]:
+    """The deterministic gate over every episode: misses, mean FLOPs and the share of steps each tier kept."""
+    chooser = gate_chooser(probs, kappa)
+    walks = [walk(data, e, chooser) for e in range(len(data.starts))]
+    kept = [k for w in walks for k in w.kept]
+    return {
+        "misses": sum(walk_miss(data, e, w.kept) for e, w in enumerate(walks)),
+        "episodes": len(walks),
+        "mean_flops": sum(w.flops for w in walks) / len(walks),
+        "tier_share": [kept.count(k) / max(1, len(kept)) for k in range(data.n_tiers)],
+    }
+
+
+def calibrate_tier_kappa(data: TierData, policy: TierPolicyNetwork, alpha: float, max_candidates: int = 400) -> tuple[float, int]:
+    """The largest κ whose surrogate misses on held-out episodes are at most ⌊α(n + 1)⌋ − 1 (split
+    conformal, as ``cpo.calibrate_kappa``); (0.0, misses at κ = 0) when none is. Returns (κ, misses)."""
+    probs = all_probabilities(policy, data)
+    allowed = allowed_misses(alpha, len(data.starts))
+    current = torch.arange(data.n_tiers)
+    scores = (1.0 - probs[:, current, current])[:, :-1].reshape(-1)
+    candidates = torch.unique(scores)
+    if candidates.numel() > max_candidates:
+        candidates = torch.quantile(scores, torch.linspace(0, 1, max_candidates))
+    for kappa in sorted({float(c) for c in candidates} | {1.0}, reverse=True):
+        misses = replay_gate(data, probs, kappa)["misses"]
+        if misses <= allowed:
+            return kappa, misses
+    return 0.0, replay_gate(data, probs, 0.0)["misses"]
+
+
+def train_tier_policy(episodes: Sequence[Episode], tiers: Sequence[dict[str, Any]], args: TierCPOArgs | None = None, *,
+                      columns: Sequence[int] | None = None, calibration: Sequence[Episode] = (),
+                      schema: FeatureSchema = CONFIDENCE_SCHEMA, ignore_features: Sequence[str] = (), progress: bool = True,
+                      log: Callable[[int, dict], None] | None = None) -> tuple[TierPolicyArtifact, list[dict[str, float]]]:
+    """Train the K-tier π and κ on traces with tier tables; return the artifact and per-update metrics.
+
+    Args:
+        episodes: train episodes collected with ``record_tiers=True``.
+        tiers: ``{"name", "parameters"}`` of every recorded tier (the store's ``models`` meta).
+        columns: the recorded tiers to route between (default: all), e.g. ``[0, 2]`` for the
+            2-tier draft → target policy on 3-tier traces.
+        calibration: held-out episodes; κ is calibrated on them (split conformal) when given.
+    """
+    columns = list(range(len(tiers))) if columns is None else list(columns)
+    run = start_tier_run(episodes, args or TierCPOArgs(), tiers, columns, schema, ignore_features)
+    history = []
+    for step in tqdm(range(run.args.steps), desc=f"cpo {len(columns)} tiers", disable=not progress):
+        metrics = update(run)
+        history.append(metrics)
+        if log is not None:
+            log(step, metrics)
+    artifact = run.artifact
+    artifact.kappa = run.kappa
+    summary: dict[str, Any] = {}
+    held_out = [e for e in calibration if e.steps]
+    if held_out:
+        held = to_tier_tensors(held_out, artifact, columns)
+        artifact.kappa, misses = calibrate_tier_kappa(held, run.policy, run.args.alpha)
+        artifact.guarantee = calibration_guarantee(run.args.alpha, len(held_out), misses)
+        if artifact.guarantee["type"] == "none":
+            artifact.kappa = run.kappa  # no κ meets the bound: keep the online one, claiming nothing
+        summary = {"online_kappa": run.kappa, "calibrated_kappa": artifact.kappa, "calibration_episodes": len(held_out),
+                   "calibration": replay_gate(held, all_probabilities(run.policy, held), artifact.kappa)}
+    else:
+        artifact.guarantee = calibration_guarantee(run.args.alpha, 0)
+    train = replay_gate(run.data, all_probabilities(run.policy, run.data), artifact.kappa)
+    artifact.training = {
+        **summary,
+        "algorithm": "cpo-k-tier+online-conformal-kappa",
+        "args": asdict(run.args),
+        "columns": columns,
+        "episodes": len(run.data.starts),
+        "cost_scale_flops": run.cost_scale,
+        "train": train,
+        "surrogate_coverage": 1 - train["misses"] / train["episodes"],
+    }
+    run.policy.eval()
+    if not math.isfinite(artifact.kappa):
+        raise StepgraphError("κ is not finite after training; check the traces.")
+    return artifact, history
