@@ -125,7 +125,7 @@ def test_broken_manifests_are_refused(tmp_path, change, match):
 
 def test_a_2_tier_loader_refuses_a_k_tier_artifact_by_its_format(tmp_path):
     _saved(tmp_path)
-    with pytest.raises(PolicyFileError, match="not a stepgraph.policy v1"):
+    with pytest.raises(PolicyFileError, match="not a stepgraph.policy manifest"):
         PolicyArtifact.load(tmp_path)
 
 

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stepgraph.features import SITUATIONAL
 from stepgraph.gates.base import GateDecision, GateInput
 from stepgraph.gates.policy_gate import PolicyGate
 
@@ -33,6 +34,7 @@ class TierPolicyGate(PolicyGate):
         self.tier_artifact = artifact
         self.threshold = artifact.kappa
         self.trained_on = [n for n in artifact.schema.names if n not in artifact.ignored]
+        self._reported = [n for n in self.trained_on if n not in SITUATIONAL]  # None means the backend lacks it
         self._warned: set[str] = set()
 
     @classmethod
