@@ -1,12 +1,19 @@
 """Every routing method side by side on the same problems, seeds and graph: ``stepgraph bench``.
 
 Methods (all gates in the same graph): draft-only, target-only, random (escalation rate matched
-to the CPO policy's), confidence threshold (API confidence), STEER (stepwise GMM fitted on the
-train traces), RSD (a reward model trained on the train traces' step verdicts), SpecReason (the
-target's likelihood of the draft step), the CPO policy, and the oracle (escalate exactly the
-drafts the exact verifier rejects). SpecReason's judging passes are counted in its FLOPs (2·N of
-the target per draft token scored). Threshold baselines take the cheapest threshold of the grid
-0.0, 0.1, ..., 1.0 (for a raw-logit confidence: the deciles of the train traces' confidences) whose relative coverage on the calibration split is ≥ 1 − α, as in the paper.
+to the CPO policy's), confidence thresholds (API confidence and the max-logit confidence), STEER
+(stepwise GMM fitted on the train traces), RSD (a reward model trained on the train traces' step
+verdicts), SpecReason (the target's likelihood of the draft step), the CPO policy, and the oracle
+(escalate exactly the drafts the exact verifier rejects). SpecReason's judging passes are counted
+in its FLOPs (2·N of the target per draft token scored).
+
+Every score-based method (the policy's κ too) is tuned on the calibration split only, three ways:
+the paper's rule (the cheapest threshold of the grid 0.0, 0.1, ..., 1.0 — for a raw-logit
+confidence the deciles of the train traces' confidences — whose relative coverage is ≥ 1 − α);
+the same rule over its exact breakpoints (every threshold at which a calibration decision changes,
+``tuning``); and the cheapest breakpoint whose calibration coverage reaches the policy's
+(matched coverage). Every row is compared with the policy on the same problems and seeds
+(``compare``: paired bootstrap interval of the FLOPs difference, McNemar on misses).
 Every metric is a mean over problems (and seeds) with a bootstrap 95% interval over problems.
 """
 
@@ -151,9 +158,9 @@ def _with_threshold(gate: Gate, threshold: float) -> Gate:
 
 def tune(tunable: Tunable, tiers: Sequence[StepModel], calibration: Sequence[Item], target_rows: Sequence[Mapping[str, Any]],
          *, alpha: float, matched_coverage: float | None, seed: int, prices: Sequence[Prices] | None,
-         context: RouterContext | None) -> dict[str, Any]:
+         context: RouterContext | None, desc: str = "", progress: bool = False) -> dict[str, Any]:
     """Sweep one method on the calibration problems and choose its thresholds: grid, exact, and matched coverage."""
-    pieces = sweep(tiers, tunable, calibration, target_rows, seed=seed, context=context, prices=prices)
+    pieces = sweep(tiers, tunable, calibration, target_rows, seed=seed, context=context, prices=prices, desc=desc, progress=progress)
     grid = evaluate(pieces, tunable.grid)
     exact = evaluate(pieces, breakpoint_thresholds(pieces, tunable.scale))
     picks = {"grid": cheapest(grid, 1 - alpha), "exact": cheapest(exact, 1 - alpha)}
@@ -198,7 +205,8 @@ def run_bench(tiers: Sequence[StepModel], *, train_episodes: Sequence[Episode], 
     candidates: dict[str, Callable[[float], Gate]] = {}
     for name, tunable in tqdm(methods.items(), desc="tune thresholds (exact sweep)", disable=not progress):
         result = tune(tunable, tiers, calibration, calibration_target, alpha=alpha, seed=seeds[0], prices=prices,
-                      context=context, matched_coverage=None if name == "policy" else policy_coverage)
+                      context=context, matched_coverage=None if name == "policy" else policy_coverage, desc=f"sweep {name}",
+                      progress=progress)
         tuning[name] = {k: result[k] for k in ("probes", "problems", "breakpoints", "curve")}
         for how, pick in result["picks"].items():
             key = name if how == "grid" and name != "policy" else f"{name}-{how}"
@@ -304,7 +312,8 @@ def _feature(method: str, report: Mapping[str, Any]) -> str:
 
 
 def _number(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    """Grid thresholds as written (1.0, 0.9), breakpoint midpoints to 4 significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) and value != round(value, 4) else str(value)
 
 
 def write_outputs(report: Mapping[str, Any], out: Path) -> dict[str, str]:

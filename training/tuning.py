@@ -27,6 +27,7 @@ from typing import Any
 
 from stepgraph.training.collect import Item
 from stepgraph.training.runs import add_coverage, answer_item, run_seed
+from tqdm import tqdm
 
 from stepgraph.context import RouterContext
 from stepgraph.costs import Prices
@@ -127,13 +128,15 @@ def sweep_problem(run: Callable[[float], tuple[dict[str, Any], list[float]]], st
 
 
 def sweep(tiers: Sequence[StepModel], tunable: Tunable, items: Sequence[Item], target_rows: Sequence[Mapping[str, Any]], *,
-          seed: int, context: RouterContext | None = None, prices: Sequence[Prices] | None = None) -> list[list[Piece]]:
+          seed: int, context: RouterContext | None = None, prices: Sequence[Prices] | None = None,
+          desc: str = "", progress: bool = False) -> list[list[Piece]]:
     """``sweep_problem`` for every item (seeds as in ``runs.run_gate``), with coverage against ``target_rows``."""
     holder = _Swappable(tunable.make(tunable.start))
     graph = build_graph(tiers, holder, prices=prices)
     base = context or RouterContext()
     out = []
-    for index, (item, target) in enumerate(zip(items, target_rows, strict=True)):
+    pairs = tqdm(list(zip(items, target_rows, strict=True)), desc=desc, disable=not progress, leave=False)
+    for index, (item, target) in enumerate(pairs):
         ctx = RouterContext(**{**vars(base), "seed": run_seed(seed, index)})
 
         def run(t: float, item: Item = item, target: Mapping[str, Any] = target, ctx: RouterContext = ctx) -> tuple[dict[str, Any], list[float]]:
