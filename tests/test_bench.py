@@ -291,3 +291,40 @@ def test_exact_sweep_agrees_with_running_the_gate_at_each_threshold():
         rows = add_coverage(run_gate(tiers, tunable.make(point["threshold"]), items, seed=0, progress=False), target)
         assert point["flops"] == pytest.approx(sum(r["flops"] for r in rows) / len(rows))
         assert point["covered"] == pytest.approx(sum(r["covered"] for r in rows) / len(rows))
+
+
+def test_bench_with_scripted_tiers_and_no_verifier_notes_the_missing_oracle():
+    """The whole bench on scripted tiers (no weights): every tuning row, the comparisons, and the notes."""
+    from stepgraph.training.collect import Item
+
+    from stepgraph.gates import ConfidenceThresholdGate
+
+    # The draft slips on the first step (low confidence) of odd problems only: scripted per question.
+    class Draft(ScriptedModel):
+        def generate_step(self, question, steps, **kw):
+            first = "1+1=3" if question.endswith("odd") else "1+1=2"
+            self.script = [first, "\\boxed{" + (steps[0][-1] if steps else "?") + "}"]  # the answer follows the prefix
+            self.confidence = [4.0, 12.0] if question.endswith("odd") else [9.0, 12.0]
+            return super().generate_step(question, steps, **kw)
+
+    tiers = [Draft("d", 100, ["x"]), ScriptedModel("t", 800, ["1+1=2", "\\boxed{2}"])]
+    items = [Item(str(i), f"what is 1+1, {'odd' if i % 2 else 'even'}", "2") for i in range(6)]
+    rng = random.Random(0)
+    episodes = []
+    for i in range(40):
+        conf = rng.uniform(2, 14)
+        obs = {n: None for n in CONFIDENCE_SCHEMA.names} | {"logit_confidence": conf, "api_confidence": 0.9, "step_index": 0.0}
+        episodes.append(Episode(str(i), "q", "2", [StepRecord(0, obs, 0, 0.5, "d", "e", conf > 7, True, 1.0, 4.0, 1.0)], 1, 1, 4.0))
+    policy = ConfidenceThresholdGate(7.0, feature="logit_confidence")
+    report = bench.run_bench(tiers, train_episodes=episodes, policy=policy, calibration=items, test=items, verify=None,
+                             seeds=(0,), progress=False, no_oracle_reason="run.toml has no exact step verifier")
+    assert "oracle" not in report["summary"]
+    assert "Oracle row omitted: run.toml has no exact step verifier." in report["notes"]
+    assert any("κ is not re-tuned" in note for note in report["notes"])  # a threshold gate as the policy
+    assert report["tuning"]["policy_calibration_coverage"] == 1.0
+    # The logit threshold's exact tuning finds the cut between 4 and 9 (escalate the slips only); the grid cannot.
+    exact = report["thresholds"]["threshold-alt-exact"]
+    assert 4.0 < exact["threshold"] <= 9.0 and exact["calibration"]["covered"] == 1.0
+    assert report["summary"]["threshold-alt-exact"]["flops"]["mean"] < report["summary"]["target"]["flops"]["mean"]
+    assert report["comparisons"]["threshold-alt-exact"]["diff"] == pytest.approx(0.0)  # the same decisions as the policy
+    assert "Oracle row omitted" in bench.markdown_table(report)

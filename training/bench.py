@@ -23,11 +23,11 @@ import copy
 import csv
 import json
 import math
-import random
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from stepgraph.training.collect import Item
 from stepgraph.training.compare import compare
 from stepgraph.training.prm import StepRewardModel
@@ -73,11 +73,9 @@ def run_rows(tiers: Sequence[StepModel], gate: Gate, items: Sequence[Item], *, s
 
 def bootstrap(values: Sequence[float], n_resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
     """Mean and a percentile bootstrap 95% interval."""
-    rng = random.Random(seed)
-    n = len(values)
-    mean = sum(values) / n
-    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_resamples))
-    return mean, means[int(0.025 * n_resamples)], means[int(0.975 * n_resamples) - 1]
+    data = np.asarray(values, dtype=float)
+    means = np.sort(data[np.random.default_rng(seed).integers(0, len(data), size=(n_resamples, len(data)))].mean(axis=1))
+    return float(data.mean()), float(means[int(0.025 * n_resamples)]), float(means[int(0.975 * n_resamples) - 1])
 
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
