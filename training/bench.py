@@ -340,16 +340,21 @@ def pareto_plot(report: Mapping[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # One colour per method, one marker per tuning (circle: grid or untuned, square: exact, triangle: matched).
+    methods = list(dict.fromkeys(name.removesuffix("-exact").removesuffix("-matched").removesuffix("-grid") for name in ORDER))
+    colours = plt.get_cmap("tab10").colors
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for name in ORDER:
         s = report["summary"].get(name)
         if s is None:
             continue
+        method = name.removesuffix("-exact").removesuffix("-matched").removesuffix("-grid")
+        marker = "*" if name == "policy" else "s" if name.endswith("-exact") else "^" if name.endswith("-matched") else "o"
         x, y = s["flops"]["mean"] / 1e6, s["correct"]["mean"]
         xerr = [[x - s["flops"]["low"] / 1e6], [s["flops"]["high"] / 1e6 - x]]
         yerr = [[y - s["correct"]["low"]], [s["correct"]["high"] - y]]
-        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="*" if name == "policy" else "o", markersize=12 if name == "policy" else 6,
-                    capsize=3, label=label(name, report))
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=marker, markersize=12 if name == "policy" else 6, capsize=3,
+                    color=colours[methods.index(method) % len(colours)], label=label(name, report))
     ax.set_xlabel("mean generated MFLOPs per problem")
     ax.set_ylabel("accuracy")
     ax.set_title(f"Accuracy vs cost ({report['problems']} problems x {len(report['seeds'])} seeds, 95% CI)")
