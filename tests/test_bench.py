@@ -328,3 +328,24 @@ def test_bench_with_scripted_tiers_and_no_verifier_notes_the_missing_oracle():
     assert report["summary"]["threshold-alt-exact"]["flops"]["mean"] < report["summary"]["target"]["flops"]["mean"]
     assert report["comparisons"]["threshold-alt-exact"]["diff"] == pytest.approx(0.0)  # the same decisions as the policy
     assert "Oracle row omitted" in bench.markdown_table(report)
+
+
+def test_sweep_on_threads_finds_the_same_pieces_as_one_thread():
+    from stepgraph.training.collect import Item
+    from stepgraph.training.tuning import Tunable, critical_feature, sweep
+
+    from stepgraph.gates import ConfidenceThresholdGate
+
+    tiers = [ScriptedModel("d", 100, ["1+1=3", "\\boxed{3}"], confidence=[4.0, 12.0]),
+             ScriptedModel("t", 800, ["1+1=2", "\\boxed{2}"])]
+    items = [Item(str(i), f"what is 1+1 ({i})", "2") for i in range(6)]
+    targets = [{"correct": 1.0}] * len(items)
+    tunable = Tunable(lambda t: ConfidenceThresholdGate(t, feature="logit_confidence"), critical_feature("logit_confidence"),
+                      start=8.0, grid=bench.GRID)
+    one = sweep(tiers, tunable, items, targets, seed=0)
+    many = sweep(tiers, tunable, items, targets, seed=0, concurrency=3)
+    assert [[(p.lo, p.hi, p.row["covered"], p.row["flops"]) for p in ps] for ps in many] == \
+           [[(p.lo, p.hi, p.row["covered"], p.row["flops"]) for p in ps] for ps in one]
+    assert [(p.lo, p.hi) for p in one[0]] == [(-float("inf"), 4.0), (4.0, 12.0), (12.0, float("inf"))]
+    # Both drafted steps are wrong (the scripted draft always boxes 3): only escalating both covers the problem.
+    assert [p.row["covered"] for p in one[0]] == [0.0, 0.0, 1.0]

@@ -156,9 +156,10 @@ def _with_threshold(gate: Gate, threshold: float) -> Gate:
 
 def tune(tunable: Tunable, tiers: Sequence[StepModel], calibration: Sequence[Item], target_rows: Sequence[Mapping[str, Any]],
          *, alpha: float, matched_coverage: float | None, seed: int, prices: Sequence[Prices] | None,
-         context: RouterContext | None, desc: str = "", progress: bool = False) -> dict[str, Any]:
+         context: RouterContext | None, concurrency: int = 1, desc: str = "", progress: bool = False) -> dict[str, Any]:
     """Sweep one method on the calibration problems and choose its thresholds: grid, exact, and matched coverage."""
-    pieces = sweep(tiers, tunable, calibration, target_rows, seed=seed, context=context, prices=prices, desc=desc, progress=progress)
+    pieces = sweep(tiers, tunable, calibration, target_rows, seed=seed, context=context, prices=prices, concurrency=concurrency,
+                   desc=desc, progress=progress)
     grid = evaluate(pieces, tunable.grid)
     exact = evaluate(pieces, breakpoint_thresholds(pieces, tunable.scale))
     picks = {"grid": cheapest(grid, 1 - alpha), "exact": cheapest(exact, 1 - alpha)}
@@ -203,7 +204,8 @@ def run_bench(tiers: Sequence[StepModel], *, train_episodes: Sequence[Episode], 
     candidates: dict[str, Callable[[float], Gate]] = {}
     for name, tunable in tqdm(methods.items(), desc="tune thresholds (exact sweep)", disable=not progress):
         result = tune(tunable, tiers, calibration, calibration_target, alpha=alpha, seed=seeds[0], prices=prices,
-                      context=context, matched_coverage=None if name == "policy" else policy_coverage, desc=f"sweep {name}",
+                      context=context, concurrency=concurrency, matched_coverage=None if name == "policy" else policy_coverage,
+                      desc=f"sweep {name}",
                       progress=progress)
         tuning[name] = {k: result[k] for k in ("probes", "problems", "breakpoints", "curve")}
         for how, pick in result["picks"].items():
@@ -342,7 +344,7 @@ def pareto_plot(report: Mapping[str, Any], path: Path) -> None:
 
     # One colour per method, one marker per tuning (circle: grid or untuned, square: exact, triangle: matched).
     methods = list(dict.fromkeys(name.removesuffix("-exact").removesuffix("-matched").removesuffix("-grid") for name in ORDER))
-    colours = plt.get_cmap("tab10").colors
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for name in ORDER:
         s = report["summary"].get(name)

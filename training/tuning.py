@@ -21,7 +21,9 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,30 +130,39 @@ def sweep_problem(run: Callable[[float], tuple[dict[str, Any], list[float]]], st
 
 
 def sweep(tiers: Sequence[StepModel], tunable: Tunable, items: Sequence[Item], target_rows: Sequence[Mapping[str, Any]], *,
-          seed: int, context: RouterContext | None = None, prices: Sequence[Prices] | None = None,
+          seed: int, context: RouterContext | None = None, prices: Sequence[Prices] | None = None, concurrency: int = 1,
           desc: str = "", progress: bool = False) -> list[list[Piece]]:
-    """``sweep_problem`` for every item (seeds as in ``runs.run_gate``), with coverage against ``target_rows``."""
-    holder = _Swappable(tunable.make(tunable.start))
-    graph = build_graph(tiers, holder, prices=prices)
+    """``sweep_problem`` for every item (seeds as in ``runs.run_gate``), with coverage against ``target_rows``.
+
+    ``concurrency`` problems are swept at once on threads (served models answer in parallel), each
+    thread with its own compiled graph whose gate it swaps between its runs.
+    """
     base = context or RouterContext()
-    out = []
-    pairs = tqdm(list(zip(items, target_rows, strict=True)), desc=desc, disable=not progress, leave=False)
-    for index, (item, target) in enumerate(pairs):
+    local = threading.local()
+
+    def sweep_one(index: int) -> list[Piece]:
+        if not hasattr(local, "graph"):
+            local.holder = _Swappable(tunable.make(tunable.start))
+            local.graph = build_graph(tiers, local.holder, prices=prices)
+        item, target = items[index], target_rows[index]
         ctx = RouterContext(**{**vars(base), "seed": run_seed(seed, index)})
 
-        def run(t: float, item: Item = item, target: Mapping[str, Any] = target, ctx: RouterContext = ctx) -> tuple[dict[str, Any], list[float]]:
-            holder.inner = tunable.make(t)
-            row, state = answer_item(graph, item, ctx)
+        def run(t: float) -> tuple[dict[str, Any], list[float]]:
+            local.holder.inner = tunable.make(t)
+            row, state = answer_item(local.graph, item, ctx)
             add_coverage([row], [target])
-            criticals = [c for step in state["steps"] if (c := tunable.critical(step, t)) is not None]
-            return row, criticals
+            return row, [c for step in state["steps"] if (c := tunable.critical(step, t)) is not None]
 
-        out.append(sweep_problem(run, tunable.start, tunable.scale))
-    return out
+        return sweep_problem(run, tunable.start, tunable.scale)
+
+    if len(items) != len(target_rows):
+        raise ValueError(f"sweep needs one target row per item, got {len(target_rows)} for {len(items)}.")
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        return list(tqdm(pool.map(sweep_one, range(len(items))), total=len(items), desc=desc, disable=not progress, leave=False))
 
 
 class _Swappable(Gate):
-    """One compiled graph for every probe: the gate it asks is swapped between runs (runs are sequential)."""
+    """One compiled graph for many probes: the gate it asks is swapped between runs (one thread's runs are sequential)."""
 
     name = "swappable"
 
