@@ -1,28 +1,48 @@
 """Every routing method side by side on the same problems, seeds and graph: ``stepgraph bench``.
 
 Methods (all gates in the same graph): draft-only, target-only, random (escalation rate matched
-to the CPO policy's), confidence threshold (API confidence), STEER (stepwise GMM fitted on the
-train traces), RSD (a reward model trained on the train traces' step verdicts), SpecReason (the
-target's likelihood of the draft step), the CPO policy, and the oracle (escalate exactly the
-drafts the exact verifier rejects). SpecReason's judging passes are counted in its FLOPs (2·N of
-the target per draft token scored). Threshold baselines take the cheapest threshold of the grid
-0.0, 0.1, ..., 1.0 (for a raw-logit confidence: the deciles of the train traces' confidences) whose relative coverage on the calibration split is ≥ 1 − α, as in the paper.
+to the CPO policy's), confidence thresholds (API confidence and the max-logit confidence), STEER
+(stepwise GMM fitted on the train traces), RSD (a reward model trained on the train traces' step
+verdicts), SpecReason (the target's likelihood of the draft step), the CPO policy, and the oracle
+(escalate exactly the drafts the exact verifier rejects). SpecReason's judging passes are counted
+in its FLOPs (2·N of the target per draft token scored).
+
+Every score-based method (the policy's κ too) is tuned on the calibration split only, three ways:
+the paper's rule (the cheapest threshold of the grid 0.0, 0.1, ..., 1.0 — for a raw-logit
+confidence the deciles of the train traces' confidences — whose relative coverage is ≥ 1 − α);
+the same rule over its exact breakpoints (every threshold at which a calibration decision changes,
+``tuning``); and the cheapest breakpoint whose calibration coverage reaches the policy's
+(matched coverage). Every row is compared with the policy on the same problems and seeds
+(``compare``: paired bootstrap interval of the FLOPs difference, McNemar on misses).
 Every metric is a mean over problems (and seeds) with a bootstrap 95% interval over problems.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
-import random
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from stepgraph.training.collect import Item
+from stepgraph.training.compare import compare
 from stepgraph.training.prm import StepRewardModel
 from stepgraph.training.records import Episode
 from stepgraph.training.runs import add_coverage, run_gate
+from stepgraph.training.tuning import (
+    Tunable,
+    breakpoint_thresholds,
+    cheapest,
+    critical_below,
+    critical_feature,
+    critical_of_score,
+    evaluate,
+    sweep,
+)
 from tqdm import tqdm
 
 from stepgraph.context import RouterContext
@@ -37,6 +57,7 @@ from stepgraph.gates import (
 )
 from stepgraph.gates.base import Gate
 from stepgraph.gates.judges import JudgeGate, OracleGate, ProcessRewardGate
+from stepgraph.gates.simple import CONFIDENCE_FEATURES
 from stepgraph.models.base import StepModel
 
 GRID = [round(0.1 * i, 1) for i in range(11)]
@@ -52,11 +73,9 @@ def run_rows(tiers: Sequence[StepModel], gate: Gate, items: Sequence[Item], *, s
 
 def bootstrap(values: Sequence[float], n_resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
     """Mean and a percentile bootstrap 95% interval."""
-    rng = random.Random(seed)
-    n = len(values)
-    mean = sum(values) / n
-    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_resamples))
-    return mean, means[int(0.025 * n_resamples)], means[int(0.975 * n_resamples) - 1]
+    data = np.asarray(values, dtype=float)
+    means = np.sort(data[np.random.default_rng(seed).integers(0, len(data), size=(n_resamples, len(data)))].mean(axis=1))
+    return float(data.mean()), float(means[int(0.025 * n_resamples)]), float(means[int(0.975 * n_resamples) - 1])
 
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -73,110 +92,228 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def pick_threshold(make_gate: Callable[[float], Gate], tiers: Sequence[StepModel], items: Sequence[Item],
                    target_rows: Sequence[Mapping[str, Any]], alpha: float, seed: int,
                    prices: Sequence[Prices] | None, grid: Sequence[float] = GRID, **run: Any) -> tuple[float, list[dict[str, float]]]:
-    """Grid-search the threshold on calibration problems: cheapest with coverage ≥ 1 − α."""
+    """Grid-search the threshold on calibration problems by running every grid point: cheapest with coverage ≥ 1 − α.
+
+    ``run_bench`` reads the grid off the exact curve instead (``tuning``), which gives the same trials.
+    """
     trials = []
     for threshold in grid:
         rows = add_coverage(run_rows(tiers, make_gate(threshold), items, seed=seed, prices=prices, **run), target_rows)
         trials.append({"threshold": threshold, "coverage": sum(r["covered"] for r in rows) / len(rows),
                        "flops": sum(r["flops"] for r in rows) / len(rows)})
-    feasible = [t for t in trials if t["coverage"] >= 1 - alpha]
-    best = min(feasible, key=lambda t: t["flops"]) if feasible else max(trials, key=lambda t: (t["coverage"], -t["flops"]))
+    best = cheapest([{**t, "covered": t["coverage"]} for t in trials], 1 - alpha)
     return best["threshold"], trials
+
+
+def tunables(tiers: Sequence[StepModel], train_episodes: Sequence[Episode], policy: Gate,
+             threshold_feature: str) -> dict[str, Tunable]:
+    """The score-based methods the bench tunes, each a family of gates indexed by its threshold.
+
+    A method whose input the run does not give is left out: a confidence feature the train traces
+    never hold, STEER without logit confidences, SpecReason without a target that scores steps, the
+    policy's κ when the policy gate does not compare a score with its threshold.
+    """
+    scores_by_step: dict[int, list[float]] = {}
+    seen: set[str] = set()
+    for episode in train_episodes:
+        for step in episode.steps:
+            seen |= {name for name in CONFIDENCE_FEATURES if step.observation.get(name) is not None}
+            confidence = step.observation.get("logit_confidence")
+            if confidence is not None:
+                scores_by_step.setdefault(step.index, []).append(confidence)
+    methods: dict[str, Tunable] = {}
+    other = next(f for f in CONFIDENCE_FEATURES if f != threshold_feature)
+    for name, feature in (("threshold", threshold_feature), ("threshold-alt", other)):
+        if feature in seen:
+            methods[name] = Tunable(lambda t, f=feature: ConfidenceThresholdGate(t, feature=f), critical_feature(feature),
+                                    start=0.5, grid=GRID)
+    if "logit_confidence" in seen and "logit_confidence" in {threshold_feature, other}:
+        # Raw logits are not in [0, 1]: their grid is the train traces' deciles, their sweep starts at the median.
+        logits = sorted(v for values in scores_by_step.values() for v in values)
+        deciles = sorted({round(logits[min(len(logits) - 1, int(q * len(logits)))], 3) for q in GRID})
+        name = "threshold" if threshold_feature == "logit_confidence" else "threshold-alt"
+        methods[name] = Tunable(methods[name].make, methods[name].critical, start=logits[len(logits) // 2], grid=deciles)
+    if scores_by_step:
+        steer = StepwiseGMMGate.fit(scores_by_step)
+        methods["steer"] = Tunable(lambda t: _with_threshold(steer, t), critical_of_score, start=0.5, grid=GRID, scale=1e-300)
+    prm = StepRewardModel().fit(train_episodes)
+    methods["rsd"] = Tunable(lambda t: ProcessRewardGate(prm, t), critical_below, start=0.5, grid=GRID)
+    target = tiers[-1]
+    if hasattr(target, "step_logprobs"):
+        methods["specreason"] = Tunable(lambda t: JudgeGate(target, t), critical_below, start=0.5, grid=GRID)  # type: ignore[arg-type]
+    if type(policy).decide_on_score is Gate.decide_on_score and math.isfinite(policy.threshold):
+        methods["policy"] = Tunable(lambda t: _with_threshold(policy, t), critical_of_score, start=policy.threshold, grid=GRID,
+                                    scale=1e-300)
+    return methods
+
+
+def _with_threshold(gate: Gate, threshold: float) -> Gate:
+    """A copy of a score-vs-threshold gate at another threshold (outside its documented range too: the sweep probes there)."""
+    other = copy.copy(gate)
+    other.threshold = threshold
+    return other
+
+
+def tune(tunable: Tunable, tiers: Sequence[StepModel], calibration: Sequence[Item], target_rows: Sequence[Mapping[str, Any]],
+         *, alpha: float, matched_coverage: float | None, seed: int, prices: Sequence[Prices] | None,
+         context: RouterContext | None, concurrency: int = 1, desc: str = "", progress: bool = False) -> dict[str, Any]:
+    """Sweep one method on the calibration problems and choose its thresholds: grid, exact, and matched coverage."""
+    pieces = sweep(tiers, tunable, calibration, target_rows, seed=seed, context=context, prices=prices, concurrency=concurrency,
+                   desc=desc, progress=progress)
+    grid = evaluate(pieces, tunable.grid)
+    exact = evaluate(pieces, breakpoint_thresholds(pieces, tunable.scale))
+    picks = {"grid": cheapest(grid, 1 - alpha), "exact": cheapest(exact, 1 - alpha)}
+    if matched_coverage is not None:
+        picks["matched"] = cheapest(exact, matched_coverage)
+    return {"picks": picks, "grid": grid, "curve": exact, "probes": sum(len(p) for p in pieces), "problems": len(pieces),
+            "breakpoints": len(exact) - 1}
 
 
 def run_bench(tiers: Sequence[StepModel], *, train_episodes: Sequence[Episode], policy_dir: Path | None = None,
               calibration: Sequence[Item], test: Sequence[Item], verify: Callable[[str, list[str], str], bool | None] | None,
               seeds: Sequence[int] = (0, 1, 2), alpha: float = 0.02, prices: Sequence[Prices] | None = None,
               policy: Gate | None = None, context: RouterContext | None = None, concurrency: int = 1,
-              threshold_feature: str = "api_confidence", progress: bool = True) -> dict[str, Any]:
-    """Calibrate the threshold baselines, then run every method on the test items for every seed.
+              threshold_feature: str = "api_confidence", progress: bool = True, no_oracle_reason: str = "") -> dict[str, Any]:
+    """Tune the score-based methods on the calibration items, then run every method on the test items for every seed.
+
+    Each score-based method (``tunables``) is tuned three ways on the calibration split only: on its
+    grid (the paper's rule, row ``name``), at its exact breakpoints (``name-exact``), and at the
+    policy's calibration coverage (``name-matched``); the policy's own κ is re-tuned the first two
+    ways. Every row is compared with the policy's, paired by problem and seed (``compare``).
 
     The policy is ``policy`` (a gate already checked against the tiers) or loaded from ``policy_dir``.
-    The oracle row needs ``verify`` (an exact step verifier); without one it is left out. STEER
-    needs the draft's logit confidence in the train traces and SpecReason a target that scores
-    steps (``step_logprobs``); a method whose input the tiers do not give is left out.
+    The oracle row needs ``verify`` (an exact step verifier); without one it is left out and
+    ``no_oracle_reason`` goes in the report's notes.
     """
-    run: dict[str, Any] = {"context": context, "concurrency": concurrency}
-    scores_by_step: dict[int, list[float]] = {}
-    for episode in train_episodes:
-        for step in episode.steps:
-            confidence = step.observation.get("logit_confidence")
-            if confidence is not None:
-                scores_by_step.setdefault(step.index, []).append(confidence)
-    prm = StepRewardModel().fit(train_episodes)
-    target = tiers[-1]
-    threshold_methods: dict[str, Callable[[float], Gate]] = {
-        "threshold": lambda t: ConfidenceThresholdGate(t, feature=threshold_feature),
-        "rsd": lambda t: ProcessRewardGate(prm, t),
-    }
-    grids: dict[str, Sequence[float]] = {}
-    if threshold_feature == "logit_confidence":  # raw logits are not in [0, 1]: the grid is the train traces' deciles
-        logits = sorted(v for values in scores_by_step.values() for v in values)
-        if logits:
-            grids["threshold"] = sorted({round(logits[min(len(logits) - 1, int(q * len(logits)))], 3) for q in GRID})
-    if scores_by_step:
-        steer = StepwiseGMMGate.fit(scores_by_step)
-        threshold_methods["steer"] = lambda t: StepwiseGMMGate(steer.mixtures, steer.pooled, threshold=t)
-    if hasattr(target, "step_logprobs"):
-        threshold_methods["specreason"] = lambda t: JudgeGate(target, t)  # type: ignore[arg-type]
-    calibration_target = run_rows(tiers, AlwaysTargetGate(), calibration, seed=seeds[0], prices=prices, **run)
-    chosen: dict[str, Any] = {}
-    for name, make in tqdm(threshold_methods.items(), desc="calibrate thresholds", disable=not progress):
-        threshold, trials = pick_threshold(make, tiers, calibration, calibration_target, alpha, seeds[0], prices,
-                                           grids.get(name, GRID), **run)
-        chosen[name] = {"threshold": threshold, "grid": trials}
     if policy is None:
         if policy_dir is None:
             raise ValueError("run_bench needs policy= (a gate) or policy_dir= (an artifact directory).")
         policy = PolicyGate.from_path(policy_dir)
+    run: dict[str, Any] = {"context": context, "concurrency": concurrency}
+    notes = []
+    if verify is None:
+        notes.append(f"Oracle row omitted: {no_oracle_reason or 'no exact step verifier was given'}.")
+    methods = tunables(tiers, train_episodes, policy, threshold_feature)
+    if "policy" not in methods:
+        notes.append(f"The policy's κ is not re-tuned: its gate ({type(policy).__name__}) does not compare a score with a threshold.")
+    calibration_target = run_rows(tiers, AlwaysTargetGate(), calibration, seed=seeds[0], prices=prices, **run)
+    calibration_policy = add_coverage(run_rows(tiers, policy, calibration, seed=seeds[0], prices=prices, **run), calibration_target)
+    policy_coverage = sum(r["covered"] for r in calibration_policy) / len(calibration_policy)
+    chosen: dict[str, Any] = {}
+    tuning: dict[str, Any] = {"policy_calibration_coverage": policy_coverage}
+    candidates: dict[str, Callable[[float], Gate]] = {}
+    for name, tunable in tqdm(methods.items(), desc="tune thresholds (exact sweep)", disable=not progress):
+        result = tune(tunable, tiers, calibration, calibration_target, alpha=alpha, seed=seeds[0], prices=prices,
+                      context=context, concurrency=concurrency, matched_coverage=None if name == "policy" else policy_coverage,
+                      desc=f"sweep {name}",
+                      progress=progress)
+        tuning[name] = {k: result[k] for k in ("probes", "problems", "breakpoints", "curve")}
+        for how, pick in result["picks"].items():
+            key = name if how == "grid" and name != "policy" else f"{name}-{how}"
+            chosen[key] = {"threshold": pick["threshold"], "tuning": how, "method": name,
+                           "calibration": {k: pick[k] for k in ("covered", "flops", "escalation_rate")}}
+            if how == "grid":
+                chosen[key]["grid"] = [{"threshold": g["threshold"], "coverage": g["covered"], "flops": g["flops"]} for g in result["grid"]]
+            candidates[key] = tunable.make
     rows: dict[str, list[dict[str, Any]]] = {}
     for seed in tqdm(seeds, desc="seeds", disable=not progress):
         target_rows = run_rows(tiers, AlwaysTargetGate(), test, seed=seed, prices=prices, **run)
         policy_rows = run_rows(tiers, policy, test, seed=seed, prices=prices, **run)
         rate = sum(r["escalation_rate"] for r in policy_rows) / len(policy_rows)
-        gates: dict[str, Gate] = {
-            "draft": AlwaysDraftGate(),
-            "random": RandomGate(rate, seed=seed),
-            **{name: threshold_methods[name](chosen[name]["threshold"]) for name in threshold_methods},
-        }
+        per_seed = {"target": target_rows, "policy": policy_rows,
+                    "draft": run_rows(tiers, AlwaysDraftGate(), test, seed=seed, prices=prices, **run),
+                    "random": run_rows(tiers, RandomGate(rate, seed=seed), test, seed=seed, prices=prices, **run)}
+        done: dict[tuple[str, float], list[dict[str, Any]]] = {}  # two tunings that chose the same threshold share one run
+        for key, make in candidates.items():
+            same = (chosen[key]["method"], chosen[key]["threshold"])
+            if same not in done:
+                done[same] = run_rows(tiers, make(chosen[key]["threshold"]), test, seed=seed, prices=prices, **run)
+            per_seed[key] = [dict(r) for r in done[same]]
         if verify is not None:
-            gates["oracle"] = OracleGate(verify)
-        per_seed = {"target": target_rows, "policy": policy_rows}
-        per_seed |= {name: run_rows(tiers, gate, test, seed=seed, prices=prices, **run) for name, gate in gates.items()}
+            per_seed["oracle"] = run_rows(tiers, OracleGate(verify), test, seed=seed, prices=prices, **run)
         for name, method_rows in per_seed.items():
             for row in add_coverage(method_rows, target_rows):
                 row["seed"] = seed
             rows.setdefault(name, []).extend(method_rows)
     summary = {name: summarize(method_rows) for name, method_rows in rows.items()}
+    comparisons = {name: compare(method_rows, rows["policy"]) for name, method_rows in rows.items() if name != "policy"}
     return {"alpha": alpha, "seeds": list(seeds), "problems": len(test), "calibration_problems": len(calibration),
-            "thresholds": chosen, "summary": summary, "rows": rows}
+            "threshold_features": {"threshold": threshold_feature, "threshold-alt": next(f for f in CONFIDENCE_FEATURES if f != threshold_feature)},
+            "thresholds": chosen, "tuning": tuning, "summary": summary, "comparisons": comparisons, "notes": notes, "rows": rows}
 
 
-ORDER = ["target", "draft", "random", "threshold", "steer", "rsd", "specreason", "policy", "oracle"]
-LABELS = {"target": "Target only", "draft": "Draft only", "random": "Random (matched rate)", "threshold": "Confidence threshold",
-          "steer": "STEER (stepwise GMM)", "rsd": "RSD (PRM)", "specreason": "SpecReason (target judge)",
-          "policy": "CPO policy (ours)", "oracle": "Oracle"}
+BASE = ["threshold", "threshold-alt", "steer", "rsd", "specreason"]
+ORDER = ["target", "draft", "random", *BASE, "policy", *(f"{m}-{how}" for how in ("exact", "matched") for m in BASE),
+         "policy-grid", "policy-exact", "oracle"]
+METHOD_LABELS = {"threshold": "Confidence threshold", "threshold-alt": "Confidence threshold", "steer": "STEER (stepwise GMM)",
+                 "rsd": "RSD (PRM)", "specreason": "SpecReason (target judge)", "policy": "CPO policy κ"}
+LABELS = {"target": "Target only", "draft": "Draft only", "random": "Random (matched rate)", "policy": "CPO policy (ours)",
+          "oracle": "Oracle"}
+TUNING_LABELS = {"grid": "0.1 grid", "exact": "exact breakpoints", "matched": "matched to the policy's coverage"}
+
+
+def label(name: str, report: Mapping[str, Any]) -> str:
+    """A row's label: the method, its confidence feature, and how its threshold was tuned."""
+    if name in LABELS:
+        return LABELS[name]
+    how = "exact" if name.endswith("-exact") else "matched" if name.endswith("-matched") else "grid"
+    method = name.removesuffix("-exact").removesuffix("-matched").removesuffix("-grid")
+    text = METHOD_LABELS[method]
+    if method.startswith("threshold"):
+        text += f" ({report.get('threshold_features', {}).get(method, 'api_confidence')})"
+    return f"{text}, {TUNING_LABELS[how]}"
 
 
 def markdown_table(report: Mapping[str, Any]) -> str:
-    """The paper's Table 1 layout: accuracy, relative coverage, cost, A/C, escalation rate per method."""
+    """The paper's Table 1 layout (accuracy, relative coverage, cost, A/C, escalation rate per method), then
+    the paired comparison with the policy, and how each threshold was tuned on the calibration split."""
 
     def cell(stat: Mapping[str, float], scale: float = 1.0, digits: int = 3) -> str:
         return f"{stat['mean'] / scale:.{digits}f} [{stat['low'] / scale:.{digits}f}, {stat['high'] / scale:.{digits}f}]"
 
-    lines = ["| method | threshold | accuracy | relative coverage | MFLOPs | prefill MFLOPs | $ per 1k problems | A/C (acc/MFLOP) | escalation rate | s / problem |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for name in ORDER:
-        s = report["summary"].get(name)
-        if s is None:
-            continue
+    names = [n for n in ORDER if n in report["summary"]]
+    target_flops = report["summary"].get("target", {}).get("flops", {}).get("mean")
+    lines = [("| method | threshold | accuracy | relative coverage | MFLOPs | FLOPs / target | prefill MFLOPs | $ per 1k problems "
+             "| A/C (acc/MFLOP) | escalation rate | s / problem | Δ MFLOPs vs policy [95% CI] | McNemar p (misses: row only / policy only) |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        s, c = report["summary"][name], report.get("comparisons", {}).get(name)
         threshold = report["thresholds"].get(name, {}).get("threshold", "")
+        ratio = f"{s['flops']['mean'] / target_flops:.3f}" if target_flops else ""
+        versus = f"{c['diff'] / 1e6:+.1f} [{c['low'] / 1e6:+.1f}, {c['high'] / 1e6:+.1f}]" if c else ""
+        mcn = f"{c['mcnemar']['p_value']:.3g} ({c['mcnemar']['only_a']:.0f} / {c['mcnemar']['only_b']:.0f})" if c else ""
         lines.append(
-            f"| {LABELS[name]} | {threshold} | {cell(s['correct'])} | {cell(s['covered'])} | {cell(s['flops'], 1e6, 1)} "
-            f"| {cell(s['prefill_flops'], 1e6, 1)} | {s['usd']['mean'] * 1000:.4f} | {s['a_over_c_per_mflop']:.4f} "
-            f"| {cell(s['escalation_rate'])} | {s['seconds']['mean']:.3f} |"
+            f"| {label(name, report)} | {_number(threshold)} | {cell(s['correct'])} | {cell(s['covered'])} | {cell(s['flops'], 1e6, 1)} "
+            f"| {ratio} | {cell(s['prefill_flops'], 1e6, 1)} | {s['usd']['mean'] * 1000:.4f} | {s['a_over_c_per_mflop']:.4f} "
+            f"| {cell(s['escalation_rate'])} | {s['seconds']['mean']:.3f} | {versus} | {mcn} |"
         )
+    lines += [f"\n{note}" for note in report.get("notes", [])]
+    tuning = report.get("tuning", {})
+    if any(isinstance(v, dict) for v in tuning.values()):
+        lines += ["", (f"Thresholds chosen on {report['calibration_problems']} calibration problems (cheapest with relative "
+                  f"coverage ≥ {1 - report['alpha']:.3g}; matched: ≥ the policy's calibration coverage "
+                  f"{tuning.get('policy_calibration_coverage', float('nan')):.3f}); cells are threshold: coverage / MFLOPs. "
+                  "Exact: every breakpoint, found by one calibration run per piece of each problem's threshold axis."), "",
+                  "| method | grid | exact | matched | runs of a problem | breakpoints |", "|---|---|---|---|---|---|"]
+        for method, t in tuning.items():
+            if not isinstance(t, dict):
+                continue
+            cells = []
+            for key in ((method if method != "policy" else "policy-grid"), f"{method}-exact", f"{method}-matched"):
+                pick = report["thresholds"].get(key)
+                cells.append(f"{_number(pick['threshold'])}: {pick['calibration']['covered']:.3f} / {pick['calibration']['flops'] / 1e6:.1f}"
+                             if pick else "")
+            lines.append(f"| {METHOD_LABELS[method]}{_feature(method, report)} | {' | '.join(cells)} | {t['probes']} | {t['breakpoints']} |")
     return "\n".join(lines) + "\n"
+
+
+def _feature(method: str, report: Mapping[str, Any]) -> str:
+    return f" ({report['threshold_features'][method]})" if method.startswith("threshold") and "threshold_features" in report else ""
+
+
+def _number(value: Any) -> str:
+    """Grid thresholds as written (1.0, 0.9), breakpoint midpoints to 4 significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) and value != round(value, 4) else str(value)
 
 
 def write_outputs(report: Mapping[str, Any], out: Path) -> dict[str, str]:
@@ -185,9 +322,15 @@ def write_outputs(report: Mapping[str, Any], out: Path) -> dict[str, str]:
     (out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
     with (out / "results.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["method", *[f"{m}_{k}" for m in METRICS for k in ("mean", "low", "high")], "a_over_c_per_mflop"])
+        writer.writerow(["method", "label", "tuning", "threshold", *[f"{m}_{k}" for m in METRICS for k in ("mean", "low", "high")],
+                         "a_over_c_per_mflop", "flops_diff_vs_policy", "flops_diff_low", "flops_diff_high", "flops_ratio_vs_policy",
+                         "misses_row_only", "misses_policy_only", "mcnemar_p"])
         for name, s in report["summary"].items():
-            writer.writerow([name, *[s[m][k] for m in METRICS for k in ("mean", "low", "high")], s["a_over_c_per_mflop"]])
+            picked, c = report["thresholds"].get(name, {}), report.get("comparisons", {}).get(name)
+            versus = [c["diff"], c["low"], c["high"], c["ratio"], c["mcnemar"]["only_a"], c["mcnemar"]["only_b"],
+                      c["mcnemar"]["p_value"]] if c else [""] * 7
+            writer.writerow([name, label(name, report), picked.get("tuning", ""), picked.get("threshold", ""),
+                             *[s[m][k] for m in METRICS for k in ("mean", "low", "high")], s["a_over_c_per_mflop"], *versus])
     (out / "table.md").write_text(markdown_table(report))
     pareto_plot(report, out / "pareto.png")
     return {k: str(out / v) for k, v in {"json": "results.json", "csv": "results.csv", "table": "table.md", "plot": "pareto.png"}.items()}
@@ -199,21 +342,26 @@ def pareto_plot(report: Mapping[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    # One colour per method, one marker per tuning (circle: grid or untuned, square: exact, triangle: matched).
+    methods = list(dict.fromkeys(name.removesuffix("-exact").removesuffix("-matched").removesuffix("-grid") for name in ORDER))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, ax = plt.subplots(figsize=(8, 5.5))
     for name in ORDER:
         s = report["summary"].get(name)
         if s is None:
             continue
+        method = name.removesuffix("-exact").removesuffix("-matched").removesuffix("-grid")
+        marker = "*" if name == "policy" else "s" if name.endswith("-exact") else "^" if name.endswith("-matched") else "o"
         x, y = s["flops"]["mean"] / 1e6, s["correct"]["mean"]
         xerr = [[x - s["flops"]["low"] / 1e6], [s["flops"]["high"] / 1e6 - x]]
         yerr = [[y - s["correct"]["low"]], [s["correct"]["high"] - y]]
-        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="*" if name == "policy" else "o", markersize=12 if name == "policy" else 6,
-                    capsize=3, label=LABELS[name])
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=marker, markersize=12 if name == "policy" else 6, capsize=3,
+                    color=colours[methods.index(method) % len(colours)], label=label(name, report))
     ax.set_xlabel("mean generated MFLOPs per problem")
     ax.set_ylabel("accuracy")
     ax.set_title(f"Accuracy vs cost ({report['problems']} problems x {len(report['seeds'])} seeds, 95% CI)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -260,8 +260,9 @@ def _bench(args: argparse.Namespace) -> dict:
     test = task.generate("test", args.problems, seed=args.seed)
     verifier = TestbedVerifier(calibration + test)
     prices = [Prices(args.input_price, args.cached_price, args.output_price)] * 2
+    tiers = load_pair()
     report = run_bench(
-        load_pair(), train_episodes=episodes, policy_dir=args.policy or DEFAULT_POLICY_DIR,
+        tiers, train_episodes=episodes, policy=load_gate_artifact(args.policy or DEFAULT_POLICY_DIR, tiers, args.allow_other_tiers),
         calibration=testbed_items("calibration", args.calibration_problems, seed=args.seed + 1),
         test=testbed_items("test", args.problems, seed=args.seed),
         verify=lambda q, prior, step: verifier.verify(q, "", prior, step), seeds=args.seeds, alpha=args.alpha if args.alpha is not None else 0.02,
@@ -301,13 +302,14 @@ def _bench_from_spec(spec: RunSpec, args: argparse.Namespace) -> dict:
         if not calibration or not test:
             raise ConfigError(f"{spec.source}: bench needs calibration and test questions (data.splits).")
         policy = load_gate_artifact(args.policy, tiers, args.allow_other_tiers) if args.policy else spec.build_gate(tiers)
-        verify = None
+        verify, no_oracle = None, f"{spec.source} has no exact step verifier (verifier.kind = {spec.verifier.kind!r}; the oracle needs 'testbed')"
         if spec.verifier.kind == "testbed":  # the oracle needs an exact verifier; a rollout oracle would cost k runs per step
             exact = spec.build_verifier(tiers)
             verify = lambda q, prior, step: exact.verify(q, "", prior, step)
         report = run_bench(tiers, train_episodes=episodes, policy=policy, calibration=calibration, test=test, verify=verify,
                            seeds=args.seeds, alpha=args.alpha if args.alpha is not None else spec.alpha, prices=spec.prices(),
-                           context=spec.context(), concurrency=args.concurrency, threshold_feature=spec.collect.feature)
+                           context=spec.context(), concurrency=args.concurrency, threshold_feature=spec.collect.feature,
+                           no_oracle_reason=no_oracle)
     finally:
         close_pair(tiers)
     files = write_outputs(report, out)
@@ -408,14 +410,18 @@ def add_commands(sub: Any) -> None:
     e.set_defaults(func=_single_threaded(_evaluate))
 
     b = sub.add_parser("bench", help="every method side by side on the same problems: table, CSV/JSON, Pareto plot",
-                       description="Run every routing method on the same problems and seeds; write table, CSV/JSON and plot.")
+                       description="Run every routing method on the same problems and seeds; write table, CSV/JSON and plot. "
+                       "Each score-based method (confidence thresholds, STEER, RSD, SpecReason, the policy's κ) is tuned on the "
+                       "calibration problems on the paper's 0.1 grid, at its exact breakpoints, and at the policy's calibration "
+                       "coverage; every row is compared with the policy's on the same problems and seeds (paired bootstrap "
+                       "interval of the cost difference, McNemar on misses).")
     _add_spec_options(b)
     b.add_argument("--store", type=Path, default=None,
                    help="trace store whose train episodes fit STEER and the PRM (default: the spec's paths.store, else runs/traces.sqlite)")
     b.add_argument("--policy", type=Path, default=None, help="CPO policy or calibrated gate (default: the spec's gate, else the shipped policy)")
     b.add_argument("--out", type=Path, default=None, help="output directory (default: the spec's paths.bench, else runs/bench)")
     b.add_argument("--problems", type=in_range(int, 1), default=200, help="test-split problems, at most (default: %(default)s)")
-    b.add_argument("--calibration-problems", type=in_range(int, 1), default=100, help="calibration problems for threshold grid search (default: %(default)s)")
+    b.add_argument("--calibration-problems", type=in_range(int, 1), default=100, help="calibration problems that choose every threshold (default: %(default)s)")
     b.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampling seeds, each a full run (default: 0 1 2)")
     b.add_argument("--seed", type=int, default=0, help="testbed: problem-selection seed (default: %(default)s)")
     b.add_argument("--alpha", type=in_range(float, 0, 1, exclusive=True), default=None, help="coverage target 1 - alpha for threshold selection (default: the spec's, else 0.02)")

@@ -55,29 +55,9 @@ def run_gate(tiers: Sequence[StepModel], gate: Gate, items: Sequence[Item], *, s
     graph = build_graph(tiers, gate, prices=prices)
 
     def answer(index: int) -> dict[str, Any]:
-        item = items[index]
-        started = time.perf_counter()
         ctx = RouterContext(**{**vars(base), "seed": run_seed(seed, index)}
                             | ({"difficulty": difficulties[index]} if difficulties is not None else {}))
-        state = graph.invoke({"question": item.question}, context=ctx)
-        steps = state["steps"]
-        # A judging gate's calls are in the run's costs beside the steps' own generations.
-        judge_flops = state["totals"]["flops"] - sum(a["cost"]["flops"] for s in steps for a in s["attempts"])
-        escalated = sum(s["escalated"] for s in steps)
-        return {
-            "problem_id": item.problem_id,
-            "answer": state["answer"],
-            "correct": float(is_correct(state["answer"], item.reference)),
-            "flops": state["totals"]["flops"],
-            "judge_flops": judge_flops,
-            "prefill_flops": state["totals"]["prefill_flops"],
-            "usd": state["totals"]["usd"],
-            "steps": len(steps),
-            "escalated_steps": escalated,
-            "steps_by_tier": [sum(s["tier"] == k for s in steps) for k in range(len(tiers))],
-            "escalation_rate": escalated / max(1, len(steps)),
-            "seconds": time.perf_counter() - started,
-        }
+        return answer_item(graph, items[index], ctx, len(tiers))[0]
 
     done = _read_journal(journal)
     rows: dict[int, dict[str, Any]] = {}
@@ -97,6 +77,31 @@ def run_gate(tiers: Sequence[StepModel], gate: Gate, items: Sequence[Item], *, s
             bar.update()
     bar.close()
     return [rows[i] for i in range(len(items))]
+
+
+def answer_item(graph: Any, item: Item, context: RouterContext, n_tiers: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Answer one item with a compiled routed graph over ``n_tiers`` tiers: its row (as ``run_gate`` gives) and the final graph state."""
+    started = time.perf_counter()
+    state = graph.invoke({"question": item.question}, context=context)
+    steps = state["steps"]
+    # A judging gate's calls are in the run's costs beside the steps' own generations.
+    judge_flops = state["totals"]["flops"] - sum(a["cost"]["flops"] for s in steps for a in s["attempts"])
+    escalated = sum(s["escalated"] for s in steps)
+    row = {
+        "problem_id": item.problem_id,
+        "answer": state["answer"],
+        "correct": float(is_correct(state["answer"], item.reference)),
+        "flops": state["totals"]["flops"],
+        "judge_flops": judge_flops,
+        "prefill_flops": state["totals"]["prefill_flops"],
+        "usd": state["totals"]["usd"],
+        "steps": len(steps),
+        "escalated_steps": escalated,
+        "steps_by_tier": [sum(s["tier"] == k for s in steps) for k in range(n_tiers)],
+        "escalation_rate": escalated / max(1, len(steps)),
+        "seconds": time.perf_counter() - started,
+    }
+    return row, state
 
 
 def _read_journal(journal: Path | None) -> dict[tuple[str, int], dict[str, Any]]:
