@@ -361,3 +361,16 @@ def test_add_into_pool_recalibrates_and_round_trips_through_the_artifact(tmp_pat
     assert loaded.choose(0.0).configuration.name == "mid"
     with pytest.raises(ConfigError, match="radar collect"):  # its calibration journal is needed
         add_to_pool(router, new.model_copy(update={"name": "mid2"}), tmp_path, n)
+
+
+def test_radar_cli_adds_the_mid_model_into_the_pool() -> None:
+    from stepgraph.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["radar", "add", "--configuration", "mid", "--into-pool", "--budget", "30"])
+    assert (args.configuration, args.into_pool, args.calibration_problems) == ("mid", True, 200)
+    assert parser.parse_args(["radar", "fit", "--extra", "mid"]).extra == ["mid"]
+    assert parser.parse_args(["radar", "collect", "--configurations", "mid"]).configurations == ["mid"]
+    assert parser.parse_args(["radar", "bench", "--extra", "mid"]).extra == ["mid"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["radar", "fit", "--extra", "huge"])

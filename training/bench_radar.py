@@ -90,18 +90,18 @@ def run_bench(tiers: Sequence[Any], policy: PolicyGate, *, responses: Path, size
     if added_names:
         from stepgraph.training.radar import fit_2pl, response_matrix
 
-        added = []
+        added_configs = []
         report["added"] = {}
         for config in (c for c in NEW_CONFIGURATIONS if c.name in added_names):
             train = rows["train"][config.name]
             theta, asked = adaptive_ability(lambda i: float(train[i]["correct"]), fit.irt.a.tolist(), fit.irt.b.tolist(),  # noqa: B023
                                             budget=adaptive_budget)
             refit = fit_2pl(response_matrix(rows["train"], [*names, config.name]))
-            added.append(config.model_copy(update={"ability": theta, "mean_flops": sum(r["flops"] for r in train) / len(train),
+            added_configs.append(config.model_copy(update={"ability": theta, "mean_flops": sum(r["flops"] for r in train) / len(train),
                                                    "mean_usd": sum(r["usd"] for r in train) / len(train)}))
             report["added"][config.name] = {"adaptive_ability": theta, "queries": len(asked), "full_fit_ability": float(refit.theta[-1]),
                                             "train_accuracy": sum(r["correct"] for r in train) / len(train)}
-        fit_added = type(fit)(fit.irt, [*fit.configurations, *added], fit.regressor, fit.report)
+        fit_added = type(fit)(fit.irt, [*fit.configurations, *added_configs], fit.regressor, fit.report)
         plus = " + " + ", ".join(added_names)
         for alpha in alphas:
             for pool in ("query", "all"):

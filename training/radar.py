@@ -434,7 +434,7 @@ def _load(args: Any, configurations: Sequence[Configuration] = ()) -> tuple[list
 def with_tier_sizes(configurations: Sequence[Configuration], tiers: Sequence[StepModel]) -> list[Configuration]:
     """``tier`` configurations with their model's parameter count recorded (checked whenever they run again)."""
     sizes = {m.name: m.n_params for m in tiers}
-    return [c.model_copy(update={"tier_parameters": sizes.get(c.tier)}) if c.gate == "tier" else c for c in configurations]
+    return [c.model_copy(update={"tier_parameters": sizes.get(c.tier or "")}) if c.gate == "tier" else c for c in configurations]
 
 
 def router_tiers(tiers: Sequence[StepModel]) -> list[StepModel]:
