@@ -57,13 +57,14 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def run_bench(tiers: Sequence[Any], policy: PolicyGate, *, responses: Path, sizes: Mapping[str, int], alphas: Sequence[float],
               difficulty_policy: PolicyGate | None, plain_policy: PolicyGate | None, eval_splits: Sequence[str] = ("test", "shifted"),
               adaptive_budget: int = 30, regressor: Any = None, seeds: Sequence[int] = (0,),
-              extra: Sequence[str] = ()) -> dict[str, Any]:
+              extra: Sequence[str] = (), added_ability: str = "adaptive") -> dict[str, Any]:
     """Fit on train, calibrate every router on calibration, evaluate every row on ``eval_splits``.
 
     ``regressor`` (default: refitted) is the difficulty regressor of the artifact the difficulty traces were collected with.
     ``extra`` names configurations of ``NEW_CONFIGURATIONS`` (e.g. ``mid``) added after the fit, as ``radar add
     --into-pool`` does: ability from ``adaptive_budget`` max-information train queries, τ recalibrated; each gives
-    the query-level and all-configurations routers a "+ NAME" row.
+    the query-level and all-configurations routers a "+ NAME" row. ``added_ability="full"`` uses the ability of a
+    full refit with all its train answers instead (to see what the adaptive estimate's error costs).
     """
     configurations = list(TESTBED_CONFIGURATIONS)
     names = [c.name for c in configurations]
@@ -97,12 +98,13 @@ def run_bench(tiers: Sequence[Any], policy: PolicyGate, *, responses: Path, size
             theta, asked = adaptive_ability(lambda i: float(train[i]["correct"]), fit.irt.a.tolist(), fit.irt.b.tolist(),  # noqa: B023
                                             budget=adaptive_budget)
             refit = fit_2pl(response_matrix(rows["train"], [*names, config.name]))
-            added_configs.append(config.model_copy(update={"ability": theta, "mean_flops": sum(r["flops"] for r in train) / len(train),
+            ability = theta if added_ability == "adaptive" else float(refit.theta[-1])
+            added_configs.append(config.model_copy(update={"ability": ability, "mean_flops": sum(r["flops"] for r in train) / len(train),
                                                    "mean_usd": sum(r["usd"] for r in train) / len(train)}))
             report["added"][config.name] = {"adaptive_ability": theta, "queries": len(asked), "full_fit_ability": float(refit.theta[-1]),
                                             "train_accuracy": sum(r["correct"] for r in train) / len(train)}
         fit_added = type(fit)(fit.irt, [*fit.configurations, *added_configs], fit.regressor, fit.report)
-        plus = " + " + ", ".join(added_names)
+        plus = " + " + ", ".join(added_names) + ("" if added_ability == "adaptive" else " (full-fit θ)")
         for alpha in alphas:
             for pool in ("query", "all"):
                 router, result = calibrate_router(make_router(fit_added, [*POOLS[pool], *added_names], alpha=alpha),
@@ -220,7 +222,7 @@ def _bench_command(args: Any) -> dict[str, Any]:
                               "test": args.problems, "shifted": args.problems},
                        difficulty_policy=load(args.difficulty_policy), plain_policy=load(args.plain_policy),
                        regressor=RadarRouter.from_path(args.router).regressor if (args.router / "radar.json").is_file() else None,
-                       seeds=args.seeds, extra=args.extra or ())
+                       seeds=args.seeds, extra=args.extra or (), added_ability=args.added_ability)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "table.md").write_text(markdown(report))
@@ -251,5 +253,8 @@ def add_bench_stage(stages: Any) -> None:
     b.add_argument("--extra", nargs="+", default=None, choices=[c.name for c in NEW_CONFIGURATIONS], metavar="NAME",
                    help="configurations added after the fit by adaptive ability (as `radar add --into-pool`), each with "
                         "router rows that include it; their journals needed on every split: %(choices)s")
+    b.add_argument("--added-ability", choices=["adaptive", "full"], default="adaptive",
+                   help="--extra configurations' ability: from adaptive testing, or a full refit with all their train answers "
+                        "(default: %(default)s)")
     b.add_argument("--out", type=Path, default=Path("runs/radar/bench"), help="output directory (default: %(default)s)")
     b.set_defaults(func=_bench_command)
