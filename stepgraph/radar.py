@@ -316,6 +316,9 @@ class RadarRouter:
     def from_path(cls, directory: str | Path, tiers: Sequence[Any] | None = None, allow_other_tiers: bool = False) -> RadarRouter:
         """Load an artifact; with ``tiers``, check they are the ones it was fitted on and embed with them.
 
+        ``tiers`` may be the K tiers cheapest first (``load_tiers(3)``, which a ``tier`` configuration such as
+        ``mid`` needs to run) for a router fitted on a pair: the first and last are checked as the pair.
+
         Raises:
             PolicyFileError: a missing, corrupted or other-format file, or other tiers (see ``check_tiers``).
         """
@@ -341,6 +344,8 @@ class RadarRouter:
         if tiers is not None:
             from stepgraph.training.calibrate import check_tiers, describe
 
+            if len(manifest.tiers) == 2 and len(tiers) > 2:  # K tiers (load_tiers(3)): the router's pair is the ends
+                tiers = [tiers[0], tiers[-1]]
             check_tiers(manifest.tiers, describe(tiers), str(directory), allow_other_tiers)
             embedder = QueryEmbedder(tiers[manifest.embedding_tier])
         return cls(manifest, regressor.eval(), embedder)

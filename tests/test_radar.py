@@ -355,6 +355,10 @@ def test_add_into_pool_recalibrates_and_round_trips_through_the_artifact(tmp_pat
     extended.save(tmp_path / "router")
     loaded = RadarRouter.from_path(tmp_path / "router", tiers)  # validates; the pair is still the router's tiers
     assert loaded.manifest == extended.manifest
+    three = [tiers[0], LocalTier("mid", 15), tiers[1]]  # load_tiers(3): the ends are checked as the pair
+    assert RadarRouter.from_path(tmp_path / "router", three).manifest == extended.manifest
+    with pytest.raises(PolicyFileError, match="tiers"):
+        RadarRouter.from_path(tmp_path / "router", [LocalTier("draft", 11), LocalTier("mid", 15), tiers[1]])
     mid = {c.name: c for c in loaded.manifest.configurations}["mid"]
     assert (mid.tier, mid.tier_parameters, mid.mean_flops) == ("mid", 15, 2.0)  # cost: the calibration mean
     assert loaded.manifest.threshold <= 1  # τ met: mid is always right on calibration and cheaper than the policy
