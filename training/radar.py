@@ -3,6 +3,7 @@
     stepgraph radar collect --split train --problems 300      # query × configuration → correct, cost
     stepgraph radar collect --split calibration --problems 200
     stepgraph radar fit --out runs/radar                      # 2PL + regressor + τ, writes the artifact
+    stepgraph radar add --configuration mid --into-pool       # a new configuration (the mid model): θ from 30 queries, τ recalibrated
 
 Stages, each a small function below:
 
