@@ -49,7 +49,7 @@ RADAR_FORMAT = "stepgraph.radar"
 RADAR_FORMAT_VERSION = 1
 MANIFEST_FILE = "radar.json"
 WEIGHTS_FILE = "difficulty.safetensors"
-GateName = Literal["draft", "target", "policy", "threshold"]
+GateName = Literal["draft", "target", "tier", "policy", "threshold"]
 
 
 def p_correct(theta: float | torch.Tensor, a: float | torch.Tensor, b: float | torch.Tensor) -> Any:
@@ -68,7 +68,12 @@ class Configuration(BaseModel):
     name: str = Field(min_length=1)
     """Unique name, e.g. ``draft`` or ``policy@k0.3``."""
     gate: GateName
-    """``draft``/``target``: one tier alone; ``policy``/``threshold``: the stepwise router."""
+    """``draft``/``target``: the router's cheapest/strongest tier alone; ``tier``: the model named ``tier`` alone
+    (one outside the router's pair, e.g. the testbed's mid model); ``policy``/``threshold``: the stepwise router."""
+    tier: str | None = Field(default=None, min_length=1)
+    """For ``gate="tier"``: the name of the model it runs alone (e.g. ``mid``)."""
+    tier_parameters: int | None = Field(default=None, ge=1)
+    """For ``gate="tier"``: that model's parameter count when its answers were collected (checked when it runs)."""
     kappa: float | None = Field(default=None, ge=0, le=1)
     """The policy's κ (None: the policy artifact's own calibrated κ)."""
     threshold: float | None = Field(default=None, ge=0, le=1)
@@ -84,6 +89,13 @@ class Configuration(BaseModel):
     mean_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     """Mean dollars per query on the training split."""
 
+    @model_validator(mode="after")
+    def _tier_named_iff_tier_gate(self) -> Self:
+        if (self.gate == "tier") != (self.tier is not None):
+            raise ValueError(f"configuration {self.name!r}: tier names the model of gate 'tier' and only of it "
+                             f"(gate {self.gate!r}, tier {self.tier!r})")
+        return self
+
     @property
     def stepwise(self) -> bool:
         return self.gate in ("policy", "threshold")
@@ -92,7 +104,14 @@ class Configuration(BaseModel):
         """The tiers and gate that run this configuration (``build_graph(*config.graph_parts(tiers, policy))``).
 
         A tier alone is that tier twice, never escalated; ``policy`` (a ``PolicyGate``) is needed for
-        ``gate="policy"``, its κ replaced when ``kappa`` is set.
+        ``gate="policy"``, its κ replaced when ``kappa`` is set. ``tiers`` may be the 2-tier pair or the
+        K tiers cheapest first (``load_tiers(3)``): ``draft``/``target`` are the first and last, a
+        ``tier`` configuration finds its model by name, and the stepwise router (a 2-tier gate) runs
+        on the first and last.
+
+        Raises:
+            ConfigError: a ``tier`` configuration whose model is not among ``tiers``, or ``policy`` missing.
+            PolicyFileError: that model has another parameter count than the one its answers were collected on.
         """
         from stepgraph.gates import AlwaysDraftGate, ConfidenceThresholdGate, PolicyGate
 
@@ -100,15 +119,27 @@ class Configuration(BaseModel):
             return [tiers[0], tiers[0]], AlwaysDraftGate()
         if self.gate == "target":
             return [tiers[-1], tiers[-1]], AlwaysDraftGate()
+        if self.gate == "tier":
+            model = next((t for t in tiers if getattr(t, "name", None) == self.tier), None)
+            if model is None:
+                raise ConfigError(f"Configuration {self.name!r} runs the model {self.tier!r} alone, which is not among the tiers "
+                                  f"{[getattr(t, 'name', t) for t in tiers]}: pass tiers that include it "
+                                  "(stepgraph.testbed.load_tiers(3) for the testbed's mid model).")
+            size = getattr(model, "n_params", None)
+            if self.tier_parameters is not None and size is not None and size != self.tier_parameters:
+                raise PolicyFileError(f"Configuration {self.name!r}'s ability was estimated on {self.tier!r} with "
+                                      f"{self.tier_parameters} parameters; this {self.tier!r} has {size}.")
+            return [model, model], AlwaysDraftGate()
+        pair = [tiers[0], tiers[-1]]
         if self.gate == "threshold":
-            return list(tiers), ConfidenceThresholdGate(0.9 if self.threshold is None else self.threshold)
+            return pair, ConfidenceThresholdGate(0.9 if self.threshold is None else self.threshold)
         if not isinstance(policy, PolicyGate):
             raise ConfigError(f"Configuration {self.name!r} runs the stepwise policy: pass policy= (a PolicyGate).")
         if self.kappa is None:
-            return list(tiers), policy
+            return pair, policy
         import dataclasses
 
-        return list(tiers), PolicyGate(dataclasses.replace(policy.artifact, kappa=self.kappa))
+        return pair, PolicyGate(dataclasses.replace(policy.artifact, kappa=self.kappa))
 
     def context(self, base: RouterContext | None = None, difficulty: float | None = None) -> RouterContext:
         """The run settings of this configuration over ``base`` (seed, temperature...), with ``difficulty``."""
@@ -285,6 +316,9 @@ class RadarRouter:
     def from_path(cls, directory: str | Path, tiers: Sequence[Any] | None = None, allow_other_tiers: bool = False) -> RadarRouter:
         """Load an artifact; with ``tiers``, check they are the ones it was fitted on and embed with them.
 
+        ``tiers`` may be the K tiers cheapest first (``load_tiers(3)``, which a ``tier`` configuration such as
+        ``mid`` needs to run) for a router fitted on a pair: the first and last are checked as the pair.
+
         Raises:
             PolicyFileError: a missing, corrupted or other-format file, or other tiers (see ``check_tiers``).
         """
@@ -310,6 +344,8 @@ class RadarRouter:
         if tiers is not None:
             from stepgraph.training.calibrate import check_tiers, describe
 
+            if len(manifest.tiers) == 2 and len(tiers) > 2:  # K tiers (load_tiers(3)): the router's pair is the ends
+                tiers = [tiers[0], tiers[-1]]
             check_tiers(manifest.tiers, describe(tiers), str(directory), allow_other_tiers)
             embedder = QueryEmbedder(tiers[manifest.embedding_tier])
         return cls(manifest, regressor.eval(), embedder)

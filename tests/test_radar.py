@@ -280,3 +280,101 @@ def test_configuration_graph_parts_run_a_tier_alone_or_the_policy() -> None:
     assert tiers == [draft, target] and gate.artifact.kappa == 0.3 and policy.artifact.kappa != 0.3  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match="policy="):
         Configuration(name="p", gate="policy").graph_parts([draft, target])
+
+
+class Tier:
+    """A stand-in tier: what graph_parts and the tier checks read (name, parameter count)."""
+
+    def __init__(self, name: str, n_params: int) -> None:
+        self.name, self.n_params = name, n_params
+
+
+def test_mid_configuration_runs_the_mid_model_alone_and_the_policy_on_the_pair() -> None:
+    from stepgraph.training.radar import NEW_CONFIGURATIONS, router_tiers, with_tier_sizes
+
+    from stepgraph.defaults import DEFAULT_POLICY_DIR
+    from stepgraph.gates import AlwaysDraftGate, PolicyGate
+
+    draft, mid, target = Tier("draft", 10), Tier("mid", 15), Tier("target", 20)
+    by_name = {c.name: c for c in with_tier_sizes(NEW_CONFIGURATIONS, [draft, mid, target])}
+    assert by_name["mid"].tier_parameters == 15 and by_name["policy@k0.1"].tier_parameters is None
+    tiers, gate = by_name["mid"].graph_parts([draft, mid, target])
+    assert tiers == [mid, mid] and isinstance(gate, AlwaysDraftGate)
+    assert by_name["mid@4steps"].context().max_steps == 4
+    # with all three tiers, the other configurations still run the router's pair
+    assert Configuration(name="d", gate="draft").graph_parts([draft, mid, target])[0] == [draft, draft]
+    assert Configuration(name="t", gate="target").graph_parts([draft, mid, target])[0] == [target, target]
+    policy = PolicyGate.from_path(DEFAULT_POLICY_DIR)
+    assert Configuration(name="p", gate="policy").graph_parts([draft, mid, target], policy)[0] == [draft, target]
+    assert router_tiers([draft, mid, target]) == [draft, target]
+    with pytest.raises(ConfigError, match="load_tiers"):  # the pair lacks the mid model
+        by_name["mid"].graph_parts([draft, target])
+    with pytest.raises(PolicyFileError, match="15 parameters"):  # another model under the same name
+        by_name["mid"].graph_parts([draft, Tier("mid", 99), target])
+    with pytest.raises(ValueError, match="tier"):
+        Configuration(name="x", gate="tier")
+    with pytest.raises(ValueError, match="tier"):
+        Configuration(name="x", gate="draft", tier="mid")
+
+
+def test_mid_configuration_finds_the_shipped_mid_model() -> None:
+    from stepgraph.training.radar import NEW_CONFIGURATIONS, with_tier_sizes
+
+    from stepgraph.testbed import load_tiers
+
+    tiers = load_tiers(3)
+    mid = with_tier_sizes([c for c in NEW_CONFIGURATIONS if c.name == "mid"], tiers)[0]
+    assert mid.tier_parameters == 480_768
+    assert mid.graph_parts(tiers)[0] == [tiers[1], tiers[1]]
+
+
+def test_add_into_pool_recalibrates_and_round_trips_through_the_artifact(tmp_path) -> None:
+    from stepgraph.training.radar import add_to_pool
+    from stepgraph.training.runs import run_seed
+
+    class Embedder:
+        def __call__(self, question: str) -> torch.Tensor:
+            return torch.full((4,), float(len(question) % 7))
+
+    n = 30
+    accuracy = {"draft": 0.0, "policy": 1.0, "target": 1.0, "mid": 1.0}
+    flops = {"draft": 1.0, "policy": 4.0, "target": 8.0, "mid": 2.0}
+    for name, right in accuracy.items():
+        (tmp_path / f"{name}.jsonl").write_text("".join(
+            json.dumps({"run_seed": run_seed(0, i), "correct": right, "flops": flops[name], "usd": 0.0}) + "\n"
+            for i in range(n)))
+
+    class LocalTier(Tier):  # what QueryEmbedder accepts (never called here)
+        model = tokenizer = prompt = None
+
+    tiers = [LocalTier("draft", 10), LocalTier("target", 20)]
+    router = RadarRouter(manifest(), DifficultyRegressor(4, 8).eval(), Embedder())  # type: ignore[arg-type]
+    new = Configuration(name="mid", gate="tier", tier="mid", tier_parameters=15, ability=3.0, mean_flops=99.0)
+    extended, result = add_to_pool(router, new, tmp_path, n)
+    assert result["pool"] == ["draft", "policy", "target", "mid"] and result["guarantee"] == "split-conformal"
+    extended.save(tmp_path / "router")
+    loaded = RadarRouter.from_path(tmp_path / "router", tiers)  # validates; the pair is still the router's tiers
+    assert loaded.manifest == extended.manifest
+    three = [tiers[0], LocalTier("mid", 15), tiers[1]]  # load_tiers(3): the ends are checked as the pair
+    assert RadarRouter.from_path(tmp_path / "router", three).manifest == extended.manifest
+    with pytest.raises(PolicyFileError, match="tiers"):
+        RadarRouter.from_path(tmp_path / "router", [LocalTier("draft", 11), LocalTier("mid", 15), tiers[1]])
+    mid = {c.name: c for c in loaded.manifest.configurations}["mid"]
+    assert (mid.tier, mid.tier_parameters, mid.mean_flops) == ("mid", 15, 2.0)  # cost: the calibration mean
+    assert loaded.manifest.threshold <= 1  # τ met: mid is always right on calibration and cheaper than the policy
+    assert loaded.choose(0.0).configuration.name == "mid"
+    with pytest.raises(ConfigError, match="radar collect"):  # its calibration journal is needed
+        add_to_pool(router, new.model_copy(update={"name": "mid2"}), tmp_path, n)
+
+
+def test_radar_cli_adds_the_mid_model_into_the_pool() -> None:
+    from stepgraph.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["radar", "add", "--configuration", "mid", "--into-pool", "--budget", "30"])
+    assert (args.configuration, args.into_pool, args.calibration_problems) == ("mid", True, 200)
+    assert parser.parse_args(["radar", "fit", "--extra", "mid"]).extra == ["mid"]
+    assert parser.parse_args(["radar", "collect", "--configurations", "mid"]).configurations == ["mid"]
+    assert parser.parse_args(["radar", "bench", "--extra", "mid"]).extra == ["mid"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["radar", "fit", "--extra", "huge"])

@@ -56,15 +56,21 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def run_bench(tiers: Sequence[Any], policy: PolicyGate, *, responses: Path, sizes: Mapping[str, int], alphas: Sequence[float],
               difficulty_policy: PolicyGate | None, plain_policy: PolicyGate | None, eval_splits: Sequence[str] = ("test", "shifted"),
-              adaptive_budget: int = 30, regressor: Any = None, seeds: Sequence[int] = (0,)) -> dict[str, Any]:
+              adaptive_budget: int = 30, regressor: Any = None, seeds: Sequence[int] = (0,),
+              extra: Sequence[str] = (), added_ability: str = "adaptive") -> dict[str, Any]:
     """Fit on train, calibrate every router on calibration, evaluate every row on ``eval_splits``.
 
     ``regressor`` (default: refitted) is the difficulty regressor of the artifact the difficulty traces were collected with.
+    ``extra`` names configurations of ``NEW_CONFIGURATIONS`` (e.g. ``mid``) added after the fit, as ``radar add
+    --into-pool`` does: ability from ``adaptive_budget`` max-information train queries, τ recalibrated; each gives
+    the query-level and all-configurations routers a "+ NAME" row. ``added_ability="full"`` uses the ability of a
+    full refit with all its train answers instead (to see what the adaptive estimate's error costs).
     """
     configurations = list(TESTBED_CONFIGURATIONS)
     names = [c.name for c in configurations]
+    added_names = [c.name for c in NEW_CONFIGURATIONS if c.name in extra]
     items = {split: split_items(split, n) for split, n in sizes.items()}
-    rows = {split: load_rows(responses / split, names, len(items[split])) for split in items}
+    rows = {split: load_rows(responses / split, names + added_names, len(items[split])) for split in items}
     embedder = QueryEmbedder(tiers[0])
     embeddings = {split: embed(embedder, split_items_) for split, split_items_ in items.items()}
     fit = fit_radar(rows["train"], embeddings["train"], configurations)
@@ -82,6 +88,30 @@ def run_bench(tiers: Sequence[Any], policy: PolicyGate, *, responses: Path, size
             routers[f"{label}, α = {alpha}"] = router
             report["routers"][f"{pool}@{alpha}"] = {"threshold": result["threshold"], "met": result["met"],
                                                     "guarantee": result["guarantee"]["type"]}
+    if added_names:
+        from stepgraph.training.radar import fit_2pl, response_matrix
+
+        added_configs = []
+        report["added"] = {}
+        for config in (c for c in NEW_CONFIGURATIONS if c.name in added_names):
+            train = rows["train"][config.name]
+            theta, asked = adaptive_ability(lambda i: float(train[i]["correct"]), fit.irt.a.tolist(), fit.irt.b.tolist(),  # noqa: B023
+                                            budget=adaptive_budget)
+            refit = fit_2pl(response_matrix(rows["train"], [*names, config.name]))
+            ability = theta if added_ability == "adaptive" else float(refit.theta[-1])
+            added_configs.append(config.model_copy(update={"ability": ability, "mean_flops": sum(r["flops"] for r in train) / len(train),
+                                                   "mean_usd": sum(r["usd"] for r in train) / len(train)}))
+            report["added"][config.name] = {"adaptive_ability": theta, "queries": len(asked), "full_fit_ability": float(refit.theta[-1]),
+                                            "train_accuracy": sum(r["correct"] for r in train) / len(train)}
+        fit_added = type(fit)(fit.irt, [*fit.configurations, *added_configs], fit.regressor, fit.report)
+        plus = " + " + ", ".join(added_names) + ("" if added_ability == "adaptive" else " (full-fit θ)")
+        for alpha in alphas:
+            for pool in ("query", "all"):
+                router, result = calibrate_router(make_router(fit_added, [*POOLS[pool], *added_names], alpha=alpha),
+                                                  difficulty["calibration"], rows["calibration"], rows["calibration"]["target"], alpha)
+                routers[f"{ROUTERS[pool]}{plus}, α = {alpha}"] = router
+                report["routers"][f"{pool}{plus}@{alpha}"] = {"threshold": result["threshold"], "met": result["met"],
+                                                             "guarantee": result["guarantee"]["type"]}
 
     # the new configuration, added by adaptive ability estimation (part 4), checked against a full refit
     new = NEW_CONFIGURATIONS[0]
@@ -126,10 +156,10 @@ def run_bench(tiers: Sequence[Any], policy: PolicyGate, *, responses: Path, size
         by_method: dict[str, list[dict[str, Any]]] = {}
         features = [base.choose(b).difficulty_feature for b in difficulty[split]]
         for seed in seeds:  # the same queries under each sampling seed; routers choose per query, the seed only resamples
-            split_rows = rows[split] if seed == 0 else load_rows(responses / split, names, len(items[split]), seed)
+            split_rows = rows[split] if seed == 0 else load_rows(responses / split, names + added_names, len(items[split]), seed)
             target = split_rows["target"]
             found: dict[str, list[dict[str, Any]]] = {}
-            for name in ("target", "draft", "draft@4steps", "target@4steps", "policy", "policy@k0.3", "policy@k0.6"):
+            for name in ("target", "draft", "draft@4steps", "target@4steps", "policy", "policy@k0.3", "policy@k0.6", *added_names):
                 found[name] = [dict(r) for r in split_rows[name]]
             for label, router in routers.items():
                 found[label] = route_rows([router.choose(b).configuration.name for b in difficulty[split]], split_rows)
@@ -192,11 +222,12 @@ def _bench_command(args: Any) -> dict[str, Any]:
                               "test": args.problems, "shifted": args.problems},
                        difficulty_policy=load(args.difficulty_policy), plain_policy=load(args.plain_policy),
                        regressor=RadarRouter.from_path(args.router).regressor if (args.router / "radar.json").is_file() else None,
-                       seeds=args.seeds)
+                       seeds=args.seeds, extra=args.extra or (), added_ability=args.added_ability)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "table.md").write_text(markdown(report))
     return {"out": str(args.out), "routers": report["routers"], "new_configuration": report.get("new_configuration"),
+            "added": report.get("added"),
             "regressor": report["fit"]["regressor"]}
 
 
@@ -219,5 +250,11 @@ def add_bench_stage(stages: Any) -> None:
                    help="the same traces' policy with difficulty hidden (row left out if absent) (default: %(default)s)")
     b.add_argument("--router", type=Path, default=Path("runs/radar/router"),
                    help="artifact whose difficulty regressor made the difficulty traces (default: %(default)s; refitted if absent)")
+    b.add_argument("--extra", nargs="+", default=None, choices=[c.name for c in NEW_CONFIGURATIONS], metavar="NAME",
+                   help="configurations added after the fit by adaptive ability (as `radar add --into-pool`), each with "
+                        "router rows that include it; their journals needed on every split: %(choices)s")
+    b.add_argument("--added-ability", choices=["adaptive", "full"], default="adaptive",
+                   help="--extra configurations' ability: from adaptive testing, or a full refit with all their train answers "
+                        "(default: %(default)s)")
     b.add_argument("--out", type=Path, default=Path("runs/radar/bench"), help="output directory (default: %(default)s)")
     b.set_defaults(func=_bench_command)

@@ -3,6 +3,7 @@
     stepgraph radar collect --split train --problems 300      # query × configuration → correct, cost
     stepgraph radar collect --split calibration --problems 200
     stepgraph radar fit --out runs/radar                      # 2PL + regressor + τ, writes the artifact
+    stepgraph radar add --configuration mid --into-pool       # a new configuration (the mid model): θ from 30 queries, τ recalibrated
 
 Stages, each a small function below:
 
@@ -60,7 +61,10 @@ TESTBED_CONFIGURATIONS = [
     Configuration(name="policy@k0.6", gate="policy", kappa=0.6),
 ]
 # Configurations added after the fit by `radar add` (adaptive ability estimation), not in any pool's fit.
-NEW_CONFIGURATIONS = [Configuration(name="policy@k0.1", gate="policy", kappa=0.1)]
+# The mid model (``load_tiers(3)``'s middle tier) alone, and with the 4-step budget: models outside the router's pair.
+NEW_CONFIGURATIONS = [Configuration(name="policy@k0.1", gate="policy", kappa=0.1),
+                      Configuration(name="mid", gate="tier", tier="mid"),
+                      Configuration(name="mid@4steps", gate="tier", tier="mid", max_steps=4)]
 # The shifted split: longer problems than the 2-4 operations the shipped pair was trained on.
 SHIFTED = task.Difficulty(min_ops=3, max_ops=5)
 SPLIT_SEEDS = {"train": 0, "calibration": 1, "test": 0, "shifted": 2}
@@ -419,18 +423,31 @@ def save_items(directory: Path, fit: IRTFit, ids: Sequence[str]) -> None:
 # --- the CLI: `stepgraph radar collect|fit|add` -------------------------------------------------------
 
 
-def _load(args: Any) -> tuple[list[StepModel], PolicyGate]:
+def _load(args: Any, configurations: Sequence[Configuration] = ()) -> tuple[list[StepModel], PolicyGate]:
+    """The testbed tiers (the pair, or all three when a configuration runs the mid model) and the stepwise policy."""
     from stepgraph.defaults import DEFAULT_POLICY_DIR
-    from stepgraph.testbed import load_pair
+    from stepgraph.testbed import load_tiers
 
-    return load_pair(), PolicyGate.from_path(args.policy or DEFAULT_POLICY_DIR)
+    tiers = load_tiers(3 if any(c.gate == "tier" for c in configurations) else 2)
+    return tiers, PolicyGate.from_path(args.policy or DEFAULT_POLICY_DIR)
+
+
+def with_tier_sizes(configurations: Sequence[Configuration], tiers: Sequence[StepModel]) -> list[Configuration]:
+    """``tier`` configurations with their model's parameter count recorded (checked whenever they run again)."""
+    sizes = {m.name: m.n_params for m in tiers}
+    return [c.model_copy(update={"tier_parameters": sizes.get(c.tier or "")}) if c.gate == "tier" else c for c in configurations]
+
+
+def router_tiers(tiers: Sequence[StepModel]) -> list[StepModel]:
+    """The router's own pair (what its tier record, its embedder and the stepwise configurations use): first and last."""
+    return [tiers[0], tiers[-1]]
 
 
 def _collect_command(args: Any) -> dict[str, Any]:
     torch.set_num_threads(1)
-    tiers, policy = _load(args)
     names = args.configurations or [c.name for c in TESTBED_CONFIGURATIONS]
     configurations = [c for c in TESTBED_CONFIGURATIONS + NEW_CONFIGURATIONS if c.name in names]
+    tiers, policy = _load(args, configurations)
     items = split_items(args.split, args.problems)
     rows = collect_responses(tiers, configurations, items, policy, args.dir / args.split, seed=args.seed, temperature=args.temperature)
     return {"split": args.split, "queries": len(items), "dir": str(args.dir / args.split),
@@ -442,15 +459,17 @@ def _fit_command(args: Any) -> dict[str, Any]:
     from stepgraph.training.calibrate import describe
 
     torch.set_num_threads(1)
-    tiers, _ = _load(args)
-    configurations = [c for c in TESTBED_CONFIGURATIONS if c.name in set(POOLS["all"])]
+    extra = [c for c in NEW_CONFIGURATIONS if c.name in (args.extra or [])]
+    all_tiers, _ = _load(args, extra)
+    tiers = router_tiers(all_tiers)
+    configurations = with_tier_sizes([c for c in TESTBED_CONFIGURATIONS if c.name in set(POOLS["all"])] + extra, all_tiers)
     names = [c.name for c in configurations]
     train, calibration = split_items("train", args.train_problems), split_items("calibration", args.calibration_problems)
     train_rows = load_rows(args.responses / "train", names, len(train))
     calibration_rows = load_rows(args.responses / "calibration", names, len(calibration))
     embedder = QueryEmbedder(tiers[0])
     fit = fit_radar(train_rows, embed(embedder, train), configurations, seed=args.seed)
-    router = make_router(fit, POOLS[args.pool], alpha=args.alpha, tiers=describe(tiers), embedder=embedder)
+    router = make_router(fit, [*POOLS[args.pool], *(c.name for c in extra)], alpha=args.alpha, tiers=describe(tiers), embedder=embedder)
     b_calibration = predicted_difficulties(router, embed(embedder, calibration))
     # the regressor's error on queries it never saw, against their b fitted on the training scale (θ fixed)
     placed = fit_2pl(response_matrix(calibration_rows, names), theta=fit.irt.theta)
@@ -460,7 +479,7 @@ def _fit_command(args: Any) -> dict[str, Any]:
     router.manifest.training["calibration_rmse_mean_only"] = round(float(((placed.b - fit.irt.b.mean()) ** 2).mean().sqrt()), 4)
     router.save(args.out)
     save_items(args.out, fit.irt, [item.problem_id for item in train])
-    return {"out": str(args.out), "pool": args.pool, "threshold": router.manifest.threshold, "guarantee": result["guarantee"]["type"],
+    return {"out": str(args.out), "pool": router.manifest.pool, "threshold": router.manifest.threshold, "guarantee": result["guarantee"]["type"],
             "abilities": fit.report["abilities"], "mean_mflops": {c.name: round((c.mean_flops or 0) / 1e6, 3) for c in fit.configurations},
             "regressor": fit.report["regressor"], "calibration_rmse": router.manifest.training["calibration_rmse_vs_fixed_theta_fit"],
             "calibration_rmse_mean_only": router.manifest.training["calibration_rmse_mean_only"]}
@@ -487,16 +506,17 @@ def _add_command(args: Any) -> dict[str, Any]:
     from safetensors import safe_open
 
     torch.set_num_threads(1)
-    tiers, policy = _load(args)
-    router = RadarRouter.from_path(args.router)
     config = next(c for c in NEW_CONFIGURATIONS + TESTBED_CONFIGURATIONS if c.name == args.configuration)
+    all_tiers, policy = _load(args, [config])
+    config = with_tier_sizes([config], all_tiers)[0]
+    router = RadarRouter.from_path(args.router, router_tiers(all_tiers))  # the pair it was fitted on, or refused
     if config.name in {c.name for c in router.manifest.configurations}:
         raise ConfigError(f"{args.router} already has a configuration named {config.name!r}.")
     with safe_open(str(args.router / ITEMS_FILE), "pt") as f:
         a, b = f.get_tensor("a").tolist(), f.get_tensor("b").tolist()
         ids = json.loads(f.metadata()["ids"])
     items = split_items("train", len(ids))
-    run = answer_one(tiers, config, policy)
+    run = answer_one(all_tiers, config, policy)
     rows: list[dict[str, Any]] = []
 
     def answer(i: int) -> float:
@@ -506,11 +526,45 @@ def _add_command(args: Any) -> dict[str, Any]:
     theta, asked = adaptive_ability(answer, a, b, budget=args.budget)
     added = config.model_copy(update={"ability": theta, "mean_flops": mean([r["flops"] for r in rows]),
                                       "mean_usd": mean([r["usd"] for r in rows])})
-    manifest = router.manifest.model_copy(update={"configurations": [*router.manifest.configurations, added]})
-    RadarRouter(manifest, router.regressor).save(args.out or args.router)
-    return {"configuration": config.name, "ability": round(theta, 4), "queries": len(asked), "accuracy_on_asked": mean([r["correct"] for r in rows]),
-            "mean_mflops_on_asked": round((added.mean_flops or 0) / 1e6, 3), "out": str(args.out or args.router),
-            "note": "the cost is the mean over the asked (most informative) queries; add it to a pool by editing pool in radar.json"}
+    result = {"configuration": config.name, "ability": round(theta, 4), "queries": len(asked),
+              "accuracy_on_asked": mean([r["correct"] for r in rows]), "mean_mflops_on_asked": round((added.mean_flops or 0) / 1e6, 3),
+              "out": str(args.out or args.router)}
+    if args.into_pool:
+        router, calibration = add_to_pool(router, added, args.responses / "calibration", args.calibration_problems)
+        result.update(calibration)
+    else:
+        manifest = router.manifest.model_copy(update={"configurations": [*router.manifest.configurations, added]})
+        router = RadarRouter(manifest, router.regressor, router.embedder)
+        result["note"] = "the cost is the mean over the asked (most informative) queries; --into-pool also routes to it"
+    router.save(args.out or args.router)
+    if args.out:  # the extended artifact can take further `radar add`s
+        import shutil
+
+        shutil.copyfile(args.router / ITEMS_FILE, args.out / ITEMS_FILE)
+    return result
+
+
+def add_to_pool(router: RadarRouter, added: Configuration, calibration_dir: Path, n: int) -> tuple[RadarRouter, dict[str, Any]]:
+    """``router`` with ``added`` among its configurations and in its pool, τ recalibrated on the calibration journals.
+
+    A new pool changes every choice, so the old τ carries no guarantee: τ is recalibrated like ``radar fit`` does,
+    and the new configuration's cost becomes its calibration mean (the asked queries are the most
+    informative, not typical ones). Needs ``radar collect --split calibration`` of the new configuration.
+    """
+    if router.embedder is None:
+        raise ConfigError("Adding a configuration to the pool recalibrates τ: load the router with its tiers (an embedder).")
+    items = split_items("calibration", n)
+    names = sorted({*router.manifest.pool, added.name, "target"})
+    rows = load_rows(calibration_dir, names, n)
+    added = added.model_copy(update={"mean_flops": mean([r["flops"] for r in rows[added.name]]),
+                                     "mean_usd": mean([r["usd"] for r in rows[added.name]])})
+    manifest = router.manifest.model_copy(update={"configurations": [*router.manifest.configurations, added],
+                                                  "pool": [*router.manifest.pool, added.name]})
+    extended = RadarRouter(RadarManifest.model_validate(manifest.model_dump()), router.regressor, router.embedder)
+    difficulties = predicted_difficulties(extended, embed(router.embedder, items))
+    extended, result = calibrate_router(extended, difficulties, rows, rows["target"], router.manifest.alpha)
+    return extended, {"pool": extended.manifest.pool, "threshold": extended.manifest.threshold,
+                      "guarantee": result["guarantee"]["type"], "calibration_mean_mflops": round((added.mean_flops or 0) / 1e6, 3)}
 
 
 def _traces_command(args: Any) -> dict[str, Any]:
@@ -571,6 +625,9 @@ def add_radar_command(sub: Any) -> None:
                    help="configurations routed among: query (tiers alone and budgets), hierarchical (cheap ones or the stepwise "
                         "policy), all (default: %(default)s)")
     f.add_argument("--alpha", type=in_range(float, 0, 1, exclusive=True), default=0.02, help="allowed miss rate (default: %(default)s)")
+    f.add_argument("--extra", nargs="+", default=None, choices=[c.name for c in NEW_CONFIGURATIONS], metavar="NAME",
+                   help="configurations beyond the testbed's seven to fit with the others and add to the pool "
+                        "(their train and calibration journals needed): %(choices)s")
     f.add_argument("--out", type=Path, default=Path("runs/radar/router"), help="artifact directory (default: %(default)s)")
     f.add_argument("--policy", type=Path, default=None, help="stepwise policy artifact (default: the shipped policy)")
     f.add_argument("--seed", type=int, default=0, help="fit seed (default: %(default)s)")
@@ -580,6 +637,13 @@ def add_radar_command(sub: Any) -> None:
     n.add_argument("--router", type=Path, default=Path("runs/radar/router"), help="artifact of `radar fit` (default: %(default)s)")
     n.add_argument("--configuration", default=NEW_CONFIGURATIONS[0].name, choices=[c.name for c in NEW_CONFIGURATIONS],
                    help="the configuration to add (default: %(default)s)")
+    n.add_argument("--into-pool", action="store_true",
+                   help="also route to it: add it to the pool and recalibrate τ on the calibration journals (needs "
+                        "`radar collect --split calibration --configurations NAME`)")
+    n.add_argument("--responses", type=Path, default=Path("runs/radar/responses"),
+                   help="journals of `radar collect`, for --into-pool (default: %(default)s)")
+    n.add_argument("--calibration-problems", type=in_range(int, 1), default=200,
+                   help="calibration queries collected, for --into-pool (default: %(default)s)")
     n.add_argument("--budget", type=in_range(int, 1), default=30, help="queries to run it on (default: %(default)s)")
     n.add_argument("--out", type=Path, default=None, help="write the extended artifact here (default: over --router)")
     n.add_argument("--policy", type=Path, default=None, help="stepwise policy artifact (default: the shipped policy)")
