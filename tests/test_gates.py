@@ -461,3 +461,15 @@ def test_the_api_only_policy_serves_a_backend_without_logits_silently():
         silent = gate.decide(GateInput("q", (), STEP, api))
     reported = gate.decide(GateInput("q", (), STEP, api | {"logit_confidence": 3.0}))
     assert (reported.escalate, reported.score) == (silent.escalate, silent.score)
+
+
+def test_a_backend_lacking_several_features_gets_one_warning_naming_them_all():
+    from stepgraph.testbed.defaults import DEFAULT_POLICY_DIR
+
+    gate = PolicyGate.from_path(DEFAULT_POLICY_DIR)
+    full = {n: 1.0 for n in gate.artifact.schema.names} | {"logit_confidence": 16.0, "api_confidence": 0.9, "difficulty": None}
+    raw_logits = full | {n: None for n in ("api_confidence", "sampled_logprob_sum", "margin_min")}
+    with pytest.warns(RuntimeWarning) as caught:
+        gate.decide(GateInput("q", (), STEP, raw_logits))
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    assert all(f"'{n}'" in str(caught[0].message) for n in ("api_confidence", "sampled_logprob_sum", "margin_min"))

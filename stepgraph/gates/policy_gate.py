@@ -69,15 +69,17 @@ class PolicyGate(Gate):
         return self.artifact.score(x.observation)
 
     def _warn_on_missing(self, observation: dict[str, float | None]) -> None:
-        for name in self._reported:
-            if observation.get(name) is None and name not in self._warned:  # NaN escalates in Gate.decide
-                self._warned.add(name)
-                warnings.warn(
-                    f"The policy was trained with {name!r} but the draft's backend does not report it; it is imputed "
-                    "with its training mean, and the calibrated coverage no longer holds (e.g. a vLLM engine with "
-                    "logprobs_mode='raw_logits' has no log-probabilities). Use a policy trained without it: "
-                    "stepgraph.testbed.defaults.LOGITS_ONLY_POLICY_DIR for the shipped pair, or "
-                    "`stepgraph train --ignore-feature NAME` on your traces.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+        missing = [n for n in self._reported if observation.get(n) is None and n not in self._warned]
+        if not missing:
+            return
+        self._warned.update(missing)  # one warning per backend gap, naming every feature it lacks
+        names = ", ".join(repr(n) for n in missing)
+        warnings.warn(
+            f"The policy was trained with {names} but the draft's backend does not report "
+            f"{'it' if len(missing) == 1 else 'them'}; missing features are imputed with their training mean, and the "
+            "calibrated coverage no longer holds (e.g. a vLLM engine with logprobs_mode='raw_logits' has no "
+            "log-probabilities). Use a policy trained without them: stepgraph.testbed.defaults.LOGITS_ONLY_POLICY_DIR "
+            "for the shipped pair, or `stepgraph train --ignore-feature NAME` on your traces.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
