@@ -28,7 +28,7 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from stepgraph.gates import AlwaysDraftGate, PolicyGate
 from stepgraph.gates.base import Gate
 from stepgraph.models.base import StepModel
 from stepgraph.testbed import close_pair, load_tiers, task
+from stepgraph.tier_policy import TierPolicyArtifact
 
 
 @dataclass
@@ -71,6 +72,8 @@ class TierBenchArgs:
     """a 2-tier (draft → target) allocator artifact: adds the allocator-alone row"""
     combined_allocator: Path | None = None
     """the allocator calibrated with the shipped policy as post-hoc gate (default: ``allocator``): adds that row"""
+    extra_policies: dict[str, Path] = field(default_factory=dict)
+    """more trained tier policies to bench: row name → artifact (3 tiers: draft → mid → target; 2: draft → target)"""
 
 
 def collect_tier_traces(store: TraceStore, make_tiers, args: TierBenchArgs) -> dict[str, Any]:
@@ -86,15 +89,30 @@ def collect_tier_traces(store: TraceStore, make_tiers, args: TierBenchArgs) -> d
 
 
 def train_policies(store: TraceStore, args: TierBenchArgs) -> dict[str, Path]:
-    """The 3-tier and the draft → target CPO policies on the same traces, saved under ``args.out``."""
+    """The 3-tier and the draft → target CPO policies on the same traces, saved under ``args.out``.
+
+    A policy already there, trained with the same settings, columns and number of episodes, is reused
+    (training is seeded, so it would come out the same).
+    """
     tiers = store.meta("models")
     train, calibration = list(store.episodes("train")), list(store.episodes("calibration"))
+    cpo_args = TierCPOArgs(alpha=args.alpha, **args.cpo)
     paths = {}
     for name, columns in (("policy-3-tier", [0, 1, 2]), ("policy-2-tier", [0, 2])):
-        artifact, _ = train_tier_policy(train, tiers, TierCPOArgs(alpha=args.alpha, **args.cpo), columns=columns,
-                                        calibration=calibration)
+        if _trained_alike(args.out / name, cpo_args, columns, len([e for e in train if e.steps])):
+            paths[name] = args.out / name
+            continue
+        artifact, _ = train_tier_policy(train, tiers, cpo_args, columns=columns, calibration=calibration)
         paths[name] = artifact.save(args.out / name)
     return paths
+
+
+def _trained_alike(directory: Path, cpo_args: TierCPOArgs, columns: Sequence[int], episodes: int) -> bool:
+    if not (directory / "policy.json").is_file():
+        return False
+    training = json.loads((directory / "policy.json").read_text()).get("training", {})
+    return (training.get("args") == json.loads(json.dumps(asdict(cpo_args))) and training.get("columns") == list(columns)
+            and training.get("episodes") == episodes)
 
 
 def tier_shares(rows: Sequence[Mapping[str, Any]], n_tiers: int) -> list[float]:
@@ -223,8 +241,10 @@ def main(args: TierBenchArgs) -> dict[str, Any]:
         policies = train_policies(store, args)
     tiers = load_tiers(3)
     try:
+        extra = {name: (((0, 1, 2) if TierPolicyArtifact.load(path).network.n_tiers == 3 else (0, 2)), PolicyGate.from_path(path))
+                 for name, path in args.extra_policies.items()}
         report = run_tier_bench(tiers, policies, testbed_items("test", args.problems, seed=args.seed), seeds=args.seeds,
-                                allocators=allocator_routers(tiers, args))
+                                extra_gates=extra, allocators=allocator_routers(tiers, args))
     finally:
         close_pair(tiers)
     report["collected"] = collected
@@ -244,14 +264,19 @@ def cli(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds), help="sampling seeds (default: 0 1)")
     parser.add_argument("--alpha", type=float, default=defaults.alpha, help="coverage target 1 - alpha (default: %(default)s)")
     parser.add_argument("--warm-start", type=int, default=0, help="TierCPOArgs.warm_start of both policies (default: 0)")
-    parser.add_argument("--cpo-steps", type=int, default=None, help="TierCPOArgs.steps (default: TierCPOArgs')")
+    parser.add_argument("--cpo-steps", type=int, default=None, help=f"TierCPOArgs.steps (default: {TierCPOArgs.steps})")
     parser.add_argument("--allocator", type=Path, default=None, help="2-tier allocator artifact: adds its rows")
     parser.add_argument("--combined-allocator", type=Path, default=None, help="allocator calibrated with the shipped policy")
+    parser.add_argument("--extra-policy", action="append", default=[], metavar="NAME=DIR",
+                        help="another trained tier policy to bench as row NAME (names ending in 2-tier compete as 2-tier routers)")
     a = parser.parse_args(argv)
+    extra = dict(spec.split("=", 1) for spec in a.extra_policy if "=" in spec)
+    if len(extra) != len(a.extra_policy):
+        parser.error("--extra-policy takes NAME=DIR")
     cpo = {"warm_start": a.warm_start} | ({"steps": a.cpo_steps} if a.cpo_steps is not None else {})
     report = main(TierBenchArgs(out=a.out, train_problems=a.train_problems, calibration_problems=a.calibration_problems,
                                 problems=a.problems, seeds=a.seeds, seed=a.seed, alpha=a.alpha, cpo=cpo, allocator=a.allocator,
-                                combined_allocator=a.combined_allocator))
+                                combined_allocator=a.combined_allocator, extra_policies={k: Path(v) for k, v in extra.items()}))
     print(Path(report["table"]).read_text(), file=sys.stdout)
     return 0
 
