@@ -49,3 +49,23 @@ def test_allocator_rows_pair_with_the_other_rows_and_count_steps_per_tier(tmp_pa
     assert set(each) == {"policy-2-tier", "allocator-2-tier"}
     table = markdown_table(report)
     assert "| allocator-2-tier |" in table and "3-tier minus allocator-2-tier" in table
+
+
+def test_collection_reuses_a_store_that_holds_every_problem_even_of_an_older_feature_schema(tmp_path: Path) -> None:
+    """Regression: ``collect`` refused the collected tier traces (feature schema v1) although none were missing."""
+    from stepgraph.training.bench_tiers import TierBenchArgs, collect_tier_traces
+    from stepgraph.training.collect import testbed_items
+    from stepgraph.training.records import Episode
+    from stepgraph.training.store import TraceStore
+
+    args = TierBenchArgs(out=tmp_path, train_problems=2, calibration_problems=1)
+    with TraceStore(tmp_path / "traces.sqlite") as store:
+        store.set_meta("feature_schema", {"name": "stepgraph.confidence", "version": 1, "names": ["logit_confidence"]})
+        for split, n, seed in (("train", 2, 0), ("calibration", 1, 1)):
+            for item in testbed_items(split, n, seed=seed):
+                store.add(Episode(item.problem_id, item.question, item.reference, [], 1, 1, 1.0), split)
+
+        def no_models() -> list:
+            raise AssertionError("nothing is missing: no model should be loaded")
+
+        assert collect_tier_traces(store, no_models, args) == {"train": {"reused": 2}, "calibration": {"reused": 1}}

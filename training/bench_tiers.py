@@ -82,9 +82,14 @@ def collect_tier_traces(store: TraceStore, make_tiers, args: TierBenchArgs) -> d
     splits: tuple[tuple[task.Split, int, int], ...] = (("train", args.train_problems, args.seed),
                                                       ("calibration", args.calibration_problems, args.seed + 1))
     for split, n, seed in splits:
+        items = testbed_items(split, n, seed=seed)
+        if not {item.problem_id for item in items} - store.problem_ids():
+            # Nothing to collect: reuse the traces as they are, also those of an older feature schema (``collect``
+            # refuses to add new traces to such a store; the tier policy ignores features its traces never report).
+            reports[split] = {"reused": n}
+            continue
         verifier = TestbedVerifier(task.generate(split, n, seed=seed))
-        reports[split] = collect(store, testbed_items(split, n, seed=seed), make_tiers, verifier, split=split, seed=seed,
-                                 record_tiers=True)
+        reports[split] = collect(store, items, make_tiers, verifier, split=split, seed=seed, record_tiers=True)
     return reports
 
 
