@@ -69,3 +69,17 @@ def test_collection_reuses_a_store_that_holds_every_problem_even_of_an_older_fea
             raise AssertionError("nothing is missing: no model should be loaded")
 
         assert collect_tier_traces(store, no_models, args) == {"train": {"reused": 2}, "calibration": {"reused": 1}}
+
+
+def test_a_policy_is_reused_only_when_trained_with_the_same_settings(tmp_path: Path) -> None:
+    from stepgraph.training.bench_tiers import _trained_alike
+    from stepgraph.training.cpo_tiers import TierCPOArgs, train_tier_policy
+    from test_cpo_tiers import TIERS, episodes
+
+    args = TierCPOArgs(alpha=0.1, steps=0, warm_start=5, hidden=8)
+    artifact, _ = train_tier_policy(episodes(10, 0), TIERS, args, progress=False)
+    saved = artifact.save(tmp_path / "p")
+    assert _trained_alike(saved, TierCPOArgs(alpha=0.1, steps=0, warm_start=5, hidden=8), [0, 1, 2], 10)
+    assert not _trained_alike(saved, TierCPOArgs(alpha=0.1, steps=0, warm_start=0, hidden=8), [0, 1, 2], 10)
+    assert not _trained_alike(saved, args, [0, 2], 10) and not _trained_alike(saved, args, [0, 1, 2], 11)
+    assert not _trained_alike(tmp_path / "missing", args, [0, 1, 2], 10)
