@@ -10,6 +10,7 @@ from stepgraph.training.cpo_tiers import (
     MissingTierTableError,
     TierCPOArgs,
     calibrate_tier_kappa,
+    cheapest_accepted,
     gate_chooser,
     replay_batch,
     to_tier_tensors,
@@ -117,6 +118,29 @@ def test_cpo_learns_which_tier_each_kind_of_step_needs() -> None:
     easy, medium, hard = (trained.probabilities(observation(d, 0), 0) for d in (0.0, 0.5, 1.0))
     assert easy[0] > 0.5
     assert medium[1] > medium[2] and hard[2] > hard[1]
+
+
+def test_labels_are_the_cheapest_verified_tier_at_or_above_each_tier() -> None:
+    ok = torch.tensor([[0.0, 1, 1], [1, 1, 1], [0, 0, 1], [0, 0, 0], [1, 0, 0]])
+    assert cheapest_accepted(ok).tolist() == [[1, 1, 2], [0, 1, 2], [2, 2, 2], [2, 2, 2], [0, 2, 2]]
+
+
+def test_warm_start_alone_routes_each_kind_of_step_to_its_cheapest_right_tier() -> None:
+    """The supervised start (no CPO update) already accepts easy drafts and sends medium steps to the
+    mid tier, not the large one: the routing the random start's CPO misses on the shipped tiers."""
+    args = TierCPOArgs(alpha=0.1, steps=0, warm_start=200, hidden=16, seed=0)
+    trained, history = train_tier_policy(episodes(120, 0), TIERS, args, calibration=episodes(60, 1), progress=False)
+    assert history == [] and trained.training["args"]["warm_start"] == 200
+    easy, medium, hard = (trained.probabilities(observation(d, 0), 0) for d in (0.0, 0.5, 1.0))
+    assert easy[0] > 0.9 and medium[1] > 0.9 and hard[2] > 0.9
+    assert trained.probabilities(observation(1.0, 1), 1)[2] > 0.9  # the mid tier's hard step goes up too
+    calibration = trained.training["calibration"]
+    assert calibration["misses"] <= 0.1 * 61 - 1
+    # Near the per-step oracle: 1 FLOP (easy), 1 + 3 (medium), 1 + 10 (hard) a step, a third each.
+    assert calibration["mean_flops"] == pytest.approx(3 * (1 + 4 + 11) / 3, rel=0.2)
+    untrained, _ = train_tier_policy(episodes(120, 0), TIERS, TierCPOArgs(alpha=0.1, steps=0, hidden=16, seed=0),
+                                     calibration=episodes(60, 1), progress=False)
+    assert untrained.training["calibration"]["mean_flops"] > 1.2 * calibration["mean_flops"]
 
 
 def test_calibration_picks_the_largest_kappa_within_the_conformal_bound() -> None:

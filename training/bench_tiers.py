@@ -13,18 +13,27 @@ The pipeline, each stage resumable or cheap to redo:
    share of steps each tier wrote; the 3-tier router's FLOPs minus the best 2-tier router's, per
    problem, with a paired bootstrap interval.
 
-Rows for other routers (the ex-ante allocator) are added with ``extra_gates``.
+Rows for other routers are added with ``extra_gates`` (a gate on some of the tiers) and
+``allocators`` (an ex-ante allocator before the gate, ``bench_allocator.allocator_rows``). The
+allocator rows run the 2-tier allocator on draft → target: alone (every allocated step kept) and
+followed by the shipped policy's post-hoc check.
+
+    python -m stepgraph.training.bench_tiers --warm-start 300 --allocator runs/allocator \
+        --combined-allocator runs/allocator-combined --problems 200 --seeds 0 1 --out runs/tiers
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from stepgraph.training.bench import bootstrap, run_rows, summarize
+from stepgraph.training.bench_allocator import allocator_rows
 from stepgraph.training.collect import collect, testbed_items
 from stepgraph.training.cpo_tiers import TierCPOArgs, train_tier_policy
 from stepgraph.training.runs import add_coverage
@@ -32,11 +41,13 @@ from stepgraph.training.store import TraceStore
 from stepgraph.training.verifiers import TestbedVerifier
 from tqdm import tqdm
 
+from stepgraph.allocator import Allocator
 from stepgraph.defaults import DEFAULT_POLICY_DIR
 from stepgraph.gates import AlwaysDraftGate, PolicyGate
 from stepgraph.gates.base import Gate
 from stepgraph.models.base import StepModel
 from stepgraph.testbed import close_pair, load_tiers, task
+from stepgraph.tier_policy import TierPolicyArtifact
 
 
 @dataclass
@@ -56,7 +67,13 @@ class TierBenchArgs:
     alpha: float = 0.03
     """coverage target 1 - alpha of both trained policies"""
     cpo: dict[str, Any] = field(default_factory=dict)
-    """TierCPOArgs overrides (e.g. steps)"""
+    """TierCPOArgs overrides (e.g. steps, warm_start)"""
+    allocator: Path | None = None
+    """a 2-tier (draft → target) allocator artifact: adds the allocator-alone row"""
+    combined_allocator: Path | None = None
+    """the allocator calibrated with the shipped policy as post-hoc gate (default: ``allocator``): adds that row"""
+    extra_policies: dict[str, Path] = field(default_factory=dict)
+    """more trained tier policies to bench: row name → artifact (3 tiers: draft → mid → target; 2: draft → target)"""
 
 
 def collect_tier_traces(store: TraceStore, make_tiers, args: TierBenchArgs) -> dict[str, Any]:
@@ -65,22 +82,42 @@ def collect_tier_traces(store: TraceStore, make_tiers, args: TierBenchArgs) -> d
     splits: tuple[tuple[task.Split, int, int], ...] = (("train", args.train_problems, args.seed),
                                                       ("calibration", args.calibration_problems, args.seed + 1))
     for split, n, seed in splits:
+        items = testbed_items(split, n, seed=seed)
+        if not {item.problem_id for item in items} - store.problem_ids():
+            # Nothing to collect: reuse the traces as they are, also those of an older feature schema (``collect``
+            # refuses to add new traces to such a store; the tier policy ignores features its traces never report).
+            reports[split] = {"reused": n}
+            continue
         verifier = TestbedVerifier(task.generate(split, n, seed=seed))
-        reports[split] = collect(store, testbed_items(split, n, seed=seed), make_tiers, verifier, split=split, seed=seed,
-                                 record_tiers=True)
+        reports[split] = collect(store, items, make_tiers, verifier, split=split, seed=seed, record_tiers=True)
     return reports
 
 
 def train_policies(store: TraceStore, args: TierBenchArgs) -> dict[str, Path]:
-    """The 3-tier and the draft → target CPO policies on the same traces, saved under ``args.out``."""
+    """The 3-tier and the draft → target CPO policies on the same traces, saved under ``args.out``.
+
+    A policy already there, trained with the same settings, columns and number of episodes, is reused
+    (training is seeded, so it would come out the same).
+    """
     tiers = store.meta("models")
     train, calibration = list(store.episodes("train")), list(store.episodes("calibration"))
+    cpo_args = TierCPOArgs(alpha=args.alpha, **args.cpo)
     paths = {}
     for name, columns in (("policy-3-tier", [0, 1, 2]), ("policy-2-tier", [0, 2])):
-        artifact, _ = train_tier_policy(train, tiers, TierCPOArgs(alpha=args.alpha, **args.cpo), columns=columns,
-                                        calibration=calibration)
+        if _trained_alike(args.out / name, cpo_args, columns, len([e for e in train if e.steps])):
+            paths[name] = args.out / name
+            continue
+        artifact, _ = train_tier_policy(train, tiers, cpo_args, columns=columns, calibration=calibration)
         paths[name] = artifact.save(args.out / name)
     return paths
+
+
+def _trained_alike(directory: Path, cpo_args: TierCPOArgs, columns: Sequence[int], episodes: int) -> bool:
+    if not (directory / "policy.json").is_file():
+        return False
+    training = json.loads((directory / "policy.json").read_text()).get("training", {})
+    return (training.get("args") == json.loads(json.dumps(asdict(cpo_args))) and training.get("columns") == list(columns)
+            and training.get("episodes") == episodes)
 
 
 def tier_shares(rows: Sequence[Mapping[str, Any]], n_tiers: int) -> list[float]:
@@ -97,10 +134,13 @@ def paired_difference(rows: Sequence[Mapping[str, Any]], baseline: Sequence[Mapp
 
 def run_tier_bench(tiers: Sequence[StepModel], policies: Mapping[str, Path], items: Sequence, *, seeds: Sequence[int],
                    shipped_policy: Path | None = DEFAULT_POLICY_DIR, extra_gates: Mapping[str, tuple[Sequence[int], Gate]] = {},
+                   allocators: Mapping[str, tuple[Sequence[int], Gate, Allocator]] = {},
                    progress: bool = True) -> dict[str, Any]:
     """Every row on the same items and seeds; ``tiers`` are draft, mid, target.
 
-    ``extra_gates`` adds rows: name → (the tier indices its graph uses, the gate).
+    ``extra_gates`` adds rows: name → (the tier indices its graph uses, the gate); ``allocators``
+    adds rows of graphs with an allocator: name → (tier indices, the post-hoc gate, the allocator).
+    Rows whose name ends in "2-tier" compete for the best 2-tier router.
     """
     draft, mid, target = tiers
     routers: dict[str, tuple[list[StepModel], Gate]] = {
@@ -114,9 +154,21 @@ def run_tier_bench(tiers: Sequence[StepModel], policies: Mapping[str, Path], ite
         routers["shipped-policy-2-tier"] = ([draft, target], PolicyGate.from_path(shipped_policy))
     for name, (indices, gate) in extra_gates.items():
         routers[name] = ([tiers[i] for i in indices], gate)
+    allocated = {name: alloc for name, (_, _, alloc) in allocators.items()}
+    for name, (indices, gate, _) in allocators.items():
+        routers[name] = ([tiers[i] for i in indices], gate)
+
+    def answer(name: str, models: list[StepModel], gate: Gate, seed: int) -> list[dict[str, Any]]:
+        if name not in allocated:
+            return run_rows(models, gate, items, seed=seed, prices=None)
+        method_rows = allocator_rows(models, gate, items, seed=seed, allocator=allocated[name])  # same seed rules as run_rows
+        for row in method_rows:
+            row["steps_by_tier"] = row["tier_steps"]
+        return method_rows
+
     rows: dict[str, list[dict[str, Any]]] = {}
     for seed in tqdm(seeds, desc="seeds", disable=not progress):
-        per_seed = {name: run_rows(models, gate, items, seed=seed, prices=None)
+        per_seed = {name: answer(name, models, gate, seed)
                     for name, (models, gate) in tqdm(routers.items(), desc=f"seed {seed}", leave=False, disable=not progress)}
         for name, method_rows in per_seed.items():
             names = [m.name for m in routers[name][0]]
@@ -139,11 +191,14 @@ def run_tier_bench(tiers: Sequence[StepModel], policies: Mapping[str, Path], ite
     best = min(feasible, key=lambda n: summary[n]["flops"]["mean"])
     comparison = {"best_2_tier": best, "flops_3_minus_best_2": paired_difference(rows["policy-3-tier"], rows[best]),
                   "total_flops_3_minus_best_2": paired_difference(rows["policy-3-tier"], rows[best], "total_flops"),
-                  "coverage_3_minus_best_2": paired_difference(rows["policy-3-tier"], rows[best], "covered")}
+                  "coverage_3_minus_best_2": paired_difference(rows["policy-3-tier"], rows[best], "covered"),
+                  "3_minus_each_2_tier": {n: {m: paired_difference(rows["policy-3-tier"], rows[n], m)
+                                              for m in ("flops", "total_flops", "covered")} for n in two_tier}}
     return {"seeds": list(seeds), "problems": len(items), "summary": summary, "comparison": comparison, "rows": rows}
 
 
-ORDER = ["draft-alone", "mid-alone", "target-alone", "shipped-policy-2-tier", "policy-2-tier", "policy-3-tier"]
+ORDER = ["draft-alone", "mid-alone", "target-alone", "shipped-policy-2-tier", "policy-2-tier", "allocator-2-tier",
+         "allocator+shipped-policy-2-tier", "policy-3-tier"]
 
 
 def markdown_table(report: Mapping[str, Any], tier_names: Sequence[str] = ("draft", "mid", "target")) -> str:
@@ -165,7 +220,22 @@ def markdown_table(report: Mapping[str, Any], tier_names: Sequence[str] = ("draf
     lines.append(f"3-tier minus {c['best_2_tier']} (paired, per problem and seed): generated MFLOPs "
                  f"{cell(c['flops_3_minus_best_2'], 1e6, 3)}, total MFLOPs {cell(c['total_flops_3_minus_best_2'], 1e6, 3)}, "
                  f"coverage {cell(c['coverage_3_minus_best_2'])}")
+    for name, d in c.get("3_minus_each_2_tier", {}).items():
+        lines.append(f"- 3-tier minus {name}: generated MFLOPs {cell(d['flops'], 1e6, 3)}, total MFLOPs "
+                     f"{cell(d['total_flops'], 1e6, 3)}, coverage {cell(d['covered'])}")
     return "\n".join(lines) + "\n"
+
+
+def allocator_routers(tiers: Sequence[StepModel], args: TierBenchArgs) -> dict[str, tuple[Sequence[int], Gate, Allocator]]:
+    """The allocator rows on draft → target (tiers 0 and 2): alone, and followed by the shipped policy."""
+    from stepgraph.allocator_file import LearnedAllocator
+
+    if args.allocator is None:
+        return {}
+    pair = [{"name": tiers[i].name, "parameters": tiers[i].n_params} for i in (0, 2)]  # refuses an allocator of other tiers
+    combined = LearnedAllocator.from_path(args.combined_allocator or args.allocator, pair)
+    return {"allocator-2-tier": ((0, 2), AlwaysDraftGate(), LearnedAllocator.from_path(args.allocator, pair)),
+            "allocator+shipped-policy-2-tier": ((0, 2), PolicyGate.from_path(DEFAULT_POLICY_DIR), combined)}
 
 
 def main(args: TierBenchArgs) -> dict[str, Any]:
@@ -176,7 +246,10 @@ def main(args: TierBenchArgs) -> dict[str, Any]:
         policies = train_policies(store, args)
     tiers = load_tiers(3)
     try:
-        report = run_tier_bench(tiers, policies, testbed_items("test", args.problems, seed=args.seed), seeds=args.seeds)
+        extra = {name: (((0, 1, 2) if TierPolicyArtifact.load(path).network.n_tiers == 3 else (0, 2)), PolicyGate.from_path(path))
+                 for name, path in args.extra_policies.items()}
+        report = run_tier_bench(tiers, policies, testbed_items("test", args.problems, seed=args.seed), seeds=args.seeds,
+                                extra_gates=extra, allocators=allocator_routers(tiers, args))
     finally:
         close_pair(tiers)
     report["collected"] = collected
@@ -184,3 +257,34 @@ def main(args: TierBenchArgs) -> dict[str, Any]:
     (args.out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "table.md").write_text(markdown_table(report))
     return {"results": str(args.out / "results.json"), "table": str(args.out / "table.md"), "comparison": report["comparison"]}
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``stepgraph bench --tiers 3`` with the K-tier CPO's warm start and the allocator rows."""
+    defaults = TierBenchArgs()
+    parser = argparse.ArgumentParser(description=cli.__doc__)
+    parser.add_argument("--out", type=Path, default=defaults.out, help="traces, policies and results (default: %(default)s)")
+    for name in ("train_problems", "calibration_problems", "problems", "seed"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name), help="(default: %(default)s)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds), help="sampling seeds (default: 0 1)")
+    parser.add_argument("--alpha", type=float, default=defaults.alpha, help="coverage target 1 - alpha (default: %(default)s)")
+    parser.add_argument("--warm-start", type=int, default=0, help="TierCPOArgs.warm_start of both policies (default: 0)")
+    parser.add_argument("--cpo-steps", type=int, default=None, help=f"TierCPOArgs.steps (default: {TierCPOArgs.steps})")
+    parser.add_argument("--allocator", type=Path, default=None, help="2-tier allocator artifact: adds its rows")
+    parser.add_argument("--combined-allocator", type=Path, default=None, help="allocator calibrated with the shipped policy")
+    parser.add_argument("--extra-policy", action="append", default=[], metavar="NAME=DIR",
+                        help="another trained tier policy to bench as row NAME (names ending in 2-tier compete as 2-tier routers)")
+    a = parser.parse_args(argv)
+    extra = dict(spec.split("=", 1) for spec in a.extra_policy if "=" in spec)
+    if len(extra) != len(a.extra_policy):
+        parser.error("--extra-policy takes NAME=DIR")
+    cpo = {"warm_start": a.warm_start} | ({"steps": a.cpo_steps} if a.cpo_steps is not None else {})
+    report = main(TierBenchArgs(out=a.out, train_problems=a.train_problems, calibration_problems=a.calibration_problems,
+                                problems=a.problems, seeds=a.seeds, seed=a.seed, alpha=a.alpha, cpo=cpo, allocator=a.allocator,
+                                combined_allocator=a.combined_allocator, extra_policies={k: Path(v) for k, v in extra.items()}))
+    print(Path(report["table"]).read_text(), file=sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())

@@ -32,6 +32,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+from stepgraph.training.allocator import supervised_stage
 from stepgraph.training.cpo import (
     Batchable,
     CPOArgs,
@@ -59,6 +60,9 @@ class TierCPOArgs(CPOArgs):
     epsilon: float = 0.02
     """behaviour exploration: with this probability a uniformly random allowed tier, else π_old's (larger values
     keep the coverage critic's miss estimate above α, so the trust region stays in recovery and escalates more)"""
+    warm_start: int = 0
+    """full-batch cross-entropy steps fitting π(· | o, k) to "the cheapest tier ≥ k whose step the verifier accepts"
+    before CPO (0: start from random weights)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -88,6 +92,16 @@ class TierData:
     @property
     def n_tiers(self) -> int:
         return self.ok.shape[1]
+
+
+def cheapest_accepted(ok: torch.Tensor) -> torch.Tensor:
+    """(S, K) verdicts → (S, K) labels: for tier k, the cheapest tier j ≥ k whose step is verified, else the strongest."""
+    k = ok.shape[1]
+    labels = torch.full(ok.shape, k - 1, dtype=torch.long)
+    for j in reversed(range(k)):  # from the strongest down, so the cheapest verified tier ≥ k wins
+        verified = ok[:, j] == 1
+        labels[:, : j + 1] = torch.where(verified[:, None], torch.full_like(labels[:, : j + 1], j), labels[:, : j + 1])
+    return labels
 
 
 def _tables(episode: Episode, columns: Sequence[int]) -> list[list[dict[str, Any]]]:
@@ -275,12 +289,27 @@ def start_tier_run(episodes: Sequence[Episode], args: TierCPOArgs, tiers: Sequen
     artifact = TierPolicyArtifact(policy, args.kappa_init, args.alpha, schema, mean, std, [dict(tiers[c]) for c in columns],
                                   args.hidden, args.layers, ignored=ignored)
     data = to_tier_tensors(episodes, artifact, columns)
+    if args.warm_start:
+        warm_start(policy, data, args.warm_start)
     cost_scale = float(data.flops[:, -1].sum()) / len(episodes) or 1.0  # the strongest tier alone on the recorded prefixes
     width = len(schema.names) + len(columns)
     cost_critic, coverage_critic = _critic(width, args.hidden), _critic(width, args.hidden)
     optimiser = torch.optim.Adam([*cost_critic.parameters(), *coverage_critic.parameters()], lr=args.critic_lr)
     return TierRun(args, data, artifact, list(columns), cost_critic, coverage_critic, optimiser, random.Random(args.seed),
                    cost_scale, args.kappa_init)
+
+
+def warm_start(policy: TierPolicyNetwork, data: TierData, steps: int, lr: float = 1e-2) -> list[float]:
+    """Supervised start (R2-Reasoner's first stage, as ``allocator.supervised_stage``): cross-entropy of π(· | o, k)
+    on "the cheapest tier ≥ k whose step the verifier accepts", on every deciding tier's step.
+
+    Random weights leave CPO to find "accept a confident draft" by exploration, and it settles on
+    the safe middle (every draft to the mid tier); the per-step oracle's labels start it near the
+    cheap routing instead. Returns the loss per step.
+    """
+    deciding = data.x[:, :-1].reshape(-1, data.x.shape[-1])
+    labels = cheapest_accepted(data.ok)[:, :-1].reshape(-1)
+    return supervised_stage(policy, deciding, labels, steps, lr)  # type: ignore[arg-type]
 
 
 def update(run: TierRun) -> dict[str, float]:

@@ -1,0 +1,85 @@
+"""``bench --tiers 3`` rows: the allocator rows pair with the others (same problems and seeds) and count steps per tier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from scripted import ScriptedModel
+from stepgraph.training.bench_tiers import markdown_table, run_tier_bench
+from stepgraph.training.collect import Item
+
+from stepgraph.allocator import FixedAllocator
+from stepgraph.features import CONFIDENCE_SCHEMA
+from stepgraph.gates import AlwaysDraftGate
+from stepgraph.tier_policy import TierPolicyArtifact, TierPolicyNetwork
+
+STEPS = ["She has 12 coins.", "12 + 8 = 20.", "\\boxed{20}"]
+
+
+def tiers() -> list[ScriptedModel]:
+    return [ScriptedModel(name, n, STEPS, confidence=10.0) for name, n in (("draft", 100), ("mid", 300), ("target", 1000))]
+
+
+def policy(out: Path, models: list[ScriptedModel]) -> Path:
+    torch.manual_seed(0)
+    n = len(CONFIDENCE_SCHEMA.names)
+    described = [{"name": m.name, "parameters": m.n_params} for m in models]
+    artifact = TierPolicyArtifact(TierPolicyNetwork(n, len(models), 8, 2), 0.5, 0.1, CONFIDENCE_SCHEMA, [0.0] * n, [1.0] * n,
+                                  described, 8, 2, ignored=["difficulty"])  # scripted models report no difficulty
+    return artifact.save(out)
+
+
+def test_allocator_rows_pair_with_the_other_rows_and_count_steps_per_tier(tmp_path: Path) -> None:
+    draft, _, target = models = tiers()
+    policies = {"policy-3-tier": policy(tmp_path / "p3", models), "policy-2-tier": policy(tmp_path / "p2", [draft, target])}
+    items = [Item("a", "q", "20"), Item("b", "q 1", "20")]
+    report = run_tier_bench(models, policies, items, seeds=(0, 1), shipped_policy=None, progress=False,
+                            allocators={"allocator-2-tier": ((0, 2), AlwaysDraftGate(), FixedAllocator(1))})
+    rows, summary = report["rows"], report["summary"]
+    alloc, alone = rows["allocator-2-tier"], rows["target-alone"]
+    assert [(r["problem_id"], r["seed"]) for r in alloc] == [(r["problem_id"], r["seed"]) for r in alone]
+    # Every step allocated to the target before any draft: the target alone's cost, no draft call.
+    assert [r["flops"] for r in alloc] == pytest.approx([r["flops"] for r in alone])
+    assert all(r["draft_calls"] == 0 and r["steps_by_model"] == {"draft": 0, "mid": 0, "target": 3} for r in alloc)
+    assert summary["allocator-2-tier"]["tier_share"] == {"draft": 0.0, "mid": 0.0, "target": 1.0}
+    assert summary["allocator-2-tier"]["covered"]["mean"] == 1.0
+    each = report["comparison"]["3_minus_each_2_tier"]
+    assert set(each) == {"policy-2-tier", "allocator-2-tier"}
+    table = markdown_table(report)
+    assert "| allocator-2-tier |" in table and "3-tier minus allocator-2-tier" in table
+
+
+def test_collection_reuses_a_store_that_holds_every_problem_even_of_an_older_feature_schema(tmp_path: Path) -> None:
+    """Regression: ``collect`` refused the collected tier traces (feature schema v1) although none were missing."""
+    from stepgraph.training.bench_tiers import TierBenchArgs, collect_tier_traces
+    from stepgraph.training.collect import testbed_items
+    from stepgraph.training.records import Episode
+    from stepgraph.training.store import TraceStore
+
+    args = TierBenchArgs(out=tmp_path, train_problems=2, calibration_problems=1)
+    with TraceStore(tmp_path / "traces.sqlite") as store:
+        store.set_meta("feature_schema", {"name": "stepgraph.confidence", "version": 1, "names": ["logit_confidence"]})
+        for split, n, seed in (("train", 2, 0), ("calibration", 1, 1)):
+            for item in testbed_items(split, n, seed=seed):
+                store.add(Episode(item.problem_id, item.question, item.reference, [], 1, 1, 1.0), split)
+
+        def no_models() -> list:
+            raise AssertionError("nothing is missing: no model should be loaded")
+
+        assert collect_tier_traces(store, no_models, args) == {"train": {"reused": 2}, "calibration": {"reused": 1}}
+
+
+def test_a_policy_is_reused_only_when_trained_with_the_same_settings(tmp_path: Path) -> None:
+    from stepgraph.training.bench_tiers import _trained_alike
+    from stepgraph.training.cpo_tiers import TierCPOArgs, train_tier_policy
+    from test_cpo_tiers import TIERS, episodes
+
+    args = TierCPOArgs(alpha=0.1, steps=0, warm_start=5, hidden=8)
+    artifact, _ = train_tier_policy(episodes(10, 0), TIERS, args, progress=False)
+    saved = artifact.save(tmp_path / "p")
+    assert _trained_alike(saved, TierCPOArgs(alpha=0.1, steps=0, warm_start=5, hidden=8), [0, 1, 2], 10)
+    assert not _trained_alike(saved, TierCPOArgs(alpha=0.1, steps=0, warm_start=0, hidden=8), [0, 1, 2], 10)
+    assert not _trained_alike(saved, args, [0, 2], 10) and not _trained_alike(saved, args, [0, 1, 2], 11)
+    assert not _trained_alike(tmp_path / "missing", args, [0, 1, 2], 10)
