@@ -11,7 +11,6 @@ weights of another shape, non-finite weights, and (given ``tiers``) an artifact 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -22,12 +21,12 @@ from typing import Annotated, Any, Literal, Self
 import torch
 from pydantic import BaseModel, Field, Strict, ValidationError, model_validator
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from stepgraph.allocator import ALLOCATOR_SCHEMA, Allocation, Allocator, AllocatorInput, tier_from_probabilities
 from stepgraph.errors import PolicyFileError
 from stepgraph.features import FeatureSchema, Observation
-from stepgraph.policy import PolicyNetwork
+from stepgraph.policy import PolicyNetwork, _sha256, write_artifact
 
 FORMAT = "stepgraph.allocator"
 FORMAT_VERSION = 1
@@ -103,10 +102,6 @@ def _problems(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg']}" for e in exc.errors())
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @dataclass
 class AllocatorArtifact:
     """A trained allocator with what it needs to score new observations."""
@@ -162,11 +157,7 @@ class AllocatorArtifact:
         weights = {k: v.detach().contiguous() for k, v in self.network.state_dict().items()}
         if bad := [k for k, v in weights.items() if not bool(torch.isfinite(v).all())]:
             raise PolicyFileError(f"Refusing to write an allocator into {directory}: weights {bad} are not finite.")
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file(weights, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
-        manifest["weights_sha256"] = _sha256(directory / WEIGHTS_FILE)
-        (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        return directory
+        return write_artifact(directory, weights, manifest, WEIGHTS_FILE, MANIFEST_FILE, FORMAT)
 
     @classmethod
     def load(cls, directory: str | Path, tiers: Sequence[Mapping[str, Any]] | None = None) -> AllocatorArtifact:

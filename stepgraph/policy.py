@@ -277,11 +277,7 @@ class PolicyArtifact:
         if bad := _non_finite(weights):
             raise PolicyFileError(f"Refusing to write a policy into {directory}: weights {bad} are not finite "
                                   "(training diverged; lower --delta or check the traces).")
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file(weights, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
-        manifest["weights_sha256"] = _sha256(directory / WEIGHTS_FILE)
-        (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        return directory
+        return write_artifact(directory, weights, manifest, WEIGHTS_FILE, MANIFEST_FILE, FORMAT)
 
     @classmethod
     def load(cls, directory: str | Path, expected_schema: FeatureSchema | None = None) -> PolicyArtifact:
@@ -340,3 +336,13 @@ class PolicyArtifact:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_artifact(directory: Path, weights: dict[str, torch.Tensor], manifest: dict[str, Any], weights_file: str,
+                   manifest_file: str, fmt: str) -> Path:
+    """Write checked weights (safetensors) and their manifest (JSON, with the weights' SHA-256) into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(directory / weights_file), metadata={"format": fmt})
+    manifest["weights_sha256"] = _sha256(directory / weights_file)
+    (directory / manifest_file).write_text(json.dumps(manifest, indent=2) + "\n")
+    return directory

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal, Self
 import torch
 from pydantic import BaseModel, Field, Strict, ValidationError, model_validator
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from stepgraph.errors import PolicyFileError
 from stepgraph.features import CONFIDENCE_SCHEMA, FeatureSchema, Observation
@@ -38,6 +38,7 @@ from stepgraph.policy import (
     _Normalization,
     _sha256,
     _validation_message,
+    write_artifact,
 )
 
 FORMAT = "stepgraph.tier_policy"
@@ -191,11 +192,7 @@ class TierPolicyArtifact:
                                   f"but its network routes between {self.network.n_tiers}.")
         if bad := _non_finite(weights):
             raise PolicyFileError(f"Refusing to write a tier policy into {directory}: weights {bad} are not finite.")
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file(weights, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
-        manifest["weights_sha256"] = _sha256(directory / WEIGHTS_FILE)
-        (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        return directory
+        return write_artifact(directory, weights, manifest, WEIGHTS_FILE, MANIFEST_FILE, FORMAT)
 
     @classmethod
     def load(cls, directory: str | Path, expected_schema: FeatureSchema = CONFIDENCE_SCHEMA) -> TierPolicyArtifact:
