@@ -25,7 +25,8 @@ def tier_table(tiers: Sequence[StepModel], verifier: StepVerifier, *, question: 
     """Every tier's step after ``prior``, cheapest first, with its verdict, FLOPs and observation.
 
     ``escalations`` is the run's escalation count before this step; a stronger tier's step is
-    observed as the graph observes it after the one escalation that reaches it.
+    observed as the graph observes it after the one escalation that reaches it (with the question
+    and the accepted steps, so grounding is computed; without the previous step's outcome).
     """
     table = []
     for k, model in enumerate(tiers):
@@ -38,6 +39,7 @@ def tier_table(tiers: Sequence[StepModel], verifier: StepVerifier, *, question: 
             "correct": verifier.verify(question, reference, list(prior), out.text),
             "flops": call_cost(out, model.n_params)["flops"],
             "observation": observe(out, step_index=len(prior), escalations=escalations + min(k, 1),
-                                   difficulty=context.difficulty),
+                                   difficulty=context.difficulty, question=question, prior_steps=list(prior)),
+            "output": out.to_dict(),  # so a later feature schema can be recomputed from the trace
         })
     return table
