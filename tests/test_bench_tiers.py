@@ -83,3 +83,26 @@ def test_a_policy_is_reused_only_when_trained_with_the_same_settings(tmp_path: P
     assert not _trained_alike(saved, TierCPOArgs(alpha=0.1, steps=0, warm_start=0, hidden=8), [0, 1, 2], 10)
     assert not _trained_alike(saved, args, [0, 2], 10) and not _trained_alike(saved, args, [0, 1, 2], 11)
     assert not _trained_alike(tmp_path / "missing", args, [0, 1, 2], 10)
+
+
+def test_bench_tiers_options_reach_the_tier_bench(monkeypatch, tmp_path, capsys):
+    """`stepgraph bench --tiers 3` is the one entry: its warm-start, CPO, allocator and extra-policy options arrive."""
+    from stepgraph.training import bench_tiers
+
+    from stepgraph.cli import main as cli_main
+
+    seen = {}
+
+    def fake_main(args):
+        seen["args"] = args
+        (tmp_path / "table.md").write_text("| router |\n")
+        return {"table": str(tmp_path / "table.md"), "results": "", "comparison": {}}
+
+    monkeypatch.setattr(bench_tiers, "main", fake_main)
+    assert cli_main(["bench", "--tiers", "3", "--out", str(tmp_path), "--warm-start", "300", "--cpo-steps", "0",
+                     "--allocator", "a", "--extra-policy", f"x-2-tier={tmp_path}", "--problems", "5"]) == 0
+    args = seen["args"]
+    assert args.cpo == {"warm_start": 300, "steps": 0} and args.allocator == Path("a") and args.problems == 5
+    assert args.extra_policies == {"x-2-tier": tmp_path}
+    assert cli_main(["bench", "--tiers", "3", "--out", str(tmp_path), "--extra-policy", "no-equals-sign"]) == 2
+    assert "NAME=DIR" in capsys.readouterr().err

@@ -24,9 +24,7 @@ followed by the shipped policy's post-hoc check.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -257,34 +255,3 @@ def main(args: TierBenchArgs) -> dict[str, Any]:
     (args.out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "table.md").write_text(markdown_table(report))
     return {"results": str(args.out / "results.json"), "table": str(args.out / "table.md"), "comparison": report["comparison"]}
-
-
-def cli(argv: Sequence[str] | None = None) -> int:
-    """``stepgraph bench --tiers 3`` with the K-tier CPO's warm start and the allocator rows."""
-    defaults = TierBenchArgs()
-    parser = argparse.ArgumentParser(description=cli.__doc__)
-    parser.add_argument("--out", type=Path, default=defaults.out, help="traces, policies and results (default: %(default)s)")
-    for name in ("train_problems", "calibration_problems", "problems", "seed"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name), help="(default: %(default)s)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds), help="sampling seeds (default: 0 1)")
-    parser.add_argument("--alpha", type=float, default=defaults.alpha, help="coverage target 1 - alpha (default: %(default)s)")
-    parser.add_argument("--warm-start", type=int, default=0, help="TierCPOArgs.warm_start of both policies (default: 0)")
-    parser.add_argument("--cpo-steps", type=int, default=None, help=f"TierCPOArgs.steps (default: {TierCPOArgs.steps})")
-    parser.add_argument("--allocator", type=Path, default=None, help="2-tier allocator artifact: adds its rows")
-    parser.add_argument("--combined-allocator", type=Path, default=None, help="allocator calibrated with the shipped policy")
-    parser.add_argument("--extra-policy", action="append", default=[], metavar="NAME=DIR",
-                        help="another trained tier policy to bench as row NAME (names ending in 2-tier compete as 2-tier routers)")
-    a = parser.parse_args(argv)
-    extra = dict(spec.split("=", 1) for spec in a.extra_policy if "=" in spec)
-    if len(extra) != len(a.extra_policy):
-        parser.error("--extra-policy takes NAME=DIR")
-    cpo = {"warm_start": a.warm_start} | ({"steps": a.cpo_steps} if a.cpo_steps is not None else {})
-    report = main(TierBenchArgs(out=a.out, train_problems=a.train_problems, calibration_problems=a.calibration_problems,
-                                problems=a.problems, seeds=a.seeds, seed=a.seed, alpha=a.alpha, cpo=cpo, allocator=a.allocator,
-                                combined_allocator=a.combined_allocator, extra_policies={k: Path(v) for k, v in extra.items()}))
-    print(Path(report["table"]).read_text(), file=sys.stdout)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(cli())

@@ -279,9 +279,15 @@ def _bench_tiers(args: argparse.Namespace) -> dict:
 
     if args.config is not None:
         raise ConfigError("--tiers 3 runs on the shipped testbed models; it takes no --config.")
+    extra = dict(spec.split("=", 1) for spec in args.extra_policy if "=" in spec)
+    if len(extra) != len(args.extra_policy):
+        raise ConfigError(f"--extra-policy takes NAME=DIR, got {args.extra_policy}.")
+    cpo = {"warm_start": args.warm_start} | ({"steps": args.cpo_steps} if args.cpo_steps is not None else {})
     report = main(TierBenchArgs(out=args.out or Path("runs/tiers"), train_problems=args.train_problems,
                                 calibration_problems=args.calibration_problems, problems=args.problems, seeds=args.seeds,
-                                seed=args.seed, alpha=args.alpha if args.alpha is not None else 0.03))
+                                seed=args.seed, alpha=args.alpha if args.alpha is not None else 0.03, cpo=cpo,
+                                allocator=args.allocator, combined_allocator=args.combined_allocator,
+                                extra_policies={k: Path(v) for k, v in extra.items()}))
     print(Path(report["table"]).read_text(), file=sys.stderr)
     return report
 
@@ -433,6 +439,15 @@ def add_commands(sub: Any) -> None:
                    help="3: collect traces on the shipped draft, mid and target, train a 3-tier and a 2-tier K-tier CPO policy "
                         "at --alpha (default there 0.03), and bench them against each tier alone (default: %(default)s)")
     b.add_argument("--train-problems", type=in_range(int, 1), default=400, help="--tiers 3: train problems to collect (default: %(default)s)")
+    b.add_argument("--warm-start", type=in_range(int, 0), default=0,
+                   help="--tiers 3: supervised steps on 'cheapest verified tier' labels before CPO (default: %(default)s)")
+    b.add_argument("--cpo-steps", type=in_range(int, 0), default=None,
+                   help="--tiers 3: K-tier CPO updates after the warm start; 0: the supervised policy alone (default: 800)")
+    b.add_argument("--allocator", type=Path, default=None, help="--tiers 3: a 2-tier allocator artifact; adds its rows on draft -> target")
+    b.add_argument("--combined-allocator", type=Path, default=None,
+                   help="--tiers 3: the allocator calibrated with the shipped policy, for the allocate-then-check row")
+    b.add_argument("--extra-policy", action="append", default=[], metavar="NAME=DIR",
+                   help="--tiers 3: another trained tier policy to bench as row NAME (names ending in 2-tier compete as 2-tier routers)")
     b.set_defaults(func=_single_threaded(_bench))
 
     from stepgraph.training.radar import add_radar_command
