@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from stepgraph.errors import PolicyFileError
-from stepgraph.features import CONFIDENCE_SCHEMA, FeatureSchema, Observation
+from stepgraph.features import FeatureSchema, Observation
 from stepgraph.policy import (
     MANIFEST_FILE,
     WEIGHTS_FILE,
@@ -195,13 +195,14 @@ class TierPolicyArtifact:
         return write_artifact(directory, weights, manifest, WEIGHTS_FILE, MANIFEST_FILE, FORMAT)
 
     @classmethod
-    def load(cls, directory: str | Path, expected_schema: FeatureSchema = CONFIDENCE_SCHEMA) -> TierPolicyArtifact:
+    def load(cls, directory: str | Path, expected_schema: FeatureSchema | None = None) -> TierPolicyArtifact:
         """Load and validate a K-tier artifact.
 
         Raises:
             PolicyFileError: files missing, unreadable or corrupted, another format, a value out of
-                range, a network that does not fit the manifest's tiers, non-finite weights, or
-                another feature schema. The message names the file and the field.
+                range, a network that does not fit the manifest's tiers, non-finite weights, or a
+                feature schema other than ``expected_schema`` (None: any schema ``stepgraph.features.SCHEMAS``
+                knows). The message names the file and the field.
         """
         directory = Path(directory)
         manifest_path, weights_path = directory / MANIFEST_FILE, directory / WEIGHTS_FILE

@@ -129,7 +129,9 @@ def test_warm_start_alone_routes_each_kind_of_step_to_its_cheapest_right_tier() 
     """The supervised start (no CPO update) already accepts easy drafts and sends medium steps to the
     mid tier, not the large one: the routing the random start's CPO misses on the shipped tiers."""
     args = TierCPOArgs(alpha=0.1, steps=0, warm_start=200, hidden=16, seed=0)
-    trained, history = train_tier_policy(episodes(120, 0), TIERS, args, calibration=episodes(60, 1), progress=False)
+    # the synthetic observations are v1's features: train on that schema (the default, v2, holds them and more)
+    trained, history = train_tier_policy(episodes(120, 0), TIERS, args, calibration=episodes(60, 1), progress=False,
+                                         schema=CONFIDENCE_SCHEMA)
     assert history == [] and trained.training["args"]["warm_start"] == 200
     easy, medium, hard = (trained.probabilities(observation(d, 0), 0) for d in (0.0, 0.5, 1.0))
     assert easy[0] > 0.9 and medium[1] > 0.9 and hard[2] > 0.9
@@ -139,7 +141,7 @@ def test_warm_start_alone_routes_each_kind_of_step_to_its_cheapest_right_tier() 
     # Near the per-step oracle: 1 FLOP (easy), 1 + 3 (medium), 1 + 10 (hard) a step, a third each.
     assert calibration["mean_flops"] == pytest.approx(3 * (1 + 4 + 11) / 3, rel=0.2)
     untrained, _ = train_tier_policy(episodes(120, 0), TIERS, TierCPOArgs(alpha=0.1, steps=0, hidden=16, seed=0),
-                                     calibration=episodes(60, 1), progress=False)
+                                     calibration=episodes(60, 1), progress=False, schema=CONFIDENCE_SCHEMA)
     assert untrained.training["calibration"]["mean_flops"] > 1.2 * calibration["mean_flops"]
 
 

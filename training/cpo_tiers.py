@@ -47,7 +47,7 @@ from stepgraph.training.records import Episode
 from tqdm import tqdm
 
 from stepgraph.errors import ConfigError, StepgraphError
-from stepgraph.features import CONFIDENCE_SCHEMA, FeatureSchema
+from stepgraph.features import FEATURE_SCHEMA, FeatureSchema
 from stepgraph.tier_policy import TierPolicyArtifact, TierPolicyNetwork, tier_inputs
 
 
@@ -385,7 +385,7 @@ def calibrate_tier_kappa(data: TierData, policy: TierPolicyNetwork, alpha: float
 
 def train_tier_policy(episodes: Sequence[Episode], tiers: Sequence[dict[str, Any]], args: TierCPOArgs | None = None, *,
                       columns: Sequence[int] | None = None, calibration: Sequence[Episode] = (),
-                      schema: FeatureSchema = CONFIDENCE_SCHEMA, ignore_features: Sequence[str] = (), progress: bool = True,
+                      schema: FeatureSchema = FEATURE_SCHEMA, ignore_features: Sequence[str] = (), progress: bool = True,
                       log: Callable[[int, dict], None] | None = None) -> tuple[TierPolicyArtifact, list[dict[str, float]]]:
     """Train the K-tier π and κ on traces with tier tables; return the artifact and per-update metrics.
 
