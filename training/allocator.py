@@ -29,7 +29,6 @@ the network and the decision rule are for K tiers.
 from __future__ import annotations
 
 import copy
-import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -43,6 +42,7 @@ from stepgraph.training.cpo import (
     CPOArgs,
     Run,
     _critic,
+    column_statistics,
     episode_miss,
     fit_critics,
     kappa_step,
@@ -83,19 +83,7 @@ def cheapest_accepted_tier(step: StepRecord, n_tiers: int = 2) -> int:
 
 def normalisation(rows: Sequence[Sequence[float]]) -> tuple[list[float], list[float], list[str]]:
     """Per-feature mean and std over the rows (NaN = not reported); never-reported features are ignored."""
-    table = torch.tensor(rows, dtype=torch.float64)
-    mean, std, ignored = [], [], []
-    for name, column in zip(ALLOCATOR_SCHEMA.names, table.T):
-        seen = column[~torch.isnan(column)]
-        if not seen.numel():
-            ignored.append(name)
-            mean.append(0.0)
-            std.append(1.0)
-            continue
-        sd = float(seen.std()) if seen.numel() > 1 else 1.0
-        mean.append(float(seen.mean()))
-        std.append(sd if math.isfinite(sd) and sd > 1e-6 else 1.0)
-    return mean, std, ignored
+    return column_statistics(rows, ALLOCATOR_SCHEMA.names)
 
 
 def ex_ante_cost(step: StepRecord, sent_up: bool, fallback_flops: float) -> float:

@@ -140,9 +140,16 @@ def normalisation(episodes: Sequence[Episode], schema: FeatureSchema,
                   ignore: Sequence[str] = ()) -> tuple[list[float], list[float], list[str]]:
     """Per-feature mean and std over the recorded steps, and the features the network will not see:
     those in ``ignore`` and those no step recorded (stored as mean 0, std 1)."""
-    rows = torch.tensor([schema.vector(s.observation) for e in episodes for s in e.steps], dtype=torch.float64)
+    return column_statistics([schema.vector(s.observation) for e in episodes for s in e.steps], schema.names, ignore)
+
+
+def column_statistics(rows: Sequence[Sequence[float]], names: Sequence[str],
+                      ignore: Sequence[str] = ()) -> tuple[list[float], list[float], list[str]]:
+    """Per-column mean and std of feature rows (NaN = not reported), and the columns to ignore:
+    those in ``ignore`` and those never reported (stored as mean 0, std 1)."""
+    table = torch.tensor(rows, dtype=torch.float64)
     mean, std, ignored = [], [], []
-    for name, column in zip(schema.names, rows.T):
+    for name, column in zip(names, table.T):
         seen = column[~torch.isnan(column)]
         if name in ignore or not seen.numel():
             ignored.append(name)
