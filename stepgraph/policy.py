@@ -56,6 +56,15 @@ class _Normalization(BaseModel):
     ignored: list[str] | None = None
     """absent in manifests written before ignored features existed"""
 
+    def check_fits(self, schema: _FeatureSchemaModel) -> None:
+        """Raise ValueError unless there is one mean and std per feature and every ignored feature is in the schema."""
+        n = len(schema.names)
+        if len(self.mean) != n or len(self.std) != n:
+            raise ValueError(f"normalization.mean and .std must each hold one value per feature ({n}), got "
+                             f"{len(self.mean)} and {len(self.std)}")
+        if unknown := sorted(set(self.ignored or ()) - set(schema.names)):
+            raise ValueError(f"normalization.ignored features {unknown} are not in the feature schema")
+
 
 class _Network(BaseModel):
     hidden: Annotated[int, Strict(), Field(ge=1, le=4096)]
@@ -89,12 +98,7 @@ class Manifest(BaseModel):
                              f"{self.scale!r} with format_version 2")
         if self.scale == "probability" and not 0 <= self.kappa <= 1:
             raise ValueError(f"kappa: a probability κ must be in [0, 1] (found {self.kappa!r})")
-        n = len(self.feature_schema.names)
-        if len(self.normalization.mean) != n or len(self.normalization.std) != n:
-            raise ValueError(f"normalization.mean and .std must each hold one value per feature ({n}), got "
-                             f"{len(self.normalization.mean)} and {len(self.normalization.std)}")
-        if unknown := sorted(set(self.normalization.ignored or ()) - set(self.feature_schema.names)):
-            raise ValueError(f"normalization.ignored features {unknown} are not in the feature schema")
+        self.normalization.check_fits(self.feature_schema)
         return self
 
 

@@ -72,12 +72,7 @@ class TierManifest(BaseModel):
 
     @model_validator(mode="after")
     def _fits_the_schema(self) -> Self:
-        n = len(self.feature_schema.names)
-        if len(self.normalization.mean) != n or len(self.normalization.std) != n:
-            raise ValueError(f"normalization.mean and .std must each hold one value per feature ({n}), got "
-                             f"{len(self.normalization.mean)} and {len(self.normalization.std)}")
-        if unknown := sorted(set(self.normalization.ignored or ()) - set(self.feature_schema.names)):
-            raise ValueError(f"normalization.ignored features {unknown} are not in the feature schema")
+        self.normalization.check_fits(self.feature_schema)
         return self
 
 
