@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stepgraph.features import SITUATIONAL
 from stepgraph.gates.base import GateDecision, GateInput
 from stepgraph.gates.policy_gate import PolicyGate
 
@@ -30,12 +29,8 @@ class TierPolicyGate(PolicyGate):
     """
 
     def __init__(self, artifact: TierPolicyArtifact) -> None:  # type: ignore[override]
-        self.artifact = artifact  # type: ignore[assignment]  # PolicyGate's name for it
+        super().__init__(artifact)  # type: ignore[arg-type]  # κ, schema and ignored features: what PolicyGate reads
         self.tier_artifact = artifact
-        self.threshold = artifact.kappa
-        self.trained_on = [n for n in artifact.schema.names if n not in artifact.ignored]
-        self._reported = [n for n in self.trained_on if n not in SITUATIONAL]  # None means the backend lacks it
-        self._warned: set[str] = set()
 
     @classmethod
     def from_path(cls, directory: str | Path) -> TierPolicyGate:
