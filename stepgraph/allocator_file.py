@@ -11,7 +11,6 @@ weights of another shape, non-finite weights, and (given ``tiers``) an artifact 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,13 +19,11 @@ from typing import Annotated, Any, Literal, Self
 
 import torch
 from pydantic import BaseModel, Field, Strict, ValidationError, model_validator
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from stepgraph.allocator import ALLOCATOR_SCHEMA, Allocation, Allocator, AllocatorInput, tier_from_probabilities
 from stepgraph.errors import PolicyFileError
 from stepgraph.features import FeatureSchema, Observation
-from stepgraph.policy import PolicyNetwork, _sha256, write_artifact
+from stepgraph.policy import PolicyNetwork, load_weights, read_manifest, write_artifact
 
 FORMAT = "stepgraph.allocator"
 FORMAT_VERSION = 1
@@ -169,13 +166,7 @@ class AllocatorArtifact:
         """
         directory = Path(directory)
         manifest_path, weights_path = directory / MANIFEST_FILE, directory / WEIGHTS_FILE
-        for path in (manifest_path, weights_path):
-            if not path.is_file():
-                raise PolicyFileError(f"{path} is missing: an allocator directory holds {MANIFEST_FILE} and {WEIGHTS_FILE}.")
-        try:
-            raw = json.loads(manifest_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PolicyFileError(f"{manifest_path} is corrupted or incomplete: {exc}") from exc
+        raw, checksum = read_manifest(directory, WEIGHTS_FILE, MANIFEST_FILE, "allocator")
         try:
             manifest = AllocatorManifest.model_validate(raw)
         except ValidationError as exc:
@@ -188,18 +179,11 @@ class AllocatorArtifact:
         if tiers is not None and [t["parameters"] for t in recorded] != [t.get("parameters") for t in tiers]:
             raise PolicyFileError(f"The allocator in {directory} was trained for the tiers {recorded}, but this graph's are "
                                   f"{list(tiers)} (other sizes or another number); train it on traces of these tiers.")
-        if manifest.weights_sha256 != _sha256(weights_path):
+        if manifest.weights_sha256 != checksum:
             raise PolicyFileError(f"{weights_path} does not match the checksum in {manifest_path}: the file is corrupted or was replaced.")
         network = AllocatorNetwork(len(schema.names), len(recorded), manifest.hidden, manifest.layers)
-        try:
-            weights = load_file(str(weights_path))
-            network.load_state_dict(weights)
-        except (SafetensorError, RuntimeError, OSError) as exc:
-            raise PolicyFileError(f"{weights_path} does not hold a {manifest.layers}x{manifest.hidden} allocator over "
-                                  f"{len(recorded)} tiers: {exc}") from exc
-        if bad := [k for k, v in weights.items() if not bool(torch.isfinite(v).all())]:
-            raise PolicyFileError(f"{weights_path}: weights {bad} are not finite; train the allocator again.")
-        network.eval()
+        load_weights(network, weights_path, f"a {manifest.layers}x{manifest.hidden} allocator over {len(recorded)} tiers",
+                     "train the allocator again")
         return cls(network, manifest.kappa, manifest.alpha, recorded, list(manifest.mean), list(manifest.std),
                    manifest.hidden, manifest.layers, schema, list(manifest.ignored), manifest.training, manifest.guarantee)
 

@@ -295,17 +295,7 @@ class PolicyArtifact:
         """
         directory = Path(directory)
         manifest_path, weights_path = directory / MANIFEST_FILE, directory / WEIGHTS_FILE
-        for path in (manifest_path, weights_path):
-            if not path.is_file():
-                raise PolicyFileError(f"{path} is missing: a policy directory holds {MANIFEST_FILE} and {WEIGHTS_FILE}.")
-        try:
-            raw = json.loads(manifest_path.read_text())
-            checksum = _sha256(weights_path)
-        except OSError as exc:
-            raise PolicyFileError(f"Cannot read the policy file {exc.filename or manifest_path}: {exc.strerror or exc}. "
-                                  "Check its permissions.") from exc
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PolicyFileError(f"{manifest_path} is corrupted or incomplete: {exc}") from exc
+        raw, checksum = read_manifest(directory, WEIGHTS_FILE, MANIFEST_FILE, "policy")
         if isinstance(raw, dict):
             if raw.get("format") != FORMAT or raw.get("format_version") not in READABLE_VERSIONS:
                 raise PolicyFileError(
@@ -326,20 +316,50 @@ class PolicyArtifact:
             raise PolicyFileError(f"{weights_path} does not match the checksum in {manifest_path}: the file is corrupted or was replaced.")
         hidden, layers = manifest.network.hidden, manifest.network.layers
         network = PolicyNetwork(len(schema.names), hidden, layers)
-        try:
-            weights = load_file(str(weights_path))
-            network.load_state_dict(weights)
-        except (SafetensorError, RuntimeError, OSError) as exc:
-            raise PolicyFileError(f"{weights_path} does not hold a {layers}x{hidden} policy network: {exc}") from exc
-        if bad := _non_finite(weights):
-            raise PolicyFileError(f"{weights_path}: weights {bad} are not finite (NaN or inf); retrain the policy.")
-        network.eval()
+        load_weights(network, weights_path, f"a {layers}x{hidden} policy network", "retrain the policy")
         return cls(network, manifest.kappa, manifest.alpha, schema, list(mean), list(std), hidden, layers, manifest.models,
                    manifest.training, list(ignored), manifest.guarantee, manifest.scale, manifest.format_version)
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_manifest(directory: Path, weights_file: str, manifest_file: str, kind: str) -> tuple[Any, str]:
+    """The raw JSON manifest of an artifact directory and its weights' SHA-256.
+
+    Raises:
+        PolicyFileError: a file is missing, unreadable (permissions) or the manifest is not JSON; ``kind``
+            ("policy", "allocator") names the artifact in the message.
+    """
+    manifest_path, weights_path = directory / manifest_file, directory / weights_file
+    for path in (manifest_path, weights_path):
+        if not path.is_file():
+            raise PolicyFileError(f"{path} is missing: {'an' if kind[0] in 'aeiou' else 'a'} {kind} directory holds "
+                                  f"{manifest_file} and {weights_file}.")
+    try:
+        return json.loads(manifest_path.read_text()), _sha256(weights_path)
+    except OSError as exc:
+        raise PolicyFileError(f"Cannot read the {kind} file {exc.filename or manifest_path}: {exc.strerror or exc}. "
+                              "Check its permissions.") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PolicyFileError(f"{manifest_path} is corrupted or incomplete: {exc}") from exc
+
+
+def load_weights(network: torch.nn.Module, weights_path: Path, shape: str, retrain: str) -> None:
+    """Load safetensors weights into ``network`` (then in eval mode), refusing weights of another shape or not finite.
+
+    Raises:
+        PolicyFileError: ``shape`` says what the file should hold, ``retrain`` what to do about non-finite weights.
+    """
+    try:
+        weights = load_file(str(weights_path))
+        network.load_state_dict(weights)
+    except (SafetensorError, RuntimeError, OSError) as exc:
+        raise PolicyFileError(f"{weights_path} does not hold {shape}: {exc}") from exc
+    if bad := _non_finite(weights):
+        raise PolicyFileError(f"{weights_path}: weights {bad} are not finite (NaN or inf); {retrain}.")
+    network.eval()
 
 
 def write_artifact(directory: Path, weights: dict[str, torch.Tensor], manifest: dict[str, Any], weights_file: str,

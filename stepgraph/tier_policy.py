@@ -23,8 +23,6 @@ from typing import Annotated, Any, Literal, Self
 
 import torch
 from pydantic import BaseModel, Field, Strict, ValidationError, model_validator
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from stepgraph.errors import PolicyFileError
 from stepgraph.features import FeatureSchema, Observation
@@ -36,8 +34,9 @@ from stepgraph.policy import (
     _Network,
     _non_finite,
     _Normalization,
-    _sha256,
     _validation_message,
+    load_weights,
+    read_manifest,
     write_artifact,
 )
 
@@ -201,16 +200,7 @@ class TierPolicyArtifact:
         """
         directory = Path(directory)
         manifest_path, weights_path = directory / MANIFEST_FILE, directory / WEIGHTS_FILE
-        for path in (manifest_path, weights_path):
-            if not path.is_file():
-                raise PolicyFileError(f"{path} is missing: a policy directory holds {MANIFEST_FILE} and {WEIGHTS_FILE}.")
-        try:
-            raw = json.loads(manifest_path.read_text())
-            checksum = _sha256(weights_path)
-        except OSError as exc:
-            raise PolicyFileError(f"Cannot read the policy file {exc.filename or manifest_path}: {exc.strerror or exc}.") from exc
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PolicyFileError(f"{manifest_path} is corrupted or incomplete: {exc}") from exc
+        raw, checksum = read_manifest(directory, WEIGHTS_FILE, MANIFEST_FILE, "policy")
         if isinstance(raw, dict):
             if (raw.get("format"), raw.get("format_version")) != (FORMAT, FORMAT_VERSION):
                 raise PolicyFileError(f"{manifest_path} is not a {FORMAT} v{FORMAT_VERSION} manifest "
@@ -225,14 +215,7 @@ class TierPolicyArtifact:
         schema = FeatureSchema(**manifest.feature_schema.model_dump())
         hidden, layers, n_tiers = manifest.network.hidden, manifest.network.layers, len(manifest.tiers)
         network = TierPolicyNetwork(len(schema.names), n_tiers, hidden, layers)
-        try:
-            weights = load_file(str(weights_path))
-            network.load_state_dict(weights)
-        except (SafetensorError, RuntimeError, OSError) as exc:
-            raise PolicyFileError(f"{weights_path} does not hold a {layers}x{hidden} policy network over {n_tiers} tiers: {exc}") from exc
-        if bad := _non_finite(weights):
-            raise PolicyFileError(f"{weights_path}: weights {bad} are not finite (NaN or inf); retrain the policy.")
-        network.eval()
+        load_weights(network, weights_path, f"a {layers}x{hidden} policy network over {n_tiers} tiers", "retrain the policy")
         return cls(network, manifest.kappa, manifest.alpha, schema, list(manifest.normalization.mean),
                    list(manifest.normalization.std), [t.model_dump() for t in manifest.tiers], hidden, layers,
                    list(manifest.normalization.ignored or ()), manifest.training, manifest.guarantee)
