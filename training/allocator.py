@@ -43,6 +43,7 @@ from stepgraph.training.cpo import (
     Run,
     _critic,
     column_statistics,
+    episode_batch,
     episode_miss,
     fit_critics,
     kappa_step,
@@ -94,27 +95,8 @@ def ex_ante_cost(step: StepRecord, sent_up: bool, fallback_flops: float) -> floa
 
 def to_batchable(episodes: Sequence[Episode], artifact: AllocatorArtifact, cost_scale: float) -> Batchable:
     """The episodes as CPO's per-step tensors, with the allocator's observations and ex-ante costs."""
-    starts, ends, rows, position = [], [], [], 0
-    for e in episodes:
-        starts.append(position)
-        position += len(e.steps)
-        ends.append(position)
-        rows += [ALLOCATOR_SCHEMA.vector(o) for o in episode_observations(e)]
-    steps = [(e, s) for e in episodes for s in e.steps]
-    last = {end - 1 for end in ends}
-    return Batchable(
-        x=artifact.normalise(rows),
-        action=torch.tensor([s.action for _, s in steps], dtype=torch.long),
-        mu_escalate=torch.tensor([s.mu_escalate for _, s in steps], dtype=torch.float32),
-        reward=torch.tensor([-ex_ante_cost(s, bool(s.action), cost_scale) / cost_scale for _, s in steps], dtype=torch.float32),
-        coverage=torch.tensor([float(i in last and (e.reward == 1 or e.target_reward == 0)) for i, (e, _) in enumerate(steps)]),
-        draft_ok=torch.tensor([float(s.draft_correct is True) for _, s in steps]),
-        escalated_ok=torch.tensor([float(s.escalated_correct is True) for _, s in steps]),
-        starts=starts,
-        ends=ends,
-        episode_reward=[e.reward for e in episodes],
-        target_reward=[e.target_reward for e in episodes],
-    )
+    rows = [ALLOCATOR_SCHEMA.vector(o) for e in episodes for o in episode_observations(e)]
+    return episode_batch(episodes, artifact.normalise(rows), lambda s: ex_ante_cost(s, bool(s.action), cost_scale), cost_scale)
 
 
 # --- 2. supervised stage -------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from enum import IntEnum
 from typing import Any
 
 import torch
-from stepgraph.training.records import Episode
+from stepgraph.training.records import Episode, StepRecord
 from tqdm import tqdm
 
 from stepgraph.errors import ConfigError
@@ -163,6 +163,14 @@ def column_statistics(rows: Sequence[Sequence[float]], names: Sequence[str],
 
 
 def to_tensors(episodes: Sequence[Episode], artifact: PolicyArtifact, cost_scale: float) -> Batchable:
+    x = artifact.normalise([artifact.schema.vector(s.observation) for e in episodes for s in e.steps])
+    return episode_batch(episodes, x, lambda step: step.cost, cost_scale)
+
+
+def episode_batch(episodes: Sequence[Episode], x: torch.Tensor, step_cost: Callable[[StepRecord], float],
+                  cost_scale: float) -> Batchable:
+    """The episodes' steps as tensors, given the network's normalised inputs ``x`` (one row per step)
+    and the FLOPs ``step_cost`` charges each step (the reward is minus that, over ``cost_scale``)."""
     steps = [(e, s) for e in episodes for s in e.steps]
     starts, ends, position = [], [], 0
     for e in episodes:
@@ -171,10 +179,10 @@ def to_tensors(episodes: Sequence[Episode], artifact: PolicyArtifact, cost_scale
         ends.append(position)
     last = {end - 1 for end in ends}
     return Batchable(
-        x=artifact.normalise([artifact.schema.vector(s.observation) for _, s in steps]),
+        x=x,
         action=torch.tensor([s.action for _, s in steps], dtype=torch.long),
         mu_escalate=torch.tensor([s.mu_escalate for _, s in steps], dtype=torch.float32),
-        reward=torch.tensor([-s.cost / cost_scale for _, s in steps], dtype=torch.float32),
+        reward=torch.tensor([-step_cost(s) / cost_scale for _, s in steps], dtype=torch.float32),
         coverage=torch.tensor(
             [float(i in last and (e.reward == 1 or e.target_reward == 0)) for i, (e, _) in enumerate(steps)]
         ),
