@@ -14,7 +14,7 @@ from stepgraph.training.records import Episode, StepRecord
 from stepgraph.training.verifiers import TestbedVerifier
 
 from stepgraph.features import CONFIDENCE_SCHEMA
-from stepgraph.gates.base import GateInput
+from stepgraph.gates.base import Gate, GateInput
 from stepgraph.gates.judges import JudgeGate, OracleGate, ProcessRewardGate
 from stepgraph.graph import build_graph
 from stepgraph.models.base import StepOutput
@@ -349,3 +349,52 @@ def test_sweep_on_threads_finds_the_same_pieces_as_one_thread():
     assert [(p.lo, p.hi) for p in one[0]] == [(-float("inf"), 4.0), (4.0, 12.0), (12.0, float("inf"))]
     # Both drafted steps are wrong (the scripted draft always boxes 3): only escalating both covers the problem.
     assert [p.row["covered"] for p in one[0]] == [0.0, 0.0, 1.0]
+
+
+class _TierScoreGate(Gate):
+    """Escalates iff a scripted score of (tier, step position) reaches the threshold; to the next tier."""
+
+    name = "tier-score"
+
+    def __init__(self, threshold: float, scores: dict[tuple[int, int], float]) -> None:
+        self.threshold, self.scores = threshold, scores
+
+    def score(self, x: GateInput) -> float:
+        return self.scores[(x.tier, len(x.steps))]
+
+
+def test_sweep_of_a_k_tier_gate_sees_every_decision_and_matches_running_each_threshold():
+    """A step sent to the mid tier is decided twice; the mid tier's decision is a breakpoint too (``critical=None``)."""
+    from stepgraph.training.collect import Item
+    from stepgraph.training.runs import add_coverage, run_gate
+    from stepgraph.training.tuning import Tunable, evaluate, sweep
+
+    tiers = [ScriptedModel("d", 100, ["1+1=3", "\\boxed{3}"]), ScriptedModel("m", 300, ["1+1=2", "\\boxed{2}"]),
+             ScriptedModel("t", 900, ["1+1=2", "\\boxed{2}"])]
+    scores = {(0, 0): 0.6, (1, 0): 0.4, (0, 1): 0.7, (1, 1): 0.2}
+    items = [Item("a", "what is 1+1", "2")]
+    target = [{"correct": 1.0}]
+    tunable = Tunable(lambda t: _TierScoreGate(t, scores), None, start=0.9, grid=bench.GRID)
+    pieces = sweep(tiers, tunable, items, target, seed=0)
+    assert sorted(p.hi for p in pieces[0] if p.hi != float("inf")) == [0.2, 0.4, 0.6, 0.7]
+    for t in [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.8]:
+        expected = add_coverage(run_gate(tiers, tunable.make(t), items, seed=0, progress=False), target)[0]
+        point = evaluate(pieces, [t])[0]
+        assert (point["flops"], point["covered"]) == pytest.approx((expected["flops"], expected["covered"])), t
+
+
+def test_calibration_on_runs_scans_from_the_safe_side_and_stops_at_the_first_failure():
+    from stepgraph.training.tuning import Piece, calibrate_on_runs
+
+    def problem(c: float) -> list[Piece]:
+        # Covered iff t <= c (enough escalation), and again past 1.0: a lucky region a scan from the top would pick.
+        return [Piece(-float("inf"), c, {"covered": 1.0, "flops": 5.0, "escalation_rate": 1.0}),
+                Piece(c, 1.0, {"covered": 0.0, "flops": 2.0, "escalation_rate": 0.5}),
+                Piece(1.0, float("inf"), {"covered": 1.0, "flops": 1.0, "escalation_rate": 0.0})]
+
+    problems = [problem(0.1 * i) for i in range(1, 11)]
+    picked = calibrate_on_runs(problems, alpha=0.2)  # ⌊0.2 · 11⌋ − 1 = 1 miss allowed
+    assert 0.1 < picked["threshold"] <= 0.2 and picked["calibration"]["misses"] == 1
+    assert picked["guarantee"]["type"] == "split-conformal"
+    never = calibrate_on_runs([[Piece(-float("inf"), float("inf"), {"covered": 0.0, "flops": 1.0, "escalation_rate": 1.0})]] * 10, 0.2)
+    assert never["guarantee"]["type"] == "none" and never["calibration"]["misses"] == 10

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from scripted import ScriptedModel
-from stepgraph.training.bench_tiers import markdown_table, run_tier_bench
+from stepgraph.training.bench_tiers import markdown_table, matched_coverage, run_tier_bench, save_live_kappa
 from stepgraph.training.collect import Item
+from stepgraph.training.tuning import Piece
 
 from stepgraph.allocator import FixedAllocator
 from stepgraph.features import CONFIDENCE_SCHEMA
@@ -79,10 +81,47 @@ def test_a_policy_is_reused_only_when_trained_with_the_same_settings(tmp_path: P
     args = TierCPOArgs(alpha=0.1, steps=0, warm_start=5, hidden=8)
     artifact, _ = train_tier_policy(episodes(10, 0), TIERS, args, progress=False)
     saved = artifact.save(tmp_path / "p")
-    assert _trained_alike(saved, TierCPOArgs(alpha=0.1, steps=0, warm_start=5, hidden=8), [0, 1, 2], 10)
-    assert not _trained_alike(saved, TierCPOArgs(alpha=0.1, steps=0, warm_start=0, hidden=8), [0, 1, 2], 10)
-    assert not _trained_alike(saved, args, [0, 2], 10) and not _trained_alike(saved, args, [0, 1, 2], 11)
-    assert not _trained_alike(tmp_path / "missing", args, [0, 1, 2], 10)
+    assert _trained_alike(saved, TierCPOArgs(alpha=0.1, steps=0, warm_start=5, hidden=8), [0, 1, 2], 10, True)
+    assert not _trained_alike(saved, TierCPOArgs(alpha=0.1, steps=0, warm_start=0, hidden=8), [0, 1, 2], 10, True)
+    assert not _trained_alike(saved, args, [0, 2], 10, True) and not _trained_alike(saved, args, [0, 1, 2], 11, True)
+    assert not _trained_alike(tmp_path / "missing", args, [0, 1, 2], 10, True)
+    save_live_kappa(saved, {"threshold": 1.7, "guarantee": {"type": "split-conformal", "coverage": 0.9},
+                            "calibration": {"covered": 1.0, "misses": 0, "problems": 30}})
+    assert _trained_alike(saved, args, [0, 1, 2], 10, True)
+    assert not _trained_alike(saved, args, [0, 1, 2], 10, False)  # κ from runs, but traces asked for: train again
+
+
+def test_live_kappa_is_saved_within_range_keeping_the_trace_calibrated_one(tmp_path: Path) -> None:
+    from test_cpo_tiers import TIERS
+
+    saved = policy(tmp_path / "p", [ScriptedModel(t["name"], t["parameters"], ["x"]) for t in TIERS])
+    for threshold, kappa in ((1.7, 1.0), (-0.3, 0.0), (0.42, 0.42)):  # past [0, 1] every κ decides as the bound does
+        save_live_kappa(saved, {"threshold": threshold, "guarantee": {"type": "split-conformal", "coverage": 0.9},
+                                "calibration": {"covered": 0.95, "misses": 1, "problems": 30}})
+        artifact = TierPolicyArtifact.load(saved)
+        assert artifact.kappa == kappa and artifact.guarantee["type"] == "split-conformal"
+        assert artifact.training["kappa_from_traces"] == 0.5 and artifact.training["kappa_from"] == "calibration runs"
+        assert artifact.training["calibration_runs"]["problems"] == 30
+
+
+def _pieces(edges: list[float], rows: list[dict[str, float]]) -> list[Piece]:
+    """One problem's pieces: ``rows[i]`` holds on ``(edges[i - 1], edges[i]]`` (the first from -inf, the last to +inf)."""
+    bounds = [-math.inf, *edges, math.inf]
+    return [Piece(lo, hi, {"prefill_flops": 0.0, "escalation_rate": 0.0, **row}) for lo, hi, row in zip(bounds, bounds[1:], rows)]
+
+
+def test_matched_coverage_compares_each_router_at_its_cheapest_threshold_reaching_the_level() -> None:
+    # Router A (3-tier) covers both problems for t <= 0.5 at 3 FLOPs; router B (2-tier) needs t <= 0.2 at 5 FLOPs.
+    a = [_pieces([0.5], [{"covered": 1.0, "flops": 3.0}, {"covered": 0.0, "flops": 1.0}])] * 2
+    b = [_pieces([0.2, 0.6], [{"covered": 1.0, "flops": 5.0}, {"covered": 0.0, "flops": 2.0}, {"covered": 0.0, "flops": 1.0}])] * 2
+    report = matched_coverage({"policy-3-tier": a, "x-2-tier": b}, [0.9])
+    level = report["0.9"]
+    assert level["points"]["policy-3-tier"]["flops"] == 3.0 and level["points"]["x-2-tier"]["flops"] == 5.0
+    diff = level["3_minus_each_2_tier"]["x-2-tier"]
+    assert diff["flops"]["mean"] == -2.0 and diff["covered"]["mean"] == 0.0
+    report_table = {"summary": {}, "comparison": {"best_2_tier": "x-2-tier", **{k: diff["flops"] for k in (
+        "flops_3_minus_best_2", "total_flops_3_minus_best_2", "coverage_3_minus_best_2")}}, "matched_coverage": report}
+    assert "Matched coverage ≥ 0.9" in markdown_table(report_table)
 
 
 def test_bench_tiers_options_reach_the_tier_bench(monkeypatch, tmp_path, capsys):
@@ -104,5 +143,11 @@ def test_bench_tiers_options_reach_the_tier_bench(monkeypatch, tmp_path, capsys)
     args = seen["args"]
     assert args.cpo == {"warm_start": 300, "steps": 0} and args.allocator == Path("a") and args.problems == 5
     assert args.extra_policies == {"x-2-tier": tmp_path}
+    assert args.calibration_runs == 400 and list(args.frontier) == [0.97, 0.98, 0.99]
+    assert cli_main(["bench", "--tiers", "3", "--out", str(tmp_path), "--calibration-runs", "0", "--frontier"]) == 0
+    assert seen["args"].calibration_runs == 0 and list(seen["args"].frontier) == []
+    with pytest.raises(SystemExit):
+        cli_main(["bench", "--tiers", "3", "--out", str(tmp_path), "--frontier", "1.5"])
+    assert "--frontier" in capsys.readouterr().err
     assert cli_main(["bench", "--tiers", "3", "--out", str(tmp_path), "--extra-policy", "no-equals-sign"]) == 2
     assert "NAME=DIR" in capsys.readouterr().err

@@ -84,6 +84,11 @@ def test_walk_pays_every_tier_visited_and_the_surrogate_miss_follows_the_kept_st
     assert walk_miss(data, 0, [0, 0])  # the draft's medium step fails the verifier
     straight_up = walk(data, 0, lambda row, k: (2, 1.0))
     assert straight_up.kept == [2, 2] and straight_up.flops == 2 * (1.0 + 10.0)
+    # The gate fixes a step the behaviour kept wrong (the draft's, action 0): the recorded rows after it still count.
+    fixed = to_tier_tensors([Episode("e", "q", "1", [step(0, 0.5, action=0), step(1, 0.5, action=0)], 0, 1, 20.0)],
+                            artifact(), [0, 1, 2])
+    assert walk_miss(fixed, 0, [1, 0])  # right first step, then the draft's wrong one: a miss
+    assert not walk_miss(fixed, 0, [1, 1])
     target_wrong = to_tier_tensors([Episode("e", "q", "1", [step(0, 1.0)], 1, 0, 10.0)], artifact(), [0, 1, 2])
     assert not walk_miss(target_wrong, 0, [0])  # R_M = 0: covered whatever is kept
 

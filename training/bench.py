@@ -135,19 +135,19 @@ def tunables(tiers: Sequence[StepModel], train_episodes: Sequence[Episode], poli
         methods[name] = Tunable(methods[name].make, methods[name].critical, start=logits[len(logits) // 2], grid=deciles)
     if scores_by_step:
         steer = StepwiseGMMGate.fit(scores_by_step)
-        methods["steer"] = Tunable(lambda t: _with_threshold(steer, t), critical_of_score, start=0.5, grid=GRID, scale=1e-300)
+        methods["steer"] = Tunable(lambda t: with_threshold(steer, t), critical_of_score, start=0.5, grid=GRID, scale=1e-300)
     prm = StepRewardModel().fit(train_episodes)
     methods["rsd"] = Tunable(lambda t: ProcessRewardGate(prm, t), critical_below, start=0.5, grid=GRID)
     target = tiers[-1]
     if hasattr(target, "step_logprobs"):
         methods["specreason"] = Tunable(lambda t: JudgeGate(target, t), critical_below, start=0.5, grid=GRID)  # type: ignore[arg-type]
     if type(policy).decide_on_score is Gate.decide_on_score and math.isfinite(policy.threshold):
-        methods["policy"] = Tunable(lambda t: _with_threshold(policy, t), critical_of_score, start=policy.threshold, grid=GRID,
+        methods["policy"] = Tunable(lambda t: with_threshold(policy, t), critical_of_score, start=policy.threshold, grid=GRID,
                                     scale=1e-300)
     return methods
 
 
-def _with_threshold(gate: Gate, threshold: float) -> Gate:
+def with_threshold(gate: Gate, threshold: float) -> Gate:
     """A copy of a score-vs-threshold gate at another threshold (outside its documented range too: the sweep probes there)."""
     other = copy.copy(gate)
     other.threshold = threshold

@@ -30,12 +30,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stepgraph.training.bench import bootstrap, run_rows, summarize
+from stepgraph.training.bench import GRID, bootstrap, run_rows, summarize, with_threshold
 from stepgraph.training.bench_allocator import allocator_rows
 from stepgraph.training.collect import collect, testbed_items
 from stepgraph.training.cpo_tiers import TierCPOArgs, train_tier_policy
 from stepgraph.training.runs import add_coverage
 from stepgraph.training.store import TraceStore
+from stepgraph.training.tuning import (
+    Piece,
+    Tunable,
+    breakpoint_thresholds,
+    calibrate_on_runs,
+    cheapest,
+    evaluate,
+    rows_at,
+    sweep,
+)
 from stepgraph.training.verifiers import TestbedVerifier
 from tqdm import tqdm
 
@@ -72,6 +82,11 @@ class TierBenchArgs:
     """the allocator calibrated with the shipped policy as post-hoc gate (default: ``allocator``): adds that row"""
     extra_policies: dict[str, Path] = field(default_factory=dict)
     """more trained tier policies to bench: row name → artifact (3 tiers: draft → mid → target; 2: draft → target)"""
+    calibration_runs: int = 400
+    """calibration-split problems run live to calibrate κ of the trained policies (and of the shipped one, as
+    another row); 0: keep κ calibrated on the replayed calibration traces"""
+    frontier: Sequence[float] = (0.97, 0.98, 0.99)
+    """coverage levels of the matched-coverage comparison on the test runs (empty: none)"""
 
 
 def collect_tier_traces(store: TraceStore, make_tiers, args: TierBenchArgs) -> dict[str, Any]:
@@ -102,7 +117,7 @@ def train_policies(store: TraceStore, args: TierBenchArgs) -> dict[str, Path]:
     cpo_args = TierCPOArgs(alpha=args.alpha, **args.cpo)
     paths = {}
     for name, columns in (("policy-3-tier", [0, 1, 2]), ("policy-2-tier", [0, 2])):
-        if _trained_alike(args.out / name, cpo_args, columns, len([e for e in train if e.steps])):
+        if _trained_alike(args.out / name, cpo_args, columns, len([e for e in train if e.steps]), bool(args.calibration_runs)):
             paths[name] = args.out / name
             continue
         artifact, _ = train_tier_policy(train, tiers, cpo_args, columns=columns, calibration=calibration)
@@ -110,10 +125,12 @@ def train_policies(store: TraceStore, args: TierBenchArgs) -> dict[str, Path]:
     return paths
 
 
-def _trained_alike(directory: Path, cpo_args: TierCPOArgs, columns: Sequence[int], episodes: int) -> bool:
+def _trained_alike(directory: Path, cpo_args: TierCPOArgs, columns: Sequence[int], episodes: int, kappa_from_runs: bool) -> bool:
     if not (directory / "policy.json").is_file():
         return False
     training = json.loads((directory / "policy.json").read_text()).get("training", {})
+    if training.get("kappa_from") == "calibration runs" and not kappa_from_runs:
+        return False  # its κ was replaced by one from runs: train again for the trace-calibrated one
     return (training.get("args") == json.loads(json.dumps(asdict(cpo_args))) and training.get("columns") == list(columns)
             and training.get("episodes") == episodes)
 
@@ -195,7 +212,7 @@ def run_tier_bench(tiers: Sequence[StepModel], policies: Mapping[str, Path], ite
     return {"seeds": list(seeds), "problems": len(items), "summary": summary, "comparison": comparison, "rows": rows}
 
 
-ORDER = ["draft-alone", "mid-alone", "target-alone", "shipped-policy-2-tier", "policy-2-tier", "allocator-2-tier",
+ORDER = ["draft-alone", "mid-alone", "target-alone", "shipped-policy-2-tier", "shipped-policy-live-kappa-2-tier", "policy-2-tier", "allocator-2-tier",
          "allocator+shipped-policy-2-tier", "policy-3-tier"]
 
 
@@ -221,6 +238,18 @@ def markdown_table(report: Mapping[str, Any], tier_names: Sequence[str] = ("draf
     for name, d in c.get("3_minus_each_2_tier", {}).items():
         lines.append(f"- 3-tier minus {name}: generated MFLOPs {cell(d['flops'], 1e6, 3)}, total MFLOPs "
                      f"{cell(d['total_flops'], 1e6, 3)}, coverage {cell(d['covered'])}")
+    if report.get("calibration_runs"):
+        lines += ["", "κ calibrated on live runs of calibration problems (split conformal, misses ≤ ⌊α(n + 1)⌋ − 1):"]
+        for name, c in report["calibration_runs"].items():
+            point = c["calibration"]
+            lines.append(f"- {name}: κ = {c['threshold']:.4g}, calibration coverage {point['covered']:.3f} "
+                         f"({point['misses']} misses of {point['problems']}), {point['flops'] / 1e6:.2f} MFLOPs")
+    for level, m in report.get("matched_coverage", {}).items():
+        points = ", ".join(f"{n} {p['flops'] / 1e6:.2f} MFLOPs at {p['covered']:.3f}" for n, p in m["points"].items())
+        lines += ["", f"Matched coverage ≥ {level} (each router at its cheapest κ on these test runs: the frontier): {points}"]
+        for name, d in m["3_minus_each_2_tier"].items():
+            lines.append(f"- 3-tier minus {name}: generated MFLOPs {cell(d['flops'], 1e6, 3)}, total MFLOPs "
+                         f"{cell(d['total_flops'], 1e6, 3)}, coverage {cell(d['covered'])}")
     return "\n".join(lines) + "\n"
 
 
@@ -236,21 +265,117 @@ def allocator_routers(tiers: Sequence[StepModel], args: TierBenchArgs) -> dict[s
             "allocator+shipped-policy-2-tier": ((0, 2), PolicyGate.from_path(DEFAULT_POLICY_DIR), combined)}
 
 
+# --- κ from live runs, and the comparison at matched coverage -------------------------------------
+
+
+def kappa_tunable(gate: PolicyGate) -> Tunable:
+    """A policy gate (2-tier or K-tier; it escalates iff score ≥ κ) with κ as the swept threshold.
+
+    Every decision's score is a critical value, also the second decision on a step sent to the mid tier.
+    """
+    return Tunable(lambda t: with_threshold(gate, t), None, start=gate.threshold, grid=GRID, scale=1e-300)
+
+
+def sweep_router(tiers: Sequence[StepModel], indices: Sequence[int], gate: PolicyGate, items: Sequence, *,
+                 seeds: Sequence[int], target_rows: Mapping[int, Sequence[Mapping[str, Any]]], desc: str) -> list[list[Piece]]:
+    """Every problem's run at every κ (``tuning.sweep``), one swept problem per item and seed."""
+    models = [tiers[i] for i in indices]
+    return [pieces for seed in seeds
+            for pieces in sweep(models, kappa_tunable(gate), items, target_rows[seed], seed=seed, desc=f"{desc} seed {seed}",
+                                progress=True)]
+
+
+def target_rows_by_seed(tiers: Sequence[StepModel], items: Sequence, seeds: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    """The strongest tier alone on every item and seed: what coverage is measured against."""
+    return {seed: run_rows([tiers[-1], tiers[-1]], AlwaysDraftGate(), items, seed=seed, prices=None) for seed in seeds}
+
+
+def calibrate_routers(tiers: Sequence[StepModel], routers: Mapping[str, tuple[Sequence[int], PolicyGate]], items: Sequence,
+                      alpha: float, seed: int) -> dict[str, dict[str, Any]]:
+    """κ of each router from live runs of the calibration problems (``tuning.calibrate_on_runs``).
+
+    Replayed tier traces can only approximate what follows a choice the behaviour did not make (the
+    features of later steps, the texts they continue); runs see it, so the κ they give holds the
+    split-conformal bound for the router that is deployed.
+    """
+    targets = target_rows_by_seed(tiers, items, [seed])
+    return {name: calibrate_on_runs(sweep_router(tiers, indices, gate, items, seeds=[seed], target_rows=targets,
+                                                 desc=f"calibrate {name}"), alpha)
+            for name, (indices, gate) in routers.items()}
+
+
+def save_live_kappa(directory: Path, calibrated: Mapping[str, Any]) -> None:
+    """Write κ calibrated on runs into a trained tier policy, keeping the trace-calibrated one in its training record."""
+    artifact = TierPolicyArtifact.load(directory)
+    replayed = artifact.training.get("kappa_from_traces", artifact.kappa)
+    artifact.kappa = min(1.0, max(0.0, calibrated["threshold"]))  # past the scores' range [0, 1] every t decides alike
+    artifact.guarantee = calibrated["guarantee"]
+    artifact.training = {**artifact.training, "kappa_from_traces": replayed, "kappa_from": "calibration runs",
+                         "calibration_runs": calibrated["calibration"]}
+    artifact.save(directory)
+
+
+def matched_coverage(pieces: Mapping[str, Sequence[Sequence[Piece]]], levels: Sequence[float], three_tier: str = "policy-3-tier"
+                     ) -> dict[str, Any]:
+    """Each router at its cheapest κ with test coverage ≥ each level, and the 3-tier router minus each 2-tier one there.
+
+    κ is chosen on the very runs it is scored on, so the numbers are each router's cost/coverage
+    frontier, not what a deployed router gets; the paired intervals compare the frontiers at equal
+    coverage, as the issue's target asks.
+    """
+    out: dict[str, Any] = {}
+    for level in levels:
+        points = {name: cheapest(evaluate(p, breakpoint_thresholds(p)), level) for name, p in pieces.items()}
+        rows = {name: [_with_total(r) for r in rows_at(pieces[name], points[name]["threshold"])] for name in pieces}
+        out[f"{level:g}"] = {
+            "points": points,
+            "3_minus_each_2_tier": {n: {m: paired_difference(rows[three_tier], rows[n], m) for m in ("flops", "total_flops", "covered")}
+                                    for n in pieces if n != three_tier},
+        }
+    return out
+
+
+def _with_total(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {**row, "total_flops": row["flops"] + row["prefill_flops"]}
+
+
 def main(args: TierBenchArgs) -> dict[str, Any]:
-    """Collect, train both policies, bench; write ``results.json`` and ``table.md`` under ``args.out``."""
+    """Collect, train both policies, calibrate κ on runs, bench, compare at matched coverage; write ``results.json``
+    and ``table.md`` under ``args.out``."""
     args.out.mkdir(parents=True, exist_ok=True)
     with TraceStore(args.out / "traces.sqlite") as store:
         collected = collect_tier_traces(store, lambda: load_tiers(3), args)
         policies = train_policies(store, args)
     tiers = load_tiers(3)
     try:
+        trained = {"policy-3-tier": ((0, 1, 2), PolicyGate.from_path(policies["policy-3-tier"])),
+                   "policy-2-tier": ((0, 2), PolicyGate.from_path(policies["policy-2-tier"]))}
+        shipped = PolicyGate.from_path(DEFAULT_POLICY_DIR)
+        live: dict[str, dict[str, Any]] = {}
+        if args.calibration_runs:
+            calibration_items = testbed_items("calibration", args.calibration_runs, seed=args.seed + 1)
+            live = calibrate_routers(tiers, {**trained, "shipped-policy-live-kappa-2-tier": ((0, 2), shipped)}, calibration_items,
+                                     args.alpha, seed=args.seed + 1)
+            for name, path in policies.items():
+                save_live_kappa(path, live[name])
         extra = {name: (((0, 1, 2) if TierPolicyArtifact.load(path).network.n_tiers == 3 else (0, 2)), PolicyGate.from_path(path))
                  for name, path in args.extra_policies.items()}
-        report = run_tier_bench(tiers, policies, testbed_items("test", args.problems, seed=args.seed), seeds=args.seeds,
-                                extra_gates=extra, allocators=allocator_routers(tiers, args))
+        if "shipped-policy-live-kappa-2-tier" in live:
+            extra["shipped-policy-live-kappa-2-tier"] = ((0, 2), with_threshold(shipped, live["shipped-policy-live-kappa-2-tier"]["threshold"]))
+        items = testbed_items("test", args.problems, seed=args.seed)
+        report = run_tier_bench(tiers, policies, items, seeds=args.seeds, extra_gates=extra,
+                                allocators=allocator_routers(tiers, args))
+        if args.frontier:
+            targets = target_rows_by_seed(tiers, items, args.seeds)
+            routers = {**{n: (i, PolicyGate.from_path(policies[n])) for n, (i, _) in trained.items()},
+                       "shipped-policy-2-tier": ((0, 2), shipped)}
+            pieces = {name: sweep_router(tiers, indices, gate, items, seeds=args.seeds, target_rows=targets, desc=f"frontier {name}")
+                      for name, (indices, gate) in routers.items()}
+            report["matched_coverage"] = matched_coverage(pieces, args.frontier)
     finally:
         close_pair(tiers)
     report["collected"] = collected
+    report["calibration_runs"] = live
     report["policies"] = {name: json.loads((path / "policy.json").read_text())["training"] for name, path in policies.items()}
     (args.out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "table.md").write_text(markdown_table(report))

@@ -287,7 +287,8 @@ def _bench_tiers(args: argparse.Namespace) -> dict:
                                 calibration_problems=args.calibration_problems, problems=args.problems, seeds=args.seeds,
                                 seed=args.seed, alpha=args.alpha if args.alpha is not None else 0.03, cpo=cpo,
                                 allocator=args.allocator, combined_allocator=args.combined_allocator,
-                                extra_policies={k: Path(v) for k, v in extra.items()}))
+                                extra_policies={k: Path(v) for k, v in extra.items()}, calibration_runs=args.calibration_runs,
+                                frontier=args.frontier))
     print(Path(report["table"]).read_text(), file=sys.stderr)
     return report
 
@@ -448,6 +449,12 @@ def add_commands(sub: Any) -> None:
                    help="--tiers 3: the allocator calibrated with the shipped policy, for the allocate-then-check row")
     b.add_argument("--extra-policy", action="append", default=[], metavar="NAME=DIR",
                    help="--tiers 3: another trained tier policy to bench as row NAME (names ending in 2-tier compete as 2-tier routers)")
+    b.add_argument("--calibration-runs", type=in_range(int, 0), default=400,
+                   help="--tiers 3: calibration problems run live to calibrate κ of the trained policies and of the shipped one "
+                        "(a row of its own); 0: κ from the replayed calibration traces (default: %(default)s)")
+    b.add_argument("--frontier", type=in_range(float, 0, 1), nargs="*", default=[0.97, 0.98, 0.99], metavar="COVERAGE",
+                   help="--tiers 3: coverage levels at which the routers' test cost/coverage frontiers are compared; "
+                        "none: skip those sweeps (default: 0.97 0.98 0.99)")
     b.set_defaults(func=_single_threaded(_bench))
 
     from stepgraph.training.radar import add_radar_command

@@ -17,9 +17,8 @@ recorded prefixes. Read top to bottom:
    surrogate misses, and is finally calibrated on held-out episodes with the split-conformal bound.
 
 The deterministic gate: escalate iff 1 − π(k | o, k) ≥ κ, to argmax_{j > k} π(j | o, k).
-The surrogate miss is ``cpo.episode_miss``'s local verification: a miss when a kept step fails
-the verifier before the walk reaches a step where the gate kept a verified step and the
-behaviour's recorded one was not (the recorded prefix ends there), unless R_M = 0.
+The surrogate miss (``walk_miss``): unless R_M = 0, a miss when any step the walk keeps fails
+the verifier, along the whole recorded episode.
 """
 
 from __future__ import annotations
@@ -84,7 +83,6 @@ class TierData:
     x: torch.Tensor  # (S, K, F + K): the policy's input on tier k's step
     ok: torch.Tensor  # (S, K) the verifier accepted tier k's step (None counts as not)
     flops: torch.Tensor  # (S, K) FLOPs of tier k's step
-    kept_ok: torch.Tensor  # (S,) the behaviour's kept step was verified
     starts: list[int]
     ends: list[int]
     target_reward: list[int]
@@ -129,20 +127,18 @@ def to_tier_tensors(episodes: Sequence[Episode], artifact: TierPolicyArtifact, c
     rows: list[list[float]] = []
     ok: list[list[float]] = []
     flops: list[list[float]] = []
-    kept_ok: list[float] = []
     starts: list[int] = []
     ends: list[int] = []
     for episode in episodes:
         starts.append(len(ok))
-        for step, table in zip(episode.steps, _tables(episode, columns)):
+        for table in _tables(episode, columns):
             rows.extend(artifact.schema.vector(entry["observation"]) for entry in table)
             ok.append([float(entry["correct"] is True) for entry in table])
             flops.append([float(entry["flops"]) for entry in table])
-            kept_ok.append(float((step.escalated_correct if step.action else step.draft_correct) is True))
         ends.append(len(ok))
     features = artifact.normalise(rows).view(len(ok), k, -1)
     tiers = torch.arange(k).expand(len(ok), k)
-    return TierData(tier_inputs(features, tiers, k), torch.tensor(ok), torch.tensor(flops), torch.tensor(kept_ok),
+    return TierData(tier_inputs(features, tiers, k), torch.tensor(ok), torch.tensor(flops),
                     starts, ends, [e.target_reward for e in episodes])
 
 
@@ -181,15 +177,19 @@ def walk(data: TierData, episode: int, choose: Callable[[int, int], tuple[int, f
 
 
 def walk_miss(data: TierData, episode: int, kept: Sequence[int]) -> bool:
-    """The local-verification surrogate of a miss (``cpo.episode_miss`` with K tiers)."""
+    """The surrogate of a miss: R_M = 1 and some kept step along the whole episode fails the verifier.
+
+    Unlike ``cpo.episode_miss``, the walk does not stop where it keeps a verified step that the
+    behaviour got wrong. The recorded rows after that point continue the behaviour's wrong prefix,
+    but the tier table still says which tiers write a right next step there: under local
+    verification (the testbed's, a judge's) that is the step the gate faces after its own right
+    prefix, and under a prefix-dependent verifier (rollouts) it can only count more misses. Ending
+    the walk there instead counted the unrecorded rest as covered, which CPO learnt to exploit.
+    """
     if data.target_reward[episode] == 0:
         return False
-    for row, k in zip(range(data.starts[episode], data.ends[episode]), kept):
-        if data.ok[row, k] != 1:
-            return True
-        if data.kept_ok[row] != 1:  # the gate fixed a step the behaviour got wrong: the recorded prefix ends here
-            return False
-    return False
+    rows = range(data.starts[episode], data.ends[episode])
+    return any(data.ok[row, k] != 1 for row, k in zip(rows, kept, strict=True))
 
 
 def gate_chooser(probs: torch.Tensor, kappa: float) -> Callable[[int, int], tuple[int, float]]:

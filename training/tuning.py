@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stepgraph.training.collect import Item
+from stepgraph.training.guarantee import allowed_misses, calibration_guarantee
 from stepgraph.training.runs import add_coverage, answer_item, run_seed
 from tqdm import tqdm
 
@@ -48,14 +49,16 @@ class Tunable:
     Attributes:
         make: the gate at threshold ``t`` (any finite ``t``; the sweep probes past the score range).
         critical: a decided step's critical value ``c`` given the threshold it ran under; None when the
-            decision does not depend on the threshold (a non-finite score, the last tier).
+            decision does not depend on the threshold (a non-finite score, the last tier). Without it
+            (``None``), every decision's finite score is a critical value, also the second decision on
+            a step a K-tier gate sent up (gates that escalate iff ``score >= t``).
         start: where each problem's sweep starts (any finite threshold).
         grid: the paper's grid for this method.
         scale: the width below which two critical values count as one (relative to ``max(|c|, scale)``).
     """
 
     make: Callable[[float], Gate]
-    critical: Callable[[Mapping[str, Any], float], float | None]
+    critical: Callable[[Mapping[str, Any], float], float | None] | None
     start: float
     grid: Sequence[float]
     scale: float = 1.0
@@ -148,9 +151,11 @@ def sweep(tiers: Sequence[StepModel], tunable: Tunable, items: Sequence[Item], t
         ctx = RouterContext(**{**vars(base), "seed": run_seed(seed, index)})
 
         def run(t: float) -> tuple[dict[str, Any], list[float]]:
-            local.holder.inner = tunable.make(t)
+            local.holder.inner, local.holder.scores = tunable.make(t), []
             row, state = answer_item(local.graph, item, ctx, len(tiers))
             add_coverage([row], [target])
+            if tunable.critical is None:
+                return row, [s for s in local.holder.scores if s is not None and math.isfinite(s)]
             return row, [c for step in state["steps"] if (c := tunable.critical(step, t)) is not None]
 
         return sweep_problem(run, tunable.start, tunable.scale)
@@ -162,26 +167,34 @@ def sweep(tiers: Sequence[StepModel], tunable: Tunable, items: Sequence[Item], t
 
 
 class _Swappable(Gate):
-    """One compiled graph for many probes: the gate it asks is swapped between runs (one thread's runs are sequential)."""
+    """One compiled graph for many probes: the gate it asks is swapped between runs (one thread's runs are
+    sequential). It notes every decision's score, the critical values of a ``Tunable`` without ``critical``."""
 
     name = "swappable"
 
     def __init__(self, inner: Gate) -> None:
         self.inner = inner
+        self.scores: list[float | None] = []
 
     def score(self, x: GateInput) -> float:
         return self.inner.score(x)
 
     def decide(self, x: GateInput) -> GateDecision:
-        return self.inner.decide(x)
+        decision = self.inner.decide(x)
+        self.scores.append(None if decision.reason else decision.score)  # a decision with a reason ignores t
+        return decision
+
+
+def rows_at(problems: Sequence[Sequence[Piece]], threshold: float) -> list[dict[str, Any]]:
+    """Each problem's run at ``threshold`` (the piece holding it)."""
+    return [pieces[min(bisect.bisect_left([p.hi for p in pieces], threshold), len(pieces) - 1)].row for pieces in problems]
 
 
 def evaluate(problems: Sequence[Sequence[Piece]], thresholds: Sequence[float]) -> list[dict[str, float]]:
     """Mean coverage, generated FLOPs and escalation rate over problems at each threshold."""
-    his = [[p.hi for p in pieces] for pieces in problems]
     curve = []
     for t in thresholds:
-        rows = [pieces[min(bisect.bisect_left(h, t), len(pieces) - 1)].row for pieces, h in zip(problems, his, strict=True)]
+        rows = rows_at(problems, t)
         curve.append({"threshold": t, **{k: sum(float(r[k]) for r in rows) / len(rows) for k in ("covered", "flops", "escalation_rate")}})
     return curve
 
@@ -203,3 +216,27 @@ def cheapest(curve: Sequence[Mapping[str, float]], min_coverage: float) -> dict[
     if feasible:
         return dict(min(feasible, key=lambda p: (p["flops"], -p["covered"])))
     return dict(max(curve, key=lambda p: (p["covered"], -p["flops"])))
+
+
+def calibrate_on_runs(problems: Sequence[Sequence[Piece]], alpha: float) -> dict[str, Any]:
+    """Split-conformal calibration on live runs: a threshold whose misses on the ``n`` swept calibration
+    problems are at most ⌊α(n + 1)⌋ − 1 (``guarantee.allowed_misses``), for gates that escalate iff
+    ``score >= t``.
+
+    The thresholds are tried in a fixed order from the safe side (the lowest, escalating the most) up,
+    and the last one before the first too many misses is kept, so a lucky threshold past a failing one
+    is never picked. Runs, unlike replayed traces, see what the gate's own choices lead to (a
+    replayed episode after an escalation the behaviour did not make is only a surrogate), so this
+    holds for K-tier gates too. Returns the threshold, its calibration point and the guarantee.
+    """
+    n = len(problems)
+    allowed = allowed_misses(alpha, n)
+    curve = evaluate(problems, breakpoint_thresholds(problems))  # ascending thresholds: escalating the most first
+    chosen = curve[0]
+    for point in curve:
+        if round((1.0 - point["covered"]) * n) > allowed:
+            break
+        chosen = point
+    misses = round((1.0 - chosen["covered"]) * n)
+    return {"threshold": chosen["threshold"], "calibration": {**chosen, "misses": misses, "problems": n},
+            "guarantee": calibration_guarantee(alpha, n, misses)}
