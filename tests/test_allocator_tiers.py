@@ -99,7 +99,7 @@ def test_training_routes_each_question_to_its_cheapest_tier_and_calibration_meet
     allocator = LearnedAllocator(artifact)
     tiers = [allocator.allocate(AllocatorInput(question(d), (), allocator_observation(question(d), []), 0, 3)).tier
              for d in (0.0, 0.5, 1.0)]
-    assert tiers[1:] == [1, 2] and tiers[0] <= 1
+    assert tiers == [0, 1, 2]
     # Held out again: the calibrated κ's miss rate on fresh episodes stays near α.
     fresh = tier_data(tier_episodes(300, 2, noise=0.1), artifact, [0, 1, 2])
     with torch.no_grad():
