@@ -268,6 +268,7 @@ def train_tier_allocator(episodes: Sequence[Episode], args: CPOArgs, *, tiers: S
     cost_scale = float(data.tables.flops[:, -1].sum()) / len(episodes) or 1.0  # the strongest tier alone
     critics = _critic(data.x.shape[1], args.hidden), _critic(data.x.shape[1], args.hidden)
     optimiser = torch.optim.Adam([*critics[0].parameters(), *critics[1].parameters()], lr=args.critic_lr)
+    # The run's data is each update's replay (``_replayed_batch``), which cpo's critic and policy steps read.
     run = Run(args, list(episodes), cast(Any, None), cast(Any, artifact), network, critics[0], critics[1], optimiser,
               random.Random(args.seed), cost_scale, args.kappa_init)
     history = rl_stage(run, data, progress, log)
