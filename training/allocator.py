@@ -22,8 +22,9 @@ Read top to bottom:
    on the testbed the RL stage, whose coverage critic sees off-policy returns only, drifts toward
    drafting everything and loses the supervised ranking, and calibration then has to send more up.
 
-The replay and calibration use the 2-tier records the collector writes (draft and the next tier);
-the network and the decision rule are for K tiers.
+On 2-tier records (draft and the next tier) the replay and calibration above use the recorded
+draft and escalated steps; on traces with every tier's step (``StepRecord.tiers``) the labels,
+replay, RL stage and calibration run over the K recorded tiers (``allocator_tiers``).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from tqdm import tqdm
 
 from stepgraph.allocator import ALLOCATOR_SCHEMA, PriorStep, allocator_observation
 from stepgraph.allocator_file import AllocatorArtifact, AllocatorNetwork
+from stepgraph.errors import ConfigError
 from stepgraph.gates.base import Gate
 
 # --- 1. data -------------------------------------------------------------------------------------
@@ -178,7 +180,8 @@ def calibrate_allocator(data: Batchable, episodes: Sequence[Episode], network: A
 
 
 def train_allocator(episodes: Sequence[Episode], args: CPOArgs | None = None, *, tiers: Sequence[dict[str, Any]],
-                    calibration: Sequence[Episode] = (), gate: Gate | None = None, supervised_epochs: int = 100,
+                    calibration: Sequence[Episode] = (), gate: Gate | None = None, columns: Sequence[int] | None = None,
+                    supervised_epochs: int = 100,
                     supervised_lr: float = 1e-2, progress: bool = False,
                     log: Callable[[int, dict], object] | None = None) -> AllocatorArtifact:
     """Supervised, then CPO, then calibrated κ; returns the artifact (not yet saved).
@@ -188,7 +191,9 @@ def train_allocator(episodes: Sequence[Episode], args: CPOArgs | None = None, *,
         args: CPO's settings for the RL stage (``steps=0`` skips it) and α.
         tiers: name and parameters of each tier, cheapest first (recorded in the artifact).
         calibration: held-out episodes for κ; without them κ is the RL stage's online κ, with no guarantee.
-        gate: the post-hoc gate the allocator will be combined with (its replayed decisions enter the calibration).
+        gate: the post-hoc gate the allocator will be combined with (its replayed decisions enter the calibration);
+            on traces with tier tables a K-tier policy gate (``TierPolicyGate``) over the same tiers.
+        columns: on traces with tier tables, the recorded tiers to allocate among (default: all), e.g. ``[0, 2]``.
         supervised_epochs, supervised_lr: the supervised stage's full-batch Adam epochs and learning rate.
     """
     args = args or CPOArgs()
@@ -197,6 +202,18 @@ def train_allocator(episodes: Sequence[Episode], args: CPOArgs | None = None, *,
         raise ValueError("train_allocator needs at least one episode with steps; collect traces first.")
     if len(tiers) < 2:
         raise ValueError(f"An allocator chooses among at least two tiers, got {len(tiers)}.")
+    from stepgraph.training.allocator_tiers import has_tier_tables, train_tier_allocator
+
+    if has_tier_tables(episodes):  # every tier's step is recorded: labels, replay and κ over the tiers ``columns``
+        policy = getattr(gate, "tier_artifact", None)
+        if gate is not None and policy is None:
+            raise ConfigError(f"On traces with tier tables the post-hoc gate must be a K-tier policy (stepgraph.tier_policy) "
+                              f"over the allocator's tiers, got {getattr(gate, 'name', type(gate).__name__)}.")
+        return train_tier_allocator(episodes, args, tiers=tiers, columns=columns, calibration=calibration, policy=policy,
+                                    supervised_epochs=supervised_epochs, supervised_lr=supervised_lr, progress=progress, log=log)
+    if columns is not None:
+        raise ConfigError("columns (--allocator-columns) choose among recorded tier tables, and these traces have none; "
+                          "collect them with every tier's step (`collect(..., record_tiers=True)`).")
     torch.manual_seed(args.seed)
     rows = [ALLOCATOR_SCHEMA.vector(o) for e in episodes for o in episode_observations(e)]
     mean, std, ignored = normalisation(rows)
@@ -268,6 +285,9 @@ def add_allocator_options(parser: Any) -> None:
                              "--out defaults to runs/allocator; --steps sets the RL stage (try 200)")
     parser.add_argument("--allocator-gate", type=Path, default=None, metavar="DIR",
                         help="allocator: calibrate κ for the combination with this post-hoc policy artifact (default: the allocator alone)")
+    parser.add_argument("--allocator-columns", type=int, nargs="+", default=None, metavar="K",
+                        help="allocator, on traces with every tier's step: the recorded tiers to allocate among, cheapest "
+                             "first, e.g. 0 2 (default: all recorded tiers)")
     parser.add_argument("--supervised-epochs", type=int, default=100, help="allocator: supervised stage's full-batch epochs (default: %(default)s)")
     parser.add_argument("--supervised-lr", type=float, default=1e-2, help="allocator: supervised stage's learning rate (default: %(default)s)")
 
@@ -277,9 +297,10 @@ def train_allocator_command(args: Any, cpo_args: CPOArgs) -> dict[str, Any]:
     import json
     import time
 
+    from stepgraph.training.allocator_tiers import check_columns, has_tier_tables
     from stepgraph.training.store import TraceStore
 
-    from stepgraph.errors import ConfigError, StepgraphError
+    from stepgraph.errors import StepgraphError
     from stepgraph.gates import PolicyGate
 
     if args.supervised_epochs < 0 or not args.supervised_lr > 0:
@@ -293,11 +314,17 @@ def train_allocator_command(args: Any, cpo_args: CPOArgs) -> dict[str, Any]:
         raise StepgraphError(f"{args.store} holds no {args.split} episodes; run `stepgraph collect` first.")
     if len(tiers) < 2:
         raise StepgraphError(f"{args.store} does not record its tiers (meta 'models'); collect it again with this stepgraph.")
+    columns = args.allocator_columns
+    if has_tier_tables(episodes):
+        columns = check_columns(columns, len(tiers), "--allocator-columns")
+    elif columns is not None:
+        raise ConfigError(f"--allocator-columns needs traces with every tier's step, and {args.store} has none "
+                          "(collect with record_tiers, e.g. `stepgraph bench --tiers 3`); leave it out for 2-tier traces.")
     gate = PolicyGate.from_path(args.allocator_gate) if args.allocator_gate else None
     started = time.time()
     out.mkdir(parents=True, exist_ok=True)
     with (out / "metrics.jsonl").open("w") as log:
-        artifact = train_allocator(episodes, cpo_args, tiers=tiers, calibration=calibration, gate=gate,
+        artifact = train_allocator(episodes, cpo_args, tiers=tiers, calibration=calibration, gate=gate, columns=columns,
                                    supervised_epochs=args.supervised_epochs, supervised_lr=args.supervised_lr, progress=True,
                                    log=lambda step, m: log.write(json.dumps({"step": step, **m}) + "\n"))
     artifact.training |= {"store": str(args.store), "seconds": round(time.time() - started, 1),

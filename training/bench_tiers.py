@@ -16,7 +16,9 @@ The pipeline, each stage resumable or cheap to redo:
 Rows for other routers are added with ``extra_gates`` (a gate on some of the tiers) and
 ``allocators`` (an ex-ante allocator before the gate, ``bench_allocator.allocator_rows``). The
 allocator rows run the 2-tier allocator on draft → target: alone (every allocated step kept) and
-followed by the shipped policy's post-hoc check.
+followed by the shipped policy's post-hoc check. The 3-tier allocator rows (``train_tier_allocators``)
+train the allocator on the same traces over draft → mid → target: alone, and with its κ calibrated
+for the 3-tier policy as post-hoc gate.
 
     python -m stepgraph.training.bench_tiers --warm-start 300 --allocator runs/allocator \
         --combined-allocator runs/allocator-combined --problems 200 --seeds 0 1 --out runs/tiers
@@ -87,6 +89,8 @@ class TierBenchArgs:
     another row); 0: keep κ calibrated on the replayed calibration traces"""
     frontier: Sequence[float] = (0.97, 0.98, 0.99)
     """coverage levels of the matched-coverage comparison on the test runs (empty: none)"""
+    allocator_cpo: dict[str, Any] = field(default_factory=lambda: {"steps": 200, "batch_size": 16})
+    """CPOArgs overrides of the 3-tier allocators' RL stage (alpha is ``alpha``)"""
 
 
 def collect_tier_traces(store: TraceStore, make_tiers, args: TierBenchArgs) -> dict[str, Any]:
@@ -212,8 +216,8 @@ def run_tier_bench(tiers: Sequence[StepModel], policies: Mapping[str, Path], ite
     return {"seeds": list(seeds), "problems": len(items), "summary": summary, "comparison": comparison, "rows": rows}
 
 
-ORDER = ["draft-alone", "mid-alone", "target-alone", "shipped-policy-2-tier", "shipped-policy-live-kappa-2-tier", "policy-2-tier", "allocator-2-tier",
-         "allocator+shipped-policy-2-tier", "policy-3-tier"]
+ORDER = ["draft-alone", "mid-alone", "target-alone", "shipped-policy-2-tier", "shipped-policy-live-kappa-2-tier", "policy-2-tier",
+         "allocator-2-tier", "allocator+shipped-policy-2-tier", "policy-3-tier", "allocator-3-tier", "allocator+policy-3-tier"]
 
 
 def markdown_table(report: Mapping[str, Any], tier_names: Sequence[str] = ("draft", "mid", "target")) -> str:
@@ -339,6 +343,59 @@ def _with_total(row: Mapping[str, Any]) -> dict[str, Any]:
     return {**row, "total_flops": row["flops"] + row["prefill_flops"]}
 
 
+TIER_ALLOCATORS = {"allocator-3-tier": None, "allocator+policy-3-tier": "policy-3-tier"}
+"""The 3-tier allocator rows: name → the trained policy it is combined with (None: alone, every allocated step kept)."""
+
+
+def train_tier_allocators(store: TraceStore, args: TierBenchArgs, policies: Mapping[str, Path]) -> dict[str, Path]:
+    """The allocator over draft → mid → target on the bench's traces, alone and with its κ calibrated for the
+    combination with the 3-tier policy as post-hoc gate; saved under ``args.out``.
+
+    An allocator already there, trained with the same settings, on as many episodes and (combined) with the
+    same policy, is reused.
+    """
+    from stepgraph.training.allocator import train_allocator
+    from stepgraph.training.cpo import CPOArgs
+
+    tiers = store.meta("models")
+    train, calibration = list(store.episodes("train")), list(store.episodes("calibration"))
+    cpo_args = CPOArgs(**{"alpha": args.alpha, **args.allocator_cpo})
+    paths = {}
+    for name, policy_name in TIER_ALLOCATORS.items():
+        policy = policies[policy_name] if policy_name else None
+        stamp = {"args": json.loads(json.dumps(asdict(cpo_args))), "episodes": len([e for e in train if e.steps]),
+                 "post_hoc_policy": _policy_stamp(policy)}
+        manifest = args.out / name / "allocator.json"
+        if manifest.is_file() and all(json.loads(manifest.read_text())["training"].get(k) == v for k, v in stamp.items()):
+            paths[name] = args.out / name
+            continue
+        gate = PolicyGate.from_path(policy) if policy else None
+        artifact = train_allocator(train, cpo_args, tiers=tiers, calibration=calibration, gate=gate)
+        artifact.training |= stamp
+        paths[name] = artifact.save(args.out / name)
+    return paths
+
+
+def _policy_stamp(policy: Path | None) -> dict[str, Any] | None:
+    """The post-hoc policy's weights and κ (calibrated on runs after it was trained): a combined allocator is
+    calibrated for exactly these."""
+    if policy is None:
+        return None
+    manifest = json.loads((policy / "policy.json").read_text())
+    return {"weights_sha256": manifest["weights_sha256"], "kappa": manifest["kappa"]}
+
+
+def tier_allocator_routers(tiers: Sequence[StepModel], allocators: Mapping[str, Path],
+                           policies: Mapping[str, Path]) -> dict[str, tuple[Sequence[int], Gate, Allocator]]:
+    """The 3-tier allocator rows: alone, and followed by the 3-tier policy's post-hoc check."""
+    from stepgraph.allocator_file import LearnedAllocator
+
+    described = [{"name": m.name, "parameters": m.n_params} for m in tiers]  # refuses an allocator of other tiers
+    return {name: ((0, 1, 2), PolicyGate.from_path(policies[policy]) if policy else AlwaysDraftGate(),
+                   LearnedAllocator.from_path(allocators[name], described))
+            for name, policy in TIER_ALLOCATORS.items() if name in allocators}
+
+
 def main(args: TierBenchArgs) -> dict[str, Any]:
     """Collect, train both policies, calibrate κ on runs, bench, compare at matched coverage; write ``results.json``
     and ``table.md`` under ``args.out``."""
@@ -358,13 +415,15 @@ def main(args: TierBenchArgs) -> dict[str, Any]:
                                      args.alpha, seed=args.seed + 1)
             for name, path in policies.items():
                 save_live_kappa(path, live[name])
+        with TraceStore(args.out / "traces.sqlite") as store:  # the combined allocator is calibrated with the final κ
+            allocators = train_tier_allocators(store, args, policies)
         extra = {name: (((0, 1, 2) if TierPolicyArtifact.load(path).network.n_tiers == 3 else (0, 2)), PolicyGate.from_path(path))
                  for name, path in args.extra_policies.items()}
         if "shipped-policy-live-kappa-2-tier" in live:
             extra["shipped-policy-live-kappa-2-tier"] = ((0, 2), with_threshold(shipped, live["shipped-policy-live-kappa-2-tier"]["threshold"]))
         items = testbed_items("test", args.problems, seed=args.seed)
         report = run_tier_bench(tiers, policies, items, seeds=args.seeds, extra_gates=extra,
-                                allocators=allocator_routers(tiers, args))
+                                allocators=allocator_routers(tiers, args) | tier_allocator_routers(tiers, allocators, policies))
         if args.frontier:
             targets = target_rows_by_seed(tiers, items, args.seeds)
             routers = {**{n: (i, PolicyGate.from_path(policies[n])) for n, (i, _) in trained.items()},
@@ -377,6 +436,7 @@ def main(args: TierBenchArgs) -> dict[str, Any]:
     report["collected"] = collected
     report["calibration_runs"] = live
     report["policies"] = {name: json.loads((path / "policy.json").read_text())["training"] for name, path in policies.items()}
+    report["allocators"] = {name: json.loads((path / "allocator.json").read_text())["training"] for name, path in allocators.items()}
     (args.out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "table.md").write_text(markdown_table(report))
     return {"results": str(args.out / "results.json"), "table": str(args.out / "table.md"), "comparison": report["comparison"]}

@@ -438,7 +438,8 @@ def add_commands(sub: Any) -> None:
     b.add_argument("--allow-other-tiers", action="store_true", help="use an artifact trained on other tiers, with a warning")
     b.add_argument("--tiers", type=int, choices=[2, 3], default=2,
                    help="3: collect traces on the shipped draft, mid and target, train a 3-tier and a 2-tier K-tier CPO policy "
-                        "at --alpha (default there 0.03), and bench them against each tier alone (default: %(default)s)")
+                        "and a 3-tier allocator (alone, and before the 3-tier policy) at --alpha (default there 0.03), and bench "
+                        "them against each tier alone (default: %(default)s)")
     b.add_argument("--train-problems", type=in_range(int, 1), default=400, help="--tiers 3: train problems to collect (default: %(default)s)")
     b.add_argument("--warm-start", type=in_range(int, 0), default=0,
                    help="--tiers 3: supervised steps on 'cheapest verified tier' labels before CPO (default: %(default)s)")

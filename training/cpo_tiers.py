@@ -154,15 +154,17 @@ class Walk:
     flops: float
 
 
-def walk(data: TierData, episode: int, choose: Callable[[int, int], tuple[int, float]]) -> Walk:
-    """Replay one episode: on each step start at tier 0; ``choose(row, k)`` gives (tier j ≥ k, its probability).
+def walk(data: TierData, episode: int, choose: Callable[[int, int], tuple[int, float]],
+         start: Callable[[int], int] | None = None) -> Walk:
+    """Replay one episode: on each step start at tier 0 (or ``start(row)``, the tier an ex-ante allocator
+    picked, whose step is then the first paid for); ``choose(row, k)`` gives (tier j ≥ k, its probability).
 
     The strongest tier's step is always kept (nothing is above it).
     """
     top = data.n_tiers - 1
     decisions, kept, cost = [], [], 0.0
     for row in range(data.starts[episode], data.ends[episode]):
-        k = 0
+        k = 0 if start is None else start(row)
         while k < top:
             j, prob = choose(row, k)
             decisions.append((row, k, j, prob))
