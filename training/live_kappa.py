@@ -41,8 +41,9 @@ def calibrate_kappa(tiers: Sequence[StepModel], gate: PolicyGate, items: Sequenc
     Runs use the seeds of ``runs.run_gate`` (base ``seed``), so the strongest tier alone and the
     router answer each problem with the same seed.
     """
-    targets = run_gate([tiers[-1], tiers[-1]], AlwaysDraftGate(), items, seed=seed, context=context, prices=prices,
-                       concurrency=concurrency, desc="strongest tier alone", progress=progress)
+    targets = run_gate([tiers[-1], tiers[-1]], AlwaysDraftGate(), items, seed=seed, context=context,
+                       prices=None if prices is None else [prices[-1]] * 2, concurrency=concurrency, desc="strongest tier alone",
+                       progress=progress)
     pieces = sweep(tiers, kappa_tunable(gate), items, targets, seed=seed, context=context, prices=prices, concurrency=concurrency,
                    desc="sweep κ", progress=progress)
     target_flops = sum(r["flops"] for r in targets) / len(targets)
