@@ -60,6 +60,7 @@ def collected(tmp_path_factory) -> Path:
     return spec
 
 
+@pytest.mark.slow  # loads the shipped models
 def test_collect_records_every_tier_and_train_picks_the_k_tier_policy(collected, capsys):
     with TraceStore(collected.parent / "traces.sqlite") as store:
         names = [t["name"] for t in store.meta("models")]
@@ -76,6 +77,7 @@ def test_collect_records_every_tier_and_train_picks_the_k_tier_policy(collected,
     assert manifest["training"]["args"]["batch_size"] == 16  # the K-tier trainer's own default, not the 2-tier one's
 
 
+@pytest.mark.slow  # loads the shipped models
 def test_calibrate_runs_then_solve_with_the_k_tier_policy(collected, capsys):
     policy = collected.parent / "policy"
     if not (policy / "policy.json").is_file():
@@ -101,6 +103,7 @@ def test_calibrate_runs_then_solve_with_the_k_tier_policy(collected, capsys):
     assert "calibrated on the tiers" in refused(capsys, "solve", "--config", str(two), QUESTION)
 
 
+@pytest.mark.slow  # loads the shipped models
 def test_testbed_collects_three_tiers_and_trains_a_column_subset(tmp_path, capsys):
     store = str(tmp_path / "t.sqlite")
     assert "add --record-tiers" in refused(capsys, "collect", "--tiers", "3", "--problems", "2", "--store", store)
@@ -130,6 +133,7 @@ def test_a_store_without_tier_tables_is_refused_naming_record_tiers(tmp_path, ca
     assert "--allocator trains" in refused(capsys, "train", "--store", str(store), "--allocator", "--tier-policy")
 
 
+@pytest.mark.slow  # loads the shipped models
 def test_calibrate_runs_on_the_shipped_2_tier_policy_changes_kappa_and_records_it(tmp_path, capsys):
     out = tmp_path / "gate"
     calibrated = run(capsys, "calibrate", "--policy", str(DEFAULT_POLICY_DIR), "--runs", "10", "--alpha", "0.1", "--out", str(out))

@@ -158,11 +158,12 @@ def _train_tiers(args: argparse.Namespace, episodes: list, calibration: list, ti
                                         ignore_features=args.ignore_feature, log=lambda step, m: log.write(json.dumps({"step": step, **m}) + "\n"))
     artifact.training = {**artifact.training, "store": str(args.store), "seconds": round(time.time() - started, 1)}
     artifact.save(args.out)
-    if (artifact.guarantee or {}).get("type") == "none":
-        print(f"stepgraph: warning: the policy has no coverage guarantee: {artifact.guarantee['reason']}", file=sys.stderr)  # type: ignore[index]
+    guarantee = artifact.guarantee or {}
+    if guarantee.get("type") == "none":
+        print(f"stepgraph: warning: the policy has no coverage guarantee: {guarantee['reason']}", file=sys.stderr)
     keys = ("online_kappa", "calibration_episodes", "surrogate_coverage")
     return {"out": str(args.out), "format": "stepgraph.tier_policy", "tiers": [t.get("name") for t in artifact.tiers],
-            "kappa": artifact.kappa, "alpha": artifact.alpha, "guarantee": (artifact.guarantee or {}).get("type"),
+            "kappa": artifact.kappa, "alpha": artifact.alpha, "guarantee": guarantee.get("type"),
             "episodes": artifact.training["episodes"], "seconds": artifact.training["seconds"], "metrics": str(metrics_file),
             **{k: artifact.training[k] for k in keys if k in artifact.training}}
 
