@@ -150,3 +150,11 @@ def test_calibrate_runs_on_the_shipped_2_tier_policy_changes_kappa_and_records_i
 def test_calibrate_runs_refuses_what_it_cannot_certify_or_calibrate(capsys):
     assert "needs at least 9 calibration problems" in refused(capsys, "calibrate", "--runs", "3", "--alpha", "0.1")
     assert "--runs calibrates a policy" in refused(capsys, "calibrate", "--runs", "20", "--gate", "threshold", "--alpha", "0.1")
+
+
+def test_the_three_tier_example_spec_names_the_shipped_tiers_cheapest_first():
+    from stepgraph.training.spec import load_spec
+
+    spec = load_spec(Path(__file__).parent.parent / "examples" / "three_tiers.toml")
+    assert [Path(str(t.path)).name for t in spec.tiers] == [d.name for d in (DRAFT_MODEL_DIR, MID_MODEL_DIR, TARGET_MODEL_DIR)]
+    assert spec.verifier.kind == "testbed" and spec.data.splits["calibration"] >= 100  # its header runs calibrate --runs 100
