@@ -113,6 +113,10 @@ def test_testbed_collects_three_tiers_and_trains_a_column_subset(tmp_path, capsy
     trained = run(capsys, "train", "--store", store, "--out", str(tmp_path / "p"), "--columns", "0", "2", "--warm-start", "20",
                   "--steps", "2", "--calibration-split", "")
     assert trained["tiers"] == ["draft", "target"] and trained["guarantee"] == "none"
+    # Its tiers are the shipped pair: calibrate --runs runs it there (testbed path), and records the guarantee it now has.
+    calibrated = run(capsys, "calibrate", "--policy", str(tmp_path / "p"), "--runs", "3", "--alpha", "0.25", "--out", str(tmp_path / "g"))
+    assert calibrated["problems"] == 3 and calibrated["guarantee"] == "split-conformal"
+    assert json.loads((tmp_path / "g" / "policy.json").read_text())["guarantee"]["type"] == "split-conformal"
     assert "--columns takes at least two" in refused(capsys, "train", "--store", store, "--out", str(tmp_path / "q"), "--columns", "2", "0")
     assert "--columns takes at least two" in refused(capsys, "train", "--store", store, "--out", str(tmp_path / "q"), "--columns", "0", "3")
 
@@ -158,3 +162,8 @@ def test_the_three_tier_example_spec_names_the_shipped_tiers_cheapest_first():
     spec = load_spec(Path(__file__).parent.parent / "examples" / "three_tiers.toml")
     assert [Path(str(t.path)).name for t in spec.tiers] == [d.name for d in (DRAFT_MODEL_DIR, MID_MODEL_DIR, TARGET_MODEL_DIR)]
     assert spec.verifier.kind == "testbed" and spec.data.splits["calibration"] >= 100  # its header runs calibrate --runs 100
+
+
+def test_collect_takes_testbed_tiers_only_without_a_spec(tmp_path, capsys):
+    error = refused(capsys, "collect", "--config", str(write_spec(tmp_path)), "--tiers", "3", "--record-tiers")
+    assert "--tiers picks the shipped testbed tiers" in error and "[[tiers]]" in error

@@ -267,7 +267,7 @@ def _calibrate_on_runs(args: argparse.Namespace, spec: RunSpec | None, alpha: fl
         tiers = load_tiers(n_tiers)
         current = describe(tiers)
     try:
-        check_tiers(recorded, current, str(policy_dir), args.allow_other_tiers)
+        check_tiers(recorded, current, str(policy_dir), args.allow_other_tiers or bool(spec and spec.gate.allow_other_tiers))
         calibrated = calibrate_kappa(tiers, gate, items, alphas=sorted({*CURVE_ALPHAS, alpha}), seed=seed, context=context,
                                      prices=prices, concurrency=args.concurrency)
     finally:
