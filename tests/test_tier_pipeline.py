@@ -167,3 +167,20 @@ def test_the_three_tier_example_spec_names_the_shipped_tiers_cheapest_first():
 def test_collect_takes_testbed_tiers_only_without_a_spec(tmp_path, capsys):
     error = refused(capsys, "collect", "--config", str(write_spec(tmp_path)), "--tiers", "3", "--record-tiers")
     assert "--tiers picks the shipped testbed tiers" in error and "[[tiers]]" in error
+
+
+def test_train_options_keep_each_trainers_own_defaults_unless_given():
+    import argparse
+
+    from stepgraph.training.cli_args import add_dataclass_options, dataclass_from_args
+    from stepgraph.training.cpo import CPOArgs
+    from stepgraph.training.cpo_tiers import TierCPOArgs
+
+    parser = argparse.ArgumentParser()
+    add_dataclass_options(parser, CPOArgs, variant=(TierCPOArgs, "K-tier"))
+    defaults = parser.parse_args([])
+    assert (dataclass_from_args(CPOArgs, defaults).batch_size, dataclass_from_args(TierCPOArgs, defaults).batch_size) == (5, 16)
+    assert dataclass_from_args(CPOArgs, defaults).alpha == 0.02 and dataclass_from_args(TierCPOArgs, defaults).alpha == 0.03
+    given = parser.parse_args(["--batch-size", "7", "--alpha", "0.1"])
+    assert dataclass_from_args(TierCPOArgs, given).batch_size == dataclass_from_args(CPOArgs, given).batch_size == 7
+    assert dataclass_from_args(TierCPOArgs, given).alpha == 0.1
