@@ -32,15 +32,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stepgraph.training.bench import GRID, bootstrap, run_rows, summarize, with_threshold
+from stepgraph.training.bench import bootstrap, run_rows, summarize, with_threshold
 from stepgraph.training.bench_allocator import allocator_rows
 from stepgraph.training.collect import collect, testbed_items
 from stepgraph.training.cpo_tiers import TierCPOArgs, train_tier_policy
+from stepgraph.training.live_kappa import kappa_tunable
 from stepgraph.training.runs import add_coverage
 from stepgraph.training.store import TraceStore
 from stepgraph.training.tuning import (
     Piece,
-    Tunable,
     breakpoint_thresholds,
     calibrate_on_runs,
     cheapest,
@@ -270,14 +270,6 @@ def allocator_routers(tiers: Sequence[StepModel], args: TierBenchArgs) -> dict[s
 
 
 # --- κ from live runs, and the comparison at matched coverage -------------------------------------
-
-
-def kappa_tunable(gate: PolicyGate) -> Tunable:
-    """A policy gate (2-tier or K-tier; it escalates iff score ≥ κ) with κ as the swept threshold.
-
-    Every decision's score is a critical value, also the second decision on a step sent to the mid tier.
-    """
-    return Tunable(lambda t: with_threshold(gate, t), None, start=gate.threshold, grid=GRID, scale=1e-300)
 
 
 def sweep_router(tiers: Sequence[StepModel], indices: Sequence[int], gate: PolicyGate, items: Sequence, *,

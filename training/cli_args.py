@@ -23,8 +23,13 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """One ``--field-name`` option per field, typed from its default, its docstring as help."""
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (),
+                          variant: tuple[type, str] | None = None) -> None:
+    """One ``--field-name`` option per field, typed from its default, its docstring as help.
+
+    ``variant`` (a subclass and its name): where its default differs, the option defaults to None
+    so that ``dataclass_from_args`` leaves each class its own default, and the help names both.
+    """
     docs = field_docs(cls)
     for field in dataclasses.fields(cls):
         if field.name in skip:
@@ -32,6 +37,10 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tupl
         default = field.default
         flag = "--" + field.name.replace("_", "-")
         help_text = f"{docs.get(field.name, '')} (default: {default})"
+        if variant is not None and getattr(variant[0], field.name, default) != default:
+            help_text = f"{docs.get(field.name, '')} (default: {default}; {variant[1]}: {getattr(variant[0], field.name)})"
+            parser.add_argument(flag, type=type(default), default=None, help=help_text)
+            continue
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         else:
@@ -40,5 +49,6 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tupl
 
 
 def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    """``cls`` from the options of the same names; an option left at None keeps the field's default."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
     return cls(**values)

@@ -32,6 +32,7 @@ from stepgraph.training.calibrate import CURVE_ALPHAS, check_tiers, load_gate_ar
 from stepgraph.training.cli_args import add_dataclass_options, dataclass_from_args
 from stepgraph.training.collect import collect, default_store_path, testbed_items
 from stepgraph.training.cpo import CPOArgs, train_policy
+from stepgraph.training.cpo_tiers import TierCPOArgs, train_tier_policy
 from stepgraph.training.evaluate import evaluate_gates
 from stepgraph.training.guarantee import calibration_guarantee
 from stepgraph.training.store import TraceStore
@@ -42,7 +43,7 @@ from stepgraph.errors import ConfigError, StepgraphError
 from stepgraph.features import FEATURE_SCHEMA
 from stepgraph.gates import PolicyGate
 from stepgraph.options import in_range
-from stepgraph.testbed import BACKENDS, close_pair, load_pair, task
+from stepgraph.testbed import BACKENDS, close_pair, load_pair, load_tiers, task
 
 if TYPE_CHECKING:
     from stepgraph.training.spec import RunSpec
@@ -58,16 +59,21 @@ def _collect(args: argparse.Namespace) -> dict:
     spec = _spec(args)
     if spec is not None:
         return _collect_from_spec(spec, args)
+    n_tiers = args.tiers or 2
+    if n_tiers > 2 and not args.record_tiers:
+        raise ConfigError(f"--tiers {n_tiers} collects for the K-tier policy, which trains on every tier's step: add --record-tiers.")
     items = testbed_items(args.split, args.problems, seed=args.seed)
     verifier = TestbedVerifier(task.generate(args.split, args.problems, seed=args.seed))
     with TraceStore(args.store or default_store_path()) as store:
         return collect(
-            store, items, load_pair, verifier, split=args.split, threshold=args.threshold, feature=args.feature, epsilon=args.epsilon,
-            seed=args.seed, temperature=args.temperature, workers=args.concurrency,
+            store, items, lambda: load_tiers(n_tiers), verifier, split=args.split, threshold=args.threshold, feature=args.feature,
+            epsilon=args.epsilon, seed=args.seed, temperature=args.temperature, workers=args.concurrency, record_tiers=args.record_tiers,
         )
 
 
 def _collect_from_spec(spec: RunSpec, args: argparse.Namespace) -> dict:
+    if args.tiers is not None:
+        raise ConfigError(f"--tiers picks the shipped testbed tiers; with --config the tiers are {spec.source}'s [[tiers]].")
     items = spec.items(args.split)
     if not items:
         raise ConfigError(f"{spec.source}: data.splits gives the {args.split} split no questions.")
@@ -77,6 +83,7 @@ def _collect_from_spec(spec: RunSpec, args: argparse.Namespace) -> dict:
             store, items, spec.build_tiers, None, split=args.split, threshold=spec.collect.threshold,  # type: ignore[arg-type]
             feature=spec.collect.feature, epsilon=spec.collect.epsilon, seed=spec.sampling.seed, temperature=spec.sampling.temperature,
             workers=args.concurrency, context=spec.context(), verifier_for=spec.build_verifier, describe_tiers=spec.describe_tiers,
+            record_tiers=args.record_tiers,
         )
     return {**report, "store": str(store_path), "split": args.split}
 
@@ -86,13 +93,13 @@ def _train(args: argparse.Namespace) -> dict:
     if spec is not None:  # the spec's α and paths, unless given on the command line
         args.alpha = spec.alpha if args.alpha is None else args.alpha
         args.store, args.out = args.store or spec.paths.store, args.out or (None if args.allocator else spec.paths.policy)
-    args.alpha = CPOArgs.alpha if args.alpha is None else args.alpha
     args.store, args.out = args.store or default_store_path(), args.out or Path("runs/allocator" if args.allocator else "runs/policy")
-    cpo_args = dataclass_from_args(CPOArgs, args)
     if args.allocator:  # the ex-ante allocator: its own stages and artifact (stepgraph.training.allocator)
         from stepgraph.training.allocator import train_allocator_command
 
-        return train_allocator_command(args, cpo_args)
+        if args.tier_policy or args.columns:
+            raise ConfigError("--allocator trains the ex-ante allocator, --tier-policy / --columns the K-tier policy: choose one.")
+        return train_allocator_command(args, dataclass_from_args(CPOArgs, args))
     with TraceStore(args.store, readonly=True) as store:
         episodes = list(store.episodes(split=args.split))
         calibration = list(store.episodes(split=args.calibration_split)) if args.calibration_split else []
@@ -100,6 +107,9 @@ def _train(args: argparse.Namespace) -> dict:
     if not episodes:
         raise StepgraphError(f"{args.store} holds no {args.split} episodes; run `stepgraph collect` first.")
     calibration = [e for e in calibration if e.steps]
+    if args.tier_policy or args.columns or len(models or []) > 2:
+        return _train_tiers(args, episodes, calibration, models or [])
+    cpo_args = dataclass_from_args(CPOArgs, args)
     if calibration and len(calibration) < min_episodes(cpo_args.alpha):
         # Too few for any κ to pass: keep the online κ (recorded as "no guarantee") rather than an uncalibrated κ = 0.
         print(f"stepgraph: warning: {too_few_message(len(calibration), cpo_args.alpha)}", file=sys.stderr)
@@ -126,6 +136,38 @@ def _train(args: argparse.Namespace) -> dict:
             **{k: artifact.training[k] for k in keys if k in artifact.training}}
 
 
+def _train_tiers(args: argparse.Namespace, episodes: list, calibration: list, tiers: list[dict[str, Any]]) -> dict:
+    """The K-tier policy (``cpo_tiers.train_tier_policy``) on a store whose episodes record every tier's step."""
+    cpo_args = dataclass_from_args(TierCPOArgs, args)
+    columns = args.columns or list(range(len(tiers)))
+    if len(columns) < 2 or columns != sorted(set(columns)) or not 0 <= columns[0] <= columns[-1] < len(tiers):
+        recorded = ", ".join(f"{i}: {tier.get('name')}" for i, tier in enumerate(tiers))
+        raise ConfigError(f"--columns takes at least two of the store's recorded tiers ({recorded}) in increasing order, got {columns}.")
+    for split, held in ((args.split, episodes), (args.calibration_split, calibration)):
+        if bad := next((e for e in held if any(not s.tiers or len(s.tiers) != len(tiers) for s in e.steps)), None):
+            raise StepgraphError(f"{args.store}: {split} episode {bad.problem_id!r} records no step of every tier, which the K-tier "
+                                 "policy trains on. Collect with `stepgraph collect --record-tiers` into a new --store.")
+    if calibration and len(calibration) < min_episodes(cpo_args.alpha):
+        print(f"stepgraph: warning: {too_few_message(len(calibration), cpo_args.alpha)}", file=sys.stderr)
+        calibration = []
+    started = time.time()
+    args.out.mkdir(parents=True, exist_ok=True)
+    metrics_file = args.out / "metrics.jsonl"
+    with metrics_file.open("w") as log:
+        artifact, _ = train_tier_policy(episodes, tiers, cpo_args, columns=columns, calibration=calibration,
+                                        ignore_features=args.ignore_feature, log=lambda step, m: log.write(json.dumps({"step": step, **m}) + "\n"))
+    artifact.training = {**artifact.training, "store": str(args.store), "seconds": round(time.time() - started, 1)}
+    artifact.save(args.out)
+    guarantee = artifact.guarantee or {}
+    if guarantee.get("type") == "none":
+        print(f"stepgraph: warning: the policy has no coverage guarantee: {guarantee['reason']}", file=sys.stderr)
+    keys = ("online_kappa", "calibration_episodes", "surrogate_coverage")
+    return {"out": str(args.out), "format": "stepgraph.tier_policy", "tiers": [t.get("name") for t in artifact.tiers],
+            "kappa": artifact.kappa, "alpha": artifact.alpha, "guarantee": guarantee.get("type"),
+            "episodes": artifact.training["episodes"], "seconds": artifact.training["seconds"], "metrics": str(metrics_file),
+            **{k: artifact.training[k] for k in keys if k in artifact.training}}
+
+
 NO_GUARANTEE = ("no calibration episodes: κ is the online value from training, with no held-out coverage guarantee; "
                 "collect a calibration split and run `stepgraph calibrate` (or train with --calibration-split).")
 
@@ -147,6 +189,8 @@ def _calibrate(args: argparse.Namespace) -> dict:
     alpha = args.alpha if args.alpha is not None else (spec.alpha if spec else CPOArgs.alpha)
     store_path = args.store or (spec.paths.store if spec else default_store_path())
     out = args.out or (spec.paths.gate if spec else Path("runs/gate"))
+    if args.runs is not None:
+        return _calibrate_on_runs(args, spec, alpha, out)
     name = args.gate or (spec.gate.name if spec and spec.gate.name in ("policy", "threshold", "steer", "prm") else "policy")
     with TraceStore(store_path, create=False) as store:
         calibration = list(store.episodes(split=args.split))
@@ -193,8 +237,56 @@ def _calibrate(args: argparse.Namespace) -> dict:
     return {"out": str(out), "gate": name, **summary, "curve": curve}
 
 
-def curve_table(curve: list[dict[str, Any]]) -> str:
-    lines = ["| alpha | threshold | coverage (surrogate) | FLOPs vs target | escalation rate |", "|---|---|---|---|---|"]
+def _calibrate_on_runs(args: argparse.Namespace, spec: RunSpec | None, alpha: float, out: Path) -> dict:
+    """``calibrate --runs N``: κ of a policy (2-tier or K-tier) from live runs of N calibration problems (``live_kappa``)."""
+    from stepgraph.training.calibrate import save_gate
+    from stepgraph.training.guarantee import episodes_needed
+    from stepgraph.training.live_kappa import calibrate_kappa, curve_rows, with_live_kappa
+
+    from stepgraph.tiers import describe
+
+    if args.gate not in (None, "policy"):
+        raise ConfigError(f"--runs calibrates a policy's κ; --gate {args.gate} is calibrated on the stored traces (leave out --runs).")
+    if args.runs < episodes_needed(alpha):
+        raise ConfigError(f"--runs {args.runs} cannot certify α = {alpha}: split conformal needs at least {episodes_needed(alpha)} "
+                          f"calibration problems (⌊α(n + 1)⌋ ≥ 1); raise --runs or --alpha.")
+    policy_dir = args.policy or (spec.paths.policy if spec else Path("runs/policy"))
+    gate = PolicyGate.from_path(policy_dir)
+    recorded = gate.artifact.models.get("tiers") or []
+    if spec is not None:
+        items, seed, context, prices = spec.items("calibration"), spec.sampling.seed, spec.context(), spec.prices()
+        if len(items) < args.runs:
+            raise ConfigError(f"--runs {args.runs}: {spec.source} gives the calibration split only {len(items)} questions (data.splits).")
+        items, tiers = items[: args.runs], spec.build_tiers()
+        current = spec.describe_tiers(tiers)
+    else:
+        n_tiers = len(recorded) or 2
+        if n_tiers not in (2, 3):
+            raise ConfigError(f"{policy_dir} routes {n_tiers} tiers; the testbed ships 2 or 3: give the tiers with --config.")
+        items, seed, context, prices = testbed_items("calibration", args.runs, seed=args.seed), args.seed, None, None
+        tiers = load_tiers(n_tiers)
+        current = describe(tiers)
+    try:
+        check_tiers(recorded, current, str(policy_dir), args.allow_other_tiers or bool(spec and spec.gate.allow_other_tiers))
+        calibrated = calibrate_kappa(tiers, gate, items, alphas=sorted({*CURVE_ALPHAS, alpha}), seed=seed, context=context,
+                                     prices=prices, concurrency=args.concurrency)
+    finally:
+        close_pair(tiers)
+    chosen = calibrated[alpha]
+    artifact = with_live_kappa(gate.artifact, chosen, alpha)
+    artifact.save(out)
+    curve = curve_rows(calibrated)
+    summary = {"threshold": artifact.kappa, "alpha": alpha, "kappa_from": "calibration runs", "guarantee": chosen["guarantee"]["type"],
+               "kappa_before": gate.artifact.kappa, **chosen["calibration"]}
+    save_gate(out, "policy", {"threshold": artifact.kappa}, tiers=current, calibration={**summary, "curve": curve})
+    print(curve_table(curve, "coverage (runs)"), file=sys.stderr)
+    if chosen["guarantee"]["type"] == "none":
+        print(f"stepgraph calibrate: warning: {chosen['guarantee']['reason']}", file=sys.stderr)
+    return {"out": str(out), "gate": "policy", "policy": str(policy_dir), **summary, "curve": curve}
+
+
+def curve_table(curve: list[dict[str, Any]], coverage: str = "coverage (surrogate)") -> str:
+    lines = [f"| alpha | threshold | {coverage} | FLOPs vs target | escalation rate |", "|---|---|---|---|---|"]
     for row in curve:
         if "needs_episodes" in row:
             lines.append(f"| {row['alpha']} | needs ≥ {row['needs_episodes']} episodes | | | |")
@@ -362,6 +454,11 @@ def add_commands(sub: Any) -> None:
                    help="testbed: confidence feature of the behaviour gate (default: %(default)s)")
     c.add_argument("--epsilon", type=in_range(float, 0, 1), default=0.3, help="testbed: behaviour gate's exploration rate (default: %(default)s)")
     c.add_argument("--temperature", type=in_range(float, 0), default=0.7, help="testbed: sampling temperature (default: %(default)s)")
+    c.add_argument("--record-tiers", action="store_true",
+                   help="also record every tier's step and verdict from each prefix, which the K-tier policy trains on "
+                        "(`stepgraph train` on such a store); costs one call per tier and step")
+    c.add_argument("--tiers", type=int, choices=[2, 3], default=None,
+                   help="testbed: 2 (draft, target) or 3 (draft, mid, target; needs --record-tiers) shipped tiers (default: 2)")
     c.set_defaults(func=_single_threaded(_collect))
 
     t = sub.add_parser("train", help="train π and κ by CPO on the stored traces and write the policy artifact",
@@ -376,8 +473,16 @@ def add_commands(sub: Any) -> None:
                    help="hide a feature from the policy, for a backend that does not report it, e.g. api_confidence "
                         "on a vLLM engine with raw logits (repeatable; choices: %(choices)s)")
     t.add_argument("--alpha", type=float, default=None,
-                   help=f"allowed miss rate: coverage must be at least 1 - alpha (default: the spec's alpha, else {CPOArgs.alpha})")
-    add_dataclass_options(t, CPOArgs, skip=("alpha",))
+                   help="allowed miss rate: coverage must be at least 1 - alpha "
+                        f"(default: the spec's alpha, else {CPOArgs.alpha}; K-tier: {TierCPOArgs.alpha})")
+    add_dataclass_options(t, CPOArgs, skip=("alpha",), variant=(TierCPOArgs, "K-tier"))
+    add_dataclass_options(t, TierCPOArgs, skip=tuple(f.name for f in dataclasses.fields(CPOArgs)))
+    t.add_argument("--tier-policy", action="store_true",
+                   help="train the K-tier policy (format stepgraph.tier_policy) on traces collected with --record-tiers; "
+                        "the default when the store records more than two tiers")
+    t.add_argument("--columns", type=int, nargs="+", default=None, metavar="TIER",
+                   help="K-tier: the recorded tiers to route between, cheapest first, e.g. 0 2 for draft -> target on "
+                        "draft, mid, target traces (implies --tier-policy; default: all)")
     add_allocator_options(t)
     t.set_defaults(func=_single_threaded(_train))
 
@@ -386,7 +491,7 @@ def add_commands(sub: Any) -> None:
                        "stored calibration episodes so that coverage meets 1 - alpha (split conformal, replayed with the "
                        "local-verification surrogate; no model calls), write a gate artifact and print the alpha -> "
                        "(coverage, cost) curve. Re-calibrates a policy for a new alpha without retraining.")
-    _add_spec_options(k, concurrency=False)
+    _add_spec_options(k)
     k.add_argument("--gate", choices=["policy", "threshold", "steer", "prm"], default=None,
                    help="gate to calibrate (default: the spec's gate if score-based, else policy)")
     k.add_argument("--alpha", type=in_range(float, 0, 1, exclusive=True), default=None, help=f"allowed miss rate (default: the spec's alpha, else {CPOArgs.alpha})")
@@ -397,6 +502,11 @@ def add_commands(sub: Any) -> None:
     k.add_argument("--split", default="calibration", help="stored split to calibrate on (default: %(default)s)")
     k.add_argument("--out", type=Path, default=None, help="gate artifact directory (default: the spec's paths.gate, else runs/gate)")
     k.add_argument("--allow-other-tiers", action="store_true", help="use a policy trained on other tiers than the store's, with a warning")
+    k.add_argument("--runs", type=in_range(int, 1), default=None, metavar="N",
+                   help="calibrate the policy's κ (2-tier or K-tier) on live runs of N calibration-split problems instead of "
+                        "the stored traces: each problem is run at every κ that changes a decision, beside the strongest tier "
+                        "alone; no store needed (testbed: the shipped tiers the policy records)")
+    k.add_argument("--seed", type=int, default=0, help="testbed, --runs: problem and sampling seed (default: %(default)s)")
     k.set_defaults(func=_single_threaded(_calibrate))
 
     e = sub.add_parser("evaluate", help="run the trained gate live in the graph against target-only and draft-only",
