@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 from scripted import ScriptedModel
-from stepgraph.training.bench_tiers import markdown_table, matched_coverage, run_tier_bench, save_live_kappa
+from stepgraph.training.bench_tiers import markdown_table, matched_coverage, run_tier_bench
 from stepgraph.training.collect import Item
+from stepgraph.training.live_kappa import with_live_kappa
 from stepgraph.training.tuning import Piece
 
 from stepgraph.allocator import FixedAllocator
@@ -85,8 +86,8 @@ def test_a_policy_is_reused_only_when_trained_with_the_same_settings(tmp_path: P
     assert not _trained_alike(saved, TierCPOArgs(alpha=0.1, steps=0, warm_start=0, hidden=8), [0, 1, 2], 10, True)
     assert not _trained_alike(saved, args, [0, 2], 10, True) and not _trained_alike(saved, args, [0, 1, 2], 11, True)
     assert not _trained_alike(tmp_path / "missing", args, [0, 1, 2], 10, True)
-    save_live_kappa(saved, {"threshold": 1.7, "guarantee": {"type": "split-conformal", "coverage": 0.9},
-                            "calibration": {"covered": 1.0, "misses": 0, "problems": 30}})
+    with_live_kappa(TierPolicyArtifact.load(saved), {"threshold": 1.7, "guarantee": {"type": "split-conformal", "coverage": 0.9},
+                                                     "calibration": {"covered": 1.0, "misses": 0, "problems": 30}}, 0.1).save(saved)
     assert _trained_alike(saved, args, [0, 1, 2], 10, True)
     assert not _trained_alike(saved, args, [0, 1, 2], 10, False)  # κ from runs, but traces asked for: train again
 
@@ -96,8 +97,8 @@ def test_live_kappa_is_saved_within_range_keeping_the_trace_calibrated_one(tmp_p
 
     saved = policy(tmp_path / "p", [ScriptedModel(t["name"], t["parameters"], ["x"]) for t in TIERS])
     for threshold, kappa in ((1.7, 1.0), (-0.3, 0.0), (0.42, 0.42)):  # past [0, 1] every κ decides as the bound does
-        save_live_kappa(saved, {"threshold": threshold, "guarantee": {"type": "split-conformal", "coverage": 0.9},
-                                "calibration": {"covered": 0.95, "misses": 1, "problems": 30}})
+        with_live_kappa(TierPolicyArtifact.load(saved), {"threshold": threshold, "guarantee": {"type": "split-conformal", "coverage": 0.9},
+                                                         "calibration": {"covered": 0.95, "misses": 1, "problems": 30}}, 0.1).save(saved)
         artifact = TierPolicyArtifact.load(saved)
         assert artifact.kappa == kappa and artifact.guarantee["type"] == "split-conformal"
         assert artifact.training["kappa_from_traces"] == 0.5 and artifact.training["kappa_from"] == "calibration runs"

@@ -36,13 +36,12 @@ from stepgraph.training.bench import bootstrap, run_rows, summarize, with_thresh
 from stepgraph.training.bench_allocator import allocator_rows
 from stepgraph.training.collect import collect, testbed_items
 from stepgraph.training.cpo_tiers import TierCPOArgs, train_tier_policy
-from stepgraph.training.live_kappa import kappa_tunable
+from stepgraph.training.live_kappa import calibrate_kappa, kappa_tunable, with_live_kappa
 from stepgraph.training.runs import add_coverage
 from stepgraph.training.store import TraceStore
 from stepgraph.training.tuning import (
     Piece,
     breakpoint_thresholds,
-    calibrate_on_runs,
     cheapest,
     evaluate,
     rows_at,
@@ -288,27 +287,9 @@ def target_rows_by_seed(tiers: Sequence[StepModel], items: Sequence, seeds: Sequ
 
 def calibrate_routers(tiers: Sequence[StepModel], routers: Mapping[str, tuple[Sequence[int], PolicyGate]], items: Sequence,
                       alpha: float, seed: int) -> dict[str, dict[str, Any]]:
-    """κ of each router from live runs of the calibration problems (``tuning.calibrate_on_runs``).
-
-    Replayed tier traces can only approximate what follows a choice the behaviour did not make (the
-    features of later steps, the texts they continue); runs see it, so the κ they give holds the
-    split-conformal bound for the router that is deployed.
-    """
-    targets = target_rows_by_seed(tiers, items, [seed])
-    return {name: calibrate_on_runs(sweep_router(tiers, indices, gate, items, seeds=[seed], target_rows=targets,
-                                                 desc=f"calibrate {name}"), alpha)
+    """κ of each router from live runs of the calibration problems (``live_kappa.calibrate_kappa``)."""
+    return {name: calibrate_kappa([tiers[i] for i in indices], gate, items, alphas=[alpha], seed=seed)[alpha]
             for name, (indices, gate) in routers.items()}
-
-
-def save_live_kappa(directory: Path, calibrated: Mapping[str, Any]) -> None:
-    """Write κ calibrated on runs into a trained tier policy, keeping the trace-calibrated one in its training record."""
-    artifact = TierPolicyArtifact.load(directory)
-    replayed = artifact.training.get("kappa_from_traces", artifact.kappa)
-    artifact.kappa = min(1.0, max(0.0, calibrated["threshold"]))  # past the scores' range [0, 1] every t decides alike
-    artifact.guarantee = calibrated["guarantee"]
-    artifact.training = {**artifact.training, "kappa_from_traces": replayed, "kappa_from": "calibration runs",
-                         "calibration_runs": calibrated["calibration"]}
-    artifact.save(directory)
 
 
 def matched_coverage(pieces: Mapping[str, Sequence[Sequence[Piece]]], levels: Sequence[float], three_tier: str = "policy-3-tier"
@@ -406,7 +387,7 @@ def main(args: TierBenchArgs) -> dict[str, Any]:
             live = calibrate_routers(tiers, {**trained, "shipped-policy-live-kappa-2-tier": ((0, 2), shipped)}, calibration_items,
                                      args.alpha, seed=args.seed + 1)
             for name, path in policies.items():
-                save_live_kappa(path, live[name])
+                with_live_kappa(TierPolicyArtifact.load(path), live[name], args.alpha).save(path)
         with TraceStore(args.out / "traces.sqlite") as store:  # the combined allocator is calibrated with the final κ
             allocators = train_tier_allocators(store, args, policies)
         extra = {name: (((0, 1, 2) if TierPolicyArtifact.load(path).network.n_tiers == 3 else (0, 2)), PolicyGate.from_path(path))
