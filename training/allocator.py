@@ -179,6 +179,26 @@ def calibrate_allocator(data: Batchable, episodes: Sequence[Episode], network: A
 # --- 5. the two stages and the calibration -------------------------------------------------------
 
 
+def keep_cheaper_stage(network: torch.nn.Module, supervised_weights: dict[str, Any], calibrate: Callable[[], dict[str, Any]]
+                       ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Calibrate the RL-refined weights (loaded) and the supervised ones; load the cheaper at the coverage bound.
+
+    Returns the chosen calibration and the training summary's calibration fields.
+    """
+    by_stage = {"rl": (copy.deepcopy(network.state_dict()), calibrate())}
+    network.load_state_dict(supervised_weights)
+    by_stage["supervised"] = (supervised_weights, calibrate())
+    # The RL refinement is kept only where it calibrates cheaper (met coverage first, then FLOPs).
+    stage = min(by_stage, key=lambda k: (not by_stage[k][1]["met"], by_stage[k][1]["flops_vs_target"]))
+    weights, chosen = by_stage[stage]
+    network.load_state_dict(weights)
+    summary = {"selected_stage": stage, "calibration_by_stage": {k: v[1] for k, v in by_stage.items()},
+               "calibrated_kappa": chosen["kappa"], "calibration_surrogate_miss": chosen["misses"] / chosen["episodes"],
+               "calibration_met": chosen["met"], "calibration_flops_vs_target": chosen["flops_vs_target"],
+               **{f"calibration_{k}": chosen[k] for k in ("sent_up", "none_sent_up", "allocated_share") if k in chosen}}
+    return chosen, summary
+
+
 def train_allocator(episodes: Sequence[Episode], args: CPOArgs | None = None, *, tiers: Sequence[dict[str, Any]],
                     calibration: Sequence[Episode] = (), gate: Gate | None = None, columns: Sequence[int] | None = None,
                     supervised_epochs: int = 100,
@@ -239,19 +259,10 @@ def train_allocator(episodes: Sequence[Episode], args: CPOArgs | None = None, *,
     if held_out:
         cal = to_batchable(held_out, artifact, cost_scale)
         gate_choice = gate_escalations(held_out, gate) if gate else None
-        by_stage = {"rl": (copy.deepcopy(network.state_dict()), calibrate_allocator(cal, held_out, network, args.alpha, gate_choice))}
-        network.load_state_dict(supervised_weights)
-        by_stage["supervised"] = (supervised_weights, calibrate_allocator(cal, held_out, network, args.alpha, gate_choice))
-        # The RL refinement is kept only where it calibrates cheaper (met coverage first, then FLOPs).
-        stage = min(by_stage, key=lambda k: (not by_stage[k][1]["met"], by_stage[k][1]["flops_vs_target"]))
-        weights, chosen = by_stage[stage]
-        network.load_state_dict(weights)
+        chosen, summary = keep_cheaper_stage(network, supervised_weights,
+                                             lambda: calibrate_allocator(cal, held_out, network, args.alpha, gate_choice))
         artifact.kappa = chosen["kappa"]
-        summary = {"selected_stage": stage, "calibration_by_stage": {k: v[1] for k, v in by_stage.items()},
-                   "online_kappa": run.kappa, "calibrated_kappa": chosen["kappa"], "calibration_episodes": len(held_out),
-                   "calibration_surrogate_miss": chosen["misses"] / len(held_out), "calibration_met": chosen["met"],
-                   "calibration_flops_vs_target": chosen["flops_vs_target"], "calibration_sent_up": chosen["sent_up"],
-                   "calibration_none_sent_up": chosen["none_sent_up"]}
+        summary |= {"online_kappa": run.kappa, "calibration_episodes": len(held_out)}
         artifact.guarantee = calibration_guarantee(args.alpha, len(held_out), chosen["misses"])
     else:
         artifact.guarantee = calibration_guarantee(args.alpha, 0)

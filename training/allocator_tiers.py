@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 import torch
-from stepgraph.training.allocator import episode_observations, normalisation, supervised_stage
+from stepgraph.training.allocator import episode_observations, keep_cheaper_stage, normalisation, supervised_stage
 from stepgraph.training.cpo import Batch, Batchable, CPOArgs, Run, _critic, fit_critics, policy_step, update_kappa
 from stepgraph.training.cpo_tiers import (
     TierData,
@@ -278,19 +278,9 @@ def train_tier_allocator(episodes: Sequence[Episode], args: CPOArgs, *, tiers: S
     summary: dict[str, Any] = {}
     if held_out:
         cal = tier_data(held_out, artifact, columns, policy)
-        by_stage = {"rl": (copy.deepcopy(network.state_dict()), calibrate_tier_allocator(cal, network, args.alpha))}
-        network.load_state_dict(supervised_weights)
-        by_stage["supervised"] = (supervised_weights, calibrate_tier_allocator(cal, network, args.alpha))
-        # The RL refinement is kept only where it calibrates cheaper (met coverage first, then FLOPs).
-        stage = min(by_stage, key=lambda k: (not by_stage[k][1]["met"], by_stage[k][1]["flops_vs_target"]))
-        weights, chosen = by_stage[stage]
-        network.load_state_dict(weights)
+        chosen, summary = keep_cheaper_stage(network, supervised_weights, lambda: calibrate_tier_allocator(cal, network, args.alpha))
         artifact.kappa = chosen["kappa"]
-        summary = {"selected_stage": stage, "calibration_by_stage": {k: v[1] for k, v in by_stage.items()},
-                   "online_kappa": run.kappa, "calibrated_kappa": chosen["kappa"], "calibration_episodes": len(held_out),
-                   "calibration_surrogate_miss": chosen["misses"] / len(held_out), "calibration_met": chosen["met"],
-                   "calibration_flops_vs_target": chosen["flops_vs_target"], "calibration_sent_up": chosen["sent_up"],
-                   "calibration_allocated_share": chosen["allocated_share"], "calibration_none_sent_up": chosen["none_sent_up"]}
+        summary |= {"online_kappa": run.kappa, "calibration_episodes": len(held_out)}
         artifact.guarantee = calibration_guarantee(args.alpha, len(held_out), chosen["misses"])
     else:
         artifact.guarantee = calibration_guarantee(args.alpha, 0)
