@@ -19,8 +19,8 @@ from stepgraph.context import RouterContext, RouterLimits, check_setting
 from stepgraph.errors import ConfigError, StepgraphError
 from stepgraph.gates import ALIASES, GATES, canonical_gate_name
 from stepgraph.options import in_range
-from stepgraph.testbed import BACKENDS, DRAFT_MODEL_DIR, TARGET_MODEL_DIR
-from stepgraph.testbed.defaults import TESTBED_GATE_OPTIONS, default_gate_name, resolve_gate
+from stepgraph.testbed import BACKENDS, DRAFT_MODEL_DIR, MID_MODEL_DIR, TARGET_MODEL_DIR
+from stepgraph.testbed.defaults import TESTBED_GATE_OPTIONS, THREE_TIER_POLICY_DIR, default_gate_name, resolve_gate
 
 GATE_CHOICES = [*GATES, *ALIASES]
 """``--gate`` accepts the registry names and their former names."""
@@ -107,7 +107,10 @@ def _context(args: argparse.Namespace) -> RouterContext:
 
 def _question_and_models(args: argparse.Namespace) -> tuple[str, list[Path]]:
     """The question and the model directories, one per tier; ``--models a b QUESTION`` gives the question back to the positional."""
-    model_dirs, question = list(args.models or [DRAFT_MODEL_DIR, TARGET_MODEL_DIR]), args.question
+    if args.tiers is not None and args.models:
+        raise StepgraphError("--tiers picks the shipped testbed models; give either --tiers or --models.")
+    shipped = [DRAFT_MODEL_DIR, MID_MODEL_DIR, TARGET_MODEL_DIR] if args.tiers == 3 else [DRAFT_MODEL_DIR, TARGET_MODEL_DIR]
+    model_dirs, question = list(args.models or shipped), args.question
     if question is None and args.models and not model_dirs[-1].is_dir():
         question = str(model_dirs.pop())
     if question is None:
@@ -150,7 +153,10 @@ def _solve(args: argparse.Namespace) -> int:
     from stepgraph.graph import build_graph
     from stepgraph.models.local import TransformersStepModel, check_tier_tokenizers
 
-    gate = resolve_gate(args.gate, **_gate_options(args))
+    options = _gate_options(args)
+    if args.tiers == 3 and canonical_gate_name(args.gate or default_gate_name()) == "policy" and options.get("path") is None:
+        options["path"] = THREE_TIER_POLICY_DIR  # the 2-tier default policy is refused on three tiers
+    gate = resolve_gate(args.gate, **options)
     models = [TransformersStepModel(path) for path in model_dirs]  # cheapest first: tier i is models[i]
     check_tier_tokenizers(models)
     allocator = None
@@ -235,6 +241,9 @@ def build_parser(offline: bool = True) -> argparse.ArgumentParser:
     solve.add_argument("--json", action="store_true", help="print the graph's final state as JSON")
     solve.add_argument("--config", type=Path, default=None, metavar="SPEC",
                        help="run spec (TOML) giving the tiers, gate and sampling; the other run options are then ignored")
+    solve.add_argument("--tiers", type=int, choices=[2, 3], default=None,
+                       help="the shipped testbed tiers: 2 (draft, target; the default) or 3 (draft, mid, target, "
+                            "with the shipped 3-tier policy as --gate policy)")
     solve.add_argument("--allow-other-tiers", action="store_true",
                        help="use a policy trained on other models than --models, with a warning (its coverage does not carry over)")
     solve.add_argument("--allocator", type=Path, default=None, metavar="DIR",

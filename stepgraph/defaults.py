@@ -5,8 +5,9 @@ from stepgraph.testbed.defaults import (
     DEFAULT_CONFIDENCE_THRESHOLD,
     DEFAULT_POLICY_DIR,
     LOGITS_ONLY_POLICY_DIR,
+    THREE_TIER_POLICY_DIR,
     default_gate_name,
     resolve_gate,
 )
 
-__all__ = ["API_ONLY_POLICY_DIR", "DEFAULT_CONFIDENCE_THRESHOLD", "DEFAULT_POLICY_DIR", "LOGITS_ONLY_POLICY_DIR", "default_gate_name", "resolve_gate"]
+__all__ = ["API_ONLY_POLICY_DIR", "DEFAULT_CONFIDENCE_THRESHOLD", "DEFAULT_POLICY_DIR", "LOGITS_ONLY_POLICY_DIR", "THREE_TIER_POLICY_DIR", "default_gate_name", "resolve_gate"]

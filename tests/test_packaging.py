@@ -28,7 +28,8 @@ def test_wheel_has_one_top_level_name_and_every_module(wheel: Path):
     expected = {f"stepgraph/{p.relative_to(ROOT / 'stepgraph')}" for p in (ROOT / "stepgraph").rglob("*.py")}
     expected |= {f"stepgraph/training/{p.relative_to(ROOT / 'training')}" for p in (ROOT / "training").rglob("*.py")}
     assert expected <= set(names), sorted(expected - set(names))
-    for data in ("stepgraph/py.typed", "stepgraph/testbed/policies/default/policy.json", "stepgraph/testbed/models/draft/model.safetensors"):
+    for data in ("stepgraph/py.typed", "stepgraph/testbed/policies/default/policy.json", "stepgraph/testbed/policies/three_tier/policy.json",
+                 "stepgraph/testbed/models/draft/model.safetensors"):
         assert data in names
 
 

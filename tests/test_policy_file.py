@@ -164,6 +164,28 @@ def test_cli_solve_refuses_the_policy_over_other_models_unless_allowed(capsys, t
     with pytest.warns(RuntimeWarning, match="does not carry its coverage"):
         assert main([*args, "--allow-other-tiers"]) == 0
 
+
+def test_cli_solve_on_three_shipped_tiers_routes_with_the_shipped_3_tier_policy(capsys):
+    import json
+
+    from stepgraph.cli import main
+    from stepgraph.testbed.defaults import THREE_TIER_POLICY_DIR
+    from stepgraph.tier_policy import TierPolicyArtifact
+
+    artifact = TierPolicyArtifact.load(THREE_TIER_POLICY_DIR)
+    assert [t["name"] for t in artifact.tiers] == ["draft", "mid", "target"]
+    assert artifact.training["kappa_from"] == "calibration runs" and artifact.guarantee["type"] == "split-conformal"
+    question = "Dan has 26 books. He loses 2. He multiplies them by 3. How many books does he have?"
+    assert main(["solve", question, "--tiers", "3", "--json"]) == 0
+    state = json.loads(capsys.readouterr().out)
+    assert state["answer"] is not None and all(0 <= s["tier"] <= 2 for s in state["steps"])
+    # The gate's scores are the shipped 3-tier policy's (1 − π(draft | o, 0)), not the 2-tier policy's log-odds.
+    first = state["steps"][0]
+    assert first["gate_score"] == pytest.approx(1 - artifact.probabilities(first["observation"], 0)[0], abs=1e-6)
+    assert main(["solve", question, "--tiers", "3", "--models", "a", "b"]) != 0
+    assert "either --tiers or --models" in capsys.readouterr().err
+
+
 # --- format 2: the log-odds scale; format 1 artifacts load and decide as before ---------------------
 
 V1_POLICY = Path(__file__).parent / "data" / "policy_v1"  # the default policy shipped before schema v2

@@ -374,10 +374,10 @@ def _bench_tiers(args: argparse.Namespace) -> dict:
     extra = dict(spec.split("=", 1) for spec in args.extra_policy if "=" in spec)
     if len(extra) != len(args.extra_policy):
         raise ConfigError(f"--extra-policy takes NAME=DIR, got {args.extra_policy}.")
-    cpo = {"warm_start": args.warm_start} | ({"steps": args.cpo_steps} if args.cpo_steps is not None else {})
+    cpo = {"warm_start": args.warm_start, "steps": args.cpo_steps}
     report = main(TierBenchArgs(out=args.out or Path("runs/tiers"), train_problems=args.train_problems,
                                 calibration_problems=args.calibration_problems, problems=args.problems, seeds=args.seeds,
-                                seed=args.seed, alpha=args.alpha if args.alpha is not None else 0.03, cpo=cpo,
+                                seed=args.seed, alpha=args.alpha if args.alpha is not None else 0.02, cpo=cpo,
                                 allocator=args.allocator, combined_allocator=args.combined_allocator,
                                 extra_policies={k: Path(v) for k, v in extra.items()}, calibration_runs=args.calibration_runs,
                                 frontier=args.frontier))
@@ -547,14 +547,15 @@ def add_commands(sub: Any) -> None:
     b.add_argument("--output-price", type=in_range(float, 0), default=1.60, help="testbed: $ per 1M output tokens (default: %(default)s)")
     b.add_argument("--allow-other-tiers", action="store_true", help="use an artifact trained on other tiers, with a warning")
     b.add_argument("--tiers", type=int, choices=[2, 3], default=2,
-                   help="3: collect traces on the shipped draft, mid and target, train a 3-tier and a 2-tier K-tier CPO policy "
-                        "and a 3-tier allocator (alone, and before the 3-tier policy) at --alpha (default there 0.03), and bench "
-                        "them against each tier alone (default: %(default)s)")
-    b.add_argument("--train-problems", type=in_range(int, 1), default=400, help="--tiers 3: train problems to collect (default: %(default)s)")
-    b.add_argument("--warm-start", type=in_range(int, 0), default=0,
+                   help="3: collect traces on the shipped draft, mid and target, train a 3-tier and a 2-tier K-tier policy "
+                        "and a 3-tier allocator (alone, and before the 3-tier policy) at --alpha, calibrate the policies' κ on "
+                        "runs, bench them against each tier alone and compare them at matched coverage (default: %(default)s)")
+    b.add_argument("--train-problems", type=in_range(int, 1), default=1200, help="--tiers 3: train problems to collect (default: %(default)s)")
+    b.add_argument("--warm-start", type=in_range(int, 0), default=300,
                    help="--tiers 3: supervised steps on 'cheapest verified tier' labels before CPO (default: %(default)s)")
-    b.add_argument("--cpo-steps", type=in_range(int, 0), default=None,
-                   help="--tiers 3: K-tier CPO updates after the warm start; 0: the supervised policy alone (default: 800)")
+    b.add_argument("--cpo-steps", type=in_range(int, 0), default=0,
+                   help="--tiers 3: K-tier CPO updates after the warm start; 0: the supervised policy alone, which CPO "
+                        "has not improved on the testbed (default: %(default)s)")
     b.add_argument("--allocator", type=Path, default=None, help="--tiers 3: a 2-tier allocator artifact; adds its rows on draft -> target")
     b.add_argument("--combined-allocator", type=Path, default=None,
                    help="--tiers 3: the allocator calibrated with the shipped policy, for the allocate-then-check row")

@@ -11,6 +11,8 @@ log-probabilities (a vLLM engine or server with ``logprobs_mode="raw_logits"``):
 same traces without the log-probability features, so its calibration holds there, at a higher
 escalation rate. ``API_ONLY_POLICY_DIR`` is the one for a backend that reports log-probabilities
 but no logits (the OpenAI API through ``ChatStepModel``): trained without ``logit_confidence``.
+``THREE_TIER_POLICY_DIR`` is the K-tier policy over the shipped draft → mid → target
+(``stepgraph solve --tiers 3``; ``stepgraph bench --tiers 3`` trains it, κ calibrated on runs).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ POLICIES_DIR = Path(__file__).parent / "policies"
 DEFAULT_POLICY_DIR = POLICIES_DIR / "default"
 LOGITS_ONLY_POLICY_DIR = POLICIES_DIR / "logits_only"
 API_ONLY_POLICY_DIR = POLICIES_DIR / "api_only"
+THREE_TIER_POLICY_DIR = POLICIES_DIR / "three_tier"
 DEFAULT_CONFIDENCE_THRESHOLD = 16.0
 
 TESTBED_GATE_OPTIONS: dict[str, dict[str, Any]] = {
