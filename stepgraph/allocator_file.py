@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field, Strict, ValidationError, model_validator
 from stepgraph.allocator import ALLOCATOR_SCHEMA, Allocation, Allocator, AllocatorInput, tier_from_probabilities
 from stepgraph.errors import PolicyFileError
 from stepgraph.features import FeatureSchema, Observation
-from stepgraph.policy import PolicyNetwork, load_weights, read_manifest, write_artifact
+from stepgraph.policy import PolicyNetwork, _validation_message, load_weights, read_manifest, write_artifact
 
 FORMAT = "stepgraph.allocator"
 FORMAT_VERSION = 1
@@ -95,10 +95,6 @@ class AllocatorManifest(BaseModel):
         return self
 
 
-def _problems(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg']}" for e in exc.errors())
-
-
 @dataclass
 class AllocatorArtifact:
     """A trained allocator with what it needs to score new observations."""
@@ -142,19 +138,11 @@ class AllocatorArtifact:
             PolicyFileError: an invalid field, a network of another size than the tiers, or
                 non-finite weights; nothing is written.
         """
-        directory = Path(directory)
-        manifest = self._manifest()
-        try:
-            AllocatorManifest.model_validate(manifest)
-        except ValidationError as exc:
-            raise PolicyFileError(f"Refusing to write an allocator that would not load into {directory}: {_problems(exc)}") from exc
         if self.network.n_tiers != len(self.tiers):
             raise PolicyFileError(f"Refusing to write an allocator into {directory}: its network scores "
                                   f"{self.network.n_tiers} tiers but it records {len(self.tiers)}.")
-        weights = {k: v.detach().contiguous() for k, v in self.network.state_dict().items()}
-        if bad := [k for k, v in weights.items() if not bool(torch.isfinite(v).all())]:
-            raise PolicyFileError(f"Refusing to write an allocator into {directory}: weights {bad} are not finite.")
-        return write_artifact(directory, weights, manifest, WEIGHTS_FILE, MANIFEST_FILE, FORMAT)
+        return write_artifact(Path(directory), self.network, self._manifest(), AllocatorManifest, "an allocator", WEIGHTS_FILE,
+                              MANIFEST_FILE, FORMAT)
 
     @classmethod
     def load(cls, directory: str | Path, tiers: Sequence[Mapping[str, Any]] | None = None) -> AllocatorArtifact:
@@ -170,7 +158,7 @@ class AllocatorArtifact:
         try:
             manifest = AllocatorManifest.model_validate(raw)
         except ValidationError as exc:
-            raise PolicyFileError(f"{manifest_path} is not a valid {FORMAT} v{FORMAT_VERSION} manifest: {_problems(exc)}") from exc
+            raise PolicyFileError(f"{manifest_path} is not a valid {FORMAT} v{FORMAT_VERSION} manifest: {_validation_message(exc)}") from exc
         schema = FeatureSchema(**manifest.feature_schema.model_dump())
         if schema != ALLOCATOR_SCHEMA:
             raise PolicyFileError(f"The allocator in {directory} was trained on {schema}, but this stepgraph computes "

@@ -257,8 +257,6 @@ class PolicyArtifact:
             PolicyFileError: the artifact is invalid (e.g. a probability κ not in [0, 1], non-finite weights);
                 nothing is written.
         """
-        directory = Path(directory)
-        weights = {k: v.detach().contiguous() for k, v in self.network.state_dict().items()}
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -273,15 +271,8 @@ class PolicyArtifact:
             "guarantee": self.guarantee,
             "weights_sha256": "",
         }
-        try:
-            Manifest.model_validate(manifest)
-        except ValidationError as exc:
-            raise PolicyFileError(f"Refusing to write a policy that would not load into {directory}: "
-                                  f"{_validation_message(exc)}") from exc
-        if bad := _non_finite(weights):
-            raise PolicyFileError(f"Refusing to write a policy into {directory}: weights {bad} are not finite "
-                                  "(training diverged; lower --delta or check the traces).")
-        return write_artifact(directory, weights, manifest, WEIGHTS_FILE, MANIFEST_FILE, FORMAT)
+        return write_artifact(Path(directory), self.network, manifest, Manifest, "a policy", WEIGHTS_FILE, MANIFEST_FILE, FORMAT,
+                              diverged=" (training diverged; lower --delta or check the traces)")
 
     @classmethod
     def load(cls, directory: str | Path, expected_schema: FeatureSchema | None = None) -> PolicyArtifact:
@@ -362,9 +353,22 @@ def load_weights(network: torch.nn.Module, weights_path: Path, shape: str, retra
     network.eval()
 
 
-def write_artifact(directory: Path, weights: dict[str, torch.Tensor], manifest: dict[str, Any], weights_file: str,
-                   manifest_file: str, fmt: str) -> Path:
-    """Write checked weights (safetensors) and their manifest (JSON, with the weights' SHA-256) into ``directory``."""
+def write_artifact(directory: Path, network: torch.nn.Module, manifest: dict[str, Any], schema: type[BaseModel], what: str,
+                   weights_file: str, manifest_file: str, fmt: str, diverged: str = "") -> Path:
+    """Write a network's weights (safetensors) and their manifest (JSON, with the weights' SHA-256) into ``directory``,
+    after checking that the manifest passes ``schema`` and the weights are finite (else nothing is written).
+
+    Raises:
+        PolicyFileError: "Refusing to write {what} ...", naming the fields or weights at fault (``diverged``
+            is added to the non-finite weights' message).
+    """
+    try:
+        schema.model_validate(manifest)
+    except ValidationError as exc:
+        raise PolicyFileError(f"Refusing to write {what} that would not load into {directory}: {_validation_message(exc)}") from exc
+    weights = {k: v.detach().contiguous() for k, v in network.state_dict().items()}
+    if bad := _non_finite(weights):
+        raise PolicyFileError(f"Refusing to write {what} into {directory}: weights {bad} are not finite{diverged}.")
     directory.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(directory / weights_file), metadata={"format": fmt})
     manifest["weights_sha256"] = _sha256(directory / weights_file)

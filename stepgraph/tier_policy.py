@@ -32,7 +32,6 @@ from stepgraph.policy import (
     _check_feature_schema,
     _FeatureSchemaModel,
     _Network,
-    _non_finite,
     _Normalization,
     _validation_message,
     load_weights,
@@ -161,8 +160,9 @@ class TierPolicyArtifact:
         Raises:
             PolicyFileError: an invalid manifest or non-finite weights; nothing is written.
         """
-        directory = Path(directory)
-        weights = {k: v.detach().contiguous() for k, v in self.network.state_dict().items()}
+        if len(self.tiers) != self.network.n_tiers:
+            raise PolicyFileError(f"Refusing to write a tier policy into {directory}: it names {len(self.tiers)} tiers "
+                                  f"but its network routes between {self.network.n_tiers}.")
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -176,17 +176,8 @@ class TierPolicyArtifact:
             "guarantee": self.guarantee,
             "weights_sha256": "",
         }
-        try:
-            TierManifest.model_validate(manifest)
-        except ValidationError as exc:
-            raise PolicyFileError(f"Refusing to write a tier policy that would not load into {directory}: "
-                                  f"{_validation_message(exc)}") from exc
-        if len(self.tiers) != self.network.n_tiers:
-            raise PolicyFileError(f"Refusing to write a tier policy into {directory}: it names {len(self.tiers)} tiers "
-                                  f"but its network routes between {self.network.n_tiers}.")
-        if bad := _non_finite(weights):
-            raise PolicyFileError(f"Refusing to write a tier policy into {directory}: weights {bad} are not finite.")
-        return write_artifact(directory, weights, manifest, WEIGHTS_FILE, MANIFEST_FILE, FORMAT)
+        return write_artifact(Path(directory), self.network, manifest, TierManifest, "a tier policy", WEIGHTS_FILE, MANIFEST_FILE,
+                              FORMAT)
 
     @classmethod
     def load(cls, directory: str | Path, expected_schema: FeatureSchema | None = None) -> TierPolicyArtifact:

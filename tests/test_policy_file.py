@@ -274,3 +274,29 @@ def test_the_shipped_default_policy_loads_and_routes_on_v2_features():
     for step in result["steps"]:
         assert step["observation"]["sampled_logprob_sum"] is not None and step["observation"]["ungrounded_operands"] is not None
         assert step["escalated"] == (step["gate_score"] >= gate.threshold)
+
+
+def test_every_artifact_writer_refuses_a_bad_manifest_or_non_finite_weights_and_writes_nothing(tmp_path):
+    """The policy, K-tier policy and allocator share one checked writer (``policy.write_artifact``)."""
+    from stepgraph.allocator import ALLOCATOR_SCHEMA
+    from stepgraph.allocator_file import AllocatorArtifact, AllocatorNetwork
+    from stepgraph.tier_policy import TierPolicyArtifact, TierPolicyNetwork
+
+    n, tiers = len(CONFIDENCE_SCHEMA.names), [{"name": "d", "parameters": 1}, {"name": "t", "parameters": 2}]
+    k = len(ALLOCATOR_SCHEMA.names)
+    artifacts = {
+        "a policy": _artifact(),
+        "a tier policy": TierPolicyArtifact(TierPolicyNetwork(n, 2, 8, 2), 0.5, 0.1, CONFIDENCE_SCHEMA, [0.0] * n, [1.0] * n,
+                                            tiers, 8, 2),
+        "an allocator": AllocatorArtifact(AllocatorNetwork(k, 2, 8, 2), 0.5, 0.1, tiers, [0.0] * k, [1.0] * k, 8, 2),
+    }
+    for what, artifact in artifacts.items():
+        artifact.alpha = 2.0  # out of (0, 1)
+        with pytest.raises(PolicyFileError, match=f"Refusing to write {what} that would not load .*alpha"):
+            artifact.save(tmp_path / "bad-manifest")
+        artifact.alpha = 0.1
+        with torch.no_grad():
+            next(artifact.network.parameters()).fill_(math.nan)
+        with pytest.raises(PolicyFileError, match=f"Refusing to write {what} into .* are not finite"):
+            artifact.save(tmp_path / "nan")
+    assert not (tmp_path / "bad-manifest").exists() and not (tmp_path / "nan").exists()
