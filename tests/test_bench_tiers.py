@@ -147,6 +147,8 @@ def test_bench_tiers_options_reach_the_tier_bench(monkeypatch, tmp_path, capsys)
     assert args.calibration_runs == 400 and list(args.frontier) == [0.97, 0.98, 0.99]
     assert cli_main(["bench", "--tiers", "3", "--out", str(tmp_path), "--calibration-runs", "0", "--frontier"]) == 0
     assert seen["args"].calibration_runs == 0 and list(seen["args"].frontier) == []
+    assert cli_main(["bench", "--tiers", "3", "--out", str(tmp_path), "--calibration-runs", "40"]) == 2  # α = 0.02 needs 49
+    assert "--calibration-runs 40 cannot certify" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["bench", "--tiers", "3", "--out", str(tmp_path), "--frontier", "1.5"])
     assert "--frontier" in capsys.readouterr().err

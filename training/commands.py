@@ -34,7 +34,7 @@ from stepgraph.training.collect import collect, default_store_path, testbed_item
 from stepgraph.training.cpo import CPOArgs, train_policy
 from stepgraph.training.cpo_tiers import TierCPOArgs, train_tier_policy
 from stepgraph.training.evaluate import evaluate_gates
-from stepgraph.training.guarantee import calibration_guarantee
+from stepgraph.training.guarantee import calibration_guarantee, episodes_needed
 from stepgraph.training.store import TraceStore
 from stepgraph.training.verifiers import TestbedVerifier
 
@@ -240,7 +240,6 @@ def _calibrate(args: argparse.Namespace) -> dict:
 def _calibrate_on_runs(args: argparse.Namespace, spec: RunSpec | None, alpha: float, out: Path) -> dict:
     """``calibrate --runs N``: κ of a policy (2-tier or K-tier) from live runs of N calibration problems (``live_kappa``)."""
     from stepgraph.training.calibrate import save_gate
-    from stepgraph.training.guarantee import episodes_needed
     from stepgraph.training.live_kappa import calibrate_kappa, curve_rows, with_live_kappa
 
     from stepgraph.tiers import describe
@@ -375,9 +374,13 @@ def _bench_tiers(args: argparse.Namespace) -> dict:
     if len(extra) != len(args.extra_policy):
         raise ConfigError(f"--extra-policy takes NAME=DIR, got {args.extra_policy}.")
     cpo = {"warm_start": args.warm_start, "steps": args.cpo_steps}
+    alpha = args.alpha if args.alpha is not None else 0.02
+    if 0 < args.calibration_runs < episodes_needed(alpha):
+        raise ConfigError(f"--calibration-runs {args.calibration_runs} cannot certify α = {alpha}: split conformal needs at least "
+                          f"{episodes_needed(alpha)} calibration problems (or 0: κ from the calibration traces).")
     report = main(TierBenchArgs(out=args.out or Path("runs/tiers"), train_problems=args.train_problems,
                                 calibration_problems=args.calibration_problems, problems=args.problems, seeds=args.seeds,
-                                seed=args.seed, alpha=args.alpha if args.alpha is not None else 0.02, cpo=cpo,
+                                seed=args.seed, alpha=alpha, cpo=cpo,
                                 allocator=args.allocator, combined_allocator=args.combined_allocator,
                                 extra_policies={k: Path(v) for k, v in extra.items()}, calibration_runs=args.calibration_runs,
                                 frontier=args.frontier))

@@ -35,15 +35,17 @@ def kappa_tunable(gate: PolicyGate) -> Tunable:
 
 def calibrate_kappa(tiers: Sequence[StepModel], gate: PolicyGate, items: Sequence[Item], *, alphas: Sequence[float], seed: int,
                     context: RouterContext | None = None, prices: Sequence[Prices] | None = None, concurrency: int = 1,
-                    progress: bool = True) -> dict[float, dict[str, Any]]:
+                    progress: bool = True, targets: Sequence[Mapping[str, Any]] | None = None) -> dict[float, dict[str, Any]]:
     """Sweep ``items`` once, then ``calibrate_on_runs`` at each α (a dict with ``target_flops`` added to each calibration point).
 
     Runs use the seeds of ``runs.run_gate`` (base ``seed``), so the strongest tier alone and the
-    router answer each problem with the same seed.
+    router answer each problem with the same seed. ``targets``: the strongest tier's rows on
+    ``items`` at that seed, when already run (else they are run here).
     """
-    targets = run_gate([tiers[-1], tiers[-1]], AlwaysDraftGate(), items, seed=seed, context=context,
-                       prices=None if prices is None else [prices[-1]] * 2, concurrency=concurrency, desc="strongest tier alone",
-                       progress=progress)
+    if targets is None:
+        targets = run_gate([tiers[-1], tiers[-1]], AlwaysDraftGate(), items, seed=seed, context=context,
+                           prices=None if prices is None else [prices[-1]] * 2, concurrency=concurrency,
+                           desc="strongest tier alone", progress=progress)
     pieces = sweep(tiers, kappa_tunable(gate), items, targets, seed=seed, context=context, prices=prices, concurrency=concurrency,
                    desc="sweep κ", progress=progress)
     target_flops = sum(r["flops"] for r in targets) / len(targets)
