@@ -115,11 +115,8 @@ def _train(args: argparse.Namespace) -> dict:
         print(f"stepgraph: warning: {too_few_message(len(calibration), cpo_args.alpha)}", file=sys.stderr)
         calibration = []
     started = time.time()
-    metrics_file = args.out / "metrics.jsonl"
-    args.out.mkdir(parents=True, exist_ok=True)
-    with metrics_file.open("w") as log:
-        artifact, _ = train_policy(episodes, cpo_args, calibration=calibration, ignore_features=args.ignore_feature,
-                                   log=lambda step, m: log.write(json.dumps({"step": step, **m}) + "\n"))
+    artifact, metrics_file = _with_metrics(args.out, lambda log: train_policy(
+        episodes, cpo_args, calibration=calibration, ignore_features=args.ignore_feature, log=log))
     artifact.models = {"tiers": models or []}
     misses = round(artifact.training.get("calibration_surrogate_miss", 0.0) * len(calibration))
     artifact.guarantee = calibration_guarantee(cpo_args.alpha, len(calibration), misses)
@@ -134,6 +131,15 @@ def _train(args: argparse.Namespace) -> dict:
             "episodes": len(episodes), "ignored": artifact.ignored,
             "seconds": artifact.training["seconds"], "metrics": str(metrics_file),
             **{k: artifact.training[k] for k in keys if k in artifact.training}}
+
+
+def _with_metrics(out: Path, train: Callable[[Callable[[int, dict], object]], tuple[Any, Any]]) -> tuple[Any, Path]:
+    """Run ``train(log)`` with each update's metrics written to ``out/metrics.jsonl``; the artifact and that file."""
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_file = out / "metrics.jsonl"
+    with metrics_file.open("w") as log:
+        artifact, _ = train(lambda step, m: log.write(json.dumps({"step": step, **m}) + "\n"))
+    return artifact, metrics_file
 
 
 def _train_tiers(args: argparse.Namespace, episodes: list, calibration: list, tiers: list[dict[str, Any]]) -> dict:
@@ -151,11 +157,8 @@ def _train_tiers(args: argparse.Namespace, episodes: list, calibration: list, ti
         print(f"stepgraph: warning: {too_few_message(len(calibration), cpo_args.alpha)}", file=sys.stderr)
         calibration = []
     started = time.time()
-    args.out.mkdir(parents=True, exist_ok=True)
-    metrics_file = args.out / "metrics.jsonl"
-    with metrics_file.open("w") as log:
-        artifact, _ = train_tier_policy(episodes, tiers, cpo_args, columns=columns, calibration=calibration,
-                                        ignore_features=args.ignore_feature, log=lambda step, m: log.write(json.dumps({"step": step, **m}) + "\n"))
+    artifact, metrics_file = _with_metrics(args.out, lambda log: train_tier_policy(
+        episodes, tiers, cpo_args, columns=columns, calibration=calibration, ignore_features=args.ignore_feature, log=log))
     artifact.training = {**artifact.training, "store": str(args.store), "seconds": round(time.time() - started, 1)}
     artifact.save(args.out)
     guarantee = artifact.guarantee or {}
