@@ -62,7 +62,7 @@ def test_run_spec_pipeline_end_to_end(tmp_path, capsys):
     assert run(capsys, "collect", "--config", spec, "--split", "train", "--concurrency", "2")["collected"] == 6
     assert run(capsys, "collect", "--config", spec, "--split", "calibration")["collected"] == 10
     assert run(capsys, "collect", "--config", spec, "--split", "calibration") == {  # resumes: nothing left to do
-        "collected": 0, "skipped": 10, "total": 16, "store": str(tmp_path / "traces.sqlite"), "split": "calibration"}
+        "collected": 0, "duplicates": 0, "skipped": 10, "total": 16, "store": str(tmp_path / "traces.sqlite"), "split": "calibration"}
     with TraceStore(tmp_path / "traces.sqlite") as store:
         tiers = store.meta("models")
         episodes = list(store.episodes("train"))

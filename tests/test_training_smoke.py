@@ -25,7 +25,7 @@ def test_collect_train_evaluate(tmp_path, capsys):
     assert main(["collect", "--store", str(store), "--problems", "4", "--seed", "3"]) == 0
     assert json.loads(capsys.readouterr().out)["collected"] == 4
     assert main(["collect", "--store", str(store), "--problems", "6", "--seed", "3"]) == 0  # resumes
-    assert json.loads(capsys.readouterr().out) == {"collected": 2, "skipped": 4, "total": 6}
+    assert json.loads(capsys.readouterr().out) == {"collected": 2, "duplicates": 0, "skipped": 4, "total": 6}
     with TraceStore(store) as s:
         episodes = list(s.episodes())
     for e in episodes:

@@ -10,8 +10,11 @@ finish; problems already in the store are skipped, so a killed collection resume
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,19 +196,47 @@ def collect(
                                temperature=temperature, context=context, record_tiers=record_tiers)
 
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"collect {split}", disable=not progress)
-    collected = 0
-    with ThreadPoolExecutor(max_workers=len(worker_tiers)) as pool:
-        pending = iter(todo)
-        while batch := list(itertools.islice(pending, len(worker_tiers))):
-            # Another collector on the same store may have taken (or finished) a problem meanwhile.
-            claimed = [(i, item) for i, item in batch if store.claim(item.problem_id)]
-            futures = [pool.submit(run, slot, i, item) for slot, (i, item) in enumerate(claimed)]
-            for future in futures:
-                store.add(future.result(), split)  # written at once: a kill loses no finished episode
-                collected += 1
-            bar.update(len(batch))
+    collected = duplicates = 0
+    with ThreadPoolExecutor(max_workers=len(worker_tiers)) as pool, _heartbeat(store):
+        while todo:
+            progressed = False
+            pending = iter(todo)
+            while batch := list(itertools.islice(pending, len(worker_tiers))):
+                # Another collector on the same store may hold (or have finished) a problem meanwhile.
+                claimed = [(i, item) for i, item in batch if store.claim(item.problem_id)]
+                futures = [pool.submit(run, slot, i, item) for slot, (i, item) in enumerate(claimed)]
+                for future in futures:
+                    duplicates += not store.add(future.result(), split)  # written at once: a kill loses no finished episode
+                    collected += 1
+                progressed |= bool(claimed)
+            done = store.problem_ids()
+            left = [(i, item) for i, item in todo if item.problem_id not in done]
+            bar.update(len(todo) - len(left))
+            if left and not progressed:
+                # Every problem left is leased by another collector: wait for it to finish them, or for a
+                # dead collector's leases to lapse, and take those over.
+                time.sleep(min(5.0, store.lease_seconds / 4))
+            todo = left
     bar.close()
-    return {"collected": collected, "skipped": len(items) - collected, "total": len(store)}
+    return {"collected": collected, "duplicates": duplicates, "skipped": len(items) - collected, "total": len(store)}
+
+
+@contextmanager
+def _heartbeat(store: TraceStore) -> Iterator[None]:
+    """Renew this collector's leases every third of a lease while it runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(store.lease_seconds / 3):
+            store.renew()
+
+    thread = threading.Thread(target=beat, name="trace-store-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def testbed_items(split: task.Split, n: int, seed: int = 0) -> list[Item]:

@@ -35,7 +35,7 @@ from stepgraph.training.cpo import CPOArgs, train_policy
 from stepgraph.training.cpo_tiers import TierCPOArgs, train_tier_policy
 from stepgraph.training.evaluate import evaluate_gates
 from stepgraph.training.guarantee import calibration_guarantee, episodes_needed
-from stepgraph.training.store import TraceStore
+from stepgraph.training.store import TraceStore, store_location
 from stepgraph.training.verifiers import TestbedVerifier
 
 from stepgraph.defaults import DEFAULT_POLICY_DIR
@@ -451,7 +451,7 @@ def add_commands(sub: Any) -> None:
                        description="Run the graph over a split's questions with an exploring behaviour gate and store traces. "
                        "A killed run resumes: questions already in the store are skipped.")
     _add_spec_options(c)
-    c.add_argument("--store", type=Path, default=None, help="SQLite trace store (default: the spec's paths.store, else runs/traces.sqlite)")
+    c.add_argument("--store", type=store_location, default=None, help="trace store: a SQLite file or a postgresql:// URL (default: the spec's paths.store, else runs/traces.sqlite)")
     c.add_argument("--split", default="train", choices=["train", "calibration", "test"], help="data split (default: %(default)s)")
     c.add_argument("--problems", type=in_range(int, 1), default=400, help="testbed: problems to collect (default: %(default)s)")
     c.add_argument("--seed", type=int, default=0, help="testbed: problem and sampling seed (default: %(default)s)")
@@ -470,7 +470,7 @@ def add_commands(sub: Any) -> None:
     t = sub.add_parser("train", help="train π and κ by CPO on the stored traces and write the policy artifact",
                        description="Train the routing policy by CPO on stored traces, calibrate κ, write the artifact.")
     _add_spec_options(t, concurrency=False)
-    t.add_argument("--store", type=Path, default=None, help="SQLite trace store (default: the spec's paths.store, else runs/traces.sqlite)")
+    t.add_argument("--store", type=store_location, default=None, help="trace store: a SQLite file or a postgresql:// URL (default: the spec's paths.store, else runs/traces.sqlite)")
     t.add_argument("--split", default="train", help="which stored split to train on (default: %(default)s)")
     t.add_argument("--calibration-split", default="calibration",
                    help="stored split whose episodes calibrate κ after training; '' keeps the online κ (default: %(default)s)")
@@ -504,7 +504,7 @@ def add_commands(sub: Any) -> None:
     k.add_argument("--policy", type=Path, default=None, help="policy artifact to re-calibrate (default: the spec's paths.policy, else runs/policy)")
     k.add_argument("--feature", choices=["api_confidence", "logit_confidence"], default=None,
                    help="--gate threshold: confidence feature (default: the spec's collect.feature, else api_confidence)")
-    k.add_argument("--store", type=Path, default=None, help="trace store (default: the spec's paths.store, else runs/traces.sqlite)")
+    k.add_argument("--store", type=store_location, default=None, help="trace store, a SQLite file or a postgresql:// URL (default: the spec's paths.store, else runs/traces.sqlite)")
     k.add_argument("--split", default="calibration", help="stored split to calibrate on (default: %(default)s)")
     k.add_argument("--out", type=Path, default=None, help="gate artifact directory (default: the spec's paths.gate, else runs/gate)")
     k.add_argument("--allow-other-tiers", action="store_true", help="use a policy trained on other tiers than the store's, with a warning")
@@ -539,7 +539,7 @@ def add_commands(sub: Any) -> None:
                        "coverage; every row is compared with the policy's on the same problems and seeds (paired bootstrap "
                        "interval of the cost difference, McNemar on misses).")
     _add_spec_options(b)
-    b.add_argument("--store", type=Path, default=None,
+    b.add_argument("--store", type=store_location, default=None,
                    help="trace store whose train episodes fit STEER and the PRM (default: the spec's paths.store, else runs/traces.sqlite)")
     b.add_argument("--policy", type=Path, default=None, help="CPO policy or calibrated gate (default: the spec's gate, else the shipped policy)")
     b.add_argument("--out", type=Path, default=None, help="output directory (default: the spec's paths.bench, else runs/bench)")

@@ -33,9 +33,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from stepgraph.training.collect import Item
 from stepgraph.training.splits import SPLITS, split_items
+from stepgraph.training.store import store_location
 from stepgraph.training.verifiers import StepVerifier
 
 from stepgraph.context import RouterContext
@@ -293,8 +294,8 @@ class CollectSpec(_Strict):
 class PathsSpec(_Strict):
     """Where each stage reads and writes."""
 
-    store: Path = Path("runs/traces.sqlite")
-    """the trace store"""
+    store: Annotated[Path | str, BeforeValidator(store_location)] = Path("runs/traces.sqlite")
+    """the trace store: a SQLite file, or a postgresql:// URL shared by collectors on several machines"""
     policy: Path = Path("runs/policy")
     """where train writes the policy artifact"""
     gate: Path = Path("runs/gate")

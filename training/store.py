@@ -1,6 +1,6 @@
-"""A durable trace store: SQLite in WAL mode, one row per finished episode.
+"""A durable trace store, one row per finished episode: SQLite (WAL mode) or PostgreSQL.
 
-Schema (version 1)::
+Schema (version 1), the same on both backends::
 
     meta(key TEXT PRIMARY KEY, value TEXT)           -- schema_version, feature_schema, models, ...
     episodes(
@@ -17,14 +17,19 @@ Schema (version 1)::
         created       REAL NOT NULL)
     claims(problem_id TEXT PRIMARY KEY, owner TEXT NOT NULL, claimed REAL NOT NULL)
 
-Each episode is written in its own transaction, so a collection that is killed keeps every
-episode it finished; WAL mode lets readers (training, evaluation) open the store meanwhile.
-Collectors sharing a store ``claim`` a problem before running it, so none is run twice; a
-claim lapses when its owner process is gone or after ``CLAIM_SECONDS``.
+``TraceStore(path)`` opens a SQLite file; ``TraceStore("postgresql://user@host/db")`` opens the
+same store in PostgreSQL (``pip install "stepgraph[postgres]"``), which collectors on several
+machines can share. Each episode is written in its own transaction, so a collection that is
+killed keeps every episode it finished.
 
-Opening checks the file before touching it: a SQLite file with tables that are not a trace
-store's is refused unmodified, as are missing columns, another schema version and another
-feature schema. ``readonly=True`` opens without writing anything (a store on a read-only disk).
+Collectors sharing a store ``claim`` a problem before running it. A claim is a lease: it holds
+for ``lease_seconds`` after its owner last renewed it (a collector renews its leases from a
+heartbeat while it runs), so the problems of a collector that died are taken over by the others
+once its leases lapse (at once on SQLite when the owner was a process on this host that is gone).
+
+Opening checks the store before touching it: tables that are not a trace store's are refused
+unmodified, as are missing columns, another schema version and another feature schema.
+``readonly=True`` opens without writing anything (a store on a read-only disk).
 """
 
 from __future__ import annotations
@@ -33,11 +38,14 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
+from urllib.parse import urlsplit, urlunsplit
 
 from stepgraph.training.records import Episode
 
@@ -45,8 +53,9 @@ from stepgraph.errors import TraceStoreError
 from stepgraph.features import SCHEMAS, FeatureSchema
 
 SCHEMA_VERSION = 1
-CLAIM_SECONDS = 3600.0
-"""A claim older than this is retaken even if its owner looks alive (a hung or remote collector)."""
+LEASE_SECONDS = 120.0
+"""How long a claim holds after its owner last renewed it; a collector renews every third of it."""
+CLAIM_SECONDS = LEASE_SECONDS  # the former name
 
 _TABLES = {
     "meta": "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -56,30 +65,74 @@ _TABLES = {
         n_steps INTEGER NOT NULL, data TEXT NOT NULL, created REAL NOT NULL)""",
     "claims": "CREATE TABLE IF NOT EXISTS claims (problem_id TEXT PRIMARY KEY, owner TEXT NOT NULL, claimed REAL NOT NULL)",
 }
+# PostgreSQL: REAL is 4 bytes there and seeds can pass 2^31; `seq` keeps insertion order (SQLite's rowid).
+_PG_TABLES = {
+    name: sql.replace("REAL", "DOUBLE PRECISION").replace("seed INTEGER", "seed BIGINT")
+    .replace("created DOUBLE PRECISION NOT NULL)", "created DOUBLE PRECISION NOT NULL, seq BIGSERIAL)")
+    for name, sql in _TABLES.items()
+}
+_PG_CREATE_LOCK = 0x5746_7261_7068  # any constant: serialises table creation by concurrent collectors
 _EPISODE_COLUMNS = ("problem_id", "split", "behaviour", "seed", "reward", "target_reward", "cost", "target_flops",
                     "n_steps", "data", "created")
+_UPSERT_EPISODE = (f"INSERT INTO episodes ({', '.join(_EPISODE_COLUMNS)}) VALUES ({', '.join('?' * len(_EPISODE_COLUMNS))}) "
+                   f"ON CONFLICT (problem_id) DO UPDATE SET "
+                   + ", ".join(f"{c} = excluded.{c}" for c in _EPISODE_COLUMNS[1:]))
+# Takes the lease when nobody holds it, this owner holds it, or the holder's lease lapsed; atomic on both backends.
+_TAKE_LEASE = ("INSERT INTO claims (problem_id, owner, claimed) VALUES (?, ?, ?) ON CONFLICT (problem_id) DO UPDATE "
+               "SET owner = excluded.owner, claimed = excluded.claimed "
+               "WHERE claims.owner = excluded.owner OR claims.claimed < ? RETURNING problem_id")
+
+
+def is_database_url(location: object) -> bool:
+    """Whether a ``--store`` value names a PostgreSQL database rather than a SQLite file."""
+    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
+
+
+def store_location(text: str) -> str | Path:
+    """``--store``'s type: a PostgreSQL URL stays a string, anything else is a SQLite path."""
+    return text if is_database_url(text) else Path(text)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class TraceStore:
     """Open (or create) a trace store.
 
     Args:
-        path: the SQLite file.
-        create: create the file if it does not exist (otherwise a missing file is an error).
+        path: the SQLite file, or a ``postgresql://`` URL (then a ``PostgresTraceStore``).
+        create: create the store if it does not exist (otherwise a missing store is an error).
         readonly: open for reading only; nothing is written, so a read-only file can be read.
         feature_schema: the feature schema the caller needs; a store of another one is refused.
             None (default) accepts any schema this stepgraph knows (``stepgraph.features.SCHEMAS``).
+        lease_seconds: how long a claim holds without renewal (``LEASE_SECONDS``).
 
     Raises:
-        TraceStoreError: the file is missing (``create=False``), not a SQLite database, corrupted
+        TraceStoreError: the store is missing (``create=False``), not a SQLite database, corrupted
             or truncated, another program's database, or of another schema version or feature schema.
     """
 
+    _order = "rowid"
+    _db: Any  # sqlite3.Connection, or psycopg.Connection in PostgresTraceStore
+
+    def __new__(cls, path: str | Path, **kwargs: Any) -> Self:
+        if cls is TraceStore and is_database_url(path):
+            return super().__new__(PostgresTraceStore)  # type: ignore[return-value]  # like Path() giving a PosixPath
+        return super().__new__(cls)
+
     def __init__(self, path: str | Path, *, create: bool = True, readonly: bool = False,
-                 feature_schema: FeatureSchema | None = None) -> None:
+                 feature_schema: FeatureSchema | None = None, lease_seconds: float = LEASE_SECONDS) -> None:
         self.path = Path(path)
         self.readonly = readonly
+        self.lease_seconds = lease_seconds
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._lock = threading.RLock()  # the collector's heartbeat thread shares the connection
         if (readonly or not create) and not self.path.is_file():
             raise TraceStoreError(f"No trace store at {self.path}; run `stepgraph collect --store {self.path}` first.")
         try:
@@ -92,32 +145,59 @@ class TraceStore:
             check = self._db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise TraceStoreError(f"{self.path} failed SQLite's integrity check ({check}); restore it or collect again.")
-            self._check_tables()
+            self._check_tables(self._tables(), self._episode_columns())
             if not readonly:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
-                with self._db:
-                    for create_table in _TABLES.values():
-                        self._db.execute(create_table)
-                    self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                self._create(_TABLES)
             self._check_meta(feature_schema)
         except sqlite3.DatabaseError as exc:
             raise TraceStoreError(f"{self.path} is not a readable trace store ({exc}); it may be corrupted or truncated.") from exc
 
-    def _check_tables(self) -> None:
+    # -- what differs between the backends -------------------------------------------------------
+
+    def _tables(self) -> set[str]:
+        return {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} - {"sqlite_sequence"}
+
+    def _episode_columns(self) -> dict[str, tuple[bool, bool]]:
+        """Column name -> (NOT NULL, has a default) of the episodes table."""
+        return {row[1]: (bool(row[3]), row[4] is not None) for row in self._db.execute("PRAGMA table_info(episodes)")}
+
+    @contextmanager
+    def _transaction(self, immediate: bool = False) -> Iterator[Any]:
+        """A cursor inside one transaction; ``immediate`` takes the write lock first (claims)."""
+        with self._lock, self._db:
+            if immediate:
+                self._db.execute("BEGIN IMMEDIATE")  # one claimer at a time across processes
+            yield self._db
+
+    def _now(self) -> float:
+        return time.time()
+
+    # -- shared ----------------------------------------------------------------------------------
+
+    def _create(self, tables: dict[str, str]) -> None:
+        with self._transaction() as db:
+            for create_table in tables.values():
+                db.execute(create_table)
+            db.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO NOTHING", (str(SCHEMA_VERSION),))
+
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._transaction() as db:
+            return db.execute(sql, params).fetchall()
+
+    def _check_tables(self, tables: set[str], columns: dict[str, tuple[bool, bool]]) -> None:
         """Refuse another program's database, and a store missing columns, before anything is written."""
-        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if foreign := sorted(tables - set(_TABLES) - {"sqlite_sequence"}):
-            raise TraceStoreError(f"{self.path} is another program's SQLite database (it has tables {foreign}), not a "
+        if foreign := sorted(tables - set(_TABLES)):
+            raise TraceStoreError(f"{self.path} is another program's database (it has tables {foreign}), not a "
                                   "stepgraph trace store; it was left unchanged. Pass a new --store path.")
         if "episodes" in tables:
-            columns = {row[1]: row for row in self._db.execute("PRAGMA table_info(episodes)")}
             if missing := [c for c in _EPISODE_COLUMNS if c not in columns]:
                 raise TraceStoreError(f"{self.path}: the episodes table lacks columns {missing}; it was not written by "
                                       "this stepgraph. Pass a new --store path.")
             # Rows are inserted by column name, so only an extra column that needs a value gets in the way.
-            required = [name for name, (_, _, _, notnull, default, _) in columns.items()
-                        if name not in _EPISODE_COLUMNS and notnull and default is None]
+            required = [name for name, (notnull, default) in columns.items()
+                        if name not in _EPISODE_COLUMNS and notnull and not default]
             if required:
                 raise TraceStoreError(f"{self.path}: the episodes table has extra required columns {required} that "
                                       "stepgraph does not fill. Pass a new --store path.")
@@ -149,50 +229,60 @@ class TraceStore:
         self.close()
 
     def meta(self, key: str) -> Any:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        if row is None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        if not rows:
             return None
         try:
-            return json.loads(row[0])
+            return json.loads(rows[0][0])
         except (json.JSONDecodeError, TypeError):
-            return row[0]
+            return rows[0][0]
 
     def set_meta(self, key: str, value: Any) -> None:
-        with self._db:
-            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+        with self._transaction() as db:
+            db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                       (key, json.dumps(value)))
 
     def problem_ids(self) -> set[str]:
-        return {row[0] for row in self._db.execute("SELECT problem_id FROM episodes")}
+        return {row[0] for row in self._query("SELECT problem_id FROM episodes")}
 
     def claim(self, problem_id: str) -> bool:
-        """Reserve a problem for this collector; False if it is stored or another live collector holds it."""
-        now = time.time()
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")  # one claimer at a time across processes
-            if self._db.execute("SELECT 1 FROM episodes WHERE problem_id = ?", (problem_id,)).fetchone():
+        """Take the lease on a problem for this collector; False if it is stored or another live collector holds it."""
+        with self._transaction(immediate=True) as db:
+            now = self._now()
+            taken = db.execute(_TAKE_LEASE, (problem_id, self.owner, now, now - self.lease_seconds)).fetchall()
+            if not taken:
+                holder = db.execute("SELECT owner FROM claims WHERE problem_id = ?", (problem_id,)).fetchone()
+                if holder is None or _alive(holder[0]):
+                    return False
+                # Its owner, a process on this host, is gone: take the lease over at once.
+                db.execute("UPDATE claims SET owner = ?, claimed = ? WHERE problem_id = ? AND owner = ?",
+                           (self.owner, now, problem_id, holder[0]))
+            # Checked after the lease is held: a collector that stored it meanwhile has committed by now.
+            if db.execute("SELECT 1 FROM episodes WHERE problem_id = ?", (problem_id,)).fetchone():
+                db.execute("DELETE FROM claims WHERE problem_id = ? AND owner = ?", (problem_id, self.owner))
                 return False
-            row = self._db.execute("SELECT owner, claimed FROM claims WHERE problem_id = ?", (problem_id,)).fetchone()
-            if row is not None and row[0] != self.owner and _alive(row[0]) and now - row[1] < CLAIM_SECONDS:
-                return False
-            self._db.execute("INSERT OR REPLACE INTO claims (problem_id, owner, claimed) VALUES (?, ?, ?)",
-                             (problem_id, self.owner, now))
             return True
 
-    def add(self, episode: Episode, split: str) -> None:
-        """Write one finished episode and drop its claim (atomically; an id already present is replaced)."""
-        row = {
-            "problem_id": episode.problem_id, "split": split, "behaviour": episode.behaviour, "seed": episode.seed,
-            "reward": episode.reward, "target_reward": episode.target_reward, "cost": episode.cost,
-            "target_flops": episode.target_flops, "n_steps": len(episode.steps), "data": json.dumps(episode.to_dict()),
-            "created": time.time(),
-        }
-        names = ", ".join(row)
-        with self._db:
-            self._db.execute(f"INSERT OR REPLACE INTO episodes ({names}) VALUES ({', '.join(':' + n for n in row)})", row)
-            self._db.execute("DELETE FROM claims WHERE problem_id = ?", (episode.problem_id,))
+    def renew(self) -> None:
+        """Renew every lease this collector holds (its heartbeat)."""
+        with self._transaction() as db:
+            db.execute("UPDATE claims SET claimed = ? WHERE owner = ?", (self._now(), self.owner))
+
+    def add(self, episode: Episode, split: str) -> bool:
+        """Write one finished episode and drop its claim, atomically.
+
+        Returns whether the problem was new to the store (an id already present is replaced).
+        """
+        row = (episode.problem_id, split, episode.behaviour, episode.seed, episode.reward, episode.target_reward,
+               episode.cost, episode.target_flops, len(episode.steps), json.dumps(episode.to_dict()), time.time())
+        with self._transaction() as db:
+            new = db.execute("SELECT 1 FROM episodes WHERE problem_id = ?", (episode.problem_id,)).fetchone() is None
+            db.execute(_UPSERT_EPISODE, row)
+            db.execute("DELETE FROM claims WHERE problem_id = ?", (episode.problem_id,))
+        return new
 
     def __len__(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM episodes").fetchone()[0]
+        return self._query("SELECT COUNT(*) FROM episodes")[0][0]
 
     def episodes(self, split: str | None = None) -> Iterator[Episode]:
         """Episodes in insertion order, optionally of one split.
@@ -200,10 +290,10 @@ class TraceStore:
         Raises:
             TraceStoreError: a row whose JSON is unreadable or not an Episode.
         """
-        query = "SELECT problem_id, data FROM episodes" + (" WHERE split = ?" if split else "") + " ORDER BY rowid"
+        query = "SELECT problem_id, data FROM episodes" + (" WHERE split = ?" if split else "") + f" ORDER BY {self._order}"
         try:
-            rows = self._db.execute(query, (split,) if split else ()).fetchall()
-        except sqlite3.DatabaseError as exc:
+            rows = self._query(query, (split,) if split else ())
+        except Exception as exc:  # sqlite3.DatabaseError or psycopg.Error
             raise TraceStoreError(f"Could not read episodes from {self.path}: {exc}") from exc
         for problem_id, data in rows:
             try:
@@ -212,11 +302,87 @@ class TraceStore:
                 raise TraceStoreError(f"Episode {problem_id!r} in {self.path} is corrupted: {exc}") from exc
 
 
+class PostgresTraceStore(TraceStore):
+    """The trace store in a PostgreSQL database (``TraceStore("postgresql://...")`` returns one).
+
+    Same schema and semantics as the SQLite store; ``path`` is the URL without its password.
+    """
+
+    _order = "seq"
+
+    def __init__(self, path: str | Path, *, create: bool = True, readonly: bool = False,
+                 feature_schema: FeatureSchema | None = None, lease_seconds: float = LEASE_SECONDS) -> None:
+        try:
+            import psycopg
+        except ImportError as exc:
+            raise TraceStoreError('A postgresql:// store needs psycopg: pip install "stepgraph[postgres]".') from exc
+        url = str(path)
+        self.path = redact(url)  # type: ignore[assignment]  # a URL (password hidden), shown in messages
+        self.readonly = readonly
+        self.lease_seconds = lease_seconds
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._lock = threading.RLock()
+        self._errors = psycopg.Error
+        try:
+            self._db = psycopg.connect(url, connect_timeout=10, autocommit=True)  # transactions are explicit blocks
+        except psycopg.Error as exc:
+            raise TraceStoreError(f"Could not connect to the trace store {self.path}: {str(exc).strip()}") from exc
+        try:
+            self._db.read_only = readonly
+            tables = self._tables()
+            if not tables and (readonly or not create):
+                raise TraceStoreError(f"No trace store at {self.path}; run `stepgraph collect --store URL` first.")
+            self._check_tables(tables, self._episode_columns())
+            if not readonly:
+                self._create(_PG_TABLES)
+            self._check_meta(feature_schema)
+        except psycopg.Error as exc:
+            self._db.close()
+            raise TraceStoreError(f"{self.path} is not a readable trace store: {str(exc).strip()}") from exc
+        except TraceStoreError:
+            self._db.close()
+            raise
+
+    def _create(self, tables: dict[str, str]) -> None:
+        with self._transaction() as db:
+            db.execute("SELECT pg_advisory_xact_lock(?)", (_PG_CREATE_LOCK,))  # collectors starting together
+            super()._create(tables)
+
+    def _tables(self) -> set[str]:
+        names = self._query("SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")
+        return {name for (name,) in names}
+
+    def _episode_columns(self) -> dict[str, tuple[bool, bool]]:
+        rows = self._query("SELECT column_name, is_nullable, column_default FROM information_schema.columns "
+                           "WHERE table_schema = current_schema() AND table_name = 'episodes'")
+        return {name: (nullable == "NO", default is not None) for name, nullable, default in rows}
+
+    @contextmanager
+    def _transaction(self, immediate: bool = False) -> Iterator[Any]:
+        # Row locks and ON CONFLICT make claims atomic here; no table lock is needed.
+        with self._lock, self._db.transaction():
+            yield _QmarkCursor(self._db.cursor())
+
+    def _now(self) -> float:
+        # The database's clock, so collectors on machines with skewed clocks agree on leases.
+        return float(self._db.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()[0])
+
+
+class _QmarkCursor:
+    """psycopg with the SQLite module's ``?`` placeholders, so both backends run the same statements."""
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: tuple = ()) -> Any:
+        return self._cursor.execute(sql.replace("?", "%s"), params)
+
+
 def _alive(owner: str) -> bool:
     """Whether a claim's owner may still be running: a process on this host that exists, or any other host."""
     host, pid, _ = owner.rsplit(":", 2)
     if host != socket.gethostname():
-        return True  # cannot tell; the claim lapses after CLAIM_SECONDS
+        return True  # cannot tell; the lease lapses after lease_seconds without renewal
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
