@@ -7,7 +7,7 @@ import logging
 import pytest
 
 pytest.importorskip("prometheus_client")
-from stepgraph.integrations.operations import Metrics, Readiness, RequestIdFilter, RequestLog, ServerGuard  # noqa: E402
+from stepgraph.integrations.operations import Metrics, Readiness, RequestIdFilter, RequestLog, ServerGuard
 
 
 def _app(log: list, body_reads: list):

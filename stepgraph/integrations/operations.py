@@ -112,7 +112,7 @@ class Readiness:
                                     "seconds": round(time.perf_counter() - started, 3)})
             self.ready = True
             logger.info("ready: %d tiers answered a warm-up step", len(tiers))
-        except Exception as exc:  # a tier that cannot answer keeps the server out of rotation
+        except Exception as exc:  # noqa: BLE001  # any failure of a tier keeps the server out of rotation
             self.error = f"{type(exc).__name__}: {exc}"
             logger.error("warm-up failed, /ready stays 503: %s", self.error)
 
