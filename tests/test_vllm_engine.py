@@ -4,6 +4,7 @@ One engine per shipped model for this module (about 20 s each to start on CPU); 
 engine reports raw logits (STEER's score), the target's log-probabilities (the API score).
 """
 
+import asyncio
 import os
 import signal
 import threading
@@ -104,6 +105,21 @@ def test_a_graph_batch_decodes_many_steps_per_engine_call(engines):
     assert sum(n * k for n, k in sizes.items()) / sum(sizes.values()) > 2
     single = graph.invoke({"question": PROBLEMS[5].question}, context=GREEDY)
     assert [s["text"] for s in results[5]["steps"]] == [s["text"] for s in single["steps"]]
+
+
+def test_async_steps_join_one_batch_without_a_thread_each(engines):
+    """The server's async runs: 16 concurrent agenerate_step calls decode together (threads would cap them
+    at the event loop's default executor, 6 on this 2-core machine) and equal the sync result."""
+    draft = engines[0]
+    questions = [p.question for p in task.generate("test", 16, seed=33)]
+
+    async def all_at_once():
+        return await asyncio.gather(*(draft.agenerate_step(q, [], temperature=0.0, seed=0) for q in questions))
+
+    draft.batch_sizes.clear()
+    outputs = asyncio.run(all_at_once())
+    assert max(draft.batch_sizes) > min(32, (os.cpu_count() or 1) + 4)
+    assert outputs[3].text == draft.generate_step(questions[3], [], temperature=0.0, seed=0).text
 
 
 def test_prompt_longer_than_the_engine_context_is_refused(engines):

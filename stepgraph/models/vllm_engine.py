@@ -8,14 +8,16 @@ engine reports one kind, never both, so the other feature is None: route a raw-l
 a policy trained without ``api_confidence`` (``stepgraph.testbed.defaults.LOGITS_ONLY_POLICY_DIR`` for
 the shipped pair).
 
-Concurrent ``generate_step`` calls (``graph.batch(...)`` runs graph states in threads) share
-the engine by continuous batching: one driver thread steps the engine, and a step requested
-while others are decoding joins them at the next engine iteration, so a batch of 16 runs
-decodes up to 16 steps in each forward pass.
+Concurrent calls share the engine by continuous batching: one driver thread steps the engine,
+and a step requested while others are decoding joins them at the next engine iteration, so a
+batch of 16 runs decodes up to 16 steps in each forward pass. ``generate_step`` serves threads
+(``graph.batch(...)``); ``agenerate_step`` serves the graph's async runs (``stepgraph serve``)
+without a thread per call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 from collections import Counter
@@ -134,6 +136,30 @@ class VLLMStepModel:
 
     def generate_step(self, question: str, steps: Sequence[str], *, temperature: float = 0.7, seed: int | None = None,
                       max_tokens: int = 64) -> StepOutput:
+        request = self._submit(question, steps, temperature=temperature, seed=seed, max_tokens=max_tokens)
+        return self._step_output(self._wait(request.result), len(request.prompt_ids))
+
+    async def agenerate_step(self, question: str, steps: Sequence[str], *, temperature: float = 0.7,
+                             seed: int | None = None, max_tokens: int = 64) -> StepOutput:
+        """``generate_step`` without a thread per call: a server's concurrent runs all join the batch.
+
+        (Through a thread each, they would be capped by the event loop's default executor, a handful
+        of threads on a small machine, and so would the engine's batch.)
+        """
+        request = self._submit(question, steps, temperature=temperature, seed=seed, max_tokens=max_tokens)
+        result = asyncio.wrap_future(request.result)
+        while True:
+            try:
+                output = await asyncio.wait_for(asyncio.shield(result), ENGINE_POLL_SECONDS)
+                break
+            except TimeoutError:
+                if not self.engine_alive():
+                    raise ModelOutputError(f"{self.name} (vLLM engine) failed: the engine process exited.") from None
+        return self._step_output(output, len(request.prompt_ids))
+
+    def _submit(self, question: str, steps: Sequence[str], *, temperature: float, seed: int | None,
+                max_tokens: int) -> _Request:
+        """Queue one step for the driver thread, starting it on first use."""
         vllm = _import_vllm()
         prompt_ids = self.tokenizer(self.prompt(question, steps), add_special_tokens=False)["input_ids"]
         if len(prompt_ids) + 1 > self.max_length:
@@ -150,7 +176,7 @@ class VLLMStepModel:
                 self._driver.start()
             self._new.append(request)
             self._wake.notify()
-        return self._step_output(self._wait(request.result), len(prompt_ids))
+        return request
 
     def _wait(self, result: Future[RequestOutput]) -> RequestOutput:
         """The request's output; vLLM's synchronous client waits forever when the engine process dies."""
