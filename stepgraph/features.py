@@ -19,6 +19,7 @@ its own features from the same observation.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import math
 import operator
 import re
@@ -187,6 +188,22 @@ features read: the first ``TEXT_LIMIT``, cut at a whitespace so no number is spl
 is a few hundred characters; the bound keeps observing a runaway step cheap (issue 26)."""
 
 
+TOKEN_LIMIT = 4096
+"""The most generated tokens whose statistics the token features read (the first ones): the
+default operator limit on a step's tokens (``RouterLimits.max_step_tokens``), so a step within it
+is read whole."""
+
+
+def _bounded_step(step: StepOutput) -> StepOutput:
+    """``step`` with its per-token statistics cut to the first ``TOKEN_LIMIT`` tokens."""
+    if len(step.tokens) <= TOKEN_LIMIT:
+        return step
+    return dataclasses.replace(
+        step, tokens=step.tokens[:TOKEN_LIMIT], top_logprobs=step.top_logprobs[:TOKEN_LIMIT],
+        max_logits=None if step.max_logits is None else step.max_logits[:TOKEN_LIMIT],
+        token_logprobs=None if step.token_logprobs is None else step.token_logprobs[:TOKEN_LIMIT])
+
+
 def bounded(text: str) -> str:
     """``text`` cut to its first ``TEXT_LIMIT`` characters, at the last whitespace before the limit."""
     if len(text) <= TEXT_LIMIT:
@@ -347,6 +364,9 @@ def observe(step: StepOutput, *, step_index: int, escalations: int, difficulty: 
             previous: Mapping[str, object] | None = None) -> Observation:
     """The observation o_t of a drafted step, keyed by FEATURE_SCHEMA's names (a superset of v1's).
 
+    Linear in the step's length, and bounded: the token features read the first ``TOKEN_LIMIT``
+    tokens, the text features the first ``TEXT_LIMIT`` characters.
+
     Args:
         step: the draft.
         step_index: 0 for the first step.
@@ -357,6 +377,7 @@ def observe(step: StepOutput, *, step_index: int, escalations: int, difficulty: 
         previous: the previous step as the graph appended it (its ``observation`` and
             ``escalated``); None on the first step.
     """
+    step = _bounded_step(step)
     positions = _math_positions(step.tokens)
     logprob_sum, logprob_min = sampled_logprobs(step, positions)
     margin, entropy = top_k_summaries(step, positions)
