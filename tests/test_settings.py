@@ -88,3 +88,13 @@ def test_cli_refuses_bad_run_options_naming_the_option(option, value, capsys, mo
     assert exit_.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"argument {option}:" in last and value in last
+
+
+@pytest.mark.parametrize("flags", [["--gate", "always-escalate"], ["--gate", "never-escalate"], ["--models", "a", "b"], ["--tiers", "3"]])
+def test_solve_refuses_options_a_run_spec_would_silently_override(tmp_path, capsys, flags):
+    """Issue 26.7: with --config, --gate always-escalate / never-escalate were ignored without a word."""
+    spec = tmp_path / "run.toml"
+    spec.write_text("not read: the combination is refused first")
+    assert main(["solve", "--config", str(spec), *flags, "What is 1+1?"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stepgraph: error:") and flags[0] in err and "--config" in err and "[gate]" in err
