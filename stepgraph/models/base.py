@@ -9,7 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 
 STEP_SEPARATOR = "\n\n"
 DEFAULT_TEMPERATURE = 0.7
-"""The sampling temperature every call uses unless told otherwise (the paper's 0.7); the one place it is written."""
+"""The sampling temperature every call uses unless told otherwise (the paper's value); the one place it is written."""
 
 
 @dataclass(frozen=True)
