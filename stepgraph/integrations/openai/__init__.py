@@ -14,12 +14,17 @@ concurrency) are the operator's ``RouterLimits``; a request can lower the token 
 on the graph's async path; past ``max_concurrent`` running and ``max_queued`` waiting, a request
 gets 429. Every error is an OpenAI error object, never a stack trace.
 
-Laid out as vLLM's entrypoint is: ``protocol`` (the request model and response pieces),
+Laid out as vLLM's entrypoint is: ``protocol`` (pydantic request and response models),
 ``serving`` (one class per endpoint), ``app`` (the FastAPI routes, the graph to serve, uvicorn).
 """
 
 from stepgraph.integrations.openai.app import create_app, load_graph, serve
-from stepgraph.integrations.openai.protocol import APIError, ChatCompletionRequest
+from stepgraph.integrations.openai.protocol import (
+    APIError,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+)
 from stepgraph.integrations.openai.serving import ServingChat, ServingModels
 
-__all__ = ["APIError", "ChatCompletionRequest", "ServingChat", "ServingModels", "create_app", "load_graph", "serve"]
+__all__ = ["APIError", "ChatCompletionChunk", "ChatCompletionRequest", "ChatCompletionResponse", "ServingChat", "ServingModels", "create_app", "load_graph", "serve"]

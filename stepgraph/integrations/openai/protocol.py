@@ -1,5 +1,5 @@
-"""OpenAI chat-completions protocol: the request model, what of it this server honours, the error
-object, and the response pieces (usage, finish reason, the ``stepgraph`` routing extension)."""
+"""OpenAI chat-completions protocol: the pydantic request and response models, what of a request this
+server honours, the error object, and the ``stepgraph`` routing extension."""
 
 from __future__ import annotations
 
@@ -144,40 +144,97 @@ def usage_of(totals: dict[str, float]) -> dict[str, Any]:
             "prompt_tokens_details": {"cached_tokens": int(totals.get("cached_tokens", 0))}}
 
 
-def finish_reason_of(stop_reason: str | None) -> str:
+def finish_reason_of(stop_reason: str | None) -> Literal["stop", "length"]:
     return "stop" if stop_reason == "final_answer" else "length"
 
 
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: dict[str, int]
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class Delta(BaseModel):
+    """A chunk's delta; fields left None are not sent (the role rides on the first chunk only)."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    """``chat.completion``: one choice, usage, and ``stepgraph``, the routing details extension."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[Choice]
+    usage: Usage
+    stepgraph: dict[str, Any]
+
+
+class ChatCompletionChunk(BaseModel):
+    """``chat.completion.chunk``: one per decided step (``stepgraph.step``), then a final one with the
+    finish reason, all routing details and (when asked) usage."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChunkChoice]
+    stepgraph: dict[str, Any]
+    usage: Usage | None = None
+
+    def wire(self) -> dict[str, Any]:
+        """The chunk as sent: no usage key unless it has usage, no delta keys left None."""
+        body = self.model_dump(exclude={"usage"} if self.usage is None else set())
+        for choice, model in zip(body["choices"], self.choices, strict=True):
+            choice["delta"] = model.delta.model_dump(exclude_none=True)
+        return body
+
+
 def completion(base: dict[str, Any], content: str, result: dict[str, Any], stop_reason: str | None) -> dict[str, Any]:
-    """A ``chat.completion`` response: one choice, usage, and the routing details."""
-    return {
-        **base, "object": "chat.completion",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                     "finish_reason": finish_reason_of(stop_reason or result.get("stop_reason")), "logprobs": None}],
-        "usage": usage_of(result.get("totals", {})),
-        "stepgraph": routing_details(result, stop_reason=stop_reason),
-    }
+    """A ``chat.completion`` response body."""
+    return ChatCompletionResponse(
+        **base, choices=[Choice(message=AssistantMessage(content=content),
+                                finish_reason=finish_reason_of(stop_reason or result.get("stop_reason")))],
+        usage=Usage(**usage_of(result.get("totals", {}))), stepgraph=routing_details(result, stop_reason=stop_reason),
+    ).model_dump()
 
 
 def step_chunk(base: dict[str, Any], step: dict[str, Any], first: bool) -> dict[str, Any]:
-    """The ``chat.completion.chunk`` of one decided step (the first one carries the role)."""
-    delta: dict[str, Any] = {"content": ("" if first else "\n\n") + step["text"]}
-    if first:
-        delta["role"] = "assistant"
-    return {**base, "object": "chat.completion.chunk",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}],
-            "stepgraph": {"step": _step_info(step)}}
+    """The chunk of one decided step (the first one carries the role)."""
+    delta = Delta(role="assistant" if first else None, content=("" if first else "\n\n") + step["text"])
+    return ChatCompletionChunk(**base, choices=[ChunkChoice(delta=delta)], stepgraph={"step": _step_info(step)}).wire()
 
 
 def final_chunk(base: dict[str, Any], result: dict[str, Any], stop_reason: str | None, *, first: bool,
                 include_usage: bool) -> dict[str, Any]:
     """The last chunk: the finish reason, the routing details and (if asked) the usage."""
-    final: dict[str, Any] = {
-        **base, "object": "chat.completion.chunk",
-        "choices": [{"index": 0, "delta": {"role": "assistant"} if first else {},
-                     "finish_reason": finish_reason_of(stop_reason or result.get("stop_reason")), "logprobs": None}],
-        "stepgraph": routing_details(result, stop_reason=stop_reason),
-    }
-    if include_usage:
-        final["usage"] = usage_of(result.get("totals", {}))
-    return final
+    choice = ChunkChoice(delta=Delta(role="assistant" if first else None),
+                         finish_reason=finish_reason_of(stop_reason or result.get("stop_reason")))
+    usage = Usage(**usage_of(result.get("totals", {}))) if include_usage else None
+    return ChatCompletionChunk(**base, choices=[choice], stepgraph=routing_details(result, stop_reason=stop_reason),
+                               usage=usage).wire()
