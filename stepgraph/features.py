@@ -19,6 +19,7 @@ its own features from the same observation.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import math
 import operator
 import re
@@ -181,9 +182,40 @@ def result_digit_min(step: StepOutput) -> float | None:
     return min(digits) if digits else None
 
 
+TEXT_LIMIT = 4096
+"""The most characters of a step (and of the question, and of each earlier step) the text
+features read: the first ``TEXT_LIMIT``, cut at a whitespace so no number is split. A normal step
+is a few hundred characters; the bound keeps observing a runaway step cheap (issue 26)."""
+
+
+TOKEN_LIMIT = 4096
+"""The most generated tokens whose statistics the token features read (the first ones): the
+default operator limit on a step's tokens (``RouterLimits.max_step_tokens``), so a step within it
+is read whole."""
+
+
+def _bounded_step(step: StepOutput) -> StepOutput:
+    """``step`` with its per-token statistics cut to the first ``TOKEN_LIMIT`` tokens."""
+    if len(step.tokens) <= TOKEN_LIMIT:
+        return step
+    return dataclasses.replace(
+        step, tokens=step.tokens[:TOKEN_LIMIT], top_logprobs=step.top_logprobs[:TOKEN_LIMIT],
+        max_logits=None if step.max_logits is None else step.max_logits[:TOKEN_LIMIT],
+        token_logprobs=None if step.token_logprobs is None else step.token_logprobs[:TOKEN_LIMIT])
+
+
+def bounded(text: str) -> str:
+    """``text`` cut to its first ``TEXT_LIMIT`` characters, at the last whitespace before the limit."""
+    if len(text) <= TEXT_LIMIT:
+        return text
+    head = text[:TEXT_LIMIT]
+    cut = max(head.rfind(c) for c in " \n\t")
+    return head[:cut] if cut > 0 else head
+
+
 # A number as written in word problems: thousands separators ("1,200") and decimals ("2.50").
 _NUMBER = re.compile(r"(?<![\d.])(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?")
-_RESULT_MARK = re.compile(r"=\s*[$€£]?\s*$")
+_CURRENCY = "$€£"
 # Quantities a question states in words; a step may use them as operands.
 _WORD_NUMBERS = {
     "half": 2, "twice": 2, "double": 2, "doubles": 2, "triple": 3, "triples": 3, "dozen": 12, "percent": 100,
@@ -193,19 +225,39 @@ _WORD_NUMBERS = {
 _WORD = re.compile(r"[a-z]+")
 
 
+def _after_equals(text: str, end: int, floor: int = 0) -> bool:
+    """Whether ``text[floor:end]`` ends with "=", whitespace, an optional currency sign, whitespace.
+
+    A walk back from ``end`` (no regex search over the prefix, which was quadratic in the text).
+    """
+    i = end
+    while i > floor and text[i - 1].isspace():
+        i -= 1
+    if i > floor and text[i - 1] in _CURRENCY:
+        i -= 1
+        while i > floor and text[i - 1].isspace():
+            i -= 1
+    return i > floor and text[i - 1] == "="
+
+
 def numbers(text: str) -> list[tuple[float, bool]]:
-    """The numbers in a text, each with whether it is a result (written right after an "=")."""
+    """The numbers in a text (its first ``TEXT_LIMIT`` characters), each with whether it is a result
+    (written right after an "=")."""
+    text = bounded(text)
     found = []
+    previous_end = 0
     for match in _NUMBER.finditer(text):
         value = float(match.group(1).replace(",", "") + (match.group(2) or ""))
-        found.append((value, bool(_RESULT_MARK.search(text[: match.start()]))))
+        # The walk back stops at the previous number, so each character is walked at most once.
+        found.append((value, _after_equals(text, match.start(), previous_end)))
+        previous_end = match.end()
     return found
 
 
 def question_numbers(question: str) -> set[float]:
     """The quantities a question states, in digits or as common number words."""
     known = {value for value, _ in numbers(question)}
-    known.update(float(_WORD_NUMBERS[w]) for w in _WORD.findall(question.lower()) if w in _WORD_NUMBERS)
+    known.update(float(_WORD_NUMBERS[w]) for w in _WORD.findall(bounded(question).lower()) if w in _WORD_NUMBERS)
     return known
 
 
@@ -229,7 +281,44 @@ def ungrounded_operands(question: str, prior_steps: Sequence[str], step_text: st
     return float(missing)
 
 
-_EQUATION = re.compile(r"([\d.,+\-*/×x÷()\s]+?)=\s*[$€£]?\s*(-?[\d.,]+)")
+_EXPRESSION_CHARS = frozenset(".,+-*/×x÷()")
+
+
+def _in_expression(c: str) -> bool:
+    return c.isdecimal() or c.isspace() or c in _EXPRESSION_CHARS
+
+
+def equations(text: str) -> list[tuple[str, str]]:
+    """Each "expression = number" in ``text``: (the run of digits, operators, parentheses and spaces
+    before an "=", the number after it). One pass over the text: each "=" walks back over its own
+    expression only, where a regex searched from every position (quadratic in a long run of digits)."""
+    found = []
+    pos = 0
+    while (eq := text.find("=", pos)) >= 0:
+        start = eq
+        while start > pos and _in_expression(text[start - 1]):
+            start -= 1
+        i = eq + 1
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if i < len(text) and text[i] in _CURRENCY:
+            i += 1
+            while i < len(text) and text[i].isspace():
+                i += 1
+        number_start = i
+        if i < len(text) and text[i] == "-":
+            i += 1
+        digits = i
+        while i < len(text) and (text[i].isdecimal() or text[i] in ".,"):
+            i += 1
+        if start == eq or i == digits:  # no expression before the "=", or no number after it
+            pos = eq + 1
+            continue
+        found.append((text[start:eq], text[number_start:i]))
+        pos = i
+    return found
+
+
 _OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
 
@@ -251,17 +340,18 @@ def arithmetic_error(step_text: str) -> float | None:
     one does, None when the step writes no checkable calculation (a calculator's check of the draft's text).
 
     The expression is the run of digits, operators (+ − * / × ÷) and parentheses before an "=";
-    thousands separators are dropped; a bare number ("x = 5") is not a calculation.
+    thousands separators are dropped; a bare number ("x = 5") is not a calculation. Reads the step's
+    first ``TEXT_LIMIT`` characters.
     """
     checked = False
-    for match in _EQUATION.finditer(step_text):
-        expression = match.group(1).replace(",", "").replace("×", "*").replace("x", "*").replace("÷", "/").strip()
+    for written, result in equations(bounded(step_text)):
+        expression = written.replace(",", "").replace("×", "*").replace("x", "*").replace("÷", "/").strip()
         if not any(op in expression.lstrip("-") for op in "+-*/"):
             continue
         try:
             value = _evaluate(ast.parse(expression, mode="eval"))
-            stated = float(match.group(2).replace(",", "").rstrip("."))
-        except (SyntaxError, ValueError, ZeroDivisionError, OverflowError):
+            stated = float(result.replace(",", "").rstrip("."))
+        except (SyntaxError, ValueError, ZeroDivisionError, OverflowError, RecursionError, MemoryError):
             continue
         checked = True
         if not math.isclose(value, stated, rel_tol=1e-6, abs_tol=1e-6):
@@ -274,6 +364,9 @@ def observe(step: StepOutput, *, step_index: int, escalations: int, difficulty: 
             previous: Mapping[str, object] | None = None) -> Observation:
     """The observation o_t of a drafted step, keyed by FEATURE_SCHEMA's names (a superset of v1's).
 
+    Linear in the step's length, and bounded: the token features read the first ``TOKEN_LIMIT``
+    tokens, the text features the first ``TEXT_LIMIT`` characters.
+
     Args:
         step: the draft.
         step_index: 0 for the first step.
@@ -284,6 +377,7 @@ def observe(step: StepOutput, *, step_index: int, escalations: int, difficulty: 
         previous: the previous step as the graph appended it (its ``observation`` and
             ``escalated``); None on the first step.
     """
+    step = _bounded_step(step)
     positions = _math_positions(step.tokens)
     logprob_sum, logprob_min = sampled_logprobs(step, positions)
     margin, entropy = top_k_summaries(step, positions)

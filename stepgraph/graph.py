@@ -22,10 +22,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from langchain_core.runnables import RunnableConfig
-from langgraph._internal._runnable import RunnableCallable  # how LangGraph's ToolNode gives a node both bodies
+from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import get_runtime
 from langgraph.types import Checkpointer
 
 from stepgraph.allocator import AllocateNode, Allocator
@@ -51,6 +51,9 @@ class RoutingGraph(CompiledStateGraph[RouterState, RouterContext, InputState, Ou
     LangChain's ``batch`` fills every input's config with the default limit (25 super-steps)
     before the graph sees it, and that overrides the limit bound with ``with_config``: a batch of
     long answers would stop with ``GraphRecursionError``. A limit the caller sets still wins.
+
+    It adds methods only, no state: ``build_graph`` gives the graph ``StateGraph.compile`` made
+    this class, so nothing of LangGraph's is rebuilt (``copy`` and ``with_config`` keep the class).
     """
 
     def _with_limit(self, config: RunnableConfig | Sequence[RunnableConfig] | None) -> Any:
@@ -75,14 +78,24 @@ class RoutingGraph(CompiledStateGraph[RouterState, RouterContext, InputState, Ou
 Node = Callable[[Any, Any], dict[str, Any]]
 
 
-def _node(func: Node, afunc: Callable[[Any, Any], Awaitable[dict[str, Any]]] | None = None) -> RunnableCallable:
-    """A node with both bodies. Without ``afunc`` the async body runs ``func`` inline: it is cheap
-    CPU work, and LangGraph's default (a worker thread per call) would cost a thread per run."""
+class _Node(Runnable[Any, dict[str, Any]]):
+    """A node with a sync and an async body, each called as ``body(state, runtime)``.
 
-    async def inline(state: Any, runtime: Any) -> dict[str, Any]:
-        return func(state, runtime)
+    Without ``afunc`` the async body runs ``func`` inline: it is cheap CPU work, and LangGraph's
+    default for a plain function (a worker thread per call) would cost a thread per run. The
+    runtime comes from ``langgraph.runtime.get_runtime``; the node is not traced as a run of its
+    own, since LangGraph already traces each node.
+    """
 
-    return RunnableCallable(func, afunc or inline, name=func.__name__, trace=False)
+    def __init__(self, func: Node, afunc: Callable[[Any, Any], Awaitable[dict[str, Any]]] | None = None) -> None:
+        self.func, self.afunc, self.name = func, afunc, func.__name__
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
+        return self.func(input, get_runtime())
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
+        runtime = get_runtime()
+        return await self.afunc(input, runtime) if self.afunc is not None else self.func(input, runtime)
 
 
 def build_graph(
@@ -133,23 +146,23 @@ def build_graph(
     nodes = RoutingNodes(tiers, gates, prices, limits)
     output: type[OutputState] = OutputState if decomposer is None else PlannedOutputState
     builder = StateGraph(RouterState, context_schema=RouterContext, input_schema=InputState, output_schema=output)
-    builder.add_node("start", _node(nodes.start))
-    builder.add_node("draft", _node(nodes.draft, nodes.adraft))
-    builder.add_node("features", _node(nodes.features))
-    builder.add_node("gate", _node(nodes.gate))
-    builder.add_node("escalate", _node(nodes.escalate, nodes.aescalate))
-    builder.add_node("append", _node(nodes.append))
+    builder.add_node("start", _Node(nodes.start))
+    builder.add_node("draft", _Node(nodes.draft, nodes.adraft))
+    builder.add_node("features", _Node(nodes.features))
+    builder.add_node("gate", _Node(nodes.gate))
+    builder.add_node("escalate", _Node(nodes.escalate, nodes.aescalate))
+    builder.add_node("append", _Node(nodes.append))
     builder.add_edge(START, "start")
     next_step = "draft"  # where a new step begins: draft, or allocate in a graph with an allocator
     if allocator is not None:
-        builder.add_node("allocate", _node(AllocateNode(allocator, len(tiers)).allocate))
+        builder.add_node("allocate", _Node(AllocateNode(allocator, len(tiers)).allocate))
         builder.add_edge("allocate", "draft")
         next_step = "allocate"
     if decomposer is not None:
         from stepgraph.decompose import PlanNode
 
         planner = PlanNode(decomposer, tiers, prices)
-        builder.add_node("plan", _node(planner.plan, planner.aplan))
+        builder.add_node("plan", _Node(planner.plan, planner.aplan))
         builder.add_edge("start", "plan")
         builder.add_edge("plan", next_step)
     else:
@@ -159,6 +172,6 @@ def build_graph(
     builder.add_conditional_edges("gate", nodes.after_gate, ["escalate", "append"])
     builder.add_conditional_edges("escalate", nodes.after_escalate, ["features", "append"])
     builder.add_conditional_edges("append", nodes.after_append, {"draft": next_step, END: END})
-    compiled = builder.compile(checkpointer=checkpointer, name=name)
-    graph = RoutingGraph(**{k: v for k, v in compiled.__dict__.items() if k != "__orig_class__"})  # as Pregel.copy does
+    graph = builder.compile(checkpointer=checkpointer, name=name)
+    graph.__class__ = RoutingGraph
     return graph.with_config(recursion_limit=RECURSION_LIMIT)

@@ -1,6 +1,7 @@
 """Confidence features, math tokens, costs and answer checking."""
 
 import math
+import time
 
 import pytest
 
@@ -9,8 +10,10 @@ from stepgraph.costs import Prices, add_costs, call_cost, total_costs
 from stepgraph.features import (
     CONFIDENCE_SCHEMA,
     FEATURE_SCHEMA,
+    TEXT_LIMIT,
     api_confidence,
     arithmetic_error,
+    bounded,
     is_math_token,
     logit_confidence,
     observe,
@@ -191,3 +194,39 @@ def test_stepwise_features_follow_the_previous_step():
                     previous={"observation": {"sampled_logprob_min": -2.5}, "escalated": True})
     assert later["previous_escalated"] == 1.0 and later["previous_sampled_logprob_min"] == -2.5
     assert observe(step, step_index=1, escalations=0)["ungrounded_operands"] is None  # no question given
+
+
+def _long_step(chars: int) -> StepOutput:
+    """A runaway step: a calculation repeated ``chars`` characters long, in 8-character tokens."""
+    text = ("12 + 30 " * (chars // 8 + 1))[:chars] + "= 42"
+    tokens = [text[i:i + 8] for i in range(0, len(text), 8)]
+    top = [[(t, -0.1), ("?", -2.5)] for t in tokens]
+    return StepOutput(text, tokens, [9.0] * len(tokens), top, 10, 0, len(tokens), False, "m", token_logprobs=[-0.1] * len(tokens))
+
+
+def _observe_seconds(step: StepOutput) -> float:
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        observe(step, step_index=0, escalations=0, question="Ann has 12 coins and 30 more.", prior_steps=["12 + 30 = 42"])
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def test_a_long_step_is_observed_in_linear_time():
+    """Issue 26.1: the arithmetic check's pattern was quadratic (100k characters took minutes, 1M never ended)."""
+    start = time.perf_counter()
+    observation = observe(_long_step(1_000_000), step_index=0, escalations=0, question="Ann has 12 coins and 30 more.")
+    assert time.perf_counter() - start < 2.0
+    assert observation["arithmetic_error"] is None  # the bounded head holds no "=": nothing to check
+    assert observation["ungrounded_operands"] == 0.0
+    short, long = _observe_seconds(_long_step(10_000)), _observe_seconds(_long_step(200_000))
+    assert long <= 40 * short, (short, long)  # 20x the text: linear (with slack for a busy machine), not 400x
+
+
+def test_text_features_read_a_bounded_head_cut_at_a_space():
+    text = "2 + 3 = 5 " + "7 " * TEXT_LIMIT + "2 + 2 = 5"
+    assert len(bounded(text)) <= TEXT_LIMIT and bounded(text).endswith("7")
+    assert arithmetic_error(text) == 0.0  # the wrong sum past the limit is not read
+    assert bounded("short = 1") == "short = 1"
+    assert arithmetic_error("1+" * 3000 + "1 = 3001") is None  # too deep to evaluate: not checkable, no crash

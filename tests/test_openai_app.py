@@ -1,6 +1,7 @@
 """The OpenAI-compatible app in-process (no socket) on scripted models: admission, limits, error bodies."""
 
 import asyncio
+import dataclasses
 import threading
 
 import httpx
@@ -8,9 +9,10 @@ import pytest
 from scripted import ScriptedModel
 
 from stepgraph.cli import main
+from stepgraph.context import SERVER_LIMITS
 from stepgraph.gates import AlwaysDraftGate
 from stepgraph.graph import build_graph
-from stepgraph.integrations.openai_server import ServerLimits, create_app
+from stepgraph.integrations.openai import create_app
 
 STEPS = ["1+1=2", "2+2=4", "\\boxed{4}"]
 QUESTION = {"model": "stepgraph", "messages": [{"role": "user", "content": "What is 1+1+2?"}]}
@@ -51,7 +53,7 @@ def post(app, body):
 def test_requests_past_the_concurrency_limit_get_429_and_the_slot_is_released():
     draft = HeldModel("draft", 1000, STEPS)
     app = create_app(build_graph([draft, ScriptedModel("target", 4000, STEPS)], AlwaysDraftGate()),
-                     limits=ServerLimits(max_concurrent=1, max_queued=0))
+                     limits=dataclasses.replace(SERVER_LIMITS, max_concurrent=1, max_queued=0))
 
     async def scenario():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client:
@@ -72,7 +74,7 @@ def test_requests_past_the_concurrency_limit_get_429_and_the_slot_is_released():
 def test_operator_budget_ends_the_answer_with_finish_reason_length():
     tiers = [ScriptedModel("draft", 1000, STEPS), ScriptedModel("target", 4000, STEPS)]
     # one step of "1+1=2\n\n" is 6 tokens = 12,000 FLOPs at 1,000 parameters: the budget ends it there
-    app = create_app(build_graph(tiers, AlwaysDraftGate()), limits=ServerLimits(budget_flops=10_000))
+    app = create_app(build_graph(tiers, AlwaysDraftGate()), limits=dataclasses.replace(SERVER_LIMITS, max_budget_flops=10_000))
     body = post(app, QUESTION).json()
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["stepgraph"]["stop_reason"] == "budget" and len(body["stepgraph"]["steps"]) == 1
@@ -81,7 +83,7 @@ def test_operator_budget_ends_the_answer_with_finish_reason_length():
 def test_model_errors_are_openai_errors_without_internals_and_free_their_slot():
     too_long = FailingModel(ValueError("the prompt exceeds the context window"))
     app = create_app(build_graph([too_long, ScriptedModel("target", 4000, STEPS)], AlwaysDraftGate()),
-                     limits=ServerLimits(max_concurrent=1, max_queued=0))
+                     limits=dataclasses.replace(SERVER_LIMITS, max_concurrent=1, max_queued=0))
     for _ in range(2):  # the second request would get 429 if the first had kept its slot
         response = post(app, QUESTION)
         assert response.status_code == 400
@@ -114,3 +116,14 @@ def test_bad_server_options_are_refused_before_anything_starts(capsys, argv, nam
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("stepgraph: error:") and names in err and "Traceback" not in err
+
+
+def test_the_former_server_limits_still_build_the_one_limits_type():
+    from stepgraph.context import RouterLimits
+    from stepgraph.integrations import openai_server
+
+    with pytest.warns(DeprecationWarning, match="RouterLimits"):
+        limits = openai_server.ServerLimits(budget_flops=10_000, max_concurrent=2)
+    assert isinstance(limits, RouterLimits)
+    assert (limits.max_budget_flops, limits.max_concurrent, limits.max_steps, limits.max_step_tokens) == (10_000, 2, 16, 64)
+    assert openai_server.create_app is create_app

@@ -88,3 +88,32 @@ def test_cli_refuses_bad_run_options_naming_the_option(option, value, capsys, mo
     assert exit_.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"argument {option}:" in last and value in last
+
+
+@pytest.mark.parametrize("flags", [["--gate", "always-escalate"], ["--gate", "never-escalate"], ["--models", "a", "b"], ["--tiers", "3"]])
+def test_solve_refuses_options_a_run_spec_would_silently_override(tmp_path, capsys, flags):
+    """Issue 26.7: with --config, --gate always-escalate / never-escalate were ignored without a word."""
+    spec = tmp_path / "run.toml"
+    spec.write_text("not read: the combination is refused first")
+    assert main(["solve", "--config", str(spec), *flags, "What is 1+1?"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stepgraph: error:") and flags[0] in err and "--config" in err and "[gate]" in err
+
+
+def test_the_mcp_server_reads_its_limits_from_the_one_limits_type():
+    import asyncio
+
+    pytest.importorskip("mcp")
+    from stepgraph.integrations.mcp_server import create_server
+
+    graph = build_graph(list(_models()), AlwaysDraftGate())
+
+    def bounds(server):
+        tool = asyncio.run(server.list_tools())[0]
+        properties = getattr(tool, "input_schema", None) or tool.inputSchema  # mcp 2.x / 1.x
+        properties = properties["properties"]
+        return properties["max_steps"]["maximum"], properties["question"]["maxLength"]
+
+    assert bounds(create_server(graph, limits=RouterLimits(max_steps=5, max_question_chars=50))) == (5, 50)
+    with pytest.warns(DeprecationWarning, match="limits=RouterLimits"):
+        assert bounds(create_server(graph, max_steps=3)) == (3, RouterLimits().max_question_chars)

@@ -58,14 +58,14 @@ from stepgraph.gates import (
 from stepgraph.gates.base import Gate
 from stepgraph.gates.judges import JudgeGate, OracleGate, ProcessRewardGate
 from stepgraph.gates.simple import CONFIDENCE_FEATURES
-from stepgraph.models.base import StepModel
+from stepgraph.models.base import DEFAULT_TEMPERATURE, StepModel
 
 GRID = [round(0.1 * i, 1) for i in range(11)]
 METRICS = ("correct", "covered", "flops", "prefill_flops", "usd", "escalation_rate", "seconds")
 
 
 def run_rows(tiers: Sequence[StepModel], gate: Gate, items: Sequence[Item], *, seed: int, prices: Sequence[Prices] | None,
-             temperature: float = 0.7, context: RouterContext | None = None, concurrency: int = 1) -> list[dict[str, Any]]:
+             temperature: float = DEFAULT_TEMPERATURE, context: RouterContext | None = None, concurrency: int = 1) -> list[dict[str, Any]]:
     """One row per problem (``runs.run_gate``) without a progress bar of its own: the bench shows its own."""
     return run_gate(tiers, gate, items, seed=seed, context=context or RouterContext(temperature=temperature), prices=prices,
                     concurrency=concurrency, progress=False)

@@ -38,6 +38,7 @@ from stepgraph.training.runs import add_coverage, run_gate
 
 from stepgraph.context import RouterContext
 from stepgraph.gates import PolicyGate
+from stepgraph.models.base import DEFAULT_TEMPERATURE
 from stepgraph.radar import Configuration, QueryEmbedder, RadarRouter
 
 ROUTERS = {"query": "RADAR (query-level: tiers alone, budgets)", "hierarchical": "RADAR → stepwise policy",
@@ -182,13 +183,13 @@ def run_with_difficulty(tiers: Sequence[Any], gate: PolicyGate, item: Any, index
     from stepgraph.graph import build_graph
 
     state = build_graph(tiers, gate, prices=[PRICES] * 2).invoke(
-        {"question": item.question}, context=RouterContext(temperature=0.7, seed=run_seed(0, index), difficulty=difficulty))
+        {"question": item.question}, context=RouterContext(temperature=DEFAULT_TEMPERATURE, seed=run_seed(0, index), difficulty=difficulty))
     return {"correct": float(is_correct(state["answer"], item.reference)), "flops": state["totals"]["flops"], "usd": state["totals"]["usd"]}
 
 
 def live_rows(tiers: Sequence[Any], gate: PolicyGate, items: Sequence[Any], difficulties: Sequence[float | None],
               seed: int = 0) -> list[dict[str, Any]]:
-    return run_gate(tiers, gate, items, seed=seed, context=RouterContext(temperature=0.7), prices=[PRICES] * 2, progress=False,
+    return run_gate(tiers, gate, items, seed=seed, context=RouterContext(temperature=DEFAULT_TEMPERATURE), prices=[PRICES] * 2, progress=False,
                     difficulties=difficulties)
 
 

@@ -33,7 +33,7 @@ from stepgraph.features import FEATURE_SCHEMA
 from stepgraph.gates import AlwaysDraftGate, ConfidenceThresholdGate, ExploringGate
 from stepgraph.gates.base import Gate
 from stepgraph.graph import build_graph
-from stepgraph.models.base import StepModel, StepOutput
+from stepgraph.models.base import DEFAULT_TEMPERATURE, StepModel, StepOutput
 from stepgraph.nodes import call_seed
 from stepgraph.testbed import task
 
@@ -78,7 +78,7 @@ def collect_episode(
     item: Item,
     *,
     seed: int,
-    temperature: float = 0.7,
+    temperature: float = DEFAULT_TEMPERATURE,
     max_steps: int = 16,
     context: RouterContext | None = None,
     record_tiers: bool = False,
@@ -154,7 +154,7 @@ def collect(
     feature: str = "api_confidence",
     epsilon: float = 0.3,
     seed: int = 0,
-    temperature: float = 0.7,
+    temperature: float = DEFAULT_TEMPERATURE,
     workers: int = 1,
     progress: bool = True,
     context: RouterContext | None = None,

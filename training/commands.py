@@ -42,6 +42,7 @@ from stepgraph.defaults import DEFAULT_POLICY_DIR
 from stepgraph.errors import ConfigError, StepgraphError
 from stepgraph.features import FEATURE_SCHEMA
 from stepgraph.gates import PolicyGate
+from stepgraph.models.base import DEFAULT_TEMPERATURE
 from stepgraph.options import in_range
 from stepgraph.testbed import BACKENDS, close_pair, load_pair, load_tiers, task
 
@@ -459,7 +460,7 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--feature", default="api_confidence", choices=["api_confidence", "logit_confidence"],
                    help="testbed: confidence feature of the behaviour gate (default: %(default)s)")
     c.add_argument("--epsilon", type=in_range(float, 0, 1), default=0.3, help="testbed: behaviour gate's exploration rate (default: %(default)s)")
-    c.add_argument("--temperature", type=in_range(float, 0), default=0.7, help="testbed: sampling temperature (default: %(default)s)")
+    c.add_argument("--temperature", type=in_range(float, 0), default=DEFAULT_TEMPERATURE, help="testbed: sampling temperature (default: %(default)s)")
     c.add_argument("--record-tiers", action="store_true",
                    help="also record every tier's step and verdict from each prefix, which the K-tier policy trains on "
                         "(`stepgraph train` on such a store); costs one call per tier and step")
@@ -525,7 +526,7 @@ def add_commands(sub: Any) -> None:
     e.add_argument("--splits", nargs="+", default=["calibration", "test"], help="data splits (default: calibration test)")
     e.add_argument("--problems", type=in_range(int, 1), default=200, help="problems per split, at most (default: %(default)s)")
     e.add_argument("--seed", type=int, default=0, help="testbed: problem and sampling seed (default: %(default)s)")
-    e.add_argument("--temperature", type=in_range(float, 0), default=0.7, help="testbed: sampling temperature (default: %(default)s)")
+    e.add_argument("--temperature", type=in_range(float, 0), default=DEFAULT_TEMPERATURE, help="testbed: sampling temperature (default: %(default)s)")
     e.add_argument("--allow-other-tiers", action="store_true", help="use an artifact trained on other tiers, with a warning")
     e.add_argument("--resume", type=Path, default=None, metavar="DIR",
                    help="journal finished rows under DIR and reuse them, so a killed evaluation resumes; one DIR per "

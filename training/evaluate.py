@@ -18,7 +18,7 @@ from stepgraph.context import RouterContext
 from stepgraph.costs import Prices
 from stepgraph.gates import AlwaysDraftGate, AlwaysTargetGate
 from stepgraph.gates.base import Gate
-from stepgraph.models.base import StepModel
+from stepgraph.models.base import DEFAULT_TEMPERATURE, StepModel
 
 
 def summarize(rows: Sequence[Mapping[str, Any]], target_rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
@@ -39,7 +39,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], target_rows: Sequence[Mapping[s
 
 
 def evaluate_gates(tiers: Sequence[StepModel], gates: Mapping[str, Gate], items: Sequence[Item], *, seed: int = 0,
-                   temperature: float = 0.7, context: RouterContext | None = None, prices: Sequence[Prices] | None = None,
+                   temperature: float = DEFAULT_TEMPERATURE, context: RouterContext | None = None, prices: Sequence[Prices] | None = None,
                    concurrency: int = 1, progress: bool = True, journal_dir: Path | None = None) -> dict[str, dict[str, float]]:
     """Run target-only, draft-only and every given gate on the same items; summarise each.
 

@@ -26,6 +26,7 @@ from stepgraph.training.store import TraceStore
 
 from stepgraph.gates import PolicyGate
 from stepgraph.gates.base import Gate, GateDecision, GateInput
+from stepgraph.models.base import DEFAULT_TEMPERATURE
 from stepgraph.testbed import load_pair, task
 
 THRESHOLD_FEATURES = ("api_confidence", "sampled_logprob_min", "sampled_logprob_sum")
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     problems = task.generate("test", args.problems, seed=args.seed, difficulty=difficulty)
     items = [Item(f"test:{args.seed}:{i}", p.question, str(p.answer)) for i, p in enumerate(problems)]
     report = {"tuned_thresholds": tuned, "shifted": args.shifted, "problems": len(items), "seed": args.seed,
-              "gates": evaluate_gates(load_pair(), gates, items, seed=args.seed, temperature=0.7, progress=False,
+              "gates": evaluate_gates(load_pair(), gates, items, seed=args.seed, temperature=DEFAULT_TEMPERATURE, progress=False,
                                       journal_dir=args.out.with_suffix(".journal") if args.out else None)}
     target = report["gates"]["target"]
     for row in report["gates"].values():  # total FLOPs with prefill, against target-only's

@@ -46,7 +46,7 @@ from stepgraph.context import RouterContext
 from stepgraph.costs import Prices
 from stepgraph.errors import ConfigError
 from stepgraph.gates import ConfidenceThresholdGate, PolicyGate
-from stepgraph.models.base import StepModel
+from stepgraph.models.base import DEFAULT_TEMPERATURE, StepModel
 from stepgraph.radar import Configuration, DifficultyRegressor, QueryEmbedder, RadarManifest, RadarRouter, p_correct
 from stepgraph.testbed import task
 
@@ -83,7 +83,7 @@ def split_items(split: str, n: int) -> list[Item]:
 
 
 def collect_responses(tiers: Sequence[StepModel], configurations: Sequence[Configuration], items: Sequence[Item],
-                      policy: PolicyGate, out: Path, *, seed: int = 0, temperature: float = 0.7,
+                      policy: PolicyGate, out: Path, *, seed: int = 0, temperature: float = DEFAULT_TEMPERATURE,
                       difficulties: Sequence[float | None] | None = None, progress: bool = True) -> dict[str, list[dict[str, Any]]]:
     """Run every configuration on every item; ``out/<name>.jsonl`` journals each (resumable). Rows in item order."""
     out.mkdir(parents=True, exist_ok=True)
@@ -485,7 +485,7 @@ def _fit_command(args: Any) -> dict[str, Any]:
             "calibration_rmse_mean_only": router.manifest.training["calibration_rmse_mean_only"]}
 
 
-def answer_one(tiers: Sequence[StepModel], config: Configuration, policy: PolicyGate, temperature: float = 0.7,
+def answer_one(tiers: Sequence[StepModel], config: Configuration, policy: PolicyGate, temperature: float = DEFAULT_TEMPERATURE,
                ) -> Callable[[Item, int], dict[str, Any]]:
     """Run ``config`` on one item with item ``index``'s run seed: the correctness and cost ``collect_responses`` records."""
     from stepgraph.answers import is_correct
@@ -590,7 +590,7 @@ def _traces_command(args: Any) -> dict[str, Any]:
             difficulty = router.route(item.question).difficulty_feature
             behaviour = ExploringGate(ConfidenceThresholdGate(0.9), epsilon=0.3, seed=run_seed(0, i))
             episode = collect_episode(tiers, behaviour, verifier, item, seed=run_seed(0, i),
-                                      context=RouterContext(temperature=0.7, difficulty=difficulty))
+                                      context=RouterContext(temperature=DEFAULT_TEMPERATURE, difficulty=difficulty))
             store.add(episode, args.split)
         total = len(store)
     return {"store": str(args.store), "split": args.split, "episodes": total}
@@ -612,7 +612,7 @@ def add_radar_command(sub: Any) -> None:
     c.add_argument("--configurations", nargs="+", default=None, choices=[c.name for c in TESTBED_CONFIGURATIONS + NEW_CONFIGURATIONS],
                    metavar="NAME", help="configurations to run (default: all: %(choices)s)")
     c.add_argument("--policy", type=Path, default=None, help="stepwise policy artifact (default: the shipped policy)")
-    c.add_argument("--temperature", type=in_range(float, 0), default=0.7, help="sampling temperature (default: %(default)s)")
+    c.add_argument("--temperature", type=in_range(float, 0), default=DEFAULT_TEMPERATURE, help="sampling temperature (default: %(default)s)")
     c.add_argument("--seed", type=int, default=0,
                    help="base sampling seed; seeds share a journal, each query's run seed told apart (default: %(default)s)")
     c.set_defaults(func=_collect_command)

@@ -43,7 +43,7 @@ from stepgraph.context import RouterContext
 from stepgraph.costs import Prices
 from stepgraph.errors import ConfigError
 from stepgraph.gates.base import Gate
-from stepgraph.models.base import StepModel
+from stepgraph.models.base import DEFAULT_TEMPERATURE, StepModel
 
 DEFAULT_SYSTEM_PROMPT = None  # the shipped testbed models were trained without one
 
@@ -268,8 +268,8 @@ class GateSpec(_Strict):
 class SamplingSpec(_Strict):
     """Sampling and limits of every routed run."""
 
-    temperature: float = Field(default=0.7, ge=0)
-    """sampling temperature of every call (the paper's 0.7)"""
+    temperature: float = Field(default=DEFAULT_TEMPERATURE, ge=0)
+    """sampling temperature of every call (the paper's value)"""
     seed: int = 0
     """base seed; every run's and call's seed derives from it"""
     max_steps: int = Field(default=16, ge=1)

@@ -17,7 +17,7 @@ from langchain_core.language_models import BaseChatModel
 
 from stepgraph.answers import extract_boxed, is_correct
 from stepgraph.errors import ConfigError
-from stepgraph.models.base import StepModel
+from stepgraph.models.base import DEFAULT_TEMPERATURE, StepModel
 from stepgraph.nodes import call_seed
 from stepgraph.testbed import task
 
@@ -95,7 +95,7 @@ class RolloutVerifier:
         seed: base seed.
     """
 
-    def __init__(self, model: StepModel, *, k: int = 4, m: int = 1, max_steps: int = 16, temperature: float = 0.7,
+    def __init__(self, model: StepModel, *, k: int = 4, m: int = 1, max_steps: int = 16, temperature: float = DEFAULT_TEMPERATURE,
                  max_step_tokens: int = 64, seed: int = 0) -> None:
         if not 1 <= m <= k:
             raise ConfigError(f"RolloutVerifier needs 1 ≤ m ≤ k, got k={k}, m={m}.")

@@ -9,11 +9,13 @@ Works with the SDK's 1.x (``FastMCP``) and 2.x (``MCPServer``) servers. No ``fro
 import annotations`` here: the SDK reads the tool's annotations, whose bounds are the operator's.
 """
 
+import dataclasses
+import warnings
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from stepgraph.context import RouterContext
+from stepgraph.context import SERVER_LIMITS, RouterContext, RouterLimits
 from stepgraph.errors import StepgraphError
 
 try:  # mcp >= 2
@@ -73,19 +75,27 @@ def routed_answer(result: dict[str, Any]) -> RoutedAnswer:
     )
 
 
-def create_server(graph: Any, *, max_steps: int = 16, max_question_chars: int = 8000, seed: int | None = 0,
-                  gate: str | None = None) -> Any:
+def create_server(graph: Any, *, limits: RouterLimits = SERVER_LIMITS, seed: int | None = 0, gate: str | None = None,
+                  max_steps: int | None = None, max_question_chars: int | None = None) -> Any:
     """An MCP server with the ``stepwise_reasoner`` tool over ``graph``.
 
     Args:
         graph: a compiled stepgraph graph (``default_graph()`` for the shipped pair).
-        max_steps: the operator's step limit; the tool's ``max_steps`` may only be lower.
-        max_question_chars: longest question accepted.
+        limits: the operator's limits (build the graph with the same object): the tool's
+            ``max_steps`` may only be lower than ``limits.max_steps``, and questions are at most
+            ``limits.max_question_chars`` long.
         seed: base seed of each run (None: random).
         gate: the graph's gate to use (None: its default).
+        max_steps: deprecated, use ``limits``.
+        max_question_chars: deprecated, use ``limits``.
     """
+    if max_steps is not None or max_question_chars is not None:
+        warnings.warn("create_server(max_steps=, max_question_chars=) is deprecated: pass limits=RouterLimits(...).",
+                      DeprecationWarning, stacklevel=2)
+        limits = dataclasses.replace(limits, **{k: v for k, v in {"max_steps": max_steps, "max_question_chars": max_question_chars}.items()
+                                                if v is not None})
     server = _Server("stepgraph", instructions=TOOL_DESCRIPTION, log_level="WARNING")  # stderr is the host's log
-    step_limit, char_limit = max_steps, max_question_chars
+    step_limit, char_limit = limits.max_steps, limits.max_question_chars
 
     @server.tool(name=TOOL_NAME, description=TOOL_DESCRIPTION)
     async def stepwise_reasoner(

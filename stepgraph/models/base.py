@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 STEP_SEPARATOR = "\n\n"
+DEFAULT_TEMPERATURE = 0.7
+"""The sampling temperature every call uses unless told otherwise (the paper's value); the one place it is written."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ class StepModel(Protocol):
         question: str,
         steps: Sequence[str],
         *,
-        temperature: float = 0.7,
+        temperature: float = DEFAULT_TEMPERATURE,
         seed: int | None = None,
         max_tokens: int = 64,
     ) -> StepOutput:
@@ -99,7 +101,7 @@ class AsyncStepModel(StepModel, Protocol):
         question: str,
         steps: Sequence[str],
         *,
-        temperature: float = 0.7,
+        temperature: float = DEFAULT_TEMPERATURE,
         seed: int | None = None,
         max_tokens: int = 64,
     ) -> StepOutput:

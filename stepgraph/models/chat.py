@@ -28,7 +28,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
 from stepgraph.errors import ContextLimitError, ModelOutputError
-from stepgraph.models.base import STEP_SEPARATOR, StepOutput, split_step
+from stepgraph.models.base import DEFAULT_TEMPERATURE, STEP_SEPARATOR, StepOutput, split_step
 
 CONTINUE_PROMPT = (
     "{question}\n\nSolve it step by step, one step per paragraph. The steps so far are:\n\n{steps}\n\n"
@@ -138,11 +138,11 @@ class ChatStepModel:
             kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
         return kwargs
 
-    def generate_step(self, question: str, steps: Sequence[str], *, temperature: float = 0.7, seed: int | None = None,
+    def generate_step(self, question: str, steps: Sequence[str], *, temperature: float = DEFAULT_TEMPERATURE, seed: int | None = None,
                       max_tokens: int = 64) -> StepOutput:
         return self._step(self._invoke(self.messages(question, steps), **self._call_kwargs(temperature, seed, max_tokens)))
 
-    async def agenerate_step(self, question: str, steps: Sequence[str], *, temperature: float = 0.7, seed: int | None = None,
+    async def agenerate_step(self, question: str, steps: Sequence[str], *, temperature: float = DEFAULT_TEMPERATURE, seed: int | None = None,
                              max_tokens: int = 64) -> StepOutput:
         """``generate_step`` through the chat model's ``ainvoke``: no thread is held while the server answers."""
         reply = await self._ainvoke(self.messages(question, steps), **self._call_kwargs(temperature, seed, max_tokens))

@@ -21,7 +21,7 @@ import torch
 
 from stepgraph.errors import ConfigError, ContextLimitError, ModelLoadError, ModelOutputError
 from stepgraph.models import qwen2
-from stepgraph.models.base import STEP_SEPARATOR, StepOutput, continuation_prompt, split_step
+from stepgraph.models.base import DEFAULT_TEMPERATURE, STEP_SEPARATOR, StepOutput, continuation_prompt, split_step
 
 # Rendered through each model's chat template and tokenizer at load, so a broken template or
 # tokenizer fails there, naming its file, instead of inside a run.
@@ -120,7 +120,7 @@ class TransformersStepModel:
         question: str,
         steps: Sequence[str],
         *,
-        temperature: float = 0.7,
+        temperature: float = DEFAULT_TEMPERATURE,
         seed: int | None = None,
         max_tokens: int = 64,
     ) -> StepOutput:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, cast
 
 from stepgraph.errors import ContextLimitError, ModelLoadError, ModelOutputError
-from stepgraph.models.base import STEP_SEPARATOR, StepOutput, continuation_prompt, split_step
+from stepgraph.models.base import DEFAULT_TEMPERATURE, STEP_SEPARATOR, StepOutput, continuation_prompt, split_step
 
 if TYPE_CHECKING:
     from vllm import LLM, RequestOutput, SamplingParams
@@ -134,7 +134,7 @@ class VLLMStepModel:
         """The text the model continues: chat prompt, then the accepted steps and a blank line."""
         return continuation_prompt(self.tokenizer, question, steps, self.system_prompt)
 
-    def generate_step(self, question: str, steps: Sequence[str], *, temperature: float = 0.7, seed: int | None = None,
+    def generate_step(self, question: str, steps: Sequence[str], *, temperature: float = DEFAULT_TEMPERATURE, seed: int | None = None,
                       max_tokens: int = 64) -> StepOutput:
         request = self._submit(question, steps, temperature=temperature, seed=seed, max_tokens=max_tokens)
         return self._step_output(self._wait(request.result), len(request.prompt_ids))

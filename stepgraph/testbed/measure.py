@@ -9,7 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from stepgraph.features import logit_confidence
-from stepgraph.models.base import StepModel, StepOutput
+from stepgraph.models.base import DEFAULT_TEMPERATURE, StepModel, StepOutput
 from stepgraph.models.local import TransformersStepModel
 from stepgraph.testbed import task
 
@@ -55,7 +55,7 @@ def auroc(scores_negative: list[float], scores_positive: list[float]) -> float:
     return wins / (len(scores_negative) * len(scores_positive))
 
 
-def measure_model(model: StepModel, problems: list[task.Problem], *, temperature: float = 0.7, seed: int = 0) -> dict:
+def measure_model(model: StepModel, problems: list[task.Problem], *, temperature: float = DEFAULT_TEMPERATURE, seed: int = 0) -> dict:
     """Accuracy, step accuracy, AUROC of the STEER score for wrong steps, seconds per problem."""
     solved = [solve_alone(model, p, temperature=temperature, seed=seed + i) for i, p in enumerate(tqdm(problems, desc=model.name))]
     right_scores: list[float] = []
@@ -79,12 +79,12 @@ def measure_model(model: StepModel, problems: list[task.Problem], *, temperature
     }
 
 
-def measure_pair(draft_dir: Path, target_dir: Path, *, n_problems: int = 300, seed: int = 0, temperature: float = 0.7) -> dict:
+def measure_pair(draft_dir: Path, target_dir: Path, *, n_problems: int = 300, seed: int = 0, temperature: float = DEFAULT_TEMPERATURE) -> dict:
     """Measure both shipped models on the first ``n_problems`` of the test split."""
     return measure_models({"draft": draft_dir, "target": target_dir}, n_problems=n_problems, seed=seed, temperature=temperature)
 
 
-def measure_models(dirs: dict[str, Path], *, n_problems: int = 300, seed: int = 0, temperature: float = 0.7) -> dict:
+def measure_models(dirs: dict[str, Path], *, n_problems: int = 300, seed: int = 0, temperature: float = DEFAULT_TEMPERATURE) -> dict:
     """Measure each model (role → directory) on the first ``n_problems`` of the test split, on the same samples' seeds."""
     problems = task.generate("test", n_problems, seed=seed)
     report: dict = {"split": "test", "temperature": temperature, "seed": seed}

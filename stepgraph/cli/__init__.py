@@ -1,0 +1,66 @@
+"""The ``stepgraph`` command, one CLI for the whole library; argparse lives here only.
+
+    stepgraph solve QUESTION          answer a question with the routed graph      (cli/solve.py)
+    stepgraph collect | train | evaluate | bench    learn and compare routing policies (stepgraph.training.commands)
+    stepgraph overhead | throughput   benchmarks                                   (cli/bench.py)
+    stepgraph serve | serve-bench     OpenAI-compatible HTTP server, its benchmark (cli/serve.py)
+    stepgraph mcp                     MCP tool server                              (cli/mcp.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from stepgraph import __version__
+from stepgraph.cli import bench, mcp, serve, solve
+from stepgraph.cli.options import GATE_CHOICES
+from stepgraph.cli.options import gate_options as _gate_options
+from stepgraph.cli.solve import step_confidence as _step_confidence
+from stepgraph.errors import StepgraphError
+
+__all__ = ["GATE_CHOICES", "RUNTIME_COMMANDS", "_gate_options", "_step_confidence", "build_parser", "main"]
+
+RUNTIME_COMMANDS = ("solve", "overhead", "throughput", "serve", "serve-bench", "mcp")
+
+
+def build_parser(offline: bool = True) -> argparse.ArgumentParser:
+    """The CLI's parser; ``offline=False`` leaves out collect/train/evaluate/bench, whose
+    imports (the trainer, math-verify, LangChain) would slow a ``solve`` down by seconds."""
+    parser = argparse.ArgumentParser(
+        prog="stepgraph",
+        description="Stepwise model routing: a small model drafts each reasoning step, a gate decides "
+        "whether a larger model regenerates it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"stepgraph {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    solve.add_command(sub)
+    bench.add_commands(sub)
+    if offline:
+        from stepgraph.training.commands import add_commands
+
+        add_commands(sub)
+    serve.add_commands(sub)
+    mcp.add_command(sub)
+    parser.epilog = "Run `stepgraph COMMAND --help` for a command's options and their defaults."
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(offline=not argv or argv[0] not in RUNTIME_COMMANDS).parse_args(argv)
+    try:
+        result = args.func(args)
+        if isinstance(result, dict):  # the offline commands report JSON on stdout
+            print(json.dumps(result, indent=2, default=str))
+            return 0
+        return int(result)
+    except StepgraphError as exc:
+        print(f"stepgraph: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""``stepgraph solve``: answer a question with the routed graph."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from stepgraph.cli.options import add_run_options, context_of, gate_options
+from stepgraph.context import RouterLimits
+from stepgraph.errors import ConfigError, StepgraphError
+from stepgraph.gates import canonical_gate_name
+from stepgraph.testbed import DRAFT_MODEL_DIR, MID_MODEL_DIR, TARGET_MODEL_DIR
+from stepgraph.testbed.defaults import THREE_TIER_POLICY_DIR, default_gate_name, resolve_gate
+
+SHIPPED_PAIR_SCOPE = """\
+The shipped testbed pair (the default --models) is two tiny models trained on one template only:
+"NAME has N ITEMS. She gets / finds / buys / gives away / loses / sells K (more) ... She multiplies
+them by K ... How many ITEMS does she have?", with 2 to 4 operations. Other phrasings get confident
+wrong answers: bring your own models (--models DIR DIR) for real questions."""
+
+SPEC_CHOOSES = ("gate", "models", "tiers", "allocator")
+"""Options a run spec sets itself: given with --config they are refused, not silently ignored."""
+
+
+def add_command(sub: Any) -> None:
+    solve = sub.add_parser(
+        "solve", help="answer a question with the routed graph",
+        description="Answer QUESTION step by step: the draft model writes each step, the gate decides whether "
+        "a stronger tier rewrites it.\n\n" + SHIPPED_PAIR_SCOPE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    solve.add_argument("question", nargs="?", help="the question to answer")
+    solve.add_argument("--json", action="store_true", help="print the graph's final state as JSON")
+    solve.add_argument("--config", type=Path, default=None, metavar="SPEC",
+                       help="run spec (TOML) giving the tiers, gate and sampling; --gate, --models, --tiers and "
+                            "--allocator are then refused (set them in the spec), the other run options ignored")
+    solve.add_argument("--tiers", type=int, choices=[2, 3], default=None,
+                       help="the shipped testbed tiers: 2 (draft, target; the default) or 3 (draft, mid, target, "
+                            "with the shipped 3-tier policy as --gate policy)")
+    solve.add_argument("--allow-other-tiers", action="store_true",
+                       help="use a policy trained on other models than --models, with a warning (its coverage does not carry over)")
+    solve.add_argument("--allocator", type=Path, default=None, metavar="DIR",
+                       help="an allocator artifact (`stepgraph train --allocator`): it picks each step's tier before the "
+                            "draft, and the gate still checks the drafts (default: none)")
+    add_run_options(solve)
+    solve.set_defaults(func=run)
+
+
+def _question_and_models(args: argparse.Namespace) -> tuple[str, list[Path]]:
+    """The question and the model directories, one per tier; ``--models a b QUESTION`` gives the question back to the positional."""
+    if args.tiers is not None and args.models:
+        raise StepgraphError("--tiers picks the shipped testbed models; give either --tiers or --models.")
+    shipped = [DRAFT_MODEL_DIR, MID_MODEL_DIR, TARGET_MODEL_DIR] if args.tiers == 3 else [DRAFT_MODEL_DIR, TARGET_MODEL_DIR]
+    model_dirs, question = list(args.models or shipped), args.question
+    if question is None and args.models and not model_dirs[-1].is_dir():
+        question = str(model_dirs.pop())
+    if question is None:
+        raise StepgraphError("Give the question to solve: stepgraph solve QUESTION [options].")
+    if len(model_dirs) < 2:
+        raise StepgraphError("--models needs at least two directories (a draft model and a stronger one).")
+    return question, model_dirs
+
+
+def _solve_from_spec(args: argparse.Namespace) -> int:
+    """``solve --config SPEC``: the run spec's tiers, gate (checked against the tiers) and sampling; JSON out."""
+    from stepgraph.context import validate_question
+    from stepgraph.graph import build_graph
+    from stepgraph.testbed import close_pair
+    from stepgraph.training.spec import load_spec
+
+    given = [f"--{name}" for name in SPEC_CHOOSES if getattr(args, name) is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} cannot be combined with --config {args.config}: the run spec chooses "
+                          "the tiers and the gate; edit its [[tiers]] / [gate] tables, or drop --config.")
+    spec = load_spec(args.config)
+    if args.question is None:
+        raise StepgraphError(f"Give the question to solve: stepgraph solve --config {args.config} QUESTION.")
+    context = spec.context()
+    question = validate_question(args.question, RouterLimits().max_question_chars)  # before any model loads
+    tiers = spec.build_tiers()
+    try:
+        result = build_graph(tiers, spec.build_gate(tiers), prices=spec.prices()).invoke({"question": question}, context=context)
+    finally:
+        close_pair(tiers)
+    keys = ("answer", "stop_reason", "escalations", "totals", "costs", "steps") if args.json else ("answer", "stop_reason", "escalations", "totals", "costs")
+    print(json.dumps({k: result[k] for k in keys}, indent=2, default=str))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if getattr(args, "config", None):
+        return _solve_from_spec(args)
+    from stepgraph.context import validate_question
+
+    question, model_dirs = _question_and_models(args)
+    context = context_of(args)
+    question = validate_question(question, RouterLimits().max_question_chars)  # before the graph and models load
+    from stepgraph.graph import build_graph
+    from stepgraph.models.local import TransformersStepModel, check_tier_tokenizers
+
+    options = gate_options(args)
+    if args.tiers == 3 and canonical_gate_name(args.gate or default_gate_name()) == "policy" and options.get("path") is None:
+        options["path"] = THREE_TIER_POLICY_DIR  # the 2-tier default policy is refused on three tiers
+    gate = resolve_gate(args.gate, **options)
+    models = [TransformersStepModel(path) for path in model_dirs]  # cheapest first: tier i is models[i]
+    check_tier_tokenizers(models)
+    allocator = None
+    if args.allocator is not None:
+        from stepgraph.allocator_file import LearnedAllocator
+
+        allocator = LearnedAllocator.from_path(args.allocator, [{"name": m.name, "parameters": m.n_params} for m in models])
+    graph = build_graph(models, gate, allocator=allocator, allow_other_tiers=args.allow_other_tiers)
+    result = graph.invoke({"question": question}, context=context)
+    if args.json:
+        json.dump(result, sys.stdout, indent=2, default=str)
+        print()
+        return 0
+    names = [m.name for m in models]
+    print(f"gate: {canonical_gate_name(args.gate or default_gate_name())}   tiers: {' < '.join(names)}")
+    for step in result["steps"]:
+        info = step_confidence(step)
+        print(f"[{step['index'] + 1}] tier {step['tier']} ({step['model']}; {info})")
+        if step["escalated"]:
+            print(f"    draft replaced: {step['draft']!r}")
+        print("    " + step["text"].replace("\n", "\n    "))
+    totals = result["totals"]
+    print(f"answer: {result['answer']}   (stop: {result['stop_reason']}, escalations: {result['escalations']})")
+    print(
+        f"cost: {totals['flops']:.3e} FLOPs generated + {totals['prefill_flops']:.3e} prefill, "
+        f"{int(totals['output_tokens'])} output tokens, ${totals['usd']:.6f}"
+    )
+    for tier, cost in sorted(result["costs"].items()):
+        print(f"  tier {tier}: {int(cost['calls'])} calls, {cost['flops']:.3e} FLOPs")
+    return 0
+
+
+def step_confidence(step: dict[str, Any]) -> str:
+    """What the gate saw for a step, attributed to the text it saw (the first draft), never to a replacement."""
+    conf = step["observation"].get("logit_confidence")
+    shown = f"{conf:.2f}" if conf is not None else "n/a"
+    score = step["gate_score"]
+    if step["escalated"]:
+        return f"draft conf {shown}, gate {score:.3g}: escalated" if score is not None else f"draft conf {shown}: escalated"
+    return f"conf {shown}, gate {score:.3g}" if score is not None else f"conf {shown}, no gate decision"
