@@ -44,6 +44,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Huma
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig, ensure_config
+from langchain_core.runnables.config import var_child_runnable_config
 from pydantic import ConfigDict, Field, PrivateAttr, create_model, model_validator
 
 from stepgraph.context import RouterContext
@@ -118,7 +119,7 @@ class ChatStepRouter(BaseChatModel, RouterSettings):  # type: ignore[misc,valid-
 
     @model_validator(mode="after")
     def _check(self) -> ChatStepRouter:
-        self.model_name = self._resolve_model_name(self.model_name)
+        self.model_name = self._resolve_model_name(self.model_name, stacklevel=5)  # warn at the caller's line
         self.router_context()  # RouterContext validates its own fields
         return self
 
@@ -173,7 +174,7 @@ class ChatStepRouter(BaseChatModel, RouterSettings):  # type: ignore[misc,valid-
         """The run's RouterContext: the fields of this chat model, with per-call overrides."""
         return RouterContext(**{name: overrides.get(name, getattr(self, name)) for name in CONTEXT_FIELDS})
 
-    def _resolve_model_name(self, name: str | None) -> str | None:
+    def _resolve_model_name(self, name: str | None, stacklevel: int = 3) -> str | None:
         """``name`` if it is the graph's name; a former name becomes it with a DeprecationWarning.
 
         Raises:
@@ -183,7 +184,7 @@ class ChatStepRouter(BaseChatModel, RouterSettings):  # type: ignore[misc,valid-
             warnings.warn(
                 f"ChatStepRouter(model={name!r}) is a former name, now the graph's name {self.graph_name!r}: pass "
                 f"model={self.graph_name!r} or leave model unset ({name!r} will be refused in a later release).",
-                DeprecationWarning, stacklevel=3,
+                DeprecationWarning, stacklevel=stacklevel,
             )
             return self.graph_name
         if name is not None and name != self.graph_name:
@@ -304,7 +305,7 @@ class ChatStepRouter(BaseChatModel, RouterSettings):  # type: ignore[misc,valid-
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         tokens = self._reports_tokens(False, run_manager, kwargs)
         inputs, options, answer = self._start(messages, stop, _child_callbacks(run_manager), kwargs)
-        for values in self._compiled().stream(inputs, stream_mode="values", **options):
+        for values in _steps(self._compiled(), inputs, options):
             for chunk in answer.chunks(answer.take(values)):
                 if tokens and run_manager:
                     run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
@@ -316,7 +317,7 @@ class ChatStepRouter(BaseChatModel, RouterSettings):  # type: ignore[misc,valid-
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         tokens = self._reports_tokens(True, run_manager, kwargs)
         inputs, options, answer = self._start(messages, stop, _child_callbacks(run_manager), kwargs)
-        async with aclosing(self._compiled().astream(inputs, stream_mode="values", **options)) as stream:
+        async with aclosing(_asteps(self._compiled(), inputs, options)) as stream:
             async for values in stream:
                 for chunk in answer.chunks(answer.take(values)):
                     if tokens and run_manager:
@@ -331,7 +332,7 @@ class ChatStepRouter(BaseChatModel, RouterSettings):  # type: ignore[misc,valid-
         if callbacks is None:
             callbacks = _child_callbacks(run_manager)
         inputs, options, answer = self._start(messages, stop, callbacks, kwargs)
-        for values in self._compiled().stream(inputs, stream_mode="values", **options):
+        for values in _steps(self._compiled(), inputs, options):
             for chunk in answer.chunks(answer.take(values)):
                 if run_manager:
                     run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
@@ -347,7 +348,7 @@ class ChatStepRouter(BaseChatModel, RouterSettings):  # type: ignore[misc,valid-
         if callbacks is None:
             callbacks = _child_callbacks(run_manager)
         inputs, options, answer = self._start(messages, stop, callbacks, kwargs)
-        async with aclosing(self._compiled().astream(inputs, stream_mode="values", **options)) as stream:
+        async with aclosing(_asteps(self._compiled(), inputs, options)) as stream:
             async for values in stream:
                 for chunk in answer.chunks(answer.take(values)):
                     if run_manager:
@@ -423,6 +424,44 @@ class _Answer:
             content="", response_metadata=_metadata(result, model_name), usage_metadata=_usage(result.get("totals", {})),
             chunk_position="last",
         ))
+
+
+def _steps(graph: Any, inputs: dict[str, Any], options: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The graph's state after each step, its run a child of the chat run also inside a chain.
+
+    LangGraph merges the config an enclosing chain leaves in the context with the config passed,
+    and the chain's parent run wins: the graph would be the chat run's sibling. It reads that
+    context only as it starts, so it starts with the context cleared: its config is the one given.
+    """
+    stream = graph.stream(inputs, stream_mode="values", **options)
+    try:
+        token = var_child_runnable_config.set(None)
+        try:
+            first = next(stream, None)
+        finally:
+            var_child_runnable_config.reset(token)
+        if first is not None:
+            yield first
+            yield from stream
+    finally:
+        stream.close()
+
+
+async def _asteps(graph: Any, inputs: dict[str, Any], options: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+    """``_steps`` for the graph's async stream."""
+    stream = graph.astream(inputs, stream_mode="values", **options)
+    try:
+        token = var_child_runnable_config.set(None)
+        try:
+            first = await anext(stream, None)
+        finally:
+            var_child_runnable_config.reset(token)
+        if first is not None:
+            yield first
+            async for values in stream:
+                yield values
+    finally:
+        await stream.aclose()
 
 
 def _child_callbacks(run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None) -> Any:
