@@ -310,3 +310,15 @@ def test_context_fields_read_a_dataclass_and_a_pydantic_router_context(monkeypat
     assert list(as_model)[: len(actual)] == list(actual)
     assert {name: settings.context_default(name) for name in actual} == {name: getattr(RouterContext(), name) for name in actual}
     assert settings.context_default("tags") == [] and as_model["max_steps"][1].description == "steps"
+
+
+def test_gates_differing_only_in_fitted_arrays_have_different_fingerprints():
+    import numpy as np
+
+    class FittedGate(AlwaysDraftGate):
+        def __init__(self, means) -> None:
+            self.means = np.asarray(means, dtype=np.float64)
+
+    tiers = _tiers()
+    fingerprints = {graph_fingerprint(_graph(FittedGate(means), tiers)) for means in ([0.0, 1.0], [0.0, 1.0], [0.0, 2.0])}
+    assert len(fingerprints) == 2

@@ -64,7 +64,7 @@ _GRAPH_CALLBACKS = "_stepgraph_graph_callbacks"
 # What to use instead of tools and structured output: the routed graph as a tool of a tool-calling model.
 _USE_THE_TOOL = (
     "put stepgraph.integrations.tool.routed_reasoning_tool() in an agent whose model calls tools (e.g. "
-    "langchain.agents.create_agent(ChatOpenAI(...), [routed_reasoning_tool()])); that model can also give "
+    "langchain.agents.create_agent(ChatOpenAI(...), [routed_reasoning_tool()]), as examples/agent_tool.py does); that model can also give "
     "structured output. ChatStepRouter's own reply is the routed chain of thought, with the answer in "
     "response_metadata['answer']."
 )

@@ -10,8 +10,8 @@ prices and limits. Stored state is read, never a mutable log:
   key; its counters and caches are left out;
 - a gate, artifact or other object on its type and public attributes (private ones, such as a
   random generator's state, are left out), a few levels deep;
-- weights (torch modules and tensors) by the sha256 of their bytes, up to ``MAX_HASHED_ELEMENTS``;
-  larger ones by type and size only.
+- weights (torch modules and tensors) by the sha256 of their bytes, up to ``MAX_HASHED_ELEMENTS``,
+  larger ones by type and size only; numpy arrays by the sha256 of their bytes.
 
 A graph whose nodes cannot be read (not built by ``build_graph``) is keyed by its object: it never
 shares another graph's entries, and its own do not carry over to another process.
@@ -84,6 +84,9 @@ def _describe(value: Any, depth: int) -> Any:
         return {"type": _qualname(value), "weights": _weights_digest(value.state_dict())}
     if callable(getattr(value, "detach", None)) and hasattr(value, "numel"):  # a tensor
         return {"type": _qualname(value), "weights": _weights_digest({"": value})}
+    if callable(getattr(value, "tobytes", None)) and hasattr(value, "shape"):  # a numpy array
+        digest = hashlib.sha256(f"{value.dtype}:{value.shape}".encode() + value.tobytes()).hexdigest()
+        return {"type": _qualname(value), "weights": digest}
     if inspect.isroutine(value):
         return _qualname(value)
     if depth == 0 or not hasattr(value, "__dict__"):
