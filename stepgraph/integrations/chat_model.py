@@ -213,9 +213,11 @@ class ChatStepRouter(BaseChatModel, RouterSettings):  # type: ignore[misc,valid-
         return list(tokenizer.encode(text, add_special_tokens=False))
 
     def get_num_tokens(self, text: str) -> int:
-        """Tokens in ``text`` by the draft tier's tokenizer (see ``get_token_ids``); with no tier
-        tokenizer, an estimate of one token per 4 characters (rounded up), the rule of thumb for
-        English with BPE tokenizers."""
+        """Tokens in ``text`` by the draft tier's tokenizer (see ``get_token_ids``), offline.
+
+        With no tier tokenizer: an estimate of one token per 4 characters (rounded up), the rule of
+        thumb for English text with BPE tokenizers.
+        """
         if self.custom_get_token_ids is None and _tier_tokenizer(self._compiled()) is None:
             return -(-len(text) // 4)
         return len(self.get_token_ids(text))
