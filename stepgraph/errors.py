@@ -44,3 +44,7 @@ class PolicyFileError(StepgraphError, ValueError):
 
 class TraceStoreError(StepgraphError, RuntimeError):
     """A trace store is corrupted, truncated or of another schema version."""
+
+
+class UnsupportedFeatureError(StepgraphError, NotImplementedError):
+    """An interface feature stepgraph does not offer (e.g. tool calling on the chat model); the message says what to use."""

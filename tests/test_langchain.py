@@ -1,7 +1,6 @@
 """LangChain / LangGraph citizenship: runnable, chat model, tool in an agent, streaming, checkpoints."""
 
 import asyncio
-from dataclasses import fields
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ from stepgraph.context import RouterContext
 from stepgraph.defaults import resolve_gate
 from stepgraph.graph import build_graph
 from stepgraph.integrations.chat_model import ChatStepRouter
+from stepgraph.integrations.settings import CONTEXT_FIELDS
 from stepgraph.integrations.tool import routed_reasoning_tool
 from stepgraph.testbed import load_pair, task
 
@@ -296,13 +296,13 @@ def test_cache_key_holds_every_run_setting():
         assert short.usage_metadata["output_tokens"] == 2 < drafted.invoke(question).usage_metadata["output_tokens"]
     finally:
         set_llm_cache(None)
-    assert set(ChatStepRouter()._identifying_params) >= {f.name for f in fields(RouterContext)} | {"stop", "max_tokens"}
+    assert set(ChatStepRouter()._identifying_params) >= {*CONTEXT_FIELDS, "stop", "max_tokens"}
 
 
 def test_chat_settings_are_router_context_fields():
     defaults = RouterContext()
     llm = ChatStepRouter()
-    assert all(getattr(llm, f.name) == getattr(defaults, f.name) for f in fields(RouterContext))
+    assert all(getattr(llm, name) == getattr(defaults, name) for name in CONTEXT_FIELDS)
     assert ChatStepRouter(max_steps=3).router_context(seed=5) == RouterContext(max_steps=3, seed=5)
 
 
@@ -380,6 +380,16 @@ def test_graph_run_is_nested_under_the_chat_model_run_and_reports_usage():
         (output,) = recorder.llm_outputs
         assert output["model_name"] == "stepgraph"
         assert output["token_usage"]["completion_tokens"] == reply.usage_metadata["output_tokens"] > 0
+
+    async def astream(q, **kw):
+        return [chunk async for chunk in llm.astream(q, **kw)]
+
+    for stream in (lambda q, **kw: _merged(llm.stream(q, **kw)), lambda q, **kw: _merged(asyncio.run(astream(q, **kw)))):
+        recorder = Recorder()
+        reply = stream(PROBLEMS[0].question, config={"callbacks": [recorder]})
+        (chat_run,) = recorder.chat
+        assert recorder.chains[0] == ("stepgraph", chat_run)  # streamed too: was a run of its own
+        assert reply.response_metadata["answer"] is not None
     assert llm._get_ls_params()["ls_provider"] == "stepgraph"
 
 
@@ -428,3 +438,51 @@ def test_a_first_batch_loads_the_default_models_once():
                           check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == str([str(problem.answer)] * 3) and "MISSING" not in done.stderr
+
+
+def _merged(chunks):
+    full = None
+    for chunk in chunks:
+        full = chunk if full is None else full + chunk
+    return full
+
+
+def test_the_embedded_default_and_a_custom_graph_of_the_same_name_never_share_a_cache_entry(graph):
+    from langchain_core.caches import InMemoryCache
+    from langchain_core.globals import set_llm_cache
+
+    question = PROBLEMS[0].question
+    # Named "stepgraph" by default, as the embedded one; its one gate sends every step to the target.
+    custom = build_graph(load_pair(), resolve_gate("target"))
+    assert custom.name == ChatStepRouter().graph_name == "stepgraph"
+    set_llm_cache(InMemoryCache())
+    try:
+        default = ChatStepRouter(seed=0).invoke(question)  # the embedded default's own gate
+        escalated = ChatStepRouter(seed=0, graph=custom).invoke(question)  # was default's cached reply
+    finally:
+        set_llm_cache(None)
+    assert {s["tier"] for s in default.response_metadata["steps"]} != {1}
+    assert {s["tier"] for s in escalated.response_metadata["steps"]} == {1}
+
+
+def test_token_counts_use_the_shipped_tokenizer_and_never_the_network(monkeypatch):
+    import socket
+    import time
+
+    import langchain_core.language_models.base as language_model
+
+    from stepgraph.models.qwen2 import ChatTokenizer
+    from stepgraph.testbed import DRAFT_MODEL_DIR
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("get_num_tokens opened a connection")
+
+    monkeypatch.setattr(language_model, "_get_token_ids_default_method", lambda text: pytest.fail("GPT-2 download"))
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    text = PROBLEMS[0].question
+    started = time.monotonic()
+    count = ChatStepRouter().get_num_tokens(text)
+    assert time.monotonic() - started < 30  # was 241 s of download retries offline, then 0
+    assert count == len(ChatTokenizer(DRAFT_MODEL_DIR).encode(text)) > 0
+    assert ChatStepRouter().get_num_tokens_from_messages([HumanMessage(text)]) >= count

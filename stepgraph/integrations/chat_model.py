@@ -5,8 +5,14 @@ reply's content is the routed chain of thought, and the routing details (which t
 step, the answer, costs per tier) are in ``response_metadata``; token counts in
 ``usage_metadata`` and ``llm_output["token_usage"]``. Streaming yields one chunk per step, its
 details under ``response_metadata["step_<index>"]``. The graph's run is a child of the chat
-model's run in callbacks and LangSmith traces. It does not call tools and has no
-structured-output mode.
+model's run in callbacks and LangSmith traces, on every path (invoke, stream, their async forms,
+astream_events). It does not call tools and has no structured-output mode: ``bind_tools`` and
+``with_structured_output`` raise ``UnsupportedFeatureError`` saying to give an agent whose model
+calls tools ``routed_reasoning_tool()`` instead.
+
+The LLM cache key holds every setting of the call and a fingerprint of the graph (its tiers,
+gates and their artifacts: ``stepgraph.integrations.fingerprint``), never the graph's name alone.
+``get_num_tokens`` counts with the draft tier's tokenizer, offline.
 
 Settings: every ``RouterContext`` field is a field of the chat model (and a ``.bind`` /
 ``invoke`` keyword), plus the chat-level limits ``stop``, ``max_tokens`` and ``timeout``, which
@@ -18,12 +24,14 @@ silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
-import typing
-from collections.abc import AsyncIterator, Callable, Iterator
+import uuid
+import warnings
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import aclosing
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
@@ -31,35 +39,39 @@ from langchain_core.callbacks import (
     CallbackManager,
     CallbackManagerForLLMRun,
 )
-from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, create_model, model_validator
+from langchain_core.runnables import RunnableConfig, ensure_config
+from langchain_core.runnables.config import var_child_runnable_config
+from pydantic import ConfigDict, Field, PrivateAttr, create_model, model_validator
 
 from stepgraph.context import RouterContext
-from stepgraph.errors import BadQuestionError, ConfigError
+from stepgraph.errors import BadQuestionError, ConfigError, UnsupportedFeatureError
+from stepgraph.integrations.fingerprint import graph_fingerprint, tiers_of
+from stepgraph.integrations.settings import CONTEXT_FIELDS, context_fields
 
 # The name ``stepgraph.integrations.studio.default_graph()`` compiles the embedded default with.
 DEFAULT_GRAPH_NAME = "stepgraph"
 # Loading the same weights from several threads at once leaves tied weights uninitialised.
 _DEFAULT_GRAPH_LOCK = threading.Lock()
-CONTEXT_FIELDS = tuple(f.name for f in dataclasses.fields(RouterContext))
+# Former names of the model (releases before the model name became the graph's name: a label that
+# picked nothing). They are accepted as the graph's name with a DeprecationWarning.
+FORMER_MODEL_NAMES = ("stepgraph-testbed",)
+# How stream()/astream() hand _stream/_astream the callbacks of the chat run (see _parent_run).
+_GRAPH_CALLBACKS = "_stepgraph_graph_callbacks"
+# What to use instead of tools and structured output: the routed graph as a tool of a tool-calling model.
+_USE_THE_TOOL = (
+    "put stepgraph.integrations.tool.routed_reasoning_tool() in an agent whose model calls tools (e.g. "
+    "langchain.agents.create_agent(ChatOpenAI(...), [routed_reasoning_tool()]), as examples/agent_tool.py does); that model can also give "
+    "structured output. ChatStepRouter's own reply is the routed chain of thought, with the answer in "
+    "response_metadata['answer']."
+)
 
-
-def _context_settings() -> type[BaseModel]:
-    """RouterContext's fields as pydantic fields: RouterContext stays the one source of their defaults."""
-    hints = typing.get_type_hints(RouterContext)
-    fields: dict[str, Any] = {}
-    for f in dataclasses.fields(RouterContext):
-        factory = cast(Callable[[], Any], f.default_factory)
-        default = f.default if f.default is not dataclasses.MISSING else Field(default_factory=factory)
-        description = f.metadata.get("description")
-        fields[f.name] = (hints[f.name], default if description is None else Field(default, description=description))
-    return create_model("RouterSettings", __doc__="RouterContext's fields, as chat-model settings.", **fields)
-
-
-RouterSettings = _context_settings()
+# RouterContext's fields as pydantic fields: RouterContext stays the one source of their defaults.
+RouterSettings = create_model("RouterSettings", __doc__="RouterContext's fields, as chat-model settings.",
+                              **context_fields())  # type: ignore[call-overload]
 
 
 class ChatStepRouter(BaseChatModel, RouterSettings):  # type: ignore[misc,valid-type]
@@ -107,7 +119,7 @@ class ChatStepRouter(BaseChatModel, RouterSettings):  # type: ignore[misc,valid-
 
     @model_validator(mode="after")
     def _check(self) -> ChatStepRouter:
-        self._check_model_name(self.model_name)
+        self.model_name = self._resolve_model_name(self.model_name, stacklevel=5)  # warn at the caller's line
         self.router_context()  # RouterContext validates its own fields
         return self
 
@@ -121,15 +133,36 @@ class ChatStepRouter(BaseChatModel, RouterSettings):  # type: ignore[misc,valid-
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        # The LLM cache key: every setting that changes the answer.
+        # Every setting that changes the answer (the cache key adds the graph's fingerprint: _get_llm_string).
         params = {name: getattr(self, name) for name in CONTEXT_FIELDS}
         return {"model_name": self.graph_name, **params, "max_tokens": self.max_tokens, "timeout": self.timeout,
                 "stop": self.stop}
 
+    def _get_invocation_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+        kwargs.pop(_GRAPH_CALLBACKS, None)
+        params = super()._get_invocation_params(stop=stop, **kwargs)
+        # BaseChatModel writes the per-call stop (None when not given) over the field's; the answer
+        # ends at the per-call stop if given, else at the field's, so that is the stop of this call.
+        params["stop"] = stop if stop is not None else self.stop
+        return params
+
+    def _get_llm_string(self, stop: list[str] | None = None, **kwargs: Any) -> str:
+        """The LLM cache key: every setting of this call and the fingerprint of the graph that answers.
+
+        Two routers share an entry only if their settings (per-call ones winning) and their graphs'
+        tiers, gates (with their artifacts), prices and limits are the same; a graph's name alone
+        says nothing (a custom graph is named "stepgraph" by default).
+        """
+        kwargs.pop(_GRAPH_CALLBACKS, None)
+        params = {**self._get_invocation_params(stop=stop, **kwargs), "graph": graph_fingerprint(self._compiled())}
+        return json.dumps(params, sort_keys=True, default=str)
+
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        # A per-call model= is reported as asked; the run then refuses it unless it is the graph's name.
-        params = LangSmithParams(ls_provider="stepgraph", ls_model_name=kwargs.get("model", self.graph_name), ls_model_type="chat",
-                                 ls_temperature=kwargs.get("temperature", self.temperature))
+        # A per-call model= is reported as asked (a former name as the graph's); the run then refuses
+        # it unless it is the graph's name.
+        model = kwargs.get("model", self.graph_name)
+        params = LangSmithParams(ls_provider="stepgraph", ls_model_name=self.graph_name if model in FORMER_MODEL_NAMES else model,
+                                 ls_model_type="chat", ls_temperature=kwargs.get("temperature", self.temperature))
         max_tokens = kwargs.get("max_tokens", self.max_tokens)
         if max_tokens is not None:
             params["ls_max_tokens"] = max_tokens
@@ -141,13 +174,61 @@ class ChatStepRouter(BaseChatModel, RouterSettings):  # type: ignore[misc,valid-
         """The run's RouterContext: the fields of this chat model, with per-call overrides."""
         return RouterContext(**{name: overrides.get(name, getattr(self, name)) for name in CONTEXT_FIELDS})
 
-    def _check_model_name(self, name: str | None) -> None:
+    def _resolve_model_name(self, name: str | None, stacklevel: int = 3) -> str | None:
+        """``name`` if it is the graph's name; a former name becomes it with a DeprecationWarning.
+
+        Raises:
+            ConfigError: any other name (it would pick no model).
+        """
+        if name in FORMER_MODEL_NAMES:
+            warnings.warn(
+                f"ChatStepRouter(model={name!r}) is a former name, now the graph's name {self.graph_name!r}: pass "
+                f"model={self.graph_name!r} or leave model unset ({name!r} will be refused in a later release).",
+                DeprecationWarning, stacklevel=stacklevel,
+            )
+            return self.graph_name
         if name is not None and name != self.graph_name:
             raise ConfigError(
                 f"model={name!r}: ChatStepRouter's model name is its graph's name ({self.graph_name!r}) and does not "
                 "pick models. To route between other models, build a graph (stepgraph.build_graph(tiers, gate, "
                 "name=...)) and pass it as graph=."
             )
+        return name
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` by the draft tier's tokenizer (tier 0: it reads every prompt first).
+
+        Falls back to the next tier with a tokenizer; with none (e.g. API tiers), ``get_num_tokens``
+        estimates instead. Never downloads anything (LangChain's default is GPT-2's tokenizer from
+        the Hugging Face hub). A ``custom_get_token_ids`` wins.
+        """
+        if self.custom_get_token_ids is not None:
+            return self.custom_get_token_ids(text)
+        tokenizer = _tier_tokenizer(self._compiled())
+        if tokenizer is None:
+            raise UnsupportedFeatureError(
+                "None of this graph's tiers has a local tokenizer (API tiers count their own tokens); "
+                "get_num_tokens estimates one token per 4 characters, or pass custom_get_token_ids=."
+            )
+        return list(tokenizer.encode(text, add_special_tokens=False))
+
+    def get_num_tokens(self, text: str) -> int:
+        """Tokens in ``text`` by the draft tier's tokenizer (see ``get_token_ids``), offline.
+
+        With no tier tokenizer: an estimate of one token per 4 characters (rounded up), the rule of
+        thumb for English text with BPE tokenizers.
+        """
+        if self.custom_get_token_ids is None and _tier_tokenizer(self._compiled()) is None:
+            return -(-len(text) // 4)
+        return len(self.get_token_ids(text))
+
+    def bind_tools(self, tools: Sequence[Any], *, tool_choice: str | None = None, **kwargs: Any) -> NoReturn:
+        """Refused: the routed models write reasoning steps, not tool calls (the message says what to do)."""
+        raise UnsupportedFeatureError(f"ChatStepRouter does not call tools (bind_tools); instead {_USE_THE_TOOL}")
+
+    def with_structured_output(self, schema: Any, *, include_raw: bool = False, **kwargs: Any) -> NoReturn:
+        """Refused: the routed models write reasoning steps, not JSON (the message says what to do)."""
+        raise UnsupportedFeatureError(f"ChatStepRouter has no structured-output mode (with_structured_output); instead {_USE_THE_TOOL}")
 
     def _compiled(self) -> Any:
         if self.graph is not None:
@@ -162,13 +243,16 @@ class ChatStepRouter(BaseChatModel, RouterSettings):  # type: ignore[misc,valid-
     def _start(self, messages: list[BaseMessage], stop: list[str] | None, callbacks: Any,
                kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], _Answer]:
         """The graph's input, config (callbacks nest under this run) and the answer collector."""
+        # LangChain's own keys: ``stream`` (whether to stream; the graph always goes step by step)
+        # and the chat run's callbacks handed over by stream()/astream().
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("stream", _GRAPH_CALLBACKS)}
         unknown = set(kwargs) - {*CONTEXT_FIELDS, "max_tokens", "timeout", "model", "model_name"}
         if unknown:
             raise ConfigError(
                 f"ChatStepRouter does not take {sorted(unknown)}; per-call settings are the RouterContext fields "
                 f"{list(CONTEXT_FIELDS)} and max_tokens, timeout, stop."
             )
-        self._check_model_name(kwargs.get("model", kwargs.get("model_name")))
+        self._resolve_model_name(kwargs.get("model", kwargs.get("model_name")))
         limits = {name: kwargs[name] for name in ("max_tokens", "timeout") if name in kwargs}
         if limits:  # per-call chat limits get the fields' validation
             type(self)(graph=self.graph, **limits)
@@ -192,29 +276,65 @@ class ChatStepRouter(BaseChatModel, RouterSettings):  # type: ignore[misc,valid-
         return ChatResult(generations=[ChatGeneration(message=message)],
                           llm_output={"token_usage": token_usage, "model_name": self.graph_name})
 
+    # How the graph's run stays a child of the chat run on every path. BaseChatModel calls
+    # _stream/_astream without the run manager (on purpose: it reports the tokens itself), from
+    # stream()/astream() and from invoke() when it streams. So invoke() always goes through
+    # _generate/_agenerate, which have the run manager and report the steps as tokens when LangChain
+    # would have streamed; stream()/astream() fix the chat run's id and hand its callbacks over.
+
+    def _should_stream(self, *, async_api: bool, run_manager: Any = None, **kwargs: Any) -> bool:
+        # Asked with a run manager only by invoke()'s path: keep it on _generate (see above).
+        return run_manager is None and super()._should_stream(async_api=async_api, **kwargs)
+
+    def _reports_tokens(self, async_api: bool, run_manager: Any, kwargs: dict[str, Any]) -> bool:
+        """Whether LangChain would have streamed this invoke (``streaming=True``, a streaming handler)."""
+        return run_manager is not None and super()._should_stream(async_api=async_api, run_manager=run_manager, **kwargs)
+
+    def stream(self, input: LanguageModelInput, config: RunnableConfig | None = None, *,
+               stop: list[str] | None = None, **kwargs: Any) -> Iterator[AIMessageChunk]:
+        config, callbacks = _parent_run(config, CallbackManager)
+        yield from super().stream(input, config, stop=stop, **kwargs, **{_GRAPH_CALLBACKS: callbacks})
+
+    async def astream(self, input: LanguageModelInput, config: RunnableConfig | None = None, *,
+                      stop: list[str] | None = None, **kwargs: Any) -> AsyncIterator[AIMessageChunk]:
+        config, callbacks = _parent_run(config, AsyncCallbackManager)
+        chunks = cast(AsyncGenerator[AIMessageChunk, None], super().astream(input, config, stop=stop, **kwargs, **{_GRAPH_CALLBACKS: callbacks}))
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk
+
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        tokens = self._reports_tokens(False, run_manager, kwargs)
         inputs, options, answer = self._start(messages, stop, _child_callbacks(run_manager), kwargs)
-        for values in self._compiled().stream(inputs, stream_mode="values", **options):
-            answer.take(values)
+        for values in _steps(self._compiled(), inputs, options):
+            for chunk in answer.chunks(answer.take(values)):
+                if tokens and run_manager:
+                    run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
             if answer.stopped:
                 break
         return self._result(answer)
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        tokens = self._reports_tokens(True, run_manager, kwargs)
         inputs, options, answer = self._start(messages, stop, _child_callbacks(run_manager), kwargs)
-        async with aclosing(self._compiled().astream(inputs, stream_mode="values", **options)) as stream:
+        async with aclosing(_asteps(self._compiled(), inputs, options)) as stream:
             async for values in stream:
-                answer.take(values)
+                for chunk in answer.chunks(answer.take(values)):
+                    if tokens and run_manager:
+                        await run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
                 if answer.stopped:
                     break
         return self._result(answer)
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        inputs, options, answer = self._start(messages, stop, _child_callbacks(run_manager), kwargs)
-        for values in self._compiled().stream(inputs, stream_mode="values", **options):
+        callbacks = kwargs.pop(_GRAPH_CALLBACKS, None)
+        if callbacks is None:
+            callbacks = _child_callbacks(run_manager)
+        inputs, options, answer = self._start(messages, stop, callbacks, kwargs)
+        for values in _steps(self._compiled(), inputs, options):
             for chunk in answer.chunks(answer.take(values)):
                 if run_manager:
                     run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
@@ -226,8 +346,11 @@ class ChatStepRouter(BaseChatModel, RouterSettings):  # type: ignore[misc,valid-
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
-        inputs, options, answer = self._start(messages, stop, _child_callbacks(run_manager), kwargs)
-        async with aclosing(self._compiled().astream(inputs, stream_mode="values", **options)) as stream:
+        callbacks = kwargs.pop(_GRAPH_CALLBACKS, None)
+        if callbacks is None:
+            callbacks = _child_callbacks(run_manager)
+        inputs, options, answer = self._start(messages, stop, callbacks, kwargs)
+        async with aclosing(_asteps(self._compiled(), inputs, options)) as stream:
             async for values in stream:
                 for chunk in answer.chunks(answer.take(values)):
                     if run_manager:
@@ -305,6 +428,44 @@ class _Answer:
         ))
 
 
+def _steps(graph: Any, inputs: dict[str, Any], options: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The graph's state after each step, its run a child of the chat run also inside a chain.
+
+    LangGraph merges the config an enclosing chain leaves in the context with the config passed,
+    and the chain's parent run wins: the graph would be the chat run's sibling. It reads that
+    context only as it starts, so it starts with the context cleared: its config is the one given.
+    """
+    stream = graph.stream(inputs, stream_mode="values", **options)
+    try:
+        token = var_child_runnable_config.set(None)
+        try:
+            first = next(stream, None)
+        finally:
+            var_child_runnable_config.reset(token)
+        if first is not None:
+            yield first
+            yield from stream
+    finally:
+        stream.close()
+
+
+async def _asteps(graph: Any, inputs: dict[str, Any], options: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+    """``_steps`` for the graph's async stream."""
+    stream = graph.astream(inputs, stream_mode="values", **options)
+    try:
+        token = var_child_runnable_config.set(None)
+        try:
+            first = await anext(stream, None)
+        finally:
+            var_child_runnable_config.reset(token)
+        if first is not None:
+            yield first
+            async for values in stream:
+                yield values
+    finally:
+        await stream.aclose()
+
+
 def _child_callbacks(run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None) -> Any:
     """Callbacks that make the graph's run a child of the chat model's run (as ``ParentRunManager.get_child``).
 
@@ -313,11 +474,46 @@ def _child_callbacks(run_manager: CallbackManagerForLLMRun | AsyncCallbackManage
     if run_manager is None:
         return None
     async_run = isinstance(run_manager, AsyncCallbackManagerForLLMRun)
-    manager = (AsyncCallbackManager if async_run else CallbackManager)(handlers=[], parent_run_id=run_manager.run_id)
-    manager.set_handlers(run_manager.inheritable_handlers)
-    manager.add_tags(run_manager.inheritable_tags)
-    manager.add_metadata(run_manager.inheritable_metadata)
+    return _children(AsyncCallbackManager if async_run else CallbackManager, run_manager.run_id, run_manager)
+
+
+def _children(manager_class: type[CallbackManager | AsyncCallbackManager], parent_run_id: uuid.UUID,
+              parent: Any) -> Any:
+    """Callbacks for runs under ``parent_run_id``: ``parent``'s inheritable handlers, tags and metadata."""
+    manager = manager_class(handlers=[], parent_run_id=parent_run_id)
+    manager.set_handlers(parent.inheritable_handlers)
+    manager.add_tags(parent.inheritable_tags)
+    manager.add_metadata(parent.inheritable_metadata)
     return manager
+
+
+def _parent_run(config: RunnableConfig | None, manager_class: type[CallbackManager | AsyncCallbackManager],
+                ) -> tuple[RunnableConfig, Any]:
+    """``config`` for stream()/astream() with the chat run's id fixed, and the callbacks of its children.
+
+    The callbacks are configured here once (handlers, tags, metadata, and LangSmith's tracer when
+    tracing is on) and passed on as the chat run's callbacks, so its run and the graph's share the
+    same handler objects: a tracer finds the graph's parent among the runs it has seen.
+    """
+    config = ensure_config(config)
+    run_id = config.get("run_id") or uuid.uuid4()
+    manager = manager_class.configure(config.get("callbacks"), inheritable_tags=config.get("tags"),
+                                      inheritable_metadata=config.get("metadata"))
+    return RunnableConfig(**{**config, "callbacks": manager, "run_id": run_id}), _children(manager_class, run_id, manager)
+
+
+def _tier_tokenizer(graph: Any) -> Any:
+    """The first tier's tokenizer (an ``encode(text, add_special_tokens=...)``), None if no tier has one.
+
+    A tier that loads on first use (the embedded default's) is loaded: the tokenizer comes with the
+    model, from local files. An API tier has none.
+    """
+    for tier in tiers_of(graph):
+        model = tier if hasattr(tier, "tokenizer") else getattr(tier, "model", None)  # a lazily loaded tier
+        tokenizer = getattr(model, "tokenizer", None)
+        if callable(getattr(tokenizer, "encode", None)):
+            return tokenizer
+    return None
 
 
 def _question(messages: list[BaseMessage]) -> str:

@@ -14,13 +14,18 @@ from pydantic import BaseModel, Field
 
 from stepgraph.context import RouterContext
 from stepgraph.errors import BadQuestionError, ModelOutputError
+from stepgraph.integrations.settings import context_default
+
+# RouterContext's defaults (the one source): a default changed there changes the tool's.
+DEFAULT_MAX_STEPS: int = context_default("max_steps")
+DEFAULT_SEED: int | None = context_default("seed")
 
 
 class RoutedQuestion(BaseModel):
     """Input of the stepwise reasoning tool."""
 
     question: str = Field(description="A self-contained math word problem to solve step by step.")
-    max_steps: int = Field(default=16, ge=1, le=64, description="Step limit of the answer.")
+    max_steps: int = Field(default=DEFAULT_MAX_STEPS, ge=1, le=64, description="Step limit of the answer.")
 
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
@@ -43,13 +48,14 @@ def _tool_error(exc: BadQuestionError | ModelOutputError) -> ToolException:
     return ToolException(f"{kind}: {exc}")
 
 
-def routed_reasoning_tool(graph: Any = None, *, name: str = "stepwise_reasoner", seed: int | None = 0) -> StructuredTool:
+def routed_reasoning_tool(graph: Any = None, *, name: str = "stepwise_reasoner",
+                          seed: int | None = DEFAULT_SEED) -> StructuredTool:
     """A ``StructuredTool`` that answers a question with the routed graph and reports the cost.
 
     Args:
         graph: a compiled stepgraph graph (default: the shipped pair with its default gate).
         name: the tool's name as the agent sees it.
-        seed: base seed of each run.
+        seed: base seed of each run (default: RouterContext's).
 
     Example:
         >>> tool = routed_reasoning_tool()
@@ -61,13 +67,13 @@ def routed_reasoning_tool(graph: Any = None, *, name: str = "stepwise_reasoner",
 
         graph = default_graph()
 
-    def solve(question: str, max_steps: int = 16) -> dict[str, Any]:
+    def solve(question: str, max_steps: int = DEFAULT_MAX_STEPS) -> dict[str, Any]:
         try:
             return _summary(graph.invoke({"question": question}, context=RouterContext(seed=seed, max_steps=max_steps)))
         except (BadQuestionError, ModelOutputError) as exc:
             raise _tool_error(exc) from exc
 
-    async def asolve(question: str, max_steps: int = 16) -> dict[str, Any]:
+    async def asolve(question: str, max_steps: int = DEFAULT_MAX_STEPS) -> dict[str, Any]:
         try:
             result = await graph.ainvoke({"question": question}, context=RouterContext(seed=seed, max_steps=max_steps))
         except (BadQuestionError, ModelOutputError) as exc:
