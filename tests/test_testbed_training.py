@@ -39,6 +39,13 @@ def test_resume_continues_bit_for_bit(tmp_path):
     assert summary["tokens_seen"] > 0 and summary["problems_seen"] == 24 and summary["seed"] == 0 and summary["threads"] == 1
 
 
+def test_a_tier_can_reuse_a_saved_tokenizer(tmp_path):
+    tm.tokenizer_for("v1").save_pretrained(tmp_path / "tok")  # not the one v2 would build
+    tm.train("draft", 2, tm.Args(**TINY, tokenizer=tmp_path / "tok", out=tmp_path))  # type: ignore[arg-type]
+    assert (tmp_path / "draft" / "tokenizer.json").read_text() == (tmp_path / "tok" / "tokenizer.json").read_text()
+    assert json.loads((tmp_path / "draft" / "config.json").read_text())["vocab_size"] == VOCAB_SIZE
+
+
 def test_resume_refuses_a_missing_or_mismatched_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="--resume"):
         tm.train("draft", 6, tm.Args(**TINY, resume=True, out=tmp_path))  # type: ignore[arg-type]
@@ -82,7 +89,8 @@ def test_v2_tokenizer_keeps_words_whole_digits_single_and_the_qwen2_format(tmp_p
     assert tokenizer.tokenize(" 2026") == ["Ġ", "2", "0", "2", "6"]
     text = "Zyx quibbles 7 florps."  # unseen words still tokenize and round-trip
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
-    tokenizer.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)  # as in a model directory: vLLM and AutoTokenizer read the Qwen2 config
+    tm.build_model("draft", len(tokenizer), tokenizer, "v2").config.save_pretrained(tmp_path)
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     assert type(loaded).__name__ in ("Qwen2Tokenizer", "Qwen2TokenizerFast") and loaded.tokenize(text) == tokenizer.tokenize(text)
     prompt = loaded.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)

@@ -99,6 +99,8 @@ class Args:
     """continue from <out>/<which>-checkpoint.pt"""
     chunk_problems: int = 4096
     """problems generated per chunk of the data stream"""
+    tokenizer: Path | None = None
+    """a saved tokenizer to use instead of building one (so every tier shares the target run's)"""
 
 
 def build_model(which: str, vocab_size: int, tokenizer, task_name: str = "v1") -> Qwen2ForCausalLM:
@@ -210,6 +212,10 @@ def train(which: str, steps: int, args: Args) -> None:
     tokenizer_dir = args.out / f"{which}-tokenizer"
     if args.resume and tokenizer_dir.exists():
         tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+    elif args.tokenizer is not None:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(args.tokenizer)
+        if args.checkpoint_every:
+            tokenizer.save_pretrained(tokenizer_dir)
     else:
         tokenizer = tokenizer_for(args.task)
         if args.checkpoint_every:
@@ -358,6 +364,7 @@ def parse_args() -> Args:
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name), help="default: %(default)s")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="default: %(default)s")
     parser.add_argument("--out", type=Path, default=defaults.out, help="default: %(default)s")
+    parser.add_argument("--tokenizer", type=Path, default=None, help="use this saved tokenizer (e.g. <out>/target-tokenizer) instead of building one")
     parser.add_argument("--evaluate-only", action="store_true", help="measure the models in --out without training")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/<which>-checkpoint.pt")
     return Args(**vars(parser.parse_args()))
