@@ -4,8 +4,14 @@ Reproduces ``stepgraph/testbed/models/{draft,mid,target}`` and measures what the
 reports. All models see the same stream of training problems; the loss is on the solution
 tokens only. Run ``python -m stepgraph.training.testbed_models --help`` for the options.
 
+Task v2 (``--task v2``, ``stepgraph.testbed.wordproblems``) trains from length-bucketed batches
+and checkpoints (model, optimizer, scheduler, data-stream position, RNG) every
+``--checkpoint-every`` steps to ``<out>/<which>-checkpoint.pt``; ``--resume`` continues from it
+exactly where it stopped.
+
 Example:
     python -m stepgraph.training.testbed_models --which target --steps 3000
+    OMP_NUM_THREADS=1 python -m stepgraph.training.testbed_models --task v2 --which target --threads 1 --out /tmp/v2 --resume
     OMP_NUM_THREADS=1 python -m stepgraph.training.testbed_models --which mid --mid-stop-at 1250 --threads 1
     python -m stepgraph.training.testbed_models --evaluate-only --eval-problems 300
 """
@@ -13,20 +19,24 @@ Example:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import os
 import random
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from stepgraph.testbed import MODELS_DIR, task
+from stepgraph.testbed import MODELS_DIR, task, wordproblems
 from stepgraph.testbed.measure import measure_models
-from stepgraph.testbed.tokenizer import build_tokenizer
+from stepgraph.testbed.tokenizer import MAX_LENGTH_V2, build_tokenizer, build_tokenizer_v2
 
 ROLES = ("draft", "mid", "target")
 """The shipped models, cheapest first."""
@@ -38,9 +48,21 @@ ARCHITECTURES = {
     "target": {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4},
 }
 
+# Task v2: head size 32 (vLLM CPU attention takes 32, 64 or >= 80); target ≈ 10x the draft.
+ARCHITECTURES_V2 = {
+    "draft": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2},
+    "mid": {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 4},
+    "target": {"hidden_size": 192, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 6, "num_key_value_heads": 6},
+}
+TASKS = ("v1", "v2")
+BUCKET_POOL = 16
+"""Length bucketing: batches are cut from runs of this many batches' worth of problems sorted by length."""
+
 
 @dataclass
 class Args:
+    task: str = "v1"
+    """which task: v1 (task.py, the shipped models) or v2 (wordproblems.py)"""
     which: str = "both"
     """which model to train: draft, mid, target or both (draft and target)"""
     steps_draft: int = 4000
@@ -71,23 +93,31 @@ class Args:
     """test-split problems for the model card's measurements"""
     evaluate_only: bool = False
     """skip training; measure the models already in --out and rewrite the card"""
+    checkpoint_every: int = 0
+    """write a resumable checkpoint every this many steps (0: never)"""
+    resume: bool = False
+    """continue from <out>/<which>-checkpoint.pt"""
+    chunk_problems: int = 4096
+    """problems generated per chunk of the data stream"""
+    tokenizer: Path | None = None
+    """a saved tokenizer to use instead of building one (so every tier shares the target run's)"""
 
 
-def build_model(which: str, vocab_size: int, tokenizer) -> Qwen2ForCausalLM:
+def build_model(which: str, vocab_size: int, tokenizer, task_name: str = "v1") -> Qwen2ForCausalLM:
     config = Qwen2Config(
         vocab_size=vocab_size,
-        max_position_embeddings=256,
+        max_position_embeddings=256 if task_name == "v1" else MAX_LENGTH_V2,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **ARCHITECTURES[which],  # type: ignore[arg-type]
+        **(ARCHITECTURES if task_name == "v1" else ARCHITECTURES_V2)[which],  # type: ignore[arg-type]
     )
     return Qwen2ForCausalLM(config)
 
 
-def encode(problem: task.Problem, tokenizer) -> tuple[list[int], int]:
+def encode(problem: task.Problem | wordproblems.WordProblem, tokenizer) -> tuple[list[int], int]:
     """Token ids of prompt + solution + end of turn, and where the solution starts."""
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": problem.question}], tokenize=False, add_generation_prompt=True
@@ -97,22 +127,47 @@ def encode(problem: task.Problem, tokenizer) -> tuple[list[int], int]:
     return prompt_ids + answer_ids, len(prompt_ids)
 
 
-def batches(tokenizer, batch_size: int, seed: int):
-    """An endless, seeded stream of (input_ids, labels) batches of train-split problems."""
-    chunk = 0
+def _pad(encoded: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids, _ in encoded)
+    input_ids = torch.full((len(encoded), width), pad_id)
+    labels = torch.full((len(encoded), width), -100)
+    for row, (ids, answer_start) in enumerate(encoded):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, answer_start : len(ids)] = torch.tensor(ids[answer_start:])
+    return input_ids, labels
+
+
+def batches(tokenizer, batch_size: int, seed: int, task_name: str = "v1", start: tuple[int, int] = (0, 0),
+            chunk_problems: int = 4096) -> Iterator[tuple[tuple[int, int], torch.Tensor, torch.Tensor]]:
+    """An endless, seeded stream of ((chunk, batch), input_ids, labels) of train-split problems.
+
+    Each chunk is a pure function of (seed, chunk), so the stream can start at any position
+    (``start``: the chunk and the batch inside it), which is how a resumed run continues. v1
+    keeps the shipped models' order; v2 sorts runs of problems by length before cutting
+    batches (and shuffles the batches), so little compute goes to padding.
+    """
+    chunk, first = start
     while True:
-        problems = task.generate("train", 4096, seed=seed * 1000 + chunk)
-        random.Random(chunk).shuffle(problems)
-        for start in range(0, len(problems) - batch_size + 1, batch_size):
-            encoded = [encode(p, tokenizer) for p in problems[start : start + batch_size]]
-            width = max(len(ids) for ids, _ in encoded)
-            input_ids = torch.full((batch_size, width), tokenizer.pad_token_id)
-            labels = torch.full((batch_size, width), -100)
-            for row, (ids, answer_start) in enumerate(encoded):
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                labels[row, answer_start : len(ids)] = torch.tensor(ids[answer_start:])
-            yield input_ids, labels
-        chunk += 1
+        if task_name == "v1":
+            problems: list = task.generate("train", chunk_problems, seed=seed * 1000 + chunk)
+            random.Random(chunk).shuffle(problems)
+            encoded = [encode(p, tokenizer) for p in problems]
+            order = [list(range(i, i + batch_size)) for i in range(0, len(encoded) - batch_size + 1, batch_size)]
+        else:
+            problems = wordproblems.generate("train", chunk_problems, seed=seed * 1000 + chunk)
+            rng = random.Random(f"{seed}:{chunk}")
+            rng.shuffle(problems)
+            encoded = [encode(p, tokenizer) for p in problems]
+            pool = batch_size * BUCKET_POOL
+            order = []
+            for i in range(0, len(encoded) - batch_size + 1, pool):
+                run = sorted(range(i, min(i + pool, len(encoded))), key=lambda j: len(encoded[j][0]))
+                order += [run[k : k + batch_size] for k in range(0, len(run) - batch_size + 1, batch_size)]
+            rng.shuffle(order)
+        for index in range(first, len(order)):
+            input_ids, labels = _pad([encoded[j] for j in order[index]], tokenizer.pad_token_id)
+            yield (chunk, index), input_ids, labels
+        chunk, first = chunk + 1, 0
 
 
 def save(model, tokenizer, out: Path, summary: dict) -> None:
@@ -121,10 +176,51 @@ def save(model, tokenizer, out: Path, summary: dict) -> None:
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
+_TOKENIZERS: dict[str, object] = {}
+
+
+def tokenizer_for(task_name: str):
+    """The task's tokenizer (built once per process: it is deterministic)."""
+    if task_name not in _TOKENIZERS:
+        _TOKENIZERS[task_name] = build_tokenizer() if task_name == "v1" else build_tokenizer_v2()
+    return _TOKENIZERS[task_name]
+
+
+def checkpoint_path(out: Path, which: str) -> Path:
+    return out / f"{which}-checkpoint.pt"
+
+
+def write_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically (a temp file, then rename), so an interrupted write never leaves a broken checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def data_fingerprint(task_name: str, seed: int) -> str:
+    """A hash of the data stream's first problems: it changes when the task generator does."""
+    generator = task.generate if task_name == "v1" else wordproblems.generate
+    questions = "\n".join(p.question for p in generator("train", 32, seed=seed * 1000))  # type: ignore[operator]
+    return hashlib.sha256(questions.encode()).hexdigest()[:16]
+
+
 def train(which: str, steps: int, args: Args) -> None:
     torch.manual_seed(args.seed)
-    tokenizer = build_tokenizer()
-    model = build_model(which, len(tokenizer), tokenizer)
+    # The run's tokenizer is kept beside its checkpoint: a resumed run reads it back, so a later
+    # change to the generator (which the v2 tokenizer is trained on) cannot change its vocabulary.
+    tokenizer_dir = args.out / f"{which}-tokenizer"
+    if args.resume and tokenizer_dir.exists():
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+    elif args.tokenizer is not None:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(args.tokenizer)
+        if args.checkpoint_every:
+            tokenizer.save_pretrained(tokenizer_dir)
+    else:
+        tokenizer = tokenizer_for(args.task)
+        if args.checkpoint_every:
+            tokenizer.save_pretrained(tokenizer_dir)
+    model = build_model(which, len(tokenizer), tokenizer, args.task)
     n_params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
 
@@ -134,26 +230,62 @@ def train(which: str, steps: int, args: Args) -> None:
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - 100) / max(1, steps - 100)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    model.train()
-    started = time.time()
     early_stop = {"draft": args.draft_stop_at, "mid": args.mid_stop_at}.get(which)
     stop_at = min(steps, early_stop or steps)
-    summary = {"architecture": ARCHITECTURES[which], "parameters": n_params, "schedule_steps": steps,
+    architectures = ARCHITECTURES if args.task == "v1" else ARCHITECTURES_V2
+    summary = {"task": args.task, "architecture": architectures[which], "parameters": n_params, "schedule_steps": steps,
                "trained_steps": stop_at, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-               "threads": args.threads}
-    progress = tqdm(zip(range(stop_at), batches(tokenizer, args.batch_size, args.seed)), total=stop_at, desc=which)
-    for step, (input_ids, labels) in progress:
-        loss = model(input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long(), labels=labels).loss
+               "threads": args.threads, "chunk_problems": args.chunk_problems,
+               "data_fingerprint": data_fingerprint(args.task, args.seed)}
+    step, position, seen = 0, (0, 0), {"tokens": 0, "problems": 0, "seconds": 0.0}
+    ckpt = checkpoint_path(args.out, which)
+    if args.resume:
+        if not ckpt.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}; run without --resume to start fresh.")
+        state = torch.load(ckpt, weights_only=True)
+        if state["summary"].get("data_fingerprint") != summary["data_fingerprint"]:
+            print(f"warning: the task generator changed since {ckpt} was written; the resumed data stream differs.")
+            state["summary"]["data_fingerprint"] = summary["data_fingerprint"]
+        free = ("threads", "trained_steps")  # a resumed run may use other threads and stop elsewhere
+        if {k: v for k, v in state["summary"].items() if k not in free} != {k: v for k, v in summary.items() if k not in free}:
+            raise ValueError(f"--resume: {ckpt} was written with other settings {state['summary']}; pass the same options.")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        step, position, seen = state["step"], tuple(state["position"]), state["seen"]
+    model.train()
+    started = time.time() - seen["seconds"]
+    stream = batches(tokenizer, args.batch_size, args.seed, args.task, position, args.chunk_problems)  # type: ignore[arg-type]
+    progress = tqdm(total=stop_at, initial=step, desc=which, mininterval=0.1 if sys.stderr.isatty() else 30)  # a log file stays small
+    loss = torch.tensor(float("nan"))
+    while step < stop_at:
+        (chunk, index), input_ids, labels = next(stream)
+        attention_mask = (input_ids != tokenizer.pad_token_id).long()
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        if step % 50 == 0:
-            progress.set_postfix(loss=f"{loss.item():.4f}")
-        if args.save_every and (step + 1) % args.save_every == 0:
-            save(model, tokenizer, args.out / f"{which}-step{step + 1}", {**summary, "trained_steps": step + 1})
-    summary.update(final_loss=round(loss.item(), 5), train_seconds=round(time.time() - started, 1))
+        step += 1
+        seen["tokens"] += int(attention_mask.sum())
+        seen["problems"] += len(input_ids)
+        seen["seconds"] = time.time() - started
+        progress.update(1)
+        if step % 50 == 1:
+            progress.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{seen['tokens'] / max(seen['seconds'], 1e-9):.0f}")
+        if args.checkpoint_every and step % args.checkpoint_every == 0:
+            write_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "step": step,
+                                    "position": [chunk, index + 1], "seen": seen, "summary": summary,
+                                    "loss": loss.item()})
+            progress.write(json.dumps({"checkpoint": step, "loss": round(loss.item(), 4), **seen}))
+        if args.save_every and step % args.save_every == 0:
+            save(model, tokenizer, args.out / f"{which}-step{step}", {**summary, "trained_steps": step})
+    progress.close()
+    summary.update(final_loss=round(loss.item(), 5), train_seconds=round(seen["seconds"], 1), tokens_seen=seen["tokens"],
+                   problems_seen=seen["problems"])
     model.eval()
     save(model, tokenizer, args.out / which, summary)
     print(json.dumps({which: summary}))
@@ -223,14 +355,18 @@ Raw numbers: `measurements.json`; per-model training summaries: `*/training.json
 def parse_args() -> Args:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = Args()
+    parser.add_argument("--task", choices=TASKS, default=defaults.task, help="default: %(default)s")
     parser.add_argument("--which", choices=["draft", "mid", "target", "both"], default=defaults.which, help="model(s) to train (default: %(default)s)")
     parser.add_argument("--draft-stop-at", type=int, default=None, help="stop the draft at this step (default: --steps-draft)")
     parser.add_argument("--mid-stop-at", type=int, default=None, help="stop the mid model at this step (default: --steps-mid)")
-    for name in ("steps_draft", "steps_mid", "steps_target", "batch_size", "seed", "threads", "eval_problems", "save_every"):
+    for name in ("steps_draft", "steps_mid", "steps_target", "batch_size", "seed", "threads", "eval_problems", "save_every",
+                 "checkpoint_every", "chunk_problems"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name), help="default: %(default)s")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="default: %(default)s")
     parser.add_argument("--out", type=Path, default=defaults.out, help="default: %(default)s")
+    parser.add_argument("--tokenizer", type=Path, default=None, help="use this saved tokenizer (e.g. <out>/target-tokenizer) instead of building one")
     parser.add_argument("--evaluate-only", action="store_true", help="measure the models in --out without training")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/<which>-checkpoint.pt")
     return Args(**vars(parser.parse_args()))
 
 
@@ -242,7 +378,8 @@ def main() -> None:
         for which in ("draft", "mid", "target"):
             if args.which == which or (args.which == "both" and which != "mid"):
                 train(which, steps[which], args)
-    if (args.out / "draft" / "config.json").exists() and (args.out / "target" / "config.json").exists():
+    # measure.py judges task v1; the v2 tiers are measured once all three are trained.
+    if args.task == "v1" and (args.out / "draft" / "config.json").exists() and (args.out / "target" / "config.json").exists():
         roles = {role: args.out / role for role in ROLES if (args.out / role / "config.json").exists()}
         report = measure_models(roles, n_problems=args.eval_problems, seed=args.seed)
         (args.out / "measurements.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -1,0 +1,223 @@
+"""Task v2 (stepgraph.testbed.wordproblems): the generator, its splits and the exact step verifier."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from stepgraph.testbed import wordproblems as wp
+from stepgraph.testbed.wordlists import GROUPS, NAMES, NOUNS
+
+SPLITS = ("train", "calibration", "test", "heldout")
+
+
+@pytest.fixture(scope="module")
+def train_problems() -> list[wp.WordProblem]:
+    return wp.generate("train", 2500, seed=0)
+
+
+def _equation(step: str) -> tuple[int, str, int, int]:
+    match = re.search(r"\$?(\d+) (\S) \$?(\d+) = \$?(\d+)", step)
+    assert match, step
+    return int(match[1]), match[2], int(match[3]), int(match[4])
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_every_gold_step_and_answer_verifies(split):
+    for problem in wp.generate(split, 600, seed=1):
+        assert problem.steps[-1] == f"\\boxed{{{problem.answer}}}"
+        assert 1 <= len(problem.derived) == len(problem.steps) - 1 <= 6
+        for i, step in enumerate(problem.steps):
+            assert wp.verify_step(problem, problem.steps[:i], step), (problem.question, problem.steps, i)
+
+
+def test_generate_is_reproducible_and_splits_are_disjoint():
+    lists = {split: wp.generate(split, 200, seed=4) for split in SPLITS}
+    assert [p.question for p in wp.generate("test", 200, seed=4)] == [p.question for p in lists["test"]]
+    assert [p.question for p in wp.generate("test", 200, seed=5)] != [p.question for p in lists["test"]]
+    questions = {split: {p.question for p in problems} for split, problems in lists.items()}
+    for split, problems in lists.items():
+        assert len(questions[split]) == 200
+        assert all(wp.split_of(p) == split for p in problems)
+        for other in SPLITS:
+            if other != split:
+                assert not questions[split] & questions[other]
+    with pytest.raises(ValueError, match="heldout"):
+        wp.generate("validation", 1)  # type: ignore[arg-type]
+
+
+def _form_regex(template: str) -> re.Pattern:
+    """A held-out template as a regex over rendered sentences (its fields and verb forms abstracted)."""
+    parts = re.split(r"(\{[^}]+\}|\[[^\]]+\])", template)
+    out = []
+    for part in parts:
+        if part.startswith("{"):
+            out.append(r"[^.?]+?")
+        elif part.startswith("["):
+            verb = part[1:-1]
+            out.append(f"(?:{re.escape(verb)}|{re.escape(wp._conjugate(verb))})")
+        else:
+            out.append(re.escape(part))
+    return re.compile("".join(out), re.IGNORECASE)
+
+
+def test_heldout_forms_never_occur_outside_the_heldout_split(train_problems):
+    held = [template for forms in wp.FORMS.values() for form_id, template, _ in forms if form_id in wp.HELDOUT_FORMS]
+    assert len(held) >= 20
+    reserved = re.compile("|".join(f"(?:{_form_regex(t).pattern})" for t in held), re.IGNORECASE)
+    for split in ("train", "calibration", "test"):
+        problems = train_problems if split == "train" else wp.generate(split, 500, seed=0)
+        assert not any(wp.HELDOUT_FORMS.intersection(p.forms) for p in problems)
+        sentences = {s.strip() for p in problems for s in _sentences(p.question)}
+        assert not [s for s in sentences if reserved.fullmatch(s)], split
+    # Every reserved form is actually used by the held-out split.
+    heldout = wp.generate("heldout", 1000, seed=0)
+    assert all(wp.HELDOUT_FORMS.intersection(p.forms) for p in heldout)
+    assert any(reserved.fullmatch(s.strip()) for p in heldout for s in _sentences(p.question))  # the check can fire
+    used = {f for p in heldout for f in p.forms}
+    assert wp.HELDOUT_FORMS <= used
+
+
+_NOUN_WORDS = sorted({w for nouns in NOUNS.values() for pair in nouns for w in pair} | set(GROUPS), key=len, reverse=True)
+_NAME_WORDS = {name for name, _ in NAMES}
+
+
+def _shape(sentence: str) -> str:
+    """A sentence with names, pronouns, nouns and numbers abstracted."""
+    text = re.sub(r"\d+", "N", sentence)
+    text = re.sub(r"\b(" + "|".join(map(re.escape, _NOUN_WORDS)) + r")\b", "NOUN", text)
+    text = re.sub(r"\b(She|He|she|he)\b", "PRON", text)
+    return " ".join("NAME" if word in _NAME_WORDS else word for word in text.split(" "))
+
+
+_SHAPES: dict[int, list[list[str]]] = {}
+
+
+def _train_shapes(problems: list[wp.WordProblem]) -> list[list[str]]:
+    if id(problems) not in _SHAPES:
+        _SHAPES[id(problems)] = [[_shape(s.strip()) for s in _sentences(p.question)] for p in problems]
+    return _SHAPES[id(problems)]
+
+
+def _sentences(question: str) -> list[str]:
+    return re.findall(r"[^.?]+[.?]", question)
+
+
+@pytest.mark.parametrize(
+    "example",
+    [
+        "Tom has 5 pens. He buys 3 more. How many pens does he have?",
+        "A box holds 12 eggs. How many eggs are in 5 boxes?",
+        "Anna shares 24 candies equally among 4 friends. How many does each get?",
+        "Eve has 3 pens. She gets 4 more. She loses 2.",
+    ],
+)
+def test_issue_examples_fall_inside_the_distribution(example, train_problems):
+    """Each example's run of sentence forms occurs in a generated train question (names, nouns, numbers abstracted)."""
+    want = [_shape(s.strip()) for s in _sentences(example)]
+    for shapes in _train_shapes(train_problems):
+        if any(shapes[i : i + len(want)] == want for i in range(len(shapes) - len(want) + 1)):
+            return
+    pytest.fail(f"no generated question has the forms of {example!r}: {want}")
+
+
+def _find(problems, predicate):
+    found = next((p for p in problems if predicate(p)), None)
+    assert found is not None
+    return found
+
+
+def test_wrong_steps_are_rejected_and_classified(train_problems):
+    # Arithmetic slip: right operands and operation, wrong result.
+    p = train_problems[0]
+    a, op, b, c = _equation(p.steps[0])
+    slip = p.steps[0].replace(f"= {c}", f"= {c + 1}").replace(f"= ${c}", f"= ${c + 1}")
+    assert not wp.verify_step(p, [], slip)
+    assert wp.classify_step(p, [], slip) == "arithmetic_slip"
+
+    # Wrong operation: a ready quantity's operands, another operation.
+    other = {"+": "×", "×": "+", "-": "+", "÷": "×"}[op]
+    wrong_op = f"{a} {other} {b} = {wp._apply(wp._OPS_IN_TEXT[other], a, b)}"  # type: ignore[arg-type]
+    assert wp.classify_step(p, [], wrong_op) == "wrong_operation"
+
+    # Wrong operand: a distractor's number in place of a given input.
+    def distracted(q: wp.WordProblem) -> bool:
+        values = {x.value for x in q.quantities if x.role != "distractor"}
+        first = q.derived[0]
+        return any(x.role == "distractor" and x.value not in values for x in q.quantities) and q.quantity(first.inputs[1]).role == "given"
+
+    p = _find(train_problems, distracted)
+    distractor = next(x.value for x in p.quantities if x.role == "distractor")
+    first = p.derived[0]
+    left = p.quantity(first.inputs[0]).value
+    result = wp._apply(first.op, left, distractor)  # type: ignore[arg-type]
+    step = f"{left} {wp.SYMBOLS[first.op]} {distractor} = {result}"  # type: ignore[index]
+    assert wp.classify_step(p, [], step) == "wrong_operand"
+
+    # Skipped step: the second quantity before the first it depends on.
+    def chained(q: wp.WordProblem) -> bool:
+        first, second = q.derived[:2] if len(q.derived) >= 2 else (None, None)
+        givens = {x.value for x in q.quantities if x.role != "derived"}
+        return first is not None and first.key in second.inputs and first.value not in givens  # type: ignore[union-attr]
+
+    p = _find(train_problems, chained)
+    assert wp.classify_step(p, [], p.steps[1]) == "skipped_step"
+    assert wp.classify_step(p, [], f"\\boxed{{{p.answer}}}") == "skipped_step"  # answered before computing it
+
+    # Extra step: a quantity computed again, or anything after the boxed answer.
+    p = _find(train_problems, lambda q: len(q.derived) >= 2)
+    assert wp.classify_step(p, p.steps[:1], p.steps[0]) == "extra_step"
+    assert wp.classify_step(p, p.steps, "1 + 1 = 2") == "extra_step"
+
+    # Malformed: no equation, a chain, two equations.
+    for garbage in ["", "I think the answer is big.", "2 + 3 + 4 = 9", "2 + 3 = 5 and 5 + 1 = 6", "\\boxed{}"]:
+        assert wp.classify_step(p, [], garbage) == "malformed"
+
+
+def test_accepts_equivalent_forms_and_judges_locally(train_problems):
+    p = train_problems[0]
+    a, op, b, c = _equation(p.steps[0])
+    if op in ("+", "×"):
+        assert wp.verify_step(p, [], f"{b} {op} {a} = {c}")  # commutative order
+    else:
+        assert not wp.verify_step(p, [], f"{b} {op} {a} = {c}")
+    spellings = {"+": ["+"], "-": ["-", "−"], "×": ["×", "*", "x"], "÷": ["÷", "/"]}[op]
+    for symbol in spellings:
+        assert wp.verify_step(p, [], f"So {a} {symbol} {b} = {c} in all.")
+        assert wp.verify_step(p, [], f"{a}{symbol}{b}={c}") or symbol == "x"
+
+    # A prior slip is built on as written: the next step using the wrong value is right.
+    p = _find(train_problems, lambda q: len(q.derived) >= 2 and q.derived[0].key in q.derived[1].inputs)
+    a, op, b, c = _equation(p.steps[0])
+    slipped = f"{a} {op} {b} = {c + 10}"
+    second = p.derived[1]
+    values = [c + 10 if key == p.derived[0].key else p.quantity(key).value for key in second.inputs]
+    symbol = wp.SYMBOLS[second.op]  # type: ignore[index]
+    result = wp._apply(second.op, *values)  # type: ignore[arg-type]
+    if result is not None and result >= 0:
+        assert wp.verify_step(p, [slipped], f"{values[0]} {symbol} {values[1]} = {result}")
+    assert not wp.verify_step(p, [slipped], p.steps[1])
+
+    # Independent quantities may come in any order.
+    def two_ready(q: wp.WordProblem) -> bool:
+        known = {x.key: x.value for x in q.quantities if x.role != "derived"}
+        return len(wp._ready(q, known)) >= 2
+
+    p = _find(train_problems, two_ready)
+    known = {x.key: x.value for x in p.quantities if x.role != "derived"}
+    later = wp._ready(p, known)[1]
+    x, y = (p.quantity(k).value for k in later.inputs)
+    assert wp.verify_step(p, [], f"{x} {wp.SYMBOLS[later.op]} {y} = {later.value}")  # type: ignore[index]
+    # The final answer must be the asked quantity's value as written.
+    p = train_problems[0]
+    assert not wp.verify_step(p, p.steps[:-1], f"\\boxed{{{p.answer + 1}}}")
+    assert wp.classify_step(p, p.steps[:-1], f"\\boxed{{{p.answer + 1}}}") == "arithmetic_slip"
+
+
+def test_vocabulary_is_broad():
+    assert len(NAMES) >= 250
+    assert {pronoun for _, pronoun in NAMES} == {"she", "he", "they"}
+    assert len({pair for nouns in NOUNS.values() for pair in nouns}) >= 120
+    assert sum(len(forms) for forms in wp.FORMS.values()) >= 100
+    assert len(wp.FORMS["gain"]) >= 8 and len(wp.FORMS["lose"]) >= 8
