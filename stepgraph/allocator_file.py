@@ -36,7 +36,7 @@ from stepgraph.artifacts import (
 )
 from stepgraph.errors import PolicyFileError
 from stepgraph.features import FeatureSchema, Observation
-from stepgraph.policy import PolicyNetwork
+from stepgraph.policy import Normalising, PolicyNetwork
 
 FORMAT = "stepgraph.allocator"
 FORMAT_VERSION = 1
@@ -95,7 +95,7 @@ class AllocatorManifest(BaseModel):
 
 
 @dataclass
-class AllocatorArtifact:
+class AllocatorArtifact(Normalising):
     """A trained allocator with what it needs to score new observations."""
 
     network: AllocatorNetwork
@@ -110,12 +110,6 @@ class AllocatorArtifact:
     ignored: list[str] = field(default_factory=list)
     training: dict[str, Any] = field(default_factory=dict)
     guarantee: dict[str, Any] | None = None
-
-    def normalise(self, rows: Sequence[Sequence[float]]) -> torch.Tensor:
-        """Standardise rows; a missing (NaN) or ignored feature becomes its training mean (0)."""
-        x = (torch.tensor(rows, dtype=torch.float32) - torch.tensor(self.mean)) / torch.tensor(self.std)
-        x[..., [self.schema.names.index(n) for n in self.ignored]] = 0.0
-        return torch.nan_to_num(x, nan=0.0)
 
     @torch.no_grad()
     def probabilities(self, observation: Observation) -> list[float]:

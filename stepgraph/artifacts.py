@@ -1,12 +1,8 @@
-"""One reader and one writer for every learned artifact: a JSON manifest + checksummed safetensors.
+"""One reader and one writer for every learned artifact: a JSON manifest + checksummed safetensors, never a pickle.
 
-An artifact is a directory holding a manifest (JSON) and its weights (safetensors), never a
-pickle. ``KINDS`` is the table of artifact kinds (policy, allocator, RADAR): their file names and
-what to do when one is bad. ``read_manifest`` reads any kind's manifest and the SHA-256 of its
-weights; ``check_checksum`` and ``load_weights`` check the weights; ``write_artifact`` refuses to
-write what the reader would refuse. Every failure is one ``PolicyFileError`` line naming the file
-and what to fix. The pydantic pieces every manifest shares (feature schema, normalisation,
-network shape, tiers) live here too, so each kind's manifest only adds its own fields.
+``KINDS`` is the table of artifact kinds (policy, allocator, RADAR) and their files. Every failure
+is one ``PolicyFileError`` line naming the file and what to fix. The pydantic pieces the manifests
+share (feature schema, normalisation, network shape, tiers) live here too.
 """
 
 from __future__ import annotations
@@ -42,8 +38,6 @@ KINDS = {
     "allocator": Kind("allocator.json", "allocator.safetensors", "an allocator", "train the allocator again"),
     "radar": Kind("radar.json", "difficulty.safetensors", "a RADAR router", "fit the router again (`stepgraph radar fit`)"),
 }
-MAX_JSON_DEPTH = 32
-"""Deeper nesting than any manifest has: refused before the JSON parser's recursion limit."""
 
 FiniteFloat = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 PositiveFloat = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
@@ -98,28 +92,6 @@ def validation_message(exc: ValidationError) -> str:
     return "; ".join(problems)
 
 
-def _depth(text: str) -> int:
-    """The deepest nesting of JSON brackets outside strings (a linear scan, no recursion)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth -= 1
-    return deepest
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -129,7 +101,7 @@ def read_manifest(directory: str | Path, kind: str, need_weights: bool = True) -
 
     Raises:
         PolicyFileError: a file is missing or unreadable (permissions), or the manifest is not UTF-8,
-            not JSON, or nested deeper than ``MAX_JSON_DEPTH``.
+            not JSON, or nested past the parser's recursion limit.
     """
     spec, directory = KINDS[kind], Path(directory)
     manifest_path, weights_path = directory / spec.manifest_file, directory / spec.weights_file
@@ -145,13 +117,13 @@ def read_manifest(directory: str | Path, kind: str, need_weights: bool = True) -
     except UnicodeDecodeError as exc:
         raise PolicyFileError(f"{manifest_path} is not UTF-8 text ({exc.reason} at byte {exc.start}): the file is "
                               f"corrupted; {spec.retrain}.") from exc
-    if _depth(text) > MAX_JSON_DEPTH:
-        raise PolicyFileError(f"{manifest_path} nests JSON deeper than {MAX_JSON_DEPTH} levels, which no manifest does: "
-                              f"the file is corrupted or not a manifest; {spec.retrain}.")
     try:
         return json.loads(text), checksum
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except json.JSONDecodeError as exc:
         raise PolicyFileError(f"{manifest_path} is corrupted or incomplete: {exc}") from exc
+    except RecursionError as exc:  # no manifest nests deeply: not one, or corrupted
+        raise PolicyFileError(f"{manifest_path} nests JSON too deeply for a manifest: the file is corrupted; "
+                              f"{spec.retrain}.") from exc
 
 
 def check_checksum(directory: str | Path, kind: str, recorded: str, actual: str | None) -> None:

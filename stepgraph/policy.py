@@ -49,7 +49,21 @@ READABLE_VERSIONS = (1, 2)
 SCALES = ("probability", "log_odds")
 WEIGHTS_FILE, MANIFEST_FILE = KINDS["policy"].weights_file, KINDS["policy"].manifest_file
 
-class Manifest(BaseModel):
+class _PolicyManifest(BaseModel):
+    """What the 2-tier and the K-tier ``policy.json`` share."""
+
+    alpha: Annotated[float, Strict(), Field(gt=0, lt=1, allow_inf_nan=False)]
+    """the allowed miss rate, in (0, 1)"""
+    feature_schema: FeatureSchemaModel
+    normalization: Normalization
+    network: Network
+    training: dict[str, Any] = Field(default_factory=dict)
+    guarantee: dict[str, Any] | None = None
+    """the coverage the artifact may claim (``{"type": "split-conformal" | "none", ...}``); None before it was recorded"""
+    weights_sha256: str
+
+
+class Manifest(_PolicyManifest):
     """The schema of ``policy.json``: types and ranges a policy needs to route safely."""
 
     format: Literal["stepgraph.policy"]
@@ -58,16 +72,7 @@ class Manifest(BaseModel):
     """what κ thresholds: π(escalate | o), or its log-odds (format 1 manifests: always the probability)"""
     kappa: Annotated[float, Strict(), Field(allow_inf_nan=False)]
     """the threshold: in [0, 1] on the probability scale, any finite number on the log-odds scale"""
-    alpha: Annotated[float, Strict(), Field(gt=0, lt=1, allow_inf_nan=False)]
-    """the allowed miss rate, in (0, 1)"""
-    feature_schema: FeatureSchemaModel
-    normalization: Normalization
-    network: Network
     models: dict[str, Any] = Field(default_factory=dict)
-    training: dict[str, Any] = Field(default_factory=dict)
-    guarantee: dict[str, Any] | None = None
-    """the coverage the artifact may claim (``{"type": "split-conformal" | "none", ...}``); None before it was recorded"""
-    weights_sha256: str
 
     @model_validator(mode="after")
     def _fits_the_schema(self) -> Self:
@@ -98,6 +103,34 @@ def _check_feature_schema(stored: Any, expected: FeatureSchema | None, directory
         )
 
 
+def mlp(inputs: int, hidden: int, layers: int, outputs: int) -> torch.nn.Sequential:
+    """``layers`` linear layers with tanh between them: the policy networks' body."""
+    widths = [inputs] + [hidden] * (layers - 1) + [outputs]
+    modules: list[torch.nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
+        modules.append(torch.nn.Linear(a, b))
+        if i < len(widths) - 2:
+            modules.append(torch.nn.Tanh())
+    return torch.nn.Sequential(*modules)
+
+
+def _read_policy(directory: Path, model: type[Manifest | TierManifest], fmt: str, versions: Sequence[int],
+                 expected_schema: FeatureSchema | None) -> Any:
+    """A validated policy manifest of format ``fmt`` (refusing another format or feature schema first) and its
+    feature schema, its weights' checksum checked."""
+    raw, checksum = read_manifest(directory, "policy")
+    if isinstance(raw, dict):
+        if raw.get("format") != fmt or raw.get("format_version") not in versions:
+            what = f"{fmt} v{versions[0]} manifest" if len(versions) == 1 else \
+                f"{fmt} manifest of version {' or '.join(map(str, versions))}"
+            raise PolicyFileError(f"{directory / MANIFEST_FILE} is not a {what} "
+                                  f"(found {raw.get('format')!r} v{raw.get('format_version')!r}).")
+        _check_feature_schema(raw.get("feature_schema"), expected_schema, directory)
+    manifest = validate(model, raw, directory, "policy")
+    check_checksum(directory, "policy", manifest.weights_sha256, checksum)
+    return manifest, FeatureSchema(**manifest.feature_schema.model_dump())
+
+
 class PolicyNetwork(torch.nn.Module):
     """An MLP from normalised features to the logits of (accept, escalate).
 
@@ -109,13 +142,7 @@ class PolicyNetwork(torch.nn.Module):
 
     def __init__(self, n_features: int, hidden: int = 64, layers: int = 3) -> None:
         super().__init__()
-        widths = [n_features] + [hidden] * (layers - 1) + [2]
-        modules: list[torch.nn.Module] = []
-        for i, (a, b) in enumerate(itertools.pairwise(widths)):
-            modules.append(torch.nn.Linear(a, b))
-            if i < len(widths) - 2:
-                modules.append(torch.nn.Tanh())
-        self.net = torch.nn.Sequential(*modules)
+        self.net = mlp(n_features, hidden, layers, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -129,7 +156,7 @@ class PolicyNetwork(torch.nn.Module):
         return logits[..., 1] - logits[..., 0]
 
 
-class _Normalising:
+class Normalising:
     """Feature normalisation, shared by the 2-tier and the K-tier policy."""
 
     schema: FeatureSchema
@@ -155,7 +182,7 @@ class _Normalising:
 
 
 @dataclass
-class PolicyArtifact(_Normalising):
+class PolicyArtifact(Normalising):
     """A trained policy with everything needed to apply it to new observations."""
 
     network: PolicyNetwork
@@ -232,17 +259,8 @@ class PolicyArtifact(_Normalising):
                 nothing is written.
         """
         manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "scale": self.scale,
-            "kappa": self.kappa,
-            "alpha": self.alpha,
-            "feature_schema": self.schema.to_dict(),
-            "normalization": {"mean": self.mean, "std": self.std, "ignored": self.ignored},
-            "network": {"hidden": self.hidden, "layers": self.layers},
-            "models": self.models,
-            "training": self.training,
-            "guarantee": self.guarantee,
+            "format": FORMAT, "format_version": FORMAT_VERSION, "scale": self.scale, "kappa": self.kappa,
+            **_shared_fields(self), "models": self.models,
         }
         return write_artifact(directory, "policy", self.network, manifest, Manifest,
                               diverged=" (training diverged; lower --delta or check the traces)")
@@ -258,27 +276,24 @@ class PolicyArtifact(_Normalising):
                 knows). The message names the file and the field.
         """
         directory = Path(directory)
-        manifest_path = directory / MANIFEST_FILE
-        raw, checksum = read_manifest(directory, "policy")
-        if isinstance(raw, dict):
-            if raw.get("format") != FORMAT or raw.get("format_version") not in READABLE_VERSIONS:
-                raise PolicyFileError(
-                    f"{manifest_path} is not a {FORMAT} manifest of version {' or '.join(map(str, READABLE_VERSIONS))} "
-                    f"(found {raw.get('format')!r} v{raw.get('format_version')!r})."
-                )
-            _check_feature_schema(raw.get("feature_schema"), expected_schema, directory)
-        manifest = validate(Manifest, raw, directory, "policy")
-        schema = FeatureSchema(**manifest.feature_schema.model_dump())
+        manifest, schema = _read_policy(directory, Manifest, FORMAT, READABLE_VERSIONS, expected_schema)
         mean, std = manifest.normalization.mean, manifest.normalization.std
         ignored = manifest.normalization.ignored
         if ignored is None:  # manifests from before "ignored" marked a never-recorded feature as mean 0, std 1
             ignored = [n for n, m, sd in zip(schema.names, mean, std) if (m, sd) == (0.0, 1.0)]
-        check_checksum(directory, "policy", manifest.weights_sha256, checksum)
         hidden, layers = manifest.network.hidden, manifest.network.layers
         network = PolicyNetwork(len(schema.names), hidden, layers)
         load_weights(network, directory, "policy", f"a {layers}x{hidden} policy network")
         return cls(network, manifest.kappa, manifest.alpha, schema, list(mean), list(std), hidden, layers, manifest.models,
                    manifest.training, list(ignored), manifest.guarantee, manifest.scale, manifest.format_version)
+
+
+def _shared_fields(artifact: PolicyArtifact | TierPolicyArtifact) -> dict[str, Any]:
+    """The manifest fields of ``_PolicyManifest``, from either policy."""
+    return {"alpha": artifact.alpha, "feature_schema": artifact.schema.to_dict(),
+            "normalization": {"mean": artifact.mean, "std": artifact.std, "ignored": artifact.ignored},
+            "network": {"hidden": artifact.hidden, "layers": artifact.layers}, "training": artifact.training,
+            "guarantee": artifact.guarantee}
 
 
 TIER_FORMAT = "stepgraph.tier_policy"
@@ -288,22 +303,15 @@ MASKED = -1e9
 """The logit of a tier below the current one: probability 0, and still finite for the KL's arithmetic."""
 
 
-class TierManifest(BaseModel):
+class TierManifest(_PolicyManifest):
     """The schema of a K-tier ``policy.json``."""
 
     format: Literal["stepgraph.tier_policy"]
     format_version: Literal[1]
     kappa: Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
     """the threshold on π(escalate | o, k) = 1 − π(k | o, k), in [0, 1]"""
-    alpha: Annotated[float, Strict(), Field(gt=0, lt=1, allow_inf_nan=False)]
-    feature_schema: FeatureSchemaModel
-    normalization: Normalization
-    network: Network
     tiers: list[Tier] = Field(min_length=2, max_length=MAX_TIERS)
     """the models the policy routes between, cheapest first"""
-    training: dict[str, Any] = Field(default_factory=dict)
-    guarantee: dict[str, Any] | None = None
-    weights_sha256: str
 
     @model_validator(mode="after")
     def _fits_the_schema(self) -> Self:
@@ -327,13 +335,7 @@ class TierPolicyNetwork(torch.nn.Module):
     def __init__(self, n_features: int, n_tiers: int, hidden: int = 64, layers: int = 3) -> None:
         super().__init__()
         self.n_features, self.n_tiers = n_features, n_tiers
-        widths = [n_features + n_tiers] + [hidden] * (layers - 1) + [n_tiers]
-        modules: list[torch.nn.Module] = []
-        for i, (a, b) in enumerate(itertools.pairwise(widths)):
-            modules.append(torch.nn.Linear(a, b))
-            if i < len(widths) - 2:
-                modules.append(torch.nn.Tanh())
-        self.net = torch.nn.Sequential(*modules)
+        self.net = mlp(n_features + n_tiers, hidden, layers, n_tiers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         allowed = torch.cumsum(x[..., self.n_features :], dim=-1) > 0.5  # tiers at or above the current one
@@ -354,7 +356,7 @@ def tier_inputs(features: torch.Tensor, tiers: torch.Tensor, n_tiers: int) -> to
 
 
 @dataclass
-class TierPolicyArtifact(_Normalising):
+class TierPolicyArtifact(Normalising):
     """A trained K-tier policy with what it needs to route new observations.
 
     The network reads the step's features and the tier k that wrote it (one-hot) and gives a
@@ -414,16 +416,8 @@ class TierPolicyArtifact(_Normalising):
             raise PolicyFileError(f"Refusing to write a tier policy into {directory}: it names {len(self.tiers)} tiers "
                                   f"but its network routes between {self.network.n_tiers}.")
         manifest = {
-            "format": TIER_FORMAT,
-            "format_version": TIER_FORMAT_VERSION,
-            "kappa": self.kappa,
-            "alpha": self.alpha,
-            "feature_schema": self.schema.to_dict(),
-            "normalization": {"mean": self.mean, "std": self.std, "ignored": self.ignored},
-            "network": {"hidden": self.hidden, "layers": self.layers},
+            "format": TIER_FORMAT, "format_version": TIER_FORMAT_VERSION, "kappa": self.kappa, **_shared_fields(self),
             "tiers": self.tiers,
-            "training": self.training,
-            "guarantee": self.guarantee,
         }
         return write_artifact(directory, "policy", self.network, manifest, TierManifest, what="a tier policy")
 
@@ -438,16 +432,7 @@ class TierPolicyArtifact(_Normalising):
                 knows). The message names the file and the field.
         """
         directory = Path(directory)
-        manifest_path = directory / MANIFEST_FILE
-        raw, checksum = read_manifest(directory, "policy")
-        if isinstance(raw, dict):
-            if (raw.get("format"), raw.get("format_version")) != (TIER_FORMAT, TIER_FORMAT_VERSION):
-                raise PolicyFileError(f"{manifest_path} is not a {TIER_FORMAT} v{TIER_FORMAT_VERSION} manifest "
-                                      f"(found {raw.get('format')!r} v{raw.get('format_version')!r}).")
-            _check_feature_schema(raw.get("feature_schema"), expected_schema, directory)
-        manifest = validate(TierManifest, raw, directory, "policy")
-        check_checksum(directory, "policy", manifest.weights_sha256, checksum)
-        schema = FeatureSchema(**manifest.feature_schema.model_dump())
+        manifest, schema = _read_policy(directory, TierManifest, TIER_FORMAT, (TIER_FORMAT_VERSION,), expected_schema)
         hidden, layers, n_tiers = manifest.network.hidden, manifest.network.layers, len(manifest.tiers)
         network = TierPolicyNetwork(len(schema.names), n_tiers, hidden, layers)
         load_weights(network, directory, "policy", f"a {layers}x{hidden} policy network over {n_tiers} tiers")

@@ -60,7 +60,7 @@ def test_deeply_nested_json_in_any_manifest_is_one_clear_error(tmp_path, kind):
     directory, name = _saved(kind, tmp_path)
     text = (directory / name).read_text().rstrip().removesuffix("}")
     (directory / name).write_text(text + ', "deep": ' + "[" * 100_000 + "]" * 100_000 + "}")  # RecursionError on main
-    with pytest.raises(PolicyFileError, match=rf"{name}.*nests JSON deeper"):
+    with pytest.raises(PolicyFileError, match=rf"{name}.*nests JSON too deeply"):
         _load(kind, directory)
 
 
