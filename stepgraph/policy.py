@@ -1,4 +1,10 @@
-"""The routing policy π(escalate | o) and its artifact: safetensors weights + a JSON manifest.
+"""The routing policy for K ≥ 2 tiers and its artifact: safetensors weights + a JSON manifest.
+
+Two formats, one gate (``PolicyGate``): ``stepgraph.policy`` (``PolicyArtifact``, two tiers,
+π(escalate | o)) and ``stepgraph.tier_policy`` (``TierPolicyArtifact``, K tiers: π(j | o, k) over
+the tiers j ≥ k that may rewrite a step of tier k; escalate when 1 − π(k | o, k) ≥ κ, to the most
+likely stronger tier). ``load_policy`` picks the reader by the manifest's format; both read and
+write through ``stepgraph.artifacts``.
 
 An artifact is a directory holding ``policy.safetensors`` (the MLP) and ``policy.json``
 (κ, α, the feature schema it was trained on, the feature normalisation, the model names and a
