@@ -18,19 +18,29 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 import torch
-from pydantic import BaseModel, Field, Strict, ValidationError, model_validator
+from pydantic import BaseModel, Field, Strict, model_validator
 
 from stepgraph.allocator import ALLOCATOR_SCHEMA, Allocation, Allocator, AllocatorInput, tier_from_probabilities
+from stepgraph.artifacts import (
+    KINDS,
+    FeatureSchemaModel,
+    FiniteFloat,
+    Normalization,
+    PositiveFloat,
+    Tier,
+    check_checksum,
+    load_weights,
+    read_manifest,
+    validate,
+    write_artifact,
+)
 from stepgraph.errors import PolicyFileError
 from stepgraph.features import FeatureSchema, Observation
-from stepgraph.policy import PolicyNetwork, _validation_message, load_weights, read_manifest, write_artifact
+from stepgraph.policy import Normalising, PolicyNetwork
 
 FORMAT = "stepgraph.allocator"
 FORMAT_VERSION = 1
-WEIGHTS_FILE = "allocator.safetensors"
-MANIFEST_FILE = "allocator.json"
-
-FiniteFloat = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+WEIGHTS_FILE, MANIFEST_FILE = KINDS["allocator"].weights_file, KINDS["allocator"].manifest_file
 
 
 class AllocatorNetwork(PolicyNetwork):
@@ -53,15 +63,8 @@ class AllocatorNetwork(PolicyNetwork):
         return torch.softmax(self.forward(x), dim=-1)[..., 1:].sum(-1)
 
 
-class _Tier(BaseModel):
-    name: str
+class _Tier(Tier):
     parameters: Annotated[int, Strict(), Field(ge=0)]
-
-
-class _FeatureSchemaModel(BaseModel):
-    name: str
-    version: int
-    names: list[str] = Field(min_length=1)
 
 
 class AllocatorManifest(BaseModel):
@@ -75,9 +78,9 @@ class AllocatorManifest(BaseModel):
     """the allowed miss rate, in (0, 1)"""
     tiers: list[_Tier] = Field(min_length=2)
     """the tiers the allocator chooses among, cheapest first"""
-    feature_schema: _FeatureSchemaModel
+    feature_schema: FeatureSchemaModel
     mean: list[FiniteFloat]
-    std: list[Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]]
+    std: list[PositiveFloat]
     ignored: list[str] = Field(default_factory=list)
     hidden: Annotated[int, Strict(), Field(ge=1, le=4096)]
     layers: Annotated[int, Strict(), Field(ge=1, le=16)]
@@ -87,16 +90,12 @@ class AllocatorManifest(BaseModel):
 
     @model_validator(mode="after")
     def _fits_the_schema(self) -> Self:
-        n = len(self.feature_schema.names)
-        if len(self.mean) != n or len(self.std) != n:
-            raise ValueError(f"mean and std must each hold one value per feature ({n}), got {len(self.mean)} and {len(self.std)}")
-        if unknown := sorted(set(self.ignored) - set(self.feature_schema.names)):
-            raise ValueError(f"ignored features {unknown} are not in the feature schema")
+        Normalization(mean=self.mean, std=self.std, ignored=self.ignored).check_fits(self.feature_schema)
         return self
 
 
 @dataclass
-class AllocatorArtifact:
+class AllocatorArtifact(Normalising):
     """A trained allocator with what it needs to score new observations."""
 
     network: AllocatorNetwork
@@ -112,12 +111,6 @@ class AllocatorArtifact:
     training: dict[str, Any] = field(default_factory=dict)
     guarantee: dict[str, Any] | None = None
 
-    def normalise(self, rows: Sequence[Sequence[float]]) -> torch.Tensor:
-        """Standardise rows; a missing (NaN) or ignored feature becomes its training mean (0)."""
-        x = (torch.tensor(rows, dtype=torch.float32) - torch.tensor(self.mean)) / torch.tensor(self.std)
-        x[..., [self.schema.names.index(n) for n in self.ignored]] = 0.0
-        return torch.nan_to_num(x, nan=0.0)
-
     @torch.no_grad()
     def probabilities(self, observation: Observation) -> list[float]:
         """p_k for one observation: the probability that tier k is the cheapest accepted."""
@@ -128,7 +121,7 @@ class AllocatorArtifact:
             "format": FORMAT, "format_version": FORMAT_VERSION, "kappa": self.kappa, "alpha": self.alpha,
             "tiers": self.tiers, "feature_schema": self.schema.to_dict(), "mean": self.mean, "std": self.std,
             "ignored": self.ignored, "hidden": self.hidden, "layers": self.layers, "training": self.training,
-            "guarantee": self.guarantee, "weights_sha256": "",
+            "guarantee": self.guarantee,
         }
 
     def save(self, directory: str | Path) -> Path:
@@ -141,8 +134,7 @@ class AllocatorArtifact:
         if self.network.n_tiers != len(self.tiers):
             raise PolicyFileError(f"Refusing to write an allocator into {directory}: its network scores "
                                   f"{self.network.n_tiers} tiers but it records {len(self.tiers)}.")
-        return write_artifact(Path(directory), self.network, self._manifest(), AllocatorManifest, "an allocator", WEIGHTS_FILE,
-                              MANIFEST_FILE, FORMAT)
+        return write_artifact(directory, "allocator", self.network, self._manifest(), AllocatorManifest)
 
     @classmethod
     def load(cls, directory: str | Path, tiers: Sequence[Mapping[str, Any]] | None = None) -> AllocatorArtifact:
@@ -153,12 +145,8 @@ class AllocatorArtifact:
             PolicyFileError: names the file and what is wrong with it.
         """
         directory = Path(directory)
-        manifest_path, weights_path = directory / MANIFEST_FILE, directory / WEIGHTS_FILE
-        raw, checksum = read_manifest(directory, WEIGHTS_FILE, MANIFEST_FILE, "allocator")
-        try:
-            manifest = AllocatorManifest.model_validate(raw)
-        except ValidationError as exc:
-            raise PolicyFileError(f"{manifest_path} is not a valid {FORMAT} v{FORMAT_VERSION} manifest: {_validation_message(exc)}") from exc
+        raw, checksum = read_manifest(directory, "allocator")
+        manifest = validate(AllocatorManifest, raw, directory, "allocator")
         schema = FeatureSchema(**manifest.feature_schema.model_dump())
         if schema != ALLOCATOR_SCHEMA:
             raise PolicyFileError(f"The allocator in {directory} was trained on {schema}, but this stepgraph computes "
@@ -167,11 +155,9 @@ class AllocatorArtifact:
         if tiers is not None and [t["parameters"] for t in recorded] != [t.get("parameters") for t in tiers]:
             raise PolicyFileError(f"The allocator in {directory} was trained for the tiers {recorded}, but this graph's are "
                                   f"{list(tiers)} (other sizes or another number); train it on traces of these tiers.")
-        if manifest.weights_sha256 != checksum:
-            raise PolicyFileError(f"{weights_path} does not match the checksum in {manifest_path}: the file is corrupted or was replaced.")
+        check_checksum(directory, "allocator", manifest.weights_sha256, checksum)
         network = AllocatorNetwork(len(schema.names), len(recorded), manifest.hidden, manifest.layers)
-        load_weights(network, weights_path, f"a {manifest.layers}x{manifest.hidden} allocator over {len(recorded)} tiers",
-                     "train the allocator again")
+        load_weights(network, directory, "allocator", f"a {manifest.layers}x{manifest.hidden} allocator over {len(recorded)} tiers")
         return cls(network, manifest.kappa, manifest.alpha, recorded, list(manifest.mean), list(manifest.std),
                    manifest.hidden, manifest.layers, schema, list(manifest.ignored), manifest.training, manifest.guarantee)
 

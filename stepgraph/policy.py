@@ -1,4 +1,10 @@
-"""The routing policy π(escalate | o) and its artifact: safetensors weights + a JSON manifest.
+"""The routing policy for K ≥ 2 tiers and its artifact: safetensors weights + a JSON manifest.
+
+Two formats, one gate (``PolicyGate``): ``stepgraph.policy`` (``PolicyArtifact``, two tiers,
+π(escalate | o)) and ``stepgraph.tier_policy`` (``TierPolicyArtifact``, K tiers: π(j | o, k) over
+the tiers j ≥ k that may rewrite a step of tier k; escalate when 1 − π(k | o, k) ≥ κ, to the most
+likely stronger tier). ``load_policy`` picks the reader by the manifest's format; both read and
+write through ``stepgraph.artifacts``.
 
 An artifact is a directory holding ``policy.safetensors`` (the MLP) and ``policy.json``
 (κ, α, the feature schema it was trained on, the feature normalisation, the model names and a
@@ -17,20 +23,29 @@ write an artifact that ``load`` would refuse.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 import numpy as np
 import torch
 from pydantic import BaseModel, Field, Strict, ValidationError, model_validator
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
+from stepgraph.artifacts import (
+    KINDS,
+    FeatureSchemaModel,
+    Network,
+    Normalization,
+    Tier,
+    check_checksum,
+    load_weights,
+    read_manifest,
+    validate,
+    write_artifact,
+)
 from stepgraph.errors import PolicyFileError
 from stepgraph.features import FeatureSchema, Observation, known_schema
 
@@ -38,40 +53,23 @@ FORMAT = "stepgraph.policy"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 SCALES = ("probability", "log_odds")
-WEIGHTS_FILE = "policy.safetensors"
-MANIFEST_FILE = "policy.json"
+WEIGHTS_FILE, MANIFEST_FILE = KINDS["policy"].weights_file, KINDS["policy"].manifest_file
 
-FiniteFloat = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+class _PolicyManifest(BaseModel):
+    """What the 2-tier and the K-tier ``policy.json`` share."""
 
-
-class _FeatureSchemaModel(BaseModel):
-    name: str
-    version: int
-    names: list[str] = Field(min_length=1)
-
-
-class _Normalization(BaseModel):
-    mean: list[FiniteFloat]
-    std: list[Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]]
-    ignored: list[str] | None = None
-    """absent in manifests written before ignored features existed"""
-
-    def check_fits(self, schema: _FeatureSchemaModel) -> None:
-        """Raise ValueError unless there is one mean and std per feature and every ignored feature is in the schema."""
-        n = len(schema.names)
-        if len(self.mean) != n or len(self.std) != n:
-            raise ValueError(f"normalization.mean and .std must each hold one value per feature ({n}), got "
-                             f"{len(self.mean)} and {len(self.std)}")
-        if unknown := sorted(set(self.ignored or ()) - set(schema.names)):
-            raise ValueError(f"normalization.ignored features {unknown} are not in the feature schema")
+    alpha: Annotated[float, Strict(), Field(gt=0, lt=1, allow_inf_nan=False)]
+    """the allowed miss rate, in (0, 1)"""
+    feature_schema: FeatureSchemaModel
+    normalization: Normalization
+    network: Network
+    training: dict[str, Any] = Field(default_factory=dict)
+    guarantee: dict[str, Any] | None = None
+    """the coverage the artifact may claim (``{"type": "split-conformal" | "none", ...}``); None before it was recorded"""
+    weights_sha256: str
 
 
-class _Network(BaseModel):
-    hidden: Annotated[int, Strict(), Field(ge=1, le=4096)]
-    layers: Annotated[int, Strict(), Field(ge=1, le=16)]
-
-
-class Manifest(BaseModel):
+class Manifest(_PolicyManifest):
     """The schema of ``policy.json``: types and ranges a policy needs to route safely."""
 
     format: Literal["stepgraph.policy"]
@@ -80,16 +78,7 @@ class Manifest(BaseModel):
     """what κ thresholds: π(escalate | o), or its log-odds (format 1 manifests: always the probability)"""
     kappa: Annotated[float, Strict(), Field(allow_inf_nan=False)]
     """the threshold: in [0, 1] on the probability scale, any finite number on the log-odds scale"""
-    alpha: Annotated[float, Strict(), Field(gt=0, lt=1, allow_inf_nan=False)]
-    """the allowed miss rate, in (0, 1)"""
-    feature_schema: _FeatureSchemaModel
-    normalization: _Normalization
-    network: _Network
     models: dict[str, Any] = Field(default_factory=dict)
-    training: dict[str, Any] = Field(default_factory=dict)
-    guarantee: dict[str, Any] | None = None
-    """the coverage the artifact may claim (``{"type": "split-conformal" | "none", ...}``); None before it was recorded"""
-    weights_sha256: str
 
     @model_validator(mode="after")
     def _fits_the_schema(self) -> Self:
@@ -102,23 +91,10 @@ class Manifest(BaseModel):
         return self
 
 
-def _validation_message(exc: ValidationError) -> str:
-    """One line per problem: the field's path, what is wrong, and the value found."""
-    problems = []
-    for error in exc.errors():
-        if not error["loc"]:  # a check across fields: its message says it all
-            problems.append(error["msg"].removeprefix("Value error, "))
-            continue
-        found = repr(error.get("input"))
-        found = found if len(found) <= 60 else found[:57] + "..."
-        problems.append(f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']} (found {found})")
-    return "; ".join(problems)
-
-
 def _check_feature_schema(stored: Any, expected: FeatureSchema | None, directory: Path) -> None:
     """Refuse another feature schema first: it explains normalisation lists of another length too."""
     try:
-        schema = FeatureSchema(**_FeatureSchemaModel.model_validate(stored).model_dump())
+        schema = FeatureSchema(**FeatureSchemaModel.model_validate(stored).model_dump())
     except ValidationError:
         return  # the manifest's validation names what is wrong with it
     if expected is not None and schema != expected:
@@ -133,8 +109,32 @@ def _check_feature_schema(stored: Any, expected: FeatureSchema | None, directory
         )
 
 
-def _non_finite(weights: dict[str, torch.Tensor]) -> list[str]:
-    return [name for name, tensor in weights.items() if not bool(torch.isfinite(tensor).all())]
+def mlp(inputs: int, hidden: int, layers: int, outputs: int) -> torch.nn.Sequential:
+    """``layers`` linear layers with tanh between them: the policy networks' body."""
+    widths = [inputs] + [hidden] * (layers - 1) + [outputs]
+    modules: list[torch.nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
+        modules.append(torch.nn.Linear(a, b))
+        if i < len(widths) - 2:
+            modules.append(torch.nn.Tanh())
+    return torch.nn.Sequential(*modules)
+
+
+def _read_policy(directory: Path, model: type[Manifest | TierManifest], fmt: str, versions: Sequence[int],
+                 expected_schema: FeatureSchema | None) -> Any:
+    """A validated policy manifest of format ``fmt`` (refusing another format or feature schema first) and its
+    feature schema, its weights' checksum checked."""
+    raw, checksum = read_manifest(directory, "policy")
+    if isinstance(raw, dict):
+        if raw.get("format") != fmt or raw.get("format_version") not in versions:
+            what = f"{fmt} v{versions[0]} manifest" if len(versions) == 1 else \
+                f"{fmt} manifest of version {' or '.join(map(str, versions))}"
+            raise PolicyFileError(f"{directory / MANIFEST_FILE} is not a {what} "
+                                  f"(found {raw.get('format')!r} v{raw.get('format_version')!r}).")
+        _check_feature_schema(raw.get("feature_schema"), expected_schema, directory)
+    manifest = validate(model, raw, directory, "policy")
+    check_checksum(directory, "policy", manifest.weights_sha256, checksum)
+    return manifest, FeatureSchema(**manifest.feature_schema.model_dump())
 
 
 class PolicyNetwork(torch.nn.Module):
@@ -148,13 +148,7 @@ class PolicyNetwork(torch.nn.Module):
 
     def __init__(self, n_features: int, hidden: int = 64, layers: int = 3) -> None:
         super().__init__()
-        widths = [n_features] + [hidden] * (layers - 1) + [2]
-        modules: list[torch.nn.Module] = []
-        for i, (a, b) in enumerate(itertools.pairwise(widths)):
-            modules.append(torch.nn.Linear(a, b))
-            if i < len(widths) - 2:
-                modules.append(torch.nn.Tanh())
-        self.net = torch.nn.Sequential(*modules)
+        self.net = mlp(n_features, hidden, layers, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -168,8 +162,33 @@ class PolicyNetwork(torch.nn.Module):
         return logits[..., 1] - logits[..., 0]
 
 
+class Normalising:
+    """Feature normalisation, shared by the 2-tier and the K-tier policy."""
+
+    schema: FeatureSchema
+    mean: list[float]
+    std: list[float]
+    ignored: list[str]
+
+    def _normalisation(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Mean, std and ignored columns as tensors, built once per value (the gate asks every step)."""
+        key = (tuple(self.mean), tuple(self.std), tuple(self.ignored))
+        cached = self.__dict__.get("_normalisation_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, torch.tensor(self.mean), torch.tensor(self.std), [self.schema.names.index(n) for n in self.ignored])
+            self.__dict__["_normalisation_cache"] = cached
+        return cached[1], cached[2], cached[3]
+
+    def normalise(self, rows: Sequence[Sequence[float]]) -> torch.Tensor:
+        """Standardise feature rows; a missing (NaN) or ignored feature becomes its training mean (0)."""
+        mean, std, ignored = self._normalisation()
+        x = (torch.tensor(rows, dtype=torch.float32) - mean) / std
+        x[..., ignored] = 0.0
+        return torch.nan_to_num(x, nan=0.0)
+
+
 @dataclass
-class PolicyArtifact:
+class PolicyArtifact(Normalising):
     """A trained policy with everything needed to apply it to new observations."""
 
     network: PolicyNetwork
@@ -193,28 +212,12 @@ class PolicyArtifact:
     format_version: int = FORMAT_VERSION
     """The manifest format it was loaded from (1: probability κ only); ``save`` writes format 2."""
 
-    def _normalisation(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """Mean, std and ignored columns as tensors, built once per value (the gate asks every step)."""
-        key = (tuple(self.mean), tuple(self.std), tuple(self.ignored))
-        cached = self.__dict__.get("_normalisation_cache")
-        if cached is None or cached[0] != key:
-            cached = (key, torch.tensor(self.mean), torch.tensor(self.std), [self.schema.names.index(n) for n in self.ignored])
-            self.__dict__["_normalisation_cache"] = cached
-        return cached[1], cached[2], cached[3]
-
-    def normalise(self, rows: Sequence[Sequence[float]]) -> torch.Tensor:
-        """Standardise feature rows; a missing (NaN) or ignored feature becomes its training mean (0)."""
-        mean, std, ignored = self._normalisation()
-        x = (torch.tensor(rows, dtype=torch.float32) - mean) / std
-        x[..., ignored] = 0.0
-        return torch.nan_to_num(x, nan=0.0)
-
     @torch.no_grad()
     def escalate_probability(self, observation: Observation) -> float:
         """π(escalate | o) for one observation keyed by the schema's feature names."""
         return float(self.network.escalate_probability(self.normalise([self.schema.vector(observation)]))[0])
 
-    def score(self, observation: Observation) -> float:
+    def score(self, observation: Observation, tier: int = 0) -> float:
         """What κ is compared with: π(escalate | o), or its log-odds on the log-odds scale.
 
         The log-odds are computed in NumPy: one observation through a small MLP is dominated by
@@ -243,6 +246,10 @@ class PolicyArtifact:
             self.__dict__["_numpy_cache"] = cached
         return cached[2]
 
+    def escalation_tier(self, observation: Observation, tier: int) -> int | None:
+        """Two tiers: an escalated step goes to the next tier up (None)."""
+        return None
+
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """``score`` over rows of normalised features."""
         with torch.no_grad():
@@ -258,20 +265,10 @@ class PolicyArtifact:
                 nothing is written.
         """
         manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "scale": self.scale,
-            "kappa": self.kappa,
-            "alpha": self.alpha,
-            "feature_schema": self.schema.to_dict(),
-            "normalization": {"mean": self.mean, "std": self.std, "ignored": self.ignored},
-            "network": {"hidden": self.hidden, "layers": self.layers},
-            "models": self.models,
-            "training": self.training,
-            "guarantee": self.guarantee,
-            "weights_sha256": "",
+            "format": FORMAT, "format_version": FORMAT_VERSION, "scale": self.scale, "kappa": self.kappa,
+            **_shared_fields(self), "models": self.models,
         }
-        return write_artifact(Path(directory), self.network, manifest, Manifest, "a policy", WEIGHTS_FILE, MANIFEST_FILE, FORMAT,
+        return write_artifact(directory, "policy", self.network, manifest, Manifest,
                               diverged=" (training diverged; lower --delta or check the traces)")
 
     @classmethod
@@ -285,92 +282,182 @@ class PolicyArtifact:
                 knows). The message names the file and the field.
         """
         directory = Path(directory)
-        manifest_path, weights_path = directory / MANIFEST_FILE, directory / WEIGHTS_FILE
-        raw, checksum = read_manifest(directory, WEIGHTS_FILE, MANIFEST_FILE, "policy")
-        if isinstance(raw, dict):
-            if raw.get("format") != FORMAT or raw.get("format_version") not in READABLE_VERSIONS:
-                raise PolicyFileError(
-                    f"{manifest_path} is not a {FORMAT} manifest of version {' or '.join(map(str, READABLE_VERSIONS))} "
-                    f"(found {raw.get('format')!r} v{raw.get('format_version')!r})."
-                )
-            _check_feature_schema(raw.get("feature_schema"), expected_schema, directory)
-        try:
-            manifest = Manifest.model_validate(raw)
-        except ValidationError as exc:
-            raise PolicyFileError(f"{manifest_path} is invalid: {_validation_message(exc)}") from exc
-        schema = FeatureSchema(**manifest.feature_schema.model_dump())
+        manifest, schema = _read_policy(directory, Manifest, FORMAT, READABLE_VERSIONS, expected_schema)
         mean, std = manifest.normalization.mean, manifest.normalization.std
         ignored = manifest.normalization.ignored
         if ignored is None:  # manifests from before "ignored" marked a never-recorded feature as mean 0, std 1
             ignored = [n for n, m, sd in zip(schema.names, mean, std) if (m, sd) == (0.0, 1.0)]
-        if manifest.weights_sha256 != checksum:
-            raise PolicyFileError(f"{weights_path} does not match the checksum in {manifest_path}: the file is corrupted or was replaced.")
         hidden, layers = manifest.network.hidden, manifest.network.layers
         network = PolicyNetwork(len(schema.names), hidden, layers)
-        load_weights(network, weights_path, f"a {layers}x{hidden} policy network", "retrain the policy")
+        load_weights(network, directory, "policy", f"a {layers}x{hidden} policy network")
         return cls(network, manifest.kappa, manifest.alpha, schema, list(mean), list(std), hidden, layers, manifest.models,
                    manifest.training, list(ignored), manifest.guarantee, manifest.scale, manifest.format_version)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _shared_fields(artifact: PolicyArtifact | TierPolicyArtifact) -> dict[str, Any]:
+    """The manifest fields of ``_PolicyManifest``, from either policy."""
+    return {"alpha": artifact.alpha, "feature_schema": artifact.schema.to_dict(),
+            "normalization": {"mean": artifact.mean, "std": artifact.std, "ignored": artifact.ignored},
+            "network": {"hidden": artifact.hidden, "layers": artifact.layers}, "training": artifact.training,
+            "guarantee": artifact.guarantee}
 
 
-def read_manifest(directory: Path, weights_file: str, manifest_file: str, kind: str) -> tuple[Any, str]:
-    """The raw JSON manifest of an artifact directory and its weights' SHA-256.
+TIER_FORMAT = "stepgraph.tier_policy"
+TIER_FORMAT_VERSION = 1
+MAX_TIERS = 16
+MASKED = -1e9
+"""The logit of a tier below the current one: probability 0, and still finite for the KL's arithmetic."""
+
+
+class TierManifest(_PolicyManifest):
+    """The schema of a K-tier ``policy.json``."""
+
+    format: Literal["stepgraph.tier_policy"]
+    format_version: Literal[1]
+    kappa: Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
+    """the threshold on π(escalate | o, k) = 1 − π(k | o, k), in [0, 1]"""
+    tiers: list[Tier] = Field(min_length=2, max_length=MAX_TIERS)
+    """the models the policy routes between, cheapest first"""
+
+    @model_validator(mode="after")
+    def _fits_the_schema(self) -> Self:
+        self.normalization.check_fits(self.feature_schema)
+        return self
+
+
+class TierPolicyNetwork(torch.nn.Module):
+    """An MLP from [normalised features, one-hot current tier] to logits over the tiers.
+
+    Logits of tiers below the current one are ``MASKED``, so every distribution it gives is over
+    "accept" (the current tier) and the stronger tiers.
+
+    Args:
+        n_features: feature width (the one-hot tier is appended to it).
+        n_tiers: K, the number of tiers.
+        hidden: units per hidden layer.
+        layers: linear layers.
+    """
+
+    def __init__(self, n_features: int, n_tiers: int, hidden: int = 64, layers: int = 3) -> None:
+        super().__init__()
+        self.n_features, self.n_tiers = n_features, n_tiers
+        self.net = mlp(n_features + n_tiers, hidden, layers, n_tiers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        allowed = torch.cumsum(x[..., self.n_features :], dim=-1) > 0.5  # tiers at or above the current one
+        return self.net(x).masked_fill(~allowed, MASKED)
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.forward(x), dim=-1)
+
+    def escalate_probability(self, x: torch.Tensor) -> torch.Tensor:
+        """1 − π(current tier | x): the probability of any stronger tier."""
+        current = x[..., self.n_features :].argmax(dim=-1, keepdim=True)
+        return 1.0 - self.probabilities(x).gather(-1, current).squeeze(-1)
+
+
+def tier_inputs(features: torch.Tensor, tiers: torch.Tensor, n_tiers: int) -> torch.Tensor:
+    """The network's input: normalised feature rows with the one-hot tier that wrote each step."""
+    return torch.cat([features, torch.nn.functional.one_hot(tiers.long(), n_tiers).to(features.dtype)], dim=-1)
+
+
+@dataclass
+class TierPolicyArtifact(Normalising):
+    """A trained K-tier policy with what it needs to route new observations.
+
+    The network reads the step's features and the tier k that wrote it (one-hot) and gives a
+    distribution over the tiers j ≥ k, where j = k means "accept"; tiers below k are masked out.
+    """
+
+    network: TierPolicyNetwork
+    kappa: float
+    alpha: float
+    schema: FeatureSchema
+    mean: list[float]
+    std: list[float]
+    tiers: list[dict[str, Any]]
+    """``{"name", "parameters"}`` of each tier, cheapest first"""
+    hidden: int = 64
+    layers: int = 3
+    ignored: list[str] = field(default_factory=list)
+    training: dict[str, Any] = field(default_factory=dict)
+    guarantee: dict[str, Any] | None = None
+
+    @property
+    def models(self) -> dict[str, Any]:
+        """The tiers as the 2-tier artifact's ``models`` reads them, for the checks shared by both."""
+        return {"draft": self.tiers[0], "target": self.tiers[-1], "tiers": self.tiers}
+
+    scale: ClassVar[str] = "probability"
+    """κ thresholds π(escalate | o, k)."""
+
+    @torch.no_grad()
+    def probabilities(self, observation: Observation, tier: int) -> list[float]:
+        """π(j | o, tier) for every tier j (0 below ``tier``)."""
+        if not 0 <= tier < len(self.tiers):
+            raise ValueError(f"tier {tier} is outside this policy's {len(self.tiers)} tiers.")
+        x = tier_inputs(self.normalise([self.schema.vector(observation)]), torch.tensor([tier]), len(self.tiers))
+        return [float(p) for p in self.network.probabilities(x)[0]]
+
+    def score(self, observation: Observation, tier: int = 0) -> float:
+        """π(escalate | o, k) = 1 − π(k | o, k); NaN for a tier the policy does not route from (the gate escalates it)."""
+        if not 0 <= tier < len(self.tiers) - 1:
+            return math.nan
+        return 1.0 - self.probabilities(observation, tier)[tier]
+
+    def escalation_tier(self, observation: Observation, tier: int) -> int | None:
+        """The stronger tier π finds most likely for a step of ``tier`` that escalates."""
+        if not 0 <= tier < len(self.tiers) - 1:
+            return None
+        probs = self.probabilities(observation, tier)
+        return max(range(tier + 1, len(probs)), key=lambda j: probs[j])
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the artifact after checking that ``load`` will accept it.
+
+        Raises:
+            PolicyFileError: an invalid manifest or non-finite weights; nothing is written.
+        """
+        if len(self.tiers) != self.network.n_tiers:
+            raise PolicyFileError(f"Refusing to write a tier policy into {directory}: it names {len(self.tiers)} tiers "
+                                  f"but its network routes between {self.network.n_tiers}.")
+        manifest = {
+            "format": TIER_FORMAT, "format_version": TIER_FORMAT_VERSION, "kappa": self.kappa, **_shared_fields(self),
+            "tiers": self.tiers,
+        }
+        return write_artifact(directory, "policy", self.network, manifest, TierManifest, what="a tier policy")
+
+    @classmethod
+    def load(cls, directory: str | Path, expected_schema: FeatureSchema | None = None) -> TierPolicyArtifact:
+        """Load and validate a K-tier artifact.
+
+        Raises:
+            PolicyFileError: files missing, unreadable or corrupted, another format, a value out of
+                range, a network that does not fit the manifest's tiers, non-finite weights, or a
+                feature schema other than ``expected_schema`` (None: any schema ``stepgraph.features.SCHEMAS``
+                knows). The message names the file and the field.
+        """
+        directory = Path(directory)
+        manifest, schema = _read_policy(directory, TierManifest, TIER_FORMAT, (TIER_FORMAT_VERSION,), expected_schema)
+        hidden, layers, n_tiers = manifest.network.hidden, manifest.network.layers, len(manifest.tiers)
+        network = TierPolicyNetwork(len(schema.names), n_tiers, hidden, layers)
+        load_weights(network, directory, "policy", f"a {layers}x{hidden} policy network over {n_tiers} tiers")
+        return cls(network, manifest.kappa, manifest.alpha, schema, list(manifest.normalization.mean),
+                   list(manifest.normalization.std), [t.model_dump() for t in manifest.tiers], hidden, layers,
+                   list(manifest.normalization.ignored or ()), manifest.training, manifest.guarantee)
+
+
+LOADERS: dict[str, Callable[[Path, FeatureSchema | None], PolicyArtifact | TierPolicyArtifact]] = {
+    FORMAT: PolicyArtifact.load, TIER_FORMAT: TierPolicyArtifact.load}
+"""The policy reader of each manifest format (anything else: the 2-tier reader says what is wrong)."""
+
+
+def load_policy(directory: str | Path, expected_schema: FeatureSchema | None = None) -> PolicyArtifact | TierPolicyArtifact:
+    """Load the policy artifact in ``directory``, 2-tier or K-tier by its manifest's format.
 
     Raises:
-        PolicyFileError: a file is missing, unreadable (permissions) or the manifest is not JSON; ``kind``
-            ("policy", "allocator") names the artifact in the message.
+        PolicyFileError: see ``PolicyArtifact.load`` and ``TierPolicyArtifact.load``.
     """
-    manifest_path, weights_path = directory / manifest_file, directory / weights_file
-    for path in (manifest_path, weights_path):
-        if not path.is_file():
-            raise PolicyFileError(f"{path} is missing: {'an' if kind[0] in 'aeiou' else 'a'} {kind} directory holds "
-                                  f"{manifest_file} and {weights_file}.")
-    try:
-        return json.loads(manifest_path.read_text()), _sha256(weights_path)
-    except OSError as exc:
-        raise PolicyFileError(f"Cannot read the {kind} file {exc.filename or manifest_path}: {exc.strerror or exc}. "
-                              "Check its permissions.") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PolicyFileError(f"{manifest_path} is corrupted or incomplete: {exc}") from exc
-
-
-def load_weights(network: torch.nn.Module, weights_path: Path, shape: str, retrain: str) -> None:
-    """Load safetensors weights into ``network`` (then in eval mode), refusing weights of another shape or not finite.
-
-    Raises:
-        PolicyFileError: ``shape`` says what the file should hold, ``retrain`` what to do about non-finite weights.
-    """
-    try:
-        weights = load_file(str(weights_path))
-        network.load_state_dict(weights)
-    except (SafetensorError, RuntimeError, OSError) as exc:
-        raise PolicyFileError(f"{weights_path} does not hold {shape}: {exc}") from exc
-    if bad := _non_finite(weights):
-        raise PolicyFileError(f"{weights_path}: weights {bad} are not finite (NaN or inf); {retrain}.")
-    network.eval()
-
-
-def write_artifact(directory: Path, network: torch.nn.Module, manifest: dict[str, Any], schema: type[BaseModel], what: str,
-                   weights_file: str, manifest_file: str, fmt: str, diverged: str = "") -> Path:
-    """Write a network's weights (safetensors) and their manifest (JSON, with the weights' SHA-256) into ``directory``,
-    after checking that the manifest passes ``schema`` and the weights are finite (else nothing is written).
-
-    Raises:
-        PolicyFileError: "Refusing to write {what} ...", naming the fields or weights at fault (``diverged``
-            is added to the non-finite weights' message).
-    """
-    try:
-        schema.model_validate(manifest)
-    except ValidationError as exc:
-        raise PolicyFileError(f"Refusing to write {what} that would not load into {directory}: {_validation_message(exc)}") from exc
-    weights = {k: v.detach().contiguous() for k, v in network.state_dict().items()}
-    if bad := _non_finite(weights):
-        raise PolicyFileError(f"Refusing to write {what} into {directory}: weights {bad} are not finite{diverged}.")
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file(weights, str(directory / weights_file), metadata={"format": fmt})
-    manifest["weights_sha256"] = _sha256(directory / weights_file)
-    (directory / manifest_file).write_text(json.dumps(manifest, indent=2) + "\n")
-    return directory
+    raw, _ = read_manifest(directory, "policy")
+    fmt = raw.get("format") if isinstance(raw, dict) else None
+    return LOADERS.get(fmt if isinstance(fmt, str) else FORMAT, PolicyArtifact.load)(Path(directory), expected_schema)

@@ -31,7 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,16 +38,14 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from safetensors.torch import load_file, save_file
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from stepgraph.artifacts import KINDS, check_checksum, load_weights, read_manifest, validate, write_artifact
 from stepgraph.context import RouterContext
 from stepgraph.errors import ConfigError, PolicyFileError
+from stepgraph.tiers import check_tiers, describe
 
-RADAR_FORMAT = "stepgraph.radar"
-RADAR_FORMAT_VERSION = 1
-MANIFEST_FILE = "radar.json"
-WEIGHTS_FILE = "difficulty.safetensors"
+MANIFEST_FILE, WEIGHTS_FILE = KINDS["radar"].manifest_file, KINDS["radar"].weights_file
 GateName = Literal["draft", "target", "tier", "policy", "threshold"]
 
 
@@ -188,6 +185,9 @@ class RadarManifest(BaseModel):
             config = self.configurations[names.index(name)]
             if config.ability is None or config.mean_flops is None:
                 raise ValueError(f"pool configuration {name!r} has no fitted ability or cost")
+        if self.tiers and self.embedding_tier >= len(self.tiers):
+            raise ValueError(f"embedding_tier {self.embedding_tier} is not one of the {len(self.tiers)} tiers "
+                             f"(0 to {len(self.tiers) - 1})")
         return self
 
 
@@ -305,12 +305,10 @@ class RadarRouter:
     # --- artifact ---------------------------------------------------------------------------------
 
     def save(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / MANIFEST_FILE).write_text(self.manifest.model_dump_json(indent=2) + "\n")
-        if self.regressor is not None:
-            save_file({k: v.contiguous() for k, v in self.regressor.state_dict().items()}, str(directory / WEIGHTS_FILE))
-        return directory
+        """Write ``radar.json`` (with the regressor's SHA-256) and ``difficulty.safetensors`` through the shared writer."""
+        if self.regressor is None:
+            raise PolicyFileError(f"Refusing to write a RADAR router into {directory} without its difficulty regressor.")
+        return write_artifact(directory, "radar", self.regressor, self.manifest.model_dump(mode="json"), _StoredManifest)
 
     @classmethod
     def from_path(cls, directory: str | Path, tiers: Sequence[Any] | None = None, allow_other_tiers: bool = False) -> RadarRouter:
@@ -320,32 +318,30 @@ class RadarRouter:
         ``mid`` needs to run) for a router fitted on a pair: the first and last are checked as the pair.
 
         Raises:
-            PolicyFileError: a missing, corrupted or other-format file, or other tiers (see ``check_tiers``).
+            PolicyFileError: a missing, corrupted or other-format file, weights that do not match the manifest's
+                checksum, an ``embedding_tier`` outside the tiers, or other tiers (see ``check_tiers``).
         """
         directory = Path(directory)
-        path = directory / MANIFEST_FILE
-        if not path.is_file():
-            raise PolicyFileError(f"{directory} is not a RADAR artifact: {MANIFEST_FILE} is missing (run `stepgraph radar fit`).")
-        try:
-            manifest = RadarManifest.model_validate(json.loads(path.read_text()))
-        except (json.JSONDecodeError, ValidationError) as exc:
-            raise PolicyFileError(f"{path} is corrupted or not a {RADAR_FORMAT} v{RADAR_FORMAT_VERSION} file: {exc}") from exc
-        weights = directory / WEIGHTS_FILE
-        if not weights.is_file():
-            raise PolicyFileError(f"{directory}: {WEIGHTS_FILE} (the difficulty regressor) is missing.")
+        raw, checksum = read_manifest(directory, "radar")
+        stored = validate(_StoredManifest, raw, directory, "radar")
+        if stored.weights_sha256 is not None:  # format 1 artifacts written before the checksum have none
+            check_checksum(directory, "radar", stored.weights_sha256, checksum)
+        manifest = RadarManifest.model_validate(stored.model_dump(exclude={"weights_sha256"}))
         regressor = DifficultyRegressor(manifest.embedding_dim, manifest.regressor_hidden)
-        try:
-            regressor.load_state_dict(load_file(str(weights)))
-        except Exception as exc:  # safetensors' own errors, or tensors of other shapes
-            raise PolicyFileError(f"{weights} does not hold a difficulty regressor of width {manifest.embedding_dim}: {exc}") from exc
-        if not all(torch.isfinite(t).all() for t in regressor.state_dict().values()):
-            raise PolicyFileError(f"{weights} holds non-finite weights.")
+        load_weights(regressor, directory, "radar", f"a difficulty regressor of width {manifest.embedding_dim}")
         embedder = None
         if tiers is not None:
-            from stepgraph.training.calibrate import check_tiers, describe
-
             if len(manifest.tiers) == 2 and len(tiers) > 2:  # K tiers (load_tiers(3)): the router's pair is the ends
                 tiers = [tiers[0], tiers[-1]]
             check_tiers(manifest.tiers, describe(tiers), str(directory), allow_other_tiers)
+            if manifest.embedding_tier >= len(tiers):
+                raise PolicyFileError(f"{directory / MANIFEST_FILE}: embedding_tier {manifest.embedding_tier} is not one of the "
+                                      f"{len(tiers)} tiers (0 to {len(tiers) - 1}); fit the router again on these tiers.")
             embedder = QueryEmbedder(tiers[manifest.embedding_tier])
-        return cls(manifest, regressor.eval(), embedder)
+        return cls(manifest, regressor, embedder)
+
+
+class _StoredManifest(RadarManifest):
+    """``radar.json`` as written: the manifest and the regressor's SHA-256."""
+
+    weights_sha256: str | None = None

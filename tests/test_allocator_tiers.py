@@ -27,8 +27,8 @@ from stepgraph.allocator_file import AllocatorArtifact, AllocatorNetwork, Learne
 from stepgraph.errors import ConfigError, PolicyFileError
 from stepgraph.features import CONFIDENCE_SCHEMA
 from stepgraph.gates import ConfidenceThresholdGate, PolicyGate
-from stepgraph.gates.tier_policy_gate import TierPolicyGate
-from stepgraph.tier_policy import TierPolicyArtifact, TierPolicyNetwork
+from stepgraph.gates import PolicyGate as TierPolicyGate
+from stepgraph.policy import TierPolicyArtifact, TierPolicyNetwork
 
 N = len(ALLOCATOR_SCHEMA.names)
 

@@ -16,7 +16,7 @@ from stepgraph.training.tuning import Piece
 from stepgraph.allocator import FixedAllocator
 from stepgraph.features import CONFIDENCE_SCHEMA
 from stepgraph.gates import AlwaysDraftGate
-from stepgraph.tier_policy import TierPolicyArtifact, TierPolicyNetwork
+from stepgraph.policy import TierPolicyArtifact, TierPolicyNetwork
 
 STEPS = ["She has 12 coins.", "12 + 8 = 20.", "\\boxed{20}"]
 

@@ -22,7 +22,7 @@ from stepgraph.training.records import Episode, StepRecord
 
 from stepgraph.errors import ConfigError
 from stepgraph.features import CONFIDENCE_SCHEMA
-from stepgraph.tier_policy import TierPolicyArtifact, TierPolicyNetwork
+from stepgraph.policy import TierPolicyArtifact, TierPolicyNetwork
 
 TIERS = [{"name": "small", "parameters": 1}, {"name": "mid", "parameters": 3}, {"name": "large", "parameters": 10}]
 FLOPS = [1.0, 3.0, 10.0]

@@ -169,8 +169,8 @@ def test_cli_solve_on_three_shipped_tiers_routes_with_the_shipped_3_tier_policy(
     import json
 
     from stepgraph.cli import main
+    from stepgraph.policy import TierPolicyArtifact
     from stepgraph.testbed.defaults import THREE_TIER_POLICY_DIR
-    from stepgraph.tier_policy import TierPolicyArtifact
 
     artifact = TierPolicyArtifact.load(THREE_TIER_POLICY_DIR)
     assert [t["name"] for t in artifact.tiers] == ["draft", "mid", "target"]
@@ -280,7 +280,7 @@ def test_every_artifact_writer_refuses_a_bad_manifest_or_non_finite_weights_and_
     """The policy, K-tier policy and allocator share one checked writer (``policy.write_artifact``)."""
     from stepgraph.allocator import ALLOCATOR_SCHEMA
     from stepgraph.allocator_file import AllocatorArtifact, AllocatorNetwork
-    from stepgraph.tier_policy import TierPolicyArtifact, TierPolicyNetwork
+    from stepgraph.policy import TierPolicyArtifact, TierPolicyNetwork
 
     n, tiers = len(CONFIDENCE_SCHEMA.names), [{"name": "d", "parameters": 1}, {"name": "t", "parameters": 2}]
     k = len(ALLOCATOR_SCHEMA.names)

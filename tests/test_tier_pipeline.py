@@ -13,7 +13,7 @@ from stepgraph.training.store import TraceStore
 from stepgraph.cli import main
 from stepgraph.defaults import DEFAULT_POLICY_DIR
 from stepgraph.gates import PolicyGate
-from stepgraph.gates.tier_policy_gate import TierPolicyGate
+from stepgraph.gates import PolicyGate as TierPolicyGate
 from stepgraph.testbed import DRAFT_MODEL_DIR, MID_MODEL_DIR, TARGET_MODEL_DIR
 
 QUESTION = "Dan has 26 books. He loses 2. He multiplies them by 3. How many books does he have?"  # answer 72
@@ -97,7 +97,7 @@ def test_calibrate_runs_then_solve_with_the_k_tier_policy(collected, capsys):
     assert solved["stop_reason"] == "final_answer" and solved["answer"]
     assert {a["model"] for s in solved["steps"] for a in s["attempts"]} <= {"draft", "mid", "target"}
     first = solved["steps"][0]  # scored by the calibrated K-tier policy on the draft's step
-    assert first["gate_score"] == pytest.approx(1 - gate.tier_artifact.probabilities(first["observation"], 0)[0])
+    assert first["gate_score"] == pytest.approx(1 - gate.artifact.probabilities(first["observation"], 0)[0])
     # The tier check: the same gate on a spec of two tiers is refused, naming the tiers.
     two = write_spec(collected.parent, (DRAFT_MODEL_DIR, TARGET_MODEL_DIR), name="two.toml")
     assert "calibrated on the tiers" in refused(capsys, "solve", "--config", str(two), QUESTION)

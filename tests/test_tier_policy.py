@@ -11,12 +11,11 @@ from scripted import ScriptedModel
 from stepgraph.errors import PolicyFileError
 from stepgraph.features import CONFIDENCE_SCHEMA, FeatureSchema
 from stepgraph.gates import PolicyGate, make_gate
+from stepgraph.gates import PolicyGate as TierPolicyGate
 from stepgraph.gates.base import GateInput
-from stepgraph.gates.tier_policy_gate import TierPolicyGate
 from stepgraph.graph import build_graph
 from stepgraph.models.base import StepOutput
-from stepgraph.policy import PolicyArtifact, PolicyNetwork
-from stepgraph.tier_policy import TierPolicyArtifact, TierPolicyNetwork
+from stepgraph.policy import PolicyArtifact, PolicyNetwork, TierPolicyArtifact, TierPolicyNetwork
 
 N = len(CONFIDENCE_SCHEMA.names)
 TIERS = [{"name": "draft", "parameters": 10}, {"name": "mid", "parameters": 40}, {"name": "target", "parameters": 100}]

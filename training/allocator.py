@@ -59,6 +59,7 @@ from stepgraph.allocator import ALLOCATOR_SCHEMA, PriorStep, allocator_observati
 from stepgraph.allocator_file import AllocatorArtifact, AllocatorNetwork
 from stepgraph.errors import ConfigError
 from stepgraph.gates.base import Gate
+from stepgraph.policy import TierPolicyArtifact
 
 # --- 1. data -------------------------------------------------------------------------------------
 
@@ -225,7 +226,8 @@ def train_allocator(episodes: Sequence[Episode], args: CPOArgs | None = None, *,
     from stepgraph.training.allocator_tiers import has_tier_tables, train_tier_allocator
 
     if has_tier_tables(episodes):  # every tier's step is recorded: labels, replay and κ over the tiers ``columns``
-        policy = getattr(gate, "tier_artifact", None)
+        policy = getattr(gate, "artifact", None)
+        policy = policy if isinstance(policy, TierPolicyArtifact) else None
         if gate is not None and policy is None:
             raise ConfigError(f"On traces with tier tables the post-hoc gate must be a K-tier policy (stepgraph.tier_policy) "
                               f"over the allocator's tiers, got {getattr(gate, 'name', type(gate).__name__)}.")

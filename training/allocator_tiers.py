@@ -47,7 +47,7 @@ from stepgraph.allocator import ALLOCATOR_SCHEMA, tier_from_probabilities
 from stepgraph.allocator_file import AllocatorArtifact, AllocatorNetwork
 from stepgraph.errors import ConfigError
 from stepgraph.features import FeatureSchema
-from stepgraph.tier_policy import TierPolicyArtifact
+from stepgraph.policy import TierPolicyArtifact
 
 EPSILON = 0.05
 """behaviour exploration of the RL stage's replays: with this probability a uniformly random tier"""

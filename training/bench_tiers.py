@@ -58,8 +58,8 @@ from stepgraph.defaults import DEFAULT_POLICY_DIR
 from stepgraph.gates import AlwaysDraftGate, PolicyGate
 from stepgraph.gates.base import Gate
 from stepgraph.models.base import StepModel
+from stepgraph.policy import TierPolicyArtifact
 from stepgraph.testbed import close_pair, load_tiers, task
-from stepgraph.tier_policy import TierPolicyArtifact
 
 
 @dataclass

@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from stepgraph.errors import ConfigError, StepgraphError
 from stepgraph.features import FEATURE_SCHEMA, FeatureSchema
-from stepgraph.tier_policy import TierPolicyArtifact, TierPolicyNetwork, tier_inputs
+from stepgraph.policy import TierPolicyArtifact, TierPolicyNetwork, tier_inputs
 
 
 @dataclass

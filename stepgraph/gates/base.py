@@ -69,6 +69,13 @@ def non_finite_features(observation: Observation) -> list[str]:
     return [name for name, value in observation.items() if value is not None and not math.isfinite(value)]
 
 
+def non_finite_token_statistics(step: StepOutput) -> list[str]:
+    """Which of the draft's per-token statistics hold NaN or ±inf anywhere, not only at the math tokens the
+    features read: a sampled token of log-probability −inf is a broken backend, whatever the features say."""
+    rows = {"token_logprobs": step.token_logprobs, "max_logits": step.max_logits}
+    return [name for name, row in rows.items() if row and not all(math.isfinite(v) for v in row)]
+
+
 @dataclass(frozen=True)
 class GateOption:
     """An option a registered gate is built from, as the CLI offers it.
@@ -116,6 +123,8 @@ class Gate(ABC):
         """Escalate on non-finite features or score (recording why), else ``decide_on_score``."""
         if self.reads_features and (bad := non_finite_features(x.observation)):
             return GateDecision(True, math.nan, 1.0, f"non-finite features: {', '.join(bad)}")
+        if self.reads_features and (bad := non_finite_token_statistics(x.draft)):
+            return GateDecision(True, math.nan, 1.0, f"non-finite token statistics: {', '.join(bad)}")
         score = self.score(x)
         if not math.isfinite(score):
             return GateDecision(True, score, 1.0, "non-finite score")

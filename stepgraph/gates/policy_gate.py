@@ -1,4 +1,9 @@
-"""The CPO policy gate: escalate iff π(escalate | o) ≥ κ (or its log-odds ≥ κ, by the artifact's scale)."""
+"""The CPO policy gate for K ≥ 2 tiers: escalate iff π(escalate | o, k) ≥ κ (or its log-odds, by the artifact's scale).
+
+Two tiers is K = 2: the step goes to the next tier up. With a K-tier policy it goes to the stronger
+tier π finds most likely (``GateDecision.tier``) and the graph asks again on that tier's step; a tier
+the policy does not route from gets a NaN score, which escalates to the next tier (the safe side).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from stepgraph.errors import GateConfigError
 from stepgraph.features import SITUATIONAL
-from stepgraph.gates.base import Gate, GateInput, GateOption
+from stepgraph.gates.base import Gate, GateDecision, GateInput, GateOption
 
 if TYPE_CHECKING:  # torch loads with the first policy, not with the gate registry
-    from stepgraph.policy import PolicyArtifact
+    from stepgraph.policy import PolicyArtifact, TierPolicyArtifact
 
 
 class PolicyGate(Gate):
@@ -22,7 +27,7 @@ class PolicyGate(Gate):
     weights (to meet the coverage target α); a different κ is a different, uncalibrated policy.
 
     Args:
-        artifact: a loaded PolicyArtifact (``PolicyGate.from_path`` loads and validates one).
+        artifact: a loaded PolicyArtifact or TierPolicyArtifact (``PolicyGate.from_path`` loads and validates either).
 
     Example:
         >>> from stepgraph.testbed.defaults import DEFAULT_POLICY_DIR
@@ -32,7 +37,7 @@ class PolicyGate(Gate):
     name = "policy"
     options: ClassVar[Mapping[str, GateOption]] = {"path": GateOption("--policy", Path, "the policy artifact directory")}
 
-    def __init__(self, artifact: PolicyArtifact) -> None:
+    def __init__(self, artifact: PolicyArtifact | TierPolicyArtifact) -> None:
         self.artifact = artifact
         self.threshold = artifact.kappa
         self.trained_on = [n for n in artifact.schema.names if n not in artifact.ignored]
@@ -41,19 +46,14 @@ class PolicyGate(Gate):
 
     @classmethod
     def from_path(cls, directory: str | Path) -> PolicyGate:
-        """Load an artifact directory: a 2-tier policy, or a K-tier one (a ``TierPolicyGate``).
+        """Load an artifact directory: a 2-tier or a K-tier policy.
 
         Raises:
             PolicyFileError: the files are missing, corrupted, or of another feature schema.
         """
-        from stepgraph.policy import PolicyArtifact
-        from stepgraph.tier_policy import is_tier_policy
+        from stepgraph.policy import load_policy
 
-        if is_tier_policy(directory):
-            from stepgraph.gates.tier_policy_gate import TierPolicyGate
-
-            return TierPolicyGate.from_path(directory)
-        return cls(PolicyArtifact.load(directory))
+        return cls(load_policy(directory))
 
     @classmethod
     def from_options(cls, **options: Any) -> PolicyGate:
@@ -64,9 +64,14 @@ class PolicyGate(Gate):
         return cls.from_path(path)
 
     def score(self, x: GateInput) -> float:
-        """π(escalate | o) of the draft's observation, or its log-odds (the artifact's ``scale``)."""
+        """π(escalate | o, k) of the draft's observation, or its log-odds (the artifact's ``scale``)."""
         self._warn_on_missing(x.observation)
-        return self.artifact.score(x.observation)
+        return self.artifact.score(x.observation, x.tier)
+
+    def decide_on_score(self, x: GateInput, score: float) -> GateDecision:
+        if score < self.threshold:
+            return GateDecision(False, score, 0.0)
+        return GateDecision(True, score, 1.0, tier=self.artifact.escalation_tier(x.observation, x.tier))
 
     def _warn_on_missing(self, observation: dict[str, float | None]) -> None:
         missing = [n for n in self._reported if observation.get(n) is None and n not in self._warned]
