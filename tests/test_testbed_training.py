@@ -95,3 +95,22 @@ def test_v2_tokenizer_keeps_words_whole_digits_single_and_the_qwen2_format(tmp_p
     assert type(loaded).__name__ in ("Qwen2Tokenizer", "Qwen2TokenizerFast") and loaded.tokenize(text) == tokenizer.tokenize(text)
     prompt = loaded.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
     assert prompt == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_the_prompt_loss_reads_the_question_tokens_only():
+    import math
+
+    import torch
+
+    from stepgraph.training.testbed_models import prompt_loss
+
+    vocab = 7
+    input_ids = torch.tensor([[1, 2, 3, 4, 5, 0, 0]])
+    labels = torch.tensor([[-100, -100, -100, 4, 5, -100, -100]])  # the solution starts at position 3
+    mask = (input_ids != 0).long()
+    logits = torch.zeros(1, 7, vocab)
+    assert math.isclose(prompt_loss(logits, input_ids, labels, mask).item(), math.log(vocab), rel_tol=1e-6)
+    logits[0, 0, 2] = logits[0, 1, 3] = 50.0  # the model predicts the two question tokens after the first
+    assert prompt_loss(logits, input_ids, labels, mask).item() < 1e-6
+    logits[0, 3, 1] = logits[0, 5, 1] = 50.0  # wrong guesses on solution and padding positions change nothing
+    assert prompt_loss(logits, input_ids, labels, mask).item() < 1e-6

@@ -101,6 +101,10 @@ class Args:
     """problems generated per chunk of the data stream"""
     tokenizer: Path | None = None
     """a saved tokenizer to use instead of building one (so every tier shares the target run's)"""
+    question_loss_weight: float = 0.0
+    """weight of the language-model loss on the prompt (the question) beside the solution's: with it
+    the model also learns what in-domain questions look like, so its question log-likelihood can
+    flag an off-domain question (issue 28)"""
 
 
 def build_model(which: str, vocab_size: int, tokenizer, task_name: str = "v1") -> Qwen2ForCausalLM:
@@ -237,6 +241,8 @@ def train(which: str, steps: int, args: Args) -> None:
                "trained_steps": stop_at, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                "threads": args.threads, "chunk_problems": args.chunk_problems,
                "data_fingerprint": data_fingerprint(args.task, args.seed)}
+    if args.question_loss_weight:  # recorded only when used, so earlier checkpoints still resume
+        summary["question_loss_weight"] = args.question_loss_weight
     step, position, seen = 0, (0, 0), {"tokens": 0, "problems": 0, "seconds": 0.0}
     ckpt = checkpoint_path(args.out, which)
     if args.resume:
@@ -262,7 +268,10 @@ def train(which: str, steps: int, args: Args) -> None:
     while step < stop_at:
         (chunk, index), input_ids, labels = next(stream)
         attention_mask = (input_ids != tokenizer.pad_token_id).long()
-        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        loss = out.loss
+        if args.question_loss_weight:
+            loss = loss + args.question_loss_weight * prompt_loss(out.logits, input_ids, labels, attention_mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -289,6 +298,15 @@ def train(which: str, steps: int, args: Args) -> None:
     model.eval()
     save(model, tokenizer, args.out / which, summary)
     print(json.dumps({which: summary}))
+
+
+def prompt_loss(logits: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor,
+                attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss on the prompt's tokens (not padding, not the solution the labels hold)."""
+    targets = input_ids[:, 1:]
+    prompt = (labels[:, 1:] == -100) & (attention_mask[:, 1:] == 1)
+    per_token = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="none")
+    return (per_token * prompt).sum() / prompt.sum().clamp(min=1)
 
 
 def write_card(out: Path, report: dict) -> None:
@@ -363,6 +381,8 @@ def parse_args() -> Args:
                  "checkpoint_every", "chunk_problems"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name), help="default: %(default)s")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="default: %(default)s")
+    parser.add_argument("--question-loss-weight", type=float, default=defaults.question_loss_weight,
+                        help="weight of the loss on the question's tokens, so the model can score questions (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=defaults.out, help="default: %(default)s")
     parser.add_argument("--tokenizer", type=Path, default=None, help="use this saved tokenizer (e.g. <out>/target-tokenizer) instead of building one")
     parser.add_argument("--evaluate-only", action="store_true", help="measure the models in --out without training")
