@@ -101,7 +101,6 @@ def test_the_prompt_loss_reads_the_question_tokens_only():
     import math
 
     import torch
-
     from stepgraph.training.testbed_models import prompt_loss
 
     vocab = 7
