@@ -233,7 +233,7 @@ def _bench_command(args: Any) -> dict[str, Any]:
 
 
 def add_bench_stage(stages: Any) -> None:
-    from stepgraph.options import in_range
+    from stepgraph.cli.options import in_range
 
     b = stages.add_parser("bench", help="RADAR alone, the stepwise policy, RADAR → policy, the policy with the difficulty feature")
     b.add_argument("--responses", type=Path, default=Path("runs/radar/responses"), help="journals of `radar collect` (default: %(default)s)")

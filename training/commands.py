@@ -38,12 +38,12 @@ from stepgraph.training.guarantee import calibration_guarantee, episodes_needed
 from stepgraph.training.store import TraceStore, store_location
 from stepgraph.training.verifiers import TestbedVerifier
 
+from stepgraph.cli.options import in_range
 from stepgraph.defaults import DEFAULT_POLICY_DIR
 from stepgraph.errors import ConfigError, StepgraphError
 from stepgraph.features import FEATURE_SCHEMA
 from stepgraph.gates import PolicyGate
 from stepgraph.models.base import DEFAULT_TEMPERATURE
-from stepgraph.options import in_range
 from stepgraph.testbed import BACKENDS, close_pair, load_pair, load_tiers, task
 
 if TYPE_CHECKING:

@@ -598,7 +598,7 @@ def _traces_command(args: Any) -> dict[str, Any]:
 
 def add_radar_command(sub: Any) -> None:
     """``stepgraph radar collect|fit|add``: the query-level router's offline stages."""
-    from stepgraph.options import in_range
+    from stepgraph.cli.options import in_range
 
     radar = sub.add_parser("radar", help="RADAR query-level routing: collect a response matrix, fit the 2PL model, add a configuration",
                            description="RADAR: an item-response (2PL) model over testbed configurations (tiers alone, budgets, the "
