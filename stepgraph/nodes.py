@@ -139,6 +139,7 @@ class RoutingNodes:
             "first_decision": None,
             "base_tier": 0,
             "escalations": 0,
+            "escalation_run": 0,
             "answer": None,
             "stop_reason": None,
             "totals": total_costs({}),
@@ -296,6 +297,11 @@ class RoutingNodes:
             stop_reason = "max_steps"
         elif context.budget_flops is not None and totals["flops"] >= context.budget_flops:
             stop_reason = "budget"
+        update: dict[str, Any] = {}
+        # A run of escalated steps says the drafts are out of their depth: stop paying for them.
+        run = state.get("escalation_run", 0) + 1 if step["escalated"] else 0
+        if context.stick_after is not None and run >= context.stick_after:
+            update["base_tier"] = len(self.tiers) - 1
         runtime.stream_writer(  # stream_mode="custom": one event per decided step
             {"event": "step", "index": step["index"], "tier": step["tier"], "model": step["model"],
              "text": step["text"], "escalated": step["escalated"], "confidence": step["observation"].get("logit_confidence"),
@@ -309,6 +315,8 @@ class RoutingNodes:
             "answer": extract_boxed(candidate.text) if stop_reason == "final_answer" else None,
             "totals": totals,
             "escalations": state.get("escalations", 0),
+            "escalation_run": run,
+            **update,
         }
 
     # --- edges -------------------------------------------------------------------------------

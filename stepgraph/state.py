@@ -106,6 +106,7 @@ class RouterState(TypedDict):
     # Across steps.
     base_tier: NotRequired[int]
     escalations: NotRequired[int]
+    escalation_run: NotRequired[int]  # escalated steps in a row (RouterContext.stick_after)
     answer: NotRequired[str | None]
     stop_reason: NotRequired[str | None]
     totals: NotRequired[dict[str, float]]

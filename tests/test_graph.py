@@ -141,6 +141,22 @@ def test_sticky_escalation_keeps_later_steps_on_the_target():
     assert len(small.calls) == 1
 
 
+def test_a_run_of_escalations_stops_paying_for_drafts():
+    """stick_after=2: after two escalated steps in a row the target writes the rest without drafts."""
+    five = ["1+1=2", "2+1=3", "3+1=4", "4+1=5", "\\boxed{5}"]
+    small = ScriptedModel("small", 1_000, five, [1.0, 9.0, 1.0, 1.0, 1.0])
+    large = ScriptedModel("large", 8_000, five, 20.0)
+    result = build_graph([small, large], BelowGate()).invoke({"question": QUESTION}, context=RouterContext(stick_after=2))
+    # step 0 escalated, step 1 accepted (the run resets), steps 2 and 3 escalated: step 4 is the target's alone
+    assert [s["tier"] for s in result["steps"]] == [1, 0, 1, 1, 1]
+    assert [len(s["attempts"]) for s in result["steps"]] == [2, 1, 2, 2, 1]
+    assert len(small.calls) == 4
+    never = build_graph([ScriptedModel("small", 1_000, five, 1.0), ScriptedModel("large", 8_000, five, 20.0)], BelowGate())
+    assert [len(s["attempts"]) for s in never.invoke({"question": QUESTION})["steps"]] == [2] * 5  # default: no stickiness
+    with pytest.raises(ValueError, match="stick_after"):
+        RouterContext(stick_after=0)
+
+
 def test_three_tiers_ask_the_gate_again_on_each_escalated_draft():
     small = ScriptedModel("s", 1_000, SOLUTION, 1.0)
     medium = ScriptedModel("m", 4_000, SOLUTION, [9.0, 1.0, 9.0])
