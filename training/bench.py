@@ -141,7 +141,8 @@ def tunables(tiers: Sequence[StepModel], train_episodes: Sequence[Episode], poli
     target = tiers[-1]
     if hasattr(target, "step_logprobs"):
         methods["specreason"] = Tunable(lambda t: JudgeGate(target, t), critical_below, start=0.5, grid=GRID)  # type: ignore[arg-type]
-    if type(policy).decide_on_score is Gate.decide_on_score and math.isfinite(policy.threshold):
+    # A score-vs-threshold gate (the policy gate too: its escalation tier does not change whether it escalates).
+    if (type(policy).decide_on_score is Gate.decide_on_score or isinstance(policy, PolicyGate)) and math.isfinite(policy.threshold):
         methods["policy"] = Tunable(lambda t: with_threshold(policy, t), critical_of_score, start=policy.threshold, grid=GRID,
                                     scale=1e-300)
     return methods
