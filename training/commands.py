@@ -443,7 +443,7 @@ def _add_spec_options(parser: argparse.ArgumentParser, *, concurrency: bool = Tr
                         help="run spec (TOML): tiers, data, verifier, gate, alpha, sampling, paths (default: the testbed)")
     if data:
         parser.add_argument("--skip-bad-rows", action="store_true",
-                            help="skip data rows without a question or answer, malformed or with a repeated id, counted on "
+                            help="with --config: skip data rows without a question or answer, malformed or with a repeated id, counted on "
                                  "stderr (default: refuse the file, naming the line; run spec: data.skip_bad_rows)")
     if concurrency:
         parser.add_argument("--concurrency", "--workers", type=in_range(int, 1), default=1, metavar="N",
