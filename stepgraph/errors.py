@@ -38,6 +38,10 @@ class ContextLimitError(ModelOutputError, ValueError):
     """
 
 
+class DataError(StepgraphError, ValueError):
+    """A data file cannot be read, or a row of it has no usable question or answer; the message names the file and line."""
+
+
 class PolicyFileError(StepgraphError, ValueError):
     """A policy artifact is missing, corrupted, or was trained on another feature schema."""
 

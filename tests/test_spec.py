@@ -7,7 +7,7 @@ from stepgraph.training.collect import Item
 from stepgraph.training.spec import load_spec
 from stepgraph.training.splits import split_items
 
-from stepgraph.errors import ConfigError
+from stepgraph.errors import ConfigError, DataError
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -130,3 +130,58 @@ def test_the_judge_verifier_is_built_from_the_spec_with_greedy_verdicts(monkeypa
     assert isinstance(judge, JudgeVerifier) and judge.prompt == JUDGE_PROMPT
     assert (judge.model.model_name, judge.model.temperature) == ("gpt-4o-mini", 0.0)
     assert "sk-not-a-real-key" not in repr(judge.model)
+
+
+def _jsonl_spec(tmp_path: Path, *lines: str, extra: str = "") -> Path:
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(f"{line}\n" for line in lines))
+    return _write(tmp_path, TWO_SERVERS.replace('model = "big"', 'base_url = "http://127.0.0.1:2/v1"\nmodel = "big"')
+                  + f'[data]\nsource = "jsonl"\npath = "{data}"\nsplits = {{ test = 1 }}\n{extra}[verifier]\nkind = "rollout"\n')
+
+
+BAD_DATA = ('{"id": "a", "question": "1+1?", "answer": "2"}', '{"id": "b", "question": "2+2?", "answer": null}')
+
+
+def test_a_binary_run_spec_is_a_one_line_error(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_bytes(b"\x00\xff\xfe binary")
+    with pytest.raises(ConfigError, match=r"run\.toml: not UTF-8 text .*TOML text file"):
+        load_spec(path)
+    path.write_bytes(b"\xef\xbb\xbf" + (EXAMPLES / "testbed.toml").read_bytes())  # a BOM at the start is harmless
+    assert load_spec(path).data.source == "testbed"
+
+
+def test_bad_data_rows_are_refused_or_skipped_with_data_skip_bad_rows(tmp_path, capsys):
+    with pytest.raises(DataError, match=r"d\.jsonl line 2: has 'answer' = null"):
+        load_spec(_jsonl_spec(tmp_path, *BAD_DATA)).items("test")
+    items = load_spec(_jsonl_spec(tmp_path, *BAD_DATA, extra="skip_bad_rows = true\n")).items("test")
+    assert [i.problem_id for i in items] == ["a"]
+    assert "skipped 1 bad row of" in capsys.readouterr().err
+
+
+def test_the_cli_gives_data_and_spec_errors_one_line_and_exit_2(tmp_path, capsys):
+    from stepgraph.cli import main
+
+    spec = _jsonl_spec(tmp_path, *BAD_DATA)
+    assert main(["collect", "--config", str(spec), "--split", "test"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "d.jsonl line 2: has 'answer' = null" in err and "--skip-bad-rows" in err
+    (tmp_path / "bin.toml").write_bytes(b"\x00\xff")
+    assert main(["evaluate", "--config", str(tmp_path / "bin.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bin.toml: not UTF-8" in err
+    (tmp_path / "d.csv").write_text("question,answer\n")
+    assert main(["collect", "--config", str(_write(tmp_path, spec.read_text().replace("d.jsonl", "d.csv"))), "--split", "test"]) == 2
+    assert "d.csv: cannot read .csv files; data files are .jsonl" in capsys.readouterr().err
+
+
+def test_skip_bad_rows_flag_reaches_the_spec(tmp_path, capsys):
+    from stepgraph.training.commands import _spec
+
+    from stepgraph.cli import build_parser
+
+    spec = _jsonl_spec(tmp_path, *BAD_DATA)
+    for command in ("collect", "evaluate", "bench", "calibrate"):
+        args = build_parser(offline=True).parse_args([command, "--config", str(spec), "--skip-bad-rows"])
+        assert [i.problem_id for i in _spec(args).items("test")] == ["a"]
+    assert capsys.readouterr().err.count("skipped 1 bad row of") == 4

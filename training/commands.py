@@ -53,7 +53,10 @@ if TYPE_CHECKING:
 def _spec(args: argparse.Namespace) -> RunSpec | None:
     from stepgraph.training.spec import load_spec
 
-    return load_spec(args.config) if getattr(args, "config", None) else None
+    spec = load_spec(args.config) if getattr(args, "config", None) else None
+    if spec is not None and getattr(args, "skip_bad_rows", False):
+        spec = spec.model_copy(update={"data": spec.data.model_copy(update={"skip_bad_rows": True})})
+    return spec
 
 
 def _collect(args: argparse.Namespace) -> dict:
@@ -435,9 +438,13 @@ def _single_threaded(handler: Callable[[argparse.Namespace], dict]) -> Callable[
     return run
 
 
-def _add_spec_options(parser: argparse.ArgumentParser, *, concurrency: bool = True) -> None:
+def _add_spec_options(parser: argparse.ArgumentParser, *, concurrency: bool = True, data: bool = True) -> None:
     parser.add_argument("--config", type=Path, default=None, metavar="SPEC",
                         help="run spec (TOML): tiers, data, verifier, gate, alpha, sampling, paths (default: the testbed)")
+    if data:
+        parser.add_argument("--skip-bad-rows", action="store_true",
+                            help="with --config: skip data rows without a question or answer, malformed or with a repeated id, counted on "
+                                 "stderr (default: refuse the file, naming the line; run spec: data.skip_bad_rows)")
     if concurrency:
         parser.add_argument("--concurrency", "--workers", type=in_range(int, 1), default=1, metavar="N",
                             help="questions run at once (collect: each worker with its own models) (default: %(default)s)")
@@ -470,7 +477,7 @@ def add_commands(sub: Any) -> None:
 
     t = sub.add_parser("train", help="train π and κ by CPO on the stored traces and write the policy artifact",
                        description="Train the routing policy by CPO on stored traces, calibrate κ, write the artifact.")
-    _add_spec_options(t, concurrency=False)
+    _add_spec_options(t, concurrency=False, data=False)
     t.add_argument("--store", type=store_location, default=None, help="trace store: a SQLite file or a postgresql:// URL (default: the spec's paths.store, else runs/traces.sqlite)")
     t.add_argument("--split", default="train", help="which stored split to train on (default: %(default)s)")
     t.add_argument("--calibration-split", default="calibration",

@@ -212,6 +212,8 @@ class DataSpec(_Strict):
     """sizes (integers) or fractions of the file (all < 1) of train / calibration / test"""
     seed: int = 0
     """salt of the split hash (and the testbed generator's seed)"""
+    skip_bad_rows: bool = False
+    """skip rows without a question or answer, malformed or with a repeated id (counted on stderr) instead of refusing the file"""
 
     @model_validator(mode="after")
     def _check(self) -> DataSpec:
@@ -366,8 +368,8 @@ class RunSpec(_Strict):
         if not self.data.path.is_file():
             raise ConfigError(f"{self._where('data.path')}: {self.data.path} does not exist.")
         if self.data.source == "jsonl":
-            return load_jsonl(self.data.path, self.data.question_field, self.data.answer_field)
-        return load_dataset_file(self.data.source, self.data.path)
+            return load_jsonl(self.data.path, self.data.question_field, self.data.answer_field, self.data.skip_bad_rows)
+        return load_dataset_file(self.data.source, self.data.path, self.data.skip_bad_rows)
 
     def build_verifier(self, tiers: Sequence[StepModel]) -> StepVerifier:
         """The step verifier for training; the rollout verifier uses the strongest of ``tiers``."""
@@ -421,7 +423,9 @@ def load_spec(path: str | Path) -> RunSpec:
     if not path.is_file():
         raise ConfigError(f"{path}: no such run spec file.")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM at the start is harmless
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); a run spec is a TOML text file.") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     try:
