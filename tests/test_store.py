@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 from stepgraph.training.records import Episode, StepRecord
-from stepgraph.training.store import TraceStore
+from stepgraph.training.store import APPLICATION_ID, TraceStore
 
 from stepgraph.errors import TraceStoreError
 
@@ -79,3 +79,51 @@ def test_other_schema_version_is_refused(tmp_path):
         db.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
     with pytest.raises(TraceStoreError, match="version 7"):
         TraceStore(path)
+
+
+# --- another program's file is refused without a byte written; earlier stores still open ---------------
+
+
+def _foreign(path, *statements):
+    with sqlite3.connect(path) as db:
+        for statement in statements:
+            db.execute(statement)
+    db.close()
+    return path
+
+
+@pytest.mark.parametrize("statements, found", [
+    (["CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)", "INSERT INTO meta VALUES ('k', 'v')"], r"tables \['meta'\]"),
+    (["CREATE TABLE users (name TEXT)", "INSERT INTO users VALUES ('ann')"], r"tables \['users'\]"),
+    (["PRAGMA user_version = 7"], "no tables, user_version 7"),
+    (["PRAGMA application_id = 1234", "CREATE TABLE episodes (problem_id TEXT)"], "application_id 0x4d2"),
+])
+@pytest.mark.parametrize("readonly", [False, True])
+def test_another_programs_file_is_refused_without_writing_a_byte(tmp_path, statements, found, readonly):
+    path = _foreign(tmp_path / "app.sqlite", *statements)
+    before = path.read_bytes()
+    with pytest.raises(TraceStoreError, match=f"another program's SQLite database \\({found}\\).*left unchanged"):
+        TraceStore(path, readonly=readonly)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.sqlite"]  # no -wal, -shm or -journal
+
+
+def test_new_stores_are_marked_and_earlier_stores_are_stamped_on_write(tmp_path):
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    for path in (tmp_path / "new.sqlite", empty):
+        TraceStore(path).close()
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    old = tmp_path / "old.sqlite"  # as an earlier release wrote it: application_id 0
+    with TraceStore(old) as store:
+        store.add(_episode(0), "train")
+    with sqlite3.connect(old) as db:
+        db.execute("PRAGMA application_id = 0")
+    with TraceStore(old, readonly=True) as store:  # read-only: read, not stamped
+        assert store.problem_ids() == {"p0"}
+    with sqlite3.connect(old) as db:
+        assert db.execute("PRAGMA application_id").fetchone()[0] == 0
+    TraceStore(old).close()
+    with sqlite3.connect(old) as db:
+        assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
