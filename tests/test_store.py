@@ -1,10 +1,16 @@
 """The SQLite trace store: round trip, resumability, and clear errors on damage."""
 
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 from stepgraph.training.records import Episode, StepRecord
-from stepgraph.training.store import APPLICATION_ID, TraceStore
+from stepgraph.training.store import APPLICATION_ID, TraceStore, _readonly_uri
 
 from stepgraph.errors import TraceStoreError
 
@@ -127,3 +133,48 @@ def test_new_stores_are_marked_and_earlier_stores_are_stamped_on_write(tmp_path)
     TraceStore(old).close()
     with sqlite3.connect(old) as db:
         assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+
+
+# --- read-only stores are opened read-only; permissions are named as such ------------------------------
+
+
+def test_a_store_that_cannot_be_written_is_opened_immutable(tmp_path, monkeypatch):
+    path = tmp_path / "t.sqlite"
+    TraceStore(path).close()
+    assert _readonly_uri(path).endswith("?mode=ro")
+    monkeypatch.setattr(os, "access", lambda p, mode: mode != os.W_OK)
+    assert _readonly_uri(path).endswith("?mode=ro&immutable=1")
+    with TraceStore(path, readonly=True) as store:
+        assert len(store) == 0
+
+
+def _as_user(code: str) -> subprocess.CompletedProcess:
+    """Run Python without root's override of file modes (setpriv), so permissions are enforced."""
+    as_user = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: file modes cannot be enforced")
+        as_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    return subprocess.run([*as_user, sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_a_wal_store_in_a_read_only_directory_is_read_and_permissions_are_named():
+    directory = Path(tempfile.mkdtemp())
+    try:
+        path = directory / "t.sqlite"
+        with TraceStore(path) as store:  # WAL mode; closing removes -wal and -shm
+            store.add(_episode(0), "train")
+        path.chmod(0o444)
+        directory.chmod(0o555)
+        read = _as_user(f"from stepgraph.training.store import TraceStore\nprint(len(TraceStore({str(path)!r}, readonly=True)))")
+        assert read.returncode == 0 and read.stdout.strip() == "1", read.stderr
+        write = _as_user(f"from stepgraph.training.store import TraceStore\nTraceStore({str(path)!r})")
+        assert "Permission denied: cannot write" in write.stderr and "the store itself is fine" in write.stderr
+        assert "corrupted" not in write.stderr
+        directory.chmod(0o755)
+        path.chmod(0o000)
+        read = _as_user(f"from stepgraph.training.store import TraceStore\nTraceStore({str(path)!r}, readonly=True)")
+        assert "Permission denied: cannot read" in read.stderr and "corrupted" not in read.stderr
+    finally:
+        directory.chmod(0o755)
+        shutil.rmtree(directory)
