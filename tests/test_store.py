@@ -178,3 +178,34 @@ def test_a_wal_store_in_a_read_only_directory_is_read_and_permissions_are_named(
     finally:
         directory.chmod(0o755)
         shutil.rmtree(directory)
+
+
+# --- a full disk during collection: one line, every finished episode kept, resumable ------------------
+
+
+def test_a_full_disk_during_collect_is_one_line_and_resumes(tmp_path, monkeypatch, capsys):
+    from stepgraph.cli import main
+
+    path = tmp_path / "traces.sqlite"
+    assert main(["collect", "--store", str(path), "--problems", "1"]) == 0
+    connect = sqlite3.connect
+
+    def full_disk(*args, **kwargs):  # the file may not grow by a page: SQLite's SQLITE_FULL
+        db = connect(*args, **kwargs)
+        db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+        return db
+
+    monkeypatch.setattr(sqlite3, "connect", full_disk)
+    capsys.readouterr()
+    assert main(["collect", "--store", str(path), "--problems", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    [line] = [line for line in err.splitlines() if "stepgraph: error:" in line]  # after the progress bar
+    assert "disk is full" in line and "every finished episode is kept" in line and "rerun the same command" in line
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    with TraceStore(path, readonly=True) as store:
+        kept = len(store)
+        assert 1 <= kept < 3
+    assert main(["collect", "--store", str(path), "--problems", "3"]) == 0
+    with TraceStore(path, readonly=True) as store:
+        assert len(store) == 3

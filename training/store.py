@@ -199,10 +199,16 @@ class TraceStore:
     @contextmanager
     def _transaction(self, immediate: bool = False) -> Iterator[Any]:
         """A cursor inside one transaction; ``immediate`` takes the write lock first (claims)."""
-        with self._lock, self._db:
-            if immediate:
-                self._db.execute("BEGIN IMMEDIATE")  # one claimer at a time across processes
-            yield self._db
+        try:
+            with self._lock, self._db:
+                if immediate:
+                    self._db.execute("BEGIN IMMEDIATE")  # one claimer at a time across processes
+                yield self._db
+        except sqlite3.OperationalError as exc:
+            if "full" not in str(exc):  # SQLITE_FULL: "database or disk is full"
+                raise
+            raise TraceStoreError(f"{self.path}: the disk is full ({exc}); every finished episode is kept (this one was "
+                                  "rolled back). Free space and rerun the same command to resume.") from exc
 
     def _now(self) -> float:
         return time.time()
