@@ -209,3 +209,15 @@ def test_a_full_disk_during_collect_is_one_line_and_resumes(tmp_path, monkeypatc
     assert main(["collect", "--store", str(path), "--problems", "3"]) == 0
     with TraceStore(path, readonly=True) as store:
         assert len(store) == 3
+
+
+@pytest.mark.parametrize("column", ["reward", "target_reward"])
+def test_a_reward_column_that_disagrees_with_the_episode_is_refused(tmp_path, column):
+    path = tmp_path / "t.sqlite"
+    with TraceStore(path) as store:
+        store.add(_episode(0), "train")
+        store.add(_episode(1), "train")
+    with sqlite3.connect(path) as db:
+        db.execute(f"UPDATE episodes SET {column} = 0 WHERE problem_id = 'p1'")
+    with TraceStore(path, readonly=True) as store, pytest.raises(TraceStoreError, match=f"'p1'.*{column} column is 0 but its episode data has 1"):
+        list(store.episodes())

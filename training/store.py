@@ -329,16 +329,22 @@ class TraceStore:
         Raises:
             TraceStoreError: a row whose JSON is unreadable or not an Episode.
         """
-        query = "SELECT problem_id, data FROM episodes" + (" WHERE split = ?" if split else "") + f" ORDER BY {self._order}"
+        query = "SELECT problem_id, reward, target_reward, data FROM episodes" + (" WHERE split = ?" if split else "") + f" ORDER BY {self._order}"
         try:
             rows = self._query(query, (split,) if split else ())
         except Exception as exc:  # sqlite3.DatabaseError or psycopg.Error
             raise TraceStoreError(f"Could not read episodes from {self.path}: {exc}") from exc
-        for problem_id, data in rows:
+        for problem_id, reward, target_reward, data in rows:
             try:
-                yield Episode.from_dict(json.loads(data))
+                episode = Episode.from_dict(json.loads(data))
             except (json.JSONDecodeError, TypeError, KeyError) as exc:
                 raise TraceStoreError(f"Episode {problem_id!r} in {self.path} is corrupted: {exc}") from exc
+            # The columns are written from the JSON; a disagreement means the row was edited or damaged.
+            for name, column, stored in (("reward", reward, episode.reward), ("target_reward", target_reward, episode.target_reward)):
+                if column != stored:
+                    raise TraceStoreError(f"Episode {problem_id!r} in {self.path} is inconsistent: its {name} column is "
+                                          f"{column!r} but its episode data has {stored!r}; restore the store or collect again.")
+            yield episode
 
 
 class PostgresTraceStore(TraceStore):
