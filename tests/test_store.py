@@ -221,3 +221,32 @@ def test_a_reward_column_that_disagrees_with_the_episode_is_refused(tmp_path, co
         db.execute(f"UPDATE episodes SET {column} = 0 WHERE problem_id = 'p1'")
     with TraceStore(path, readonly=True) as store, pytest.raises(TraceStoreError, match=f"'p1'.*{column} column is 0 but its episode data has 1"):
         list(store.episodes())
+
+
+# --- train refuses observations that lack a feature of the schema -----------------------------------
+
+
+def _train_store(path, drop: str | None):
+    from stepgraph.features import CONFIDENCE_SCHEMA
+
+    with TraceStore(path) as store:
+        store.set_meta("feature_schema", CONFIDENCE_SCHEMA.to_dict())
+        for i in range(6):
+            observation = {n: float(i % 3) for n in CONFIDENCE_SCHEMA.names} | {"api_confidence": None}  # not reported
+            if drop and i % 2:
+                del observation[drop]
+            step = StepRecord(0, observation, i % 2, 0.4, "1+1=3", "1+1=2", False, True, 10.0, 80.0, 90.0)
+            store.add(Episode(f"p{i}", "q", "2", [step], reward=1, target_reward=1, target_flops=160.0, behaviour="b", seed=i),
+                      "train")
+    return path
+
+
+def test_train_refuses_stored_observations_that_lack_a_feature(tmp_path, capsys):
+    from stepgraph.cli import main
+
+    argv = ["train", "--out", str(tmp_path / "p"), "--steps", "1", "--calibration-split", ""]
+    assert main([*argv, "--store", str(_train_store(tmp_path / "ok.sqlite", None))]) == 0  # None: not reported, fine
+    capsys.readouterr()
+    assert main([*argv, "--store", str(_train_store(tmp_path / "t.sqlite", "step_tokens"))]) == 2
+    err = capsys.readouterr().err
+    assert "3 of 6 steps in" in err and "lack the feature 'step_tokens'" in err and "Traceback" not in err

@@ -334,6 +334,7 @@ class TraceStore:
             rows = self._query(query, (split,) if split else ())
         except Exception as exc:  # sqlite3.DatabaseError or psycopg.Error
             raise TraceStoreError(f"Could not read episodes from {self.path}: {exc}") from exc
+        episodes = []
         for problem_id, reward, target_reward, data in rows:
             try:
                 episode = Episode.from_dict(json.loads(data))
@@ -344,7 +345,22 @@ class TraceStore:
                 if column != stored:
                     raise TraceStoreError(f"Episode {problem_id!r} in {self.path} is inconsistent: its {name} column is "
                                           f"{column!r} but its episode data has {stored!r}; restore the store or collect again.")
-            yield episode
+            episodes.append(episode)
+        self._check_observations(episodes)
+        yield from episodes
+
+    def _check_observations(self, episodes: list[Episode]) -> None:
+        """Refuse steps whose stored observation lacks a feature of the store's schema (training would
+        otherwise ignore the feature without a word). A feature the backend did not report is stored
+        as None and is fine; features of a newer schema than the store's are simply not there."""
+        schema = self.meta("feature_schema")
+        names = schema.get("names", []) if isinstance(schema, dict) else []
+        observations = [step.observation for episode in episodes for step in episode.steps]
+        for name in names:
+            if lacking := sum(name not in observation for observation in observations):
+                raise TraceStoreError(f"{lacking} of {len(observations)} steps in {self.path} lack the feature {name!r} in "
+                                      "their stored observation, though the store's feature schema lists it; the traces "
+                                      "were edited or damaged. Collect them again.")
 
 
 class PostgresTraceStore(TraceStore):
