@@ -228,7 +228,10 @@ def _heartbeat(store: TraceStore) -> Iterator[None]:
 
     def beat() -> None:
         while not stop.wait(store.lease_seconds / 3):
-            store.renew()
+            try:
+                store.renew()
+            except TraceStoreError:
+                return  # disk full: the collector's next write reports it in one line
 
     thread = threading.Thread(target=beat, name="trace-store-heartbeat", daemon=True)
     thread.start()

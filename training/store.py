@@ -27,9 +27,11 @@ for ``lease_seconds`` after its owner last renewed it (a collector renews its le
 heartbeat while it runs), so the problems of a collector that died are taken over by the others
 once its leases lapse (at once on SQLite when the owner was a process on this host that is gone).
 
-Opening checks the store before touching it: tables that are not a trace store's are refused
-unmodified, as are missing columns, another schema version and another feature schema.
-``readonly=True`` opens without writing anything (a store on a read-only disk).
+Opening checks the store before touching it: a store carries SQLite's ``application_id``
+``APPLICATION_ID`` (one of an earlier release, with id 0 and only stepgraph's tables, is stamped
+on its first write-open); any other SQLite file is refused without a byte written, as are missing columns, another schema version and another
+feature schema. ``readonly=True`` opens without writing anything (``mode=ro``; ``immutable=1``
+where the store or its directory is not writable, so no -shm is needed).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from stepgraph.errors import TraceStoreError
 from stepgraph.features import SCHEMAS, FeatureSchema
 
 SCHEMA_VERSION = 1
+APPLICATION_ID = 0x53_47_54_53  # "SGTS": SQLite's application_id of a stepgraph trace store (set on creation)
 LEASE_SECONDS = 120.0
 """How long a claim holds after its owner last renewed it; a collector renews every third of it."""
 CLAIM_SECONDS = LEASE_SECONDS  # the former name
@@ -135,10 +138,12 @@ class TraceStore:
         self._lock = threading.RLock()  # the collector's heartbeat thread shares the connection
         if (readonly or not create) and not self.path.is_file():
             raise TraceStoreError(f"No trace store at {self.path}; run `stepgraph collect --store {self.path}` first.")
+        new = not self.path.is_file() or self.path.stat().st_size == 0
         try:
+            if not new:
+                self._check_foreign()  # before any write: another program's file is left byte for byte
             if readonly:
-                self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30,
-                                           check_same_thread=False)
+                self._db = sqlite3.connect(_readonly_uri(self.path), uri=True, timeout=30, check_same_thread=False)
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
@@ -149,10 +154,38 @@ class TraceStore:
             if not readonly:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")  # new, or a store of an earlier release
                 self._create(_TABLES)
             self._check_meta(feature_schema)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
+            if denied := _permission_problem(self.path, readonly):
+                raise TraceStoreError(f"Permission denied: cannot {denied}; the store itself is fine. Fix the "
+                                      "permissions" + ("" if readonly else " or open it read-only") + ".") from exc
             raise TraceStoreError(f"{self.path} is not a readable trace store ({exc}); it may be corrupted or truncated.") from exc
+
+    def _check_foreign(self) -> None:
+        """Refuse a SQLite file that is not a stepgraph store, reading it without writing anything.
+
+        A store carries ``APPLICATION_ID``; one written by an earlier release has application_id 0,
+        user_version 0 and only stepgraph's tables (it is stamped on its first write-open).
+        """
+        with self.path.open("rb") as file:
+            header = file.read(100)
+        if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
+            raise sqlite3.DatabaseError("file is not a database")
+        application_id, user_version = int.from_bytes(header[68:72], "big"), int.from_bytes(header[60:64], "big")
+        if application_id == APPLICATION_ID:
+            return
+        tables: set[str] = set()
+        if application_id == 0 and user_version == 0:
+            with _closing(sqlite3.connect(_readonly_uri(self.path, inspect=True), uri=True)) as db:
+                tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "episodes" in tables and tables <= set(_TABLES):
+                return  # a store of an earlier release: the column checks follow
+        found = f"application_id {application_id:#x}" if application_id else (
+            f"tables {sorted(tables)}" if tables else f"no tables, user_version {user_version}")
+        raise TraceStoreError(f"{self.path} is another program's SQLite database ({found}), not a stepgraph trace "
+                              "store; it was left unchanged. Pass a new --store path.")
 
     # -- what differs between the backends -------------------------------------------------------
 
@@ -166,10 +199,16 @@ class TraceStore:
     @contextmanager
     def _transaction(self, immediate: bool = False) -> Iterator[Any]:
         """A cursor inside one transaction; ``immediate`` takes the write lock first (claims)."""
-        with self._lock, self._db:
-            if immediate:
-                self._db.execute("BEGIN IMMEDIATE")  # one claimer at a time across processes
-            yield self._db
+        try:
+            with self._lock, self._db:
+                if immediate:
+                    self._db.execute("BEGIN IMMEDIATE")  # one claimer at a time across processes
+                yield self._db
+        except sqlite3.OperationalError as exc:
+            if "full" not in str(exc):  # SQLITE_FULL: "database or disk is full"
+                raise
+            raise TraceStoreError(f"{self.path}: the disk is full ({exc}); every finished episode is kept (this one was "
+                                  "rolled back). Free space and rerun the same command to resume.") from exc
 
     def _now(self) -> float:
         return time.time()
@@ -290,16 +329,38 @@ class TraceStore:
         Raises:
             TraceStoreError: a row whose JSON is unreadable or not an Episode.
         """
-        query = "SELECT problem_id, data FROM episodes" + (" WHERE split = ?" if split else "") + f" ORDER BY {self._order}"
+        query = "SELECT problem_id, reward, target_reward, data FROM episodes" + (" WHERE split = ?" if split else "") + f" ORDER BY {self._order}"
         try:
             rows = self._query(query, (split,) if split else ())
         except Exception as exc:  # sqlite3.DatabaseError or psycopg.Error
             raise TraceStoreError(f"Could not read episodes from {self.path}: {exc}") from exc
-        for problem_id, data in rows:
+        episodes = []
+        for problem_id, reward, target_reward, data in rows:
             try:
-                yield Episode.from_dict(json.loads(data))
+                episode = Episode.from_dict(json.loads(data))
             except (json.JSONDecodeError, TypeError, KeyError) as exc:
                 raise TraceStoreError(f"Episode {problem_id!r} in {self.path} is corrupted: {exc}") from exc
+            # The columns are written from the JSON; a disagreement means the row was edited or damaged.
+            for name, column, stored in (("reward", reward, episode.reward), ("target_reward", target_reward, episode.target_reward)):
+                if column != stored:
+                    raise TraceStoreError(f"Episode {problem_id!r} in {self.path} is inconsistent: its {name} column is "
+                                          f"{column!r} but its episode data has {stored!r}; restore the store or collect again.")
+            episodes.append(episode)
+        self._check_observations(episodes)
+        yield from episodes
+
+    def _check_observations(self, episodes: list[Episode]) -> None:
+        """Refuse steps whose stored observation lacks a feature of the store's schema (training would
+        otherwise ignore the feature without a word). A feature the backend did not report is stored
+        as None and is fine; features of a newer schema than the store's are simply not there."""
+        schema = self.meta("feature_schema")
+        names = schema.get("names", []) if isinstance(schema, dict) else []
+        observations = [step.observation for episode in episodes for step in episode.steps]
+        for name in names:
+            if lacking := sum(name not in observation for observation in observations):
+                raise TraceStoreError(f"{lacking} of {len(observations)} steps in {self.path} lack the feature {name!r} in "
+                                      "their stored observation, though the store's feature schema lists it; the traces "
+                                      "were edited or damaged. Collect them again.")
 
 
 class PostgresTraceStore(TraceStore):
@@ -376,6 +437,34 @@ class _QmarkCursor:
 
     def execute(self, sql: str, params: tuple = ()) -> Any:
         return self._cursor.execute(sql.replace("?", "%s"), params)
+
+
+@contextmanager
+def _closing(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def _readonly_uri(path: Path, inspect: bool = False) -> str:
+    """A read-only SQLite URI; ``immutable`` (no -shm, no locks) where SQLite could not create the
+    -shm beside the store, or, to ``inspect`` a file, when there is no -wal to read anyway."""
+    writable = os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+    no_wal = not Path(f"{path}-wal").exists()
+    immutable = not writable or (inspect and no_wal)
+    return f"{path.resolve().as_uri()}?mode=ro" + ("&immutable=1" if immutable else "")
+
+
+def _permission_problem(path: Path, readonly: bool) -> str | None:
+    """What the process may not do to the store (read it, or write it or its directory), if anything."""
+    if not os.access(path, os.R_OK) and path.exists():
+        return f"read {path}"
+    if not readonly and not (os.access(path, os.W_OK) if path.exists() else True):
+        return f"write {path}"
+    if not readonly and not os.access(path.parent, os.W_OK):
+        return f"write in {path.parent} (SQLite keeps its -wal and -shm files beside the store)"
+    return None
 
 
 def _alive(owner: str) -> bool:
