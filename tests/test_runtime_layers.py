@@ -91,3 +91,32 @@ def test_the_cycle_check_finds_a_function_level_cycle(tmp_path):
     (tmp_path / "b.py").write_text("from pkg.a import f\n")
     imports = {_module_name(p, tmp_path, "pkg"): _imports(p, _module_name(p, tmp_path, "pkg")) for p in tmp_path.glob("*.py")}
     assert _cycles(imports) == [["pkg.a", "pkg.b", "pkg.a"]]
+
+
+# The README's "Layout" rows, bottom layer first: a module imports only from its own layer and those before it.
+LAYERS = [
+    {"errors"},
+    {"models"},
+    {"features"},
+    {"artifacts", "tiers"},
+    {"gates", "policy", "tier_policy", "allocator", "allocator_file", "radar"},
+    {"graph", "nodes", "state", "context", "costs", "answers", "decompose"},
+    {"runspec"},
+    {"testbed", "defaults"},
+    {"integrations"},
+    {"overhead", "throughput"},
+    {"cli", "options", "__main__"},
+]
+UPWARD_EXCEPTIONS = {("stepgraph.radar", "stepgraph.context")}  # RADAR's router builds a RouterContext (models-only record)
+
+
+def _layer(module: str) -> int:
+    head = module.removeprefix("stepgraph.").split(".")[0]
+    return next(i for i, names in enumerate(LAYERS) if head in names)
+
+
+def test_every_runtime_module_has_a_layer_and_imports_none_above_it():
+    upward = sorted((name, m) for name, found in IMPORTS.items() if name != "stepgraph"  # the public API re-exports all
+                    for m in found if m in MODULES and m != "stepgraph" and _layer(m) > _layer(name)
+                    and (name, m) not in UPWARD_EXCEPTIONS)
+    assert upward == []
