@@ -61,3 +61,8 @@ def test_the_server_builds_a_run_specs_graph_without_importing_training(tmp_path
             f"load_graph(Path({str(path)!r})); print(json.dumps([m for m in sys.modules if m.startswith('stepgraph.training')]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_runtime_loader_leaves_exactly_the_tables_training_adds():
+    added = set(stepgraph.training.spec.RunSpec.model_fields) - set(RuntimeSpec.model_fields)
+    assert added == set(runspec.TRAINING_TABLES)

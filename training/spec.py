@@ -61,7 +61,7 @@ from stepgraph.runspec import (
     read_spec,
 )
 
-# The runtime's names, importable from here as before.
+# This module's names and the runtime's it re-exports (importable from here as before).
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "TRAINING_TABLES", "CollectSpec", "DataSpec", "GateSpec", "OpenAITier", "PathsSpec", "PriceSpec",
            "RunSpec", "SamplingSpec", "ServerTier", "TierSpec", "TransformersTier", "VLLMTier", "VerifierSpec", "chat_model",
            "load_spec"]
