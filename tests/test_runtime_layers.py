@@ -1,22 +1,26 @@
-"""The runtime's import rules, read from the source with ``ast`` (imports inside functions count):
-argparse only in the CLI package, no private LangGraph module, no import cycle among stepgraph's modules."""
+"""The import rules, read from the source with ``ast`` (imports inside functions count): argparse only
+in the CLI package, no private LangGraph module, nothing in the runtime but the CLI imports training,
+and no import cycle among stepgraph's modules nor among training's."""
 
 import ast
 from pathlib import Path
 
+import stepgraph.training
+
 import stepgraph
 
 ROOT = Path(stepgraph.__file__).parent
+TRAINING_ROOT = Path(stepgraph.training.__file__).parent  # the top-level training/ folder, installed as stepgraph.training
 
 
-def _module_name(path: Path) -> str:
-    parts = ["stepgraph", *path.relative_to(ROOT).with_suffix("").parts]
+def _module_name(path: Path, root: Path = ROOT, package: str = "stepgraph") -> str:
+    parts = [*package.split("."), *path.relative_to(root).with_suffix("").parts]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path) -> set[str]:
-    """Every module ``path`` imports, at any depth of the file (``from a import b`` counts a and a.b)."""
-    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+def _imports(path: Path, name: str) -> set[str]:
+    """Every module ``path`` (module ``name``) imports, at any depth of the file (``from a import b`` counts a and a.b)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
@@ -30,23 +34,9 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
-# The runtime: stepgraph/ itself. stepgraph.training is the offline side (a folder of its own) and not part of it.
-MODULES = {_module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
-IMPORTS = {name: _imports(path) for name, path in MODULES.items()}
-
-
-def test_argparse_is_imported_only_in_the_cli_package():
-    outside = sorted(name for name, found in IMPORTS.items() if "argparse" in found and not name.startswith("stepgraph.cli"))
-    assert outside == []
-
-
-def test_no_private_langgraph_module_is_imported():
-    private = sorted((name, m) for name, found in IMPORTS.items() for m in found if m.startswith("langgraph._internal"))
-    assert private == []
-
-
-def test_no_import_cycle_among_the_runtime_modules():
-    graph = {name: {m for m in found if m in MODULES and m != name} for name, found in IMPORTS.items()}
+def _cycles(imports: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles among the modules of ``imports`` (each found once, as a path that returns to its start)."""
+    graph = {name: {m for m in found if m in imports and m != name} for name, found in imports.items()}
     cycles, state = [], dict.fromkeys(graph, 0)  # 0 unseen, 1 on the current path, 2 done
 
     def visit(node: str, path: list[str]) -> None:
@@ -61,9 +51,72 @@ def test_no_import_cycle_among_the_runtime_modules():
     for node in sorted(graph):
         if state[node] == 0:
             visit(node, [node])
-    assert [c for c in cycles if frozenset(c) not in KNOWN_CYCLES] == []
+    return cycles
 
 
-# The 2-tier and K-tier policy gates import each other; issue 25 item 1 makes them one PolicyGate
-# (the `artifacts` branch). Delete this entry when that lands: the test then holds with none.
-KNOWN_CYCLES = {frozenset({"stepgraph.gates.policy_gate", "stepgraph.gates.tier_policy_gate"})}
+# The runtime: stepgraph/ itself. stepgraph.training is the offline side (a folder of its own) and not part of it.
+MODULES = {_module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
+IMPORTS = {name: _imports(path, name) for name, path in MODULES.items()}
+TRAINING = {_module_name(p, TRAINING_ROOT, "stepgraph.training"): p for p in sorted(TRAINING_ROOT.rglob("*.py"))}
+TRAINING_IMPORTS = {name: _imports(path, name) for name, path in TRAINING.items()}
+
+
+def test_argparse_is_imported_only_in_the_cli_package():
+    outside = sorted(name for name, found in IMPORTS.items() if "argparse" in found and not name.startswith("stepgraph.cli"))
+    assert outside == []
+
+
+def test_no_private_langgraph_module_is_imported():
+    private = sorted((name, m) for name, found in IMPORTS.items() for m in found if m.startswith("langgraph._internal"))
+    assert private == []
+
+
+def test_only_the_cli_imports_training():
+    upward = sorted((name, m) for name, found in IMPORTS.items() if not name.startswith("stepgraph.cli")
+                    for m in found if m == "stepgraph.training" or m.startswith("stepgraph.training."))
+    assert upward == []
+
+
+def test_no_import_cycle_among_the_runtime_modules():
+    assert _cycles(IMPORTS) == []
+
+
+def test_no_import_cycle_among_the_training_modules():
+    assert len(TRAINING) > 20  # the walk found training's folder
+    assert _cycles(TRAINING_IMPORTS) == []
+
+
+def test_the_cycle_check_finds_a_function_level_cycle(tmp_path):
+    (tmp_path / "a.py").write_text("def f():\n    from pkg import b\n")
+    (tmp_path / "b.py").write_text("from pkg.a import f\n")
+    imports = {_module_name(p, tmp_path, "pkg"): _imports(p, _module_name(p, tmp_path, "pkg")) for p in tmp_path.glob("*.py")}
+    assert _cycles(imports) == [["pkg.a", "pkg.b", "pkg.a"]]
+
+
+# The README's "Layout" rows, bottom layer first: a module imports only from its own layer and those before it.
+LAYERS = [
+    {"errors"},
+    {"models"},
+    {"features"},
+    {"artifacts", "tiers"},
+    {"gates", "policy", "tier_policy", "allocator", "allocator_file", "radar"},
+    {"graph", "nodes", "state", "context", "costs", "answers", "decompose"},
+    {"runspec"},
+    {"testbed", "defaults"},
+    {"integrations"},
+    {"overhead", "throughput"},
+    {"cli", "options", "__main__"},
+]
+UPWARD_EXCEPTIONS = {("stepgraph.radar", "stepgraph.context")}  # RADAR's router builds a RouterContext (models-only record)
+
+
+def _layer(module: str) -> int:
+    head = module.removeprefix("stepgraph.").split(".")[0]
+    return next(i for i, names in enumerate(LAYERS) if head in names)
+
+
+def test_every_runtime_module_has_a_layer_and_imports_none_above_it():
+    upward = sorted((name, m) for name, found in IMPORTS.items() if name != "stepgraph"  # the public API re-exports all
+                    for m in found if m in MODULES and m != "stepgraph" and _layer(m) > _layer(name)
+                    and (name, m) not in UPWARD_EXCEPTIONS)
+    assert upward == []

@@ -37,13 +37,18 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from stepgraph.training.allocator_stages import (
+    episode_observations,
+    keep_cheaper_stage,
+    normalisation,
+    supervised_stage,
+)
 from stepgraph.training.calibrate import replay_inputs
 from stepgraph.training.cpo import (
     Batchable,
     CPOArgs,
     Run,
     _critic,
-    column_statistics,
     episode_batch,
     episode_miss,
     fit_critics,
@@ -55,23 +60,13 @@ from stepgraph.training.guarantee import allowed_misses, calibration_guarantee
 from stepgraph.training.records import Episode, StepRecord
 from tqdm import tqdm
 
-from stepgraph.allocator import ALLOCATOR_SCHEMA, PriorStep, allocator_observation
+from stepgraph.allocator import ALLOCATOR_SCHEMA
 from stepgraph.allocator_file import AllocatorArtifact, AllocatorNetwork
 from stepgraph.errors import ConfigError
 from stepgraph.gates.base import Gate
 from stepgraph.policy import TierPolicyArtifact
 
 # --- 1. data -------------------------------------------------------------------------------------
-
-
-def episode_observations(episode: Episode) -> list[dict[str, float | None]]:
-    """The allocator's observation before each recorded step (the prefix the behaviour kept)."""
-    prior: list[PriorStep] = []
-    rows = []
-    for step in episode.steps:
-        rows.append(allocator_observation(episode.question, prior))
-        prior.append(PriorStep(tier=step.action, draft_observation=step.observation))
-    return rows
 
 
 def cheapest_accepted_tier(step: StepRecord, n_tiers: int = 2) -> int:
@@ -83,11 +78,6 @@ def cheapest_accepted_tier(step: StepRecord, n_tiers: int = 2) -> int:
         if ok is True:
             return tier
     return n_tiers - 1
-
-
-def normalisation(rows: Sequence[Sequence[float]]) -> tuple[list[float], list[float], list[str]]:
-    """Per-feature mean and std over the rows (NaN = not reported); never-reported features are ignored."""
-    return column_statistics(rows, ALLOCATOR_SCHEMA.names)
 
 
 def ex_ante_cost(step: StepRecord, sent_up: bool, fallback_flops: float) -> float:
@@ -103,19 +93,6 @@ def to_batchable(episodes: Sequence[Episode], artifact: AllocatorArtifact, cost_
 
 
 # --- 2. supervised stage -------------------------------------------------------------------------
-
-
-def supervised_stage(network: AllocatorNetwork, x: torch.Tensor, labels: torch.Tensor, epochs: int, lr: float) -> list[float]:
-    """Cross-entropy on the cheapest-accepted-tier labels, full batch; returns the loss per epoch."""
-    optimiser = torch.optim.Adam(network.parameters(), lr=lr)
-    losses = []
-    for _ in range(epochs):
-        loss = torch.nn.functional.cross_entropy(network(x), labels)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
-    return losses
 
 
 # --- 3. RL stage ---------------------------------------------------------------------------------
@@ -178,26 +155,6 @@ def calibrate_allocator(data: Batchable, episodes: Sequence[Episode], network: A
 
 
 # --- 5. the two stages and the calibration -------------------------------------------------------
-
-
-def keep_cheaper_stage(network: torch.nn.Module, supervised_weights: dict[str, Any], calibrate: Callable[[], dict[str, Any]]
-                       ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Calibrate the RL-refined weights (loaded) and the supervised ones; load the cheaper at the coverage bound.
-
-    Returns the chosen calibration and the training summary's calibration fields.
-    """
-    by_stage = {"rl": (copy.deepcopy(network.state_dict()), calibrate())}
-    network.load_state_dict(supervised_weights)
-    by_stage["supervised"] = (supervised_weights, calibrate())
-    # The RL refinement is kept only where it calibrates cheaper (met coverage first, then FLOPs).
-    stage = min(by_stage, key=lambda k: (not by_stage[k][1]["met"], by_stage[k][1]["flops_vs_target"]))
-    weights, chosen = by_stage[stage]
-    network.load_state_dict(weights)
-    summary = {"selected_stage": stage, "calibration_by_stage": {k: v[1] for k, v in by_stage.items()},
-               "calibrated_kappa": chosen["kappa"], "calibration_surrogate_miss": chosen["misses"] / chosen["episodes"],
-               "calibration_met": chosen["met"], "calibration_flops_vs_target": chosen["flops_vs_target"],
-               **{f"calibration_{k}": chosen[k] for k in ("sent_up", "none_sent_up", "allocated_share") if k in chosen}}
-    return chosen, summary
 
 
 def train_allocator(episodes: Sequence[Episode], args: CPOArgs | None = None, *, tiers: Sequence[dict[str, Any]],

@@ -28,7 +28,12 @@ from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 import torch
-from stepgraph.training.allocator import episode_observations, keep_cheaper_stage, normalisation, supervised_stage
+from stepgraph.training.allocator_stages import (
+    episode_observations,
+    keep_cheaper_stage,
+    normalisation,
+    supervised_stage,
+)
 from stepgraph.training.cpo import Batch, Batchable, CPOArgs, Run, _critic, fit_critics, policy_step, update_kappa
 from stepgraph.training.cpo_tiers import (
     TierData,

@@ -22,33 +22,27 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stepgraph.training.prm import StepRewardModel
 from stepgraph.training.records import Episode
 
-from stepgraph.errors import ConfigError, PolicyFileError
+from stepgraph.errors import ConfigError
 from stepgraph.gates import (
-    AlwaysDraftGate,
-    AlwaysTargetGate,
     ConfidenceThresholdGate,
     PolicyGate,
-    RandomGate,
     StepwiseGMMGate,
 )
 from stepgraph.gates.base import Gate, GateInput
+from stepgraph.gates.calibrated import GATE_FILE, GATE_FORMAT, GATE_FORMAT_VERSION, PRM_FILE, load_gate_artifact
 from stepgraph.gates.judges import ProcessRewardGate
-from stepgraph.models.base import StepModel, StepOutput
-from stepgraph.tiers import allow_other_tiers as allow_other
+from stepgraph.models.base import StepOutput
 from stepgraph.tiers import check_tiers, describe
 
-if TYPE_CHECKING:
-    from stepgraph.training.spec import RunSpec
+# The gate-directory reader and the tier checks are the runtime's (stepgraph.gates.calibrated, stepgraph.tiers);
+# they stay importable from here, their former home.
+__all__ = ["CALIBRATED", "CURVE_ALPHAS", "GATE_FILE", "GATE_FORMAT", "GATE_FORMAT_VERSION", "PRM_FILE", "Calibration", "Family", "Replay", "check_tiers", "describe", "episode_cost", "episode_miss", "fit_steer", "load_gate_artifact", "min_episodes", "policy_family", "prm_family", "replay_inputs", "save_gate", "steer_family", "threshold_family", "too_few_message"]
 
-GATE_FORMAT = "stepgraph.gate"
-GATE_FORMAT_VERSION = 1
-PRM_FILE = "prm.safetensors"
-GATE_FILE = "gate.json"
 CURVE_ALPHAS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
 CALIBRATED = ("policy", "threshold", "steer", "prm")
 
@@ -245,55 +239,3 @@ def save_gate(out: Path, family: str, options: Mapping[str, Any], *, tiers: Sequ
                 "tiers": list(tiers), "calibration": dict(calibration)}
     (out / GATE_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
-
-
-def load_gate_artifact(directory: str | Path, tiers: Sequence[StepModel] | None = None,
-                       allow_other_tiers: bool = False) -> Gate:
-    """A calibrated gate directory (gate.json) or a policy directory (policy.json), checked against ``tiers``."""
-    directory = Path(directory)
-    if (directory / GATE_FILE).is_file():
-        try:
-            manifest = json.loads((directory / GATE_FILE).read_text())
-            if (manifest.get("format"), manifest.get("format_version")) != (GATE_FORMAT, GATE_FORMAT_VERSION):
-                raise PolicyFileError(f"{directory / GATE_FILE} is not a {GATE_FORMAT} v{GATE_FORMAT_VERSION} file.")
-            name, options, recorded = manifest["gate"], manifest["options"], manifest.get("tiers")
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise PolicyFileError(f"{directory / GATE_FILE} is corrupted or incomplete: {exc}") from exc
-        if tiers is not None:
-            check_tiers(recorded, describe(tiers), str(directory), allow_other_tiers)
-        if name == "policy":
-            policy = PolicyGate.from_path(directory)
-            return allow_other(policy) if allow_other_tiers else policy
-        if name == "steer":
-            gate = StepwiseGMMGate.load(directory / "steer.json")
-            return StepwiseGMMGate(gate.mixtures, gate.pooled, float(options["threshold"]), gate.feature)
-        if name == "threshold":
-            return ConfidenceThresholdGate(float(options["threshold"]), str(options["feature"]))
-        if name == "prm":
-            return ProcessRewardGate(StepRewardModel.load(directory / PRM_FILE), float(options["threshold"]))
-        raise PolicyFileError(f"{directory / GATE_FILE}: unknown gate {name!r}.")
-    policy = PolicyGate.from_path(directory)  # raises PolicyFileError naming the missing files
-    if tiers is not None:
-        check_tiers(policy.artifact.models.get("tiers"), describe(tiers), str(directory), allow_other_tiers)
-    return allow_other(policy) if allow_other_tiers else policy
-
-
-def load_gate(spec: RunSpec, tiers: Sequence[StepModel] | None = None) -> Gate:
-    """The run spec's gate: fixed gates by name; calibrated ones from gate.path, paths.gate or paths.policy."""
-    g = spec.gate
-    if g.name == "draft":
-        return AlwaysDraftGate()
-    if g.name == "target":
-        return AlwaysTargetGate()
-    if g.name == "random":
-        return RandomGate(0.5 if g.rate is None else g.rate, seed=spec.sampling.seed)
-    if g.path is not None:
-        return load_gate_artifact(g.path, tiers, g.allow_other_tiers)
-    if (spec.paths.gate / GATE_FILE).is_file():
-        return load_gate_artifact(spec.paths.gate, tiers, g.allow_other_tiers)
-    if g.name == "policy":
-        return load_gate_artifact(spec.paths.policy, tiers, g.allow_other_tiers)
-    if g.name == "threshold" and g.threshold is not None:
-        return ConfidenceThresholdGate(g.threshold, spec.collect.feature)
-    raise ConfigError(f"{spec.source or 'run spec'}: gate {g.name!r} has no calibrated artifact at {spec.paths.gate}; "
-                      f"run `stepgraph calibrate --config {spec.source or 'SPEC'} --gate {g.name}` (or set gate.path / gate.threshold).")

@@ -15,11 +15,10 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stepgraph.training.records import Episode, StepRecord
+from stepgraph.training.records import Episode, Item, StepRecord  # Item lived here; still importable from collect
 from stepgraph.training.store import TraceStore
 from stepgraph.training.tier_traces import tier_table
 from stepgraph.training.verifiers import StepVerifier
@@ -36,6 +35,7 @@ from stepgraph.graph import build_graph
 from stepgraph.models.base import DEFAULT_TEMPERATURE, StepModel, StepOutput
 from stepgraph.nodes import call_seed
 from stepgraph.testbed import task
+from stepgraph.tiers import check_tiers
 
 
 class DraftRecorder:
@@ -60,15 +60,6 @@ class DraftRecorder:
         out = self.model.generate_step(question, steps, **kwargs)
         self.outputs.setdefault(len(steps), out)
         return out
-
-
-@dataclass(frozen=True)
-class Item:
-    """A problem to collect on: an id, the question and its reference answer."""
-
-    problem_id: str
-    question: str
-    reference: str
 
 
 def collect_episode(
@@ -174,7 +165,6 @@ def collect(
     the store (``describe_tiers(tiers)``, or name and parameters); a store collected on other tiers is refused.
     ``record_tiers`` records every tier's step from each prefix, for K-tier training (``collect_episode``).
     """
-    from stepgraph.training.calibrate import check_tiers
     from stepgraph.training.runs import run_seed
 
     done = store.problem_ids()

@@ -583,6 +583,7 @@ def add_commands(sub: Any) -> None:
                         "none: skip those sweeps (default: 0.97 0.98 0.99)")
     b.set_defaults(func=_single_threaded(_bench))
 
+    from stepgraph.training.bench_radar import add_bench_stage
     from stepgraph.training.radar import add_radar_command
 
-    add_radar_command(sub)
+    add_bench_stage(add_radar_command(sub))

@@ -31,7 +31,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from stepgraph.training.allocator import supervised_stage
+from stepgraph.training.allocator_stages import supervised_stage
 from stepgraph.training.cpo import (
     Batchable,
     CPOArgs,

@@ -596,8 +596,8 @@ def _traces_command(args: Any) -> dict[str, Any]:
     return {"store": str(args.store), "split": args.split, "episodes": total}
 
 
-def add_radar_command(sub: Any) -> None:
-    """``stepgraph radar collect|fit|add``: the query-level router's offline stages."""
+def add_radar_command(sub: Any) -> Any:
+    """``stepgraph radar collect|fit|add``: the query-level router's offline stages; returns the stage parsers."""
     from stepgraph.cli.options import in_range
 
     radar = sub.add_parser("radar", help="RADAR query-level routing: collect a response matrix, fit the 2PL model, add a configuration",
@@ -656,7 +656,4 @@ def add_radar_command(sub: Any) -> None:
     t.add_argument("--store", type=Path, default=Path("runs/radar/traces.sqlite"), help="trace store (default: %(default)s)")
     t.add_argument("--policy", type=Path, default=None, help=argparse.SUPPRESS)
     t.set_defaults(func=_traces_command)
-
-    from stepgraph.training.bench_radar import add_bench_stage
-
-    add_bench_stage(stages)
+    return stages  # `radar bench` is added by its own module (bench_radar imports this one, not the reverse)

@@ -1,9 +1,18 @@
-"""The trace records offline training replays: one ``Episode`` per problem, one ``StepRecord`` per step."""
+"""The training data records: an ``Item`` to collect on; the traces replayed offline, one ``Episode`` per problem, one ``StepRecord`` per step."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+
+@dataclass(frozen=True)
+class Item:
+    """A problem to collect on: an id, the question and its reference answer."""
+
+    problem_id: str
+    question: str
+    reference: str
 
 
 @dataclass

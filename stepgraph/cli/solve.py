@@ -68,14 +68,14 @@ def _solve_from_spec(args: argparse.Namespace) -> int:
     """``solve --config SPEC``: the run spec's tiers, gate (checked against the tiers) and sampling; JSON out."""
     from stepgraph.context import validate_question
     from stepgraph.graph import build_graph
+    from stepgraph.runspec import load_runtime_spec
     from stepgraph.testbed import close_pair
-    from stepgraph.training.spec import load_spec
 
     given = [f"--{name}" for name in SPEC_CHOOSES if getattr(args, name) is not None]
     if given:
         raise ConfigError(f"{', '.join(given)} cannot be combined with --config {args.config}: the run spec chooses "
                           "the tiers and the gate; edit its [[tiers]] / [gate] tables, or drop --config.")
-    spec = load_spec(args.config)
+    spec = load_runtime_spec(args.config)
     if args.question is None:
         raise StepgraphError(f"Give the question to solve: stepgraph solve --config {args.config} QUESTION.")
     context = spec.context()

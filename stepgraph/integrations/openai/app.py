@@ -93,9 +93,9 @@ def load_graph(config: Path | None = None, limits: RouterLimits | None = None) -
 
         return shipped_graph(limits)
     from stepgraph.graph import build_graph
-    from stepgraph.training.spec import load_spec
+    from stepgraph.runspec import load_runtime_spec
 
-    spec = load_spec(config)
+    spec = load_runtime_spec(config)
     tiers = spec.build_tiers()
     return build_graph(tiers, spec.build_gate(tiers), prices=spec.prices(), limits=limits)
 
