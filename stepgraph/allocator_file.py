@@ -47,7 +47,7 @@ class AllocatorNetwork(PolicyNetwork):
     """The policy MLP with one logit per tier instead of (accept, escalate).
 
     ``escalate_probability`` is P(a tier above 0 is needed), so CPO's replay and calibration
-    functions (``stepgraph.training.cpo``) read it as the probability of leaving the draft tier.
+    functions (``stepgraph.training.learning.cpo``) read it as the probability of leaving the draft tier.
     """
 
     def __init__(self, n_features: int, n_tiers: int, hidden: int = 64, layers: int = 3) -> None:

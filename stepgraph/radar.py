@@ -2,7 +2,7 @@
 
 A *configuration* is one of stepgraph's ways to answer a question: a tier alone, the stepwise
 router at some κ, each with step/token budgets. A two-parameter logistic (2PL) item-response
-model, fitted offline on a response matrix (``stepgraph.training.radar``), gives each
+model, fitted offline on a response matrix (``stepgraph.training.learning.radar``), gives each
 configuration an ability θ_c and each training query a difficulty b_q and discrimination a_q:
 
     P(configuration c answers query q right) = sigmoid(a_q · (θ_c − b_q))

@@ -6,15 +6,15 @@ import random
 import pytest
 import torch
 from safetensors.torch import save_file
-from stepgraph.training.allocator import (
+from stepgraph.training.data.records import Episode, StepRecord
+from stepgraph.training.learning.allocator import (
     calibrate_allocator,
     cheapest_accepted_tier,
     episode_observations,
     to_batchable,
     train_allocator,
 )
-from stepgraph.training.cpo import CPOArgs
-from stepgraph.training.records import Episode, StepRecord
+from stepgraph.training.learning.cpo import CPOArgs
 
 from stepgraph.allocator import (
     ALLOCATOR_SCHEMA,
@@ -270,7 +270,7 @@ def test_save_refuses_what_load_would_refuse(saved, tmp_path):
 
 
 def test_train_allocator_cli_writes_a_loadable_artifact(tmp_path, capsys):
-    from stepgraph.training.store import TraceStore
+    from stepgraph.training.data.store import TraceStore
 
     from stepgraph.cli import main
 
@@ -290,8 +290,8 @@ def test_train_allocator_cli_writes_a_loadable_artifact(tmp_path, capsys):
 
 
 def test_bench_rows_count_draft_calls_saved():
-    from stepgraph.training.bench_allocator import allocator_bench
-    from stepgraph.training.collect import Item
+    from stepgraph.training.bench.bench_allocator import allocator_bench
+    from stepgraph.training.collection.collect import Item
 
     draft, target = _pair()
     items = [Item("a", "q", "20"), Item("b", "q 1", "20")]

@@ -8,18 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from stepgraph.training.allocator import train_allocator
-from stepgraph.training.allocator_tiers import (
+from stepgraph.training.calibration.guarantee import allowed_misses
+from stepgraph.training.data.records import Episode
+from stepgraph.training.data.store import TraceStore
+from stepgraph.training.learning.allocator import train_allocator
+from stepgraph.training.learning.allocator_tiers import (
     calibrate_tier_allocator,
     replay,
     replay_allocator,
     step_costs,
     tier_data,
 )
-from stepgraph.training.cpo import CPOArgs
-from stepgraph.training.guarantee import allowed_misses
-from stepgraph.training.records import Episode
-from stepgraph.training.store import TraceStore
+from stepgraph.training.learning.cpo import CPOArgs
 from test_cpo_tiers import FLOPS, TIERS, step
 
 from stepgraph.allocator import ALLOCATOR_SCHEMA, AllocatorInput, allocator_observation
@@ -195,8 +195,8 @@ def test_cli_refuses_columns_for_a_2_tier_store(tmp_path: Path, capsys) -> None:
 
 
 def test_bench_trains_both_3_tier_allocators_and_reuses_them(tmp_path: Path, monkeypatch) -> None:
-    from stepgraph.training import allocator as allocator_module
-    from stepgraph.training.bench_tiers import TierBenchArgs, tier_allocator_routers, train_tier_allocators
+    from stepgraph.training.bench.bench_tiers import TierBenchArgs, tier_allocator_routers, train_tier_allocators
+    from stepgraph.training.learning import allocator as allocator_module
     from test_bench_tiers import policy, tiers
 
     models = tiers()

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 from scripted import ScriptedModel
-from stepgraph.training import bench
-from stepgraph.training.collect import testbed_items as make_items
-from stepgraph.training.prm import StepRewardModel
-from stepgraph.training.records import Episode, StepRecord
-from stepgraph.training.verifiers import TestbedVerifier
+from stepgraph.training.bench import bench
+from stepgraph.training.collection.collect import testbed_items as make_items
+from stepgraph.training.collection.prm import StepRewardModel
+from stepgraph.training.collection.verifiers import TestbedVerifier
+from stepgraph.training.data.records import Episode, StepRecord
 
 from stepgraph.features import CONFIDENCE_SCHEMA
 from stepgraph.gates.base import Gate, GateInput
@@ -143,7 +143,7 @@ def _two_step_problem(t: float) -> tuple[dict, list[float]]:
 
 
 def test_sweep_finds_every_piece_of_a_problem_whose_later_steps_follow_earlier_decisions():
-    from stepgraph.training.tuning import sweep_problem
+    from stepgraph.training.calibration.tuning import sweep_problem
 
     calls = []
     pieces = sweep_problem(lambda t: (calls.append(t), _two_step_problem(t))[1], start=0.5, scale=1.0)
@@ -155,7 +155,7 @@ def test_sweep_finds_every_piece_of_a_problem_whose_later_steps_follow_earlier_d
 
 
 def test_breakpoints_give_one_threshold_per_interval_and_match_brute_force():
-    from stepgraph.training.tuning import Piece, breakpoint_thresholds, evaluate, sweep_problem
+    from stepgraph.training.calibration.tuning import Piece, breakpoint_thresholds, evaluate, sweep_problem
 
     problems = [sweep_problem(_two_step_problem, start=0.0, scale=1.0),
                 [Piece(-float("inf"), 0.5, {"covered": 0.0, "flops": 1.0, "escalation_rate": 0.0}),
@@ -173,7 +173,7 @@ def test_breakpoints_give_one_threshold_per_interval_and_match_brute_force():
 
 
 def test_cheapest_picks_the_cheapest_feasible_threshold_else_the_best_coverage():
-    from stepgraph.training.tuning import cheapest
+    from stepgraph.training.calibration.tuning import cheapest
 
     curve = [{"threshold": 0.1, "covered": 0.90, "flops": 1.0}, {"threshold": 0.5, "covered": 0.98, "flops": 3.0},
              {"threshold": 0.7, "covered": 0.99, "flops": 2.0}, {"threshold": 0.9, "covered": 1.00, "flops": 5.0}]
@@ -183,7 +183,7 @@ def test_cheapest_picks_the_cheapest_feasible_threshold_else_the_best_coverage()
 
 
 def test_critical_values_of_each_gate_kind():
-    from stepgraph.training.tuning import critical_below, critical_feature, critical_of_score
+    from stepgraph.training.calibration.tuning import critical_below, critical_feature, critical_of_score
 
     step = {"gate_score": 0.7 - 0.25, "observation": {"api_confidence": 0.25}, "gate_reason": None}
     assert critical_below(step, 0.7) == pytest.approx(0.25)
@@ -202,7 +202,7 @@ def _paired_rows(n: int, cost: float, noise: float, seed: int, miss_every: int =
 
 
 def test_paired_bootstrap_interval_excludes_zero_for_a_real_difference_and_covers_it_for_none():
-    from stepgraph.training.compare import compare, paired_bootstrap
+    from stepgraph.training.bench.compare import compare, paired_bootstrap
 
     policy = _paired_rows(200, 10.0, 1.0, seed=1)
     cheaper = [{**r, "flops": r["flops"] - 0.5 + random.Random(i).gauss(0, 0.5)} for i, r in enumerate(policy)]
@@ -218,7 +218,7 @@ def test_paired_bootstrap_interval_excludes_zero_for_a_real_difference_and_cover
 
 
 def test_mcnemar_exact_on_a_known_table():
-    from stepgraph.training.compare import compare, mcnemar
+    from stepgraph.training.bench.compare import compare, mcnemar
 
     # 1 pair missed by a alone, 9 by b alone: p = 2 · P(X ≤ 1), X ~ Bin(10, 1/2) = 2 · 11/1024 (statsmodels: 0.021484375)
     result = mcnemar([1] + [0] * 9 + [1, 0], [0] + [1] * 9 + [1, 0])
@@ -275,8 +275,8 @@ def test_table_shows_every_tuning_with_its_paired_comparison_and_the_no_oracle_n
 @pytest.mark.slow
 def test_exact_sweep_agrees_with_running_the_gate_at_each_threshold():
     """The sweep's claim: one run per piece gives the outcome at every threshold (seeds fixed per problem and step)."""
-    from stepgraph.training.runs import add_coverage, run_gate
-    from stepgraph.training.tuning import Tunable, breakpoint_thresholds, critical_feature, evaluate, sweep
+    from stepgraph.training.calibration.tuning import Tunable, breakpoint_thresholds, critical_feature, evaluate, sweep
+    from stepgraph.training.collection.runs import add_coverage, run_gate
 
     from stepgraph.gates import AlwaysTargetGate, ConfidenceThresholdGate
 
@@ -295,7 +295,7 @@ def test_exact_sweep_agrees_with_running_the_gate_at_each_threshold():
 
 def test_bench_with_scripted_tiers_and_no_verifier_notes_the_missing_oracle():
     """The whole bench on scripted tiers (no weights): every tuning row, the comparisons, and the notes."""
-    from stepgraph.training.collect import Item
+    from stepgraph.training.collection.collect import Item
 
     from stepgraph.gates import ConfidenceThresholdGate
 
@@ -331,8 +331,8 @@ def test_bench_with_scripted_tiers_and_no_verifier_notes_the_missing_oracle():
 
 
 def test_sweep_on_threads_finds_the_same_pieces_as_one_thread():
-    from stepgraph.training.collect import Item
-    from stepgraph.training.tuning import Tunable, critical_feature, sweep
+    from stepgraph.training.calibration.tuning import Tunable, critical_feature, sweep
+    from stepgraph.training.collection.collect import Item
 
     from stepgraph.gates import ConfidenceThresholdGate
 
@@ -365,9 +365,9 @@ class _TierScoreGate(Gate):
 
 def test_sweep_of_a_k_tier_gate_sees_every_decision_and_matches_running_each_threshold():
     """A step sent to the mid tier is decided twice; the mid tier's decision is a breakpoint too (``critical=None``)."""
-    from stepgraph.training.collect import Item
-    from stepgraph.training.runs import add_coverage, run_gate
-    from stepgraph.training.tuning import Tunable, evaluate, sweep
+    from stepgraph.training.calibration.tuning import Tunable, evaluate, sweep
+    from stepgraph.training.collection.collect import Item
+    from stepgraph.training.collection.runs import add_coverage, run_gate
 
     tiers = [ScriptedModel("d", 100, ["1+1=3", "\\boxed{3}"]), ScriptedModel("m", 300, ["1+1=2", "\\boxed{2}"]),
              ScriptedModel("t", 900, ["1+1=2", "\\boxed{2}"])]
@@ -384,7 +384,7 @@ def test_sweep_of_a_k_tier_gate_sees_every_decision_and_matches_running_each_thr
 
 
 def test_calibration_on_runs_scans_from_the_safe_side_and_stops_at_the_first_failure():
-    from stepgraph.training.tuning import Piece, calibrate_on_runs
+    from stepgraph.training.calibration.tuning import Piece, calibrate_on_runs
 
     def problem(c: float) -> list[Piece]:
         # Covered iff t <= c (enough escalation), and again past 1.0: a lucky region a scan from the top would pick.

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from scripted import ScriptedModel
-from stepgraph.training.bench_tiers import markdown_table, matched_coverage, run_tier_bench
-from stepgraph.training.collect import Item
-from stepgraph.training.live_kappa import with_live_kappa
-from stepgraph.training.tuning import Piece
+from stepgraph.training.bench.bench_tiers import markdown_table, matched_coverage, run_tier_bench
+from stepgraph.training.calibration.live_kappa import with_live_kappa
+from stepgraph.training.calibration.tuning import Piece
+from stepgraph.training.collection.collect import Item
 
 from stepgraph.allocator import FixedAllocator
 from stepgraph.features import CONFIDENCE_SCHEMA
@@ -56,10 +56,10 @@ def test_allocator_rows_pair_with_the_other_rows_and_count_steps_per_tier(tmp_pa
 
 def test_collection_reuses_a_store_that_holds_every_problem_even_of_an_older_feature_schema(tmp_path: Path) -> None:
     """Regression: ``collect`` refused the collected tier traces (feature schema v1) although none were missing."""
-    from stepgraph.training.bench_tiers import TierBenchArgs, collect_tier_traces
-    from stepgraph.training.collect import testbed_items
-    from stepgraph.training.records import Episode
-    from stepgraph.training.store import TraceStore
+    from stepgraph.training.bench.bench_tiers import TierBenchArgs, collect_tier_traces
+    from stepgraph.training.collection.collect import testbed_items
+    from stepgraph.training.data.records import Episode
+    from stepgraph.training.data.store import TraceStore
 
     args = TierBenchArgs(out=tmp_path, train_problems=2, calibration_problems=1)
     with TraceStore(tmp_path / "traces.sqlite") as store:
@@ -75,8 +75,8 @@ def test_collection_reuses_a_store_that_holds_every_problem_even_of_an_older_fea
 
 
 def test_a_policy_is_reused_only_when_trained_with_the_same_settings(tmp_path: Path) -> None:
-    from stepgraph.training.bench_tiers import _trained_alike
-    from stepgraph.training.cpo_tiers import TierCPOArgs, train_tier_policy
+    from stepgraph.training.bench.bench_tiers import _trained_alike
+    from stepgraph.training.learning.cpo_tiers import TierCPOArgs, train_tier_policy
     from test_cpo_tiers import TIERS, episodes
 
     args = TierCPOArgs(alpha=0.1, steps=0, warm_start=5, hidden=8)
@@ -127,7 +127,7 @@ def test_matched_coverage_compares_each_router_at_its_cheapest_threshold_reachin
 
 def test_bench_tiers_options_reach_the_tier_bench(monkeypatch, tmp_path, capsys):
     """`stepgraph bench --tiers 3` is the one entry: its warm-start, CPO, allocator and extra-policy options arrive."""
-    from stepgraph.training import bench_tiers
+    from stepgraph.training.bench import bench_tiers
 
     from stepgraph.cli import main as cli_main
 

@@ -6,8 +6,7 @@ import warnings
 
 import pytest
 import torch
-from stepgraph.training import cpo
-from stepgraph.training.calibrate import (
+from stepgraph.training.calibration.calibrate import (
     Replay,
     check_tiers,
     episode_miss,
@@ -15,8 +14,9 @@ from stepgraph.training.calibrate import (
     replay_inputs,
     threshold_family,
 )
-from stepgraph.training.records import Episode, StepRecord
-from stepgraph.training.verifiers import RolloutVerifier, TestbedVerifier
+from stepgraph.training.collection.verifiers import RolloutVerifier, TestbedVerifier
+from stepgraph.training.data.records import Episode, StepRecord
+from stepgraph.training.learning import cpo
 
 from stepgraph.errors import ConfigError, PolicyFileError
 from stepgraph.features import CONFIDENCE_SCHEMA
@@ -113,7 +113,7 @@ def test_rollout_verifier_agrees_with_the_exact_verifier(capsys):
 
 
 def test_the_gate_artifact_records_tiers_and_curve(tmp_path):
-    from stepgraph.training.calibrate import load_gate_artifact, save_gate
+    from stepgraph.training.calibration.calibrate import load_gate_artifact, save_gate
 
     tiers = load_pair()
     recorded = [{"name": t.name, "parameters": t.n_params, "backend": "transformers"} for t in tiers]
@@ -129,8 +129,8 @@ def test_the_gate_artifact_records_tiers_and_curve(tmp_path):
 
 @pytest.mark.parametrize("gate", ["threshold", "steer", "prm"])
 def test_calibrate_cli_writes_a_loadable_gate_for_any_score_gate(tmp_path, capsys, gate):
-    from stepgraph.training.calibrate import load_gate_artifact
-    from stepgraph.training.store import TraceStore
+    from stepgraph.training.calibration.calibrate import load_gate_artifact
+    from stepgraph.training.data.store import TraceStore
 
     from stepgraph.cli import main
 
@@ -173,7 +173,7 @@ def test_when_no_threshold_meets_alpha_the_gate_escalates_everything():
 
 
 def test_a_corrupted_reward_model_file_is_refused_naming_it(tmp_path):
-    from stepgraph.training.prm import StepRewardModel
+    from stepgraph.training.collection.prm import StepRewardModel
 
     path = tmp_path / "prm.safetensors"
     path.write_bytes(b"not safetensors")

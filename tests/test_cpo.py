@@ -5,8 +5,8 @@ import warnings
 
 import pytest
 import torch
-from stepgraph.training import cpo
-from stepgraph.training.records import Episode, StepRecord
+from stepgraph.training.data.records import Episode, StepRecord
+from stepgraph.training.learning import cpo
 
 from stepgraph.features import CONFIDENCE_SCHEMA, FEATURE_SCHEMA
 from stepgraph.policy import PolicyArtifact, PolicyNetwork

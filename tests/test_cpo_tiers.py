@@ -6,7 +6,8 @@ import random
 
 import pytest
 import torch
-from stepgraph.training.cpo_tiers import (
+from stepgraph.training.data.records import Episode, StepRecord
+from stepgraph.training.learning.cpo_tiers import (
     MissingTierTableError,
     TierCPOArgs,
     calibrate_tier_kappa,
@@ -18,7 +19,6 @@ from stepgraph.training.cpo_tiers import (
     walk,
     walk_miss,
 )
-from stepgraph.training.records import Episode, StepRecord
 
 from stepgraph.errors import ConfigError
 from stepgraph.features import CONFIDENCE_SCHEMA
@@ -176,7 +176,7 @@ class _Verifier:
 
 def test_collection_records_every_tiers_step_and_verdict_and_old_traces_still_read() -> None:
     from scripted import ScriptedModel
-    from stepgraph.training.collect import Item, collect_episode
+    from stepgraph.training.collection.collect import Item, collect_episode
 
     from stepgraph.gates import AlwaysDraftGate
 

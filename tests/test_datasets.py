@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from stepgraph.training.datasets import load_dataset_file, load_jsonl, normalize_answer
+from stepgraph.training.data.datasets import load_dataset_file, load_jsonl, normalize_answer
 
 from stepgraph.errors import DataError
 

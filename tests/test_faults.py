@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 from scripted import ScriptedModel
-from stepgraph.training.cpo import CPOArgs
-from stepgraph.training.guarantee import calibration_guarantee, episodes_needed
-from stepgraph.training.records import Episode, StepRecord
-from stepgraph.training.store import TraceStore
+from stepgraph.training.calibration.guarantee import calibration_guarantee, episodes_needed
+from stepgraph.training.data.records import Episode, StepRecord
+from stepgraph.training.data.store import TraceStore
+from stepgraph.training.learning.cpo import CPOArgs
 
 from stepgraph.cli import main
 from stepgraph.defaults import API_ONLY_POLICY_DIR, DEFAULT_POLICY_DIR, LOGITS_ONLY_POLICY_DIR

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-from stepgraph.training.store import TraceStore
+from stepgraph.training.data.store import TraceStore
 
 from stepgraph.cli import main
 from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR, task

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from stepgraph.training.runs import run_gate
+from stepgraph.training.collection.runs import run_gate
+from stepgraph.training.data.store import TraceStore
 from stepgraph.training.spec import load_spec
-from stepgraph.training.store import TraceStore
 
 from stepgraph.cli import main
 from stepgraph.gates import AlwaysTargetGate

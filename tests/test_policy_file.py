@@ -133,7 +133,7 @@ def test_a_gate_loaded_with_other_tiers_allowed_builds_without_a_second_check(tm
     import warnings
 
     from scripted import ScriptedModel
-    from stepgraph.training.calibrate import load_gate_artifact
+    from stepgraph.training.calibration.calibrate import load_gate_artifact
 
     from stepgraph import build_graph
     from stepgraph.testbed.defaults import DEFAULT_POLICY_DIR

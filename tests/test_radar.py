@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from stepgraph.training.radar import (
+from stepgraph.training.learning.radar import (
     adaptive_ability,
     calibrate_threshold,
     estimate_ability,
@@ -212,7 +212,7 @@ def test_query_embedding_from_the_shipped_draft_is_its_mean_hidden_state() -> No
 def test_calibration_finds_thresholds_between_probabilities_near_one() -> None:
     # cheap (P = 0.9975) is always wrong, mid (P = 0.9999) always right: only τ in (0.9975, 0.9999] routes to mid.
     # A 0.01 grid jumps from cheap (τ = 0.99) to the costliest fallback (τ = 1.0); the breakpoints find mid.
-    from stepgraph.training.radar import calibrate_router
+    from stepgraph.training.learning.radar import calibrate_router
 
     configurations = [Configuration(name="cheap", gate="draft", ability=2.0, mean_flops=1.0),
                       Configuration(name="mid", gate="policy", ability=3.1, mean_flops=5.0),
@@ -229,8 +229,8 @@ def test_calibration_finds_thresholds_between_probabilities_near_one() -> None:
 def test_run_gate_gives_each_item_its_difficulty() -> None:
     # RADAR → policy: each query's predicted difficulty reaches the gate's observation
     from scripted import ScriptedModel
-    from stepgraph.training.collect import Item
-    from stepgraph.training.runs import run_gate
+    from stepgraph.training.collection.collect import Item
+    from stepgraph.training.collection.runs import run_gate
 
     from stepgraph.gates import AlwaysDraftGate
     from stepgraph.gates.base import GateInput
@@ -249,7 +249,7 @@ def test_run_gate_gives_each_item_its_difficulty() -> None:
 
 
 def test_fit_refuses_missing_or_unfinished_response_journals(tmp_path) -> None:
-    from stepgraph.training.radar import load_rows
+    from stepgraph.training.learning.radar import load_rows
 
     with pytest.raises(ConfigError, match="radar collect"):
         load_rows(tmp_path, ["draft"], 3)
@@ -290,7 +290,7 @@ class Tier:
 
 
 def test_mid_configuration_runs_the_mid_model_alone_and_the_policy_on_the_pair() -> None:
-    from stepgraph.training.radar import NEW_CONFIGURATIONS, router_tiers, with_tier_sizes
+    from stepgraph.training.learning.radar import NEW_CONFIGURATIONS, router_tiers, with_tier_sizes
 
     from stepgraph.defaults import DEFAULT_POLICY_DIR
     from stepgraph.gates import AlwaysDraftGate, PolicyGate
@@ -318,7 +318,7 @@ def test_mid_configuration_runs_the_mid_model_alone_and_the_policy_on_the_pair()
 
 
 def test_mid_configuration_finds_the_shipped_mid_model() -> None:
-    from stepgraph.training.radar import NEW_CONFIGURATIONS, with_tier_sizes
+    from stepgraph.training.learning.radar import NEW_CONFIGURATIONS, with_tier_sizes
 
     from stepgraph.testbed import load_tiers
 
@@ -329,8 +329,8 @@ def test_mid_configuration_finds_the_shipped_mid_model() -> None:
 
 
 def test_add_into_pool_recalibrates_and_round_trips_through_the_artifact(tmp_path) -> None:
-    from stepgraph.training.radar import add_to_pool
-    from stepgraph.training.runs import run_seed
+    from stepgraph.training.collection.runs import run_seed
+    from stepgraph.training.learning.radar import add_to_pool
 
     class Embedder:
         def __call__(self, question: str) -> torch.Tensor:

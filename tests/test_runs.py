@@ -2,8 +2,8 @@
 
 import json
 
-from stepgraph.training.collect import testbed_items as make_items
-from stepgraph.training.runs import run_gate, run_seed
+from stepgraph.training.collection.collect import testbed_items as make_items
+from stepgraph.training.collection.runs import run_gate, run_seed
 
 from stepgraph.gates import AlwaysTargetGate, ConfidenceThresholdGate
 from stepgraph.testbed import load_pair

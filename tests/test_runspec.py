@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import stepgraph.training.collect
+import stepgraph.training.collection.collect
 import stepgraph.training.spec
 
 from stepgraph import runspec
@@ -46,9 +46,9 @@ def test_training_still_checks_the_tables_the_runtime_leaves(tmp_path):
 def test_the_former_names_still_import_from_training():
     for name in ("TransformersTier", "VLLMTier", "ServerTier", "OpenAITier", "PriceSpec", "GateSpec", "SamplingSpec", "chat_model"):
         assert getattr(stepgraph.training.spec, name) is getattr(runspec, name)
-    from stepgraph.training.records import Item
+    from stepgraph.training.data.records import Item
 
-    assert stepgraph.training.collect.Item is Item
+    assert stepgraph.training.collection.collect.Item is Item
     assert issubclass(stepgraph.training.spec.RunSpec, RuntimeSpec)
 
 

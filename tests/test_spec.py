@@ -3,9 +3,9 @@
 from pathlib import Path
 
 import pytest
-from stepgraph.training.collect import Item
+from stepgraph.training.collection.collect import Item
+from stepgraph.training.data.splits import split_items
 from stepgraph.training.spec import load_spec
-from stepgraph.training.splits import split_items
 
 from stepgraph.errors import ConfigError, DataError
 
@@ -122,7 +122,7 @@ def test_a_generic_jsonl_names_its_fields(tmp_path):
 
 
 def test_the_judge_verifier_is_built_from_the_spec_with_greedy_verdicts(monkeypatch):
-    from stepgraph.training.verifiers import JUDGE_PROMPT, JudgeVerifier
+    from stepgraph.training.collection.verifiers import JUDGE_PROMPT, JudgeVerifier
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-not-a-real-key")
     spec = load_spec(EXAMPLES / "qwen_gpt41mini.toml")

@@ -9,8 +9,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from stepgraph.training.records import Episode, StepRecord
-from stepgraph.training.store import APPLICATION_ID, TraceStore, _readonly_uri
+from stepgraph.training.data.records import Episode, StepRecord
+from stepgraph.training.data.store import APPLICATION_ID, TraceStore, _readonly_uri
 
 from stepgraph.errors import TraceStoreError
 
@@ -166,14 +166,14 @@ def test_a_wal_store_in_a_read_only_directory_is_read_and_permissions_are_named(
             store.add(_episode(0), "train")
         path.chmod(0o444)
         directory.chmod(0o555)
-        read = _as_user(f"from stepgraph.training.store import TraceStore\nprint(len(TraceStore({str(path)!r}, readonly=True)))")
+        read = _as_user(f"from stepgraph.training.data.store import TraceStore\nprint(len(TraceStore({str(path)!r}, readonly=True)))")
         assert read.returncode == 0 and read.stdout.strip() == "1", read.stderr
-        write = _as_user(f"from stepgraph.training.store import TraceStore\nTraceStore({str(path)!r})")
+        write = _as_user(f"from stepgraph.training.data.store import TraceStore\nTraceStore({str(path)!r})")
         assert "Permission denied: cannot write" in write.stderr and "the store itself is fine" in write.stderr
         assert "corrupted" not in write.stderr
         directory.chmod(0o755)
         path.chmod(0o000)
-        read = _as_user(f"from stepgraph.training.store import TraceStore\nTraceStore({str(path)!r}, readonly=True)")
+        read = _as_user(f"from stepgraph.training.data.store import TraceStore\nTraceStore({str(path)!r}, readonly=True)")
         assert "Permission denied: cannot read" in read.stderr and "corrupted" not in read.stderr
     finally:
         directory.chmod(0o755)

@@ -9,8 +9,8 @@ import textwrap
 import time
 
 import pytest
-from stepgraph.training.records import Episode, StepRecord
-from stepgraph.training.store import PostgresTraceStore, TraceStore, redact, store_location
+from stepgraph.training.data.records import Episode, StepRecord
+from stepgraph.training.data.store import PostgresTraceStore, TraceStore, redact, store_location
 
 from stepgraph.errors import TraceStoreError
 
@@ -83,8 +83,8 @@ COLLECTOR = textwrap.dedent('''
     import json, sys, time
     sys.path.insert(0, {tests!r})
     from scripted import ScriptedModel
-    from stepgraph.training.collect import Item, collect
-    from stepgraph.training.store import TraceStore
+    from stepgraph.training.collection.collect import Item, collect
+    from stepgraph.training.data.store import TraceStore
 
     class Slow(ScriptedModel):
         def generate_step(self, *args, **kwargs):

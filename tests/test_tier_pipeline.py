@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from stepgraph.training.records import Episode, StepRecord
-from stepgraph.training.store import TraceStore
+from stepgraph.training.data.records import Episode, StepRecord
+from stepgraph.training.data.store import TraceStore
 
 from stepgraph.cli import main
 from stepgraph.defaults import DEFAULT_POLICY_DIR
@@ -173,8 +173,8 @@ def test_train_options_keep_each_trainers_own_defaults_unless_given():
     import argparse
 
     from stepgraph.training.cli_args import add_dataclass_options, dataclass_from_args
-    from stepgraph.training.cpo import CPOArgs
-    from stepgraph.training.cpo_tiers import TierCPOArgs
+    from stepgraph.training.learning.cpo import CPOArgs
+    from stepgraph.training.learning.cpo_tiers import TierCPOArgs
 
     parser = argparse.ArgumentParser()
     add_dataclass_options(parser, CPOArgs, variant=(TierCPOArgs, "K-tier"))

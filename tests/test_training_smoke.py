@@ -9,8 +9,8 @@ import sys
 import time
 
 import pytest
-from stepgraph.training.observations import reobserve
-from stepgraph.training.store import TraceStore
+from stepgraph.training.collection.observations import reobserve
+from stepgraph.training.data.store import TraceStore
 
 from stepgraph.cli import main
 from stepgraph.gates import PolicyGate

@@ -2,7 +2,7 @@
 
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from pydantic import Field
-from stepgraph.training.verifiers import JudgeVerifier, TestbedVerifier, parse_verdict
+from stepgraph.training.collection.verifiers import JudgeVerifier, TestbedVerifier, parse_verdict
 
 from stepgraph.testbed import task
 

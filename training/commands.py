@@ -27,16 +27,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stepgraph.training.allocator import add_allocator_options
-from stepgraph.training.calibrate import CURVE_ALPHAS, check_tiers, load_gate_artifact, min_episodes, too_few_message
+from stepgraph.training.calibration.calibrate import (
+    CURVE_ALPHAS,
+    check_tiers,
+    load_gate_artifact,
+    min_episodes,
+    too_few_message,
+)
+from stepgraph.training.calibration.guarantee import calibration_guarantee, episodes_needed
 from stepgraph.training.cli_args import add_dataclass_options, dataclass_from_args
-from stepgraph.training.collect import collect, default_store_path, testbed_items
-from stepgraph.training.cpo import CPOArgs, train_policy
-from stepgraph.training.cpo_tiers import TierCPOArgs, train_tier_policy
-from stepgraph.training.evaluate import evaluate_gates
-from stepgraph.training.guarantee import calibration_guarantee, episodes_needed
-from stepgraph.training.store import TraceStore, store_location
-from stepgraph.training.verifiers import TestbedVerifier
+from stepgraph.training.collection.collect import collect, default_store_path, testbed_items
+from stepgraph.training.collection.evaluate import evaluate_gates
+from stepgraph.training.collection.verifiers import TestbedVerifier
+from stepgraph.training.data.store import TraceStore, store_location
+from stepgraph.training.learning.allocator import add_allocator_options
+from stepgraph.training.learning.cpo import CPOArgs, train_policy
+from stepgraph.training.learning.cpo_tiers import TierCPOArgs, train_tier_policy
 
 from stepgraph.cli.options import in_range
 from stepgraph.defaults import DEFAULT_POLICY_DIR
@@ -98,8 +104,8 @@ def _train(args: argparse.Namespace) -> dict:
         args.alpha = spec.alpha if args.alpha is None else args.alpha
         args.store, args.out = args.store or spec.paths.store, args.out or (None if args.allocator else spec.paths.policy)
     args.store, args.out = args.store or default_store_path(), args.out or Path("runs/allocator" if args.allocator else "runs/policy")
-    if args.allocator:  # the ex-ante allocator: its own stages and artifact (stepgraph.training.allocator)
-        from stepgraph.training.allocator import train_allocator_command
+    if args.allocator:  # the ex-ante allocator: its own stages and artifact (stepgraph.training.learning.allocator)
+        from stepgraph.training.learning.allocator import train_allocator_command
 
         if args.tier_policy or args.columns:
             raise ConfigError("--allocator trains the ex-ante allocator, --tier-policy / --columns the K-tier policy: choose one.")
@@ -180,7 +186,7 @@ NO_GUARANTEE = ("no calibration episodes: κ is the online value from training, 
 
 
 def _calibrate(args: argparse.Namespace) -> dict:
-    from stepgraph.training.calibrate import (
+    from stepgraph.training.calibration.calibrate import (
         PRM_FILE,
         Replay,
         fit_steer,
@@ -190,7 +196,7 @@ def _calibrate(args: argparse.Namespace) -> dict:
         steer_family,
         threshold_family,
     )
-    from stepgraph.training.prm import StepRewardModel
+    from stepgraph.training.collection.prm import StepRewardModel
 
     spec = _spec(args)
     alpha = args.alpha if args.alpha is not None else (spec.alpha if spec else CPOArgs.alpha)
@@ -246,8 +252,8 @@ def _calibrate(args: argparse.Namespace) -> dict:
 
 def _calibrate_on_runs(args: argparse.Namespace, spec: RunSpec | None, alpha: float, out: Path) -> dict:
     """``calibrate --runs N``: κ of a policy (2-tier or K-tier) from live runs of N calibration problems (``live_kappa``)."""
-    from stepgraph.training.calibrate import save_gate
-    from stepgraph.training.live_kappa import calibrate_kappa, curve_rows, with_live_kappa
+    from stepgraph.training.calibration.calibrate import save_gate
+    from stepgraph.training.calibration.live_kappa import calibrate_kappa, curve_rows, with_live_kappa
 
     from stepgraph.tiers import describe
 
@@ -340,7 +346,7 @@ def _evaluate_from_spec(spec: RunSpec, args: argparse.Namespace) -> dict:
 
 
 def _bench(args: argparse.Namespace) -> dict:
-    from stepgraph.training.bench import markdown_table, run_bench, write_outputs
+    from stepgraph.training.bench.bench import markdown_table, run_bench, write_outputs
 
     from stepgraph.costs import Prices
 
@@ -373,7 +379,7 @@ def _bench(args: argparse.Namespace) -> dict:
 
 def _bench_tiers(args: argparse.Namespace) -> dict:
     """The testbed's 2-tier against 3-tier routers (``training.bench_tiers``)."""
-    from stepgraph.training.bench_tiers import TierBenchArgs, main
+    from stepgraph.training.bench.bench_tiers import TierBenchArgs, main
 
     if args.config is not None:
         raise ConfigError("--tiers 3 runs on the shipped testbed models; it takes no --config.")
@@ -396,7 +402,7 @@ def _bench_tiers(args: argparse.Namespace) -> dict:
 
 
 def _bench_from_spec(spec: RunSpec, args: argparse.Namespace) -> dict:
-    from stepgraph.training.bench import markdown_table, run_bench, write_outputs
+    from stepgraph.training.bench.bench import markdown_table, run_bench, write_outputs
 
     store_path, out = args.store or spec.paths.store, args.out or spec.paths.bench
     with TraceStore(store_path, create=False) as store:
@@ -583,7 +589,7 @@ def add_commands(sub: Any) -> None:
                         "none: skip those sweeps (default: 0.97 0.98 0.99)")
     b.set_defaults(func=_single_threaded(_bench))
 
-    from stepgraph.training.bench_radar import add_bench_stage
-    from stepgraph.training.radar import add_radar_command
+    from stepgraph.training.bench.bench_radar import add_bench_stage
+    from stepgraph.training.learning.radar import add_radar_command
 
     add_bench_stage(add_radar_command(sub))

@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, ConfigDict, Field, model_validator
-from stepgraph.training.records import Item
-from stepgraph.training.splits import SPLITS, split_items
-from stepgraph.training.store import store_location
-from stepgraph.training.verifiers import StepVerifier
+from stepgraph.training.collection.verifiers import StepVerifier
+from stepgraph.training.data.records import Item
+from stepgraph.training.data.splits import SPLITS, split_items
+from stepgraph.training.data.store import store_location
 
 from stepgraph.errors import ConfigError
 from stepgraph.models.base import StepModel
@@ -173,7 +173,7 @@ class RunSpec(RuntimeSpec):
             raise ConfigError(f"Unknown split {split!r}; choose one of {list(SPLITS)}.")
         size = self.data.splits.get(split, 0)
         if self.data.source == "testbed":
-            from stepgraph.training.collect import testbed_items
+            from stepgraph.training.collection.collect import testbed_items
 
             if not size == int(size):
                 raise ConfigError(f"{self._where('data.splits')}: the testbed takes sizes (integers), not fractions.")
@@ -181,7 +181,7 @@ class RunSpec(RuntimeSpec):
         return split_items(self._all_items(), self.data.splits, seed=self.data.seed)[split]
 
     def _all_items(self) -> list[Item]:
-        from stepgraph.training.datasets import load_dataset_file, load_jsonl
+        from stepgraph.training.data.datasets import load_dataset_file, load_jsonl
 
         assert self.data.path is not None
         if not self.data.path.is_file():
@@ -192,7 +192,7 @@ class RunSpec(RuntimeSpec):
 
     def build_verifier(self, tiers: Sequence[StepModel]) -> StepVerifier:
         """The step verifier for training; the rollout verifier uses the strongest of ``tiers``."""
-        from stepgraph.training.verifiers import JudgeVerifier, RolloutVerifier, TestbedVerifier
+        from stepgraph.training.collection.verifiers import JudgeVerifier, RolloutVerifier, TestbedVerifier
 
         v = self.verifier
         if v.kind == "testbed":

@@ -1,6 +1,6 @@
 """Read a calibrated gate directory (``gate.json``, written by ``stepgraph calibrate``) or a policy directory.
 
-The runtime half of calibration: serving and solving load the gate here; ``stepgraph.training.calibrate``
+The runtime half of calibration: serving and solving load the gate here; ``stepgraph.training.calibration.calibrate``
 sets the thresholds and writes the directory.
 """
 

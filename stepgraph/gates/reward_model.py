@@ -1,6 +1,6 @@
 """A small process reward model: an MLP from a draft step's confidence features to P(step is correct).
 
-The runtime half (load, score) that a calibrated ``prm`` gate needs; ``stepgraph.training.prm``
+The runtime half (load, score) that a calibrated ``prm`` gate needs; ``stepgraph.training.collection.prm``
 fits it on recorded step verdicts. Real deployments pass a served PRM (e.g. Skywork-PRM on vLLM)
 to ``ProcessRewardGate`` instead.
 """

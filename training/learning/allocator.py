@@ -8,7 +8,7 @@ Read top to bottom:
    recorded escalated step; a record that carries ``tier_correct``, one verdict per tier, gives
    the label for K tiers);
 2. supervised stage: cross-entropy on those labels;
-3. RL stage: CPO under the coverage constraint with ``stepgraph.training.cpo``'s building
+3. RL stage: CPO under the coverage constraint with ``stepgraph.training.learning.cpo``'s building
    blocks (V-trace critics, the trust-region step by conjugate gradient, the online-conformal κ
    update). The behaviour's recorded action (did a stronger tier write the step) and
    μ(escalate | o) weigh the off-policy returns; the cost of a step is what it costs *ex ante*:
@@ -37,14 +37,16 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from stepgraph.training.allocator_stages import (
+from stepgraph.training.calibration.calibrate import replay_inputs
+from stepgraph.training.calibration.guarantee import allowed_misses, calibration_guarantee
+from stepgraph.training.data.records import Episode, StepRecord
+from stepgraph.training.learning.allocator_stages import (
     episode_observations,
     keep_cheaper_stage,
     normalisation,
     supervised_stage,
 )
-from stepgraph.training.calibrate import replay_inputs
-from stepgraph.training.cpo import (
+from stepgraph.training.learning.cpo import (
     Batchable,
     CPOArgs,
     Run,
@@ -56,8 +58,6 @@ from stepgraph.training.cpo import (
     policy_step,
     sample_batch,
 )
-from stepgraph.training.guarantee import allowed_misses, calibration_guarantee
-from stepgraph.training.records import Episode, StepRecord
 from tqdm import tqdm
 
 from stepgraph.allocator import ALLOCATOR_SCHEMA
@@ -180,7 +180,7 @@ def train_allocator(episodes: Sequence[Episode], args: CPOArgs | None = None, *,
         raise ValueError("train_allocator needs at least one episode with steps; collect traces first.")
     if len(tiers) < 2:
         raise ValueError(f"An allocator chooses among at least two tiers, got {len(tiers)}.")
-    from stepgraph.training.allocator_tiers import has_tier_tables, train_tier_allocator
+    from stepgraph.training.learning.allocator_tiers import has_tier_tables, train_tier_allocator
 
     if has_tier_tables(episodes):  # every tier's step is recorded: labels, replay and κ over the tiers ``columns``
         policy = getattr(gate, "artifact", None)
@@ -267,8 +267,8 @@ def train_allocator_command(args: Any, cpo_args: CPOArgs) -> dict[str, Any]:
     import json
     import time
 
-    from stepgraph.training.allocator_tiers import check_columns, has_tier_tables
-    from stepgraph.training.store import TraceStore
+    from stepgraph.training.data.store import TraceStore
+    from stepgraph.training.learning.allocator_tiers import check_columns, has_tier_tables
 
     from stepgraph.errors import StepgraphError
     from stepgraph.gates import PolicyGate

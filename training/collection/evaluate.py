@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from stepgraph.training.collect import Item
-from stepgraph.training.runs import run_gate
+from stepgraph.training.collection.collect import Item
+from stepgraph.training.collection.runs import run_gate
 
 from stepgraph.context import RouterContext
 from stepgraph.costs import Prices

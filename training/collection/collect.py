@@ -18,10 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from stepgraph.training.records import Episode, Item, StepRecord  # Item lived here; still importable from collect
-from stepgraph.training.store import TraceStore
-from stepgraph.training.tier_traces import tier_table
-from stepgraph.training.verifiers import StepVerifier
+from stepgraph.training.collection.tier_traces import tier_table
+from stepgraph.training.collection.verifiers import StepVerifier
+from stepgraph.training.data.records import Episode, Item, StepRecord  # Item lived here; still importable from collect
+from stepgraph.training.data.store import TraceStore
 from tqdm import tqdm
 
 from stepgraph.answers import is_correct
@@ -165,7 +165,7 @@ def collect(
     the store (``describe_tiers(tiers)``, or name and parameters); a store collected on other tiers is refused.
     ``record_tiers`` records every tier's step from each prefix, for K-tier training (``collect_episode``).
     """
-    from stepgraph.training.runs import run_seed
+    from stepgraph.training.collection.runs import run_seed
 
     done = store.problem_ids()
     todo = [(i, item) for i, item in enumerate(items) if item.problem_id not in done]

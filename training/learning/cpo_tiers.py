@@ -31,8 +31,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from stepgraph.training.allocator_stages import supervised_stage
-from stepgraph.training.cpo import (
+from stepgraph.training.calibration.guarantee import allowed_misses, calibration_guarantee
+from stepgraph.training.data.records import Episode
+from stepgraph.training.learning.allocator_stages import supervised_stage
+from stepgraph.training.learning.cpo import (
     Batchable,
     CPOArgs,
     _critic,
@@ -41,8 +43,6 @@ from stepgraph.training.cpo import (
     trust_region_step,
     update_kappa,
 )
-from stepgraph.training.guarantee import allowed_misses, calibration_guarantee
-from stepgraph.training.records import Episode
 from tqdm import tqdm
 
 from stepgraph.errors import ConfigError, StepgraphError

@@ -28,12 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from stepgraph.training.collect import Item
-from stepgraph.training.compare import compare
-from stepgraph.training.prm import StepRewardModel
-from stepgraph.training.records import Episode
-from stepgraph.training.runs import add_coverage, run_gate
-from stepgraph.training.tuning import (
+from stepgraph.training.bench.compare import compare
+from stepgraph.training.calibration.tuning import (
     Tunable,
     breakpoint_thresholds,
     cheapest,
@@ -43,6 +39,10 @@ from stepgraph.training.tuning import (
     evaluate,
     sweep,
 )
+from stepgraph.training.collection.collect import Item
+from stepgraph.training.collection.prm import StepRewardModel
+from stepgraph.training.collection.runs import add_coverage, run_gate
+from stepgraph.training.data.records import Episode
 from tqdm import tqdm
 
 from stepgraph.context import RouterContext

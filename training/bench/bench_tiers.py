@@ -35,14 +35,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stepgraph.training.bench import bootstrap, run_rows, summarize, with_threshold
-from stepgraph.training.bench_allocator import allocator_rows
-from stepgraph.training.collect import collect, testbed_items
-from stepgraph.training.cpo_tiers import TierCPOArgs, train_tier_policy
-from stepgraph.training.live_kappa import calibrate_kappa, kappa_tunable, with_live_kappa
-from stepgraph.training.runs import add_coverage
-from stepgraph.training.store import TraceStore
-from stepgraph.training.tuning import (
+from stepgraph.training.bench.bench import bootstrap, run_rows, summarize, with_threshold
+from stepgraph.training.bench.bench_allocator import allocator_rows
+from stepgraph.training.calibration.live_kappa import calibrate_kappa, kappa_tunable, with_live_kappa
+from stepgraph.training.calibration.tuning import (
     Piece,
     breakpoint_thresholds,
     cheapest,
@@ -50,7 +46,11 @@ from stepgraph.training.tuning import (
     rows_at,
     sweep,
 )
-from stepgraph.training.verifiers import TestbedVerifier
+from stepgraph.training.collection.collect import collect, testbed_items
+from stepgraph.training.collection.runs import add_coverage
+from stepgraph.training.collection.verifiers import TestbedVerifier
+from stepgraph.training.data.store import TraceStore
+from stepgraph.training.learning.cpo_tiers import TierCPOArgs, train_tier_policy
 from tqdm import tqdm
 
 from stepgraph.allocator import Allocator
@@ -325,8 +325,8 @@ def train_tier_allocators(store: TraceStore, args: TierBenchArgs, policies: Mapp
     An allocator already there, trained with the same settings, on as many episodes and (combined) with the
     same policy, is reused.
     """
-    from stepgraph.training.allocator import train_allocator
-    from stepgraph.training.cpo import CPOArgs
+    from stepgraph.training.learning.allocator import train_allocator
+    from stepgraph.training.learning.cpo import CPOArgs
 
     tiers = store.meta("models")
     train, calibration = list(store.episodes("train")), list(store.episodes("calibration"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 
-from stepgraph.training.records import Item
+from stepgraph.training.data.records import Item
 
 from stepgraph.errors import ConfigError
 

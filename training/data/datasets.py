@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from stepgraph.training.records import Item
+from stepgraph.training.data.records import Item
 
 from stepgraph.answers import extract_boxed
 from stepgraph.errors import DataError

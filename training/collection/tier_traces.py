@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from stepgraph.training.verifiers import StepVerifier
+from stepgraph.training.collection.verifiers import StepVerifier
 
 from stepgraph.context import RouterContext
 from stepgraph.costs import call_cost

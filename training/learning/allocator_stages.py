@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from stepgraph.training.cpo import column_statistics
-from stepgraph.training.records import Episode
+from stepgraph.training.data.records import Episode
+from stepgraph.training.learning.cpo import column_statistics
 
 from stepgraph.allocator import ALLOCATOR_SCHEMA, PriorStep, allocator_observation
 from stepgraph.allocator_file import AllocatorNetwork

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from stepgraph.training.bench import bootstrap
-from stepgraph.training.radar import (
+from stepgraph.training.bench.bench import bootstrap
+from stepgraph.training.collection.runs import add_coverage, run_gate
+from stepgraph.training.learning.radar import (
     NEW_CONFIGURATIONS,
     POOLS,
     PRICES,
@@ -34,7 +35,6 @@ from stepgraph.training.radar import (
     route_rows,
     split_items,
 )
-from stepgraph.training.runs import add_coverage, run_gate
 
 from stepgraph.context import RouterContext
 from stepgraph.gates import PolicyGate
@@ -90,7 +90,7 @@ def run_bench(tiers: Sequence[Any], policy: PolicyGate, *, responses: Path, size
             report["routers"][f"{pool}@{alpha}"] = {"threshold": result["threshold"], "met": result["met"],
                                                     "guarantee": result["guarantee"]["type"]}
     if added_names:
-        from stepgraph.training.radar import fit_2pl, response_matrix
+        from stepgraph.training.learning.radar import fit_2pl, response_matrix
 
         added_configs = []
         report["added"] = {}
@@ -117,7 +117,7 @@ def run_bench(tiers: Sequence[Any], policy: PolicyGate, *, responses: Path, size
     # the new configuration, added by adaptive ability estimation (part 4), checked against a full refit
     new = NEW_CONFIGURATIONS[0]
     if (responses / "train" / f"{new.name}.jsonl").is_file():
-        from stepgraph.training.radar import fit_2pl, response_matrix
+        from stepgraph.training.learning.radar import fit_2pl, response_matrix
 
         new_rows = load_rows(responses / "train", [new.name], len(items["train"]))[new.name]
         estimate, asked = adaptive_ability(lambda i: float(new_rows[i]["correct"]), fit.irt.a.tolist(), fit.irt.b.tolist(),
@@ -177,7 +177,7 @@ def run_bench(tiers: Sequence[Any], policy: PolicyGate, *, responses: Path, size
 
 
 def run_with_difficulty(tiers: Sequence[Any], gate: PolicyGate, item: Any, index: int, difficulty: float | None) -> dict[str, Any]:
-    from stepgraph.training.runs import run_seed
+    from stepgraph.training.collection.runs import run_seed
 
     from stepgraph.answers import is_correct
     from stepgraph.graph import build_graph

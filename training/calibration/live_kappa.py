@@ -13,11 +13,11 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from stepgraph.training.bench import GRID, with_threshold
-from stepgraph.training.collect import Item
-from stepgraph.training.guarantee import episodes_needed
-from stepgraph.training.runs import run_gate
-from stepgraph.training.tuning import Tunable, calibrate_on_runs, sweep
+from stepgraph.training.bench.bench import GRID, with_threshold
+from stepgraph.training.calibration.guarantee import episodes_needed
+from stepgraph.training.calibration.tuning import Tunable, calibrate_on_runs, sweep
+from stepgraph.training.collection.collect import Item
+from stepgraph.training.collection.runs import run_gate
 
 from stepgraph.context import RouterContext
 from stepgraph.costs import Prices

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stepgraph.training.prm import StepRewardModel
-from stepgraph.training.records import Episode
+from stepgraph.training.collection.prm import StepRewardModel
+from stepgraph.training.data.records import Episode
 
 from stepgraph.errors import ConfigError
 from stepgraph.gates import (

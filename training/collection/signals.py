@@ -1,6 +1,6 @@
 """How well each observation flags a wrong draft step: per-step AUROC and escalation at 95% recall.
 
-    python -m stepgraph.training.signals --store runs/traces.sqlite [--fit train --eval calibration]
+    python -m stepgraph.training.collection.signals --store runs/traces.sqlite [--fit train --eval calibration]
 
 The steps are the draft steps written after a correct prefix (every step the routed answer kept
 before it is verified right), labelled wrong when the verifier rejects the draft. A single
@@ -19,9 +19,9 @@ import math
 from collections.abc import Sequence
 
 import torch
-from stepgraph.training.observations import reobserve
-from stepgraph.training.records import Episode
-from stepgraph.training.store import TraceStore
+from stepgraph.training.collection.observations import reobserve
+from stepgraph.training.data.records import Episode
+from stepgraph.training.data.store import TraceStore
 
 FREE = ["api_confidence", "logit_confidence", "sampled_logprob_sum", "sampled_logprob_min", "margin_min", "entropy_max",
         "result_digit_min", "step_index", "step_tokens", "is_final"]

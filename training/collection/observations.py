@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from stepgraph.training.records import Episode
+from stepgraph.training.data.records import Episode
 
 from stepgraph.features import observe
 from stepgraph.models.base import StepOutput
@@ -36,10 +36,10 @@ def reobserve(episode: Episode) -> Episode:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m stepgraph.training.observations --store OLD --out NEW``: a copy of a store with current observations."""
+    """``python -m stepgraph.training.collection.observations --store OLD --out NEW``: a copy of a store with current observations."""
     import argparse
 
-    from stepgraph.training.store import TraceStore
+    from stepgraph.training.data.store import TraceStore
 
     from stepgraph.features import FEATURE_SCHEMA
 

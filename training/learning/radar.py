@@ -38,9 +38,9 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
-from stepgraph.training.collect import Item
-from stepgraph.training.guarantee import allowed_misses, calibration_guarantee
-from stepgraph.training.runs import run_gate, run_seed
+from stepgraph.training.calibration.guarantee import allowed_misses, calibration_guarantee
+from stepgraph.training.collection.collect import Item
+from stepgraph.training.collection.runs import run_gate, run_seed
 
 from stepgraph.context import RouterContext
 from stepgraph.costs import Prices
@@ -456,7 +456,7 @@ def _collect_command(args: Any) -> dict[str, Any]:
 
 
 def _fit_command(args: Any) -> dict[str, Any]:
-    from stepgraph.training.calibrate import describe
+    from stepgraph.training.calibration.calibrate import describe
 
     torch.set_num_threads(1)
     extra = [c for c in NEW_CONFIGURATIONS if c.name in (args.extra or [])]
@@ -569,9 +569,9 @@ def add_to_pool(router: RadarRouter, added: Configuration, calibration_dir: Path
 
 def _traces_command(args: Any) -> dict[str, Any]:
     """Behaviour traces whose every step carries RADAR's difficulty feature, for a policy trained with it."""
-    from stepgraph.training.collect import collect_episode
-    from stepgraph.training.store import TraceStore
-    from stepgraph.training.verifiers import TestbedVerifier
+    from stepgraph.training.collection.collect import collect_episode
+    from stepgraph.training.collection.verifiers import TestbedVerifier
+    from stepgraph.training.data.store import TraceStore
     from tqdm import tqdm
 
     from stepgraph.gates import ExploringGate

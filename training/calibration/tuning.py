@@ -27,9 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from stepgraph.training.collect import Item
-from stepgraph.training.guarantee import allowed_misses, calibration_guarantee
-from stepgraph.training.runs import add_coverage, answer_item, run_seed
+from stepgraph.training.calibration.guarantee import allowed_misses, calibration_guarantee
+from stepgraph.training.collection.collect import Item
+from stepgraph.training.collection.runs import add_coverage, answer_item, run_seed
 from tqdm import tqdm
 
 from stepgraph.context import RouterContext

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
-from stepgraph.training.records import Episode
+from stepgraph.training.data.records import Episode
 
 from stepgraph.errors import TraceStoreError
 from stepgraph.features import SCHEMAS, FeatureSchema

@@ -32,7 +32,7 @@ from enum import IntEnum
 from typing import Any
 
 import torch
-from stepgraph.training.records import Episode, StepRecord
+from stepgraph.training.data.records import Episode, StepRecord
 from tqdm import tqdm
 
 from stepgraph.errors import ConfigError

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from stepgraph.training.records import Item
+from stepgraph.training.data.records import Item
 from tqdm import tqdm
 
 from stepgraph.answers import is_correct

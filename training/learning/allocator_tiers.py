@@ -28,14 +28,25 @@ from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 import torch
-from stepgraph.training.allocator_stages import (
+from stepgraph.training.calibration.guarantee import allowed_misses, calibration_guarantee
+from stepgraph.training.data.records import Episode
+from stepgraph.training.learning.allocator_stages import (
     episode_observations,
     keep_cheaper_stage,
     normalisation,
     supervised_stage,
 )
-from stepgraph.training.cpo import Batch, Batchable, CPOArgs, Run, _critic, fit_critics, policy_step, update_kappa
-from stepgraph.training.cpo_tiers import (
+from stepgraph.training.learning.cpo import (
+    Batch,
+    Batchable,
+    CPOArgs,
+    Run,
+    _critic,
+    fit_critics,
+    policy_step,
+    update_kappa,
+)
+from stepgraph.training.learning.cpo_tiers import (
     TierData,
     Walk,
     cheapest_accepted,
@@ -44,8 +55,6 @@ from stepgraph.training.cpo_tiers import (
     walk,
     walk_miss,
 )
-from stepgraph.training.guarantee import allowed_misses, calibration_guarantee
-from stepgraph.training.records import Episode
 from tqdm import tqdm
 
 from stepgraph.allocator import ALLOCATOR_SCHEMA, tier_from_probabilities

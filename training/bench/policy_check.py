@@ -1,6 +1,6 @@
 """Check a policy against exactly tuned single-feature thresholds, live on problems no tuning saw.
 
-    python -m stepgraph.training.policy_check --store runs/v2.sqlite --policy runs/policy_full runs/policy_free \
+    python -m stepgraph.training.bench.policy_check --store runs/v2.sqlite --policy runs/policy_full runs/policy_free \
         --problems 400 --seed 11 [--shifted]
 
 Each threshold ("escalate iff feature < t") is tuned on the store's calibration split at every
@@ -19,10 +19,10 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from stepgraph.training.calibrate import Family, Replay
-from stepgraph.training.collect import Item
-from stepgraph.training.evaluate import evaluate_gates
-from stepgraph.training.store import TraceStore
+from stepgraph.training.calibration.calibrate import Family, Replay
+from stepgraph.training.collection.collect import Item
+from stepgraph.training.collection.evaluate import evaluate_gates
+from stepgraph.training.data.store import TraceStore
 
 from stepgraph.gates import PolicyGate
 from stepgraph.gates.base import Gate, GateDecision, GateInput

@@ -8,7 +8,7 @@ runs the four methods (target only, the policy, the allocator alone, allocator +
 summarises them with ``bench.summarize`` plus a paired interval of each method's FLOPs against
 the policy's.
 
-    python -m stepgraph.training.bench_allocator --allocator runs/allocator \
+    python -m stepgraph.training.bench.bench_allocator --allocator runs/allocator \
         --combined-allocator runs/allocator-combined --problems 200 --seeds 0 1 2
 """
 
@@ -23,9 +23,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from stepgraph.training.bench import summarize
-from stepgraph.training.collect import Item, testbed_items
-from stepgraph.training.runs import add_coverage, run_seed
+from stepgraph.training.bench.bench import summarize
+from stepgraph.training.collection.collect import Item, testbed_items
+from stepgraph.training.collection.runs import add_coverage, run_seed
 
 from stepgraph.allocator import Allocator
 from stepgraph.answers import is_correct

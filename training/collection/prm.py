@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from stepgraph.training.records import Episode
+from stepgraph.training.data.records import Episode
 
 from stepgraph.gates.reward_model import RewardModel
 

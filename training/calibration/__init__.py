@@ -1,0 +1,1 @@
+"""Choosing kappa and thresholds: the calibration guarantee, live kappa and tuned baselines."""

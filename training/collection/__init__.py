@@ -1,0 +1,1 @@
+"""Collecting traces: run gates over items, verify steps, recompute and score observations."""

@@ -1,0 +1,1 @@
+"""The records training reads and writes: episodes, datasets, splits and the trace store."""
