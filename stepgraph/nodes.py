@@ -102,6 +102,9 @@ class RoutingNodes:
             raise ModelOutputError(f"{model.name} failed at step {len(accepted)}: {exc}") from exc
 
     def _attempt(self, out: StepOutput, model: StepModel, tier: int) -> tuple[StepOutput, dict[str, Any]]:
+        if not isinstance(out, StepOutput):  # a backend of the user's that does not keep the protocol
+            raise ModelOutputError(f"{model.name}.generate_step returned {type(out).__name__}, not a StepOutput "
+                                   "(stepgraph.models.base.StepOutput); fix the backend's return value.")
         cost = call_cost(out, model.n_params, self.prices[tier])
         return out, {"tier": tier, "model": model.name, "text": out.text, "cost": cost}
 

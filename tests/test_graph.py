@@ -236,3 +236,18 @@ def test_a_recursion_limit_the_caller_sets_still_wins():
     small, large = ScriptedModel("small", 1_000, LONG_SOLUTION, 1.0), ScriptedModel("large", 8_000, LONG_SOLUTION, 20.0)
     with pytest.raises(GraphRecursionError):
         build_graph([small, large], AlwaysGate()).batch([{"question": QUESTION}], {"recursion_limit": 10})
+
+
+@pytest.mark.parametrize("returned", [None, {"text": "12+7=19"}])
+def test_a_backend_that_returns_no_step_output_is_one_clear_error(returned):
+    class Broken:
+        name, n_params = "broken", 10
+
+        def generate_step(self, *args, **kwargs):
+            return returned
+
+    from stepgraph.errors import ModelOutputError
+
+    graph = build_graph([Broken(), Broken()], NeverGate())
+    with pytest.raises(ModelOutputError, match=f"broken.generate_step returned {type(returned).__name__}, not a StepOutput"):
+        graph.invoke({"question": QUESTION})
