@@ -94,6 +94,7 @@ def test_model_errors_are_openai_errors_without_internals_and_free_their_slot():
     app = create_app(build_graph([crash, ScriptedModel("target", 4000, STEPS)], AlwaysDraftGate()))
     response = post(app, QUESTION)
     assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
+    assert len(response.headers["x-request-id"]) == 32  # even the 500 from Starlette's error middleware has one
     assert "secret internal detail" not in response.text and "Traceback" not in response.text
 
 
@@ -112,6 +113,7 @@ def test_a_stream_that_fails_ends_with_an_error_object_and_done():
     (["serve", "--gate", "nope"], "--gate"),
     (["mcp", "--gate", "nope"], "--gate"),
     (["serve", "--config", "run.toml"], "run.toml"),  # no run-spec support yet, or no such file
+    (["serve", "--checkpointer", "mysql://u:secret@db/x"], "--checkpointer must be a postgresql:// URL"),
 ])
 def test_bad_server_options_are_refused_before_anything_starts(capsys, argv, names):
     assert main(argv) == 2
@@ -128,6 +130,12 @@ def test_the_former_server_limits_still_build_the_one_limits_type():
     assert isinstance(limits, RouterLimits)
     assert (limits.max_budget_flops, limits.max_concurrent, limits.max_steps, limits.max_step_tokens) == (10_000, 2, 16, 64)
     assert openai_server.create_app is create_app
+
+
+def test_a_body_limit_below_one_byte_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--max-body-bytes", "0"])
+    assert exit_.value.code == 2 and "--max-body-bytes: must be an integer >= 1" in capsys.readouterr().err
 
 
 class SlowModel(ScriptedModel):

@@ -16,7 +16,7 @@ def add_commands(sub: Any) -> None:
     serve = sub.add_parser(
         "serve", help="OpenAI-compatible HTTP server over the routed graph",
         description="Serve the routed graph as an OpenAI-compatible chat-completions API (GET /v1/models, "
-        "POST /v1/chat/completions with and without stream, GET /health, GET /ready, GET /metrics). The limits are the operator's: "
+        "POST /v1/chat/completions with and without stream, GET /health, /ready, /metrics). The limits are the operator's: "
         "a request can lower max_tokens but never raise a limit.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
@@ -39,7 +39,7 @@ def add_commands(sub: Any) -> None:
     serve.add_argument("--shutdown-timeout", type=float, default=30.0,
                        help="on SIGTERM, seconds in-flight requests may finish before they are cancelled (default: %(default)s)")
     # Operator options (issue 27): body limit, CORS and conversations across replicas.
-    serve.add_argument("--max-body-bytes", type=int, default=1 << 20,
+    serve.add_argument("--max-body-bytes", type=in_range(int, 1), default=1 << 20,
                        help="larger request bodies get 413 before they are read (default: %(default)s, 1 MiB)")
     serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                        help="browser origin allowed by CORS; repeat for more (default: no CORS)")
@@ -65,8 +65,11 @@ def add_commands(sub: Any) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from stepgraph.integrations.openai import create_app, load_served, serve
+    from stepgraph.integrations.threads import check_url
 
     check_gate(args.gate, args.config)
+    if args.checkpointer is not None:  # refused before the models load
+        check_url(args.checkpointer)
     # One limits object: the graph enforces it on every run and the app runs each request within it.
     limits = RouterLimits(max_question_chars=args.max_question_chars, max_steps=args.max_steps,
                           max_step_tokens=args.max_step_tokens, max_budget_flops=args.budget,

@@ -78,7 +78,7 @@ def create_app(graph: Any, *, limits: RouterLimits = SERVER_LIMITS, model_name: 
         if warm_up is not None:
             warm_up.cancel()
 
-    app = FastAPI(title="stepgraph", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app = _LoggedApp(title="stepgraph", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.metrics, app.state.readiness, app.state.admission = metrics, readiness, chat.admission
 
     @app.exception_handler(APIError)
@@ -126,13 +126,21 @@ def create_app(graph: Any, *, limits: RouterLimits = SERVER_LIMITS, model_name: 
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
         return await chat.create(req, request.headers)
 
-    # Outermost first: the request id and access line, CORS (preflights need no key), then the key and body checks.
+    # Outermost first: (the request id and access line, see _LoggedApp), CORS (preflights need no key),
+    # then the key and body checks.
     app.add_middleware(ServerGuard, api_key=api_key, max_body_bytes=max_body_bytes, protected=("/v1/",))
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["x-request-id"])
-    app.add_middleware(RequestLog, metrics=metrics)
     return app
+
+
+class _LoggedApp(FastAPI):
+    """``RequestLog`` outside even Starlette's error middleware, so a 500 also carries its request id."""
+
+    def build_middleware_stack(self) -> Any:
+        stack: Any = super().build_middleware_stack()  # a Starlette ASGI app (its scope type is a MutableMapping)
+        return RequestLog(stack, self.state.metrics)
 
 
 def load_graph(config: Path | None = None, limits: RouterLimits | None = None) -> Any:
