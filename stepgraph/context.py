@@ -66,6 +66,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "max_step_tokens": (lambda v: _integer(v) and v >= 1, "an integer ≥ 1"),
     "difficulty": (lambda v: v is None or (_number(v) and 0 <= v <= 1), "a number in [0, 1], or null"),
     "stick_after": (lambda v: v is None or (_integer(v) and v >= 1), "an integer ≥ 1, or null for never"),
+    "max_answer_tokens": (lambda v: v is None or (_integer(v) and v >= 1), "an integer ≥ 1, or null for no limit"),
 }
 
 
@@ -99,6 +100,7 @@ class RouterContext:
     max_step_tokens: int = field(default=64, metadata={"description": "Token limit of one step (≥ 1); a step cut at the limit is kept and flagged truncated."})
     difficulty: float | None = field(default=None, metadata={"description": "Optional difficulty estimate in [0, 1] passed to the gate as a feature."})
     stick_after: int | None = field(default=None, metadata={"description": "After this many escalated steps in a row the router is out of its depth: later steps are written by the strongest tier without drafts (None: never)."})
+    max_answer_tokens: int | None = field(default=None, metadata={"description": "Token limit of the whole run, regenerations included (≥ 1; None: none): each call generates at most what is left."})
 
     @field_validator("*", mode="before")
     @classmethod

@@ -84,8 +84,21 @@ class RoutingNodes:
         question = state.get("task_prompt") or question  # a decomposer's plan rides along with the question
         accepted = [s["text"] for s in state.get("steps", [])]
         settings = {"temperature": context.temperature, "seed": call_seed(context.seed, len(accepted), tier),
-                    "max_tokens": context.max_step_tokens}
+                    "max_tokens": self._token_allowance(state, context)}
         return self.tiers[tier], question, accepted, settings
+
+    @staticmethod
+    def _tokens_left(state: RouterState, context: RouterContext) -> int | None:
+        """What the run's token limit leaves (None: no limit)."""
+        if context.max_answer_tokens is None:
+            return None
+        return max(0, context.max_answer_tokens - int(total_costs(state.get("costs", {}))["output_tokens"]))
+
+    def _token_allowance(self, state: RouterState, context: RouterContext) -> int:
+        """This call's token limit: the step limit, lowered to what the run's token limit leaves (at least 1;
+        the gate does not escalate once nothing is left, and the caller ends the run)."""
+        left = self._tokens_left(state, context)
+        return context.max_step_tokens if left is None else max(1, min(context.max_step_tokens, left))
 
     @staticmethod
     @contextmanager
@@ -208,7 +221,8 @@ class RoutingNodes:
         tier = state["candidate_tier"]
         if state.get("candidate") is None:  # stopped at the context limit: nothing to decide
             return {"decision": None}
-        if tier >= len(self.tiers) - 1:  # nothing stronger to escalate to
+        if tier >= len(self.tiers) - 1 or self._tokens_left(state, self.context(runtime)) == 0:
+            # nothing stronger to escalate to, or no tokens left to regenerate with
             decision = {"escalate": False, "score": None, "mu_escalate": None}
         else:
             gate = self.gate_for(self.context(runtime))

@@ -304,6 +304,7 @@ def test_context_fields_read_a_dataclass_and_a_pydantic_router_context(monkeypat
         max_step_tokens: int = 64
         difficulty: float | None = None
         stick_after: int | None = None
+        max_answer_tokens: int | None = None
         tags: list[str] = Field(default_factory=list)
 
     monkeypatch.setattr(settings, "RouterContext", PydanticContext)

@@ -91,6 +91,12 @@ def test_compose_file_is_valid_for_docker_compose(tmp_path):
     missing = subprocess.run([tool, "-f", str(DEPLOY / "compose.yaml"), "config"], check=False, capture_output=True, text=True,
                              env={k: v for k, v in env.items() if k != "POSTGRES_PASSWORD"}, cwd=tmp_path, timeout=60)
     assert missing.returncode != 0 and "POSTGRES_PASSWORD" in missing.stderr
+    # The routers share their conversations in PostgreSQL (no password in the URL: PGPASSWORD) and are
+    # healthy only once /ready says so.
+    for service in ("router-1", "router-2"):
+        block = re.split(r"\n {0,2}(?=\S)", done.stdout.split(f"\n  {service}:\n")[1])[0]  # up to the next service
+        assert "--checkpointer" in block and "postgresql://stepgraph@postgres:5432/stepgraph" in block
+        assert "8000/ready" in block
     # Every router replica is behind the balancer.
     nginx = (DEPLOY / "nginx.conf").read_text()
     assert all(f"server {name}:8000" in nginx for name in ("router-1", "router-2"))

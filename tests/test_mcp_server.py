@@ -70,15 +70,19 @@ def test_sdk_client_session_over_stdio():
     assert field(results["after_errors"], "structured_content", "structuredContent")["answer"] == out["answer"]
 
 
-def test_streamable_http_transport(tmp_path):
+def test_streamable_http_transport_with_an_api_key(tmp_path):
+    import httpx
     from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    key = "mcp-test-key-not-secret"
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = (tmp_path / "server.log").open("w")
     process = subprocess.Popen([SERVER.command, *SERVER.args, "--transport", "streamable-http", "--port", str(port)],
-                               stdout=log, stderr=subprocess.STDOUT, env=SERVER.env)
+                               stdout=log, stderr=subprocess.STDOUT, env={**SERVER.env, "STEPGRAPH_API_KEY": key})
     try:
         deadline = time.time() + 180
         while True:
@@ -88,8 +92,13 @@ def test_streamable_http_transport(tmp_path):
                     break
             time.sleep(0.5)
 
+        refused = httpx.post(f"http://127.0.0.1:{port}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                             headers={"accept": "application/json, text/event-stream"})
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+
         async def call() -> Any:
-            async with streamable_http_client(f"http://127.0.0.1:{port}/mcp") as streams:  # noqa: SIM117 - 1.x yields 3 streams, 2.x 2
+            client = create_mcp_http_client(headers={"Authorization": f"Bearer {key}"})
+            async with client, streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=client) as streams:  # noqa: SIM117 - 1.x yields 3 streams, 2.x 2
                 async with ClientSession(streams[0], streams[1]) as session:
                     await session.initialize()
                     return await session.call_tool("stepwise_reasoner", {"question": PROBLEM.question})
@@ -97,6 +106,7 @@ def test_streamable_http_transport(tmp_path):
         result = asyncio.run(call())
         assert not field(result, "is_error", "isError")
         assert field(result, "structured_content", "structuredContent")["stop_reason"] == "final_answer"
+        assert key not in Path(log.name).read_text()
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -67,7 +67,12 @@ def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "server.log"
     process, url = start_server(log, "--max-concurrent", "4", "--max-queued", "8",
                                 "--max-question-chars", str(MAX_QUESTION_CHARS), "--max-steps", "12")
-    yield url, log
+    readiness = [httpx.get(url + "/ready").status_code]
+    deadline = time.time() + 180
+    while readiness[-1] != 200 and time.time() < deadline:
+        time.sleep(0.5)
+        readiness.append(httpx.get(url + "/ready").status_code)
+    yield url, log, readiness
     stop_server(process)
     assert API_KEY not in log.read_text(), "the API key was logged"
 
@@ -84,6 +89,63 @@ def ask(client: openai.OpenAI, question: str, **kwargs):
 def test_health_and_models(server, client):
     assert httpx.get(server[0] + "/health").json() == {"status": "ok"}
     assert [m.id for m in client.models.list()] == ["stepgraph"]
+
+
+def test_ready_only_after_every_tier_answered_a_warm_up_step(server):
+    # (the 503 while a tier is held is tested in-process: the testbed tiers load in well under a second)
+    assert set(server[2]) <= {503, 200} and server[2][-1] == 200
+    assert "ready: 2 tiers answered a warm-up step" in server[1].read_text()
+    body = httpx.get(server[0] + "/ready").json()
+    assert body["status"] == "ready" and [t["tier"] for t in body["tiers"]] == [0, 1]
+
+
+def test_request_ids_reach_the_sdk_and_every_log_line_with_the_latency(server, client):
+    given = client.chat.completions.with_raw_response.create(
+        model="stepgraph", messages=[{"role": "user", "content": PROBLEMS[0].question}],
+        extra_headers={"x-request-id": "trace-abc-123"})
+    assert given.headers["x-request-id"] == "trace-abc-123" and given.parse()._request_id == "trace-abc-123"
+    made = ask(client, PROBLEMS[0].question)
+    assert made._request_id and made._request_id != "trace-abc-123"
+    time.sleep(0.5)
+    lines = [line for line in server[1].read_text().splitlines() if made._request_id in line]
+    assert len(lines) == 1 and " POST /v1/chat/completions 200 " in lines[0] and lines[0].endswith(" ms")
+    assert '"POST /v1/chat/completions HTTP/1.1" 200' not in server[1].read_text()  # uvicorn's own access log is off
+    metrics = httpx.get(server[0] + "/metrics").text
+    assert 'stepgraph_http_requests_total{method="POST",path="/v1/chat/completions",status="200"}' in metrics
+    assert "stepgraph_generated_flops_total" in metrics and "stepgraph_escalations_total" in metrics
+
+
+def test_a_big_body_without_a_key_gets_401_at_once_and_health_stays_fast(server):
+    port = int(server[0].rsplit(":", 1)[1])
+    size = 60 * 2**20
+    outcomes = {}
+    for auth in ("", f"Authorization: Bearer {API_KEY}\r\n"):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            started = time.monotonic()
+            sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n"
+                         f"Content-Length: {size}\r\n\r\n".encode())
+
+            def upload(sock=sock) -> None:
+                try:
+                    for _ in range(60):
+                        sock.sendall(b" " * 2**20)
+                except OSError:
+                    pass  # the server answered and closed: the rest is never read
+
+            uploader = threading.Thread(target=upload)
+            uploader.start()
+            health = []
+            for _ in range(5):
+                t0 = time.monotonic()
+                assert httpx.get(server[0] + "/health", timeout=10).status_code == 200
+                health.append(time.monotonic() - t0)
+            head = sock.recv(200)
+            outcomes[bool(auth)] = (head, time.monotonic() - started, max(health))
+            sock.shutdown(socket.SHUT_RDWR)
+            uploader.join(30)
+    assert outcomes[False][0].startswith(b"HTTP/1.1 401") and outcomes[True][0].startswith(b"HTTP/1.1 413")
+    for _, seconds, slowest_health in outcomes.values():
+        assert seconds < 5 and slowest_health < 1.0
 
 
 def test_invoke_returns_the_routed_answer_with_routing_details(client):
@@ -121,6 +183,9 @@ def test_max_tokens_can_only_lower_the_limits(client):
     assert capped.choices[0].finish_reason == "length"
     assert capped.model_extra["stepgraph"]["stop_reason"] == "max_tokens"
     assert len(capped.model_extra["stepgraph"]["steps"]) == 1
+    # a hard cap: no step generates past what the earlier steps left (not checked only between steps)
+    for cap in (10, 17):
+        assert ask(client, question, max_tokens=cap).usage.completion_tokens <= cap
     # a huge max_tokens changes nothing: the operator's limits stay
     assert ask(client, question, max_tokens=10**9).choices[0].message.content == ask(client, question).choices[0].message.content
 
@@ -236,3 +301,30 @@ def test_example_openai_client_runs():
     done = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, env=env, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "answer: 42" in done.stdout and done.stdout.count("[tier ") == 4
+
+
+def test_a_thread_survives_a_replica_restart_and_moves_to_another_replica(tmp_path, postgres_server):
+    database = postgres_server()
+    first, url_a = start_server(tmp_path / "a.log", "--checkpointer", database)
+    second, url_b = start_server(tmp_path / "b.log", "--checkpointer", database)
+    try:
+        replica_a = openai.OpenAI(base_url=url_a + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+        replica_b = openai.OpenAI(base_url=url_b + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+        asked = ask(replica_a, PROBLEMS[0].question, extra_headers={"x-stepgraph-thread-id": "conversation-1"})
+        assert asked.model_extra["stepgraph"]["thread_id"] == "conversation-1"
+        assert asked.model_extra["stepgraph"]["answers"] == 1
+        stop_server(first)
+        # replica B continues the thread replica A wrote (the `user` field names it too), streaming or not
+        chunks = list(ask(replica_b, PROBLEMS[1].question, user="conversation-1", stream=True))
+        assert chunks[-1].model_extra["stepgraph"] == chunks[-1].model_extra["stepgraph"] | {
+            "thread_id": "conversation-1", "answers": 2}
+        again = ask(replica_b, PROBLEMS[0].question, extra_headers={"x-stepgraph-thread-id": "conversation-1"})
+        assert again.model_extra["stepgraph"]["answers"] == 3
+        assert again.model_extra["stepgraph"]["answer"] == asked.model_extra["stepgraph"]["answer"]
+        other = ask(replica_b, PROBLEMS[0].question)  # no thread id: a new thread of its own
+        assert other.model_extra["stepgraph"]["answers"] == 1 and other.model_extra["stepgraph"]["thread_id"] != "conversation-1"
+        with pytest.raises(openai.BadRequestError):
+            ask(replica_b, PROBLEMS[0].question, user="no spaces please")
+    finally:
+        stop_server(first)
+        stop_server(second)

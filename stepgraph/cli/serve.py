@@ -16,7 +16,7 @@ def add_commands(sub: Any) -> None:
     serve = sub.add_parser(
         "serve", help="OpenAI-compatible HTTP server over the routed graph",
         description="Serve the routed graph as an OpenAI-compatible chat-completions API (GET /v1/models, "
-        "POST /v1/chat/completions with and without stream, GET /health). The limits are the operator's: "
+        "POST /v1/chat/completions with and without stream, GET /health, /ready, /metrics). The limits are the operator's: "
         "a request can lower max_tokens but never raise a limit.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
@@ -38,6 +38,14 @@ def add_commands(sub: Any) -> None:
                        help="requests that may wait for a slot; past that they get 429 (default: %(default)s)")
     serve.add_argument("--shutdown-timeout", type=float, default=30.0,
                        help="on SIGTERM, seconds in-flight requests may finish before they are cancelled (default: %(default)s)")
+    # Operator options (issue 27): body limit, CORS and conversations across replicas.
+    serve.add_argument("--max-body-bytes", type=in_range(int, 1), default=1 << 20,
+                       help="larger request bodies get 413 before they are read (default: %(default)s, 1 MiB)")
+    serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                       help="browser origin allowed by CORS; repeat for more (default: no CORS)")
+    serve.add_argument("--checkpointer", default=None, metavar="URL",
+                       help="postgresql:// URL of LangGraph's Postgres checkpointer: a thread id (x-stepgraph-thread-id "
+                       "header, else the request's 'user') keeps a conversation across replicas (default: none)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                        help="uvicorn log level (default: %(default)s)")
     serve.set_defaults(func=_serve)
@@ -56,17 +64,23 @@ def add_commands(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from stepgraph.integrations.openai import create_app, load_graph, serve
+    from stepgraph.integrations.openai import create_app, load_served, serve
+    from stepgraph.integrations.threads import check_url
 
     check_gate(args.gate, args.config)
+    if args.checkpointer is not None:  # refused before the models load
+        check_url(args.checkpointer)
     # One limits object: the graph enforces it on every run and the app runs each request within it.
     limits = RouterLimits(max_question_chars=args.max_question_chars, max_steps=args.max_steps,
                           max_step_tokens=args.max_step_tokens, max_budget_flops=args.budget,
                           max_concurrent=args.max_concurrent, max_queued=args.max_queued)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    app = create_app(load_graph(args.config, limits), limits=limits, model_name=args.model_name, api_key=api_key,
+    graph, tiers = load_served(args.config, limits)
+    app = create_app(graph, limits=limits, model_name=args.model_name, api_key=api_key,
                      temperature=args.temperature, seed=args.seed, gate=args.gate, sticky=args.sticky,
-                     shutdown_grace=max(0.0, args.shutdown_timeout - 1.0))
+                     shutdown_grace=max(0.0, args.shutdown_timeout - 1.0),
+                     tiers=tiers, max_body_bytes=args.max_body_bytes, cors_origins=args.cors_origin,
+                     checkpointer=args.checkpointer)
     serve(app, host=args.host, port=args.port, shutdown_timeout=args.shutdown_timeout, log_level=args.log_level)
     return 0
 

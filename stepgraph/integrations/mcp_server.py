@@ -113,12 +113,23 @@ def create_server(graph: Any, *, limits: RouterLimits = SERVER_LIMITS, seed: int
 
 
 def run(server: Any, transport: Literal["stdio", "streamable-http"] = "stdio", *, host: str = "127.0.0.1",
-        port: int = 8000) -> None:
-    """Serve until the client closes stdio (or SIGINT/SIGTERM for HTTP)."""
+        port: int = 8000, api_key: str | None = None, max_body_bytes: int = 1 << 20) -> None:
+    """Serve until the client closes stdio (or SIGINT/SIGTERM for HTTP).
+
+    Over HTTP, ``ServerGuard`` checks ``api_key`` (``Authorization: Bearer <key>``, when set) and the
+    body size before the MCP app reads the body, as ``stepgraph serve`` does.
+    """
     if transport == "stdio":
         server.run("stdio")
-    elif hasattr(server, "settings") and hasattr(server.settings, "host"):  # mcp 1.x: host and port are settings
+        return
+    import uvicorn
+
+    from stepgraph.integrations.operations import ServerGuard
+
+    if hasattr(server, "settings") and hasattr(server.settings, "host"):  # mcp 1.x: host and port are settings
         server.settings.host, server.settings.port = host, port
-        server.run("streamable-http")
+        app = server.streamable_http_app()
     else:
-        server.run("streamable-http", host=host, port=port)
+        app = server.streamable_http_app(host=host)
+    guarded = ServerGuard(app, api_key=api_key, max_body_bytes=max_body_bytes, protected=("/mcp",))
+    uvicorn.run(guarded, host=host, port=port, log_level="warning")

@@ -11,7 +11,7 @@ import warnings
 from typing import Any
 
 from stepgraph.context import SERVER_LIMITS, RouterLimits
-from stepgraph.integrations.openai.app import create_app, load_graph, serve
+from stepgraph.integrations.openai.app import create_app, load_graph, load_served, serve
 from stepgraph.integrations.openai.protocol import (
     MAX_TEMPERATURE,
     APIError,
@@ -24,11 +24,11 @@ from stepgraph.integrations.openai.protocol import (
     unsupported_field,
     usage_of,
 )
-from stepgraph.integrations.openai.serving import Admission
+from stepgraph.integrations.openai.serving import Admission, Ticket
 
 __all__ = [
     "MAX_TEMPERATURE", "APIError", "Admission", "ChatCompletionRequest", "ChatMessage", "ServerLimits", "StreamOptions",
-    "create_app", "finish_reason_of", "load_graph", "question_of", "routing_details", "serve", "unsupported_field", "usage_of",
+    "Ticket", "create_app", "finish_reason_of", "load_graph", "load_served", "question_of", "routing_details", "serve", "unsupported_field", "usage_of",
 ]
 
 

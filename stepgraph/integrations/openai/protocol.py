@@ -15,15 +15,16 @@ class APIError(Exception):
     """An error answered in OpenAI's format: ``{"error": {"message", "type", "param", "code"}}``."""
 
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 class ChatMessage(BaseModel):
@@ -64,6 +65,7 @@ class ChatCompletionRequest(BaseModel):
     functions: list[Any] | None = None
     function_call: Any = None
     response_format: dict[str, Any] | None = None
+    user: str | None = None
 
 
 # field -> (value that changes nothing, why it is refused)
@@ -215,12 +217,14 @@ class ChatCompletionChunk(BaseModel):
         return body
 
 
-def completion(base: dict[str, Any], content: str, result: dict[str, Any], stop_reason: str | None) -> dict[str, Any]:
-    """A ``chat.completion`` response body."""
+def completion(base: dict[str, Any], content: str, result: dict[str, Any], stop_reason: str | None,
+               thread: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A ``chat.completion`` response body (``thread``: the conversation's ``thread_id`` and ``answers``, if any)."""
     return ChatCompletionResponse(
         **base, choices=[Choice(message=AssistantMessage(content=content),
                                 finish_reason=finish_reason_of(stop_reason or result.get("stop_reason")))],
-        usage=Usage(**usage_of(result.get("totals", {}))), stepgraph=routing_details(result, stop_reason=stop_reason),
+        usage=Usage(**usage_of(result.get("totals", {}))),
+        stepgraph={**routing_details(result, stop_reason=stop_reason), **(thread or {})},
     ).model_dump()
 
 
@@ -231,10 +235,10 @@ def step_chunk(base: dict[str, Any], step: dict[str, Any], first: bool) -> dict[
 
 
 def final_chunk(base: dict[str, Any], result: dict[str, Any], stop_reason: str | None, *, first: bool,
-                include_usage: bool) -> dict[str, Any]:
+                include_usage: bool, thread: dict[str, Any] | None = None) -> dict[str, Any]:
     """The last chunk: the finish reason, the routing details and (if asked) the usage."""
     choice = ChunkChoice(delta=Delta(role="assistant" if first else None),
                          finish_reason=finish_reason_of(stop_reason or result.get("stop_reason")))
     usage = Usage(**usage_of(result.get("totals", {}))) if include_usage else None
-    return ChatCompletionChunk(**base, choices=[choice], stepgraph=routing_details(result, stop_reason=stop_reason),
-                               usage=usage).wire()
+    return ChatCompletionChunk(**base, choices=[choice], usage=usage,
+                               stepgraph={**routing_details(result, stop_reason=stop_reason), **(thread or {})}).wire()
