@@ -145,7 +145,7 @@ def test_a_big_body_without_a_key_gets_401_at_once_and_health_stays_fast(server)
             uploader.join(30)
     assert outcomes[False][0].startswith(b"HTTP/1.1 401") and outcomes[True][0].startswith(b"HTTP/1.1 413")
     for _, seconds, slowest_health in outcomes.values():
-        assert seconds < 5 and slowest_health < 1.0
+        assert seconds < 5 and slowest_health < 2.0  # the old server stalled /health for about 3 s
 
 
 def test_invoke_returns_the_routed_answer_with_routing_details(client):
