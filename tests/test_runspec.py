@@ -66,3 +66,17 @@ def test_the_server_builds_a_run_specs_graph_without_importing_training(tmp_path
 def test_the_runtime_loader_leaves_exactly_the_tables_training_adds():
     added = set(stepgraph.training.spec.RunSpec.model_fields) - set(RuntimeSpec.model_fields)
     assert added == set(runspec.TRAINING_TABLES)
+
+
+def test_the_former_load_gate_still_builds_the_specs_gate_with_a_deprecation_warning():
+    import pytest
+    from stepgraph.training.calibration.calibrate import load_gate
+
+    from stepgraph.gates import AlwaysDraftGate
+
+    class Spec:
+        def build_gate(self, tiers):
+            return AlwaysDraftGate()
+
+    with pytest.warns(DeprecationWarning, match="spec.build_gate"):
+        assert isinstance(load_gate(Spec(), None), AlwaysDraftGate)

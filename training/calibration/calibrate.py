@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,3 +240,10 @@ def save_gate(out: Path, family: str, options: Mapping[str, Any], *, tiers: Sequ
                 "tiers": list(tiers), "calibration": dict(calibration)}
     (out / GATE_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
+
+
+def load_gate(spec: Any, tiers: Sequence[Any] | None = None) -> Gate:
+    """Deprecated: the run spec builds its own gate, ``spec.build_gate(tiers)``."""
+    warnings.warn("stepgraph.training.calibrate.load_gate(spec, tiers) is deprecated; call spec.build_gate(tiers).",
+                  DeprecationWarning, stacklevel=2)
+    return spec.build_gate(tiers)  # type: ignore[no-any-return]
