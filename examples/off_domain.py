@@ -12,9 +12,9 @@ alone, off domain and on the in-domain test split.
 from __future__ import annotations
 
 from stepgraph.context import RouterContext
-from stepgraph.gates import AlwaysDraftGate
 from stepgraph.graph import build_graph
 from stepgraph.integrations.studio import default_graph
+from stepgraph.routing.gates import AlwaysDraftGate
 from stepgraph.testbed import load_pair, task
 
 OFF_DOMAIN = [

@@ -19,6 +19,8 @@ import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
+from stepgraph import _moved
+
 try:
     __version__ = version("stepgraph")
 except PackageNotFoundError:  # running from a source tree that was never installed
@@ -31,25 +33,25 @@ _EXPORTS: dict[str, str] = {
     "RoutingGraph": "stepgraph.graph",
     "RouterContext": "stepgraph.context",
     "RouterLimits": "stepgraph.context",
-    "RouterState": "stepgraph.state",
-    "InputState": "stepgraph.state",
-    "OutputState": "stepgraph.state",
-    "Step": "stepgraph.state",
-    "Prices": "stepgraph.costs",
+    "RouterState": "stepgraph.graph.state",
+    "InputState": "stepgraph.graph.state",
+    "OutputState": "stepgraph.graph.state",
+    "Step": "stepgraph.graph.state",
+    "Prices": "stepgraph.models.costs",
     # gates
-    "Gate": "stepgraph.gates",
-    "GateInput": "stepgraph.gates",
-    "GateDecision": "stepgraph.gates",
-    "GATES": "stepgraph.gates",
-    "make_gate": "stepgraph.gates",
+    "Gate": "stepgraph.routing.gates",
+    "GateInput": "stepgraph.routing.gates",
+    "GateDecision": "stepgraph.routing.gates",
+    "GATES": "stepgraph.routing.gates",
+    "make_gate": "stepgraph.routing.gates",
     "resolve_gate": "stepgraph.testbed.defaults",
-    "AlwaysDraftGate": "stepgraph.gates",
-    "AlwaysTargetGate": "stepgraph.gates",
-    "RandomGate": "stepgraph.gates",
-    "ConfidenceThresholdGate": "stepgraph.gates",
-    "StepwiseGMMGate": "stepgraph.gates",
-    "PolicyGate": "stepgraph.gates",
-    "ExploringGate": "stepgraph.gates",
+    "AlwaysDraftGate": "stepgraph.routing.gates",
+    "AlwaysTargetGate": "stepgraph.routing.gates",
+    "RandomGate": "stepgraph.routing.gates",
+    "ConfidenceThresholdGate": "stepgraph.routing.gates",
+    "StepwiseGMMGate": "stepgraph.routing.gates",
+    "PolicyGate": "stepgraph.routing.gates",
+    "ExploringGate": "stepgraph.routing.gates",
     # models
     "StepModel": "stepgraph.models.base",
     "AsyncStepModel": "stepgraph.models.base",
@@ -62,7 +64,7 @@ _EXPORTS: dict[str, str] = {
     "load_pair": "stepgraph.testbed",
     "close_pair": "stepgraph.testbed",
     # query-level routing (RADAR)
-    "RadarRouter": "stepgraph.radar",
+    "RadarRouter": "stepgraph.routing.radar",
     # integrations
     "ChatStepRouter": "stepgraph.integrations.chat_model",
     "routed_reasoning_tool": "stepgraph.integrations.tool",
@@ -76,6 +78,23 @@ _EXPORTS: dict[str, str] = {
     "ConfigError": "stepgraph.errors",
     "TraceStoreError": "stepgraph.errors",
 }
+
+# Modules of earlier releases, now in the layer subpackages; the old paths import with a DeprecationWarning.
+_MOVED = {
+    "stepgraph.nodes": "stepgraph.graph.nodes",
+    "stepgraph.state": "stepgraph.graph.state",
+    "stepgraph.decompose": "stepgraph.graph.decompose",
+    "stepgraph.gates": "stepgraph.routing.gates",
+    "stepgraph.allocator": "stepgraph.routing.allocator",
+    "stepgraph.allocator_file": "stepgraph.routing.learned_allocator",
+    "stepgraph.radar": "stepgraph.routing.radar",
+    "stepgraph.policy": "stepgraph.artifacts.policy",
+    "stepgraph.tiers": "stepgraph.artifacts.tiers",
+    "stepgraph.costs": "stepgraph.models.costs",
+    "stepgraph.overhead": "stepgraph.benchmarks.overhead",
+    "stepgraph.throughput": "stepgraph.benchmarks.throughput",
+}
+_moved.install(_MOVED)
 
 __all__ = [
     "GATES",
@@ -140,7 +159,6 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static type checkers and IDEs see the real names
     from stepgraph.context import RouterContext, RouterLimits
-    from stepgraph.costs import Prices
     from stepgraph.errors import (
         BadQuestionError,
         ConfigError,
@@ -151,7 +169,16 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the real names
         StepgraphError,
         TraceStoreError,
     )
-    from stepgraph.gates import (
+    from stepgraph.graph import RoutingGraph, build_graph
+    from stepgraph.graph.state import InputState, OutputState, RouterState, Step
+    from stepgraph.integrations.chat_model import ChatStepRouter
+    from stepgraph.integrations.tool import routed_reasoning_tool
+    from stepgraph.models.base import AsyncStepModel, StepModel, StepOutput, agenerate
+    from stepgraph.models.chat import ChatStepModel
+    from stepgraph.models.costs import Prices
+    from stepgraph.models.local import TransformersStepModel
+    from stepgraph.models.vllm_engine import VLLMStepModel, count_parameters
+    from stepgraph.routing.gates import (
         GATES,
         AlwaysDraftGate,
         AlwaysTargetGate,
@@ -165,14 +192,6 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the real names
         StepwiseGMMGate,
         make_gate,
     )
-    from stepgraph.graph import RoutingGraph, build_graph
-    from stepgraph.integrations.chat_model import ChatStepRouter
-    from stepgraph.integrations.tool import routed_reasoning_tool
-    from stepgraph.models.base import AsyncStepModel, StepModel, StepOutput, agenerate
-    from stepgraph.models.chat import ChatStepModel
-    from stepgraph.models.local import TransformersStepModel
-    from stepgraph.models.vllm_engine import VLLMStepModel, count_parameters
-    from stepgraph.radar import RadarRouter
-    from stepgraph.state import InputState, OutputState, RouterState, Step
+    from stepgraph.routing.radar import RadarRouter
     from stepgraph.testbed import close_pair, load_pair
     from stepgraph.testbed.defaults import resolve_gate

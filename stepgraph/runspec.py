@@ -24,12 +24,12 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from stepgraph.context import RouterContext
-from stepgraph.costs import Prices
 from stepgraph.errors import ConfigError
-from stepgraph.gates import AlwaysDraftGate, AlwaysTargetGate, ConfidenceThresholdGate, RandomGate
-from stepgraph.gates.base import Gate
-from stepgraph.gates.calibrated import GATE_FILE, load_gate_artifact
 from stepgraph.models.base import DEFAULT_TEMPERATURE, StepModel
+from stepgraph.models.costs import Prices
+from stepgraph.routing.gates import AlwaysDraftGate, AlwaysTargetGate, ConfidenceThresholdGate, RandomGate
+from stepgraph.routing.gates.base import Gate
+from stepgraph.routing.gates.calibrated import GATE_FILE, load_gate_artifact
 
 DEFAULT_SYSTEM_PROMPT = None  # the shipped testbed models were trained without one
 

@@ -1,4 +1,4 @@
-"""Deprecated: the K-tier policy now lives in ``stepgraph.policy`` with the 2-tier one."""
+"""Deprecated: the K-tier policy now lives in ``stepgraph.artifacts.policy`` with the 2-tier one."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ _MOVED = {"TierPolicyArtifact", "TierPolicyNetwork", "TierManifest", "tier_input
 def __getattr__(name: str) -> Any:
     if name not in _MOVED:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(f"stepgraph.tier_policy.{name} is deprecated: import it from stepgraph.policy.", DeprecationWarning,
+    warnings.warn(f"stepgraph.tier_policy.{name} is deprecated: import it from stepgraph.artifacts.policy.", DeprecationWarning,
                   stacklevel=2)
     from stepgraph import policy
 

@@ -16,7 +16,10 @@ from stepgraph.training.learning.allocator import (
 )
 from stepgraph.training.learning.cpo import CPOArgs
 
-from stepgraph.allocator import (
+from stepgraph.errors import PolicyFileError
+from stepgraph.features import CONFIDENCE_SCHEMA
+from stepgraph.graph import build_graph
+from stepgraph.routing.allocator import (
     ALLOCATOR_SCHEMA,
     Allocation,
     Allocator,
@@ -26,11 +29,14 @@ from stepgraph.allocator import (
     allocator_observation,
     tier_from_probabilities,
 )
-from stepgraph.allocator_file import MANIFEST_FILE, WEIGHTS_FILE, AllocatorArtifact, AllocatorNetwork, LearnedAllocator
-from stepgraph.errors import PolicyFileError
-from stepgraph.features import CONFIDENCE_SCHEMA
-from stepgraph.gates import AlwaysDraftGate, ConfidenceThresholdGate
-from stepgraph.graph import build_graph
+from stepgraph.routing.gates import AlwaysDraftGate, ConfidenceThresholdGate
+from stepgraph.routing.learned_allocator import (
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    AllocatorArtifact,
+    AllocatorNetwork,
+    LearnedAllocator,
+)
 from tests.scripted import ScriptedModel
 
 TIERS = [{"name": "draft", "parameters": 100}, {"name": "target", "parameters": 1000}]

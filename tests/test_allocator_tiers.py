@@ -22,13 +22,13 @@ from stepgraph.training.learning.allocator_tiers import (
 from stepgraph.training.learning.cpo import CPOArgs
 from test_cpo_tiers import FLOPS, TIERS, step
 
-from stepgraph.allocator import ALLOCATOR_SCHEMA, AllocatorInput, allocator_observation
-from stepgraph.allocator_file import AllocatorArtifact, AllocatorNetwork, LearnedAllocator
+from stepgraph.artifacts.policy import TierPolicyArtifact, TierPolicyNetwork
 from stepgraph.errors import ConfigError, PolicyFileError
 from stepgraph.features import CONFIDENCE_SCHEMA
-from stepgraph.gates import ConfidenceThresholdGate, PolicyGate
-from stepgraph.gates import PolicyGate as TierPolicyGate
-from stepgraph.policy import TierPolicyArtifact, TierPolicyNetwork
+from stepgraph.routing.allocator import ALLOCATOR_SCHEMA, AllocatorInput, allocator_observation
+from stepgraph.routing.gates import ConfidenceThresholdGate, PolicyGate
+from stepgraph.routing.gates import PolicyGate as TierPolicyGate
+from stepgraph.routing.learned_allocator import AllocatorArtifact, AllocatorNetwork, LearnedAllocator
 
 N = len(ALLOCATOR_SCHEMA.names)
 

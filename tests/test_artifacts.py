@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from stepgraph.allocator_file import AllocatorArtifact, AllocatorNetwork
+from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork, TierPolicyArtifact, TierPolicyNetwork
 from stepgraph.errors import PolicyFileError
 from stepgraph.features import CONFIDENCE_SCHEMA, FEATURE_SCHEMA, observe
-from stepgraph.gates import PolicyGate
-from stepgraph.gates.base import GateInput
 from stepgraph.models.base import StepOutput
-from stepgraph.policy import PolicyArtifact, PolicyNetwork, TierPolicyArtifact, TierPolicyNetwork
-from stepgraph.radar import Configuration, DifficultyRegressor, RadarManifest, RadarRouter
+from stepgraph.routing.gates import PolicyGate
+from stepgraph.routing.gates.base import GateInput
+from stepgraph.routing.learned_allocator import AllocatorArtifact, AllocatorNetwork
+from stepgraph.routing.radar import Configuration, DifficultyRegressor, RadarManifest, RadarRouter
 
 N = len(CONFIDENCE_SCHEMA.names)
 TIERS = [{"name": "draft", "parameters": 10}, {"name": "target", "parameters": 20}]
@@ -139,7 +139,7 @@ def test_a_sampled_token_logprob_of_minus_inf_escalates_with_the_reason():
 
 @pytest.mark.parametrize(("module", "name"), [("stepgraph.tier_policy", "TierPolicyArtifact"),
                                               ("stepgraph.tier_policy", "TierPolicyNetwork"),
-                                              ("stepgraph.gates.tier_policy_gate", "TierPolicyGate")])
+                                              ("stepgraph.routing.gates.tier_policy_gate", "TierPolicyGate")])
 def test_the_former_k_tier_modules_are_deprecated_aliases(module, name):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

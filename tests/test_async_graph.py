@@ -8,10 +8,10 @@ from scripted import ScriptedModel
 from test_chat_backend import ScriptedChat
 
 from stepgraph.context import RouterContext
-from stepgraph.gates import AlwaysDraftGate, AlwaysTargetGate
 from stepgraph.graph import build_graph
 from stepgraph.models.base import AsyncStepModel, StepModel
 from stepgraph.models.chat import ChatStepModel
+from stepgraph.routing.gates import AlwaysDraftGate, AlwaysTargetGate
 
 SOLUTION = ["12+7=19", "19-5=14", "\\boxed{14}"]
 QUESTIONS = [f"Ann has {12 + i} coins. She gets 7 more. She gives away 5. How many coins does she have?" for i in range(16)]

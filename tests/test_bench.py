@@ -14,10 +14,10 @@ from stepgraph.training.collection.verifiers import TestbedVerifier
 from stepgraph.training.data.records import Episode, StepRecord
 
 from stepgraph.features import CONFIDENCE_SCHEMA
-from stepgraph.gates.base import Gate, GateInput
-from stepgraph.gates.judges import JudgeGate, OracleGate, ProcessRewardGate
 from stepgraph.graph import build_graph
 from stepgraph.models.base import StepOutput
+from stepgraph.routing.gates.base import Gate, GateInput
+from stepgraph.routing.gates.judges import JudgeGate, OracleGate, ProcessRewardGate
 from stepgraph.testbed import load_pair, task
 
 PROBLEM = task.generate("test", 1, seed=3)[0]
@@ -278,7 +278,7 @@ def test_exact_sweep_agrees_with_running_the_gate_at_each_threshold():
     from stepgraph.training.calibration.tuning import Tunable, breakpoint_thresholds, critical_feature, evaluate, sweep
     from stepgraph.training.collection.runs import add_coverage, run_gate
 
-    from stepgraph.gates import AlwaysTargetGate, ConfidenceThresholdGate
+    from stepgraph.routing.gates import AlwaysTargetGate, ConfidenceThresholdGate
 
     tiers, items = load_pair(), make_items("calibration", 5, seed=11)
     target = run_gate(tiers, AlwaysTargetGate(), items, seed=0, progress=False)
@@ -297,7 +297,7 @@ def test_bench_with_scripted_tiers_and_no_verifier_notes_the_missing_oracle():
     """The whole bench on scripted tiers (no weights): every tuning row, the comparisons, and the notes."""
     from stepgraph.training.collection.collect import Item
 
-    from stepgraph.gates import ConfidenceThresholdGate
+    from stepgraph.routing.gates import ConfidenceThresholdGate
 
     # The draft slips on the first step (low confidence) of odd problems only: scripted per question.
     class Draft(ScriptedModel):
@@ -334,7 +334,7 @@ def test_sweep_on_threads_finds_the_same_pieces_as_one_thread():
     from stepgraph.training.calibration.tuning import Tunable, critical_feature, sweep
     from stepgraph.training.collection.collect import Item
 
-    from stepgraph.gates import ConfidenceThresholdGate
+    from stepgraph.routing.gates import ConfidenceThresholdGate
 
     tiers = [ScriptedModel("d", 100, ["1+1=3", "\\boxed{3}"], confidence=[4.0, 12.0]),
              ScriptedModel("t", 800, ["1+1=2", "\\boxed{2}"])]

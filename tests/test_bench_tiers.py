@@ -13,10 +13,10 @@ from stepgraph.training.calibration.live_kappa import with_live_kappa
 from stepgraph.training.calibration.tuning import Piece
 from stepgraph.training.collection.collect import Item
 
-from stepgraph.allocator import FixedAllocator
+from stepgraph.artifacts.policy import TierPolicyArtifact, TierPolicyNetwork
 from stepgraph.features import CONFIDENCE_SCHEMA
-from stepgraph.gates import AlwaysDraftGate
-from stepgraph.policy import TierPolicyArtifact, TierPolicyNetwork
+from stepgraph.routing.allocator import FixedAllocator
+from stepgraph.routing.gates import AlwaysDraftGate
 
 STEPS = ["She has 12 coins.", "12 + 8 = 20.", "\\boxed{20}"]
 

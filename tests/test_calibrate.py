@@ -18,9 +18,9 @@ from stepgraph.training.collection.verifiers import RolloutVerifier, TestbedVeri
 from stepgraph.training.data.records import Episode, StepRecord
 from stepgraph.training.learning import cpo
 
+from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork
 from stepgraph.errors import ConfigError, PolicyFileError
 from stepgraph.features import CONFIDENCE_SCHEMA
-from stepgraph.policy import PolicyArtifact, PolicyNetwork
 from stepgraph.testbed import load_pair, task
 
 

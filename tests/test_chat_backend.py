@@ -11,9 +11,9 @@ from pydantic import Field
 
 from stepgraph.context import RouterContext
 from stepgraph.errors import ModelOutputError
-from stepgraph.gates import ConfidenceThresholdGate
 from stepgraph.graph import build_graph
 from stepgraph.models.chat import ChatStepModel, is_transient
+from stepgraph.routing.gates import ConfidenceThresholdGate
 
 QUESTION = "Ann has 12 coins. She gets 7 more. She gives away 5. How many coins does she have?"
 SOLUTION = ["12+7=19", "19-5=14", "\\boxed{14}"]

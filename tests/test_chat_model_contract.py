@@ -18,12 +18,12 @@ from scripted import ScriptedModel
 
 from stepgraph.context import RouterContext
 from stepgraph.errors import UnsupportedFeatureError
-from stepgraph.gates import AlwaysDraftGate, AlwaysTargetGate, ConfidenceThresholdGate
 from stepgraph.graph import build_graph
 from stepgraph.integrations import settings
 from stepgraph.integrations.chat_model import ChatStepRouter
 from stepgraph.integrations.fingerprint import graph_fingerprint
 from stepgraph.integrations.tool import RoutedQuestion, routed_reasoning_tool
+from stepgraph.routing.gates import AlwaysDraftGate, AlwaysTargetGate, ConfidenceThresholdGate
 
 QUESTION = "Ann has 12 coins. She gets 7 more. She gives away 5. How many coins does she have?"
 SOLUTION = ["12+7=19", "19-5=14", "\\boxed{14}"]
@@ -104,8 +104,8 @@ def test_a_gate_setting_is_in_the_cache_key(cache):
 
 
 def test_a_gate_artifact_is_in_the_fingerprint():
+    from stepgraph.artifacts.tiers import allow_other_tiers
     from stepgraph.testbed.defaults import default_gate_name, resolve_gate
-    from stepgraph.tiers import allow_other_tiers
 
     gate = allow_other_tiers(resolve_gate(default_gate_name()))
     assert hasattr(gate, "artifact"), "the shipped default gate is a policy"

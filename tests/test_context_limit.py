@@ -12,9 +12,9 @@ from scripted import ScriptedModel
 from stepgraph.cli import main
 from stepgraph.context import RouterContext
 from stepgraph.errors import BadQuestionError, ContextLimitError
-from stepgraph.gates import AlwaysDraftGate, AlwaysTargetGate
 from stepgraph.graph import build_graph
 from stepgraph.models.chat import ChatStepModel
+from stepgraph.routing.gates import AlwaysDraftGate, AlwaysTargetGate
 from stepgraph.testbed import load_pair
 
 

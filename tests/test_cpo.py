@@ -8,8 +8,8 @@ import torch
 from stepgraph.training.data.records import Episode, StepRecord
 from stepgraph.training.learning import cpo
 
+from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork
 from stepgraph.features import CONFIDENCE_SCHEMA, FEATURE_SCHEMA
-from stepgraph.policy import PolicyArtifact, PolicyNetwork
 
 
 def _episode(rng: random.Random, i: int, behaviour_eps: float = 0.5) -> Episode:

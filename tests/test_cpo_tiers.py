@@ -20,9 +20,9 @@ from stepgraph.training.learning.cpo_tiers import (
     walk_miss,
 )
 
+from stepgraph.artifacts.policy import TierPolicyArtifact, TierPolicyNetwork
 from stepgraph.errors import ConfigError
 from stepgraph.features import CONFIDENCE_SCHEMA
-from stepgraph.policy import TierPolicyArtifact, TierPolicyNetwork
 
 TIERS = [{"name": "small", "parameters": 1}, {"name": "mid", "parameters": 3}, {"name": "large", "parameters": 10}]
 FLOPS = [1.0, 3.0, 10.0]
@@ -178,7 +178,7 @@ def test_collection_records_every_tiers_step_and_verdict_and_old_traces_still_re
     from scripted import ScriptedModel
     from stepgraph.training.collection.collect import Item, collect_episode
 
-    from stepgraph.gates import AlwaysDraftGate
+    from stepgraph.routing.gates import AlwaysDraftGate
 
     models = [ScriptedModel("small", 1, ["bad 1", "\\boxed{1}"]), ScriptedModel("mid", 3, ["good 1", "\\boxed{1} good"]),
               ScriptedModel("large", 10, ["good one", "\\boxed{1} good"])]

@@ -2,10 +2,10 @@
 
 import pytest
 
-from stepgraph.allocator import FixedAllocator
-from stepgraph.decompose import Decomposer, parse_plan, task_prompt
-from stepgraph.gates import AlwaysDraftGate
 from stepgraph.graph import build_graph
+from stepgraph.graph.decompose import Decomposer, parse_plan, task_prompt
+from stepgraph.routing.allocator import FixedAllocator
+from stepgraph.routing.gates import AlwaysDraftGate
 from tests.scripted import ScriptedModel
 
 QUESTION = "Ann has 3 coins. She gets 2 more, then doubles them. How many coins does she have?"

@@ -26,15 +26,15 @@ from stepgraph.training.data.records import Episode, StepRecord
 from stepgraph.training.data.store import TraceStore
 from stepgraph.training.learning.cpo import CPOArgs
 
+from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork
 from stepgraph.cli import main
 from stepgraph.defaults import API_ONLY_POLICY_DIR, DEFAULT_POLICY_DIR, LOGITS_ONLY_POLICY_DIR
 from stepgraph.errors import ConfigError, PolicyFileError, TraceStoreError
 from stepgraph.features import CONFIDENCE_SCHEMA, FEATURE_SCHEMA
-from stepgraph.gates import AlwaysDraftGate, ConfidenceThresholdGate, ExploringGate, PolicyGate, RandomGate
-from stepgraph.gates.base import Gate, GateInput
 from stepgraph.graph import build_graph
 from stepgraph.models.base import StepOutput
-from stepgraph.policy import PolicyArtifact, PolicyNetwork
+from stepgraph.routing.gates import AlwaysDraftGate, ConfidenceThresholdGate, ExploringGate, PolicyGate, RandomGate
+from stepgraph.routing.gates.base import Gate, GateInput
 
 N = len(CONFIDENCE_SCHEMA.names)
 STEP = StepOutput("1+1=2", ["1"], [9.0], [[("1", -0.1)]], 10, 0, 1, False, "m")

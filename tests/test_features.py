@@ -6,7 +6,6 @@ import time
 import pytest
 
 from stepgraph.answers import extract_boxed, is_correct
-from stepgraph.costs import Prices, add_costs, call_cost, total_costs
 from stepgraph.features import (
     CONFIDENCE_SCHEMA,
     FEATURE_SCHEMA,
@@ -23,6 +22,7 @@ from stepgraph.features import (
     ungrounded_operands,
 )
 from stepgraph.models.base import StepOutput
+from stepgraph.models.costs import Prices, add_costs, call_cost, total_costs
 
 
 @pytest.mark.parametrize("token", ["7", "12", "+", "=", "\\boxed", "{", "}", " 3", "Ġ42", "\\frac", "(", "3.5", "-"])

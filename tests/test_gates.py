@@ -7,9 +7,11 @@ import random
 import pytest
 import torch
 
+from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork
 from stepgraph.errors import PolicyFileError
 from stepgraph.features import CONFIDENCE_SCHEMA
-from stepgraph.gates import (
+from stepgraph.models.base import StepOutput
+from stepgraph.routing.gates import (
     ALIASES,
     GATES,
     REGISTERED,
@@ -22,10 +24,8 @@ from stepgraph.gates import (
     StepwiseGMMGate,
     make_gate,
 )
-from stepgraph.gates.base import GateInput
-from stepgraph.gates.steer import Mixture, fit_mixture
-from stepgraph.models.base import StepOutput
-from stepgraph.policy import PolicyArtifact, PolicyNetwork
+from stepgraph.routing.gates.base import GateInput
+from stepgraph.routing.gates.steer import Mixture, fit_mixture
 from stepgraph.testbed.defaults import DEFAULT_CONFIDENCE_THRESHOLD, default_gate_name, resolve_gate
 
 STEP = StepOutput("1+1=2", ["1", "+", "1", "=", "2"], [9.0] * 5, [[("1", -0.1)]] * 5, 10, 0, 5, False, "m")
@@ -404,7 +404,7 @@ class _ScriptedJudge:
 
 
 def test_judge_gate_reports_its_cost_in_the_decision():
-    from stepgraph.gates.judges import JudgeGate
+    from stepgraph.routing.gates.judges import JudgeGate
 
     judge = _ScriptedJudge(math.log(0.9))
     decision = JudgeGate(judge, threshold=0.5).decide(GateInput("q", (), STEP, {}, tier=0))
@@ -417,8 +417,8 @@ def test_judging_costs_flow_through_the_state_also_under_batch():
     """Regression: the judge's FLOPs were a counter on the gate, read around each run (wrong under graph.batch)."""
     from scripted import ScriptedModel
 
-    from stepgraph.gates.judges import JudgeGate
     from stepgraph.graph import build_graph
+    from stepgraph.routing.gates.judges import JudgeGate
 
     solution = ["1+1=2", "2+2=4", "\\boxed{4}"]
     tiers = [ScriptedModel("small", 1_000, solution), ScriptedModel("large", 8_000, solution)]

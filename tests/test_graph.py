@@ -6,11 +6,11 @@ from scripted import ScriptedModel
 
 from stepgraph.context import RouterContext
 from stepgraph.errors import BadQuestionError
-from stepgraph.gates import AlwaysDraftGate as NeverGate
-from stepgraph.gates import AlwaysTargetGate as AlwaysGate
-from stepgraph.gates.base import Gate, GateInput
 from stepgraph.graph import build_graph
-from stepgraph.nodes import RoutingNodes
+from stepgraph.graph.nodes import RoutingNodes
+from stepgraph.routing.gates import AlwaysDraftGate as NeverGate
+from stepgraph.routing.gates import AlwaysTargetGate as AlwaysGate
+from stepgraph.routing.gates.base import Gate, GateInput
 
 QUESTION = "Ann has 12 coins. She gets 7 more. She gives away 5. How many coins does she have?"
 SOLUTION = ["12+7=19", "19-5=14", "\\boxed{14}"]

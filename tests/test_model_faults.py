@@ -14,8 +14,8 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from stepgraph import BadQuestionError, ModelLoadError, ModelOutputError, RouterContext, build_graph
-from stepgraph.gates import AlwaysDraftGate, ConfidenceThresholdGate
 from stepgraph.models.local import TransformersStepModel, check_tier_tokenizers
+from stepgraph.routing.gates import AlwaysDraftGate, ConfidenceThresholdGate
 from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR, task
 
 QUESTION = task.generate("test", 1, seed=7)[0].question

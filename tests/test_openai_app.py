@@ -11,9 +11,9 @@ from scripted import ScriptedModel
 
 from stepgraph.cli import main
 from stepgraph.context import SERVER_LIMITS
-from stepgraph.gates import AlwaysDraftGate
 from stepgraph.graph import build_graph
 from stepgraph.integrations.openai import create_app
+from stepgraph.routing.gates import AlwaysDraftGate
 
 STEPS = ["1+1=2", "2+2=4", "\\boxed{4}"]
 QUESTION = {"model": "stepgraph", "messages": [{"role": "user", "content": "What is 1+1+2?"}]}

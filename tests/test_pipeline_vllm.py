@@ -16,7 +16,7 @@ from stepgraph.training.data.store import TraceStore
 from stepgraph.training.spec import load_spec
 
 from stepgraph.cli import main
-from stepgraph.gates import AlwaysTargetGate
+from stepgraph.routing.gates import AlwaysTargetGate
 from stepgraph.testbed import task
 
 pytestmark = pytest.mark.integration

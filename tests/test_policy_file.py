@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork
 from stepgraph.errors import PolicyFileError
 from stepgraph.features import CONFIDENCE_SCHEMA, FEATURE_SCHEMA, FeatureSchema
-from stepgraph.gates import PolicyGate
-from stepgraph.gates.base import GateInput
 from stepgraph.models.base import StepOutput
-from stepgraph.policy import PolicyArtifact, PolicyNetwork
+from stepgraph.routing.gates import PolicyGate
+from stepgraph.routing.gates.base import GateInput
 
 STEP = StepOutput("1+1=2", ["1"], [9.0], [[("1", -0.1)]], 10, 0, 1, False, "m")
 
@@ -168,8 +168,8 @@ def test_cli_solve_refuses_the_policy_over_other_models_unless_allowed(capsys, t
 def test_cli_solve_on_three_shipped_tiers_routes_with_the_shipped_3_tier_policy(capsys):
     import json
 
+    from stepgraph.artifacts.policy import TierPolicyArtifact
     from stepgraph.cli import main
-    from stepgraph.policy import TierPolicyArtifact
     from stepgraph.testbed.defaults import THREE_TIER_POLICY_DIR
 
     artifact = TierPolicyArtifact.load(THREE_TIER_POLICY_DIR)
@@ -278,9 +278,9 @@ def test_the_shipped_default_policy_loads_and_routes_on_v2_features():
 
 def test_every_artifact_writer_refuses_a_bad_manifest_or_non_finite_weights_and_writes_nothing(tmp_path):
     """The policy, K-tier policy and allocator share one checked writer (``policy.write_artifact``)."""
-    from stepgraph.allocator import ALLOCATOR_SCHEMA
-    from stepgraph.allocator_file import AllocatorArtifact, AllocatorNetwork
-    from stepgraph.policy import TierPolicyArtifact, TierPolicyNetwork
+    from stepgraph.artifacts.policy import TierPolicyArtifact, TierPolicyNetwork
+    from stepgraph.routing.allocator import ALLOCATOR_SCHEMA
+    from stepgraph.routing.learned_allocator import AllocatorArtifact, AllocatorNetwork
 
     n, tiers = len(CONFIDENCE_SCHEMA.names), [{"name": "d", "parameters": 1}, {"name": "t", "parameters": 2}]
     k = len(ALLOCATOR_SCHEMA.names)

@@ -17,7 +17,14 @@ from stepgraph.training.learning.radar import (
 )
 
 from stepgraph.errors import ConfigError, PolicyFileError
-from stepgraph.radar import Configuration, DifficultyRegressor, QueryEmbedder, RadarManifest, RadarRouter, p_correct
+from stepgraph.routing.radar import (
+    Configuration,
+    DifficultyRegressor,
+    QueryEmbedder,
+    RadarManifest,
+    RadarRouter,
+    p_correct,
+)
 
 
 def simulate(queries: int, configurations: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -232,8 +239,8 @@ def test_run_gate_gives_each_item_its_difficulty() -> None:
     from stepgraph.training.collection.collect import Item
     from stepgraph.training.collection.runs import run_gate
 
-    from stepgraph.gates import AlwaysDraftGate
-    from stepgraph.gates.base import GateInput
+    from stepgraph.routing.gates import AlwaysDraftGate
+    from stepgraph.routing.gates.base import GateInput
 
     seen: list[float | None] = []
 
@@ -270,7 +277,7 @@ def test_radar_cli_lists_its_stages() -> None:
 
 def test_configuration_graph_parts_run_a_tier_alone_or_the_policy() -> None:
     from stepgraph.defaults import DEFAULT_POLICY_DIR
-    from stepgraph.gates import AlwaysDraftGate, PolicyGate
+    from stepgraph.routing.gates import AlwaysDraftGate, PolicyGate
 
     draft, target = object(), object()
     tiers, gate = Configuration(name="t", gate="target").graph_parts([draft, target])
@@ -293,7 +300,7 @@ def test_mid_configuration_runs_the_mid_model_alone_and_the_policy_on_the_pair()
     from stepgraph.training.learning.radar import NEW_CONFIGURATIONS, router_tiers, with_tier_sizes
 
     from stepgraph.defaults import DEFAULT_POLICY_DIR
-    from stepgraph.gates import AlwaysDraftGate, PolicyGate
+    from stepgraph.routing.gates import AlwaysDraftGate, PolicyGate
 
     draft, mid, target = Tier("draft", 10), Tier("mid", 15), Tier("target", 20)
     by_name = {c.name: c for c in with_tier_sizes(NEW_CONFIGURATIONS, [draft, mid, target])}

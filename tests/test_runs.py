@@ -5,7 +5,7 @@ import json
 from stepgraph.training.collection.collect import testbed_items as make_items
 from stepgraph.training.collection.runs import run_gate, run_seed
 
-from stepgraph.gates import AlwaysTargetGate, ConfidenceThresholdGate
+from stepgraph.routing.gates import AlwaysTargetGate, ConfidenceThresholdGate
 from stepgraph.testbed import load_pair
 
 # wall time, and the prefix-cache reuse of a local model, which interleaved runs share (same tokens, other prefill)

@@ -72,7 +72,7 @@ def test_the_former_load_gate_still_builds_the_specs_gate_with_a_deprecation_war
     import pytest
     from stepgraph.training.calibration.calibrate import load_gate
 
-    from stepgraph.gates import AlwaysDraftGate
+    from stepgraph.routing.gates import AlwaysDraftGate
 
     class Spec:
         def build_gate(self, tiers):

@@ -95,19 +95,18 @@ def test_the_cycle_check_finds_a_function_level_cycle(tmp_path):
 
 # The README's "Layout" rows, bottom layer first: a module imports only from its own layer and those before it.
 LAYERS = [
-    {"errors"},
+    {"errors", "answers", "_moved"},
     {"models"},
-    {"features"},
-    {"artifacts", "tiers"},
-    {"gates", "policy", "tier_policy", "allocator", "allocator_file", "radar"},
-    {"graph", "nodes", "state", "context", "costs", "answers", "decompose"},
+    {"features", "context"},
+    {"artifacts"},
+    {"routing", "tier_policy"},
+    {"graph"},
     {"runspec"},
     {"testbed", "defaults"},
     {"integrations"},
-    {"overhead", "throughput"},
+    {"benchmarks"},
     {"cli", "options", "__main__"},
 ]
-UPWARD_EXCEPTIONS = {("stepgraph.radar", "stepgraph.context")}  # RADAR's router builds a RouterContext (models-only record)
 
 
 def _layer(module: str) -> int:
@@ -118,5 +117,24 @@ def _layer(module: str) -> int:
 def test_every_runtime_module_has_a_layer_and_imports_none_above_it():
     upward = sorted((name, m) for name, found in IMPORTS.items() if name != "stepgraph"  # the public API re-exports all
                     for m in found if m in MODULES and m != "stepgraph" and _layer(m) > _layer(name)
-                    and (name, m) not in UPWARD_EXCEPTIONS)
+                   )
     assert upward == []
+
+
+def test_the_runtime_modules_of_earlier_releases_still_import_as_the_moved_module():
+    import importlib
+    import sys
+    import warnings
+
+    from stepgraph import _MOVED
+
+    for old, new in [*_MOVED.items(), ("stepgraph.gates.simple", "stepgraph.routing.gates.simple")]:
+        sys.modules.pop(old, None)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            module = importlib.import_module(old)
+        assert module is importlib.import_module(new), old
+        assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught), old
+    from stepgraph.gates import PolicyGate  # the names below an old package path, too
+
+    assert PolicyGate is importlib.import_module("stepgraph.routing.gates").PolicyGate

@@ -9,8 +9,8 @@ from scripted import ScriptedModel
 from stepgraph.cli import main
 from stepgraph.context import RouterContext, RouterLimits
 from stepgraph.errors import BadQuestionError, ConfigError
-from stepgraph.gates import AlwaysDraftGate
 from stepgraph.graph import build_graph
+from stepgraph.routing.gates import AlwaysDraftGate
 
 QUESTION = "Ann has 12 coins. She gets 7 more. How many coins does she have?"
 

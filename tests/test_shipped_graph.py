@@ -10,8 +10,8 @@ import pytest
 from stepgraph.cli import main
 from stepgraph.context import RouterContext
 from stepgraph.errors import BadQuestionError
-from stepgraph.gates import AlwaysTargetGate, ConfidenceThresholdGate
 from stepgraph.graph import build_graph
+from stepgraph.routing.gates import AlwaysTargetGate, ConfidenceThresholdGate
 from stepgraph.testbed import load_pair, task
 
 

@@ -9,8 +9,8 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from scripted import ScriptedModel
 
 from stepgraph.context import RouterContext
-from stepgraph.gates import AlwaysDraftGate
 from stepgraph.graph import build_graph
+from stepgraph.routing.gates import AlwaysDraftGate
 
 ANN = "Ann has 12 coins. She gets 7 more. She gives away 5. How many coins does she have?"
 ANN_STEPS = ["12+7=19", "19-5=14", "\\boxed{14}"]

@@ -12,8 +12,8 @@ from stepgraph.training.data.store import TraceStore
 
 from stepgraph.cli import main
 from stepgraph.defaults import DEFAULT_POLICY_DIR
-from stepgraph.gates import PolicyGate
-from stepgraph.gates import PolicyGate as TierPolicyGate
+from stepgraph.routing.gates import PolicyGate
+from stepgraph.routing.gates import PolicyGate as TierPolicyGate
 from stepgraph.testbed import DRAFT_MODEL_DIR, MID_MODEL_DIR, TARGET_MODEL_DIR
 
 QUESTION = "Dan has 26 books. He loses 2. He multiplies them by 3. How many books does he have?"  # answer 72

@@ -8,14 +8,14 @@ import pytest
 import torch
 from scripted import ScriptedModel
 
+from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork, TierPolicyArtifact, TierPolicyNetwork
 from stepgraph.errors import PolicyFileError
 from stepgraph.features import CONFIDENCE_SCHEMA, FeatureSchema
-from stepgraph.gates import PolicyGate, make_gate
-from stepgraph.gates import PolicyGate as TierPolicyGate
-from stepgraph.gates.base import GateInput
 from stepgraph.graph import build_graph
 from stepgraph.models.base import StepOutput
-from stepgraph.policy import PolicyArtifact, PolicyNetwork, TierPolicyArtifact, TierPolicyNetwork
+from stepgraph.routing.gates import PolicyGate, make_gate
+from stepgraph.routing.gates import PolicyGate as TierPolicyGate
+from stepgraph.routing.gates.base import GateInput
 
 N = len(CONFIDENCE_SCHEMA.names)
 TIERS = [{"name": "draft", "parameters": 10}, {"name": "mid", "parameters": 40}, {"name": "target", "parameters": 100}]

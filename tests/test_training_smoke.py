@@ -13,9 +13,9 @@ from stepgraph.training.collection.observations import reobserve
 from stepgraph.training.data.store import TraceStore
 
 from stepgraph.cli import main
-from stepgraph.gates import PolicyGate
 from stepgraph.graph import build_graph
 from stepgraph.models.base import StepOutput
+from stepgraph.routing.gates import PolicyGate
 from stepgraph.testbed import load_pair
 
 

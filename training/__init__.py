@@ -8,13 +8,7 @@ verifiers, observations, signals), ``learning`` (CPO, allocator, RADAR fit), ``c
 
 from __future__ import annotations
 
-import importlib
-import importlib.abc
-import importlib.machinery
-import importlib.util
-import sys
-import warnings
-from types import CodeType, ModuleType
+from stepgraph import _moved
 
 # Old flat module name -> its subpackage. `bench` is now the subpackage itself (its module is
 # `bench.bench`), so it has no alias.
@@ -28,45 +22,4 @@ _MOVED: dict[str, str] = {
     **dict.fromkeys(["bench_tiers", "bench_allocator", "bench_radar", "compare", "policy_check"], "bench"),
 }
 
-
-def _new_name(fullname: str) -> str | None:
-    prefix, _, leaf = fullname.rpartition(".")
-    if prefix != __name__ or leaf not in _MOVED:
-        return None
-    return f"{__name__}.{_MOVED[leaf]}.{leaf}"
-
-
-class _AliasLoader(importlib.abc.Loader):
-    """Binds the old name to the moved module itself (one module object, not a copy)."""
-
-    def __init__(self, new: str) -> None:
-        self.new = new
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
-        warnings.warn(
-            f"{spec.name} moved to {self.new}; the old path will be removed", DeprecationWarning, stacklevel=2
-        )
-        return importlib.import_module(self.new)
-
-    def exec_module(self, module: ModuleType) -> None:
-        pass  # already executed under its new name
-
-    def get_code(self, fullname: str) -> CodeType | None:
-        # `python -m stepgraph.training.<old>` runs the moved module's code as __main__.
-        spec = importlib.util.find_spec(self.new)
-        assert spec is not None and isinstance(spec.loader, importlib.abc.InspectLoader)
-        return spec.loader.get_code(self.new)
-
-
-class _AliasFinder(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
-        new = _new_name(fullname)
-        if new is None:
-            return None
-        moved = importlib.util.find_spec(new)
-        origin = moved.origin if moved else None  # runpy sets sys.argv[0] from it
-        return importlib.util.spec_from_loader(fullname, _AliasLoader(new), origin=origin)
-
-
-if not any(isinstance(f, _AliasFinder) for f in sys.meta_path):
-    sys.meta_path.insert(0, _AliasFinder())
+_moved.install({f"{__name__}.{leaf}": f"{__name__}.{package}.{leaf}" for leaf, package in _MOVED.items()})

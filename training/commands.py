@@ -48,8 +48,8 @@ from stepgraph.cli.options import in_range
 from stepgraph.defaults import DEFAULT_POLICY_DIR
 from stepgraph.errors import ConfigError, StepgraphError
 from stepgraph.features import FEATURE_SCHEMA
-from stepgraph.gates import PolicyGate
 from stepgraph.models.base import DEFAULT_TEMPERATURE
+from stepgraph.routing.gates import PolicyGate
 from stepgraph.testbed import BACKENDS, close_pair, load_pair, load_tiers, task
 
 if TYPE_CHECKING:
@@ -255,7 +255,7 @@ def _calibrate_on_runs(args: argparse.Namespace, spec: RunSpec | None, alpha: fl
     from stepgraph.training.calibration.calibrate import save_gate
     from stepgraph.training.calibration.live_kappa import calibrate_kappa, curve_rows, with_live_kappa
 
-    from stepgraph.tiers import describe
+    from stepgraph.artifacts.tiers import describe
 
     if args.gate not in (None, "policy"):
         raise ConfigError(f"--runs calibrates a policy's κ; --gate {args.gate} is calibrated on the stored traces (leave out --runs).")
@@ -348,7 +348,7 @@ def _evaluate_from_spec(spec: RunSpec, args: argparse.Namespace) -> dict:
 def _bench(args: argparse.Namespace) -> dict:
     from stepgraph.training.bench.bench import markdown_table, run_bench, write_outputs
 
-    from stepgraph.costs import Prices
+    from stepgraph.models.costs import Prices
 
     spec = _spec(args)
     if args.tiers == 3:

@@ -35,14 +35,14 @@ def add_commands(sub: Any) -> None:
 
 
 def _overhead(args: argparse.Namespace) -> int:
-    from stepgraph.overhead import measure_overhead
+    from stepgraph.benchmarks.overhead import measure_overhead
 
     print(json.dumps(measure_overhead(n_problems=args.problems, seed=args.seed), indent=2))
     return 0
 
 
 def _throughput(args: argparse.Namespace) -> int:
-    from stepgraph.throughput import markdown_table, run_throughput
+    from stepgraph.benchmarks.throughput import markdown_table, run_throughput
 
     rows = run_throughput(n_problems=args.problems, batches=args.batch, backends=args.backend, seed=args.seed)
     print(markdown_table(rows))

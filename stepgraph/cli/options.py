@@ -10,7 +10,7 @@ from typing import Any
 
 from stepgraph.context import RouterContext, RouterLimits, check_setting
 from stepgraph.errors import ConfigError
-from stepgraph.gates import ALIASES, GATES, canonical_gate_name
+from stepgraph.routing.gates import ALIASES, GATES, canonical_gate_name
 from stepgraph.testbed.defaults import TESTBED_GATE_OPTIONS, default_gate_name
 
 GATE_CHOICES = [*GATES, *ALIASES]

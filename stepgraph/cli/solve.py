@@ -11,7 +11,7 @@ from typing import Any
 from stepgraph.cli.options import add_run_options, context_of, gate_options
 from stepgraph.context import RouterLimits
 from stepgraph.errors import ConfigError, StepgraphError
-from stepgraph.gates import canonical_gate_name
+from stepgraph.routing.gates import canonical_gate_name
 from stepgraph.testbed import DRAFT_MODEL_DIR, MID_MODEL_DIR, TARGET_MODEL_DIR
 from stepgraph.testbed.defaults import THREE_TIER_POLICY_DIR, default_gate_name, resolve_gate
 
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     check_tier_tokenizers(models)
     allocator = None
     if args.allocator is not None:
-        from stepgraph.allocator_file import LearnedAllocator
+        from stepgraph.routing.learned_allocator import LearnedAllocator
 
         allocator = LearnedAllocator.from_path(args.allocator, [{"name": m.name, "parameters": m.n_params} for m in models])
     graph = build_graph(models, gate, allocator=allocator, allow_other_tiers=args.allow_other_tiers)

@@ -89,8 +89,8 @@ STUDIO_GATES = ("confidence-threshold", "never-escalate", "always-escalate")
 
 
 def _graph(name: str, limits: RouterLimits | None) -> Any:
-    from stepgraph.gates import ALIASES
     from stepgraph.graph import build_graph
+    from stepgraph.routing.gates import ALIASES
     from stepgraph.testbed.defaults import default_gate_name, resolve_gate
 
     gates = {gate: resolve_gate(gate) for gate in dict.fromkeys((default_gate_name(), *STUDIO_GATES))}

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from stepgraph.gates import ConfidenceThresholdGate, Gate, PolicyGate, canonical_gate_name, make_gate
+from stepgraph.routing.gates import ConfidenceThresholdGate, Gate, PolicyGate, canonical_gate_name, make_gate
 
 POLICIES_DIR = Path(__file__).parent / "policies"
 DEFAULT_POLICY_DIR = POLICIES_DIR / "default"

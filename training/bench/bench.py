@@ -46,8 +46,9 @@ from stepgraph.training.data.records import Episode
 from tqdm import tqdm
 
 from stepgraph.context import RouterContext
-from stepgraph.costs import Prices
-from stepgraph.gates import (
+from stepgraph.models.base import DEFAULT_TEMPERATURE, StepModel
+from stepgraph.models.costs import Prices
+from stepgraph.routing.gates import (
     AlwaysDraftGate,
     AlwaysTargetGate,
     ConfidenceThresholdGate,
@@ -55,10 +56,9 @@ from stepgraph.gates import (
     RandomGate,
     StepwiseGMMGate,
 )
-from stepgraph.gates.base import Gate
-from stepgraph.gates.judges import JudgeGate, OracleGate, ProcessRewardGate
-from stepgraph.gates.simple import CONFIDENCE_FEATURES
-from stepgraph.models.base import DEFAULT_TEMPERATURE, StepModel
+from stepgraph.routing.gates.base import Gate
+from stepgraph.routing.gates.judges import JudgeGate, OracleGate, ProcessRewardGate
+from stepgraph.routing.gates.simple import CONFIDENCE_FEATURES
 
 GRID = [round(0.1 * i, 1) for i in range(11)]
 METRICS = ("correct", "covered", "flops", "prefill_flops", "usd", "escalation_rate", "seconds")

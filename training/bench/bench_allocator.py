@@ -27,14 +27,14 @@ from stepgraph.training.bench.bench import summarize
 from stepgraph.training.collection.collect import Item, testbed_items
 from stepgraph.training.collection.runs import add_coverage, run_seed
 
-from stepgraph.allocator import Allocator
 from stepgraph.answers import is_correct
 from stepgraph.context import RouterContext
-from stepgraph.costs import Prices
-from stepgraph.gates import AlwaysDraftGate, AlwaysTargetGate
-from stepgraph.gates.base import Gate
 from stepgraph.graph import build_graph
 from stepgraph.models.base import StepModel
+from stepgraph.models.costs import Prices
+from stepgraph.routing.allocator import Allocator
+from stepgraph.routing.gates import AlwaysDraftGate, AlwaysTargetGate
+from stepgraph.routing.gates.base import Gate
 
 EXTRA_METRICS = ("draft_calls", "draft_calls_saved", "sent_up_rate")
 
@@ -124,9 +124,9 @@ def markdown_table(report: Mapping[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Bench a trained allocator on the testbed's test split against the shipped (or a given) policy."""
-    from stepgraph.allocator_file import LearnedAllocator
     from stepgraph.defaults import DEFAULT_POLICY_DIR
-    from stepgraph.gates import PolicyGate
+    from stepgraph.routing.gates import PolicyGate
+    from stepgraph.routing.learned_allocator import LearnedAllocator
     from stepgraph.testbed import load_pair
 
     parser = argparse.ArgumentParser(description=main.__doc__)

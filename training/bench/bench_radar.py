@@ -37,9 +37,9 @@ from stepgraph.training.learning.radar import (
 )
 
 from stepgraph.context import RouterContext
-from stepgraph.gates import PolicyGate
 from stepgraph.models.base import DEFAULT_TEMPERATURE
-from stepgraph.radar import Configuration, QueryEmbedder, RadarRouter
+from stepgraph.routing.gates import PolicyGate
+from stepgraph.routing.radar import Configuration, QueryEmbedder, RadarRouter
 
 ROUTERS = {"query": "RADAR (query-level: tiers alone, budgets)", "hierarchical": "RADAR → stepwise policy",
            "all": "RADAR over all configurations"}

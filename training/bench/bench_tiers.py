@@ -53,12 +53,12 @@ from stepgraph.training.data.store import TraceStore
 from stepgraph.training.learning.cpo_tiers import TierCPOArgs, train_tier_policy
 from tqdm import tqdm
 
-from stepgraph.allocator import Allocator
+from stepgraph.artifacts.policy import TierPolicyArtifact
 from stepgraph.defaults import DEFAULT_POLICY_DIR
-from stepgraph.gates import AlwaysDraftGate, PolicyGate
-from stepgraph.gates.base import Gate
 from stepgraph.models.base import StepModel
-from stepgraph.policy import TierPolicyArtifact
+from stepgraph.routing.allocator import Allocator
+from stepgraph.routing.gates import AlwaysDraftGate, PolicyGate
+from stepgraph.routing.gates.base import Gate
 from stepgraph.testbed import close_pair, load_tiers, task
 
 
@@ -262,7 +262,7 @@ def markdown_table(report: Mapping[str, Any], tier_names: Sequence[str] = ("draf
 
 def allocator_routers(tiers: Sequence[StepModel], args: TierBenchArgs) -> dict[str, tuple[Sequence[int], Gate, Allocator]]:
     """The allocator rows on draft → target (tiers 0 and 2): alone, and followed by the shipped policy."""
-    from stepgraph.allocator_file import LearnedAllocator
+    from stepgraph.routing.learned_allocator import LearnedAllocator
 
     if args.allocator is None:
         return {}
@@ -359,7 +359,7 @@ def _policy_stamp(policy: Path | None) -> dict[str, Any] | None:
 def tier_allocator_routers(tiers: Sequence[StepModel], allocators: Mapping[str, Path],
                            policies: Mapping[str, Path]) -> dict[str, tuple[Sequence[int], Gate, Allocator]]:
     """The 3-tier allocator rows: alone, and followed by the 3-tier policy's post-hoc check."""
-    from stepgraph.allocator_file import LearnedAllocator
+    from stepgraph.routing.learned_allocator import LearnedAllocator
 
     described = [{"name": m.name, "parameters": m.n_params} for m in tiers]  # refuses an allocator of other tiers
     return {name: ((0, 1, 2), PolicyGate.from_path(policies[policy]) if policy else AlwaysDraftGate(),

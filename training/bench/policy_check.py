@@ -24,9 +24,9 @@ from stepgraph.training.collection.collect import Item
 from stepgraph.training.collection.evaluate import evaluate_gates
 from stepgraph.training.data.store import TraceStore
 
-from stepgraph.gates import PolicyGate
-from stepgraph.gates.base import Gate, GateDecision, GateInput
 from stepgraph.models.base import DEFAULT_TEMPERATURE
+from stepgraph.routing.gates import PolicyGate
+from stepgraph.routing.gates.base import Gate, GateDecision, GateInput
 from stepgraph.testbed import load_pair, task
 
 THRESHOLD_FEATURES = ("api_confidence", "sampled_logprob_min", "sampled_logprob_sum")

@@ -28,19 +28,19 @@ from typing import Any
 from stepgraph.training.collection.prm import StepRewardModel
 from stepgraph.training.data.records import Episode
 
+from stepgraph.artifacts.tiers import check_tiers, describe
 from stepgraph.errors import ConfigError
-from stepgraph.gates import (
+from stepgraph.models.base import StepOutput
+from stepgraph.routing.gates import (
     ConfidenceThresholdGate,
     PolicyGate,
     StepwiseGMMGate,
 )
-from stepgraph.gates.base import Gate, GateInput
-from stepgraph.gates.calibrated import GATE_FILE, GATE_FORMAT, GATE_FORMAT_VERSION, PRM_FILE, load_gate_artifact
-from stepgraph.gates.judges import ProcessRewardGate
-from stepgraph.models.base import StepOutput
-from stepgraph.tiers import check_tiers, describe
+from stepgraph.routing.gates.base import Gate, GateInput
+from stepgraph.routing.gates.calibrated import GATE_FILE, GATE_FORMAT, GATE_FORMAT_VERSION, PRM_FILE, load_gate_artifact
+from stepgraph.routing.gates.judges import ProcessRewardGate
 
-# The gate-directory reader and the tier checks are the runtime's (stepgraph.gates.calibrated, stepgraph.tiers);
+# The gate-directory reader and the tier checks are the runtime's (stepgraph.routing.gates.calibrated, stepgraph.artifacts.tiers);
 # they stay importable from here, their former home.
 __all__ = ["CALIBRATED", "CURVE_ALPHAS", "GATE_FILE", "GATE_FORMAT", "GATE_FORMAT_VERSION", "PRM_FILE", "Calibration", "Family", "Replay", "check_tiers", "describe", "episode_cost", "episode_miss", "fit_steer", "load_gate_artifact", "min_episodes", "policy_family", "prm_family", "replay_inputs", "save_gate", "steer_family", "threshold_family", "too_few_message"]
 
@@ -128,7 +128,7 @@ def _policy_with_kappa(gate: PolicyGate, kappa: float) -> PolicyGate:
 
 
 def threshold_family(feature: str) -> Family:
-    from stepgraph.gates.simple import confidence_of
+    from stepgraph.routing.gates.simple import confidence_of
 
     # unknown confidence escalates (as the gate does); the cheapest cut-off is the lowest confidence
     return Family("threshold", lambda x: confidence_of(x, feature), lambda s, t: s is None or s < t,

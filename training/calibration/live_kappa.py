@@ -20,9 +20,9 @@ from stepgraph.training.collection.collect import Item
 from stepgraph.training.collection.runs import run_gate
 
 from stepgraph.context import RouterContext
-from stepgraph.costs import Prices
-from stepgraph.gates import AlwaysDraftGate, PolicyGate
 from stepgraph.models.base import StepModel
+from stepgraph.models.costs import Prices
+from stepgraph.routing.gates import AlwaysDraftGate, PolicyGate
 
 
 def kappa_tunable(gate: PolicyGate) -> Tunable:

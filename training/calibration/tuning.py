@@ -33,10 +33,10 @@ from stepgraph.training.collection.runs import add_coverage, answer_item, run_se
 from tqdm import tqdm
 
 from stepgraph.context import RouterContext
-from stepgraph.costs import Prices
-from stepgraph.gates.base import Gate, GateDecision, GateInput
 from stepgraph.graph import build_graph
 from stepgraph.models.base import StepModel
+from stepgraph.models.costs import Prices
+from stepgraph.routing.gates.base import Gate, GateDecision, GateInput
 
 MAX_PROBES_PER_PROBLEM = 400
 """A problem whose sweep needs more runs than this stops there (recorded); never reached on the testbed."""

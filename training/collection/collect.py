@@ -25,17 +25,17 @@ from stepgraph.training.data.store import TraceStore
 from tqdm import tqdm
 
 from stepgraph.answers import is_correct
+from stepgraph.artifacts.tiers import check_tiers
 from stepgraph.context import RouterContext
-from stepgraph.costs import call_cost
 from stepgraph.errors import TraceStoreError
 from stepgraph.features import FEATURE_SCHEMA
-from stepgraph.gates import AlwaysDraftGate, ConfidenceThresholdGate, ExploringGate
-from stepgraph.gates.base import Gate
 from stepgraph.graph import build_graph
+from stepgraph.graph.nodes import call_seed
 from stepgraph.models.base import DEFAULT_TEMPERATURE, StepModel, StepOutput
-from stepgraph.nodes import call_seed
+from stepgraph.models.costs import call_cost
+from stepgraph.routing.gates import AlwaysDraftGate, ConfidenceThresholdGate, ExploringGate
+from stepgraph.routing.gates.base import Gate
 from stepgraph.testbed import task
-from stepgraph.tiers import check_tiers
 
 
 class DraftRecorder:

@@ -15,10 +15,10 @@ from stepgraph.training.collection.collect import Item
 from stepgraph.training.collection.runs import run_gate
 
 from stepgraph.context import RouterContext
-from stepgraph.costs import Prices
-from stepgraph.gates import AlwaysDraftGate, AlwaysTargetGate
-from stepgraph.gates.base import Gate
 from stepgraph.models.base import DEFAULT_TEMPERATURE, StepModel
+from stepgraph.models.costs import Prices
+from stepgraph.routing.gates import AlwaysDraftGate, AlwaysTargetGate
+from stepgraph.routing.gates.base import Gate
 
 
 def summarize(rows: Sequence[Mapping[str, Any]], target_rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:

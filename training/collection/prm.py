@@ -12,11 +12,11 @@ from collections.abc import Sequence
 import torch
 from stepgraph.training.data.records import Episode
 
-from stepgraph.gates.reward_model import RewardModel
+from stepgraph.routing.gates.reward_model import RewardModel
 
 
 class StepRewardModel(RewardModel):
-    """The runtime's reward model (``stepgraph.gates.reward_model``), fitted here; ``load`` returns this class."""
+    """The runtime's reward model (``stepgraph.routing.gates.reward_model``), fitted here; ``load`` returns this class."""
 
     def fit(self, episodes: Sequence[Episode], epochs: int = 300, lr: float = 1e-2, seed: int = 0) -> StepRewardModel:
         steps = [s for e in episodes for s in e.steps if s.draft_correct is not None]

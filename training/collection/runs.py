@@ -1,7 +1,7 @@
 """Run a gate over items and collect one row per item: the one loop collect, evaluate and bench share.
 
 Seed rules, in one place: item ``i`` of a run with base seed ``s`` is answered with run seed
-``run_seed(s, i)``; inside that run every model call's seed is ``stepgraph.nodes.call_seed(run
+``run_seed(s, i)``; inside that run every model call's seed is ``stepgraph.graph.nodes.call_seed(run
 seed, step, tier)``. The same item therefore gets the same samples under every gate, which is
 what makes the side-by-side comparisons (and relative coverage) paired.
 """
@@ -20,10 +20,10 @@ from tqdm import tqdm
 
 from stepgraph.answers import is_correct
 from stepgraph.context import RouterContext
-from stepgraph.costs import Prices
-from stepgraph.gates.base import Gate
 from stepgraph.graph import build_graph
 from stepgraph.models.base import StepModel
+from stepgraph.models.costs import Prices
+from stepgraph.routing.gates.base import Gate
 
 SEED_STRIDE = 100_003  # a prime: base seeds 0, 1, 2 give disjoint run seeds for up to 100k items
 

@@ -14,10 +14,10 @@ from typing import Any
 from stepgraph.training.collection.verifiers import StepVerifier
 
 from stepgraph.context import RouterContext
-from stepgraph.costs import call_cost
 from stepgraph.features import observe
+from stepgraph.graph.nodes import call_seed
 from stepgraph.models.base import StepModel
-from stepgraph.nodes import call_seed
+from stepgraph.models.costs import call_cost
 
 
 def tier_table(tiers: Sequence[StepModel], verifier: StepVerifier, *, question: str, reference: str, prior: Sequence[str],

@@ -17,8 +17,8 @@ from langchain_core.language_models import BaseChatModel
 
 from stepgraph.answers import extract_boxed, is_correct
 from stepgraph.errors import ConfigError
+from stepgraph.graph.nodes import call_seed
 from stepgraph.models.base import DEFAULT_TEMPERATURE, StepModel
-from stepgraph.nodes import call_seed
 from stepgraph.testbed import task
 
 

@@ -2,7 +2,7 @@
 
 Read top to bottom:
 
-1. each recorded step becomes the allocator's observation before it (``stepgraph.allocator``:
+1. each recorded step becomes the allocator's observation before it (``stepgraph.routing.allocator``:
    the question and the accepted prefix, no draft) and a label: the cheapest tier whose step the
    exact verifier accepts (tier 0 when the draft is verified, else the next tier, which wrote the
    recorded escalated step; a record that carries ``tier_correct``, one verdict per tier, gives
@@ -60,11 +60,11 @@ from stepgraph.training.learning.cpo import (
 )
 from tqdm import tqdm
 
-from stepgraph.allocator import ALLOCATOR_SCHEMA
-from stepgraph.allocator_file import AllocatorArtifact, AllocatorNetwork
+from stepgraph.artifacts.policy import TierPolicyArtifact
 from stepgraph.errors import ConfigError
-from stepgraph.gates.base import Gate
-from stepgraph.policy import TierPolicyArtifact
+from stepgraph.routing.allocator import ALLOCATOR_SCHEMA
+from stepgraph.routing.gates.base import Gate
+from stepgraph.routing.learned_allocator import AllocatorArtifact, AllocatorNetwork
 
 # --- 1. data -------------------------------------------------------------------------------------
 
@@ -271,7 +271,7 @@ def train_allocator_command(args: Any, cpo_args: CPOArgs) -> dict[str, Any]:
     from stepgraph.training.learning.allocator_tiers import check_columns, has_tier_tables
 
     from stepgraph.errors import StepgraphError
-    from stepgraph.gates import PolicyGate
+    from stepgraph.routing.gates import PolicyGate
 
     if args.supervised_epochs < 0 or not args.supervised_lr > 0:
         raise ConfigError("--supervised-epochs must be >= 0 and --supervised-lr > 0.")

@@ -13,8 +13,8 @@ import torch
 from stepgraph.training.data.records import Episode
 from stepgraph.training.learning.cpo import column_statistics
 
-from stepgraph.allocator import ALLOCATOR_SCHEMA, PriorStep, allocator_observation
-from stepgraph.allocator_file import AllocatorNetwork
+from stepgraph.routing.allocator import ALLOCATOR_SCHEMA, PriorStep, allocator_observation
+from stepgraph.routing.learned_allocator import AllocatorNetwork
 
 
 def episode_observations(episode: Episode) -> list[dict[str, float | None]]:

@@ -57,11 +57,11 @@ from stepgraph.training.learning.cpo_tiers import (
 )
 from tqdm import tqdm
 
-from stepgraph.allocator import ALLOCATOR_SCHEMA, tier_from_probabilities
-from stepgraph.allocator_file import AllocatorArtifact, AllocatorNetwork
+from stepgraph.artifacts.policy import TierPolicyArtifact
 from stepgraph.errors import ConfigError
 from stepgraph.features import FeatureSchema
-from stepgraph.policy import TierPolicyArtifact
+from stepgraph.routing.allocator import ALLOCATOR_SCHEMA, tier_from_probabilities
+from stepgraph.routing.learned_allocator import AllocatorArtifact, AllocatorNetwork
 
 EPSILON = 0.05
 """behaviour exploration of the RL stage's replays: with this probability a uniformly random tier"""

@@ -35,9 +35,9 @@ import torch
 from stepgraph.training.data.records import Episode, StepRecord
 from tqdm import tqdm
 
+from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork
 from stepgraph.errors import ConfigError
 from stepgraph.features import FEATURE_SCHEMA, FeatureSchema
-from stepgraph.policy import PolicyArtifact, PolicyNetwork
 
 EPS = 1e-8
 

@@ -45,9 +45,9 @@ from stepgraph.training.learning.cpo import (
 )
 from tqdm import tqdm
 
+from stepgraph.artifacts.policy import TierPolicyArtifact, TierPolicyNetwork, tier_inputs
 from stepgraph.errors import ConfigError, StepgraphError
 from stepgraph.features import FEATURE_SCHEMA, FeatureSchema
-from stepgraph.policy import TierPolicyArtifact, TierPolicyNetwork, tier_inputs
 
 
 @dataclass

@@ -12,7 +12,7 @@ Stages, each a small function below:
    in any later run with the same base seed); one JSONL journal per configuration, resumable.
 2. ``fit_2pl``: MAP fit of P(right) = sigmoid(a_q (θ_c − b_q)) with weak priors (θ, b ~ N(0, 2²),
    log a ~ N(0, 0.5²)), then put on the scale where the queries' b have mean 0 and std 1.
-3. ``train_regressor``: question embedding (``stepgraph.radar.QueryEmbedder``) → b, on a random
+3. ``train_regressor``: question embedding (``stepgraph.routing.radar.QueryEmbedder``) → b, on a random
    80% of the training queries; its error is reported on the other 20%.
 4. ``calibrate_threshold``: the smallest τ whose misses on the calibration split are within
    split conformal's ⌊α(n + 1)⌋ − 1 (``training.guarantee``), a miss being a wrong answer where
@@ -43,11 +43,18 @@ from stepgraph.training.collection.collect import Item
 from stepgraph.training.collection.runs import run_gate, run_seed
 
 from stepgraph.context import RouterContext
-from stepgraph.costs import Prices
 from stepgraph.errors import ConfigError
-from stepgraph.gates import ConfidenceThresholdGate, PolicyGate
 from stepgraph.models.base import DEFAULT_TEMPERATURE, StepModel
-from stepgraph.radar import Configuration, DifficultyRegressor, QueryEmbedder, RadarManifest, RadarRouter, p_correct
+from stepgraph.models.costs import Prices
+from stepgraph.routing.gates import ConfidenceThresholdGate, PolicyGate
+from stepgraph.routing.radar import (
+    Configuration,
+    DifficultyRegressor,
+    QueryEmbedder,
+    RadarManifest,
+    RadarRouter,
+    p_correct,
+)
 from stepgraph.testbed import task
 
 # The testbed's configurations: each tier alone, each with a 4-step budget, the stepwise policy at three κ.
@@ -574,7 +581,7 @@ def _traces_command(args: Any) -> dict[str, Any]:
     from stepgraph.training.data.store import TraceStore
     from tqdm import tqdm
 
-    from stepgraph.gates import ExploringGate
+    from stepgraph.routing.gates import ExploringGate
 
     torch.set_num_threads(1)
     tiers, _ = _load(args)

@@ -17,7 +17,6 @@ import anyio
 from sse_starlette import EventSourceResponse
 
 from stepgraph.context import RouterContext, RouterLimits
-from stepgraph.costs import total_costs
 from stepgraph.errors import BadQuestionError, StepgraphError
 from stepgraph.integrations.openai.protocol import (
     APIError,
@@ -30,6 +29,7 @@ from stepgraph.integrations.openai.protocol import (
 )
 from stepgraph.integrations.operations import Metrics
 from stepgraph.integrations.threads import answers_on, new_thread_id, thread_id_of
+from stepgraph.models.costs import total_costs
 
 logger = logging.getLogger("stepgraph.serve")
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import ClassVar
 
 from stepgraph.errors import GateConfigError
-from stepgraph.gates.base import Gate, GateDecision, GateInput, GateOption
+from stepgraph.routing.gates.base import Gate, GateDecision, GateInput, GateOption
 
 CONFIDENCE_FEATURES = ("logit_confidence", "api_confidence")
 

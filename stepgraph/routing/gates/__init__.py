@@ -17,11 +17,11 @@ from __future__ import annotations
 from typing import Any
 
 from stepgraph.errors import GateConfigError
-from stepgraph.gates.base import Gate, GateDecision, GateInput, GateOption
-from stepgraph.gates.exploring import ExploringGate
-from stepgraph.gates.policy_gate import PolicyGate
-from stepgraph.gates.simple import AlwaysDraftGate, AlwaysTargetGate, ConfidenceThresholdGate, RandomGate
-from stepgraph.gates.steer import StepwiseGMMGate
+from stepgraph.routing.gates.base import Gate, GateDecision, GateInput, GateOption
+from stepgraph.routing.gates.exploring import ExploringGate
+from stepgraph.routing.gates.policy_gate import PolicyGate
+from stepgraph.routing.gates.simple import AlwaysDraftGate, AlwaysTargetGate, ConfidenceThresholdGate, RandomGate
+from stepgraph.routing.gates.steer import StepwiseGMMGate
 
 REGISTERED: tuple[type[Gate], ...] = (
     PolicyGate, ConfidenceThresholdGate, StepwiseGMMGate, RandomGate, AlwaysDraftGate, AlwaysTargetGate,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from stepgraph.errors import GateConfigError
-from stepgraph.gates.base import Gate, GateDecision, GateInput
+from stepgraph.routing.gates.base import Gate, GateDecision, GateInput
 
 
 class ExploringGate(Gate):
@@ -31,7 +31,7 @@ class ExploringGate(Gate):
         seed: seed of the exploration stream (None: unseeded).
 
     Example:
-        >>> from stepgraph.gates.simple import AlwaysDraftGate
+        >>> from stepgraph.routing.gates.simple import AlwaysDraftGate
         >>> ExploringGate(AlwaysDraftGate(), epsilon=0.2, seed=0).name
         'exploring(never-escalate, eps=0.2)'
     """

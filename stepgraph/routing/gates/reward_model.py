@@ -16,7 +16,7 @@ import torch
 
 from stepgraph.errors import PolicyFileError
 from stepgraph.features import CONFIDENCE_SCHEMA, FeatureSchema, Observation
-from stepgraph.gates.base import GateInput
+from stepgraph.routing.gates.base import GateInput
 
 
 class RewardModel:

@@ -1,6 +1,6 @@
 """The routing policy for K ≥ 2 tiers and its artifact: safetensors weights + a JSON manifest.
 
-Two formats, one gate (``PolicyGate``): ``stepgraph.policy`` (``PolicyArtifact``, two tiers,
+Two formats, one gate (``PolicyGate``): ``stepgraph.artifacts.policy`` (``PolicyArtifact``, two tiers,
 π(escalate | o)) and ``stepgraph.tier_policy`` (``TierPolicyArtifact``, K tiers: π(j | o, k) over
 the tiers j ≥ k that may rewrite a step of tier k; escalate when 1 − π(k | o, k) ≥ κ, to the most
 likely stronger tier). ``load_policy`` picks the reader by the manifest's format; both read and
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field, Strict, ValidationError, model_validator
 
-from stepgraph.artifacts import (
+from stepgraph.artifacts.manifest import (
     KINDS,
     FeatureSchemaModel,
     Network,

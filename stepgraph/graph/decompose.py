@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from stepgraph.context import RouterContext
-from stepgraph.costs import Prices, call_cost
+from stepgraph.graph.nodes import call_seed
 from stepgraph.models.base import StepModel, StepOutput, agenerate
-from stepgraph.nodes import call_seed
+from stepgraph.models.costs import Prices, call_cost
 
 PLAN_INSTRUCTION = (
     "Break the following problem into a short numbered list of sub-questions (at most {max_items}), one per line with no blank lines, "

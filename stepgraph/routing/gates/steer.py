@@ -24,8 +24,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from stepgraph.errors import GateConfigError
-from stepgraph.gates.base import Gate, GateInput, GateOption
-from stepgraph.gates.simple import CONFIDENCE_FEATURES, confidence_of
+from stepgraph.routing.gates.base import Gate, GateInput, GateOption
+from stepgraph.routing.gates.simple import CONFIDENCE_FEATURES, confidence_of
 
 FORMAT = "stepgraph.steer"
 FORMAT_VERSION = 1

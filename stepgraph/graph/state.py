@@ -9,7 +9,7 @@ from langgraph.channels import DeltaChannel
 from pydantic import Field
 from typing_extensions import TypedDict
 
-from stepgraph.costs import add_costs
+from stepgraph.models.costs import add_costs
 
 # Appended steps between full snapshots of the step list in a checkpoint: rarer snapshots keep the
 # checkpoints small, more frequent ones shorten the replay of writes when a thread is loaded.

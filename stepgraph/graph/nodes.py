@@ -20,13 +20,13 @@ from langgraph.types import Overwrite
 
 from stepgraph.answers import extract_boxed
 from stepgraph.context import RouterContext, RouterLimits, validate_question
-from stepgraph.costs import Prices, call_cost, total_costs
 from stepgraph.errors import BadQuestionError, ConfigError, ContextLimitError, ModelOutputError
 from stepgraph.features import observe
-from stepgraph.gates import ALIASES
-from stepgraph.gates.base import Gate, GateInput
+from stepgraph.graph.state import RouterState, Step
 from stepgraph.models.base import StepModel, StepOutput, agenerate
-from stepgraph.state import RouterState, Step
+from stepgraph.models.costs import Prices, call_cost, total_costs
+from stepgraph.routing.gates import ALIASES
+from stepgraph.routing.gates.base import Gate, GateInput
 
 
 def call_seed(base: int | None, step_index: int, tier: int) -> int | None:

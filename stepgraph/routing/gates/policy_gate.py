@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from stepgraph.errors import GateConfigError
 from stepgraph.features import SITUATIONAL
-from stepgraph.gates.base import Gate, GateDecision, GateInput, GateOption
+from stepgraph.routing.gates.base import Gate, GateDecision, GateInput, GateOption
 
 if TYPE_CHECKING:  # torch loads with the first policy, not with the gate registry
-    from stepgraph.policy import PolicyArtifact, TierPolicyArtifact
+    from stepgraph.artifacts.policy import PolicyArtifact, TierPolicyArtifact
 
 
 class PolicyGate(Gate):
@@ -51,7 +51,7 @@ class PolicyGate(Gate):
         Raises:
             PolicyFileError: the files are missing, corrupted, or of another feature schema.
         """
-        from stepgraph.policy import load_policy
+        from stepgraph.artifacts.policy import load_policy
 
         return cls(load_policy(directory))
 

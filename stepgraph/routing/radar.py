@@ -40,10 +40,10 @@ from typing import Any, Literal, Self
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from stepgraph.artifacts import KINDS, check_checksum, load_weights, read_manifest, validate, write_artifact
+from stepgraph.artifacts.manifest import KINDS, check_checksum, load_weights, read_manifest, validate, write_artifact
+from stepgraph.artifacts.tiers import check_tiers, describe
 from stepgraph.context import RouterContext
 from stepgraph.errors import ConfigError, PolicyFileError
-from stepgraph.tiers import check_tiers, describe
 
 MANIFEST_FILE, WEIGHTS_FILE = KINDS["radar"].manifest_file, KINDS["radar"].weights_file
 GateName = Literal["draft", "target", "tier", "policy", "threshold"]
@@ -110,7 +110,7 @@ class Configuration(BaseModel):
             ConfigError: a ``tier`` configuration whose model is not among ``tiers``, or ``policy`` missing.
             PolicyFileError: that model has another parameter count than the one its answers were collected on.
         """
-        from stepgraph.gates import AlwaysDraftGate, ConfidenceThresholdGate, PolicyGate
+        from stepgraph.routing.gates import AlwaysDraftGate, ConfidenceThresholdGate, PolicyGate
 
         if self.gate == "draft":
             return [tiers[0], tiers[0]], AlwaysDraftGate()

@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Protocol
 
-from stepgraph.gates.base import Gate, GateDecision, GateInput
+from stepgraph.routing.gates.base import Gate, GateDecision, GateInput
 
 
 class StepScorer(Protocol):

@@ -28,17 +28,17 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import get_runtime
 from langgraph.types import Checkpointer
 
-from stepgraph.allocator import AllocateNode, Allocator
+from stepgraph.artifacts.tiers import check_tiers, describe, recorded_tiers
 from stepgraph.context import RouterContext, RouterLimits
-from stepgraph.costs import Prices
-from stepgraph.gates.base import Gate
+from stepgraph.graph.nodes import RoutingNodes
+from stepgraph.graph.state import InputState, OutputState, PlannedOutputState, RouterState
 from stepgraph.models.base import StepModel
-from stepgraph.nodes import RoutingNodes
-from stepgraph.state import InputState, OutputState, PlannedOutputState, RouterState
-from stepgraph.tiers import check_tiers, describe, recorded_tiers
+from stepgraph.models.costs import Prices
+from stepgraph.routing.allocator import AllocateNode, Allocator
+from stepgraph.routing.gates.base import Gate
 
 if TYPE_CHECKING:
-    from stepgraph.decompose import Decomposer
+    from stepgraph.graph.decompose import Decomposer
 
 # Each step takes at most 3 + 2·(tiers − 1) super-steps; the limit only guards against bugs,
 # the run's own stop rules (final answer, max_steps, budget) end it first.
@@ -122,9 +122,9 @@ def build_graph(
         allow_other_tiers: use a policy whose artifact records other tiers than ``tiers`` (its
             calibrated coverage does not carry over); by default that is refused.
         name: the compiled graph's name.
-        allocator: opt-in ex-ante allocator (``stepgraph.allocator``): an ``allocate`` node before
+        allocator: opt-in ex-ante allocator (``stepgraph.routing.allocator``): an ``allocate`` node before
             every ``draft`` picks the step's tier, so a step sent up costs no draft call.
-        decomposer: opt-in decomposer mode (``stepgraph.decompose``): a ``plan`` node after
+        decomposer: opt-in decomposer mode (``stepgraph.graph.decompose``): a ``plan`` node after
             ``start`` asks for numbered sub-questions that every step is then written for; the
             output gains ``plan``.
 
@@ -132,7 +132,7 @@ def build_graph(
         PolicyFileError: a gate's artifact was trained on other tiers (see ``allow_other_tiers``).
 
     Example:
-        >>> from stepgraph.gates import AlwaysDraftGate
+        >>> from stepgraph.routing.gates import AlwaysDraftGate
         >>> from stepgraph.testbed import load_pair
         >>> graph = build_graph(load_pair(), AlwaysDraftGate())
         >>> result = graph.invoke({"question": "Ann has 3 coins. She gets 2 more. She buys 4 more. How many coins does she have?"})
@@ -159,7 +159,7 @@ def build_graph(
         builder.add_edge("allocate", "draft")
         next_step = "allocate"
     if decomposer is not None:
-        from stepgraph.decompose import PlanNode
+        from stepgraph.graph.decompose import PlanNode
 
         planner = PlanNode(decomposer, tiers, prices)
         builder.add_node("plan", _Node(planner.plan, planner.aplan))

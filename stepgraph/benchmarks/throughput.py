@@ -13,11 +13,11 @@ import statistics
 import time
 from collections.abc import Sequence
 
+from stepgraph.benchmarks.overhead import TimedModel
 from stepgraph.context import RouterContext
 from stepgraph.graph import build_graph
+from stepgraph.graph.state import InputState
 from stepgraph.models.base import StepModel
-from stepgraph.overhead import TimedModel
-from stepgraph.state import InputState
 from stepgraph.testbed import BACKENDS, close_pair, load_pair, task
 from stepgraph.testbed.defaults import resolve_gate
 

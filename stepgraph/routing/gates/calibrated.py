@@ -10,15 +10,15 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from stepgraph.artifacts.tiers import allow_other_tiers as allow_other
+from stepgraph.artifacts.tiers import check_tiers, describe
 from stepgraph.errors import PolicyFileError
-from stepgraph.gates.base import Gate
-from stepgraph.gates.judges import ProcessRewardGate
-from stepgraph.gates.policy_gate import PolicyGate
-from stepgraph.gates.simple import ConfidenceThresholdGate
-from stepgraph.gates.steer import StepwiseGMMGate
 from stepgraph.models.base import StepModel
-from stepgraph.tiers import allow_other_tiers as allow_other
-from stepgraph.tiers import check_tiers, describe
+from stepgraph.routing.gates.base import Gate
+from stepgraph.routing.gates.judges import ProcessRewardGate
+from stepgraph.routing.gates.policy_gate import PolicyGate
+from stepgraph.routing.gates.simple import ConfidenceThresholdGate
+from stepgraph.routing.gates.steer import StepwiseGMMGate
 
 GATE_FORMAT = "stepgraph.gate"
 GATE_FORMAT_VERSION = 1
@@ -49,7 +49,7 @@ def load_gate_artifact(directory: str | Path, tiers: Sequence[StepModel] | None 
         if name == "threshold":
             return ConfidenceThresholdGate(float(options["threshold"]), str(options["feature"]))
         if name == "prm":
-            from stepgraph.gates.reward_model import RewardModel  # torch, only for this gate
+            from stepgraph.routing.gates.reward_model import RewardModel  # torch, only for this gate
 
             return ProcessRewardGate(RewardModel.load(directory / PRM_FILE), float(options["threshold"]))
         raise PolicyFileError(f"{directory / GATE_FILE}: unknown gate {name!r}.")

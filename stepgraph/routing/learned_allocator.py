@@ -20,8 +20,7 @@ from typing import Annotated, Any, Literal, Self
 import torch
 from pydantic import BaseModel, Field, Strict, model_validator
 
-from stepgraph.allocator import ALLOCATOR_SCHEMA, Allocation, Allocator, AllocatorInput, tier_from_probabilities
-from stepgraph.artifacts import (
+from stepgraph.artifacts.manifest import (
     KINDS,
     FeatureSchemaModel,
     FiniteFloat,
@@ -34,9 +33,10 @@ from stepgraph.artifacts import (
     validate,
     write_artifact,
 )
+from stepgraph.artifacts.policy import Normalising, PolicyNetwork
 from stepgraph.errors import PolicyFileError
 from stepgraph.features import FeatureSchema, Observation
-from stepgraph.policy import Normalising, PolicyNetwork
+from stepgraph.routing.allocator import ALLOCATOR_SCHEMA, Allocation, Allocator, AllocatorInput, tier_from_probabilities
 
 FORMAT = "stepgraph.allocator"
 FORMAT_VERSION = 1

@@ -1,0 +1,1 @@
+"""Runtime benchmarks: routing ``overhead`` per step and graph ``throughput`` per backend (``stepgraph overhead|throughput``)."""
