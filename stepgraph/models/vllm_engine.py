@@ -139,7 +139,7 @@ class VLLMStepModel:
         request = self._submit(question, steps, temperature=temperature, seed=seed, max_tokens=max_tokens)
         return self._step_output(self._wait(request.result), len(request.prompt_ids))
 
-    async def agenerate_step(self, question: str, steps: Sequence[str], *, temperature: float = 0.7,
+    async def agenerate_step(self, question: str, steps: Sequence[str], *, temperature: float = DEFAULT_TEMPERATURE,
                              seed: int | None = None, max_tokens: int = 64) -> StepOutput:
         """``generate_step`` without a thread per call: a server's concurrent runs all join the batch.
 
