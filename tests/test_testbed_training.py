@@ -113,3 +113,24 @@ def test_the_prompt_loss_reads_the_question_tokens_only():
     assert prompt_loss(logits, input_ids, labels, mask).item() < 1e-6
     logits[0, 3, 1] = logits[0, 5, 1] = 50.0  # wrong guesses on solution and padding positions change nothing
     assert prompt_loss(logits, input_ids, labels, mask).item() < 1e-6
+
+
+def test_v2_evaluate_only_writes_the_card_per_tier_and_split(tmp_path, monkeypatch):
+    tm.train("draft", 4, tm.Args(**TINY, draft_stop_at=2, checkpoint_every=2, out=tmp_path))  # type: ignore[arg-type]
+    # A run still training is measured from its checkpoint, exported as a model directory.
+    exported = tm.export_checkpoint(tmp_path, "draft", tmp_path / "snapshot" / "draft")
+    state = torch.load(tmp_path / "draft-checkpoint.pt", weights_only=True)
+    weights = load_file(str(exported / "model.safetensors"))
+    assert all(torch.equal(weights[k], state["model"][k]) for k in weights)
+    summary = json.loads((exported / "training.json").read_text())
+    assert summary["trained_steps"] == 2 and summary["problems_seen"] == 8 and summary["threads"] == 1
+    monkeypatch.setattr("sys.argv", ["testbed_models", "--task", "v2", "--evaluate-only", "--eval-problems", "3",
+                                     "--threads", "1", "--out", str(tmp_path / "snapshot")])
+    tm.main()
+    report = json.loads((tmp_path / "snapshot" / "measurements.json").read_text())
+    assert report["decoding"] == "greedy" and set(report) >= {"test", "heldout"}
+    for split in ("test", "heldout"):
+        m = report[split]["draft"]
+        assert m["problems"] == 3 and 0 <= m["accuracy"] <= m["step_accuracy"] + 1 and m["parameters"] == summary["parameters"]
+    card = (tmp_path / "snapshot" / "MODEL_CARD.md").read_text()
+    assert "| draft | test |" in card and "| draft | heldout |" in card and "| 2 of 4 | 4 |" in card and "8 problems" in card

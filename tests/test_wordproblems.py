@@ -221,3 +221,52 @@ def test_vocabulary_is_broad():
     assert len({pair for nouns in NOUNS.values() for pair in nouns}) >= 120
     assert sum(len(forms) for forms in wp.FORMS.values()) >= 100
     assert len(wp.FORMS["gain"]) >= 8 and len(wp.FORMS["lose"]) >= 8
+
+
+def test_a_step_said_of_the_wrong_person_or_noun_is_a_wrong_quantity():
+    problems = wp.generate("test", 400, seed=2)
+    # "Ann has 51 balloons, so Walter has 51 - 41 = 10 balloons.": Walter's amount, not Ann's.
+    p = _find(problems, lambda q: ", so " in q.steps[-2])
+    i = len(p.steps) - 2
+    step = p.steps[i]
+    owner = re.search(r"so (\w+) has", step)[1]  # type: ignore[index]
+    other = next(n for n in wp._people(p.question) if n != owner and n in step)
+    swapped = step.replace(f"so {owner} has", f"so {other} has")
+    assert wp.classify_step(p, p.steps[:i], swapped) == "wrong_quantity"
+    noun = _equation_noun(step)
+    wrong_noun = "kites" if noun != "kites" else "pens"
+    assert wp.classify_step(p, p.steps[:i], step.replace(f" {noun}.", f" {wrong_noun}.")) == "wrong_quantity"
+    assert wp.classify_step(p, p.steps[:i], step.replace(f" {noun}.", f" {noun[:-1]}.")) is None  # singular: same noun
+    # Not naming the person or the noun is not judged; a wrong result is still a slip first.
+    a, op, b, c = _equation(step)
+    assert wp.verify_step(p, p.steps[:i], f"So {a} {op} {b} = {c}.")
+    assert wp.verify_step(p, p.steps[:i], f"{other} has {a}, so she has {a} {op} {b} = {c} {noun}.")  # a pronoun is not checked
+    assert wp.classify_step(p, p.steps[:i], swapped.replace(f"= {c}", f"= {c + 1}")) == "arithmetic_slip"
+
+    # A difference between two people may be said of either ("7 fewer than"), so only the noun is checked.
+    p = _find(problems, lambda q: " more " in q.steps[-2] and " than " in q.steps[-2])
+    i = len(p.steps) - 2
+    first, second = re.match(r"(\w+) has .* than (\w+)\.", p.steps[i]).groups()  # type: ignore[union-attr]
+    a, op, b, c = _equation(p.steps[i])
+    assert wp.verify_step(p, p.steps[:i], f"{second} has {a} {op} {b} = {c} fewer than {first}.")
+
+    # Another person of the question (the compared one, or a distractor's) is not the owner of A's amount.
+    p = _find(problems, lambda q: any(x.role == "distractor" for x in q.quantities) and len(wp._people(q.question)) >= 2
+              and q.steps[0].startswith(tuple(wp._people(q.question))))
+    owner = p.steps[0].split()[0]
+    stranger = next(n for n in wp._people(p.question) if n != owner)
+    assert wp.classify_step(p, [], p.steps[0].replace(owner, stranger, 1)) == "wrong_quantity"
+
+
+def _equation_noun(step: str) -> str:
+    match = re.search(r"= \$?\d+ (\w+)", step)
+    assert match, step
+    return match[1]
+
+
+@pytest.mark.parametrize("seed", [21, 22])
+def test_no_reference_step_is_rejected_by_the_naming_check(seed):
+    for split in SPLITS:
+        for problem in wp.generate(split, 250, seed=seed):  # 2,000 reference solutions over both seeds
+            for i, step in enumerate(problem.steps):
+                assert wp.classify_step(problem, problem.steps[:i], step) is None, (problem.question, problem.steps, i)

@@ -14,6 +14,7 @@ Example:
     OMP_NUM_THREADS=1 python -m stepgraph.training.testbed_models --task v2 --which target --threads 1 --out /tmp/v2 --resume
     OMP_NUM_THREADS=1 python -m stepgraph.training.testbed_models --which mid --mid-stop-at 1250 --threads 1
     python -m stepgraph.training.testbed_models --evaluate-only --eval-problems 300
+    OMP_NUM_THREADS=1 python -m stepgraph.training.testbed_models --task v2 --evaluate-only --threads 1 --out /tmp/v2
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from stepgraph.testbed import MODELS_DIR, task, wordproblems
-from stepgraph.testbed.measure import measure_models
+from stepgraph.testbed.measure import V2_SPLITS, measure_models
 from stepgraph.testbed.tokenizer import MAX_LENGTH_V2, build_tokenizer, build_tokenizer_v2
 
 ROLES = ("draft", "mid", "target")
@@ -92,7 +93,7 @@ class Args:
     eval_problems: int = 300
     """test-split problems for the model card's measurements"""
     evaluate_only: bool = False
-    """skip training; measure the models already in --out and rewrite the card"""
+    """skip training; measure the models already in --out and rewrite the card (v2: only then)"""
     checkpoint_every: int = 0
     """write a resumable checkpoint every this many steps (0: never)"""
     resume: bool = False
@@ -300,6 +301,21 @@ def train(which: str, steps: int, args: Args) -> None:
     print(json.dumps({which: summary}))
 
 
+def export_checkpoint(out: Path, which: str, dest: Path) -> Path:
+    """Save ``<out>/<which>-checkpoint.pt`` (a run still training) as a model directory at ``dest``, to measure it.
+
+    Its ``training.json`` is the checkpoint's summary at the step it was written, with what it had seen.
+    """
+    state = torch.load(checkpoint_path(out, which), weights_only=True)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(out / f"{which}-tokenizer")
+    model = build_model(which, len(tokenizer), tokenizer, state["summary"]["task"])
+    model.load_state_dict(state["model"])
+    seen = state["seen"]
+    save(model.eval(), tokenizer, dest, {**state["summary"], "trained_steps": state["step"], "tokens_seen": seen["tokens"],
+                                         "problems_seen": seen["problems"], "train_seconds": round(seen["seconds"], 1)})
+    return dest
+
+
 def prompt_loss(logits: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor,
                 attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean next-token loss on the prompt's tokens (not padding, not the solution the labels hold)."""
@@ -324,6 +340,24 @@ def write_card(out: Path, report: dict) -> None:
         )
     card = CARD_TEMPLATE.format(rows="\n".join(rows), n=report["draft"]["problems"], temperature=report["temperature"])
     (out / "MODEL_CARD.md").write_text(card)
+
+
+def write_card_v2(out: Path, report: dict) -> None:
+    """Write MODEL_CARD.md for task v2: each tier's training summary, then its measurements per split."""
+    roles = [r for r in ROLES if r in report["test"]]
+    training = []
+    for role in roles:
+        t = json.loads((out / role / "training.json").read_text())
+        a = t["architecture"]
+        data = f"{t['problems_seen']:,} problems, {t['tokens_seen']:,} tokens" if "problems_seen" in t else "n/a"
+        training.append(f"| {role} | {report['test'][role]['parameters']:,} | {a['hidden_size']} / {a['num_hidden_layers']} / "
+                        f"{a['num_attention_heads']} | {t['trained_steps']} of {t['schedule_steps']} | {t['batch_size']} | {t['lr']} "
+                        f"| {data} | {t['seed']} | {t['threads']} | {t.get('train_seconds', 'n/a')} |")
+    measured = [f"| {role} | {split} | {m['accuracy']:.3f} | {m['step_accuracy']:.3f} | {_auroc_cell(m['auroc_low_confidence_is_wrong'])} "
+                f"| {_auroc_cell(m['auroc_low_token_probability_is_wrong'])} | {m['seconds_per_problem']:.3f} |"
+                for role in roles for split in V2_SPLITS if (m := report[split][role])]
+    (out / "MODEL_CARD.md").write_text(CARD_TEMPLATE_V2.format(training="\n".join(training), measured="\n".join(measured),
+                                                                n=report["problems"], seed=report["seed"]))
 
 
 def _auroc_cell(value: float | None) -> str:
@@ -370,6 +404,42 @@ Raw numbers: `measurements.json`; per-model training summaries: `*/training.json
 """
 
 
+CARD_TEMPLATE_V2 = """# stepgraph testbed models, task v2: draft, mid and target
+
+Qwen2-architecture causal LMs (`Qwen2ForCausalLM`, safetensors, float32) with the task-v2
+byte-level BPE tokenizer and Qwen's chat template, trained on GSM8K-easy word problems
+(`stepgraph/testbed/wordproblems.py`; the domain is in `stepgraph/testbed/TASK_V2.md`). Each
+solution step is checked exactly by `wordproblems.verify_step` given the steps before it.
+
+## Training
+
+`python -m stepgraph.training.testbed_models --task v2 --which ROLE ...`: a seeded stream of
+train-split problems in length-bucketed batches, AdamW with 100 warm-up steps then cosine decay to
+10% of the peak learning rate, loss on the solution tokens; checkpointed and resumable. Data:
+what the run had seen when it was saved.
+
+| model | parameters | hidden / layers / heads | steps trained | batch | lr | data seen | seed | threads | seconds |
+|---|---|---|---|---|---|---|---|---|---|
+{training}
+
+## Measured
+
+On the first {n} problems (seed {seed}) of the test split (in distribution) and of the heldout
+split (sentence forms never seen in training), greedy decoding, each model alone
+(`python -m stepgraph.training.testbed_models --task v2 --evaluate-only`). Accuracy: the boxed
+answer is right. Step accuracy: the share of generated steps the verifier accepts given the
+model's own steps before them. AUROC: how well a low confidence predicts that a step is wrong,
+for STEER's score (mean max-logit over math tokens, `features.logit_confidence`) and for the
+step's mean token probability. Seconds per problem: batched generation on one CPU thread.
+
+| model | split | accuracy | step accuracy | AUROC STEER | AUROC token probability | s / problem |
+|---|---|---|---|---|---|---|
+{measured}
+
+Raw numbers: `measurements.json`; per-model training summaries: `*/training.json`.
+"""
+
+
 def parse_args() -> Args:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = Args()
@@ -398,13 +468,16 @@ def main() -> None:
         for which in ("draft", "mid", "target"):
             if args.which == which or (args.which == "both" and which != "mid"):
                 train(which, steps[which], args)
-    # measure.py judges task v1; the v2 tiers are measured once all three are trained.
-    if args.task == "v1" and (args.out / "draft" / "config.json").exists() and (args.out / "target" / "config.json").exists():
-        roles = {role: args.out / role for role in ROLES if (args.out / role / "config.json").exists()}
-        report = measure_models(roles, n_problems=args.eval_problems, seed=args.seed)
-        (args.out / "measurements.json").write_text(json.dumps(report, indent=2) + "\n")
-        write_card(args.out, report)
-        print(json.dumps(report, indent=2))
+    roles = {role: args.out / role for role in ROLES if (args.out / role / "config.json").exists()}
+    # v1 measures after training once draft and target exist; v2 (three tiers trained separately) on --evaluate-only.
+    if (args.task == "v1" and not {"draft", "target"} <= roles.keys()) or (args.task == "v2" and not args.evaluate_only):
+        return
+    if not roles:
+        raise SystemExit(f"No tier to measure: none of {', '.join(ROLES)} in {args.out} has a config.json; train one or pass --out.")
+    report = measure_models(roles, n_problems=args.eval_problems, seed=args.seed, task_name=args.task)
+    (args.out / "measurements.json").write_text(json.dumps(report, indent=2) + "\n")
+    (write_card if args.task == "v1" else write_card_v2)(args.out, report)
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -35,8 +35,9 @@ from stepgraph.testbed.wordlists import CONTAINERS, GROUPS, NAMES, NOUNS, PERIOD
 Split = Literal["train", "calibration", "test", "heldout"]
 Op = Literal["+", "-", "*", "/"]
 Role = Literal["given", "implicit", "distractor", "derived"]
-ErrorKind = Literal["arithmetic_slip", "wrong_operand", "wrong_operation", "skipped_step", "extra_step", "malformed"]
-ERROR_KINDS: tuple[ErrorKind, ...] = ("arithmetic_slip", "wrong_operand", "wrong_operation", "skipped_step", "extra_step", "malformed")
+ErrorKind = Literal["arithmetic_slip", "wrong_operand", "wrong_operation", "wrong_quantity", "skipped_step", "extra_step", "malformed"]
+ERROR_KINDS: tuple[ErrorKind, ...] = (
+    "arithmetic_slip", "wrong_operand", "wrong_operation", "wrong_quantity", "skipped_step", "extra_step", "malformed")
 
 STEP_SEPARATOR = "\n\n"
 SYMBOLS: dict[Op, str] = {"+": "+", "-": "-", "*": "×", "/": "÷"}
@@ -568,12 +569,57 @@ def _match(problem: WordProblem, known: dict[str, int], eq: _Equation) -> Quanti
     return next((q for q in _ready(problem, known) if q.op == eq.op and _operands_fit(q, known, eq.a, eq.b)), None)
 
 
+_NAME_SET = frozenset(name for name, _ in NAMES)
+_NOUN_LEMMAS = {word.split()[0]: plural.split()[0] for singular, plural in
+                [*(pair for nouns in NOUNS.values() for pair in nouns), *CONTAINERS, *((u, us) for _, u, us in RATES)]
+                for word in (singular, plural)}
+"""A noun's first word, singular or plural → its plural's ("pen", "pens" → "pens"; "glass of water" → "glasses")."""
+_NAME_WORD = re.compile(r"\b[A-Z][a-z]+\b")
+_AFTER_RESULT = re.compile(r"\s+([a-z]+)")
+
+
+def _people(question: str) -> frozenset[str]:
+    """The first names a question mentions."""
+    return frozenset(w for w in _NAME_WORD.findall(question) if w in _NAME_SET)
+
+
+def _naming(people: frozenset[str], step: str) -> tuple[str | None, str | None]:
+    """(person, noun) a step's equation is said of, each None when the step does not name one plainly.
+
+    The person: the last of ``people`` before the equation, with no pronoun, comma or full stop
+    between them ("so Tom has 13 + 8 = 21"), and none after it (a relation such as "5 more than
+    Jim" may be said of either person). The noun: the word right after the result ("= 21
+    marbles"), as its plural, when it is one of the task's nouns, containers or units.
+    """
+    found = _EQUATION.search(step)
+    if found is None:
+        return None, None
+    head, tail = step[: found.start()], step[found.end() :]
+    person = None
+    names = [m for m in _NAME_WORD.finditer(head) if m.group() in people]
+    between = head[names[-1].end() :] if names else ""
+    if names and not re.search(r"[,.]", between) and not _PRONOUN.search(between) and not any(w in people for w in _NAME_WORD.findall(tail)):
+        person = names[-1].group()
+    after = _AFTER_RESULT.match(tail)
+    noun = _NOUN_LEMMAS.get(after.group(1)) if after else None
+    return person, noun
+
+
+def _names_fit(problem: WordProblem, quantity: Quantity, step: str) -> bool:
+    """Whether ``step`` says its result of the person and noun the gold step names for ``quantity`` (where both name one)."""
+    people = _people(problem.question)
+    gold = _naming(people, problem.steps[problem.derived.index(quantity)])
+    said = _naming(people, step)
+    return all(g is None or s is None or g == s for g, s in zip(gold, said))
+
+
 def verify_step(problem: WordProblem, prior_steps: list[str] | tuple[str, ...], step: str) -> bool:
     """Whether ``step`` is a correct next step of ``problem`` given the steps before it, as written.
 
     Right: an equation computing a not-yet-computed quantity of the program whose inputs are
     known (given, or computed by a prior step, with the value that step wrote), with its
-    operation (operands in either order for + and ×) and exact arithmetic; any such quantity may
+    operation (operands in either order for + and ×) and exact arithmetic, said of the right
+    person and noun where it names them (see ``classify_step``); any such quantity may
     come next. The final step ``\\boxed{N}`` is right once the asked quantity is computed and N
     is its value as written. Everything else is wrong; ``classify_step`` says how.
     """
@@ -591,6 +637,11 @@ def classify_step(problem: WordProblem, prior_steps: list[str] | tuple[str, ...]
     - ``wrong_operation``: a ready quantity's operands with another operation;
     - ``arithmetic_slip``: the right operation and operands, a wrong result (or a boxed number
       other than the computed answer);
+    - ``wrong_quantity``: the right computation said of another quantity: another person than
+      the one whose amount it is ("so Tom has 13 + 8 = 21" when it is Jim's), or another noun
+      ("= 21 pens" when they are marbles). Checked where the gold step names the person (plainly:
+      "Tom has ...", not "Together they have" or "Tom has 5 more than Jim") or the noun, and the
+      step names one too; a step that names neither is not judged on it;
     - ``wrong_operand``: the right operation with a number that is not the quantity's input
       (a distractor's, another entity's, a stale one), or any other equation.
     """
@@ -607,9 +658,11 @@ def classify_step(problem: WordProblem, prior_steps: list[str] | tuple[str, ...]
     if eq is None:
         return "malformed"
     ready = _ready(problem, known)
-    for q in ready:
-        if _operands_fit(q, known, eq.a, eq.b) and q.op == eq.op:
-            return None if _apply(eq.op, eq.a, eq.b) == eq.result else "arithmetic_slip"
+    matches = [q for q in ready if q.op == eq.op and _operands_fit(q, known, eq.a, eq.b)]
+    if matches:
+        if _apply(eq.op, eq.a, eq.b) != eq.result:
+            return "arithmetic_slip"
+        return None if any(_names_fit(problem, q, text) for q in matches) else "wrong_quantity"
     if any(_operands_fit(q, known, eq.a, eq.b) for q in ready):
         return "wrong_operation"
     computed = [q for q in problem.derived if q.key in known]
