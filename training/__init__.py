@@ -3,7 +3,8 @@
 Subpackages: ``data`` (records, datasets, splits, store), ``collection`` (collect, runs,
 verifiers, observations, signals), ``learning`` (CPO, allocator, RADAR fit), ``calibration``
 (kappa and thresholds) and ``bench``. The flat module paths of earlier releases
-(``stepgraph.training.cpo`` ...) still import, with a DeprecationWarning, through one alias table.
+(``stepgraph.training.cpo`` ...) still import, with a DeprecationWarning, through one alias table, and so do
+``commands`` and ``cli_args``, now ``stepgraph.cli.training`` and ``stepgraph.cli.dataclass_options``.
 """
 
 from __future__ import annotations
@@ -27,13 +28,15 @@ _MOVED: dict[str, str] = {
     **dict.fromkeys(["tuning", "live_kappa", "calibrate", "guarantee"], "calibration"),
     **dict.fromkeys(["bench_tiers", "bench_allocator", "bench_radar", "compare", "policy_check"], "bench"),
 }
+# Parser modules that moved to the CLI package (argparse lives there only).
+_MOVED_OUT = {"commands": "stepgraph.cli.training", "cli_args": "stepgraph.cli.dataclass_options"}
 
 
 def _new_name(fullname: str) -> str | None:
     prefix, _, leaf = fullname.rpartition(".")
-    if prefix != __name__ or leaf not in _MOVED:
+    if prefix != __name__ or leaf not in {*_MOVED, *_MOVED_OUT}:
         return None
-    return f"{__name__}.{_MOVED[leaf]}.{leaf}"
+    return _MOVED_OUT.get(leaf) or f"{__name__}.{_MOVED[leaf]}.{leaf}"
 
 
 class _AliasLoader(importlib.abc.Loader):
