@@ -113,3 +113,13 @@ def test_the_prompt_loss_reads_the_question_tokens_only():
     assert prompt_loss(logits, input_ids, labels, mask).item() < 1e-6
     logits[0, 3, 1] = logits[0, 5, 1] = 50.0  # wrong guesses on solution and padding positions change nothing
     assert prompt_loss(logits, input_ids, labels, mask).item() < 1e-6
+
+
+def test_testbed_models_command_passes_its_options_to_the_trainer(monkeypatch):
+    from stepgraph.cli import main
+
+    ran: list[tm.Args] = []
+    monkeypatch.setattr(tm, "main", ran.append)
+    assert main(["testbed-models", "--which", "mid", "--mid-stop-at", "1250", "--threads", "1", "--resume"]) == 0
+    assert (ran[0].which, ran[0].mid_stop_at, ran[0].threads, ran[0].resume) == ("mid", 1250, 1, True)
+    assert ran[0].draft_stop_at is None and ran[0].steps_mid == tm.Args.steps_mid  # the command line's defaults

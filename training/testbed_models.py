@@ -388,5 +388,4 @@ def main(args: Args) -> None:
 
 if __name__ == "__main__":  # the old path of `stepgraph testbed-models`
     from stepgraph.cli import run_old_path
-
     run_old_path(__spec__.name, "testbed-models")

@@ -9,28 +9,24 @@ from typing import Any
 
 from stepgraph.cli.options import in_range, with_options
 from stepgraph.training.bench.policy_check import THRESHOLD_FEATURES, policy_check
+from stepgraph.training.collection.observations import reobserve_store
 
 
 def add_commands(sub: Any) -> None:
     """Add reobserve, signals, policy-check and bench-allocator to the ``stepgraph`` CLI's subparsers."""
-    r = sub.add_parser("reobserve", help="copy a trace store with every observation recomputed by this stepgraph's features",
-                       description="Copy a trace store into a new one with every step's observation recomputed from its stored "
-                       "draft output, so traces collected before a feature existed carry it.")
+    r = sub.add_parser("reobserve", help="copy a trace store with every observation recomputed from its stored draft outputs")
     r.add_argument("--store", required=True, help="trace store to read (unchanged)")
     r.add_argument("--out", required=True, help="new trace store to write")
-    r.set_defaults(func=_reobserve)
+    r.set_defaults(func=with_options(reobserve_store))
 
-    s = sub.add_parser("signals", help="how well each observation flags a wrong draft step (AUROC, escalation at 95%% recall)",
-                       description="Per feature set: AUROC and the escalation rate at 95%% recall of wrong draft steps, fitted "
-                       "on one stored split and scored on another; one JSON row per line.")
+    s = sub.add_parser("signals", help="how well each observation flags a wrong draft step: AUROC and escalation at 95%% recall, "
+                       "one JSON row per feature set")
     s.add_argument("--store", required=True, help="trace store to read")
     s.add_argument("--fit", default="train", help="split the scorers are fitted on (default: %(default)s)")
     s.add_argument("--eval", default="calibration", help="split they are scored on (default: %(default)s)")
     s.set_defaults(func=_signals)
 
-    c = sub.add_parser("policy-check", help="policies against exactly tuned single-feature thresholds, live on unseen problems",
-                       description="Tune each single-feature threshold on the store's calibration split at every breakpoint, "
-                       "then run those gates, the policies, target-only and draft-only live on the same test problems.")
+    c = sub.add_parser("policy-check", help="policies against exactly tuned single-feature thresholds, live on unseen problems")
     c.add_argument("--store", required=True, type=Path, help="trace store whose calibration split tunes the thresholds")
     c.add_argument("--policy", dest="policies", nargs="+", type=Path, default=[], metavar="DIR", help="policy artifact directories")
     c.add_argument("--problems", type=in_range(int, 1), default=400, help="test-split problems (default: %(default)s)")
@@ -42,9 +38,7 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--out", type=Path, default=None, help="write the report here as JSON")
     c.set_defaults(func=with_options(policy_check))
 
-    a = sub.add_parser("bench-allocator", help="a trained allocator, alone and before the policy, against the policy",
-                       description="Bench a trained allocator on the testbed's test split against the shipped (or a given) "
-                       "policy: target only, the policy, the allocator alone, allocator + policy; a markdown table on stdout.")
+    a = sub.add_parser("bench-allocator", help="a trained allocator, alone and before the policy, against the policy (a table)")
     a.add_argument("--allocator", type=Path, default=Path("runs/allocator"), help="allocator artifact (default: %(default)s)")
     a.add_argument("--combined-allocator", type=Path, default=None,
                    help="allocator calibrated for the combination with the policy (default: --allocator)")
@@ -54,14 +48,6 @@ def add_commands(sub: Any) -> None:
     a.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampling seeds (default: 0 1 2)")
     a.add_argument("--out", type=Path, default=None, help="write the report as JSON here (default: print only the table)")
     a.set_defaults(func=with_options(_bench_allocator))
-
-
-def _reobserve(args: argparse.Namespace) -> int:
-    from stepgraph.features import FEATURE_SCHEMA
-    from stepgraph.training.collection.observations import reobserve_store
-
-    print(f"{args.out}: {reobserve_store(args.store, args.out)} episodes with {FEATURE_SCHEMA}")
-    return 0
 
 
 def _signals(args: argparse.Namespace) -> int:

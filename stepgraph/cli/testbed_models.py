@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stepgraph.cli.dataclass_options import add_dataclass_options
+
 
 def add_command(sub: Any) -> None:
     """Add ``testbed-models`` to the ``stepgraph`` CLI's subparsers; every argument after it goes to ``run``."""
@@ -25,20 +27,11 @@ def run(argv: Sequence[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="stepgraph testbed-models", description=tm.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = tm.Args()
-    parser.add_argument("--task", choices=tm.TASKS, default=defaults.task, help="default: %(default)s")
-    parser.add_argument("--which", choices=["draft", "mid", "target", "both"], default=defaults.which, help="model(s) to train (default: %(default)s)")
+    parser.add_argument("--task", choices=tm.TASKS, default=tm.Args.task, help="default: %(default)s")
+    parser.add_argument("--which", choices=["draft", "mid", "target", "both"], default=tm.Args.which, help="model(s) to train (default: %(default)s)")
     parser.add_argument("--draft-stop-at", type=int, default=None, help="stop the draft at this step (default: --steps-draft)")
     parser.add_argument("--mid-stop-at", type=int, default=None, help="stop the mid model at this step (default: --steps-mid)")
-    for name in ("steps_draft", "steps_mid", "steps_target", "batch_size", "seed", "threads", "eval_problems", "save_every",
-                 "checkpoint_every", "chunk_problems"):
-        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name), help="default: %(default)s")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="default: %(default)s")
-    parser.add_argument("--question-loss-weight", type=float, default=defaults.question_loss_weight,
-                        help="weight of the loss on the question's tokens, so the model can score questions (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=defaults.out, help="default: %(default)s")
     parser.add_argument("--tokenizer", type=Path, default=None, help="use this saved tokenizer (e.g. <out>/target-tokenizer) instead of building one")
-    parser.add_argument("--evaluate-only", action="store_true", help="measure the models in --out without training")
-    parser.add_argument("--resume", action="store_true", help="continue from <out>/<which>-checkpoint.pt")
+    add_dataclass_options(parser, tm.Args, skip=("task", "which", "draft_stop_at", "mid_stop_at", "tokenizer"))
     tm.main(tm.Args(**vars(parser.parse_args(argv))))
     return 0

@@ -1,8 +1,5 @@
 """The offline subcommands of the ``stepgraph`` CLI: learn the routing policy from graph traces.
 
-Imported only when an offline command runs (``stepgraph.cli.build_parser(offline=True)``): the
-trainer, math-verify and LangChain would slow ``stepgraph solve`` down by seconds.
-
     stepgraph collect --store runs/traces.sqlite --problems 400
     stepgraph train --store runs/traces.sqlite --out runs/policy
     stepgraph evaluate --policy runs/policy --problems 200

@@ -146,5 +146,4 @@ def bench_trained_allocator(allocator: Path, *, combined_allocator: Path | None 
 
 if __name__ == "__main__":  # the old path of `stepgraph bench-allocator`
     from stepgraph.cli import run_old_path
-
     run_old_path(__spec__.name, "bench-allocator")

@@ -89,5 +89,4 @@ def policy_check(store: str | Path, policies: Sequence[Path] = (), *, problems: 
 
 if __name__ == "__main__":  # the old path of `stepgraph policy-check`
     from stepgraph.cli import run_old_path
-
     run_old_path(__spec__.name, "policy-check")

@@ -37,8 +37,8 @@ def reobserve(episode: Episode) -> Episode:
     return dataclasses.replace(episode, steps=steps)
 
 
-def reobserve_store(store: str | Path, out: str | Path) -> int:
-    """Copy ``store`` into the new store ``out`` with every episode's observations recomputed; the episodes written."""
+def reobserve_store(store: str | Path, out: str | Path) -> dict[str, object]:
+    """Copy ``store`` into the new store ``out`` with every episode's observations recomputed; what it wrote."""
     from stepgraph.training.data.store import TraceStore
 
     from stepgraph.features import FEATURE_SCHEMA
@@ -51,10 +51,9 @@ def reobserve_store(store: str | Path, out: str | Path) -> int:
         for split in ("train", "calibration", "test"):
             for episode in old.episodes(split):
                 new.add(reobserve(episode), split)
-        return len(new)
+        return {"out": str(out), "episodes": len(new), "feature_schema": str(FEATURE_SCHEMA)}
 
 
 if __name__ == "__main__":  # the old path of `stepgraph reobserve`
     from stepgraph.cli import run_old_path
-
     run_old_path(__spec__.name, "reobserve")

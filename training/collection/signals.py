@@ -115,5 +115,4 @@ def signal_table(fit: Sequence[Episode], evaluate: Sequence[Episode], sets: dict
 
 if __name__ == "__main__":  # the old path of `stepgraph signals`
     from stepgraph.cli import run_old_path
-
     run_old_path(__spec__.name, "signals")

@@ -253,10 +253,7 @@ def train_allocator_command(store_path: str | Path, out: Path, cpo_args: CPOArgs
                             gate_dir: Path | None = None, supervised_epochs: int = 100,
                             supervised_lr: float = 1e-2) -> dict[str, Any]:
     """``stepgraph train --allocator``: read the store, train, calibrate, save in ``out``; the summary as a dict.
-
-    ``gate_dir``: a post-hoc policy artifact whose combination κ is calibrated for; ``columns``: the
-    recorded tiers to allocate among (traces with every tier's step only).
-    """
+    ``gate_dir``: the post-hoc policy the combination's κ is calibrated for (default: the allocator alone)."""
     import json
     import time
 
