@@ -385,3 +385,27 @@ def test_radar_cli_adds_the_mid_model_into_the_pool() -> None:
     assert parser.parse_args(["radar", "bench", "--extra", "mid"]).extra == ["mid"]
     with pytest.raises(SystemExit):
         parser.parse_args(["radar", "fit", "--extra", "huge"])
+
+
+def test_each_radar_stage_gets_its_options_as_keyword_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    import inspect
+    from pathlib import Path
+
+    from stepgraph.training.bench import bench_radar
+    from stepgraph.training.learning import radar
+
+    from stepgraph.cli import build_parser
+
+    called: dict[str, dict] = {}
+    stages = {"collect": (radar, "collect_command"), "fit": (radar, "fit_command"), "add": (radar, "add_command"),
+              "traces": (radar, "traces_command"), "bench": (bench_radar, "bench_command")}
+    for stage, (module, name) in stages.items():  # a stand-in that binds the options to the real signature and runs nothing
+        signature = inspect.signature(getattr(module, name))
+        monkeypatch.setattr(module, name, lambda s=signature, n=stage, **options: called.setdefault(n, s.bind(**options).arguments))
+    parser = build_parser()
+    for stage in stages:
+        args = parser.parse_args(["radar", stage])
+        args.func(args)
+    assert set(called) == set(stages)
+    assert called["collect"]["journal_dir"] == Path("runs/radar/responses") and called["fit"]["pool"] == "hierarchical"
+    assert called["bench"]["alpha"] == [0.02, 0.05] and called["add"]["budget"] == 30

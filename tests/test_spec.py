@@ -176,9 +176,8 @@ def test_the_cli_gives_data_and_spec_errors_one_line_and_exit_2(tmp_path, capsys
 
 
 def test_skip_bad_rows_flag_reaches_the_spec(tmp_path, capsys):
-    from stepgraph.training.commands import _spec
-
     from stepgraph.cli import build_parser
+    from stepgraph.cli.training import _spec
 
     spec = _jsonl_spec(tmp_path, *BAD_DATA)
     for command in ("collect", "evaluate", "bench", "calibrate"):

@@ -124,9 +124,7 @@ def test_v2_evaluate_only_writes_the_card_per_tier_and_split(tmp_path, monkeypat
     assert all(torch.equal(weights[k], state["model"][k]) for k in weights)
     summary = json.loads((exported / "training.json").read_text())
     assert summary["trained_steps"] == 2 and summary["problems_seen"] == 8 and summary["threads"] == 1
-    monkeypatch.setattr("sys.argv", ["testbed_models", "--task", "v2", "--evaluate-only", "--eval-problems", "3",
-                                     "--threads", "1", "--out", str(tmp_path / "snapshot")])
-    tm.main()
+    tm.main(tm.Args(task="v2", evaluate_only=True, eval_problems=3, threads=1, out=tmp_path / "snapshot"))
     report = json.loads((tmp_path / "snapshot" / "measurements.json").read_text())
     assert report["decoding"] == "greedy" and set(report) >= {"test", "heldout"}
     for split in ("test", "heldout"):
@@ -134,3 +132,13 @@ def test_v2_evaluate_only_writes_the_card_per_tier_and_split(tmp_path, monkeypat
         assert m["problems"] == 3 and 0 <= m["accuracy"] <= m["step_accuracy"] + 1 and m["parameters"] == summary["parameters"]
     card = (tmp_path / "snapshot" / "MODEL_CARD.md").read_text()
     assert "| draft | test |" in card and "| draft | heldout |" in card and "| 2 of 4 | 4 |" in card and "8 problems" in card
+
+
+def test_testbed_models_command_passes_its_options_to_the_trainer(monkeypatch):
+    from stepgraph.cli import main
+
+    ran: list[tm.Args] = []
+    monkeypatch.setattr(tm, "main", ran.append)
+    assert main(["testbed-models", "--which", "mid", "--mid-stop-at", "1250", "--threads", "1", "--resume"]) == 0
+    assert (ran[0].which, ran[0].mid_stop_at, ran[0].threads, ran[0].resume) == ("mid", 1250, 1, True)
+    assert ran[0].draft_stop_at is None and ran[0].steps_mid == tm.Args.steps_mid  # the command line's defaults

@@ -172,9 +172,10 @@ def test_collect_takes_testbed_tiers_only_without_a_spec(tmp_path, capsys):
 def test_train_options_keep_each_trainers_own_defaults_unless_given():
     import argparse
 
-    from stepgraph.training.cli_args import add_dataclass_options, dataclass_from_args
     from stepgraph.training.learning.cpo import CPOArgs
     from stepgraph.training.learning.cpo_tiers import TierCPOArgs
+
+    from stepgraph.cli.dataclass_options import add_dataclass_options, dataclass_from_args
 
     parser = argparse.ArgumentParser()
     add_dataclass_options(parser, CPOArgs, variant=(TierCPOArgs, "K-tier"))

@@ -18,4 +18,5 @@ def test_flat_training_paths_still_import_the_moved_module_with_a_deprecation_wa
 def test_a_flat_module_path_still_runs_with_python_m():
     done = subprocess.run([sys.executable, "-m", "stepgraph.training.policy_check", "--help"], capture_output=True,
                           text=True, timeout=120, check=False)
-    assert done.returncode == 0 and "usage" in done.stdout
+    assert done.returncode == 0 and "usage: stepgraph policy-check" in done.stdout  # the command its parser moved to
+    assert "DeprecationWarning" in done.stderr and "`stepgraph policy-check`" in done.stderr

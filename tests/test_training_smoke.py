@@ -37,6 +37,11 @@ def test_collect_train_evaluate(tmp_path, capsys):
         assert all(StepOutput.from_dict(st.draft_output).text == st.draft for st in e.steps)
         assert all(len(st.draft_output["token_logprobs"]) == len(st.draft_output["tokens"]) for st in e.steps)
         assert [st.observation for st in reobserve(e).steps] == [st.observation for st in e.steps]
+    copy = tmp_path / "copy.sqlite"
+    assert main(["reobserve", "--store", str(store), "--out", str(copy)]) == 0
+    assert json.loads(capsys.readouterr().out)["episodes"] == 6
+    assert main(["reobserve", "--store", str(store), "--out", str(copy)]) == 2  # never into a store that holds episodes
+    assert "already holds episodes" in capsys.readouterr().err
     assert main(["train", "--store", str(store), "--out", str(policy), "--steps", "20"]) == 0
     trained = json.loads(capsys.readouterr().out)
     assert math.isfinite(trained["kappa"]) and trained["episodes"] == 6  # κ on the log-odds scale

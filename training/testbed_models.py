@@ -2,7 +2,7 @@
 
 Reproduces ``stepgraph/testbed/models/{draft,mid,target}`` and measures what their model card
 reports. All models see the same stream of training problems; the loss is on the solution
-tokens only. Run ``python -m stepgraph.training.testbed_models --help`` for the options.
+tokens only. Run ``stepgraph testbed-models --help`` for the options.
 
 Task v2 (``--task v2``, ``stepgraph.testbed.wordproblems``) trains from length-bucketed batches
 and checkpoints (model, optimizer, scheduler, data-stream position, RNG) every
@@ -10,16 +10,15 @@ and checkpoints (model, optimizer, scheduler, data-stream position, RNG) every
 exactly where it stopped.
 
 Example:
-    python -m stepgraph.training.testbed_models --which target --steps 3000
-    OMP_NUM_THREADS=1 python -m stepgraph.training.testbed_models --task v2 --which target --threads 1 --out /tmp/v2 --resume
-    OMP_NUM_THREADS=1 python -m stepgraph.training.testbed_models --which mid --mid-stop-at 1250 --threads 1
-    python -m stepgraph.training.testbed_models --evaluate-only --eval-problems 300
-    OMP_NUM_THREADS=1 python -m stepgraph.training.testbed_models --task v2 --evaluate-only --threads 1 --out /tmp/v2
+    stepgraph testbed-models --which target --steps-target 3000
+    OMP_NUM_THREADS=1 stepgraph testbed-models --task v2 --which target --threads 1 --out /tmp/v2 --resume
+    OMP_NUM_THREADS=1 stepgraph testbed-models --which mid --mid-stop-at 1250 --threads 1
+    stepgraph testbed-models --evaluate-only --eval-problems 300
+    OMP_NUM_THREADS=1 stepgraph testbed-models --task v2 --evaluate-only --threads 1 --out /tmp/v2
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -380,7 +379,7 @@ by `task.verify_step` given the steps before it.
 
 ## Training
 
-`python -m stepgraph.training.testbed_models` (defaults reproduce these files; about 40 minutes
+`stepgraph testbed-models` (defaults reproduce these files; about 40 minutes
 on a 2-core CPU for draft and target; `--which mid --mid-stop-at N` for the mid model). All models see the same seeded stream of train-split problems (batch 64,
 AdamW, lr 2e-3 with 100 warm-up steps then cosine decay to 10%, weight decay 0.01, gradient
 clipping 1.0), loss on the solution tokens only. The draft is stopped part-way through its
@@ -392,7 +391,7 @@ attention accepts). Each model's `training.json` records its torch thread count.
 ## Measured
 
 On the first {n} test-split problems, sampling at temperature {temperature}, each model alone
-(`python -m stepgraph.training.testbed_models --evaluate-only`). AUROC: how well a low STEER score
+(`stepgraph testbed-models --evaluate-only`). AUROC: how well a low STEER score
 (mean max-logit over math tokens) predicts that a step is wrong. Seconds per problem: one full
 answer, local transformers backend, this 2-core CPU.
 
@@ -413,7 +412,7 @@ solution step is checked exactly by `wordproblems.verify_step` given the steps b
 
 ## Training
 
-`python -m stepgraph.training.testbed_models --task v2 --which ROLE ...`: a seeded stream of
+`stepgraph testbed-models --task v2 --which ROLE ...`: a seeded stream of
 train-split problems in length-bucketed batches, AdamW with 100 warm-up steps then cosine decay to
 10% of the peak learning rate, loss on the solution tokens; checkpointed and resumable. Data:
 what the run had seen when it was saved.
@@ -426,7 +425,7 @@ what the run had seen when it was saved.
 
 On the first {n} problems (seed {seed}) of the test split (in distribution) and of the heldout
 split (sentence forms never seen in training), greedy decoding, each model alone
-(`python -m stepgraph.training.testbed_models --task v2 --evaluate-only`). Accuracy: the boxed
+(`stepgraph testbed-models --task v2 --evaluate-only`). Accuracy: the boxed
 answer is right. Step accuracy: the share of generated steps the verifier accepts given the
 model's own steps before them. AUROC: how well a low confidence predicts that a step is wrong,
 for STEER's score (mean max-logit over math tokens, `features.logit_confidence`) and for the
@@ -440,28 +439,8 @@ Raw numbers: `measurements.json`; per-model training summaries: `*/training.json
 """
 
 
-def parse_args() -> Args:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = Args()
-    parser.add_argument("--task", choices=TASKS, default=defaults.task, help="default: %(default)s")
-    parser.add_argument("--which", choices=["draft", "mid", "target", "both"], default=defaults.which, help="model(s) to train (default: %(default)s)")
-    parser.add_argument("--draft-stop-at", type=int, default=None, help="stop the draft at this step (default: --steps-draft)")
-    parser.add_argument("--mid-stop-at", type=int, default=None, help="stop the mid model at this step (default: --steps-mid)")
-    for name in ("steps_draft", "steps_mid", "steps_target", "batch_size", "seed", "threads", "eval_problems", "save_every",
-                 "checkpoint_every", "chunk_problems"):
-        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name), help="default: %(default)s")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="default: %(default)s")
-    parser.add_argument("--question-loss-weight", type=float, default=defaults.question_loss_weight,
-                        help="weight of the loss on the question's tokens, so the model can score questions (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=defaults.out, help="default: %(default)s")
-    parser.add_argument("--tokenizer", type=Path, default=None, help="use this saved tokenizer (e.g. <out>/target-tokenizer) instead of building one")
-    parser.add_argument("--evaluate-only", action="store_true", help="measure the models in --out without training")
-    parser.add_argument("--resume", action="store_true", help="continue from <out>/<which>-checkpoint.pt")
-    return Args(**vars(parser.parse_args()))
-
-
-def main() -> None:
-    args = parse_args()
+def main(args: Args) -> None:
+    """Train the ``args.which`` model(s) (unless ``args.evaluate_only``), then measure the models and write their card."""
     torch.set_num_threads(args.threads)
     if not args.evaluate_only:
         steps = {"draft": args.steps_draft, "mid": args.steps_mid, "target": args.steps_target}
@@ -480,5 +459,6 @@ def main() -> None:
     print(json.dumps(report, indent=2))
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the old path of `stepgraph testbed-models`
+    from stepgraph.cli import run_old_path
+    run_old_path(__spec__.name, "testbed-models")

@@ -1,10 +1,16 @@
 """The ``stepgraph`` command, one CLI for the whole library; argparse lives here only.
 
     stepgraph solve QUESTION          answer a question with the routed graph      (cli/solve.py)
-    stepgraph collect | train | evaluate | bench    learn and compare routing policies (stepgraph.training.commands)
+    stepgraph collect | train | calibrate | evaluate | bench    learn and compare routing policies (cli/training.py)
+    stepgraph radar STAGE             RADAR's query-level router, offline          (cli/radar.py)
+    stepgraph reobserve | signals | policy-check | bench-allocator    studies      (cli/studies.py)
+    stepgraph testbed-models          train the shipped testbed models             (cli/testbed_models.py)
     stepgraph overhead | throughput   benchmarks                                   (cli/bench.py)
     stepgraph serve | serve-bench     OpenAI-compatible HTTP server, its benchmark (cli/serve.py)
     stepgraph mcp                     MCP tool server                              (cli/mcp.py)
+
+The offline commands' modules (training, radar, studies, testbed_models) are imported only for a command line
+that is not one of ``RUNTIME_COMMANDS``, so ``solve`` starts fast.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
+from typing import NoReturn
 
 from stepgraph import __version__
 from stepgraph.cli import bench, mcp, serve, solve
@@ -20,14 +28,14 @@ from stepgraph.cli.options import gate_options as _gate_options
 from stepgraph.cli.solve import step_confidence as _step_confidence
 from stepgraph.errors import StepgraphError
 
-__all__ = ["GATE_CHOICES", "RUNTIME_COMMANDS", "_gate_options", "_step_confidence", "build_parser", "main"]
+__all__ = ["GATE_CHOICES", "RUNTIME_COMMANDS", "_gate_options", "_step_confidence", "build_parser", "main", "run_old_path"]
 
 RUNTIME_COMMANDS = ("solve", "overhead", "throughput", "serve", "serve-bench", "mcp")
 
 
 def build_parser(offline: bool = True) -> argparse.ArgumentParser:
-    """The CLI's parser; ``offline=False`` leaves out collect/train/evaluate/bench, whose
-    imports (the trainer, math-verify, LangChain) would slow a ``solve`` down by seconds."""
+    """The CLI's parser; ``offline=False`` leaves out collect/train/evaluate/bench, radar and the studies,
+    whose imports (the trainer, math-verify, LangChain) would slow a ``solve`` down by seconds."""
     parser = argparse.ArgumentParser(
         prog="stepgraph",
         description="Stepwise model routing: a small model drafts each reasoning step, a gate decides "
@@ -39,9 +47,12 @@ def build_parser(offline: bool = True) -> argparse.ArgumentParser:
     solve.add_command(sub)
     bench.add_commands(sub)
     if offline:
-        from stepgraph.training.commands import add_commands
+        from stepgraph.cli import radar, studies, testbed_models, training
 
-        add_commands(sub)
+        training.add_commands(sub)
+        radar.add_command(sub)
+        studies.add_commands(sub)
+        testbed_models.add_command(sub)
     serve.add_commands(sub)
     mcp.add_command(sub)
     parser.epilog = "Run `stepgraph COMMAND --help` for a command's options and their defaults."
@@ -60,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     except StepgraphError as exc:
         print(f"stepgraph: error: {exc}", file=sys.stderr)
         return 2
+
+
+def run_old_path(module: str, command: str) -> NoReturn:
+    """``python -m MODULE ...``, a training module's old entry point: runs ``stepgraph COMMAND ...``, with a DeprecationWarning."""
+    warnings.warn(f"`python -m {module}` is now `stepgraph {command}`; the old path will be removed", DeprecationWarning, stacklevel=2)
+    sys.exit(main([command, *sys.argv[1:]]))
 
 
 if __name__ == "__main__":

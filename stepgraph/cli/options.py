@@ -135,3 +135,9 @@ def check_gate(name: str | None, config: Path | None) -> None:
     shipped = {default_gate_name(), *STUDIO_GATES}
     if name is not None and config is None and ALIASES.get(name, name) not in shipped:
         raise ConfigError(f"--gate {name!r}: the shipped graph has the gates {sorted(shipped)}.")
+
+
+def with_options(function: Callable[..., Any]) -> Callable[[argparse.Namespace], Any]:
+    """A command handler that calls ``function`` with the parsed options as keyword arguments, so the function it
+    runs (a training stage) takes typed parameters, not a namespace; the subcommand names are left out."""
+    return lambda args: function(**{k: v for k, v in vars(args).items() if k not in ("func", "command", "stage")})

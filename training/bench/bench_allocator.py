@@ -8,16 +8,14 @@ runs the four methods (target only, the policy, the allocator alone, allocator +
 summarises them with ``bench.summarize`` plus a paired interval of each method's FLOPs against
 the policy's.
 
-    python -m stepgraph.training.bench.bench_allocator --allocator runs/allocator \
+    stepgraph bench-allocator --allocator runs/allocator \
         --combined-allocator runs/allocator-combined --problems 200 --seeds 0 1 2
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -122,37 +120,30 @@ def markdown_table(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Bench a trained allocator on the testbed's test split against the shipped (or a given) policy."""
+def bench_trained_allocator(allocator: Path, *, combined_allocator: Path | None = None, policy: Path | None = None,
+                            problems: int = 200, seed: int = 0, seeds: Sequence[int] = (0, 1, 2),
+                            out: Path | None = None) -> dict[str, Any]:
+    """Bench a trained allocator on the testbed's test split against the shipped (or a given) policy; the report,
+    also written to ``out`` as JSON."""
     from stepgraph.defaults import DEFAULT_POLICY_DIR
     from stepgraph.routing.gates import PolicyGate
     from stepgraph.routing.learned_allocator import LearnedAllocator
     from stepgraph.testbed import load_pair
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--allocator", type=Path, default=Path("runs/allocator"), help="allocator artifact (default: %(default)s)")
-    parser.add_argument("--combined-allocator", type=Path, default=None,
-                        help="allocator calibrated for the combination with the policy (default: --allocator)")
-    parser.add_argument("--policy", type=Path, default=DEFAULT_POLICY_DIR, help="post-hoc policy (default: the shipped one)")
-    parser.add_argument("--problems", type=int, default=200, help="test-split problems (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="problem-selection seed (default: %(default)s)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampling seeds (default: 0 1 2)")
-    parser.add_argument("--out", type=Path, default=None, help="write the report as JSON here (default: print only the table)")
-    args = parser.parse_args(argv)
+    policy = policy or DEFAULT_POLICY_DIR
     tiers = load_pair()
     described = [{"name": m.name, "parameters": m.n_params} for m in tiers]
-    allocator = LearnedAllocator.from_path(args.allocator, described)
-    combined = LearnedAllocator.from_path(args.combined_allocator, described) if args.combined_allocator else None
-    report = allocator_bench(tiers, testbed_items("test", args.problems, seed=args.seed), allocator=allocator,
-                             policy=PolicyGate.from_path(args.policy), combined=combined, seeds=args.seeds)
-    report |= {"allocator": str(args.allocator), "combined_allocator": str(args.combined_allocator or args.allocator),
-               "policy": str(args.policy)}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(markdown_table(report), file=sys.stdout)
-    return 0
+    trained = LearnedAllocator.from_path(allocator, described)
+    combined = LearnedAllocator.from_path(combined_allocator, described) if combined_allocator else None
+    report = allocator_bench(tiers, testbed_items("test", problems, seed=seed), allocator=trained,
+                             policy=PolicyGate.from_path(policy), combined=combined, seeds=seeds)
+    report |= {"allocator": str(allocator), "combined_allocator": str(combined_allocator or allocator), "policy": str(policy)}
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1) + "\n")
+    return report
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # the old path of `stepgraph bench-allocator`
+    from stepgraph.cli import run_old_path
+    run_old_path(__spec__.name, "bench-allocator")

@@ -208,7 +208,11 @@ def markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _bench_command(args: Any) -> dict[str, Any]:
+def bench_command(*, responses: Path, train_problems: int, calibration_problems: int, problems: int, alpha: Sequence[float],
+                  seeds: Sequence[int], router: Path, out: Path, policy: Path | None = None, difficulty_policy: Path | None = None,
+                  plain_policy: Path | None = None, extra: Sequence[str] | None = None, added_ability: str = "adaptive",
+                  ) -> dict[str, Any]:
+    """``radar bench``: ``run_bench`` on the testbed pair, written to ``out`` (results.json, table.md); its summary."""
     import json
 
     from stepgraph.defaults import DEFAULT_POLICY_DIR
@@ -216,46 +220,16 @@ def _bench_command(args: Any) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     tiers = load_pair()
-    policy = PolicyGate.from_path(args.policy or DEFAULT_POLICY_DIR)
+    gate = PolicyGate.from_path(policy or DEFAULT_POLICY_DIR)
     load = lambda path: PolicyGate.from_path(path) if path and (path / "policy.json").is_file() else None
-    report = run_bench(tiers, policy, responses=args.responses, alphas=args.alpha,
-                       sizes={"train": args.train_problems, "calibration": args.calibration_problems,
-                              "test": args.problems, "shifted": args.problems},
-                       difficulty_policy=load(args.difficulty_policy), plain_policy=load(args.plain_policy),
-                       regressor=RadarRouter.from_path(args.router).regressor if (args.router / "radar.json").is_file() else None,
-                       seeds=args.seeds, extra=args.extra or (), added_ability=args.added_ability)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out / "table.md").write_text(markdown(report))
-    return {"out": str(args.out), "routers": report["routers"], "new_configuration": report.get("new_configuration"),
+    report = run_bench(tiers, gate, responses=responses, alphas=alpha,
+                       sizes={"train": train_problems, "calibration": calibration_problems, "test": problems, "shifted": problems},
+                       difficulty_policy=load(difficulty_policy), plain_policy=load(plain_policy),
+                       regressor=RadarRouter.from_path(router).regressor if (router / "radar.json").is_file() else None,
+                       seeds=seeds, extra=extra or (), added_ability=added_ability)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "table.md").write_text(markdown(report))
+    return {"out": str(out), "routers": report["routers"], "new_configuration": report.get("new_configuration"),
             "added": report.get("added"),
             "regressor": report["fit"]["regressor"]}
-
-
-def add_bench_stage(stages: Any) -> None:
-    from stepgraph.cli.options import in_range
-
-    b = stages.add_parser("bench", help="RADAR alone, the stepwise policy, RADAR → policy, the policy with the difficulty feature")
-    b.add_argument("--responses", type=Path, default=Path("runs/radar/responses"), help="journals of `radar collect` (default: %(default)s)")
-    b.add_argument("--train-problems", type=in_range(int, 5), default=300, help="train queries collected (default: %(default)s)")
-    b.add_argument("--calibration-problems", type=in_range(int, 1), default=200, help="calibration queries (default: %(default)s)")
-    b.add_argument("--problems", type=in_range(int, 1), default=150, help="test and shifted queries (default: %(default)s)")
-    b.add_argument("--alpha", type=in_range(float, 0, 1, exclusive=True), nargs="+", default=[0.02, 0.05],
-                   help="allowed miss rates the routers are calibrated for, each a row (default: 0.02 0.05)")
-    b.add_argument("--seeds", type=int, nargs="+", default=[0],
-                   help="sampling seeds of the test and shifted rows, each collected by `radar collect --seed` (default: 0)")
-    b.add_argument("--policy", type=Path, default=None, help="stepwise policy artifact (default: the shipped policy)")
-    b.add_argument("--difficulty-policy", type=Path, default=Path("runs/radar/policy_difficulty"),
-                   help="policy trained on `radar traces` with the difficulty feature (row left out if absent) (default: %(default)s)")
-    b.add_argument("--plain-policy", type=Path, default=Path("runs/radar/policy_plain"),
-                   help="the same traces' policy with difficulty hidden (row left out if absent) (default: %(default)s)")
-    b.add_argument("--router", type=Path, default=Path("runs/radar/router"),
-                   help="artifact whose difficulty regressor made the difficulty traces (default: %(default)s; refitted if absent)")
-    b.add_argument("--extra", nargs="+", default=None, choices=[c.name for c in NEW_CONFIGURATIONS], metavar="NAME",
-                   help="configurations added after the fit by adaptive ability (as `radar add --into-pool`), each with "
-                        "router rows that include it; their journals needed on every split: %(choices)s")
-    b.add_argument("--added-ability", choices=["adaptive", "full"], default="adaptive",
-                   help="--extra configurations' ability: from adaptive testing, or a full refit with all their train answers "
-                        "(default: %(default)s)")
-    b.add_argument("--out", type=Path, default=Path("runs/radar/bench"), help="output directory (default: %(default)s)")
-    b.set_defaults(func=_bench_command)

@@ -1,6 +1,6 @@
 """Check a policy against exactly tuned single-feature thresholds, live on problems no tuning saw.
 
-    python -m stepgraph.training.bench.policy_check --store runs/v2.sqlite --policy runs/policy_full runs/policy_free \
+    stepgraph policy-check --store runs/v2.sqlite --policy runs/policy_full runs/policy_free \
         --problems 400 --seed 11 [--shifted]
 
 Each threshold ("escalate iff feature < t") is tuned on the store's calibration split at every
@@ -13,11 +13,11 @@ none of the traces hold.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from stepgraph.training.calibration.calibrate import Family, Replay
 from stepgraph.training.collection.collect import Item
@@ -58,41 +58,35 @@ def tune_threshold(feature: str, calibration: Sequence, alpha: float) -> dict:
     return Replay(family, calibration, max_candidates=10**7).calibrate(alpha).as_dict()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--store", required=True, type=Path, help="trace store whose calibration split tunes the thresholds")
-    parser.add_argument("--policy", nargs="+", type=Path, default=[], help="policy artifact directories")
-    parser.add_argument("--problems", type=int, default=400)
-    parser.add_argument("--seed", type=int, default=11, help="problem and sampling seed (default: %(default)s)")
-    parser.add_argument("--alpha", type=float, default=0.02)
-    parser.add_argument("--thresholds", nargs="*", default=list(THRESHOLD_FEATURES), help="features to tune thresholds on")
-    parser.add_argument("--shifted", action="store_true", help="four-operation problems")
-    parser.add_argument("--out", type=Path, default=None, help="write the report here as JSON")
-    args = parser.parse_args(argv)
-    with TraceStore(args.store, readonly=True) as store:
-        calibration = list(store.episodes("calibration"))
+def policy_check(store: str | Path, policies: Sequence[Path] = (), *, problems: int = 400, seed: int = 11,
+                 alpha: float = 0.02, thresholds: Sequence[str] = THRESHOLD_FEATURES, shifted: bool = False,
+                 out: Path | None = None) -> dict[str, Any]:
+    """Tune each feature in ``thresholds`` on ``store``'s calibration split, then run those gates, the ``policies``,
+    target-only and draft-only live on ``problems`` test problems; the report, also written to ``out`` as JSON."""
+    with TraceStore(store, readonly=True) as traces:
+        calibration = list(traces.episodes("calibration"))
     gates: dict[str, Gate] = {}
     tuned = {}
-    for feature in args.thresholds:
-        tuned[feature] = tune_threshold(feature, calibration, args.alpha)
+    for feature in thresholds:
+        tuned[feature] = tune_threshold(feature, calibration, alpha)
         gates[f"threshold:{feature}"] = FeatureThresholdGate(feature, tuned[feature]["threshold"])
-    for path in args.policy:
+    for path in policies:
         gates[str(path)] = PolicyGate.from_path(path)
-    difficulty = task.Difficulty(min_ops=4, max_ops=4) if args.shifted else task.Difficulty()
-    problems = task.generate("test", args.problems, seed=args.seed, difficulty=difficulty)
-    items = [Item(f"test:{args.seed}:{i}", p.question, str(p.answer)) for i, p in enumerate(problems)]
-    report = {"tuned_thresholds": tuned, "shifted": args.shifted, "problems": len(items), "seed": args.seed,
-              "gates": evaluate_gates(load_pair(), gates, items, seed=args.seed, temperature=DEFAULT_TEMPERATURE, progress=False,
-                                      journal_dir=args.out.with_suffix(".journal") if args.out else None)}
+    difficulty = task.Difficulty(min_ops=4, max_ops=4) if shifted else task.Difficulty()
+    generated = task.generate("test", problems, seed=seed, difficulty=difficulty)
+    items = [Item(f"test:{seed}:{i}", p.question, str(p.answer)) for i, p in enumerate(generated)]
+    report = {"tuned_thresholds": tuned, "shifted": shifted, "problems": len(items), "seed": seed,
+              "gates": evaluate_gates(load_pair(), gates, items, seed=seed, temperature=DEFAULT_TEMPERATURE, progress=False,
+                                      journal_dir=out.with_suffix(".journal") if out else None)}
     target = report["gates"]["target"]
     for row in report["gates"].values():  # total FLOPs with prefill, against target-only's
         row["total_flops_vs_target"] = round((row["mean_flops"] + row["mean_prefill_flops"]) /
                                              (target["mean_flops"] + target["mean_prefill_flops"]), 4)
-    text = json.dumps(report, indent=1)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    if out:
+        out.write_text(json.dumps(report, indent=1) + "\n")
+    return report
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the old path of `stepgraph policy-check`
+    from stepgraph.cli import run_old_path
+    run_old_path(__spec__.name, "policy-check")

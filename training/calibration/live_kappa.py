@@ -70,7 +70,7 @@ def with_live_kappa(artifact: Any, calibrated: Mapping[str, Any], alpha: float) 
 
 
 def curve_rows(calibrated: Mapping[float, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """α → (κ, coverage, FLOPs vs the strongest tier alone, escalation rate) on the runs, as ``commands.curve_table`` prints."""
+    """α → (κ, coverage, FLOPs vs the strongest tier alone, escalation rate) on the runs, as ``stepgraph.cli.training.curve_table`` prints."""
     rows = []
     for alpha, c in sorted(calibrated.items()):
         point = c["calibration"]

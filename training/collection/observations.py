@@ -8,9 +8,11 @@ before it, exactly as the graph would compute them (``stepgraph.features.observe
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from stepgraph.training.data.records import Episode
 
+from stepgraph.errors import ConfigError
 from stepgraph.features import observe
 from stepgraph.models.base import StepOutput
 
@@ -35,28 +37,23 @@ def reobserve(episode: Episode) -> Episode:
     return dataclasses.replace(episode, steps=steps)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m stepgraph.training.collection.observations --store OLD --out NEW``: a copy of a store with current observations."""
-    import argparse
-
+def reobserve_store(store: str | Path, out: str | Path) -> dict[str, object]:
+    """Copy ``store`` into the new store ``out`` with every episode's observations recomputed; what it wrote."""
     from stepgraph.training.data.store import TraceStore
 
     from stepgraph.features import FEATURE_SCHEMA
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--store", required=True, help="trace store to read (unchanged)")
-    parser.add_argument("--out", required=True, help="new trace store to write")
-    args = parser.parse_args(argv)
-    with TraceStore(args.store, readonly=True) as old, TraceStore(args.out) as new:
+    with TraceStore(store, readonly=True) as old, TraceStore(out) as new:
         if len(new):
-            raise SystemExit(f"{args.out} already holds episodes; pass a new --out path.")
+            raise ConfigError(f"{out} already holds episodes; pass a new --out path.")
         new.set_meta("feature_schema", FEATURE_SCHEMA.to_dict())
         new.set_meta("models", old.meta("models"))
         for split in ("train", "calibration", "test"):
             for episode in old.episodes(split):
                 new.add(reobserve(episode), split)
-        print(f"{args.out}: {len(new)} episodes with {FEATURE_SCHEMA}")
+        return {"out": str(out), "episodes": len(new), "feature_schema": str(FEATURE_SCHEMA)}
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the old path of `stepgraph reobserve`
+    from stepgraph.cli import run_old_path
+    run_old_path(__spec__.name, "reobserve")

@@ -1,6 +1,6 @@
 """How well each observation flags a wrong draft step: per-step AUROC and escalation at 95% recall.
 
-    python -m stepgraph.training.collection.signals --store runs/traces.sqlite [--fit train --eval calibration]
+    stepgraph signals --store runs/traces.sqlite [--fit train --eval calibration]
 
 The steps are the draft steps written after a correct prefix (every step the routed answer kept
 before it is verified right), labelled wrong when the verifier rejects the draft. A single
@@ -13,15 +13,12 @@ oracle escalates exactly the wrong ones). Observations are recomputed from the s
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from collections.abc import Sequence
 
 import torch
 from stepgraph.training.collection.observations import reobserve
 from stepgraph.training.data.records import Episode
-from stepgraph.training.data.store import TraceStore
 
 FREE = ["api_confidence", "logit_confidence", "sampled_logprob_sum", "sampled_logprob_min", "margin_min", "entropy_max",
         "result_digit_min", "step_index", "step_tokens", "is_final"]
@@ -116,17 +113,6 @@ def signal_table(fit: Sequence[Episode], evaluate: Sequence[Episode], sets: dict
     return [{"steps": len(eval_y), "wrong": int(y_eval.sum()), "fit_steps": len(fit_y)}, *rows]
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--store", required=True)
-    parser.add_argument("--fit", default="train", help="split the scorers are fitted on (default: %(default)s)")
-    parser.add_argument("--eval", default="calibration", help="split they are scored on (default: %(default)s)")
-    args = parser.parse_args(argv)
-    with TraceStore(args.store, readonly=True) as store:
-        fit, evaluate = list(store.episodes(args.fit)), list(store.episodes(args.eval))
-    for row in signal_table(fit, evaluate):
-        print(json.dumps(row))
-
-
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the old path of `stepgraph signals`
+    from stepgraph.cli import run_old_path
+    run_old_path(__spec__.name, "signals")

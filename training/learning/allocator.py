@@ -245,25 +245,15 @@ def train_allocator(episodes: Sequence[Episode], args: CPOArgs | None = None, *,
     return artifact
 
 
-# --- CLI: ``stepgraph train --allocator`` --------------------------------------------------------
+# --- ``stepgraph train --allocator`` ---------------------------------------------------------------
 
 
-def add_allocator_options(parser: Any) -> None:
-    """The ``train`` command's allocator options (the CPO flags set the RL stage)."""
-    parser.add_argument("--allocator", action="store_true",
-                        help="train the ex-ante allocator (supervised, then CPO, then calibrated) instead of the policy; "
-                             "--out defaults to runs/allocator; --steps sets the RL stage (try 200)")
-    parser.add_argument("--allocator-gate", type=Path, default=None, metavar="DIR",
-                        help="allocator: calibrate κ for the combination with this post-hoc policy artifact (default: the allocator alone)")
-    parser.add_argument("--allocator-columns", type=int, nargs="+", default=None, metavar="K",
-                        help="allocator, on traces with every tier's step: the recorded tiers to allocate among, cheapest "
-                             "first, e.g. 0 2 (default: all recorded tiers)")
-    parser.add_argument("--supervised-epochs", type=int, default=100, help="allocator: supervised stage's full-batch epochs (default: %(default)s)")
-    parser.add_argument("--supervised-lr", type=float, default=1e-2, help="allocator: supervised stage's learning rate (default: %(default)s)")
-
-
-def train_allocator_command(args: Any, cpo_args: CPOArgs) -> dict[str, Any]:
-    """``stepgraph train --allocator``: read the store, train, calibrate, save; the summary as a dict."""
+def train_allocator_command(store_path: str | Path, out: Path, cpo_args: CPOArgs, *, split: str = "train",
+                            calibration_split: str = "calibration", columns: Sequence[int] | None = None,
+                            gate_dir: Path | None = None, supervised_epochs: int = 100,
+                            supervised_lr: float = 1e-2) -> dict[str, Any]:
+    """``stepgraph train --allocator``: read the store, train, calibrate, save in ``out``; the summary as a dict.
+    ``gate_dir``: the post-hoc policy the combination's κ is calibrated for (default: the allocator alone)."""
     import json
     import time
 
@@ -273,32 +263,30 @@ def train_allocator_command(args: Any, cpo_args: CPOArgs) -> dict[str, Any]:
     from stepgraph.errors import StepgraphError
     from stepgraph.routing.gates import PolicyGate
 
-    if args.supervised_epochs < 0 or not args.supervised_lr > 0:
+    if supervised_epochs < 0 or not supervised_lr > 0:
         raise ConfigError("--supervised-epochs must be >= 0 and --supervised-lr > 0.")
-    out = args.out or Path("runs/allocator")
-    with TraceStore(args.store, readonly=True) as store:
-        episodes = list(store.episodes(split=args.split))
-        calibration = list(store.episodes(split=args.calibration_split)) if args.calibration_split else []
+    with TraceStore(store_path, readonly=True) as store:
+        episodes = list(store.episodes(split=split))
+        calibration = list(store.episodes(split=calibration_split)) if calibration_split else []
         tiers = store.meta("models") or []
     if not episodes:
-        raise StepgraphError(f"{args.store} holds no {args.split} episodes; run `stepgraph collect` first.")
+        raise StepgraphError(f"{store_path} holds no {split} episodes; run `stepgraph collect` first.")
     if len(tiers) < 2:
-        raise StepgraphError(f"{args.store} does not record its tiers (meta 'models'); collect it again with this stepgraph.")
-    columns = args.allocator_columns
+        raise StepgraphError(f"{store_path} does not record its tiers (meta 'models'); collect it again with this stepgraph.")
     if has_tier_tables(episodes):
         columns = check_columns(columns, len(tiers), "--allocator-columns")
     elif columns is not None:
-        raise ConfigError(f"--allocator-columns needs traces with every tier's step, and {args.store} has none "
+        raise ConfigError(f"--allocator-columns needs traces with every tier's step, and {store_path} has none "
                           "(collect with record_tiers, e.g. `stepgraph bench --tiers 3`); leave it out for 2-tier traces.")
-    gate = PolicyGate.from_path(args.allocator_gate) if args.allocator_gate else None
+    gate = PolicyGate.from_path(gate_dir) if gate_dir else None
     started = time.time()
     out.mkdir(parents=True, exist_ok=True)
     with (out / "metrics.jsonl").open("w") as log:
         artifact = train_allocator(episodes, cpo_args, tiers=tiers, calibration=calibration, gate=gate, columns=columns,
-                                   supervised_epochs=args.supervised_epochs, supervised_lr=args.supervised_lr, progress=True,
+                                   supervised_epochs=supervised_epochs, supervised_lr=supervised_lr, progress=True,
                                    log=lambda step, m: log.write(json.dumps({"step": step, **m}) + "\n"))
-    artifact.training |= {"store": str(args.store), "seconds": round(time.time() - started, 1),
-                          "allocator_gate": str(args.allocator_gate) if args.allocator_gate else None}
+    artifact.training |= {"store": str(store_path), "seconds": round(time.time() - started, 1),
+                          "allocator_gate": str(gate_dir) if gate_dir else None}
     artifact.save(out)
     keys = ("selected_stage", "supervised_accuracy", "online_kappa", "calibration_episodes", "calibration_surrogate_miss",
             "calibration_sent_up", "calibration_flops_vs_target", "train_sent_up", "seconds")

@@ -27,7 +27,6 @@ code anyway); its max-information selector and ability estimator are a few lines
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -427,16 +426,16 @@ def save_items(directory: Path, fit: IRTFit, ids: Sequence[str]) -> None:
               metadata={"ids": json.dumps(list(ids))})
 
 
-# --- the CLI: `stepgraph radar collect|fit|add` -------------------------------------------------------
+# --- the stages of `stepgraph radar collect|fit|add|traces` (stepgraph.cli.radar) ---------------------
 
 
-def _load(args: Any, configurations: Sequence[Configuration] = ()) -> tuple[list[StepModel], PolicyGate]:
+def _load(policy: Path | None, configurations: Sequence[Configuration] = ()) -> tuple[list[StepModel], PolicyGate]:
     """The testbed tiers (the pair, or all three when a configuration runs the mid model) and the stepwise policy."""
     from stepgraph.defaults import DEFAULT_POLICY_DIR
     from stepgraph.testbed import load_tiers
 
     tiers = load_tiers(3 if any(c.gate == "tier" for c in configurations) else 2)
-    return tiers, PolicyGate.from_path(args.policy or DEFAULT_POLICY_DIR)
+    return tiers, PolicyGate.from_path(policy or DEFAULT_POLICY_DIR)
 
 
 def with_tier_sizes(configurations: Sequence[Configuration], tiers: Sequence[StepModel]) -> list[Configuration]:
@@ -450,43 +449,47 @@ def router_tiers(tiers: Sequence[StepModel]) -> list[StepModel]:
     return [tiers[0], tiers[-1]]
 
 
-def _collect_command(args: Any) -> dict[str, Any]:
+def collect_command(*, split: str, problems: int, journal_dir: Path, configurations: Sequence[str] | None = None,
+                    policy: Path | None = None, temperature: float = DEFAULT_TEMPERATURE, seed: int = 0) -> dict[str, Any]:
+    """``radar collect``: the chosen configurations (default: the testbed's) on ``problems`` queries of ``split``."""
     torch.set_num_threads(1)
-    names = args.configurations or [c.name for c in TESTBED_CONFIGURATIONS]
-    configurations = [c for c in TESTBED_CONFIGURATIONS + NEW_CONFIGURATIONS if c.name in names]
-    tiers, policy = _load(args, configurations)
-    items = split_items(args.split, args.problems)
-    rows = collect_responses(tiers, configurations, items, policy, args.dir / args.split, seed=args.seed, temperature=args.temperature)
-    return {"split": args.split, "queries": len(items), "dir": str(args.dir / args.split),
+    names = configurations or [c.name for c in TESTBED_CONFIGURATIONS]
+    chosen = [c for c in TESTBED_CONFIGURATIONS + NEW_CONFIGURATIONS if c.name in names]
+    tiers, gate = _load(policy, chosen)
+    items = split_items(split, problems)
+    rows = collect_responses(tiers, chosen, items, gate, journal_dir / split, seed=seed, temperature=temperature)
+    return {"split": split, "queries": len(items), "dir": str(journal_dir / split),
             "accuracy": {name: round(mean([r["correct"] for r in r_]), 4) for name, r_ in rows.items()},
             "mean_mflops": {name: round(mean([r["flops"] for r in r_]) / 1e6, 3) for name, r_ in rows.items()}}
 
 
-def _fit_command(args: Any) -> dict[str, Any]:
+def fit_command(*, responses: Path, train_problems: int, calibration_problems: int, pool: str, alpha: float, out: Path,
+                extra: Sequence[str] | None = None, policy: Path | None = None, seed: int = 0) -> dict[str, Any]:
+    """``radar fit``: the 2PL model, the difficulty regressor and τ at ``alpha`` from ``radar collect``'s journals."""
     from stepgraph.training.calibration.calibrate import describe
 
     torch.set_num_threads(1)
-    extra = [c for c in NEW_CONFIGURATIONS if c.name in (args.extra or [])]
-    all_tiers, _ = _load(args, extra)
+    added = [c for c in NEW_CONFIGURATIONS if c.name in (extra or [])]
+    all_tiers, _ = _load(policy, added)
     tiers = router_tiers(all_tiers)
-    configurations = with_tier_sizes([c for c in TESTBED_CONFIGURATIONS if c.name in set(POOLS["all"])] + extra, all_tiers)
+    configurations = with_tier_sizes([c for c in TESTBED_CONFIGURATIONS if c.name in set(POOLS["all"])] + added, all_tiers)
     names = [c.name for c in configurations]
-    train, calibration = split_items("train", args.train_problems), split_items("calibration", args.calibration_problems)
-    train_rows = load_rows(args.responses / "train", names, len(train))
-    calibration_rows = load_rows(args.responses / "calibration", names, len(calibration))
+    train, calibration = split_items("train", train_problems), split_items("calibration", calibration_problems)
+    train_rows = load_rows(responses / "train", names, len(train))
+    calibration_rows = load_rows(responses / "calibration", names, len(calibration))
     embedder = QueryEmbedder(tiers[0])
-    fit = fit_radar(train_rows, embed(embedder, train), configurations, seed=args.seed)
-    router = make_router(fit, [*POOLS[args.pool], *(c.name for c in extra)], alpha=args.alpha, tiers=describe(tiers), embedder=embedder)
+    fit = fit_radar(train_rows, embed(embedder, train), configurations, seed=seed)
+    router = make_router(fit, [*POOLS[pool], *(c.name for c in added)], alpha=alpha, tiers=describe(tiers), embedder=embedder)
     b_calibration = predicted_difficulties(router, embed(embedder, calibration))
     # the regressor's error on queries it never saw, against their b fitted on the training scale (θ fixed)
     placed = fit_2pl(response_matrix(calibration_rows, names), theta=fit.irt.theta)
     error = float(((torch.tensor(b_calibration, dtype=torch.float64) - placed.b) ** 2).mean().sqrt())
-    router, result = calibrate_router(router, b_calibration, calibration_rows, calibration_rows["target"], args.alpha)
+    router, result = calibrate_router(router, b_calibration, calibration_rows, calibration_rows["target"], alpha)
     router.manifest.training["calibration_rmse_vs_fixed_theta_fit"] = round(error, 4)
     router.manifest.training["calibration_rmse_mean_only"] = round(float(((placed.b - fit.irt.b.mean()) ** 2).mean().sqrt()), 4)
-    router.save(args.out)
-    save_items(args.out, fit.irt, [item.problem_id for item in train])
-    return {"out": str(args.out), "pool": router.manifest.pool, "threshold": router.manifest.threshold, "guarantee": result["guarantee"]["type"],
+    router.save(out)
+    save_items(out, fit.irt, [item.problem_id for item in train])
+    return {"out": str(out), "pool": router.manifest.pool, "threshold": router.manifest.threshold, "guarantee": result["guarantee"]["type"],
             "abilities": fit.report["abilities"], "mean_mflops": {c.name: round((c.mean_flops or 0) / 1e6, 3) for c in fit.configurations},
             "regressor": fit.report["regressor"], "calibration_rmse": router.manifest.training["calibration_rmse_vs_fixed_theta_fit"],
             "calibration_rmse_mean_only": router.manifest.training["calibration_rmse_mean_only"]}
@@ -509,45 +512,49 @@ def answer_one(tiers: Sequence[StepModel], config: Configuration, policy: Policy
     return run
 
 
-def _add_command(args: Any) -> dict[str, Any]:
+def add_command(*, router: Path, configuration: str, budget: int, into_pool: bool = False,
+                responses: Path = Path("runs/radar/responses"), calibration_problems: int = 200, out: Path | None = None,
+                policy: Path | None = None) -> dict[str, Any]:
+    """``radar add``: ``configuration``'s ability from ``budget`` max-information queries, written beside ``router``'s
+    (over it unless ``out``); ``into_pool`` also routes to it, τ recalibrated on the calibration journals."""
     from safetensors import safe_open
 
     torch.set_num_threads(1)
-    config = next(c for c in NEW_CONFIGURATIONS + TESTBED_CONFIGURATIONS if c.name == args.configuration)
-    all_tiers, policy = _load(args, [config])
+    config = next(c for c in NEW_CONFIGURATIONS + TESTBED_CONFIGURATIONS if c.name == configuration)
+    all_tiers, gate = _load(policy, [config])
     config = with_tier_sizes([config], all_tiers)[0]
-    router = RadarRouter.from_path(args.router, router_tiers(all_tiers))  # the pair it was fitted on, or refused
-    if config.name in {c.name for c in router.manifest.configurations}:
-        raise ConfigError(f"{args.router} already has a configuration named {config.name!r}.")
-    with safe_open(str(args.router / ITEMS_FILE), "pt") as f:
+    fitted = RadarRouter.from_path(router, router_tiers(all_tiers))  # the pair it was fitted on, or refused
+    if config.name in {c.name for c in fitted.manifest.configurations}:
+        raise ConfigError(f"{router} already has a configuration named {config.name!r}.")
+    with safe_open(str(router / ITEMS_FILE), "pt") as f:
         a, b = f.get_tensor("a").tolist(), f.get_tensor("b").tolist()
         ids = json.loads(f.metadata()["ids"])
     items = split_items("train", len(ids))
-    run = answer_one(all_tiers, config, policy)
+    run = answer_one(all_tiers, config, gate)
     rows: list[dict[str, Any]] = []
 
     def answer(i: int) -> float:
         rows.append(run(items[i], i))
         return rows[-1]["correct"]
 
-    theta, asked = adaptive_ability(answer, a, b, budget=args.budget)
+    theta, asked = adaptive_ability(answer, a, b, budget=budget)
     added = config.model_copy(update={"ability": theta, "mean_flops": mean([r["flops"] for r in rows]),
                                       "mean_usd": mean([r["usd"] for r in rows])})
     result = {"configuration": config.name, "ability": round(theta, 4), "queries": len(asked),
               "accuracy_on_asked": mean([r["correct"] for r in rows]), "mean_mflops_on_asked": round((added.mean_flops or 0) / 1e6, 3),
-              "out": str(args.out or args.router)}
-    if args.into_pool:
-        router, calibration = add_to_pool(router, added, args.responses / "calibration", args.calibration_problems)
+              "out": str(out or router)}
+    if into_pool:
+        fitted, calibration = add_to_pool(fitted, added, responses / "calibration", calibration_problems)
         result.update(calibration)
     else:
-        manifest = router.manifest.model_copy(update={"configurations": [*router.manifest.configurations, added]})
-        router = RadarRouter(manifest, router.regressor, router.embedder)
+        manifest = fitted.manifest.model_copy(update={"configurations": [*fitted.manifest.configurations, added]})
+        fitted = RadarRouter(manifest, fitted.regressor, fitted.embedder)
         result["note"] = "the cost is the mean over the asked (most informative) queries; --into-pool also routes to it"
-    router.save(args.out or args.router)
-    if args.out:  # the extended artifact can take further `radar add`s
+    fitted.save(out or router)
+    if out:  # the extended artifact can take further `radar add`s
         import shutil
 
-        shutil.copyfile(args.router / ITEMS_FILE, args.out / ITEMS_FILE)
+        shutil.copyfile(router / ITEMS_FILE, out / ITEMS_FILE)
     return result
 
 
@@ -574,7 +581,7 @@ def add_to_pool(router: RadarRouter, added: Configuration, calibration_dir: Path
                       "guarantee": result["guarantee"]["type"], "calibration_mean_mflops": round((added.mean_flops or 0) / 1e6, 3)}
 
 
-def _traces_command(args: Any) -> dict[str, Any]:
+def traces_command(*, router: Path, split: str, problems: int, store: Path, policy: Path | None = None) -> dict[str, Any]:
     """Behaviour traces whose every step carries RADAR's difficulty feature, for a policy trained with it."""
     from stepgraph.training.collection.collect import collect_episode
     from stepgraph.training.collection.verifiers import TestbedVerifier
@@ -584,83 +591,20 @@ def _traces_command(args: Any) -> dict[str, Any]:
     from stepgraph.routing.gates import ExploringGate
 
     torch.set_num_threads(1)
-    tiers, _ = _load(args)
-    router = RadarRouter.from_path(args.router, tiers)
-    items = split_items(args.split, args.problems)
-    verifier = TestbedVerifier(task.generate(args.split, args.problems, seed=SPLIT_SEEDS[args.split]))  # type: ignore[arg-type]
-    with TraceStore(args.store) as store:
-        done = store.problem_ids()
-        store.set_meta("models", [{"name": m.name, "parameters": m.n_params} for m in tiers])
-        for i, item in enumerate(tqdm(items, desc=f"traces {args.split}")):
+    tiers, _ = _load(policy)
+    fitted = RadarRouter.from_path(router, tiers)
+    items = split_items(split, problems)
+    verifier = TestbedVerifier(task.generate(split, problems, seed=SPLIT_SEEDS[split]))  # type: ignore[arg-type]
+    with TraceStore(store) as traces:
+        done = traces.problem_ids()
+        traces.set_meta("models", [{"name": m.name, "parameters": m.n_params} for m in tiers])
+        for i, item in enumerate(tqdm(items, desc=f"traces {split}")):
             if item.problem_id in done:
                 continue
-            difficulty = router.route(item.question).difficulty_feature
+            difficulty = fitted.route(item.question).difficulty_feature
             behaviour = ExploringGate(ConfidenceThresholdGate(0.9), epsilon=0.3, seed=run_seed(0, i))
             episode = collect_episode(tiers, behaviour, verifier, item, seed=run_seed(0, i),
                                       context=RouterContext(temperature=DEFAULT_TEMPERATURE, difficulty=difficulty))
-            store.add(episode, args.split)
-        total = len(store)
-    return {"store": str(args.store), "split": args.split, "episodes": total}
-
-
-def add_radar_command(sub: Any) -> Any:
-    """``stepgraph radar collect|fit|add``: the query-level router's offline stages; returns the stage parsers."""
-    from stepgraph.cli.options import in_range
-
-    radar = sub.add_parser("radar", help="RADAR query-level routing: collect a response matrix, fit the 2PL model, add a configuration",
-                           description="RADAR: an item-response (2PL) model over testbed configurations (tiers alone, budgets, the "
-                           "stepwise policy at several κ) routes each query to the cheapest configuration able enough for it.")
-    stages = radar.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    c = stages.add_parser("collect", help="run every configuration on a split's queries (resumable JSONL journals)")
-    c.add_argument("--split", default="train", choices=["train", "calibration", "test", "shifted"],
-                   help="testbed split; 'shifted' is test questions with 3-5 operations (default: %(default)s)")
-    c.add_argument("--problems", type=in_range(int, 1), default=300, help="queries (default: %(default)s)")
-    c.add_argument("--dir", type=Path, default=Path("runs/radar/responses"), help="journal directory (default: %(default)s)")
-    c.add_argument("--configurations", nargs="+", default=None, choices=[c.name for c in TESTBED_CONFIGURATIONS + NEW_CONFIGURATIONS],
-                   metavar="NAME", help="configurations to run (default: all: %(choices)s)")
-    c.add_argument("--policy", type=Path, default=None, help="stepwise policy artifact (default: the shipped policy)")
-    c.add_argument("--temperature", type=in_range(float, 0), default=DEFAULT_TEMPERATURE, help="sampling temperature (default: %(default)s)")
-    c.add_argument("--seed", type=int, default=0,
-                   help="base sampling seed; seeds share a journal, each query's run seed told apart (default: %(default)s)")
-    c.set_defaults(func=_collect_command)
-
-    f = stages.add_parser("fit", help="fit the 2PL model and the difficulty regressor on train, calibrate τ, write the artifact")
-    f.add_argument("--responses", type=Path, default=Path("runs/radar/responses"), help="journals of `radar collect` (default: %(default)s)")
-    f.add_argument("--train-problems", type=in_range(int, 5), default=300, help="train queries collected (default: %(default)s)")
-    f.add_argument("--calibration-problems", type=in_range(int, 1), default=200, help="calibration queries collected (default: %(default)s)")
-    f.add_argument("--pool", choices=sorted(POOLS), default="hierarchical",
-                   help="configurations routed among: query (tiers alone and budgets), hierarchical (cheap ones or the stepwise "
-                        "policy), all (default: %(default)s)")
-    f.add_argument("--alpha", type=in_range(float, 0, 1, exclusive=True), default=0.02, help="allowed miss rate (default: %(default)s)")
-    f.add_argument("--extra", nargs="+", default=None, choices=[c.name for c in NEW_CONFIGURATIONS], metavar="NAME",
-                   help="configurations beyond the testbed's seven to fit with the others and add to the pool "
-                        "(their train and calibration journals needed): %(choices)s")
-    f.add_argument("--out", type=Path, default=Path("runs/radar/router"), help="artifact directory (default: %(default)s)")
-    f.add_argument("--policy", type=Path, default=None, help="stepwise policy artifact (default: the shipped policy)")
-    f.add_argument("--seed", type=int, default=0, help="fit seed (default: %(default)s)")
-    f.set_defaults(func=_fit_command)
-
-    n = stages.add_parser("add", help="add a configuration: estimate only its ability from a few max-information train queries")
-    n.add_argument("--router", type=Path, default=Path("runs/radar/router"), help="artifact of `radar fit` (default: %(default)s)")
-    n.add_argument("--configuration", default=NEW_CONFIGURATIONS[0].name, choices=[c.name for c in NEW_CONFIGURATIONS],
-                   help="the configuration to add (default: %(default)s)")
-    n.add_argument("--into-pool", action="store_true",
-                   help="also route to it: add it to the pool and recalibrate τ on the calibration journals (needs "
-                        "`radar collect --split calibration --configurations NAME`)")
-    n.add_argument("--responses", type=Path, default=Path("runs/radar/responses"),
-                   help="journals of `radar collect`, for --into-pool (default: %(default)s)")
-    n.add_argument("--calibration-problems", type=in_range(int, 1), default=200,
-                   help="calibration queries collected, for --into-pool (default: %(default)s)")
-    n.add_argument("--budget", type=in_range(int, 1), default=30, help="queries to run it on (default: %(default)s)")
-    n.add_argument("--out", type=Path, default=None, help="write the extended artifact here (default: over --router)")
-    n.add_argument("--policy", type=Path, default=None, help="stepwise policy artifact (default: the shipped policy)")
-    n.set_defaults(func=_add_command)
-
-    t = stages.add_parser("traces", help="collect behaviour traces with RADAR's difficulty feature set (for `stepgraph train`)")
-    t.add_argument("--router", type=Path, default=Path("runs/radar/router"), help="artifact of `radar fit` (default: %(default)s)")
-    t.add_argument("--split", default="train", choices=["train", "calibration"], help="testbed split (default: %(default)s)")
-    t.add_argument("--problems", type=in_range(int, 1), default=300, help="queries (default: %(default)s)")
-    t.add_argument("--store", type=Path, default=Path("runs/radar/traces.sqlite"), help="trace store (default: %(default)s)")
-    t.add_argument("--policy", type=Path, default=None, help=argparse.SUPPRESS)
-    t.set_defaults(func=_traces_command)
-    return stages  # `radar bench` is added by its own module (bench_radar imports this one, not the reverse)
+            traces.add(episode, split)
+        total = len(traces)
+    return {"store": str(store), "split": split, "episodes": total}

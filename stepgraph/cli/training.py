@@ -27,6 +27,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stepgraph.cli.dataclass_options import add_dataclass_options, dataclass_from_args
+from stepgraph.cli.options import in_range
+from stepgraph.defaults import DEFAULT_POLICY_DIR
+from stepgraph.errors import ConfigError, StepgraphError
+from stepgraph.features import FEATURE_SCHEMA
+from stepgraph.models.base import DEFAULT_TEMPERATURE
+from stepgraph.routing.gates import PolicyGate
+from stepgraph.testbed import BACKENDS, close_pair, load_pair, load_tiers, task
 from stepgraph.training.calibration.calibrate import (
     CURVE_ALPHAS,
     check_tiers,
@@ -35,22 +43,12 @@ from stepgraph.training.calibration.calibrate import (
     too_few_message,
 )
 from stepgraph.training.calibration.guarantee import calibration_guarantee, episodes_needed
-from stepgraph.training.cli_args import add_dataclass_options, dataclass_from_args
 from stepgraph.training.collection.collect import collect, default_store_path, testbed_items
 from stepgraph.training.collection.evaluate import evaluate_gates
 from stepgraph.training.collection.verifiers import TestbedVerifier
 from stepgraph.training.data.store import TraceStore, store_location
-from stepgraph.training.learning.allocator import add_allocator_options
 from stepgraph.training.learning.cpo import CPOArgs, train_policy
 from stepgraph.training.learning.cpo_tiers import TierCPOArgs, train_tier_policy
-
-from stepgraph.cli.options import in_range
-from stepgraph.defaults import DEFAULT_POLICY_DIR
-from stepgraph.errors import ConfigError, StepgraphError
-from stepgraph.features import FEATURE_SCHEMA
-from stepgraph.models.base import DEFAULT_TEMPERATURE
-from stepgraph.routing.gates import PolicyGate
-from stepgraph.testbed import BACKENDS, close_pair, load_pair, load_tiers, task
 
 if TYPE_CHECKING:
     from stepgraph.training.spec import RunSpec
@@ -109,7 +107,10 @@ def _train(args: argparse.Namespace) -> dict:
 
         if args.tier_policy or args.columns:
             raise ConfigError("--allocator trains the ex-ante allocator, --tier-policy / --columns the K-tier policy: choose one.")
-        return train_allocator_command(args, dataclass_from_args(CPOArgs, args))
+        return train_allocator_command(args.store, args.out, dataclass_from_args(CPOArgs, args), split=args.split,
+                                       calibration_split=args.calibration_split, columns=args.allocator_columns,
+                                       gate_dir=args.allocator_gate, supervised_epochs=args.supervised_epochs,
+                                       supervised_lr=args.supervised_lr)
     with TraceStore(args.store, readonly=True) as store:
         episodes = list(store.episodes(split=args.split))
         calibration = list(store.episodes(split=args.calibration_split)) if args.calibration_split else []
@@ -252,10 +253,9 @@ def _calibrate(args: argparse.Namespace) -> dict:
 
 def _calibrate_on_runs(args: argparse.Namespace, spec: RunSpec | None, alpha: float, out: Path) -> dict:
     """``calibrate --runs N``: κ of a policy (2-tier or K-tier) from live runs of N calibration problems (``live_kappa``)."""
+    from stepgraph.artifacts.tiers import describe
     from stepgraph.training.calibration.calibrate import save_gate
     from stepgraph.training.calibration.live_kappa import calibrate_kappa, curve_rows, with_live_kappa
-
-    from stepgraph.artifacts.tiers import describe
 
     if args.gate not in (None, "policy"):
         raise ConfigError(f"--runs calibrates a policy's κ; --gate {args.gate} is calibrated on the stored traces (leave out --runs).")
@@ -346,9 +346,8 @@ def _evaluate_from_spec(spec: RunSpec, args: argparse.Namespace) -> dict:
 
 
 def _bench(args: argparse.Namespace) -> dict:
-    from stepgraph.training.bench.bench import markdown_table, run_bench, write_outputs
-
     from stepgraph.models.costs import Prices
+    from stepgraph.training.bench.bench import markdown_table, run_bench, write_outputs
 
     spec = _spec(args)
     if args.tiers == 3:
@@ -503,7 +502,16 @@ def add_commands(sub: Any) -> None:
     t.add_argument("--columns", type=int, nargs="+", default=None, metavar="TIER",
                    help="K-tier: the recorded tiers to route between, cheapest first, e.g. 0 2 for draft -> target on "
                         "draft, mid, target traces (implies --tier-policy; default: all)")
-    add_allocator_options(t)
+    t.add_argument("--allocator", action="store_true",
+                   help="train the ex-ante allocator (supervised, then CPO, then calibrated) instead of the policy; "
+                        "--out defaults to runs/allocator; --steps sets the RL stage (try 200)")
+    t.add_argument("--allocator-gate", type=Path, default=None, metavar="DIR",
+                   help="allocator: calibrate κ for the combination with this post-hoc policy artifact (default: the allocator alone)")
+    t.add_argument("--allocator-columns", type=int, nargs="+", default=None, metavar="K",
+                   help="allocator, on traces with every tier's step: the recorded tiers to allocate among, cheapest "
+                        "first, e.g. 0 2 (default: all recorded tiers)")
+    t.add_argument("--supervised-epochs", type=int, default=100, help="allocator: supervised stage's full-batch epochs (default: %(default)s)")
+    t.add_argument("--supervised-lr", type=float, default=1e-2, help="allocator: supervised stage's learning rate (default: %(default)s)")
     t.set_defaults(func=_single_threaded(_train))
 
     k = sub.add_parser("calibrate", help="set a gate's threshold so held-out coverage meets 1 - alpha; print the alpha curve",
@@ -588,8 +596,3 @@ def add_commands(sub: Any) -> None:
                    help="--tiers 3: coverage levels at which the routers' test cost/coverage frontiers are compared; "
                         "none: skip those sweeps (default: 0.97 0.98 0.99)")
     b.set_defaults(func=_single_threaded(_bench))
-
-    from stepgraph.training.bench.bench_radar import add_bench_stage
-    from stepgraph.training.learning.radar import add_radar_command
-
-    add_bench_stage(add_radar_command(sub))

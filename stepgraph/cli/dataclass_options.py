@@ -36,9 +36,10 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tupl
             continue
         default = field.default
         flag = "--" + field.name.replace("_", "-")
-        help_text = f"{docs.get(field.name, '')} (default: {default})"
+        doc = docs.get(field.name, "").replace("%", "%%")  # argparse %-formats help
+        help_text = f"{doc} (default: {default})"
         if variant is not None and getattr(variant[0], field.name, default) != default:
-            help_text = f"{docs.get(field.name, '')} (default: {default}; {variant[1]}: {getattr(variant[0], field.name)})"
+            help_text = f"{doc} (default: {default}; {variant[1]}: {getattr(variant[0], field.name)})"
             parser.add_argument(flag, type=type(default), default=None, help=help_text)
             continue
         if isinstance(default, bool):
