@@ -1,16 +1,21 @@
 """How expected.json and the small fixtures were made: run once with the code before format 3 (git 39dbfa3), from the repo root."""
-import json, math, random, shutil, sys
+import json
+import shutil
+import sys
 from pathlib import Path
+
 import torch
+
 sys.path.insert(0, "tests")
-from stepgraph.policy import PolicyArtifact, PolicyNetwork, TierPolicyArtifact, load_policy
-from stepgraph.allocator_file import AllocatorArtifact, AllocatorNetwork
+from legacy_observations import observations
+
 from stepgraph.allocator import ALLOCATOR_SCHEMA, tier_from_probabilities
+from stepgraph.allocator_file import AllocatorArtifact, AllocatorNetwork
 from stepgraph.features import CONFIDENCE_SCHEMA
 from stepgraph.gates import PolicyGate
 from stepgraph.gates.base import GateInput
 from stepgraph.models.base import StepOutput
-from legacy_observations import observations
+from stepgraph.policy import PolicyArtifact, PolicyNetwork, TierPolicyArtifact, load_policy
 
 root = Path("tests/data/legacy")
 root.mkdir(parents=True, exist_ok=True)
@@ -50,7 +55,7 @@ for name, path in policies.items():
     for obs in observations(a.schema.names, a.mean, a.std):
         for tier in range(n_tiers - 1):
             d = gate.decide(GateInput("q", (), STEP, obs, tier))
-            rows.append([float("%.9g" % d.score), int(d.escalate), d.tier])
+            rows.append([float(f"{d.score:.9g}"), int(d.escalate), d.tier])
     expected[name] = {"kappa": a.kappa, "scale": a.scale, "decisions": rows}
     print(name, a.kappa, a.scale, "escalations", sum(r[1] for r in rows), "of", len(rows))
 al = AllocatorArtifact.load(root / "allocator_v1")
@@ -58,7 +63,7 @@ rows = []
 for obs in observations(ALLOCATOR_SCHEMA.names, al.mean, al.std):
     for base in range(2):
         tier, score = tier_from_probabilities(al.probabilities(obs), al.kappa, base)
-        rows.append([float("%.9g" % score), tier])
+        rows.append([float(f"{score:.9g}"), tier])
 expected["allocator_v1"] = {"kappa": al.kappa, "decisions": rows}
 print("allocator", [sum(r[1] == t for r in rows) for t in range(3)])
 (root / "expected.json").write_text(json.dumps(expected, separators=(",", ":")) + "\n")
