@@ -234,7 +234,8 @@ def test_artifact_refuses_a_replaced_weights_file(saved):
 
 
 @pytest.mark.parametrize(("edit", "match"), [
-    (lambda m: m | {"kappa": 1.5}, "kappa"),
+    (lambda m: m | {"format_version": 1, "kappa": 1.5}, "kappa"),  # format 1: κ a probability in [0, 1]
+    (lambda m: m | {"kappa": "high"}, "kappa"),
     (lambda m: m | {"tiers": m["tiers"][:1]}, "tiers"),
     (lambda m: m | {"format": "stepgraph.policy"}, "format"),
     (lambda m: m | {"feature_schema": {**m["feature_schema"], "version": 9}}, "retrain|train it again"),
@@ -261,7 +262,7 @@ def test_artifact_refuses_corrupted_json_missing_files_and_other_tiers(saved, tm
 
 def test_save_refuses_what_load_would_refuse(saved, tmp_path):
     artifact, _ = saved
-    artifact.kappa = 2.0
+    artifact.kappa = float("inf")  # κ is a log-odds: any finite number
     with pytest.raises(PolicyFileError, match="kappa"):
         artifact.save(tmp_path / "bad")
     artifact.kappa = 0.3

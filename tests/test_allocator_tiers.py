@@ -22,7 +22,11 @@ from stepgraph.training.learning.allocator_tiers import (
 from stepgraph.training.learning.cpo import CPOArgs
 from test_cpo_tiers import FLOPS, TIERS, step
 
-from stepgraph.artifacts.policy import TierPolicyArtifact, TierPolicyNetwork
+from stepgraph.artifacts.policy import (
+    PolicyArtifact,
+    PolicyNetwork,
+    kappa_from_probability,
+)
 from stepgraph.errors import ConfigError, PolicyFileError
 from stepgraph.features import CONFIDENCE_SCHEMA
 from stepgraph.routing.allocator import ALLOCATOR_SCHEMA, AllocatorInput, allocator_observation
@@ -56,15 +60,15 @@ def blank_allocator(k: int = 3) -> AllocatorArtifact:
     return AllocatorArtifact(AllocatorNetwork(N, k, 8, 2), 0.5, 0.1, TIERS[:k], [0.0] * N, [1.0] * N, 8, 2)
 
 
-def escalating_policy() -> TierPolicyArtifact:
+def escalating_policy() -> PolicyArtifact:
     """A 3-tier policy that sends every step it judges to the next tier up: with zero weights π is uniform over
     the tiers ≥ k, so 1 − π(k | o, k) ≥ 0.5 > κ, and the first of the tied tiers above is the next one."""
     n = len(CONFIDENCE_SCHEMA.names)
-    network = TierPolicyNetwork(n, 3, 8, 2)
+    network = PolicyNetwork(n, 8, 2, 3, tier_input=True)
     with torch.no_grad():
         for p in network.parameters():
             p.zero_()
-    return TierPolicyArtifact(network, 0.4, 0.1, CONFIDENCE_SCHEMA, [0.0] * n, [1.0] * n, TIERS, 8, 2)
+    return PolicyArtifact(network, kappa_from_probability(0.4), 0.1, CONFIDENCE_SCHEMA, [0.0] * n, [1.0] * n, 8, 2, TIERS)
 
 
 def test_labels_are_the_cheapest_verified_tier_of_each_step() -> None:
@@ -104,7 +108,9 @@ def test_training_routes_each_question_to_its_cheapest_tier_and_calibration_meet
     fresh = tier_data(tier_episodes(300, 2, noise=0.1), artifact, [0, 1, 2])
     with torch.no_grad():
         probs = torch.softmax(artifact.network(fresh.x), dim=-1)
-    assert replay_allocator(fresh, probs, artifact.kappa)["misses"] / 300 <= 2 * alpha
+    kappa = training["calibration_by_stage"][training["selected_stage"]]["kappa"]  # the replays' scale: a probability
+    assert artifact.kappa == kappa_from_probability(kappa)
+    assert replay_allocator(fresh, probs, kappa)["misses"] / 300 <= 2 * alpha
 
 
 def test_calibration_takes_the_largest_kappa_within_the_bound() -> None:
@@ -124,8 +130,8 @@ def test_a_post_hoc_gate_must_be_a_tier_policy_over_the_same_tiers(tmp_path: Pat
     with pytest.raises(ConfigError, match="K-tier policy"):
         train_allocator(tier_episodes(5, 0), CPOArgs(steps=0), tiers=TIERS, gate=ConfidenceThresholdGate(0.5))
     n = len(CONFIDENCE_SCHEMA.names)
-    two = TierPolicyArtifact(TierPolicyNetwork(n, 2, 8, 2), 0.5, 0.1, CONFIDENCE_SCHEMA, [0.0] * n, [1.0] * n,
-                             [TIERS[0], TIERS[2]], 8, 2).save(tmp_path / "p2")
+    two = PolicyArtifact(PolicyNetwork(n, 8, 2, 2, tier_input=True), 0.0, 0.1, CONFIDENCE_SCHEMA, [0.0] * n, [1.0] * n, 8, 2,
+                         [TIERS[0], TIERS[2]]).save(tmp_path / "p2")
     with pytest.raises(ConfigError, match="same tiers"):
         train_allocator(tier_episodes(5, 0), CPOArgs(steps=0), tiers=TIERS, gate=PolicyGate.from_path(two))
     combined = train_allocator(tier_episodes(20, 0), CPOArgs(steps=2, batch_size=4, hidden=8), tiers=TIERS, columns=[0, 2],

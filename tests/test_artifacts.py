@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork, TierPolicyArtifact, TierPolicyNetwork
+from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork
 from stepgraph.errors import PolicyFileError
 from stepgraph.features import CONFIDENCE_SCHEMA, FEATURE_SCHEMA, observe
 from stepgraph.models.base import StepOutput
@@ -36,8 +36,8 @@ def _saved(kind: str, tmp_path: Path) -> tuple[Path, str]:
     k = len(AllocatorArtifact.__dataclass_fields__["schema"].default_factory().names)  # type: ignore[misc]
     savers = {
         "policy": lambda d: PolicyArtifact(PolicyNetwork(N, 8, 2), 0.5, 0.1, CONFIDENCE_SCHEMA, [0.0] * N, [1.0] * N, 8, 2).save(d),
-        "tier policy": lambda d: TierPolicyArtifact(TierPolicyNetwork(N, 2, 8, 2), 0.5, 0.1, CONFIDENCE_SCHEMA, [0.0] * N,
-                                                    [1.0] * N, TIERS, 8, 2).save(d),
+        "tier policy": lambda d: PolicyArtifact(PolicyNetwork(N, 8, 2, 2, tier_input=True), 0.0, 0.1, CONFIDENCE_SCHEMA,
+                                                [0.0] * N, [1.0] * N, 8, 2, TIERS).save(d),
         "allocator": lambda d: AllocatorArtifact(AllocatorNetwork(k, 2, 8, 2), 0.5, 0.1, TIERS, [0.0] * k, [1.0] * k, 8, 2).save(d),
         "radar": lambda d: _radar(d.parent),
     }
@@ -47,7 +47,7 @@ def _saved(kind: str, tmp_path: Path) -> tuple[Path, str]:
 
 
 def _load(kind: str, directory: Path) -> object:
-    loaders = {"policy": PolicyArtifact.load, "tier policy": TierPolicyArtifact.load, "allocator": AllocatorArtifact.load,
+    loaders = {"policy": PolicyArtifact.load, "tier policy": PolicyArtifact.load, "allocator": AllocatorArtifact.load,
                "radar": RadarRouter.from_path}
     return loaders[kind](directory)
 
@@ -145,5 +145,14 @@ def test_the_former_k_tier_modules_are_deprecated_aliases(module, name):
         warnings.simplefilter("always")
         alias = getattr(importlib.import_module(module), name)
     assert any(issubclass(w.category, DeprecationWarning) for w in caught)
-    assert alias is {"TierPolicyGate": PolicyGate, "TierPolicyArtifact": TierPolicyArtifact,
-                     "TierPolicyNetwork": TierPolicyNetwork}[name]
+    if name == "TierPolicyGate":
+        assert alias is PolicyGate
+        return
+    n = len(CONFIDENCE_SCHEMA.names)
+    with pytest.warns(DeprecationWarning):  # the former K-tier constructors build the one class
+        network = importlib.import_module("stepgraph.artifacts.policy").TierPolicyNetwork(n, 2, 8, 2)
+    built = alias(n, 2, 8, 2) if name == "TierPolicyNetwork" else alias(network, 0.5, 0.1, CONFIDENCE_SCHEMA, [0.0] * n,
+                                                                         [1.0] * n, TIERS)
+    assert isinstance(network, PolicyNetwork) and network.tier_input and network.n_tiers == 2
+    if name == "TierPolicyArtifact":  # its κ was a probability: 0.5 is even odds, log-odds 0
+        assert type(built) is PolicyArtifact and built.kappa == 0.0

@@ -13,7 +13,7 @@ from stepgraph.training.calibration.live_kappa import with_live_kappa
 from stepgraph.training.calibration.tuning import Piece
 from stepgraph.training.collection.collect import Item
 
-from stepgraph.artifacts.policy import TierPolicyArtifact, TierPolicyNetwork
+from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork
 from stepgraph.features import CONFIDENCE_SCHEMA
 from stepgraph.routing.allocator import FixedAllocator
 from stepgraph.routing.gates import AlwaysDraftGate
@@ -29,8 +29,8 @@ def policy(out: Path, models: list[ScriptedModel]) -> Path:
     torch.manual_seed(0)
     n = len(CONFIDENCE_SCHEMA.names)
     described = [{"name": m.name, "parameters": m.n_params} for m in models]
-    artifact = TierPolicyArtifact(TierPolicyNetwork(n, len(models), 8, 2), 0.5, 0.1, CONFIDENCE_SCHEMA, [0.0] * n, [1.0] * n,
-                                  described, 8, 2, ignored=["difficulty"])  # scripted models report no difficulty
+    artifact = PolicyArtifact(PolicyNetwork(n, 8, 2, len(models), tier_input=True), 0.0, 0.1, CONFIDENCE_SCHEMA, [0.0] * n,
+                              [1.0] * n, 8, 2, described, ignored=["difficulty"])  # scripted models report no difficulty
     return artifact.save(out)
 
 
@@ -86,8 +86,8 @@ def test_a_policy_is_reused_only_when_trained_with_the_same_settings(tmp_path: P
     assert not _trained_alike(saved, TierCPOArgs(alpha=0.1, steps=0, warm_start=0, hidden=8), [0, 1, 2], 10, True)
     assert not _trained_alike(saved, args, [0, 2], 10, True) and not _trained_alike(saved, args, [0, 1, 2], 11, True)
     assert not _trained_alike(tmp_path / "missing", args, [0, 1, 2], 10, True)
-    with_live_kappa(TierPolicyArtifact.load(saved), {"threshold": 1.7, "guarantee": {"type": "split-conformal", "coverage": 0.9},
-                                                     "calibration": {"covered": 1.0, "misses": 0, "problems": 30}}, 0.1).save(saved)
+    with_live_kappa(PolicyArtifact.load(saved), {"threshold": 1.7, "guarantee": {"type": "split-conformal", "coverage": 0.9},
+                                                 "calibration": {"covered": 1.0, "misses": 0, "problems": 30}}, 0.1).save(saved)
     assert _trained_alike(saved, args, [0, 1, 2], 10, True)
     assert not _trained_alike(saved, args, [0, 1, 2], 10, False)  # κ from runs, but traces asked for: train again
 
@@ -96,12 +96,12 @@ def test_live_kappa_is_saved_within_range_keeping_the_trace_calibrated_one(tmp_p
     from test_cpo_tiers import TIERS
 
     saved = policy(tmp_path / "p", [ScriptedModel(t["name"], t["parameters"], ["x"]) for t in TIERS])
-    for threshold, kappa in ((1.7, 1.0), (-0.3, 0.0), (0.42, 0.42)):  # past [0, 1] every κ decides as the bound does
-        with_live_kappa(TierPolicyArtifact.load(saved), {"threshold": threshold, "guarantee": {"type": "split-conformal", "coverage": 0.9},
-                                                         "calibration": {"covered": 0.95, "misses": 1, "problems": 30}}, 0.1).save(saved)
-        artifact = TierPolicyArtifact.load(saved)
-        assert artifact.kappa == kappa and artifact.guarantee["type"] == "split-conformal"
-        assert artifact.training["kappa_from_traces"] == 0.5 and artifact.training["kappa_from"] == "calibration runs"
+    for threshold in (1.7, -0.3, 0.42):  # a log-odds κ: any finite threshold is kept as it is
+        with_live_kappa(PolicyArtifact.load(saved), {"threshold": threshold, "guarantee": {"type": "split-conformal", "coverage": 0.9},
+                                                     "calibration": {"covered": 0.95, "misses": 1, "problems": 30}}, 0.1).save(saved)
+        artifact = PolicyArtifact.load(saved)
+        assert artifact.kappa == threshold and artifact.guarantee["type"] == "split-conformal"
+        assert artifact.training["kappa_from_traces"] == 0.0 and artifact.training["kappa_from"] == "calibration runs"
         assert artifact.training["calibration_runs"]["problems"] == 30
 
 

@@ -8,7 +8,7 @@ import torch
 from stepgraph.training.data.records import Episode, StepRecord
 from stepgraph.training.learning import cpo
 
-from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork
+from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork, kappa_from_probability
 from stepgraph.features import CONFIDENCE_SCHEMA, FEATURE_SCHEMA
 
 
@@ -95,7 +95,7 @@ def test_training_learns_to_escalate_low_confidence_drafts():
     artifact, history = cpo.train_policy(episodes, cpo.CPOArgs(steps=150, seed=0), CONFIDENCE_SCHEMA, progress=False)
     assert len(history) == 150 and {"charts/kappa", "losses/critic_cost"} <= set(history[-1])
     obs = {n: None for n in CONFIDENCE_SCHEMA.names}
-    assert artifact.scale == "probability"  # no calibration episodes: the online κ, a probability
+    assert artifact.kappa == kappa_from_probability(history[-1]["charts/kappa"])  # no calibration: the online κ, converted
     low = artifact.score({**obs, "logit_confidence": 3.5, "step_index": 1.0, "step_tokens": 8.0})
     high = artifact.score({**obs, "logit_confidence": 9.5, "step_index": 1.0, "step_tokens": 8.0})
     assert low >= artifact.kappa > high
@@ -161,7 +161,6 @@ def test_calibration_picks_the_largest_kappa_meeting_the_bound():
     misses = round((1 - cpo.score_coverage(data, scores, artifact.kappa)) * n)
     assert misses <= allowed
     # Brute force over every distinct score: no larger candidate meets the bound.
-    assert artifact.scale == "log_odds"
     kappa, _ = cpo.calibrate_kappa(data, artifact.network, 0.02, max_candidates=10**6, scale="log_odds")
     for candidate in {float(p) for p in scores if p > kappa}:
         assert round((1 - cpo.score_coverage(data, scores, candidate)) * n) > allowed

@@ -20,7 +20,7 @@ from stepgraph.training.learning.cpo_tiers import (
     walk_miss,
 )
 
-from stepgraph.artifacts.policy import TierPolicyArtifact, TierPolicyNetwork
+from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork
 from stepgraph.errors import ConfigError
 from stepgraph.features import CONFIDENCE_SCHEMA
 
@@ -53,9 +53,10 @@ def episodes(n: int, seed: int) -> list[Episode]:
     return out
 
 
-def artifact(k: int = 3) -> TierPolicyArtifact:
+def artifact(k: int = 3) -> PolicyArtifact:
     n = len(CONFIDENCE_SCHEMA.names)
-    return TierPolicyArtifact(TierPolicyNetwork(n, k, 8, 2), 0.5, 0.1, CONFIDENCE_SCHEMA, [0.0] * n, [1.0] * n, TIERS[:k], 8, 2)
+    return PolicyArtifact(PolicyNetwork(n, 8, 2, k, tier_input=True), 0.0, 0.1, CONFIDENCE_SCHEMA, [0.0] * n, [1.0] * n, 8, 2,
+                          TIERS[:k])
 
 
 def test_tensors_hold_every_tier_of_every_step_and_a_2_tier_view() -> None:
@@ -104,7 +105,7 @@ def test_replay_batch_puts_coverage_on_the_last_decision_and_cost_on_each() -> N
 
 
 def test_the_network_never_puts_mass_on_a_weaker_tier() -> None:
-    net = TierPolicyNetwork(4, 3, 8, 2)
+    net = PolicyNetwork(4, 8, 2, 3, tier_input=True)
     x = torch.cat([torch.randn(3, 4), torch.eye(3)], dim=1)
     probs = net.probabilities(x).detach()
     assert probs[1, 0] == 0 and probs[2, :2].sum() == 0 and float(probs[2, 2]) == pytest.approx(1.0)

@@ -26,7 +26,7 @@ from stepgraph.training.data.records import Episode, StepRecord
 from stepgraph.training.data.store import TraceStore
 from stepgraph.training.learning.cpo import CPOArgs
 
-from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork
+from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork, kappa_from_probability
 from stepgraph.cli import main
 from stepgraph.defaults import API_ONLY_POLICY_DIR, DEFAULT_POLICY_DIR, LOGITS_ONLY_POLICY_DIR
 from stepgraph.errors import ConfigError, PolicyFileError, TraceStoreError
@@ -83,8 +83,8 @@ def _store(path: Path, train: int = 8, calibration: int = 0) -> Path:
 @pytest.mark.parametrize(("field", "edit"), [
     ("kappa", lambda m: m | {"kappa": math.nan}),
     ("kappa", lambda m: m | {"kappa": math.inf}),
-    ("kappa", lambda m: m | {"kappa": 7}),
-    ("kappa", lambda m: m | {"kappa": -5}),
+    ("kappa", lambda m: m | {"format_version": 2, "scale": "probability", "kappa": 7}),  # a v2 probability κ
+    ("kappa", lambda m: m | {"format_version": 2, "scale": "probability", "kappa": -5}),
     ("kappa", lambda m: m | {"kappa": True}),
     ("alpha", lambda m: m | {"alpha": 0}),
     ("alpha", lambda m: m | {"alpha": 5}),
@@ -144,7 +144,7 @@ def test_save_refuses_an_artifact_that_would_not_load_and_writes_nothing(tmp_pat
 @pytest.mark.parametrize("directory", [DEFAULT_POLICY_DIR, LOGITS_ONLY_POLICY_DIR, API_ONLY_POLICY_DIR])
 def test_shipped_artifacts_still_load(directory):
     artifact = PolicyArtifact.load(directory)
-    assert artifact.scale == "log_odds" and math.isfinite(artifact.kappa) and artifact.schema == FEATURE_SCHEMA
+    assert math.isfinite(artifact.kappa) and artifact.schema == FEATURE_SCHEMA
 
 
 def test_train_refuses_a_nan_kappa_and_writes_nothing(tmp_path, capsys):
@@ -374,6 +374,6 @@ def test_train_warns_and_records_no_guarantee_instead_of_kappa_zero(tmp_path, ca
     artifact = PolicyArtifact.load(out)
     assert artifact.guarantee["type"] == "none" and artifact.guarantee["calibration_episodes_needed"] == 49
     online = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["charts/kappa"]
-    assert artifact.kappa == online and "calibrated_kappa" not in artifact.training  # the online κ, not κ = 0
-    assert artifact.scale == "probability"  # the online κ keeps the scale it was learnt on
+    # the online κ (a probability) as its log-odds, not κ = 0
+    assert artifact.kappa == kappa_from_probability(online) and "calibrated_kappa" not in artifact.training
     assert json.loads(captured.out)["guarantee"] == "none"

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork
+from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork, kappa_from_probability
 from stepgraph.errors import PolicyFileError
 from stepgraph.features import CONFIDENCE_SCHEMA
 from stepgraph.models.base import StepOutput
@@ -233,24 +233,24 @@ def test_steer_fit_needs_scores():
 
 
 def _save_policy(directory, kappa: float):
-    """A one-layer policy with π(escalate | o) = sigmoid(−2·(logit_confidence − 8))."""
+    """A one-layer policy with π(escalate | o) = sigmoid(−2·(logit_confidence − 8)); ``kappa`` a probability."""
     n = len(CONFIDENCE_SCHEMA.names)
     net = PolicyNetwork(n, layers=1)
     with torch.no_grad():
         net.net[0].weight.zero_()
         net.net[0].bias.zero_()
         net.net[0].weight[1, 0] = -2.0
-    PolicyArtifact(net, kappa, 0.02, CONFIDENCE_SCHEMA, [8.0] + [0.0] * (n - 1), [1.0] * n, layers=1,
+    PolicyArtifact(net, kappa_from_probability(kappa), 0.02, CONFIDENCE_SCHEMA, [8.0] + [0.0] * (n - 1), [1.0] * n, layers=1,
                    ignored=list(CONFIDENCE_SCHEMA.names[1:])).save(directory)
     return directory
 
 
 def test_policy_gate_scores_pi_and_compares_with_kappa(tmp_path):
     gate = PolicyGate.from_path(_save_policy(tmp_path, kappa=0.3))
-    assert gate.threshold == 0.3
+    assert gate.threshold == pytest.approx(math.log(0.3 / 0.7))  # κ on the log-odds scale
     for confidence, escalate in ((6.0, True), (8.0, True), (8.4, True), (9.0, False), (12.0, False)):
         decision = gate.decide(x(confidence))
-        assert decision.score == pytest.approx(1 / (1 + math.exp(2.0 * (confidence - 8.0))), abs=1e-6)
+        assert decision.score == pytest.approx(-2.0 * (confidence - 8.0), abs=1e-6)  # the log-odds of π
         assert decision.escalate is escalate
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork
+from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork, kappa_from_probability
 from stepgraph.errors import PolicyFileError
 from stepgraph.features import CONFIDENCE_SCHEMA, FEATURE_SCHEMA, FeatureSchema
 from stepgraph.models.base import StepOutput
@@ -17,7 +17,8 @@ from stepgraph.routing.gates.base import GateInput
 STEP = StepOutput("1+1=2", ["1"], [9.0], [[("1", -0.1)]], 10, 0, 1, False, "m")
 
 
-def _artifact(kappa: float = 0.5) -> PolicyArtifact:
+def _artifact(kappa: float = 0.0) -> PolicyArtifact:
+    """π(escalate) falls with logit_confidence; ``kappa`` on the log-odds scale (0: even odds)."""
     n = len(CONFIDENCE_SCHEMA.names)
     net = PolicyNetwork(n)
     with torch.no_grad():  # π(escalate) falls with logit_confidence: logit gap = −4·z
@@ -36,11 +37,11 @@ def _x(confidence: float) -> GateInput:
 
 
 def test_policy_gate_escalates_iff_probability_reaches_kappa(tmp_path):
-    _artifact(kappa=0.5).save(tmp_path)
+    _artifact(kappa=0.0).save(tmp_path)  # π(escalate) ≥ 0.5: log-odds ≥ 0
     gate = PolicyGate.from_path(tmp_path)
-    assert gate.threshold == 0.5
+    assert gate.threshold == 0.0
     low, high = gate.decide(_x(6.0)), gate.decide(_x(10.0))
-    assert low.escalate and low.score > 0.5 and not high.escalate and high.score < 0.5
+    assert low.escalate and low.score > 0.0 and not high.escalate and high.score < 0.0
 
 
 def test_other_feature_schema_is_refused(tmp_path):
@@ -89,10 +90,11 @@ def test_a_manifest_from_before_ignored_features_derives_them(tmp_path):
     """Older manifests lack "ignored"; their never-recorded features were stored as mean 0, std 1."""
     _artifact().save(tmp_path)
     manifest = tmp_path / "policy.json"
-    data = json.loads(manifest.read_text())
+    data = json.loads(manifest.read_text()) | {"format_version": 2, "scale": "log_odds"}  # as format 2 wrote it
     del data["normalization"]["ignored"]
     manifest.write_text(json.dumps(data))
-    assert PolicyArtifact.load(tmp_path).ignored == list(CONFIDENCE_SCHEMA.names[1:])
+    with pytest.warns(DeprecationWarning, match="old format"):
+        assert PolicyArtifact.load(tmp_path).ignored == list(CONFIDENCE_SCHEMA.names[1:])
 
 
 def test_build_graph_refuses_a_policy_recorded_on_other_tiers():
@@ -168,20 +170,20 @@ def test_cli_solve_refuses_the_policy_over_other_models_unless_allowed(capsys, t
 def test_cli_solve_on_three_shipped_tiers_routes_with_the_shipped_3_tier_policy(capsys):
     import json
 
-    from stepgraph.artifacts.policy import TierPolicyArtifact
     from stepgraph.cli import main
     from stepgraph.testbed.defaults import THREE_TIER_POLICY_DIR
 
-    artifact = TierPolicyArtifact.load(THREE_TIER_POLICY_DIR)
+    artifact = PolicyArtifact.load(THREE_TIER_POLICY_DIR)
     assert [t["name"] for t in artifact.tiers] == ["draft", "mid", "target"]
     assert artifact.training["kappa_from"] == "calibration runs" and artifact.guarantee["type"] == "split-conformal"
     question = "Dan has 26 books. He loses 2. He multiplies them by 3. How many books does he have?"
     assert main(["solve", question, "--tiers", "3", "--json"]) == 0
     state = json.loads(capsys.readouterr().out)
     assert state["answer"] is not None and all(0 <= s["tier"] <= 2 for s in state["steps"])
-    # The gate's scores are the shipped 3-tier policy's (1 − π(draft | o, 0)), not the 2-tier policy's log-odds.
+    # The gate's scores are the shipped 3-tier policy's log-odds of 1 − π(draft | o, 0), not the 2-tier policy's.
     first = state["steps"][0]
-    assert first["gate_score"] == pytest.approx(1 - artifact.probabilities(first["observation"], 0)[0], abs=1e-6)
+    p = 1 - artifact.probabilities(first["observation"], 0)[0]
+    assert first["gate_score"] == pytest.approx(math.log(p / (1 - p)), abs=1e-4)
     assert main(["solve", question, "--tiers", "3", "--models", "a", "b"]) != 0
     assert "either --tiers or --models" in capsys.readouterr().err
 
@@ -197,29 +199,32 @@ V1_SCORES = [  # (api_confidence, logit_confidence, π(escalate | o) computed by
 
 @pytest.mark.parametrize(("api", "logit", "expected"), V1_SCORES)
 def test_a_format_1_artifact_loads_and_decides_as_before(api, logit, expected):
-    gate = PolicyGate.from_path(V1_POLICY)
-    assert gate.artifact.scale == "probability" and gate.artifact.format_version == 1
-    assert gate.artifact.schema == CONFIDENCE_SCHEMA and gate.threshold == 2.5025242837185824e-14
+    with pytest.warns(DeprecationWarning, match="stepgraph.policy v1"):
+        gate = PolicyGate.from_path(V1_POLICY)
+    v1_kappa = 2.5025242837185824e-14  # a probability, read as its log-odds
+    assert gate.artifact.training["format_before"]["format_version"] == 1
+    assert gate.artifact.schema == CONFIDENCE_SCHEMA and gate.threshold == kappa_from_probability(v1_kappa)
     # a v2 observation (a superset of v1's features) routes on the v1 features only
     obs = {n: 0.0 for n in FEATURE_SCHEMA.names} | {"step_index": 1.0, "step_tokens": 8.0, "difficulty": None,
                                                      "api_confidence": api, "logit_confidence": logit}
     decision = gate.decide(GateInput("q", (), STEP, obs))
-    assert decision.score == pytest.approx(expected, rel=1e-5)
-    assert decision.escalate == (expected >= gate.threshold)
+    if expected < 1:
+        assert decision.score == pytest.approx(math.log(expected / (1 - expected)), rel=1e-5)
+    else:  # float32 rounded π to 1; its log-odds go on
+        assert decision.score > 16
+    assert decision.escalate == (expected >= v1_kappa)
 
 
 def _log_odds_artifact(kappa: float) -> PolicyArtifact:
-    artifact = _artifact(kappa=0.5)
-    artifact.scale, artifact.kappa = "log_odds", kappa
-    return artifact
+    return _artifact(kappa=kappa)
 
 
 def test_log_odds_kappa_round_trip(tmp_path):
     _log_odds_artifact(-2.5).save(tmp_path)
     manifest = json.loads((tmp_path / "policy.json").read_text())
-    assert (manifest["format_version"], manifest["scale"], manifest["kappa"]) == (2, "log_odds", -2.5)
+    assert (manifest["format_version"], manifest["kind"], manifest["kappa"]) == (3, "policy", -2.5)
     gate = PolicyGate.from_path(tmp_path)
-    assert gate.threshold == -2.5 and gate.artifact.scale == "log_odds"
+    assert gate.threshold == -2.5
     decisions = []
     for confidence in (6.0, 8.5, 9.0, 10.0):  # logit gap −4·tanh(tanh(confidence − 8)): −1.73, −2.57 around κ
         decision = gate.decide(_x(confidence))
@@ -237,8 +242,9 @@ def test_log_odds_kappa_round_trip(tmp_path):
     ({"kappa": "-inf"}, "kappa"),
 ])
 def test_bad_scales_are_refused(tmp_path, change, message):
+    """Format 2 manifests named their κ's scale; the reader of that old format checks it."""
     _log_odds_artifact(-2.5).save(tmp_path)
-    manifest = json.loads((tmp_path / "policy.json").read_text()) | change
+    manifest = json.loads((tmp_path / "policy.json").read_text()) | {"format_version": 2, "scale": "log_odds"} | change
     (tmp_path / "policy.json").write_text(json.dumps(manifest).replace('"-inf"', "-Infinity"))
     with pytest.raises(PolicyFileError, match=message):
         PolicyArtifact.load(tmp_path)
@@ -246,7 +252,7 @@ def test_bad_scales_are_refused(tmp_path, change, message):
 
 def test_a_v2_policy_escalates_non_finite_features(tmp_path):
     n = len(FEATURE_SCHEMA.names)
-    artifact = PolicyArtifact(PolicyNetwork(n), -1.0, 0.02, FEATURE_SCHEMA, [0.0] * n, [1.0] * n, scale="log_odds")
+    artifact = PolicyArtifact(PolicyNetwork(n), -1.0, 0.02, FEATURE_SCHEMA, [0.0] * n, [1.0] * n)
     artifact.save(tmp_path)
     gate = PolicyGate.from_path(tmp_path)
     obs = {name: 0.0 for name in FEATURE_SCHEMA.names}
@@ -264,7 +270,7 @@ def test_the_shipped_default_policy_loads_and_routes_on_v2_features():
     from stepgraph.testbed.defaults import DEFAULT_POLICY_DIR
 
     gate = PolicyGate.from_path(DEFAULT_POLICY_DIR)
-    assert gate.artifact.schema == FEATURE_SCHEMA and gate.artifact.scale == "log_odds"
+    assert gate.artifact.schema == FEATURE_SCHEMA
     assert -50 < gate.threshold < 50  # a log-odds κ, not a probability in the far tail
     question = task.generate("test", 1, seed=5)[0].question
     with warnings.catch_warnings():
@@ -278,19 +284,17 @@ def test_the_shipped_default_policy_loads_and_routes_on_v2_features():
 
 def test_every_artifact_writer_refuses_a_bad_manifest_or_non_finite_weights_and_writes_nothing(tmp_path):
     """The policy, K-tier policy and allocator share one checked writer (``policy.write_artifact``)."""
-    from stepgraph.artifacts.policy import TierPolicyArtifact, TierPolicyNetwork
     from stepgraph.routing.allocator import ALLOCATOR_SCHEMA
     from stepgraph.routing.learned_allocator import AllocatorArtifact, AllocatorNetwork
-
     n, tiers = len(CONFIDENCE_SCHEMA.names), [{"name": "d", "parameters": 1}, {"name": "t", "parameters": 2}]
     k = len(ALLOCATOR_SCHEMA.names)
-    artifacts = {
-        "a policy": _artifact(),
-        "a tier policy": TierPolicyArtifact(TierPolicyNetwork(n, 2, 8, 2), 0.5, 0.1, CONFIDENCE_SCHEMA, [0.0] * n, [1.0] * n,
-                                            tiers, 8, 2),
-        "an allocator": AllocatorArtifact(AllocatorNetwork(k, 2, 8, 2), 0.5, 0.1, tiers, [0.0] * k, [1.0] * k, 8, 2),
-    }
-    for what, artifact in artifacts.items():
+    artifacts = [
+        ("a policy", _artifact()),
+        ("a policy", PolicyArtifact(PolicyNetwork(n, 8, 2, 2, tier_input=True), 0.0, 0.1, CONFIDENCE_SCHEMA, [0.0] * n,
+                                    [1.0] * n, 8, 2, tiers)),  # the K-tier network, K = 2
+        ("an allocator", AllocatorArtifact(AllocatorNetwork(k, 2, 8, 2), 0.5, 0.1, tiers, [0.0] * k, [1.0] * k, 8, 2)),
+    ]
+    for what, artifact in artifacts:
         artifact.alpha = 2.0  # out of (0, 1)
         with pytest.raises(PolicyFileError, match=f"Refusing to write {what} that would not load .*alpha"):
             artifact.save(tmp_path / "bad-manifest")

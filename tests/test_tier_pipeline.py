@@ -4,6 +4,7 @@ with a run spec of the user's tiers (here the shipped draft, mid and target) and
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,7 @@ def test_collect_records_every_tier_and_train_picks_the_k_tier_policy(collected,
     assert tables and all(len(t) == 3 and all(entry["correct"] is not None for entry in t) for t in tables)
 
     trained = run(capsys, "train", "--config", str(collected), "--warm-start", "100", "--steps", "0")
-    assert trained["format"] == "stepgraph.tier_policy" and trained["tiers"] == names
+    assert trained["format"] == "stepgraph.policy" and trained["tiers"] == names  # the one policy format (K = 3)
     assert trained["alpha"] == 0.25 and trained["guarantee"] == "split-conformal" and trained["calibration_episodes"] == 6
     manifest = json.loads((collected.parent / "policy" / "policy.json").read_text())
     assert [t["name"] for t in manifest["tiers"]] == names and manifest["training"]["args"]["warm_start"] == 100
@@ -88,7 +89,8 @@ def test_calibrate_runs_then_solve_with_the_k_tier_policy(collected, capsys):
     assert calibrated["misses"] <= 0 and calibrated["guarantee"] == "split-conformal"  # ⌊0.25 · 7⌋ − 1 = 0 misses allowed
     gate_dir = collected.parent / "gate"
     manifest = json.loads((gate_dir / "policy.json").read_text())
-    assert manifest["format"] == "stepgraph.tier_policy" and manifest["kappa"] == calibrated["threshold"]
+    assert manifest["format"] == "stepgraph.policy" and manifest["network"]["tier_input"]
+    assert manifest["kappa"] == calibrated["threshold"]
     assert manifest["training"]["calibration_runs"]["problems"] == 6 and manifest["training"]["kappa_from_traces"] == before
     gate = PolicyGate.from_path(gate_dir)
     assert isinstance(gate, TierPolicyGate) and gate.threshold == calibrated["threshold"]
@@ -97,7 +99,8 @@ def test_calibrate_runs_then_solve_with_the_k_tier_policy(collected, capsys):
     assert solved["stop_reason"] == "final_answer" and solved["answer"]
     assert {a["model"] for s in solved["steps"] for a in s["attempts"]} <= {"draft", "mid", "target"}
     first = solved["steps"][0]  # scored by the calibrated K-tier policy on the draft's step
-    assert first["gate_score"] == pytest.approx(1 - gate.artifact.probabilities(first["observation"], 0)[0])
+    p = 1 - gate.artifact.probabilities(first["observation"], 0)[0]  # the gate scores its log-odds
+    assert first["gate_score"] == pytest.approx(math.log(p / (1 - p)), abs=1e-4)
     # The tier check: the same gate on a spec of two tiers is refused, naming the tiers.
     two = write_spec(collected.parent, (DRAFT_MODEL_DIR, TARGET_MODEL_DIR), name="two.toml")
     assert "calibrated on the tiers" in refused(capsys, "solve", "--config", str(two), QUESTION)

@@ -8,7 +8,11 @@ import pytest
 import torch
 from scripted import ScriptedModel
 
-from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork, TierPolicyArtifact, TierPolicyNetwork
+from stepgraph.artifacts.policy import (
+    PolicyArtifact,
+    PolicyNetwork,
+    kappa_from_probability,
+)
 from stepgraph.errors import PolicyFileError
 from stepgraph.features import CONFIDENCE_SCHEMA, FeatureSchema
 from stepgraph.graph import build_graph
@@ -22,14 +26,15 @@ TIERS = [{"name": "draft", "parameters": 10}, {"name": "mid", "parameters": 40},
 STEP = StepOutput("1+1=2", ["1"], [9.0], [[("1", -0.1)]], 10, 0, 1, False, "m")
 
 
-def _artifact(bias: list[float], kappa: float = 0.5) -> TierPolicyArtifact:
-    """A policy whose logits are ``bias`` whatever it observes (tiers below the current one masked)."""
-    net = TierPolicyNetwork(N, 3, 8, 2)
+def _artifact(bias: list[float], kappa: float = 0.5) -> PolicyArtifact:
+    """A policy whose logits are ``bias`` whatever it observes (tiers below the current one masked); ``kappa`` a probability."""
+    net = PolicyNetwork(N, 8, 2, 3, tier_input=True)
     with torch.no_grad():
         for p in net.parameters():
             p.zero_()
         net.net[-1].bias.copy_(torch.tensor(bias))
-    return TierPolicyArtifact(net, kappa, 0.03, CONFIDENCE_SCHEMA, [0.0] * N, [1.0] * N, TIERS, 8, 2, ignored=["difficulty"])
+    return PolicyArtifact(net, kappa_from_probability(kappa), 0.03, CONFIDENCE_SCHEMA, [0.0] * N, [1.0] * N, 8, 2, TIERS,
+                          ignored=["difficulty"])
 
 
 def _observation() -> dict[str, float | None]:
@@ -39,8 +44,8 @@ def _observation() -> dict[str, float | None]:
 def test_round_trip_keeps_the_decisions_and_the_tiers(tmp_path):
     artifact = _artifact([0.3, -1.0, 2.0], kappa=0.4)
     artifact.save(tmp_path)
-    loaded = TierPolicyArtifact.load(tmp_path)
-    assert loaded.tiers == TIERS and loaded.kappa == 0.4
+    loaded = PolicyArtifact.load(tmp_path)
+    assert loaded.tiers == TIERS and loaded.kappa == kappa_from_probability(0.4)
     for tier in (0, 1):
         assert loaded.probabilities(_observation(), tier) == pytest.approx(artifact.probabilities(_observation(), tier))
     assert loaded.probabilities(_observation(), 1)[0] == 0.0  # a weaker tier is never chosen
@@ -81,7 +86,7 @@ def test_the_graph_routes_each_step_to_the_tier_the_policy_picks(bias, kept, cal
     assert [a["tier"] for a in state["steps"][0]["attempts"]] == sorted({0, kept})
 
 
-def _saved(tmp_path) -> TierPolicyArtifact:
+def _saved(tmp_path) -> PolicyArtifact:
     artifact = _artifact([0.0, 1.0, 2.0])
     artifact.save(tmp_path)
     return artifact
@@ -104,33 +109,30 @@ def test_corrupted_weights_are_refused(tmp_path):
 
 def test_a_manifest_naming_other_tiers_than_the_network_is_refused(tmp_path):
     _saved(tmp_path)
-    _edit_manifest(tmp_path, tiers=TIERS[:2])
+    _edit_manifest(tmp_path, tiers=TIERS[:2], n_tiers=2)
     with pytest.raises(PolicyFileError, match="over 2 tiers"):
-        TierPolicyArtifact.load(tmp_path)
+        PolicyArtifact.load(tmp_path)
+    _edit_manifest(tmp_path, n_tiers=3)
+    with pytest.raises(PolicyFileError, match="2 tiers recorded for a network over n_tiers = 3"):
+        PolicyArtifact.load(tmp_path)
 
 
 @pytest.mark.parametrize(("change", "match"), [
-    ({"kappa": 1.5}, "kappa"),
+    ({"kappa": None}, "kappa"),
     ({"tiers": TIERS[:1]}, "tiers"),
-    ({"format_version": 2}, "not a stepgraph.tier_policy v1"),
+    ({"format_version": 4}, "not a policy manifest this stepgraph reads"),
     ({"feature_schema": FeatureSchema("other", 1, ["x"]).to_dict()}, "feature schema"),
 ])
 def test_broken_manifests_are_refused(tmp_path, change, match):
     _saved(tmp_path)
     _edit_manifest(tmp_path, **change)
     with pytest.raises(PolicyFileError, match=match):
-        TierPolicyArtifact.load(tmp_path)
-
-
-def test_a_2_tier_loader_refuses_a_k_tier_artifact_by_its_format(tmp_path):
-    _saved(tmp_path)
-    with pytest.raises(PolicyFileError, match="not a stepgraph.policy manifest"):
         PolicyArtifact.load(tmp_path)
 
 
 def test_save_refuses_a_network_over_other_tiers(tmp_path):
     artifact = _artifact([0.0, 0.0, 0.0])
     artifact.tiers = TIERS[:2]
-    with pytest.raises(PolicyFileError, match="routes between 3"):
+    with pytest.raises(PolicyFileError, match="2 tiers recorded for a network over n_tiers = 3"):
         artifact.save(tmp_path)
     assert not (tmp_path / "policy.json").exists()

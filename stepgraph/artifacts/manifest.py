@@ -101,7 +101,8 @@ def read_manifest(directory: str | Path, kind: str, need_weights: bool = True) -
 
     Raises:
         PolicyFileError: a file is missing or unreadable (permissions), or the manifest is not UTF-8,
-            not JSON, or nested past the parser's recursion limit.
+            not JSON, nested past the parser's recursion limit, or of another ``kind`` (manifests written
+            before ``kind`` existed hold none and pass).
     """
     spec, directory = KINDS[kind], Path(directory)
     manifest_path, weights_path = directory / spec.manifest_file, directory / spec.weights_file
@@ -118,12 +119,17 @@ def read_manifest(directory: str | Path, kind: str, need_weights: bool = True) -
         raise PolicyFileError(f"{manifest_path} is not UTF-8 text ({exc.reason} at byte {exc.start}): the file is "
                               f"corrupted; {spec.retrain}.") from exc
     try:
-        return json.loads(text), checksum
+        raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PolicyFileError(f"{manifest_path} is corrupted or incomplete: {exc}") from exc
     except RecursionError as exc:  # no manifest nests deeply: not one, or corrupted
         raise PolicyFileError(f"{manifest_path} nests JSON too deeply for a manifest: the file is corrupted; "
                               f"{spec.retrain}.") from exc
+    found = raw.get("kind", kind) if isinstance(raw, dict) else kind
+    if found != kind:
+        raise PolicyFileError(f"{manifest_path} holds {KINDS[found].what if isinstance(found, str) and found in KINDS else repr(found)} (kind "
+                              f"{found!r}), not {spec.what}: load it with that artifact's loader.")
+    return raw, checksum
 
 
 def check_checksum(directory: str | Path, kind: str, recorded: str, actual: str | None) -> None:
@@ -167,7 +173,7 @@ def validate(schema: type[BaseModel], raw: Any, directory: str | Path, kind: str
 
 def write_artifact(directory: str | Path, kind: str, network: torch.nn.Module, manifest: dict[str, Any],
                    schema: type[BaseModel], diverged: str = "", what: str | None = None) -> Path:
-    """Write a network's weights (safetensors) and their manifest (JSON, with the weights' SHA-256),
+    """Write a network's weights (safetensors) and their manifest (JSON, with ``kind`` and the weights' SHA-256),
     after checking that the manifest passes ``schema`` and the weights are finite (else nothing is written).
 
     Raises:
@@ -175,7 +181,7 @@ def write_artifact(directory: str | Path, kind: str, network: torch.nn.Module, m
             is added to the non-finite weights' message; ``what`` names the artifact, by default its kind's).
     """
     spec, directory = KINDS[kind], Path(directory)
-    what = what or spec.what
+    what, manifest = what or spec.what, {**manifest, "kind": kind}
     try:
         schema.model_validate({**manifest, "weights_sha256": ""})
     except ValidationError as exc:

@@ -128,7 +128,7 @@ def _train(args: argparse.Namespace) -> dict:
     started = time.time()
     artifact, metrics_file = _with_metrics(args.out, lambda log: train_policy(
         episodes, cpo_args, calibration=calibration, ignore_features=args.ignore_feature, log=log))
-    artifact.models = {"tiers": models or []}
+    artifact.tiers = list(models or [])
     misses = round(artifact.training.get("calibration_surrogate_miss", 0.0) * len(calibration))
     artifact.guarantee = calibration_guarantee(cpo_args.alpha, len(calibration), misses)
     if artifact.guarantee["type"] == "none":
@@ -176,7 +176,7 @@ def _train_tiers(args: argparse.Namespace, episodes: list, calibration: list, ti
     if guarantee.get("type") == "none":
         print(f"stepgraph: warning: the policy has no coverage guarantee: {guarantee['reason']}", file=sys.stderr)
     keys = ("online_kappa", "calibration_episodes", "surrogate_coverage")
-    return {"out": str(args.out), "format": "stepgraph.tier_policy", "tiers": [t.get("name") for t in artifact.tiers],
+    return {"out": str(args.out), "format": "stepgraph.policy", "tiers": [t.get("name") for t in artifact.tiers],
             "kappa": artifact.kappa, "alpha": artifact.alpha, "guarantee": guarantee.get("type"),
             "episodes": artifact.training["episodes"], "seconds": artifact.training["seconds"], "metrics": str(metrics_file),
             **{k: artifact.training[k] for k in keys if k in artifact.training}}

@@ -18,8 +18,9 @@ The allocator's observation (``ALLOCATOR_SCHEMA``) uses only what exists before 
   learned allocator imputes with its training mean.
 
 The decision for K tiers from the probabilities p_k that tier k is the cheapest whose step the
-verifier accepts: the lowest tier k ≥ base whose P(cheapest > k) is below κ. With two tiers:
-send the step to the target iff P(the draft is rejected) ≥ κ.
+verifier accepts: the lowest tier k ≥ base whose log-odds of P(cheapest > k) is below κ (κ on
+the log-odds scale, as the policy's). With two tiers: send the step to the target iff the
+log-odds that the draft is rejected is ≥ κ.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ class Allocation:
 
     Attributes:
         tier: the tier that writes the step (≥ the input's tier, < n_tiers).
-        score: P(a tier above the input's is needed), compared with κ; NaN for fixed allocators.
+        score: how likely a tier above the input's is needed (a learned allocator: its log-odds), compared with κ;
+            NaN for fixed allocators.
         reason: why the allocator sent the step up without comparing a score (e.g. non-finite input).
     """
 
@@ -154,18 +156,24 @@ class FixedAllocator(Allocator):
         return Allocation(min(max(self.tier, x.tier), x.n_tiers - 1))
 
 
-def tier_from_probabilities(probabilities: Sequence[float], kappa: float, base: int = 0) -> tuple[int, float]:
-    """The lowest tier k ≥ ``base`` whose P(cheapest accepted tier > k) is below κ, and the score
-    P(cheapest > base) that the first comparison used. A non-finite probability sends the step to
-    the strongest tier (the safe side)."""
-    top = len(probabilities) - 1
-    if not all(math.isfinite(p) for p in probabilities):
+def tier_from_scores(scores: Sequence[float], kappa: float, base: int = 0) -> tuple[int, float]:
+    """The lowest tier k ≥ ``base`` whose score of "a tier above k is needed" (``scores[k]``, rising with
+    P(cheapest accepted tier > k)) is below κ, and ``scores[base]``. A NaN score sends the step to the
+    strongest tier (the safe side)."""
+    top = len(scores) - 1
+    if any(math.isnan(s) for s in scores):
         return top, math.nan
-    score = sum(probabilities[base + 1 :])
     for k in range(base, top):
-        if sum(probabilities[k + 1 :]) < kappa:
-            return k, score
-    return top, score
+        if scores[k] < kappa:
+            return k, scores[base]
+    return top, scores[base]
+
+
+def tier_from_probabilities(probabilities: Sequence[float], kappa: float, base: int = 0) -> tuple[int, float]:
+    """``tier_from_scores`` on P(cheapest > k) with a probability κ: the scale training's replays search κ on."""
+    if not all(math.isfinite(p) for p in probabilities):
+        return len(probabilities) - 1, math.nan
+    return tier_from_scores([sum(probabilities[k + 1 :]) for k in range(len(probabilities))], kappa, base)
 
 
 class AllocateNode:

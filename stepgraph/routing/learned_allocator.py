@@ -1,17 +1,20 @@
 """The learned allocator and its artifact: ``allocator.safetensors`` + ``allocator.json``, never pickled.
 
-The network maps the normalised ``ALLOCATOR_SCHEMA`` observation to logits over the K tiers
-(p_k: tier k is the cheapest whose step the verifier accepts). The manifest records κ, α, the
-tiers it was trained for (name and parameters, cheapest first), the feature schema and its
-normalisation, the network's shape, a training summary, the coverage guarantee and the weights'
-SHA-256. ``load`` refuses missing, corrupted or out-of-range files, another feature schema,
-weights of another shape, non-finite weights, and (given ``tiers``) an artifact of other tiers;
-``save`` refuses to write what ``load`` would refuse.
+The network maps the normalised ``ALLOCATOR_SCHEMA`` observation to logits ℓ over the K tiers
+(p_k: tier k is the cheapest whose step the verifier accepts). The manifest (format 2,
+``kind: "allocator"``) records κ on the log-odds scale of P(cheapest > k), as the policy's κ; α, the tiers it was trained for
+(name and parameters, cheapest first), the feature schema and its normalisation, the network's
+shape, a training summary, the coverage guarantee and the weights' SHA-256. ``load`` refuses
+missing, corrupted or out-of-range files, another feature schema, weights of another shape,
+non-finite weights, and (given ``tiers``) an artifact of other tiers; ``save`` refuses to write
+what ``load`` would refuse. A format 1 manifest (κ a probability) loads with its κ converted
+(``policy.kappa_from_probability``) and a DeprecationWarning.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,34 +36,32 @@ from stepgraph.artifacts.manifest import (
     validate,
     write_artifact,
 )
-from stepgraph.artifacts.policy import Normalising, PolicyNetwork
+from stepgraph.artifacts.policy import Normalising, PolicyNetwork, kappa_from_probability, log_odds
 from stepgraph.errors import PolicyFileError
 from stepgraph.features import FeatureSchema, Observation
-from stepgraph.routing.allocator import ALLOCATOR_SCHEMA, Allocation, Allocator, AllocatorInput, tier_from_probabilities
+from stepgraph.routing.allocator import (
+    ALLOCATOR_SCHEMA,
+    Allocation,
+    Allocator,
+    AllocatorInput,
+    tier_from_scores,
+)
 
 FORMAT = "stepgraph.allocator"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 WEIGHTS_FILE, MANIFEST_FILE = KINDS["allocator"].weights_file, KINDS["allocator"].manifest_file
 
 
 class AllocatorNetwork(PolicyNetwork):
-    """The policy MLP with one logit per tier instead of (accept, escalate).
-
-    ``escalate_probability`` is P(a tier above 0 is needed), so CPO's replay and calibration
-    functions (``stepgraph.training.learning.cpo``) read it as the probability of leaving the draft tier.
-    """
+    """The policy network without tier input over K tiers: ``escalate_probability`` is P(a tier above 0 is
+    needed), which CPO's replay and calibration (``stepgraph.training.learning.cpo``) read as leaving the draft tier."""
 
     def __init__(self, n_features: int, n_tiers: int, hidden: int = 64, layers: int = 3) -> None:
         super().__init__(n_features, hidden, layers)
         last = self.net[-1]
         assert isinstance(last, torch.nn.Linear)
-        self.net[-1] = torch.nn.Linear(last.in_features, n_tiers)
+        self.net[-1] = torch.nn.Linear(last.in_features, n_tiers)  # after the 2-logit layer: the seeded weights stay
         self.n_tiers = n_tiers
-
-    def escalate_probability(self, x: torch.Tensor) -> torch.Tensor:
-        # The sum over the stronger tiers, not 1 − p_0: a confident "draft" would round 1 − p_0 to 0
-        # and tie every such step, leaving calibration no order to choose κ from.
-        return torch.softmax(self.forward(x), dim=-1)[..., 1:].sum(-1)
 
 
 class _Tier(Tier):
@@ -68,12 +69,13 @@ class _Tier(Tier):
 
 
 class AllocatorManifest(BaseModel):
-    """The schema of ``allocator.json``."""
+    """The schema of ``allocator.json`` (format 1: κ a probability in [0, 1], no ``kind``)."""
 
     format: Literal["stepgraph.allocator"]
-    format_version: Literal[1]
-    kappa: Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
-    """threshold on P(a stronger tier is needed), in [0, 1]"""
+    format_version: Literal[1, 2]
+    kind: Literal["allocator"] = "allocator"
+    kappa: FiniteFloat
+    """threshold on the log-odds that a stronger tier is needed (format 1: on its probability)"""
     alpha: Annotated[float, Strict(), Field(gt=0, lt=1, allow_inf_nan=False)]
     """the allowed miss rate, in (0, 1)"""
     tiers: list[_Tier] = Field(min_length=2)
@@ -90,6 +92,8 @@ class AllocatorManifest(BaseModel):
 
     @model_validator(mode="after")
     def _fits_the_schema(self) -> Self:
+        if self.format_version == 1 and not 0 <= self.kappa <= 1:
+            raise ValueError(f"kappa: a format 1 κ is a probability in [0, 1] (found {self.kappa!r})")
         Normalization(mean=self.mean, std=self.std, ignored=self.ignored).check_fits(self.feature_schema)
         return self
 
@@ -116,9 +120,15 @@ class AllocatorArtifact(Normalising):
         """p_k for one observation: the probability that tier k is the cheapest accepted."""
         return torch.softmax(self.network(self.normalise([self.schema.vector(observation)])), dim=-1)[0].tolist()
 
+    def log_odds(self, observation: Observation) -> list[float]:
+        """For each tier k, the log-odds of P(cheapest accepted > k), what κ thresholds: of the sums training
+        calibrated κ on, so each decision is the one it calibrated (−inf for the strongest tier)."""
+        probabilities = self.probabilities(observation)
+        return [log_odds(sum(probabilities[k + 1 :])) for k in range(len(probabilities))]
+
     def _manifest(self) -> dict[str, Any]:
         return {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "kappa": self.kappa, "alpha": self.alpha,
+            "format": FORMAT, "format_version": FORMAT_VERSION, "kind": "allocator", "kappa": self.kappa, "alpha": self.alpha,
             "tiers": self.tiers, "feature_schema": self.schema.to_dict(), "mean": self.mean, "std": self.std,
             "ignored": self.ignored, "hidden": self.hidden, "layers": self.layers, "training": self.training,
             "guarantee": self.guarantee,
@@ -147,6 +157,11 @@ class AllocatorArtifact(Normalising):
         directory = Path(directory)
         raw, checksum = read_manifest(directory, "allocator")
         manifest = validate(AllocatorManifest, raw, directory, "allocator")
+        if manifest.format_version == 1:
+            manifest.kappa = kappa_from_probability(manifest.kappa)
+            warnings.warn(f"{directory} holds an allocator in the old format {FORMAT} v1 (κ a probability); it loads with κ "
+                          "on the log-odds scale. Rewrite it with `AllocatorArtifact.load(old).save(new)`.",
+                          DeprecationWarning, stacklevel=2)
         schema = FeatureSchema(**manifest.feature_schema.model_dump())
         if schema != ALLOCATOR_SCHEMA:
             raise PolicyFileError(f"The allocator in {directory} was trained on {schema}, but this stepgraph computes "
@@ -181,5 +196,5 @@ class LearnedAllocator(Allocator):
     def allocate(self, x: AllocatorInput) -> Allocation:
         if x.n_tiers != len(self.artifact.tiers):
             raise PolicyFileError(f"The allocator was trained for {len(self.artifact.tiers)} tiers; this graph has {x.n_tiers}.")
-        tier, score = tier_from_probabilities(self.artifact.probabilities(x.observation), self.artifact.kappa, x.tier)
-        return Allocation(tier, score, None if math.isfinite(score) else "non-finite score")
+        tier, score = tier_from_scores(self.artifact.log_odds(x.observation), self.artifact.kappa, x.tier)
+        return Allocation(tier, score, "non-finite score" if math.isnan(score) else None)

@@ -71,8 +71,8 @@ class Configuration(BaseModel):
     """For ``gate="tier"``: the name of the model it runs alone (e.g. ``mid``)."""
     tier_parameters: int | None = Field(default=None, ge=1)
     """For ``gate="tier"``: that model's parameter count when its answers were collected (checked when it runs)."""
-    kappa: float | None = Field(default=None, ge=0, le=1)
-    """The policy's κ (None: the policy artifact's own calibrated κ)."""
+    kappa: float | None = Field(default=None, allow_inf_nan=False)
+    """The policy's κ, on the log-odds scale of every policy artifact (None: the artifact's own calibrated κ)."""
     threshold: float | None = Field(default=None, ge=0, le=1)
     """The confidence threshold of a ``threshold`` gate."""
     max_steps: int = Field(default=16, ge=1)
@@ -151,6 +151,8 @@ class RadarManifest(BaseModel):
 
     format: Literal["stepgraph.radar"] = "stepgraph.radar"
     format_version: Literal[1] = 1
+    kind: Literal["radar"] = "radar"
+    """the artifact kind (``stepgraph.artifacts.KINDS``); absent in manifests written before it was recorded"""
     configurations: list[Configuration] = Field(min_length=1)
     """Every configuration with its ability and cost."""
     pool: list[str] = Field(min_length=1)

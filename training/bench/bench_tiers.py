@@ -53,7 +53,7 @@ from stepgraph.training.data.store import TraceStore
 from stepgraph.training.learning.cpo_tiers import TierCPOArgs, train_tier_policy
 from tqdm import tqdm
 
-from stepgraph.artifacts.policy import TierPolicyArtifact
+from stepgraph.artifacts.policy import PolicyArtifact
 from stepgraph.defaults import DEFAULT_POLICY_DIR
 from stepgraph.models.base import StepModel
 from stepgraph.routing.allocator import Allocator
@@ -385,10 +385,10 @@ def main(args: TierBenchArgs) -> dict[str, Any]:
             live = calibrate_routers(tiers, {**trained, "shipped-policy-live-kappa-2-tier": ((0, 2), shipped)}, calibration_items,
                                      args.alpha, seed=args.seed + 1)
             for name, path in policies.items():
-                with_live_kappa(TierPolicyArtifact.load(path), live[name], args.alpha).save(path)
+                with_live_kappa(PolicyArtifact.load(path), live[name], args.alpha).save(path)
         with TraceStore(args.out / "traces.sqlite") as store:  # the combined allocator is calibrated with the final κ
             allocators = train_tier_allocators(store, args, policies)
-        extra = {name: (((0, 1, 2) if TierPolicyArtifact.load(path).network.n_tiers == 3 else (0, 2)), PolicyGate.from_path(path))
+        extra = {name: (((0, 1, 2) if PolicyArtifact.load(path).network.n_tiers == 3 else (0, 2)), PolicyGate.from_path(path))
                  for name, path in args.extra_policies.items()}
         if "shipped-policy-live-kappa-2-tier" in live:
             extra["shipped-policy-live-kappa-2-tier"] = ((0, 2), with_threshold(shipped, live["shipped-policy-live-kappa-2-tier"]["threshold"]))

@@ -111,15 +111,12 @@ class Family:
 
 def policy_family(gate: PolicyGate) -> Family:
     return Family("policy", gate.score, lambda s, t: s is not None and s >= t,
-                  lambda t: _policy_with_kappa(gate, t), lambda scores: _kappa_candidates(gate.artifact.scale, scores))
+                  lambda t: _policy_with_kappa(gate, t), _kappa_candidates)
 
 
-def _kappa_candidates(scale: str, scores: list[float]) -> list[float]:
-    """Every score as a κ, between one above them all (escalates nothing) and one at or below them all."""
-    if scale == "log_odds":  # unbounded: the ends sit just outside the scores seen
-        ends = {math.floor(max(scores, default=0.0)) + 1.0, math.floor(min(scores, default=0.0))}
-    else:
-        ends = {0.0, 1.0}
+def _kappa_candidates(scores: list[float]) -> list[float]:
+    """Every score (a log-odds) as a κ, between one above them all (escalates nothing) and one at or below them all."""
+    ends = {math.floor(max(scores, default=0.0)) + 1.0, math.floor(min(scores, default=0.0))}
     return sorted(set(scores) | ends, reverse=True)
 
 

@@ -58,11 +58,9 @@ def calibrate_kappa(tiers: Sequence[StepModel], gate: PolicyGate, items: Sequenc
 
 
 def with_live_kappa(artifact: Any, calibrated: Mapping[str, Any], alpha: float) -> Any:
-    """A copy of a policy artifact (``PolicyArtifact`` or ``TierPolicyArtifact``) with κ from runs, its α and guarantee;
+    """A copy of a policy artifact with κ from runs (the log-odds its scores are), its α and guarantee;
     the κ it had is kept in its training record."""
     kappa = calibrated["threshold"]
-    if getattr(artifact, "scale", "probability") == "probability":
-        kappa = min(1.0, max(0.0, kappa))  # past the scores' range [0, 1] every κ decides alike
     before = artifact.training.get("kappa_from_traces", artifact.kappa)
     return dataclasses.replace(artifact, kappa=kappa, alpha=alpha, guarantee=dict(calibrated["guarantee"]), training={
         **artifact.training, "kappa_from_traces": before, "kappa_from": "calibration runs",

@@ -60,7 +60,7 @@ from stepgraph.training.learning.cpo import (
 )
 from tqdm import tqdm
 
-from stepgraph.artifacts.policy import TierPolicyArtifact
+from stepgraph.artifacts.policy import PolicyArtifact, kappa_from_probability
 from stepgraph.errors import ConfigError
 from stepgraph.routing.allocator import ALLOCATOR_SCHEMA
 from stepgraph.routing.gates.base import Gate
@@ -170,7 +170,7 @@ def train_allocator(episodes: Sequence[Episode], args: CPOArgs | None = None, *,
         tiers: name and parameters of each tier, cheapest first (recorded in the artifact).
         calibration: held-out episodes for κ; without them κ is the RL stage's online κ, with no guarantee.
         gate: the post-hoc gate the allocator will be combined with (its replayed decisions enter the calibration);
-            on traces with tier tables a K-tier policy gate (``TierPolicyGate``) over the same tiers.
+            on traces with tier tables a policy gate whose network reads the tier, over the same tiers.
         columns: on traces with tier tables, the recorded tiers to allocate among (default: all), e.g. ``[0, 2]``.
         supervised_epochs, supervised_lr: the supervised stage's full-batch Adam epochs and learning rate.
     """
@@ -184,9 +184,9 @@ def train_allocator(episodes: Sequence[Episode], args: CPOArgs | None = None, *,
 
     if has_tier_tables(episodes):  # every tier's step is recorded: labels, replay and κ over the tiers ``columns``
         policy = getattr(gate, "artifact", None)
-        policy = policy if isinstance(policy, TierPolicyArtifact) else None
+        policy = policy if isinstance(policy, PolicyArtifact) and policy.network.tier_input else None
         if gate is not None and policy is None:
-            raise ConfigError(f"On traces with tier tables the post-hoc gate must be a K-tier policy (stepgraph.tier_policy) "
+            raise ConfigError(f"On traces with tier tables the post-hoc gate must be a K-tier policy (network.tier_input) "
                               f"over the allocator's tiers, got {getattr(gate, 'name', type(gate).__name__)}.")
         return train_tier_allocator(episodes, args, tiers=tiers, columns=columns, calibration=calibration, policy=policy,
                                     supervised_epochs=supervised_epochs, supervised_lr=supervised_lr, progress=progress, log=log)
@@ -197,8 +197,8 @@ def train_allocator(episodes: Sequence[Episode], args: CPOArgs | None = None, *,
     rows = [ALLOCATOR_SCHEMA.vector(o) for e in episodes for o in episode_observations(e)]
     mean, std, ignored = normalisation(rows)
     network = AllocatorNetwork(len(ALLOCATOR_SCHEMA.names), len(tiers), args.hidden, args.layers)
-    artifact = AllocatorArtifact(network, args.kappa_init, args.alpha, [dict(t) for t in tiers], mean, std, args.hidden,
-                                 args.layers, ignored=ignored)
+    artifact = AllocatorArtifact(network, kappa_from_probability(args.kappa_init), args.alpha, [dict(t) for t in tiers], mean,
+                                 std, args.hidden, args.layers, ignored=ignored)
     labels = torch.tensor([cheapest_accepted_tier(s, len(tiers)) for e in episodes for s in e.steps])
     cost_scale = sum(e.target_flops for e in episodes) / len(episodes) or 1.0
     data = to_batchable(episodes, artifact, cost_scale)
@@ -212,7 +212,7 @@ def train_allocator(episodes: Sequence[Episode], args: CPOArgs | None = None, *,
               random.Random(args.seed), cost_scale, args.kappa_init)
     history = rl_stage(run, progress, log)
     network.eval()
-    artifact.kappa = run.kappa
+    kappa = run.kappa  # the probability scale of the online rule and of calibrate_allocator, up to the artifact
     held_out = [e for e in calibration if e.steps]
     summary: dict[str, Any] = {}
     if held_out:
@@ -220,13 +220,14 @@ def train_allocator(episodes: Sequence[Episode], args: CPOArgs | None = None, *,
         gate_choice = gate_escalations(held_out, gate) if gate else None
         chosen, summary = keep_cheaper_stage(network, supervised_weights,
                                              lambda: calibrate_allocator(cal, held_out, network, args.alpha, gate_choice))
-        artifact.kappa = chosen["kappa"]
-        summary |= {"online_kappa": run.kappa, "calibration_episodes": len(held_out)}
+        kappa = chosen["kappa"]
+        summary |= {"online_kappa": kappa_from_probability(run.kappa), "calibration_episodes": len(held_out)}
         artifact.guarantee = calibration_guarantee(args.alpha, len(held_out), chosen["misses"])
     else:
         artifact.guarantee = calibration_guarantee(args.alpha, 0)
+    artifact.kappa = kappa_from_probability(kappa)
     with torch.no_grad():
-        sent_up = float((network.escalate_probability(data.x) >= artifact.kappa).float().mean())
+        sent_up = float((network.escalate_probability(data.x) >= kappa).float().mean())
     artifact.training = {
         **summary,
         "algorithm": "supervised+cpo+split-conformal-kappa",

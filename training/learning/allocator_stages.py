@@ -13,6 +13,7 @@ import torch
 from stepgraph.training.data.records import Episode
 from stepgraph.training.learning.cpo import column_statistics
 
+from stepgraph.artifacts.policy import kappa_from_probability
 from stepgraph.routing.allocator import ALLOCATOR_SCHEMA, PriorStep, allocator_observation
 from stepgraph.routing.learned_allocator import AllocatorNetwork
 
@@ -59,7 +60,7 @@ def keep_cheaper_stage(network: torch.nn.Module, supervised_weights: dict[str, A
     weights, chosen = by_stage[stage]
     network.load_state_dict(weights)
     summary = {"selected_stage": stage, "calibration_by_stage": {k: v[1] for k, v in by_stage.items()},
-               "calibrated_kappa": chosen["kappa"], "calibration_surrogate_miss": chosen["misses"] / chosen["episodes"],
+               "calibrated_kappa": kappa_from_probability(chosen["kappa"]), "calibration_surrogate_miss": chosen["misses"] / chosen["episodes"],
                "calibration_met": chosen["met"], "calibration_flops_vs_target": chosen["flops_vs_target"],
                **{f"calibration_{k}": chosen[k] for k in ("sent_up", "none_sent_up", "allocated_share") if k in chosen}}
     return chosen, summary

@@ -57,7 +57,7 @@ from stepgraph.training.learning.cpo_tiers import (
 )
 from tqdm import tqdm
 
-from stepgraph.artifacts.policy import TierPolicyArtifact
+from stepgraph.artifacts.policy import PolicyArtifact, kappa_from_probability
 from stepgraph.errors import ConfigError
 from stepgraph.features import FeatureSchema
 from stepgraph.routing.allocator import ALLOCATOR_SCHEMA, tier_from_probabilities
@@ -111,7 +111,7 @@ class AllocatorTierData:
 
 
 def tier_data(episodes: Sequence[Episode], artifact: AllocatorArtifact, columns: Sequence[int],
-              policy: TierPolicyArtifact | None = None) -> AllocatorTierData:
+              policy: PolicyArtifact | None = None) -> AllocatorTierData:
     """The episodes as tensors; with ``policy`` (over the same tiers) its π on every tier's step, for the walk after allocation."""
     rows = [ALLOCATOR_SCHEMA.vector(o) for e in episodes for o in episode_observations(e)]
     tables = to_tier_tensors(episodes, cast(Any, policy or _VerdictsOnly()), columns)
@@ -119,7 +119,9 @@ def tier_data(episodes: Sequence[Episode], artifact: AllocatorArtifact, columns:
     if policy is not None:
         with torch.no_grad():
             probs = policy.network.probabilities(tables.x)
-    return AllocatorTierData(artifact.normalise(rows), tables, probs, policy.kappa if policy else 1.0)
+    # the walk compares 1 − π(k | o, k) with κ as a probability, the scale of this module's replays
+    kappa = float(torch.sigmoid(torch.tensor(policy.kappa, dtype=torch.float64))) if policy else 1.0
+    return AllocatorTierData(artifact.normalise(rows), tables, probs, kappa)
 
 
 # --- 2. replay -----------------------------------------------------------------------------------
@@ -255,7 +257,7 @@ def calibrate_tier_allocator(data: AllocatorTierData, network: AllocatorNetwork,
 
 def train_tier_allocator(episodes: Sequence[Episode], args: CPOArgs, *, tiers: Sequence[dict[str, Any]],
                          columns: Sequence[int] | None = None, calibration: Sequence[Episode] = (),
-                         policy: TierPolicyArtifact | None = None, supervised_epochs: int = 100, supervised_lr: float = 1e-2,
+                         policy: PolicyArtifact | None = None, supervised_epochs: int = 100, supervised_lr: float = 1e-2,
                          progress: bool = False, log: Callable[[int, dict], object] | None = None) -> AllocatorArtifact:
     """Supervised, then CPO on replayed allocations, then calibrated κ, over the recorded tiers ``columns``.
 
@@ -271,8 +273,8 @@ def train_tier_allocator(episodes: Sequence[Episode], args: CPOArgs, *, tiers: S
     rows = [ALLOCATOR_SCHEMA.vector(o) for e in episodes for o in episode_observations(e)]
     mean, std, ignored = normalisation(rows)
     network = AllocatorNetwork(len(ALLOCATOR_SCHEMA.names), len(columns), args.hidden, args.layers)
-    artifact = AllocatorArtifact(network, args.kappa_init, args.alpha, chosen_tiers, mean, std, args.hidden, args.layers,
-                                 ignored=ignored)
+    artifact = AllocatorArtifact(network, kappa_from_probability(args.kappa_init), args.alpha, chosen_tiers, mean, std,
+                                 args.hidden, args.layers, ignored=ignored)
     data = tier_data(episodes, artifact, columns, policy)
     labels = data.labels
     losses = supervised_stage(network, data.x, labels, supervised_epochs, supervised_lr)
@@ -287,19 +289,20 @@ def train_tier_allocator(episodes: Sequence[Episode], args: CPOArgs, *, tiers: S
               random.Random(args.seed), cost_scale, args.kappa_init)
     history = rl_stage(run, data, progress, log)
     network.eval()
-    artifact.kappa = run.kappa
+    kappa = run.kappa  # the probability scale of the replays, up to the artifact
     held_out = [e for e in calibration if e.steps]
     summary: dict[str, Any] = {}
     if held_out:
         cal = tier_data(held_out, artifact, columns, policy)
         chosen, summary = keep_cheaper_stage(network, supervised_weights, lambda: calibrate_tier_allocator(cal, network, args.alpha))
-        artifact.kappa = chosen["kappa"]
-        summary |= {"online_kappa": run.kappa, "calibration_episodes": len(held_out)}
+        kappa = chosen["kappa"]
+        summary |= {"online_kappa": kappa_from_probability(run.kappa), "calibration_episodes": len(held_out)}
         artifact.guarantee = calibration_guarantee(args.alpha, len(held_out), chosen["misses"])
     else:
         artifact.guarantee = calibration_guarantee(args.alpha, 0)
+    artifact.kappa = kappa_from_probability(kappa)
     with torch.no_grad():
-        train = replay_allocator(data, torch.softmax(network(data.x), dim=-1), artifact.kappa)
+        train = replay_allocator(data, torch.softmax(network(data.x), dim=-1), kappa)
     artifact.training = {
         **summary,
         "algorithm": "supervised+cpo-k-tier-replay+split-conformal-kappa",

@@ -35,7 +35,7 @@ import torch
 from stepgraph.training.data.records import Episode, StepRecord
 from tqdm import tqdm
 
-from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork
+from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork, kappa_from_probability
 from stepgraph.errors import ConfigError
 from stepgraph.features import FEATURE_SCHEMA, FeatureSchema
 
@@ -524,7 +524,8 @@ def start_run(episodes: Sequence[Episode], args: CPOArgs, schema: FeatureSchema,
     rng = random.Random(args.seed)
     mean, std, ignored = normalisation(episodes, schema, ignore_features)
     policy = PolicyNetwork(len(schema.names), args.hidden, args.layers)
-    artifact = PolicyArtifact(policy, args.kappa_init, args.alpha, schema, mean, std, args.hidden, args.layers, ignored=ignored)
+    artifact = PolicyArtifact(policy, kappa_from_probability(args.kappa_init), args.alpha, schema, mean, std, args.hidden,
+                              args.layers, ignored=ignored)
     cost_scale = sum(e.target_flops for e in episodes) / len(episodes) or 1.0
     data = to_tensors(episodes, artifact, cost_scale)
     if args.warm_start:
@@ -604,16 +605,15 @@ def kappa_step(run: Run, batch: Batch) -> dict[str, float]:
 def finalise(run: Run, calibration: Sequence[Episode]) -> PolicyArtifact:
     """Set κ (online, or calibrated on held-out episodes) and record the training summary."""
     artifact, policy = run.artifact, run.policy
-    # The online κ is a probability and stays one (its rule may rest on float32 rounding to 0 or 1);
-    # a κ calibrated on held-out episodes is set on the log-odds scale, which keeps its resolution.
-    artifact.kappa, artifact.scale = run.kappa, "probability"
+    # The artifact's κ is on the log-odds scale: the online κ, a probability (its rule may rest on float32
+    # rounding to 0 or 1), converted once; a κ calibrated on held-out episodes is searched on that scale.
+    artifact.kappa = kappa_from_probability(run.kappa)
     calibration_summary: dict[str, float] = {}
     held_out = [e for e in calibration if e.steps]
     if held_out:
-        artifact.scale = "log_odds"
         artifact.kappa, miss_rate = calibrate_kappa(to_tensors(held_out, artifact, run.cost_scale), policy, run.args.alpha,
-                                                    scale=artifact.scale)
-        calibration_summary = {"online_kappa": run.kappa, "calibrated_kappa": artifact.kappa,
+                                                    scale="log_odds")
+        calibration_summary = {"online_kappa": kappa_from_probability(run.kappa), "calibrated_kappa": artifact.kappa,
                                "calibration_episodes": len(held_out), "calibration_surrogate_miss": miss_rate}
     escalation_rate = float((artifact.scores(run.data.x) >= artifact.kappa).float().mean())
     artifact.training = {

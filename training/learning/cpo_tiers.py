@@ -15,6 +15,8 @@ recorded prefixes. Read top to bottom:
    constraint by its Lagrange multiplier, recovery when infeasible, KL ≤ δ);
 4. κ follows the online-conformal rule (``cpo.update_kappa``) on the deterministic gate's
    surrogate misses, and is finally calibrated on held-out episodes with the split-conformal bound.
+   Both run on the probability scale; the artifact gets the same threshold as a log-odds
+   (``policy.kappa_from_probability``), the scale of every policy artifact.
 
 The deterministic gate: escalate iff 1 − π(k | o, k) ≥ κ, to argmax_{j > k} π(j | o, k).
 The surrogate miss (``walk_miss``): unless R_M = 0, a miss when any step the walk keeps fails
@@ -45,7 +47,12 @@ from stepgraph.training.learning.cpo import (
 )
 from tqdm import tqdm
 
-from stepgraph.artifacts.policy import TierPolicyArtifact, TierPolicyNetwork, tier_inputs
+from stepgraph.artifacts.policy import (
+    PolicyArtifact,
+    PolicyNetwork,
+    kappa_from_probability,
+    tier_inputs,
+)
 from stepgraph.errors import ConfigError, StepgraphError
 from stepgraph.features import FEATURE_SCHEMA, FeatureSchema
 
@@ -121,7 +128,7 @@ def tier_normalisation(episodes: Sequence[Episode], schema: FeatureSchema, colum
     return normalisation(observed, schema, ignore)  # type: ignore[arg-type]
 
 
-def to_tier_tensors(episodes: Sequence[Episode], artifact: TierPolicyArtifact, columns: Sequence[int]) -> TierData:
+def to_tier_tensors(episodes: Sequence[Episode], artifact: PolicyArtifact, columns: Sequence[int]) -> TierData:
     """The tables of ``columns`` (indices into the recorded tiers, cheapest first) as tensors."""
     k = len(columns)
     rows: list[list[float]] = []
@@ -220,7 +227,7 @@ def behaviour_chooser(probs: torch.Tensor, epsilon: float, rng: random.Random) -
 
 
 @torch.no_grad()
-def all_probabilities(policy: TierPolicyNetwork, data: TierData) -> torch.Tensor:
+def all_probabilities(policy: PolicyNetwork, data: TierData) -> torch.Tensor:
     """π(· | o, k) on every step's every tier: (rows, K, K)."""
     return policy.probabilities(data.x)
 
@@ -264,7 +271,7 @@ def replay_batch(data: TierData, episodes: Sequence[int], walks: Sequence[Walk],
 class TierRun:
     args: TierCPOArgs
     data: TierData
-    artifact: TierPolicyArtifact
+    artifact: PolicyArtifact
     columns: list[int]
     cost_critic: torch.nn.Module
     coverage_critic: torch.nn.Module
@@ -274,7 +281,7 @@ class TierRun:
     kappa: float
 
     @property
-    def policy(self) -> TierPolicyNetwork:
+    def policy(self) -> PolicyNetwork:
         return self.artifact.network
 
 
@@ -287,9 +294,9 @@ def start_tier_run(episodes: Sequence[Episode], args: TierCPOArgs, tiers: Sequen
         raise ConfigError(f"columns must name at least two recorded tiers in increasing order, got {list(columns)}.")
     torch.manual_seed(args.seed)
     mean, std, ignored = tier_normalisation(episodes, schema, columns, ignore_features)
-    policy = TierPolicyNetwork(len(schema.names), len(columns), args.hidden, args.layers)
-    artifact = TierPolicyArtifact(policy, args.kappa_init, args.alpha, schema, mean, std, [dict(tiers[c]) for c in columns],
-                                  args.hidden, args.layers, ignored=ignored)
+    policy = PolicyNetwork(len(schema.names), args.hidden, args.layers, len(columns), tier_input=True)
+    artifact = PolicyArtifact(policy, kappa_from_probability(args.kappa_init), args.alpha, schema, mean, std, args.hidden,
+                              args.layers, [dict(tiers[c]) for c in columns], ignored=ignored)
     data = to_tier_tensors(episodes, artifact, columns)
     if args.warm_start:
         warm_start(policy, data, args.warm_start)
@@ -301,7 +308,7 @@ def start_tier_run(episodes: Sequence[Episode], args: TierCPOArgs, tiers: Sequen
                    cost_scale, args.kappa_init)
 
 
-def warm_start(policy: TierPolicyNetwork, data: TierData, steps: int, lr: float = 1e-2) -> list[float]:
+def warm_start(policy: PolicyNetwork, data: TierData, steps: int, lr: float = 1e-2) -> list[float]:
     """Supervised start (R2-Reasoner's first stage, as ``allocator.supervised_stage``): cross-entropy of π(· | o, k)
     on "the cheapest tier ≥ k whose step the verifier accepts", on every deciding tier's step.
 
@@ -368,7 +375,7 @@ def replay_gate(data: TierData, probs: torch.Tensor, kappa: float) -> dict[str, 
     }
 
 
-def calibrate_tier_kappa(data: TierData, policy: TierPolicyNetwork, alpha: float, max_candidates: int = 400) -> tuple[float, int]:
+def calibrate_tier_kappa(data: TierData, policy: PolicyNetwork, alpha: float, max_candidates: int = 400) -> tuple[float, int]:
     """The largest κ whose surrogate misses on held-out episodes are at most ⌊α(n + 1)⌋ − 1 (split
     conformal, as ``cpo.calibrate_kappa``); (0.0, misses at κ = 0) when none is. Returns (κ, misses)."""
     probs = all_probabilities(policy, data)
@@ -385,10 +392,24 @@ def calibrate_tier_kappa(data: TierData, policy: TierPolicyNetwork, alpha: float
     return 0.0, replay_gate(data, probs, 0.0)["misses"]
 
 
+def log_odds_kappa(data: TierData, policy: PolicyNetwork, kappa: float) -> float:
+    """The log-odds κ that escalates every step of ``data`` the probability κ escalates: ``kappa_from_probability(κ)``,
+    or just below the least log-odds of such a step where float32 probabilities tied steps that log-odds tell apart."""
+    current = torch.arange(data.n_tiers)
+    deciding = data.x[:, :-1].reshape(-1, data.x.shape[-1])
+    with torch.no_grad():
+        escalated = policy.escalate_log_odds(deciding)[(1.0 - all_probabilities(policy, data)[:, current, current])[:, :-1].reshape(-1) >= kappa]
+    converted = kappa_from_probability(kappa)
+    if not escalated.numel():
+        return converted
+    low = float(escalated.min())
+    return min(converted, low - 1e-6 * max(1.0, abs(low)))
+
+
 def train_tier_policy(episodes: Sequence[Episode], tiers: Sequence[dict[str, Any]], args: TierCPOArgs | None = None, *,
                       columns: Sequence[int] | None = None, calibration: Sequence[Episode] = (),
                       schema: FeatureSchema = FEATURE_SCHEMA, ignore_features: Sequence[str] = (), progress: bool = True,
-                      log: Callable[[int, dict], None] | None = None) -> tuple[TierPolicyArtifact, list[dict[str, float]]]:
+                      log: Callable[[int, dict], None] | None = None) -> tuple[PolicyArtifact, list[dict[str, float]]]:
     """Train the K-tier π and κ on traces with tier tables; return the artifact and per-update metrics.
 
     Args:
@@ -407,20 +428,21 @@ def train_tier_policy(episodes: Sequence[Episode], tiers: Sequence[dict[str, Any
         if log is not None:
             log(step, metrics)
     artifact = run.artifact
-    artifact.kappa = run.kappa
+    kappa = run.kappa  # the probability scale of the online rule and of calibrate_tier_kappa, up to the artifact
     summary: dict[str, Any] = {}
     held_out = [e for e in calibration if e.steps]
     if held_out:
         held = to_tier_tensors(held_out, artifact, columns)
-        artifact.kappa, misses = calibrate_tier_kappa(held, run.policy, run.args.alpha)
+        kappa, misses = calibrate_tier_kappa(held, run.policy, run.args.alpha)
         artifact.guarantee = calibration_guarantee(run.args.alpha, len(held_out), misses)
         if artifact.guarantee["type"] == "none":
-            artifact.kappa = run.kappa  # no κ meets the bound: keep the online one, claiming nothing
-        summary = {"online_kappa": run.kappa, "calibrated_kappa": artifact.kappa, "calibration_episodes": len(held_out),
-                   "calibration": replay_gate(held, all_probabilities(run.policy, held), artifact.kappa)}
+            kappa = run.kappa  # no κ meets the bound: keep the online one, claiming nothing
+        summary = {"online_kappa": kappa_from_probability(run.kappa), "calibrated_kappa": kappa_from_probability(kappa),
+                   "calibration_episodes": len(held_out), "calibration": replay_gate(held, all_probabilities(run.policy, held), kappa)}
     else:
         artifact.guarantee = calibration_guarantee(run.args.alpha, 0)
-    train = replay_gate(run.data, all_probabilities(run.policy, run.data), artifact.kappa)
+    train = replay_gate(run.data, all_probabilities(run.policy, run.data), kappa)
+    artifact.kappa = log_odds_kappa(held if held_out else run.data, run.policy, kappa)
     artifact.training = {
         **summary,
         "algorithm": "cpo-k-tier+online-conformal-kappa",

@@ -1,8 +1,9 @@
-"""The CPO policy gate for K ≥ 2 tiers: escalate iff π(escalate | o, k) ≥ κ (or its log-odds, by the artifact's scale).
+"""The CPO policy gate for K ≥ 2 tiers: escalate iff the log-odds of π(escalate | o, k) is ≥ κ.
 
-Two tiers is K = 2: the step goes to the next tier up. With a K-tier policy it goes to the stronger
-tier π finds most likely (``GateDecision.tier``) and the graph asks again on that tier's step; a tier
-the policy does not route from gets a NaN score, which escalates to the next tier (the safe side).
+Two tiers is K = 2: the step goes to the next tier up. With a network that reads the tier it goes
+to the stronger tier π finds most likely (``GateDecision.tier``) and the graph asks again on that
+tier's step; a tier the policy does not route from gets a NaN score, which escalates to the next
+tier (the safe side).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from stepgraph.features import SITUATIONAL
 from stepgraph.routing.gates.base import Gate, GateDecision, GateInput, GateOption
 
 if TYPE_CHECKING:  # torch loads with the first policy, not with the gate registry
-    from stepgraph.artifacts.policy import PolicyArtifact, TierPolicyArtifact
+    from stepgraph.artifacts.policy import PolicyArtifact
 
 
 class PolicyGate(Gate):
@@ -27,7 +28,7 @@ class PolicyGate(Gate):
     weights (to meet the coverage target α); a different κ is a different, uncalibrated policy.
 
     Args:
-        artifact: a loaded PolicyArtifact or TierPolicyArtifact (``PolicyGate.from_path`` loads and validates either).
+        artifact: a loaded PolicyArtifact (``PolicyGate.from_path`` loads and validates one, of any format).
 
     Example:
         >>> from stepgraph.testbed.defaults import DEFAULT_POLICY_DIR
@@ -37,7 +38,7 @@ class PolicyGate(Gate):
     name = "policy"
     options: ClassVar[Mapping[str, GateOption]] = {"path": GateOption("--policy", Path, "the policy artifact directory")}
 
-    def __init__(self, artifact: PolicyArtifact | TierPolicyArtifact) -> None:
+    def __init__(self, artifact: PolicyArtifact) -> None:
         self.artifact = artifact
         self.threshold = artifact.kappa
         self.trained_on = [n for n in artifact.schema.names if n not in artifact.ignored]
@@ -46,14 +47,14 @@ class PolicyGate(Gate):
 
     @classmethod
     def from_path(cls, directory: str | Path) -> PolicyGate:
-        """Load an artifact directory: a 2-tier or a K-tier policy.
+        """Load a policy artifact directory (an older format converted, see ``stepgraph.artifacts.policy``).
 
         Raises:
             PolicyFileError: the files are missing, corrupted, or of another feature schema.
         """
-        from stepgraph.artifacts.policy import load_policy
+        from stepgraph.artifacts.policy import PolicyArtifact
 
-        return cls(load_policy(directory))
+        return cls(PolicyArtifact.load(directory))
 
     @classmethod
     def from_options(cls, **options: Any) -> PolicyGate:
@@ -64,7 +65,7 @@ class PolicyGate(Gate):
         return cls.from_path(path)
 
     def score(self, x: GateInput) -> float:
-        """π(escalate | o, k) of the draft's observation, or its log-odds (the artifact's ``scale``)."""
+        """The log-odds of π(escalate | o, k) for the draft's observation."""
         self._warn_on_missing(x.observation)
         return self.artifact.score(x.observation, x.tier)
 
