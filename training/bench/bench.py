@@ -89,22 +89,6 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def pick_threshold(make_gate: Callable[[float], Gate], tiers: Sequence[StepModel], items: Sequence[Item],
-                   target_rows: Sequence[Mapping[str, Any]], alpha: float, seed: int,
-                   prices: Sequence[Prices] | None, grid: Sequence[float] = GRID, **run: Any) -> tuple[float, list[dict[str, float]]]:
-    """Grid-search the threshold on calibration problems by running every grid point: cheapest with coverage ≥ 1 − α.
-
-    ``run_bench`` reads the grid off the exact curve instead (``tuning``), which gives the same trials.
-    """
-    trials = []
-    for threshold in grid:
-        rows = add_coverage(run_rows(tiers, make_gate(threshold), items, seed=seed, prices=prices, **run), target_rows)
-        trials.append({"threshold": threshold, "coverage": sum(r["covered"] for r in rows) / len(rows),
-                       "flops": sum(r["flops"] for r in rows) / len(rows)})
-    best = cheapest([{**t, "covered": t["coverage"]} for t in trials], 1 - alpha)
-    return best["threshold"], trials
-
-
 def tunables(tiers: Sequence[StepModel], train_episodes: Sequence[Episode], policy: Gate,
              threshold_feature: str) -> dict[str, Tunable]:
     """The score-based methods the bench tunes, each a family of gates indexed by its threshold.

@@ -141,12 +141,6 @@ def _trained_alike(directory: Path, cpo_args: TierCPOArgs, columns: Sequence[int
             and training.get("episodes") == episodes)
 
 
-def tier_shares(rows: Sequence[Mapping[str, Any]], n_tiers: int) -> list[float]:
-    """The share of all steps that each tier wrote."""
-    counts = [sum(r["steps_by_tier"][k] for r in rows) for k in range(n_tiers)]
-    return [c / max(1, sum(counts)) for c in counts]
-
-
 def paired_difference(rows: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]], metric: str = "flops") -> dict[str, float]:
     """Mean of ``metric`` minus the baseline's on the same problem and seed, with a bootstrap 95% interval."""
     mean, low, high = bootstrap([float(a[metric]) - float(b[metric]) for a, b in zip(rows, baseline, strict=True)])

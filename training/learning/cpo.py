@@ -453,12 +453,6 @@ def surrogate_miss(data: Batchable, episode: int, policy: PolicyNetwork, kappa: 
     return episode_miss(data, episode, gate_choices(data, episode, policy, kappa))
 
 
-def surrogate_coverage(data: Batchable, policy: PolicyNetwork, kappa: float) -> float:
-    """1 − the surrogate miss rate of Γ over all episodes of ``data``."""
-    n = len(data.starts)
-    return 1.0 - sum(surrogate_miss(data, e, policy, kappa) for e in range(n)) / n
-
-
 def score_coverage(data: Batchable, scores: torch.Tensor, kappa: float) -> float:
     """1 − the surrogate miss rate of Γ(o) = 1{score(o) ≥ κ}, given every step's score."""
     n = len(data.starts)
