@@ -78,6 +78,12 @@ def bootstrap(values: Sequence[float], n_resamples: int = 1000, seed: int = 0) -
     return float(data.mean()), float(means[int(0.025 * n_resamples)]), float(means[int(0.975 * n_resamples) - 1])
 
 
+def paired_difference(rows: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]], metric: str = "flops") -> dict[str, float]:
+    """Mean of ``metric`` minus the baseline's on the same problem and seed, with a bootstrap 95% interval."""
+    mean, low, high = bootstrap([float(a[metric]) - float(b[metric]) for a, b in zip(rows, baseline, strict=True)])
+    return {"mean": mean, "low": low, "high": high}
+
+
 def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Per-metric mean and 95% interval, plus A/C (accuracy per mean MFLOPs)."""
     summary: dict[str, Any] = {}
