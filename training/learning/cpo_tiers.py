@@ -27,7 +27,6 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from types import SimpleNamespace
 from typing import Any, cast
 
 import torch
@@ -37,9 +36,9 @@ from stepgraph.training.learning.cpo import (
     Batchable,
     CPOArgs,
     Run,
+    column_statistics,
     decisions_batch,
     new_run,
-    normalisation,
     replay_update,
     supervised_stage,
     train_loop,
@@ -117,9 +116,8 @@ def _tables(episode: Episode, columns: Sequence[int]) -> list[list[dict[str, Any
 def tier_normalisation(episodes: Sequence[Episode], schema: FeatureSchema, columns: Sequence[int],
                        ignore: Sequence[str] = ()) -> tuple[list[float], list[float], list[str]]:
     """``cpo.normalisation`` over the observations of every tier that decides (all but the strongest)."""
-    observed = [SimpleNamespace(steps=[SimpleNamespace(observation=entry["observation"]) for table in _tables(e, columns)
-                                       for entry in table[:-1]]) for e in episodes]
-    return normalisation(observed, schema, ignore)  # type: ignore[arg-type]
+    rows = [schema.vector(entry["observation"]) for e in episodes for table in _tables(e, columns) for entry in table[:-1]]
+    return column_statistics(rows, schema.names, ignore)
 
 
 def to_tier_tensors(episodes: Sequence[Episode], artifact: TierPolicyArtifact, columns: Sequence[int]) -> TierData:
