@@ -3,7 +3,6 @@ import importlib.util
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -11,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from stepgraph.testbed.vllm_serving import free_port
 
 sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(1)  # CI has 2 cores; vLLM-style servers started by fixtures need the other
@@ -69,7 +70,7 @@ def postgres_server():
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     if as_user:
         shutil.chown(root, "postgres")
-    data, port = root / "data", _free_port()
+    data, port = root / "data", free_port()
     subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "stepgraph", "-E", "UTF8", "--no-sync"],
                    check=True, capture_output=True)
     options = f"-h 127.0.0.1 -p {port} -k {root} -F"
@@ -89,9 +90,3 @@ def postgres_server():
     finally:
         subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], check=False, capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -12,8 +12,8 @@ from langchain_core.caches import InMemoryCache
 from langchain_core.globals import set_llm_cache
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.tracers.run_collector import RunCollectorCallbackHandler
-from langchain_tests.unit_tests import ChatModelUnitTests
 from pydantic import BaseModel, Field
+from router_suite import RouterUnitSuite
 from scripted import ScriptedModel
 
 from stepgraph.context import RouterContext
@@ -252,32 +252,12 @@ def test_a_former_model_name_is_the_graphs_name_with_a_deprecation_warning():
 
 
 @pytest.mark.filterwarnings("ignore:ChatStepRouter\\(model='stepgraph-testbed'\\) is a former name:DeprecationWarning")
-class TestFormerModelNameStandard(ChatModelUnitTests):
+class TestFormerModelNameStandard(RouterUnitSuite):
     """langchain-tests' standard unit suite as earlier releases' users wrote it (model="stepgraph-testbed")."""
-
-    @property
-    def chat_model_class(self) -> type[ChatStepRouter]:
-        return ChatStepRouter
 
     @property
     def chat_model_params(self) -> dict:
         return {"model": "stepgraph-testbed", "temperature": 0.7, "seed": 0}
-
-    @property
-    def standard_chat_model_params(self) -> dict:
-        return {k: v for k, v in super().standard_chat_model_params.items() if k not in ("api_key", "max_retries")}
-
-    @property
-    def supports_model_override(self) -> bool:
-        return False
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return False
-
-    @property
-    def has_structured_output(self) -> bool:
-        return False
 
 
 # --- RouterContext, the one source of the run settings --------------------------------------------

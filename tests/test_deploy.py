@@ -4,7 +4,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from stepgraph.training.spec import load_spec
+
+from stepgraph.testbed.vllm_serving import free_port
 
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "examples" / "deploy"
@@ -25,10 +26,6 @@ def _instruction(name: str) -> list[str]:
     return json.loads(match.group(1))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_image_runs_as_a_non_root_user_from_a_multi_stage_build():
@@ -44,7 +41,7 @@ def test_the_image_runs_as_a_non_root_user_from_a_multi_stage_build():
 def test_the_images_entry_command_serves_the_shipped_models(tmp_path):
     """ENTRYPOINT + CMD as the container runs them, bound to 127.0.0.1 on a free port instead of 0.0.0.0:8000."""
     command = _instruction("ENTRYPOINT") + _instruction("CMD")
-    port = _free_port()
+    port = free_port()
     command = [{"0.0.0.0": "127.0.0.1", "8000": str(port)}.get(arg, arg) for arg in command]
     executable = shutil.which(command[0], path=str(Path(sys.executable).parent))
     assert executable, "the entry point is not an installed console script"

@@ -9,8 +9,8 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.prompts import ChatPromptTemplate
-from langchain_tests.unit_tests import ChatModelUnitTests
 from langgraph.checkpoint.memory import InMemorySaver
+from router_suite import RouterUnitSuite
 
 from stepgraph.context import RouterContext
 from stepgraph.defaults import resolve_gate
@@ -25,34 +25,8 @@ pytestmark = pytest.mark.slow  # the shipped models behind LangChain's interface
 PROBLEMS = task.generate("test", 3, seed=13)
 
 
-class TestChatStepRouterStandard(ChatModelUnitTests):
+class TestChatStepRouterStandard(RouterUnitSuite):
     """The langchain-tests standard unit suite; tool calling and structured output are not offered."""
-
-    @property
-    def chat_model_class(self) -> type[ChatStepRouter]:
-        return ChatStepRouter
-
-    @property
-    def chat_model_params(self) -> dict:
-        return {"model": "stepgraph", "temperature": 0.7, "seed": 0}
-
-    @property
-    def standard_chat_model_params(self) -> dict:
-        # No API key (the models run in process); max_retries is refused with a ConfigError (answers
-        # are not retried; backends retry their calls).
-        return {k: v for k, v in super().standard_chat_model_params.items() if k not in ("api_key", "max_retries")}
-
-    @property
-    def supports_model_override(self) -> bool:
-        return False  # the model name is the graph's; models are picked by passing another graph
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return False
-
-    @property
-    def has_structured_output(self) -> bool:
-        return False
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """The OpenAI-compatible app in-process (no socket) on scripted models: admission, limits, error bodies."""
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import threading
@@ -41,6 +42,22 @@ class FailingModel(ScriptedModel):
         raise self.error
 
 
+def draft_app(draft: ScriptedModel, max_queued: int | None = None, **options):
+    """An app over ``draft`` and a scripted target; with ``max_queued``, one running slot and that many queued."""
+    if max_queued is not None:
+        options["limits"] = dataclasses.replace(SERVER_LIMITS, max_concurrent=1, max_queued=max_queued)
+    return create_app(build_graph([draft, ScriptedModel("target", 4000, STEPS)], AlwaysDraftGate()), **options)
+
+
+@contextlib.asynccontextmanager
+async def first_held(app, draft: HeldModel):
+    """A client, and a first request in flight, held in ``draft`` (``draft.release`` lets it finish)."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client:
+        first = asyncio.create_task(client.post("/v1/chat/completions", json=QUESTION))
+        await asyncio.to_thread(draft.entered.wait, 30)
+        yield client, first
+
+
 def post(app, body):
     async def go():
         # as uvicorn does: the app's 500 response goes out, the exception is re-raised only to the server's log
@@ -53,13 +70,10 @@ def post(app, body):
 
 def test_requests_past_the_concurrency_limit_get_429_and_the_slot_is_released():
     draft = HeldModel("draft", 1000, STEPS)
-    app = create_app(build_graph([draft, ScriptedModel("target", 4000, STEPS)], AlwaysDraftGate()),
-                     limits=dataclasses.replace(SERVER_LIMITS, max_concurrent=1, max_queued=0))
+    app = draft_app(draft, 0)
 
     async def scenario():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client:
-            first = asyncio.create_task(client.post("/v1/chat/completions", json=QUESTION))
-            await asyncio.to_thread(draft.entered.wait, 30)
+        async with first_held(app, draft) as (client, first):
             refused = await client.post("/v1/chat/completions", json=QUESTION)
             draft.release.set()
             answered = await first
@@ -177,13 +191,10 @@ def test_ready_is_503_until_every_tier_answered_a_warm_up_step():
 
 def test_metrics_count_requests_steps_and_the_queue():
     draft = HeldModel("draft", 1000, STEPS)
-    app = create_app(build_graph([draft, ScriptedModel("target", 4000, STEPS)], AlwaysDraftGate()),
-                     limits=dataclasses.replace(SERVER_LIMITS, max_concurrent=1, max_queued=1))
+    app = draft_app(draft, 1)
 
     async def scenario():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client:
-            first = asyncio.create_task(client.post("/v1/chat/completions", json=QUESTION))
-            await asyncio.to_thread(draft.entered.wait, 30)
+        async with first_held(app, draft) as (client, first):
             second = asyncio.create_task(client.post("/v1/chat/completions", json=QUESTION))
             await asyncio.sleep(0.2)
             during = (await client.get("/metrics")).text
@@ -223,8 +234,7 @@ def test_request_ids_are_returned_and_logged_with_the_latency(caplog):
 
 def test_429_has_retry_after_and_streams_are_admitted_once_without_a_race():
     draft = SlowModel("draft", 1000, STEPS)
-    app = create_app(build_graph([draft, ScriptedModel("target", 4000, STEPS)], AlwaysDraftGate()),
-                     limits=dataclasses.replace(SERVER_LIMITS, max_concurrent=1, max_queued=1))
+    app = draft_app(draft, 1)
 
     async def scenario():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app", timeout=60) as client:
@@ -278,7 +288,7 @@ class HonouringModel(ScriptedModel):
 
 def test_max_tokens_is_a_hard_cap_on_generated_tokens():
     draft = HonouringModel("draft", 1000, STEPS)  # steps of 6, 6 and 11 tokens
-    app = create_app(build_graph([draft, ScriptedModel("target", 4000, STEPS)], AlwaysDraftGate()))
+    app = draft_app(draft)
     body = post(app, QUESTION | {"max_tokens": 10}).json()
     assert draft.limits == [10, 4]  # the second step gets only what the first left
     assert body["usage"]["completion_tokens"] == 10 and body["choices"][0]["finish_reason"] == "length"
@@ -292,8 +302,7 @@ def test_a_stream_still_running_at_shutdown_ends_with_an_error_event():
     from sse_starlette.sse import AppStatus
 
     draft = HeldModel("draft", 1000, STEPS)
-    app = create_app(build_graph([draft, ScriptedModel("target", 4000, STEPS)], AlwaysDraftGate()),
-                     limits=dataclasses.replace(SERVER_LIMITS, max_concurrent=1, max_queued=0), shutdown_grace=2.0)
+    app = draft_app(draft, 0, shutdown_grace=2.0)
 
     async def scenario():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app", timeout=30) as client:

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import openai
 import pytest
 
 from stepgraph.testbed import task
+from stepgraph.testbed.vllm_serving import free_port, wait_healthy
 
 pytestmark = pytest.mark.integration
 
@@ -24,15 +24,9 @@ MAX_QUESTION_CHARS = 2000
 PROBLEMS = task.generate("test", 8, seed=5)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(log_path: Path, *options: str) -> tuple[subprocess.Popen, str]:
     """`stepgraph serve` in a subprocess on a free port; returns it once /health answers."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "STEPGRAPH_API_KEY": API_KEY}
     log = log_path.open("w")
     process = subprocess.Popen(
@@ -40,18 +34,8 @@ def start_server(log_path: Path, *options: str) -> tuple[subprocess.Popen, str]:
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"stepgraph serve exited with {process.returncode}; see {log_path}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                if response.status == 200:
-                    return process, url
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    raise RuntimeError(f"stepgraph serve did not become healthy; see {log_path}")
+    wait_healthy(process, url + "/health", 180, "stepgraph serve", str(log_path))
+    return process, url
 
 
 def stop_server(process: subprocess.Popen) -> None:

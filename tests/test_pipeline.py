@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_json import run
 from stepgraph.training.data.store import TraceStore
 
 from stepgraph.cli import main
@@ -13,35 +14,40 @@ from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR, task
 pytestmark = pytest.mark.slow
 
 
-def write_gsm8k(path: Path) -> None:
+def write_gsm8k(path: Path, n: int = 40, seed: int = 11) -> None:
     """Testbed problems in GSM8K's published format: question, answer ending in '#### N'."""
     with path.open("w") as f:
-        for p in task.generate("test", 40, seed=11):
+        for p in task.generate("test", n, seed=seed):
             f.write(json.dumps({"question": p.question, "answer": "\n".join(p.steps) + f"\n#### {p.answer}"}) + "\n")
 
 
 def write_spec(tmp_path: Path, alpha: float = 0.1) -> Path:
-    spec = tmp_path / "run.toml"
-    spec.write_text(f"""
-alpha = {alpha}
+    return gsm8k_spec(tmp_path, f"""
 [[tiers]]
 kind = "transformers"
 path = "{DRAFT_MODEL_DIR}"
 [[tiers]]
 kind = "transformers"
 path = "{TARGET_MODEL_DIR}"
-prices = {{ input = 1.0, cached_input = 0.5, output = 2.0 }}
+prices = {{ input = 1.0, cached_input = 0.5, output = 2.0 }}""", alpha=alpha, splits="train = 6, calibration = 10, test = 3", max_steps=6)
+
+
+def gsm8k_spec(tmp_path: Path, tiers: str, *, alpha: float, splits: str, max_steps: int, extra: str = "") -> Path:
+    """A run spec over ``tmp_path / 'gsm8k.jsonl'`` with the ``tiers`` tables; the store and artifacts under ``tmp_path``."""
+    spec = tmp_path / "run.toml"
+    spec.write_text(f"""
+alpha = {alpha}{tiers}
 [data]
 source = "gsm8k"
 path = "{tmp_path / 'gsm8k.jsonl'}"
-splits = {{ train = 6, calibration = 10, test = 3 }}
+splits = {{ {splits} }}
 [verifier]
 kind = "rollout"
 k = 2
 m = 1
-max_steps = 6
+max_steps = {max_steps}
 [sampling]
-max_steps = 6
+max_steps = {max_steps}{extra}
 [paths]
 store = "{tmp_path / 'traces.sqlite'}"
 policy = "{tmp_path / 'policy'}"
@@ -49,11 +55,6 @@ gate = "{tmp_path / 'gate'}"
 bench = "{tmp_path / 'bench'}"
 """)
     return spec
-
-
-def run(capsys, *argv: str) -> dict:
-    assert main(list(argv)) == 0
-    return json.loads(capsys.readouterr().out)
 
 
 def test_run_spec_pipeline_end_to_end(tmp_path, capsys):

@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_json import run
 from stepgraph.training.collection.runs import run_gate
 from stepgraph.training.data.store import TraceStore
 from stepgraph.training.spec import load_spec
+from test_pipeline import gsm8k_spec, write_gsm8k
 
-from stepgraph.cli import main
 from stepgraph.routing.gates import AlwaysTargetGate
 from stepgraph.testbed import task
 
@@ -23,12 +24,8 @@ pytestmark = pytest.mark.integration
 
 
 def write_spec(tmp_path: Path, urls: dict[str, str]) -> Path:
-    with (tmp_path / "gsm8k.jsonl").open("w") as f:
-        for p in task.generate("test", 60, seed=21):
-            f.write(json.dumps({"question": p.question, "answer": "\n".join(p.steps) + f"\n#### {p.answer}"}) + "\n")
-    spec = tmp_path / "run.toml"
-    spec.write_text(f"""
-alpha = 0.1
+    write_gsm8k(tmp_path / "gsm8k.jsonl", 60, seed=21)
+    return gsm8k_spec(tmp_path, f"""
 [[tiers]]
 kind = "server"
 base_url = "{urls['draft']}"
@@ -39,33 +36,10 @@ logprobs_are_logits = true
 kind = "server"
 base_url = "{urls['target']}"
 model = "target"
-n_params = 1100416
-[data]
-source = "gsm8k"
-path = "{tmp_path / 'gsm8k.jsonl'}"
-splits = {{ train = 8, calibration = 12, test = 16 }}
-[verifier]
-kind = "rollout"
-k = 2
-m = 1
-max_steps = 8
-[sampling]
-max_steps = 8
+n_params = 1100416""", alpha=0.1, splits="train = 8, calibration = 12, test = 16", max_steps=8, extra="""
 [collect]
 feature = "logit_confidence"
-threshold = 16.0
-[paths]
-store = "{tmp_path / 'traces.sqlite'}"
-policy = "{tmp_path / 'policy'}"
-gate = "{tmp_path / 'gate'}"
-bench = "{tmp_path / 'bench'}"
-""")
-    return spec
-
-
-def run(capsys, *argv: str) -> dict:
-    assert main(list(argv)) == 0
-    return json.loads(capsys.readouterr().out)
+threshold = 16.0""")
 
 
 def test_pipeline_against_vllm_servers(servers, tmp_path, capsys):

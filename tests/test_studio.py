@@ -2,31 +2,23 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from langgraph_sdk import get_sync_client
 
 from stepgraph.testbed import task
+from stepgraph.testbed.vllm_serving import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def langgraph_url(tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     workdir = tmp_path_factory.mktemp("langgraph")  # the server's state and log stay out of the repository
     log = (workdir / "server.log").open("w")
     env = {**os.environ, "LANGSMITH_TRACING": "false", "LANGCHAIN_TRACING_V2": "false", "OMP_NUM_THREADS": "1",
@@ -42,19 +34,7 @@ def langgraph_url(tmp_path_factory):
                "--host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"langgraph dev exited with {process.returncode}; see {log.name}")
-        try:
-            with urllib.request.urlopen(url + "/ok", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            time.sleep(1)
-    else:
-        process.kill()
-        raise RuntimeError(f"langgraph dev did not become healthy; see {log.name}")
+    wait_healthy(process, url + "/ok", 180, "langgraph dev", log.name)
     yield url
     process.terminate()
     try:

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+from cli_json import run
 from stepgraph.training.data.records import Episode, StepRecord
 from stepgraph.training.data.store import TraceStore
 
@@ -39,11 +40,6 @@ policy = "{tmp_path / 'policy'}"
 gate = "{tmp_path / 'gate'}"
 """)
     return spec
-
-
-def run(capsys, *argv: str) -> dict:
-    assert main(list(argv)) == 0, capsys.readouterr().err
-    return json.loads(capsys.readouterr().out)
 
 
 def refused(capsys, *argv: str) -> str:

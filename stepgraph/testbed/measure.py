@@ -118,11 +118,6 @@ def measure_model(model: StepModel, problems: list[task.Problem], *, temperature
     return summarize(model.name, model.n_params, solved)
 
 
-def measure_pair(draft_dir: Path, target_dir: Path, *, n_problems: int = 300, seed: int = 0, temperature: float = DEFAULT_TEMPERATURE) -> dict:
-    """Measure both shipped models on the first ``n_problems`` of the test split."""
-    return measure_models({"draft": draft_dir, "target": target_dir}, n_problems=n_problems, seed=seed, temperature=temperature)
-
-
 def measure_models(dirs: dict[str, Path], *, n_problems: int = 300, seed: int = 0, temperature: float = DEFAULT_TEMPERATURE,
                    task_name: str = "v1") -> dict:
     """Measure each model (role → directory) on ``n_problems`` problems of each split.

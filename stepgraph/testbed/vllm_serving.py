@@ -79,7 +79,7 @@ def serve(model_dir: str | Path, *, name: str, log: IO[bytes], logprobs_mode: st
     process = subprocess.Popen(server_command(model_dir, port=port, name=name, logprobs_mode=logprobs_mode),
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_healthy(process, f"http://127.0.0.1:{port}/health", timeout)
+        wait_healthy(process, f"http://127.0.0.1:{port}/health", timeout)
         yield RunningServer(f"http://127.0.0.1:{port}/v1", process)
     finally:
         _stop(process)
@@ -98,11 +98,12 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             continue
 
 
-def _wait_healthy(process: subprocess.Popen[bytes], url: str, timeout: float) -> None:
+def wait_healthy(process: subprocess.Popen, url: str, timeout: float, what: str = "The vLLM server", log: str = "its log") -> None:
+    """Return once ``url`` answers 200; ``ModelLoadError`` if ``process`` exits first or is killed after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ModelLoadError(f"The vLLM server exited with code {process.returncode} before it was healthy; see its log.")
+            raise ModelLoadError(f"{what} exited with code {process.returncode} before it was healthy; see {log}.")
         try:
             with urllib.request.urlopen(url, timeout=2) as reply:
                 if reply.status == 200:
@@ -110,4 +111,5 @@ def _wait_healthy(process: subprocess.Popen[bytes], url: str, timeout: float) ->
         except OSError:
             pass
         time.sleep(1.0)
-    raise ModelLoadError(f"The vLLM server was not healthy after {timeout:.0f} s; see its log.")
+    process.kill()
+    raise ModelLoadError(f"{what} was not healthy after {timeout:.0f} s; see {log}.")

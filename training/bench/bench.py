@@ -78,6 +78,12 @@ def bootstrap(values: Sequence[float], n_resamples: int = 1000, seed: int = 0) -
     return float(data.mean()), float(means[int(0.025 * n_resamples)]), float(means[int(0.975 * n_resamples) - 1])
 
 
+def paired_difference(rows: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]], metric: str = "flops") -> dict[str, float]:
+    """Mean of ``metric`` minus the baseline's on the same problem and seed, with a bootstrap 95% interval."""
+    mean, low, high = bootstrap([float(a[metric]) - float(b[metric]) for a, b in zip(rows, baseline, strict=True)])
+    return {"mean": mean, "low": low, "high": high}
+
+
 def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Per-metric mean and 95% interval, plus A/C (accuracy per mean MFLOPs)."""
     summary: dict[str, Any] = {}
@@ -87,22 +93,6 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     flops = summary["flops"]["mean"]
     summary["a_over_c_per_mflop"] = summary["correct"]["mean"] / (flops / 1e6) if flops else float("nan")
     return summary
-
-
-def pick_threshold(make_gate: Callable[[float], Gate], tiers: Sequence[StepModel], items: Sequence[Item],
-                   target_rows: Sequence[Mapping[str, Any]], alpha: float, seed: int,
-                   prices: Sequence[Prices] | None, grid: Sequence[float] = GRID, **run: Any) -> tuple[float, list[dict[str, float]]]:
-    """Grid-search the threshold on calibration problems by running every grid point: cheapest with coverage ≥ 1 − α.
-
-    ``run_bench`` reads the grid off the exact curve instead (``tuning``), which gives the same trials.
-    """
-    trials = []
-    for threshold in grid:
-        rows = add_coverage(run_rows(tiers, make_gate(threshold), items, seed=seed, prices=prices, **run), target_rows)
-        trials.append({"threshold": threshold, "coverage": sum(r["covered"] for r in rows) / len(rows),
-                       "flops": sum(r["flops"] for r in rows) / len(rows)})
-    best = cheapest([{**t, "covered": t["coverage"]} for t in trials], 1 - alpha)
-    return best["threshold"], trials
 
 
 def tunables(tiers: Sequence[StepModel], train_episodes: Sequence[Episode], policy: Gate,

@@ -15,13 +15,12 @@ the policy's.
 from __future__ import annotations
 
 import json
-import random
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from stepgraph.training.bench.bench import summarize
+from stepgraph.training.bench.bench import paired_difference, summarize
 from stepgraph.training.collection.collect import Item, testbed_items
 from stepgraph.training.collection.runs import add_coverage, run_seed
 
@@ -67,15 +66,6 @@ def allocator_rows(tiers: Sequence[StepModel], gate: Gate, items: Sequence[Item]
             "seconds": time.perf_counter() - started,
         })
     return rows
-
-
-def paired_difference(rows: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]], metric: str,
-                      n_resamples: int = 1000, seed: int = 0) -> dict[str, float]:
-    """Mean of ``metric`` minus the baseline's on the same items and seeds, with a percentile bootstrap 95% interval."""
-    diffs = [float(r[metric]) - float(b[metric]) for r, b in zip(rows, baseline, strict=True)]
-    rng, n = random.Random(seed), len(diffs)
-    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_resamples))
-    return {"mean": sum(diffs) / n, "low": means[int(0.025 * n_resamples)], "high": means[int(0.975 * n_resamples) - 1]}
 
 
 def allocator_bench(tiers: Sequence[StepModel], items: Sequence[Item], *, allocator: Allocator, policy: Gate,

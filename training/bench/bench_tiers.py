@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stepgraph.training.bench.bench import bootstrap, run_rows, summarize, with_threshold
+from stepgraph.training.bench.bench import bootstrap, paired_difference, run_rows, summarize, with_threshold
 from stepgraph.training.bench.bench_allocator import allocator_rows
 from stepgraph.training.calibration.live_kappa import calibrate_kappa, kappa_tunable, with_live_kappa
 from stepgraph.training.calibration.tuning import (
@@ -139,18 +139,6 @@ def _trained_alike(directory: Path, cpo_args: TierCPOArgs, columns: Sequence[int
         return False  # its κ was replaced by one from runs: train again for the trace-calibrated one
     return (training.get("args") == json.loads(json.dumps(asdict(cpo_args))) and training.get("columns") == list(columns)
             and training.get("episodes") == episodes)
-
-
-def tier_shares(rows: Sequence[Mapping[str, Any]], n_tiers: int) -> list[float]:
-    """The share of all steps that each tier wrote."""
-    counts = [sum(r["steps_by_tier"][k] for r in rows) for k in range(n_tiers)]
-    return [c / max(1, sum(counts)) for c in counts]
-
-
-def paired_difference(rows: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]], metric: str = "flops") -> dict[str, float]:
-    """Mean of ``metric`` minus the baseline's on the same problem and seed, with a bootstrap 95% interval."""
-    mean, low, high = bootstrap([float(a[metric]) - float(b[metric]) for a, b in zip(rows, baseline, strict=True)])
-    return {"mean": mean, "low": low, "high": high}
 
 
 def run_tier_bench(tiers: Sequence[StepModel], policies: Mapping[str, Path], items: Sequence, *, seeds: Sequence[int],

@@ -105,17 +105,6 @@ def _rows(path: str | Path) -> list[tuple[str, int, Any]]:
                     "pandas.read_csv(path).to_json(out, orient='records', lines=True)).")
 
 
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a .jsonl, .json or .parquet file as dicts; ``DataError`` names the first row that is not an object."""
-    records = []
-    for where, _, row in _rows(path):
-        if not isinstance(row, dict):
-            problem = row if isinstance(row, _BadRow) else f"is {_json_type(row)}, not an object"
-            raise DataError(f"{path} {where}: {problem}.")
-        records.append(row)
-    return records
-
-
 def _field(row: dict[str, Any], field: str, kind: str, hint: str = "") -> str:
     """The row's question or answer as text; a missing, null, empty or non-text value is a bad row."""
     value = row.get(field)

@@ -29,38 +29,34 @@ replay, RL stage and calibration run over the K recorded tiers (``allocator_tier
 
 from __future__ import annotations
 
-import copy
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from stepgraph.training.calibration.calibrate import replay_inputs
-from stepgraph.training.calibration.guarantee import allowed_misses, calibration_guarantee
+from stepgraph.training.calibration.guarantee import allowed_misses
 from stepgraph.training.data.records import Episode, StepRecord
 from stepgraph.training.learning.allocator_stages import (
+    calibration_stage,
     episode_observations,
-    keep_cheaper_stage,
-    normalisation,
-    supervised_stage,
+    new_allocator,
+    supervised,
 )
+from stepgraph.training.learning.allocator_tiers import check_columns, has_tier_tables, train_tier_allocator
 from stepgraph.training.learning.cpo import (
     Batchable,
     CPOArgs,
-    Run,
-    _critic,
     episode_batch,
     episode_miss,
-    fit_critics,
-    kappa_step,
-    policy_step,
-    sample_batch,
+    new_run,
+    train_loop,
+    update,
+    with_steps,
 )
-from tqdm import tqdm
 
-from stepgraph.artifacts.policy import PolicyArtifact, kappa_from_probability
+from stepgraph.artifacts.policy import PolicyArtifact
 from stepgraph.errors import ConfigError
 from stepgraph.routing.allocator import ALLOCATOR_SCHEMA
 from stepgraph.routing.gates.base import Gate
@@ -92,26 +88,7 @@ def to_batchable(episodes: Sequence[Episode], artifact: AllocatorArtifact, cost_
     return episode_batch(episodes, artifact.normalise(rows), lambda s: ex_ante_cost(s, bool(s.action), cost_scale), cost_scale)
 
 
-# --- 2. supervised stage -------------------------------------------------------------------------
-
-
-# --- 3. RL stage ---------------------------------------------------------------------------------
-
-
-def rl_stage(run: Run, progress: bool = False, log: Callable[[int, dict], object] | None = None) -> list[dict[str, float]]:
-    """CPO's loop on the allocator: sample, fit critics, trust-region step, κ update."""
-    history = []
-    for step in tqdm(range(run.args.steps), desc="allocator rl", disable=not progress):
-        batch = sample_batch(run)
-        targets, losses = fit_critics(run, batch)
-        metrics = {**losses, **policy_step(run, batch, targets)} | kappa_step(run, batch)
-        history.append(metrics)
-        if log is not None:
-            log(step, metrics)
-    return history
-
-
-# --- 4. calibration ------------------------------------------------------------------------------
+# --- 2. calibration ------------------------------------------------------------------------------
 
 
 def gate_escalations(episodes: Sequence[Episode], gate: Gate) -> torch.Tensor:
@@ -154,7 +131,7 @@ def calibrate_allocator(data: Batchable, episodes: Sequence[Episode], network: A
     return {**best, "met": bool(feasible), "episodes": n, "none_sent_up": {k: never[k] for k in ("misses", "flops_vs_target")}}
 
 
-# --- 5. the two stages and the calibration -------------------------------------------------------
+# --- 3. the two stages and the calibration -------------------------------------------------------
 
 
 def train_allocator(episodes: Sequence[Episode], args: CPOArgs | None = None, *, tiers: Sequence[dict[str, Any]],
@@ -175,13 +152,9 @@ def train_allocator(episodes: Sequence[Episode], args: CPOArgs | None = None, *,
         supervised_epochs, supervised_lr: the supervised stage's full-batch Adam epochs and learning rate.
     """
     args = args or CPOArgs()
-    episodes = [e for e in episodes if e.steps]
-    if not episodes:
-        raise ValueError("train_allocator needs at least one episode with steps; collect traces first.")
+    episodes = with_steps(episodes, "train_allocator")
     if len(tiers) < 2:
         raise ValueError(f"An allocator chooses among at least two tiers, got {len(tiers)}.")
-    from stepgraph.training.learning.allocator_tiers import has_tier_tables, train_tier_allocator
-
     if has_tier_tables(episodes):  # every tier's step is recorded: labels, replay and κ over the tiers ``columns``
         policy = getattr(gate, "artifact", None)
         policy = policy if isinstance(policy, PolicyArtifact) and policy.network.tier_input else None
@@ -193,50 +166,28 @@ def train_allocator(episodes: Sequence[Episode], args: CPOArgs | None = None, *,
     if columns is not None:
         raise ConfigError("columns (--allocator-columns) choose among recorded tier tables, and these traces have none; "
                           "collect them with every tier's step (`collect(..., record_tiers=True)`).")
-    torch.manual_seed(args.seed)
-    rows = [ALLOCATOR_SCHEMA.vector(o) for e in episodes for o in episode_observations(e)]
-    mean, std, ignored = normalisation(rows)
-    network = AllocatorNetwork(len(ALLOCATOR_SCHEMA.names), len(tiers), args.hidden, args.layers)
-    artifact = AllocatorArtifact(network, kappa_from_probability(args.kappa_init), args.alpha, [dict(t) for t in tiers], mean,
-                                 std, args.hidden, args.layers, ignored=ignored)
+    artifact = new_allocator(episodes, args, tiers)
+    network = artifact.network
     labels = torch.tensor([cheapest_accepted_tier(s, len(tiers)) for e in episodes for s in e.steps])
     cost_scale = sum(e.target_flops for e in episodes) / len(episodes) or 1.0
     data = to_batchable(episodes, artifact, cost_scale)
-    losses = supervised_stage(network, data.x, labels, supervised_epochs, supervised_lr)
-    with torch.no_grad():
-        supervised_accuracy = float((network(data.x).argmax(-1) == labels).float().mean())
-    supervised_weights = copy.deepcopy(network.state_dict())
-    critics = _critic(data.x.shape[1], args.hidden), _critic(data.x.shape[1], args.hidden)
-    optimiser = torch.optim.Adam([*critics[0].parameters(), *critics[1].parameters()], lr=args.critic_lr)
-    run = Run(args, list(episodes), data, cast(Any, artifact), network, critics[0], critics[1], optimiser,
-              random.Random(args.seed), cost_scale, args.kappa_init)
-    history = rl_stage(run, progress, log)
-    network.eval()
-    kappa = run.kappa  # the probability scale of the online rule and of calibrate_allocator, up to the artifact
-    held_out = [e for e in calibration if e.steps]
-    summary: dict[str, Any] = {}
-    if held_out:
-        cal = to_batchable(held_out, artifact, cost_scale)
-        gate_choice = gate_escalations(held_out, gate) if gate else None
-        chosen, summary = keep_cheaper_stage(network, supervised_weights,
-                                             lambda: calibrate_allocator(cal, held_out, network, args.alpha, gate_choice))
-        kappa = chosen["kappa"]
-        summary |= {"online_kappa": kappa_from_probability(run.kappa), "calibration_episodes": len(held_out)}
-        artifact.guarantee = calibration_guarantee(args.alpha, len(held_out), chosen["misses"])
-    else:
-        artifact.guarantee = calibration_guarantee(args.alpha, 0)
-    artifact.kappa = kappa_from_probability(kappa)
+    supervised_weights, supervised_summary = supervised(network, data.x, labels, supervised_epochs, supervised_lr)
+    run = new_run(args, data, artifact, network, cost_scale)
+    history = train_loop(run, update, "allocator rl", progress, log)
+
+    def calibrator(held_out: list[Episode]) -> Callable[[], dict[str, Any]]:
+        cal, gate_choice = to_batchable(held_out, artifact, cost_scale), gate_escalations(held_out, gate) if gate else None
+        return lambda: calibrate_allocator(cal, held_out, network, args.alpha, gate_choice)
+
+    summary = calibration_stage(run, supervised_weights, calibration, calibrator)
+    kappa = torch.sigmoid(torch.tensor(artifact.kappa, dtype=torch.float64)).item()  # the replays' probability scale
     with torch.no_grad():
         sent_up = float((network.escalate_probability(data.x) >= kappa).float().mean())
     artifact.training = {
         **summary,
         "algorithm": "supervised+cpo+split-conformal-kappa",
         "args": asdict(args),
-        "supervised_epochs": supervised_epochs,
-        "supervised_lr": supervised_lr,
-        "supervised_final_loss": losses[-1] if losses else None,
-        "supervised_accuracy": supervised_accuracy,
-        "label_share": [float((labels == k).float().mean()) for k in range(len(tiers))],
+        **supervised_summary,
         "rl_accepted_steps": sum(h["charts/accepted"] for h in history),
         "combined_with_gate": getattr(gate, "name", None) if gate else None,
         "episodes": len(episodes),
@@ -259,7 +210,6 @@ def train_allocator_command(store_path: str | Path, out: Path, cpo_args: CPOArgs
     import time
 
     from stepgraph.training.data.store import TraceStore
-    from stepgraph.training.learning.allocator_tiers import check_columns, has_tier_tables
 
     from stepgraph.errors import StepgraphError
     from stepgraph.routing.gates import PolicyGate

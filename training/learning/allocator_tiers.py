@@ -21,30 +21,27 @@ The allocator's observation before a step is that of the recorded prefix
 
 from __future__ import annotations
 
-import copy
-import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any, cast
 
 import torch
-from stepgraph.training.calibration.guarantee import allowed_misses, calibration_guarantee
+from stepgraph.training.calibration.guarantee import allowed_misses
 from stepgraph.training.data.records import Episode
 from stepgraph.training.learning.allocator_stages import (
+    calibration_stage,
     episode_observations,
-    keep_cheaper_stage,
-    normalisation,
-    supervised_stage,
+    new_allocator,
+    supervised,
 )
 from stepgraph.training.learning.cpo import (
-    Batch,
-    Batchable,
     CPOArgs,
     Run,
-    _critic,
-    fit_critics,
-    policy_step,
-    update_kappa,
+    decisions_batch,
+    new_run,
+    replay_update,
+    train_loop,
 )
 from stepgraph.training.learning.cpo_tiers import (
     TierData,
@@ -55,9 +52,8 @@ from stepgraph.training.learning.cpo_tiers import (
     walk,
     walk_miss,
 )
-from tqdm import tqdm
 
-from stepgraph.artifacts.policy import PolicyArtifact, kappa_from_probability
+from stepgraph.artifacts.policy import PolicyArtifact
 from stepgraph.errors import ConfigError
 from stepgraph.features import FeatureSchema
 from stepgraph.routing.allocator import ALLOCATOR_SCHEMA, tier_from_probabilities
@@ -169,58 +165,38 @@ def replay_allocator(data: AllocatorTierData, probs: torch.Tensor, kappa: float)
 # --- 3. RL stage ---------------------------------------------------------------------------------
 
 
-def _replayed_batch(run: Run, data: AllocatorTierData, episodes: Sequence[int]) -> Batch:
-    """Replay ``episodes`` under μ = (1 − ε)·π + ε·uniform; make the replay the run's data and return its batch."""
+def _update(run: Run) -> dict[str, float]:
+    """One update: replay a batch under μ = (1 − ε)·π + ε·uniform, fit the critics, trust-region step, κ update."""
+    data: AllocatorTierData = run.data
     tables, k = data.tables, data.tables.n_tiers
+    episodes = run.rng.sample(range(len(tables.starts)), min(run.args.batch_size, len(tables.starts)))
     with torch.no_grad():
         mu = (1 - EPSILON) * torch.softmax(run.policy(data.x), dim=-1) + EPSILON / k
     rows: list[int] = []
     actions: list[int] = []
     rewards: list[float] = []
-    coverage: list[float] = []
-    starts: list[int] = []
-    ends: list[int] = []
+    covered: list[bool] = []
     for e in episodes:
         steps = range(tables.starts[e], tables.ends[e])
         allocated = {row: run.rng.choices(range(k), weights=mu[row].tolist())[0] for row in steps}
         replayed = replay(data, e, allocated)
-        starts.append(len(rows))
         rows.extend(steps)
         actions.extend(allocated[row] for row in steps)
         rewards.extend(-c / run.cost_scale for c in step_costs(tables, replayed, steps))
-        coverage.extend([0.0] * (len(steps) - 1) + [float(not walk_miss(tables, e, replayed.kept))])
-        ends.append(len(rows))
+        covered.append(not walk_miss(tables, e, replayed.kept))
     index, action = torch.tensor(rows), torch.tensor(actions)
-    mu_a = mu[index].gather(1, action[:, None]).squeeze(1)
-    empty = torch.zeros(len(rows))
-    run.data = Batchable(x=data.x[index], action=action, mu_escalate=mu_a, reward=torch.tensor(rewards),
-                         coverage=torch.tensor(coverage), draft_ok=empty, escalated_ok=empty, starts=starts, ends=ends,
-                         episode_reward=[0] * len(episodes), target_reward=[tables.target_reward[e] for e in episodes])
+    batchable = decisions_batch(data.x[index], action, mu[index].gather(1, action[:, None]).squeeze(1), rewards,
+                                [tables.ends[e] - tables.starts[e] for e in episodes], covered,
+                                [tables.target_reward[e] for e in episodes])
     with torch.no_grad():
-        ratio = torch.softmax(run.policy(run.data.x), dim=-1).gather(1, action[:, None]).squeeze(1) / mu_a.clamp_min(1e-3)
-    return Batch(list(range(len(episodes))), run.data.x, action, ratio.clamp(max=run.args.rho_bar), ratio.clamp(max=run.args.c_bar))
+        pi_a = torch.softmax(run.policy(batchable.x), dim=-1).gather(1, action[:, None]).squeeze(1)
 
-
-def rl_stage(run: Run, data: AllocatorTierData, progress: bool = False,
-             log: Callable[[int, dict], object] | None = None) -> list[dict[str, float]]:
-    """CPO's loop on replayed allocations: sample, fit critics, trust-region step, κ update."""
-    history = []
-    n = len(data.tables.starts)
-    for step in tqdm(range(run.args.steps), desc="allocator rl (tiers)", disable=not progress):
-        episodes = run.rng.sample(range(n), min(run.args.batch_size, n))
-        batch = _replayed_batch(run, data, episodes)
-        targets, losses = fit_critics(run, batch)
-        metrics = losses | policy_step(run, batch, targets)
+    def misses() -> list[bool]:
         with torch.no_grad():
-            allocated = allocations(torch.softmax(run.policy(data.x), dim=-1), run.kappa)
-        misses = [walk_miss(data.tables, e, replay(data, e, allocated).kept) for e in episodes]
-        for miss in misses:
-            run.kappa = update_kappa(run.kappa, miss, run.args.alpha, run.args.eta)
-        metrics |= {"charts/kappa": run.kappa, "charts/batch_misses": float(sum(misses))}
-        history.append(metrics)
-        if log is not None:
-            log(step, metrics)
-    return history
+            allocated_now = allocations(torch.softmax(run.policy(data.x), dim=-1), run.kappa)
+        return [walk_miss(tables, e, replay(data, e, allocated_now).kept) for e in episodes]
+
+    return replay_update(run, batchable, pi_a, misses)
 
 
 # --- 4. calibration ------------------------------------------------------------------------------
@@ -269,38 +245,17 @@ def train_tier_allocator(episodes: Sequence[Episode], args: CPOArgs, *, tiers: S
     if policy is not None and [t.get("parameters") for t in policy.tiers] != [t.get("parameters") for t in chosen_tiers]:
         raise ConfigError(f"The post-hoc policy routes over the tiers {policy.tiers}, the allocator over {chosen_tiers}; "
                           "combine it with a K-tier policy trained on the same tiers (columns).")
-    torch.manual_seed(args.seed)
-    rows = [ALLOCATOR_SCHEMA.vector(o) for e in episodes for o in episode_observations(e)]
-    mean, std, ignored = normalisation(rows)
-    network = AllocatorNetwork(len(ALLOCATOR_SCHEMA.names), len(columns), args.hidden, args.layers)
-    artifact = AllocatorArtifact(network, kappa_from_probability(args.kappa_init), args.alpha, chosen_tiers, mean, std,
-                                 args.hidden, args.layers, ignored=ignored)
+    artifact = new_allocator(episodes, args, chosen_tiers)
+    network = artifact.network
     data = tier_data(episodes, artifact, columns, policy)
     labels = data.labels
-    losses = supervised_stage(network, data.x, labels, supervised_epochs, supervised_lr)
-    with torch.no_grad():
-        supervised_accuracy = float((network(data.x).argmax(-1) == labels).float().mean())
-    supervised_weights = copy.deepcopy(network.state_dict())
+    supervised_weights, supervised_summary = supervised(network, data.x, labels, supervised_epochs, supervised_lr)
     cost_scale = float(data.tables.flops[:, -1].sum()) / len(episodes) or 1.0  # the strongest tier alone
-    critics = _critic(data.x.shape[1], args.hidden), _critic(data.x.shape[1], args.hidden)
-    optimiser = torch.optim.Adam([*critics[0].parameters(), *critics[1].parameters()], lr=args.critic_lr)
-    # The run's data is each update's replay (``_replayed_batch``), which cpo's critic and policy steps read.
-    run = Run(args, list(episodes), cast(Any, None), cast(Any, artifact), network, critics[0], critics[1], optimiser,
-              random.Random(args.seed), cost_scale, args.kappa_init)
-    history = rl_stage(run, data, progress, log)
-    network.eval()
-    kappa = run.kappa  # the probability scale of the replays, up to the artifact
-    held_out = [e for e in calibration if e.steps]
-    summary: dict[str, Any] = {}
-    if held_out:
-        cal = tier_data(held_out, artifact, columns, policy)
-        chosen, summary = keep_cheaper_stage(network, supervised_weights, lambda: calibrate_tier_allocator(cal, network, args.alpha))
-        kappa = chosen["kappa"]
-        summary |= {"online_kappa": kappa_from_probability(run.kappa), "calibration_episodes": len(held_out)}
-        artifact.guarantee = calibration_guarantee(args.alpha, len(held_out), chosen["misses"])
-    else:
-        artifact.guarantee = calibration_guarantee(args.alpha, 0)
-    artifact.kappa = kappa_from_probability(kappa)
+    run = new_run(args, data, artifact, network, cost_scale)
+    history = train_loop(run, _update, "allocator rl (tiers)", progress, log)
+    summary = calibration_stage(run, supervised_weights, calibration, lambda held_out: partial(
+        calibrate_tier_allocator, tier_data(held_out, artifact, columns, policy), network, args.alpha))
+    kappa = torch.sigmoid(torch.tensor(artifact.kappa, dtype=torch.float64)).item()  # the replays' probability scale
     with torch.no_grad():
         train = replay_allocator(data, torch.softmax(network(data.x), dim=-1), kappa)
     artifact.training = {
@@ -309,11 +264,7 @@ def train_tier_allocator(episodes: Sequence[Episode], args: CPOArgs, *, tiers: S
         "args": asdict(args),
         "columns": columns,
         "exploration": EPSILON,
-        "supervised_epochs": supervised_epochs,
-        "supervised_lr": supervised_lr,
-        "supervised_final_loss": losses[-1] if losses else None,
-        "supervised_accuracy": supervised_accuracy,
-        "label_share": [float((labels == k).float().mean()) for k in range(len(columns))],
+        **supervised_summary,
         "rl_accepted_steps": sum(h["charts/accepted"] for h in history),
         "combined_with_policy": policy is not None,
         "episodes": len(episodes),

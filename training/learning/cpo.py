@@ -24,6 +24,7 @@ In the long run the miss rate of the κ sequence is α, the online-conformal gua
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -195,6 +196,19 @@ def episode_batch(episodes: Sequence[Episode], x: torch.Tensor, step_cost: Calla
     )
 
 
+def decisions_batch(x: torch.Tensor, action: torch.Tensor, mu: torch.Tensor, reward: Sequence[float],
+                    sizes: Sequence[int], covered: Sequence[bool], target_reward: Sequence[int]) -> Batchable:
+    """Replayed decisions (``sizes[i]`` of them for episode i, in order) as the per-step tensors ``episode_targets``
+    reads: ``mu`` is μ of the action taken, the coverage indicator ``covered[i]`` sits on episode i's last decision."""
+    ends = list(itertools.accumulate(sizes))
+    coverage = torch.zeros(len(action))
+    coverage[[end - 1 for end in ends]] = torch.tensor([float(c) for c in covered])
+    empty = torch.zeros(len(action))
+    return Batchable(x=x, action=action, mu_escalate=mu, reward=torch.tensor(reward), coverage=coverage, draft_ok=empty,
+                     escalated_ok=empty, starts=[end - n for end, n in zip(ends, sizes)], ends=ends,
+                     episode_reward=[0] * len(sizes), target_reward=list(target_reward))
+
+
 # --- 2. V-trace ----------------------------------------------------------------------------------
 
 
@@ -283,7 +297,7 @@ def _flat_grad(y: torch.Tensor, net: torch.nn.Module, **kwargs: Any) -> torch.Te
     return torch.cat([g.reshape(-1) for g in grads])
 
 
-def mean_kl(net: PolicyNetwork, x: torch.Tensor, old_log_probs: torch.Tensor) -> torch.Tensor:
+def mean_kl(net: torch.nn.Module, x: torch.Tensor, old_log_probs: torch.Tensor) -> torch.Tensor:
     """Mean KL(π_old || π_θ) over the observations."""
     log_probs = torch.log_softmax(net(x), dim=-1)
     return (old_log_probs.exp() * (old_log_probs - log_probs)).sum(-1).mean()
@@ -341,7 +355,7 @@ def cpo_direction(g: torch.Tensor, b: torch.Tensor, c: float, hinv: Callable[[to
     return (hg - nu * hb) / (lam + EPS), CPOCase.INFEASIBLE_DUAL if c >= 0 else CPOCase.FEASIBLE_DUAL, nu
 
 
-def trust_region_step(policy: PolicyNetwork, x: torch.Tensor, action: torch.Tensor, cost_adv: torch.Tensor,
+def trust_region_step(policy: torch.nn.Module, x: torch.Tensor, action: torch.Tensor, cost_adv: torch.Tensor,
                       miss_adv: torch.Tensor, miss_value: float, args: CPOArgs) -> dict[str, float]:
     """One CPO update of ``policy`` in place; returns the achieved KL, whether the step was taken,
     the CPO case (as its number) and the Lagrange multiplier.
@@ -439,12 +453,6 @@ def surrogate_miss(data: Batchable, episode: int, policy: PolicyNetwork, kappa: 
     return episode_miss(data, episode, gate_choices(data, episode, policy, kappa))
 
 
-def surrogate_coverage(data: Batchable, policy: PolicyNetwork, kappa: float) -> float:
-    """1 − the surrogate miss rate of Γ over all episodes of ``data``."""
-    n = len(data.starts)
-    return 1.0 - sum(surrogate_miss(data, e, policy, kappa) for e in range(n)) / n
-
-
 def score_coverage(data: Batchable, scores: torch.Tensor, kappa: float) -> float:
     """1 − the surrogate miss rate of Γ(o) = 1{score(o) ≥ κ}, given every step's score."""
     n = len(data.starts)
@@ -487,13 +495,16 @@ def _critic(n_features: int, hidden: int) -> torch.nn.Module:
 
 @dataclass
 class Run:
-    """What the training loop carries from update to update."""
+    """What a training loop carries from update to update; every loop (2-tier and K-tier policy, allocator) uses it.
+
+    ``data`` is the loop's tensors (``Batchable`` here; ``cpo_tiers.TierData`` and
+    ``allocator_tiers.AllocatorTierData`` in the K-tier loops), ``policy`` the network being trained.
+    """
 
     args: CPOArgs
-    episodes: list[Episode]
-    data: Batchable
-    artifact: PolicyArtifact
-    policy: PolicyNetwork
+    data: Any
+    artifact: Any
+    policy: Any
     cost_critic: torch.nn.Module
     coverage_critic: torch.nn.Module
     optimiser: torch.optim.Optimizer
@@ -502,26 +513,45 @@ class Run:
     kappa: float
 
 
+def new_run(args: CPOArgs, data: Any, artifact: Any, policy: torch.nn.Module, cost_scale: float) -> Run:
+    """A run at κ's initial value, with fresh cost and coverage critics on ``data.x``'s rows and their optimiser.
+
+    The critics are drawn from torch's generator where this is called: callers seed it once, then
+    build the policy (and fit it, if they warm-start), then call this.
+    """
+    width = data.x.shape[-1]
+    cost_critic, coverage_critic = _critic(width, args.hidden), _critic(width, args.hidden)
+    optimiser = torch.optim.Adam([*cost_critic.parameters(), *coverage_critic.parameters()], lr=args.critic_lr)
+    return Run(args, data, artifact, policy, cost_critic, coverage_critic, optimiser, random.Random(args.seed), cost_scale,
+               args.kappa_init)
+
+
 @dataclass
 class Batch:
-    """A sample of episodes: their steps, the actions taken and the truncated importance weights."""
+    """A sample of episodes of ``data``: their steps, the actions taken and the truncated importance weights."""
 
     episodes: list[int]
     x: torch.Tensor
     action: torch.Tensor
     rhos: torch.Tensor  # min(ρ̄, π(a|o) / μ(a|o))
     cs: torch.Tensor  # min(c̄, π(a|o) / μ(a|o))
+    data: Batchable  # the per-step tensors ``episodes`` index (the recorded steps, or a replay)
+
+
+def with_steps(episodes: Sequence[Episode], trainer: str) -> list[Episode]:
+    """The episodes that have steps; a clear error when none has."""
+    kept = [e for e in episodes if e.steps]
+    if not kept:
+        raise ValueError(f"{trainer} needs at least one episode with steps; collect traces first.")
+    return kept
 
 
 def start_run(episodes: Sequence[Episode], args: CPOArgs, schema: FeatureSchema, ignore_features: Sequence[str]) -> Run:
     """Check the input, seed, normalise the features and build the policy, critics and tensors."""
     if unknown := sorted(set(ignore_features) - set(schema.names)):
         raise ValueError(f"ignore_features {unknown} are not features of {schema}.")
-    episodes = [e for e in episodes if e.steps]
-    if not episodes:
-        raise ValueError("train_policy needs at least one episode with steps; collect traces first.")
+    episodes = with_steps(episodes, "train_policy")
     torch.manual_seed(args.seed)  # the policy first, then the two critics: the order fixes the weights
-    rng = random.Random(args.seed)
     mean, std, ignored = normalisation(episodes, schema, ignore_features)
     policy = PolicyNetwork(len(schema.names), args.hidden, args.layers)
     artifact = PolicyArtifact(policy, kappa_from_probability(args.kappa_init), args.alpha, schema, mean, std, args.hidden,
@@ -530,9 +560,20 @@ def start_run(episodes: Sequence[Episode], args: CPOArgs, schema: FeatureSchema,
     data = to_tensors(episodes, artifact, cost_scale)
     if args.warm_start:
         warm_start(policy, data, args.warm_start)
-    cost_critic, coverage_critic = _critic(len(schema.names), args.hidden), _critic(len(schema.names), args.hidden)
-    optimiser = torch.optim.Adam([*cost_critic.parameters(), *coverage_critic.parameters()], lr=args.critic_lr)
-    return Run(args, episodes, data, artifact, policy, cost_critic, coverage_critic, optimiser, rng, cost_scale, args.kappa_init)
+    return new_run(args, data, artifact, policy, cost_scale)
+
+
+def supervised_stage(network: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, epochs: int, lr: float) -> list[float]:
+    """Cross-entropy of ``network(x)`` on ``labels`` by full-batch Adam (R2-Reasoner's first stage); the loss per epoch."""
+    optimiser = torch.optim.Adam(network.parameters(), lr=lr)
+    losses = []
+    for _ in range(epochs):
+        loss = torch.nn.functional.cross_entropy(network(x), labels)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    return losses
 
 
 def warm_start(policy: PolicyNetwork, data: Batchable, steps: int) -> None:
@@ -551,7 +592,8 @@ def warm_start(policy: PolicyNetwork, data: Batchable, steps: int) -> None:
 
 def sample_batch(run: Run) -> Batch:
     """Draw episodes and weigh their recorded actions by π(a | o) / μ(a | o), truncated."""
-    episodes = run.rng.sample(range(len(run.episodes)), min(run.args.batch_size, len(run.episodes)))
+    n = len(run.data.starts)
+    episodes = run.rng.sample(range(n), min(run.args.batch_size, n))
     index = torch.cat([torch.arange(run.data.starts[e], run.data.ends[e]) for e in episodes])
     x, action = run.data.x[index], run.data.action[index]
     with torch.no_grad():
@@ -559,13 +601,13 @@ def sample_batch(run: Run) -> Batch:
         mu_escalate = run.data.mu_escalate[index]
         mu_a = torch.where(action == 1, mu_escalate, 1 - mu_escalate).clamp_min(1e-3)
         ratio = pi_a / mu_a
-    return Batch(episodes, x, action, ratio.clamp(max=run.args.rho_bar), ratio.clamp(max=run.args.c_bar))
+    return Batch(episodes, x, action, ratio.clamp(max=run.args.rho_bar), ratio.clamp(max=run.args.c_bar), run.data)
 
 
 def _batch_targets(run: Run, batch: Batch) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         v_cost, v_cov = run.cost_critic(batch.x).squeeze(1), run.coverage_critic(batch.x).squeeze(1)
-        return episode_targets(run.data, batch.episodes, v_cost, v_cov, batch.rhos, batch.cs, run.args.gamma)
+        return episode_targets(batch.data, batch.episodes, v_cost, v_cov, batch.rhos, batch.cs, run.args.gamma)
 
 
 def fit_critics(run: Run, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
@@ -594,12 +636,46 @@ def policy_step(run: Run, batch: Batch, targets: dict[str, torch.Tensor]) -> dic
 
 def kappa_step(run: Run, batch: Batch) -> dict[str, float]:
     """The online-conformal κ update over the batch's surrogate misses (all judged at the old κ)."""
-    misses = [surrogate_miss(run.data, e, run.policy, run.kappa) for e in batch.episodes]
-    for miss in misses:
-        run.kappa = update_kappa(run.kappa, miss, run.args.alpha, run.args.eta)
+    metrics = kappa_updates(run, [surrogate_miss(run.data, e, run.policy, run.kappa) for e in batch.episodes])
     with torch.no_grad():
         escalate_rate = float((run.policy.escalate_probability(run.data.x) >= run.kappa).float().mean())
-    return {"charts/kappa": run.kappa, "charts/batch_misses": float(sum(misses)), "charts/escalation_rate": escalate_rate}
+    return metrics | {"charts/escalation_rate": escalate_rate}
+
+
+def kappa_updates(run: Run, misses: Sequence[bool]) -> dict[str, float]:
+    """The online-conformal κ update for each of the batch's misses, in order."""
+    for miss in misses:
+        run.kappa = update_kappa(run.kappa, miss, run.args.alpha, run.args.eta)
+    return {"charts/kappa": run.kappa, "charts/batch_misses": float(sum(misses))}
+
+
+def update(run: Run) -> dict[str, float]:
+    """One update on recorded steps: sample, fit the critics, trust-region step, κ update."""
+    batch = sample_batch(run)
+    targets, losses = fit_critics(run, batch)
+    return losses | policy_step(run, batch, targets) | kappa_step(run, batch)
+
+
+def replay_update(run: Run, replay: Batchable, pi_a: torch.Tensor, misses: Callable[[], list[bool]]) -> dict[str, float]:
+    """One update on a replay (the K-tier loops'): fit the critics and take the trust-region step on all its episodes,
+    weighed by π(a | o) / μ(a | o) (``replay.mu_escalate`` holds μ of the action taken); then κ on ``misses()``, the
+    updated policy's."""
+    ratio = pi_a / replay.mu_escalate.clamp_min(1e-3)
+    batch = Batch(list(range(len(replay.starts))), replay.x, replay.action, ratio.clamp(max=run.args.rho_bar),
+                  ratio.clamp(max=run.args.c_bar), replay)
+    targets, losses = fit_critics(run, batch)
+    return losses | policy_step(run, batch, targets) | kappa_updates(run, misses())
+
+
+def train_loop(run: Run, step: Callable[[Run], dict[str, float]], desc: str, progress: bool,
+               log: Callable[[int, dict], object] | None) -> list[dict[str, float]]:
+    """``run.args.steps`` updates by ``step``; returns the metrics of each, also passed to ``log``."""
+    history = []
+    for index in tqdm(range(run.args.steps), desc=desc, disable=not progress):
+        history.append(step(run))
+        if log is not None:
+            log(index, history[-1])
+    return history
 
 
 def finalise(run: Run, calibration: Sequence[Episode]) -> PolicyArtifact:
@@ -620,7 +696,7 @@ def finalise(run: Run, calibration: Sequence[Episode]) -> PolicyArtifact:
         **calibration_summary,
         "algorithm": "cpo+online-conformal-kappa",
         "args": asdict(run.args),
-        "episodes": len(run.episodes),
+        "episodes": len(run.data.starts),
         "cost_scale_flops": run.cost_scale,
         "escalation_rate": escalation_rate,
         "surrogate_coverage": score_coverage(run.data, artifact.scores(run.data.x), artifact.kappa),
@@ -640,13 +716,5 @@ def train_policy(episodes: Sequence[Episode], args: CPOArgs | None = None, schem
     lacks them (e.g. ``api_confidence`` on a vLLM engine reporting raw logits).
     """
     run = start_run(episodes, args or CPOArgs(), schema, ignore_features)
-    history: list[dict[str, float]] = []
-    for step in tqdm(range(run.args.steps), desc="cpo", disable=not progress):
-        batch = sample_batch(run)
-        targets, losses = fit_critics(run, batch)
-        metrics = {**losses, **policy_step(run, batch, targets)}
-        metrics |= kappa_step(run, batch)
-        history.append(metrics)
-        if log is not None:
-            log(step, metrics)
+    history = train_loop(run, update, "cpo", progress, log)
     return finalise(run, calibration), history

@@ -29,23 +29,23 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from stepgraph.training.calibration.guarantee import allowed_misses, calibration_guarantee
 from stepgraph.training.data.records import Episode
-from stepgraph.training.learning.allocator_stages import supervised_stage
 from stepgraph.training.learning.cpo import (
     Batchable,
     CPOArgs,
-    _critic,
-    episode_targets,
-    normalisation,
-    trust_region_step,
-    update_kappa,
+    Run,
+    column_statistics,
+    decisions_batch,
+    new_run,
+    replay_update,
+    supervised_stage,
+    train_loop,
+    with_steps,
 )
-from tqdm import tqdm
 
 from stepgraph.artifacts.policy import (
     PolicyArtifact,
@@ -123,9 +123,8 @@ def _tables(episode: Episode, columns: Sequence[int]) -> list[list[dict[str, Any
 def tier_normalisation(episodes: Sequence[Episode], schema: FeatureSchema, columns: Sequence[int],
                        ignore: Sequence[str] = ()) -> tuple[list[float], list[float], list[str]]:
     """``cpo.normalisation`` over the observations of every tier that decides (all but the strongest)."""
-    observed = [SimpleNamespace(steps=[SimpleNamespace(observation=entry["observation"]) for table in _tables(e, columns)
-                                       for entry in table[:-1]]) for e in episodes]
-    return normalisation(observed, schema, ignore)  # type: ignore[arg-type]
+    rows = [schema.vector(entry["observation"]) for e in episodes for table in _tables(e, columns) for entry in table[:-1]]
+    return column_statistics(rows, schema.names, ignore)
 
 
 def to_tier_tensors(episodes: Sequence[Episode], artifact: PolicyArtifact, columns: Sequence[int]) -> TierData:
@@ -239,57 +238,22 @@ def replay_batch(data: TierData, episodes: Sequence[int], walks: Sequence[Walk],
     escalates to it) / ``cost_scale``; the coverage indicator is on each episode's last decision.
     """
     top = data.n_tiers - 1
-    rows: list[tuple[int, int]] = []
-    actions: list[int] = []
-    mus: list[float] = []
-    rewards: list[float] = []
-    coverage: list[float] = []
-    starts: list[int] = []
-    ends: list[int] = []
-    for e, w in zip(episodes, walks):
-        starts.append(len(rows))
-        for row, k, j, mu in w.decisions:
-            rows.append((row, k))
-            actions.append(j)
-            mus.append(mu)
-            rewards.append(-(float(data.flops[row, k]) + (float(data.flops[row, top]) if j == top else 0.0)) / cost_scale)
-            coverage.append(0.0)
-        coverage[-1] = float(not walk_miss(data, e, w.kept))
-        ends.append(len(rows))
-    index = torch.tensor(rows)
-    empty = torch.zeros(len(rows))
-    return Batchable(x=data.x[index[:, 0], index[:, 1]], action=torch.tensor(actions), mu_escalate=torch.tensor(mus),
-                     reward=torch.tensor(rewards), coverage=torch.tensor(coverage), draft_ok=empty, escalated_ok=empty,
-                     starts=starts, ends=ends, episode_reward=[0] * len(walks),
-                     target_reward=[data.target_reward[e] for e in episodes])
+    decisions = [d for w in walks for d in w.decisions]
+    index = torch.tensor([(row, k) for row, k, _, _ in decisions])
+    rewards = [-(float(data.flops[row, k]) + (float(data.flops[row, top]) if j == top else 0.0)) / cost_scale
+               for row, k, j, _ in decisions]
+    return decisions_batch(data.x[index[:, 0], index[:, 1]], torch.tensor([j for _, _, j, _ in decisions]),
+                           torch.tensor([mu for *_, mu in decisions]), rewards, [len(w.decisions) for w in walks],
+                           [not walk_miss(data, e, w.kept) for e, w in zip(episodes, walks)],
+                           [data.target_reward[e] for e in episodes])
 
 
 # --- 3. the loop ---------------------------------------------------------------------------------
 
 
-@dataclass
-class TierRun:
-    args: TierCPOArgs
-    data: TierData
-    artifact: PolicyArtifact
-    columns: list[int]
-    cost_critic: torch.nn.Module
-    coverage_critic: torch.nn.Module
-    optimiser: torch.optim.Optimizer
-    rng: random.Random
-    cost_scale: float
-    kappa: float
-
-    @property
-    def policy(self) -> PolicyNetwork:
-        return self.artifact.network
-
-
 def start_tier_run(episodes: Sequence[Episode], args: TierCPOArgs, tiers: Sequence[dict[str, Any]], columns: Sequence[int],
-                   schema: FeatureSchema, ignore_features: Sequence[str]) -> TierRun:
-    episodes = [e for e in episodes if e.steps]
-    if not episodes:
-        raise ValueError("train_tier_policy needs at least one episode with steps; collect traces first.")
+                   schema: FeatureSchema, ignore_features: Sequence[str]) -> Run:
+    episodes = with_steps(episodes, "train_tier_policy")
     if len(columns) < 2 or list(columns) != sorted(set(columns)):
         raise ConfigError(f"columns must name at least two recorded tiers in increasing order, got {list(columns)}.")
     torch.manual_seed(args.seed)
@@ -301,15 +265,11 @@ def start_tier_run(episodes: Sequence[Episode], args: TierCPOArgs, tiers: Sequen
     if args.warm_start:
         warm_start(policy, data, args.warm_start)
     cost_scale = float(data.flops[:, -1].sum()) / len(episodes) or 1.0  # the strongest tier alone on the recorded prefixes
-    width = len(schema.names) + len(columns)
-    cost_critic, coverage_critic = _critic(width, args.hidden), _critic(width, args.hidden)
-    optimiser = torch.optim.Adam([*cost_critic.parameters(), *coverage_critic.parameters()], lr=args.critic_lr)
-    return TierRun(args, data, artifact, list(columns), cost_critic, coverage_critic, optimiser, random.Random(args.seed),
-                   cost_scale, args.kappa_init)
+    return new_run(args, data, artifact, policy, cost_scale)
 
 
 def warm_start(policy: PolicyNetwork, data: TierData, steps: int, lr: float = 1e-2) -> list[float]:
-    """Supervised start (R2-Reasoner's first stage, as ``allocator.supervised_stage``): cross-entropy of π(· | o, k)
+    """Supervised start (R2-Reasoner's first stage, ``cpo.supervised_stage``): cross-entropy of π(· | o, k)
     on "the cheapest tier ≥ k whose step the verifier accepts", on every deciding tier's step.
 
     Random weights leave CPO to find "accept a confident draft" by exploration, and it settles on
@@ -318,45 +278,25 @@ def warm_start(policy: PolicyNetwork, data: TierData, steps: int, lr: float = 1e
     """
     deciding = data.x[:, :-1].reshape(-1, data.x.shape[-1])
     labels = cheapest_accepted(data.ok)[:, :-1].reshape(-1)
-    return supervised_stage(policy, deciding, labels, steps, lr)  # type: ignore[arg-type]
+    return supervised_stage(policy, deciding, labels, steps, lr)
 
 
-def update(run: TierRun) -> dict[str, float]:
+def update(run: Run) -> dict[str, float]:
     """One update: replay a batch under μ, fit the critics on V-trace targets, CPO step, κ step."""
-    args, data = run.args, run.data
-    episodes = run.rng.sample(range(len(data.starts)), min(args.batch_size, len(data.starts)))
+    data = run.data
+    episodes = run.rng.sample(range(len(data.starts)), min(run.args.batch_size, len(data.starts)))
     probs = all_probabilities(run.policy, data)
-    walks = [walk(data, e, behaviour_chooser(probs, args.epsilon, run.rng)) for e in episodes]
-    batch = replay_batch(data, episodes, walks, run.cost_scale)
+    epsilon = cast(TierCPOArgs, run.args).epsilon
+    walks = [walk(data, e, behaviour_chooser(probs, epsilon, run.rng)) for e in episodes]
+    replayed = replay_batch(data, episodes, walks, run.cost_scale)
     with torch.no_grad():
-        pi_a = run.policy.probabilities(batch.x).gather(1, batch.action[:, None]).squeeze(1)
-        ratio = pi_a / batch.mu_escalate.clamp_min(1e-3)
-    rhos, cs = ratio.clamp(max=args.rho_bar), ratio.clamp(max=args.c_bar)
-    everything = range(len(episodes))
+        pi_a = run.policy.probabilities(replayed.x).gather(1, replayed.action[:, None]).squeeze(1)
 
-    def targets() -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            v_cost, v_cov = run.cost_critic(batch.x).squeeze(1), run.coverage_critic(batch.x).squeeze(1)
-            return episode_targets(batch, everything, v_cost, v_cov, rhos, cs, args.gamma)
+    def misses() -> list[bool]:
+        gate = gate_chooser(all_probabilities(run.policy, data), run.kappa)
+        return [walk_miss(data, e, walk(data, e, gate).kept) for e in episodes]
 
-    for _ in range(args.critic_updates):
-        t = targets()
-        loss_cost = ((run.cost_critic(batch.x).squeeze(1) - t["vs_cost"]) ** 2).mean()
-        loss_cov = ((run.coverage_critic(batch.x).squeeze(1) - t["vs_coverage"]) ** 2).mean()
-        run.optimiser.zero_grad()
-        (loss_cost + loss_cov).backward()
-        run.optimiser.step()
-    t = targets()
-    miss_value = 1.0 - float(t["start_coverage"].mean().clamp(0, 1))
-    info = trust_region_step(run.policy, batch.x, batch.action, t["adv_cost"], -t["adv_coverage"], miss_value, args)  # type: ignore[arg-type]
-    gate = gate_chooser(all_probabilities(run.policy, data), run.kappa)
-    misses = [walk_miss(data, e, walk(data, e, gate).kept) for e in episodes]
-    for miss in misses:
-        run.kappa = update_kappa(run.kappa, miss, args.alpha, args.eta)
-    return {"losses/critic_cost": loss_cost.item(), "losses/critic_constraint": loss_cov.item(), "charts/kl": info["kl"],
-            "charts/accepted": info["accepted"], "charts/cpo_case": info["case"],
-            "charts/lagrange_multiplier": info["lagrange_multiplier"], "charts/estimated_miss": miss_value,
-            "charts/kappa": run.kappa, "charts/batch_misses": float(sum(misses))}
+    return replay_update(run, replayed, pi_a, misses)
 
 
 # --- 4. κ and the summary ------------------------------------------------------------------------
@@ -421,12 +361,7 @@ def train_tier_policy(episodes: Sequence[Episode], tiers: Sequence[dict[str, Any
     """
     columns = list(range(len(tiers))) if columns is None else list(columns)
     run = start_tier_run(episodes, args or TierCPOArgs(), tiers, columns, schema, ignore_features)
-    history = []
-    for step in tqdm(range(run.args.steps), desc=f"cpo {len(columns)} tiers", disable=not progress):
-        metrics = update(run)
-        history.append(metrics)
-        if log is not None:
-            log(step, metrics)
+    history = train_loop(run, update, f"cpo {len(columns)} tiers", progress, log)
     artifact = run.artifact
     kappa = run.kappa  # the probability scale of the online rule and of calibrate_tier_kappa, up to the artifact
     summary: dict[str, Any] = {}

@@ -183,28 +183,30 @@ class ChunkChoice(BaseModel):
     logprobs: None = None
 
 
-class ChatCompletionResponse(BaseModel):
-    """``chat.completion``: one choice, usage, and ``stepgraph``, the routing details extension."""
+class _Completion(BaseModel):
+    """The fields a completion and its chunks share, in OpenAI's order; ``object`` is fixed by each."""
 
     id: str
-    object: Literal["chat.completion"] = "chat.completion"
+    object: str
     created: int
     model: str
     system_fingerprint: str | None = None
+
+
+class ChatCompletionResponse(_Completion):
+    """``chat.completion``: one choice, usage, and ``stepgraph``, the routing details extension."""
+
+    object: Literal["chat.completion"] = "chat.completion"
     choices: list[Choice]
     usage: Usage
     stepgraph: dict[str, Any]
 
 
-class ChatCompletionChunk(BaseModel):
+class ChatCompletionChunk(_Completion):
     """``chat.completion.chunk``: one per decided step (``stepgraph.step``), then a final one with the
     finish reason, all routing details and (when asked) usage."""
 
-    id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
     choices: list[ChunkChoice]
     stepgraph: dict[str, Any]
     usage: Usage | None = None
