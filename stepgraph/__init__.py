@@ -55,6 +55,7 @@ _EXPORTS: dict[str, str] = {
     "AsyncStepModel": "stepgraph.models.base",
     "agenerate": "stepgraph.models.base",
     "StepOutput": "stepgraph.models.base",
+    "QuestionScore": "stepgraph.models.base",
     "TransformersStepModel": "stepgraph.models.local",
     "VLLMStepModel": "stepgraph.models.vllm_engine",
     "ChatStepModel": "stepgraph.models.chat",
@@ -99,6 +100,7 @@ __all__ = [
     "PolicyFileError",
     "PolicyGate",
     "Prices",
+    "QuestionScore",
     "RadarRouter",
     "RandomGate",
     "RouterContext",
@@ -168,7 +170,7 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the real names
     from stepgraph.graph import RoutingGraph, build_graph
     from stepgraph.integrations.chat_model import ChatStepRouter
     from stepgraph.integrations.tool import routed_reasoning_tool
-    from stepgraph.models.base import AsyncStepModel, StepModel, StepOutput, agenerate
+    from stepgraph.models.base import AsyncStepModel, QuestionScore, StepModel, StepOutput, agenerate
     from stepgraph.models.chat import ChatStepModel
     from stepgraph.models.local import TransformersStepModel
     from stepgraph.models.vllm_engine import VLLMStepModel, count_parameters

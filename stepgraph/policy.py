@@ -46,6 +46,7 @@ from stepgraph.artifacts import (
     validate,
     write_artifact,
 )
+from stepgraph.domain import Domain
 from stepgraph.errors import PolicyFileError
 from stepgraph.features import FeatureSchema, Observation, known_schema
 
@@ -66,6 +67,8 @@ class _PolicyManifest(BaseModel):
     training: dict[str, Any] = Field(default_factory=dict)
     guarantee: dict[str, Any] | None = None
     """the coverage the artifact may claim (``{"type": "split-conformal" | "none", ...}``); None before it was recorded"""
+    domain: Domain | None = None
+    """the out-of-domain signal's tier and threshold (``stepgraph.domain``); absent: the signal is off"""
     weights_sha256: str
 
 
@@ -211,6 +214,8 @@ class PolicyArtifact(Normalising):
     """What κ thresholds: ``"probability"`` (π(escalate | o)) or ``"log_odds"`` (see the module docstring)."""
     format_version: int = FORMAT_VERSION
     """The manifest format it was loaded from (1: probability κ only); ``save`` writes format 2."""
+    domain: Domain | None = None
+    """The out-of-domain signal's tier and threshold (``stepgraph.domain``); None: off (older artifacts)."""
 
     @torch.no_grad()
     def escalate_probability(self, observation: Observation) -> float:
@@ -266,7 +271,7 @@ class PolicyArtifact(Normalising):
         """
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "scale": self.scale, "kappa": self.kappa,
-            **_shared_fields(self), "models": self.models,
+            **_shared_fields(self), "models": self.models, **_domain_field(self),
         }
         return write_artifact(directory, "policy", self.network, manifest, Manifest,
                               diverged=" (training diverged; lower --delta or check the traces)")
@@ -291,7 +296,7 @@ class PolicyArtifact(Normalising):
         network = PolicyNetwork(len(schema.names), hidden, layers)
         load_weights(network, directory, "policy", f"a {layers}x{hidden} policy network")
         return cls(network, manifest.kappa, manifest.alpha, schema, list(mean), list(std), hidden, layers, manifest.models,
-                   manifest.training, list(ignored), manifest.guarantee, manifest.scale, manifest.format_version)
+                   manifest.training, list(ignored), manifest.guarantee, manifest.scale, manifest.format_version, manifest.domain)
 
 
 def _shared_fields(artifact: PolicyArtifact | TierPolicyArtifact) -> dict[str, Any]:
@@ -300,6 +305,11 @@ def _shared_fields(artifact: PolicyArtifact | TierPolicyArtifact) -> dict[str, A
             "normalization": {"mean": artifact.mean, "std": artifact.std, "ignored": artifact.ignored},
             "network": {"hidden": artifact.hidden, "layers": artifact.layers}, "training": artifact.training,
             "guarantee": artifact.guarantee}
+
+
+def _domain_field(artifact: PolicyArtifact | TierPolicyArtifact) -> dict[str, Any]:
+    """The optional ``domain`` field, last in the manifest, only where the artifact has one (older readers never see it)."""
+    return {} if artifact.domain is None else {"domain": artifact.domain.model_dump()}
 
 
 TIER_FORMAT = "stepgraph.tier_policy"
@@ -382,6 +392,8 @@ class TierPolicyArtifact(Normalising):
     ignored: list[str] = field(default_factory=list)
     training: dict[str, Any] = field(default_factory=dict)
     guarantee: dict[str, Any] | None = None
+    domain: Domain | None = None
+    """The out-of-domain signal's tier and threshold (``stepgraph.domain``); None: off."""
 
     @property
     def models(self) -> dict[str, Any]:
@@ -423,7 +435,7 @@ class TierPolicyArtifact(Normalising):
                                   f"but its network routes between {self.network.n_tiers}.")
         manifest = {
             "format": TIER_FORMAT, "format_version": TIER_FORMAT_VERSION, "kappa": self.kappa, **_shared_fields(self),
-            "tiers": self.tiers,
+            "tiers": self.tiers, **_domain_field(self),
         }
         return write_artifact(directory, "policy", self.network, manifest, TierManifest, what="a tier policy")
 
@@ -444,7 +456,7 @@ class TierPolicyArtifact(Normalising):
         load_weights(network, directory, "policy", f"a {layers}x{hidden} policy network over {n_tiers} tiers")
         return cls(network, manifest.kappa, manifest.alpha, schema, list(manifest.normalization.mean),
                    list(manifest.normalization.std), [t.model_dump() for t in manifest.tiers], hidden, layers,
-                   list(manifest.normalization.ignored or ()), manifest.training, manifest.guarantee)
+                   list(manifest.normalization.ignored or ()), manifest.training, manifest.guarantee, manifest.domain)
 
 
 LOADERS: dict[str, Callable[[Path, FeatureSchema | None], PolicyArtifact | TierPolicyArtifact]] = {

@@ -98,7 +98,7 @@ LAYERS = [
     {"errors"},
     {"models"},
     {"features"},
-    {"artifacts", "tiers"},
+    {"artifacts", "tiers", "domain"},
     {"gates", "policy", "tier_policy", "allocator", "allocator_file", "radar"},
     {"graph", "nodes", "state", "context", "costs", "answers", "decompose"},
     {"runspec"},

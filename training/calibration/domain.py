@@ -1,0 +1,79 @@
+"""The out-of-domain signal's threshold (``stepgraph.domain``), fitted where κ is calibrated.
+
+``calibrate`` and ``train`` score their calibration questions with one tier (the strongest by
+default, ``--domain-tier``) and store the ``--domain-percentile`` of the scores in the artifact's
+``domain`` field; ``calibrate --domain-only`` (re)computes that field alone, κ and weights kept.
+A tier whose backend cannot score a question leaves the field out: the signal is then off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from stepgraph.cli.options import in_range
+from stepgraph.domain import DEFAULT_PERCENTILE, Domain, fit_domain, tier_index
+from stepgraph.models.base import StepModel
+from stepgraph.testbed import close_pair
+
+
+def add_domain_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--domain-percentile", type=in_range(float, 0, 100, exclusive=True), default=DEFAULT_PERCENTILE, metavar="P",
+                        help="out-of-domain signal: a question scoring below this percentile of the calibration questions' mean "
+                             "token log-likelihood is out of the domain and written by the strongest tier (default: %(default)s)")
+    parser.add_argument("--domain-tier", type=int, default=-1, metavar="TIER",
+                        help="out-of-domain signal: the tier that scores questions, by index, negative from the strongest "
+                             "(default: %(default)s, the strongest)")
+    parser.add_argument("--no-domain", action="store_true", help="write no out-of-domain threshold (the signal is off)")
+
+
+def domain_from(args: argparse.Namespace, tiers: Sequence[StepModel], questions: Sequence[str]) -> Domain | None:
+    """The domain of ``questions`` under the tier ``args.domain_tier`` of ``tiers``, as the options ask (None: off)."""
+    if getattr(args, "no_domain", False) or not questions:
+        return None
+    tier = tier_index(args.domain_tier, len(tiers))
+    domain = fit_domain(tiers[tier], tier, questions, args.domain_percentile)
+    if domain is None:
+        print(f"stepgraph: note: {tiers[tier].name} cannot score questions (no question_logprob): no out-of-domain threshold "
+              "is written, the signal is off.", file=sys.stderr)
+    else:
+        print(f"stepgraph: out-of-domain threshold: {domain.threshold:.4g} (percentile {domain.percentile:g} of {domain.questions} "
+              f"questions' mean token log-likelihood under tier {tier}, {tiers[tier].name})", file=sys.stderr)
+    return domain
+
+
+def domain_with_tiers(args: argparse.Namespace, build_tiers: Callable[[], list[Any]] | None, questions: Sequence[str],
+                      recorded: Sequence[dict[str, Any]] | None = None, columns: Sequence[int] | None = None) -> Domain | None:
+    """``domain_from`` on tiers built for it (and closed after): those of ``columns`` (default: all). None without a way
+    to build them, or when they are not the ``recorded`` tiers (the traces' models, by parameter count)."""
+    if getattr(args, "no_domain", False) or not questions:
+        return None
+    if build_tiers is None:
+        print("stepgraph: note: the traces' tiers are not the shipped testbed's: no out-of-domain threshold is written "
+              "(give the tiers with --config).", file=sys.stderr)
+        return None
+    built = build_tiers()
+    try:
+        if recorded and [t.n_params for t in built] != [r.get("parameters", t.n_params) for r, t in zip(recorded, built)]:
+            print("stepgraph: note: the traces were not collected on the tiers this command loads: no out-of-domain threshold "
+                  "is written (give the tiers with --config).", file=sys.stderr)
+            return None
+        return domain_from(args, [built[i] for i in columns] if columns is not None else built, questions)
+    finally:
+        close_pair(built)
+
+
+def build_tiers_for(spec: Any, recorded: Sequence[dict[str, Any]]) -> Callable[[], list[Any]] | None:
+    """How to build the ``recorded`` tiers: the run spec's, else the shipped testbed tiers when they are these (by
+    parameter count, read from the weights' headers: nothing loads); None otherwise."""
+    if spec is not None:
+        return spec.build_tiers  # type: ignore[no-any-return]
+    from stepgraph.models.vllm_engine import count_parameters  # safetensors headers only; vLLM is not imported
+    from stepgraph.testbed import TIER_DIRS, load_tiers
+
+    dirs = TIER_DIRS.get(len(recorded), ())
+    if not dirs or any(r.get("parameters") not in (None, count_parameters(d)) for r, d in zip(recorded, dirs)):
+        return None
+    return lambda: load_tiers(len(recorded))
