@@ -80,6 +80,12 @@ def score_question(model: StepModel, question: str) -> QuestionScore | None:
     return score
 
 
+def min_questions(percentile: float) -> int:
+    """The fewest questions whose ``percentile`` lies above their lowest score: below it, the lowest calibration
+    question itself would be flagged."""
+    return math.ceil(100.0 / percentile - 1e-9)
+
+
 def fit_domain(model: StepModel, tier: int, questions: Sequence[str], percentile: float = DEFAULT_PERCENTILE) -> Domain | None:
     """The domain of ``questions``: their scores' ``percentile`` under ``model`` (tier ``tier``); None if it scores none of them."""
     scores = [s.mean_logprob for q in dict.fromkeys(questions) if (s := score_question(model, q)) is not None]

@@ -277,9 +277,13 @@ def test_solve_prints_one_warning_line_for_an_off_domain_question(capsys):
 def test_calibrate_domain_only_writes_the_field_and_keeps_kappa_and_weights(tmp_path, capsys):
     from stepgraph.cli import main
 
-    assert main(["calibrate", "--domain-only", "--policy", str(DEFAULT_POLICY_DIR), "--runs", "50", "--out", str(tmp_path)]) == 0
+    argv = ["calibrate", "--domain-only", "--policy", str(DEFAULT_POLICY_DIR), "--out", str(tmp_path)]
+    assert main([*argv, "--runs", "99"]) == 0  # the 1st percentile of fewer than 100 would flag the lowest question itself
+    out, err = capsys.readouterr()
+    assert json.loads(out)["domain"] is None and "too few" in err and load_policy(tmp_path).domain is None
+    assert main([*argv, "--runs", "100"]) == 0
     written = json.loads(capsys.readouterr().out)["domain"]
     fresh, shipped = load_policy(tmp_path), load_policy(DEFAULT_POLICY_DIR)
-    assert fresh.domain.model_dump() == written and (fresh.domain.tier, fresh.domain.questions, fresh.domain.percentile) == (1, 50, 1.0)
+    assert fresh.domain.model_dump() == written and (fresh.domain.tier, fresh.domain.questions, fresh.domain.percentile) == (1, 100, 1.0)
     assert fresh.kappa == shipped.kappa
     assert (tmp_path / "policy.safetensors").read_bytes() == (DEFAULT_POLICY_DIR / "policy.safetensors").read_bytes()

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from stepgraph.cli.options import in_range
-from stepgraph.domain import DEFAULT_PERCENTILE, Domain, fit_domain, tier_index
+from stepgraph.domain import DEFAULT_PERCENTILE, Domain, fit_domain, min_questions, tier_index
 from stepgraph.models.base import StepModel
 from stepgraph.testbed import close_pair
 
@@ -31,24 +31,14 @@ def add_domain_options(parser: argparse.ArgumentParser) -> None:
 
 def domain_from(args: argparse.Namespace, tiers: Sequence[StepModel], questions: Sequence[str]) -> Domain | None:
     """The domain of ``questions`` under the tier ``args.domain_tier`` of ``tiers``, as the options ask (None: off)."""
-    if getattr(args, "no_domain", False) or not questions:
-        return None
-    tier = tier_index(args.domain_tier, len(tiers))
-    domain = fit_domain(tiers[tier], tier, questions, args.domain_percentile)
-    if domain is None:
-        print(f"stepgraph: note: {tiers[tier].name} cannot score questions (no question_logprob): no out-of-domain threshold "
-              "is written, the signal is off.", file=sys.stderr)
-    else:
-        print(f"stepgraph: out-of-domain threshold: {domain.threshold:.4g} (percentile {domain.percentile:g} of {domain.questions} "
-              f"questions' mean token log-likelihood under tier {tier}, {tiers[tier].name})", file=sys.stderr)
-    return domain
+    return _fit(args, tiers, questions) if _wanted(args, questions) else None
 
 
 def domain_with_tiers(args: argparse.Namespace, build_tiers: Callable[[], list[Any]] | None, questions: Sequence[str],
                       recorded: Sequence[dict[str, Any]] | None = None, columns: Sequence[int] | None = None) -> Domain | None:
     """``domain_from`` on tiers built for it (and closed after): those of ``columns`` (default: all). None without a way
     to build them, or when they are not the ``recorded`` tiers (the traces' models, by parameter count)."""
-    if getattr(args, "no_domain", False) or not questions:
+    if not _wanted(args, questions):
         return None
     if build_tiers is None:
         print("stepgraph: note: the traces' tiers are not the shipped testbed's: no out-of-domain threshold is written "
@@ -60,9 +50,32 @@ def domain_with_tiers(args: argparse.Namespace, build_tiers: Callable[[], list[A
             print("stepgraph: note: the traces were not collected on the tiers this command loads: no out-of-domain threshold "
                   "is written (give the tiers with --config).", file=sys.stderr)
             return None
-        return domain_from(args, [built[i] for i in columns] if columns is not None else built, questions)
+        return _fit(args, [built[i] for i in columns] if columns is not None else built, questions)
     finally:
         close_pair(built)
+
+
+def _wanted(args: argparse.Namespace, questions: Sequence[str]) -> bool:
+    """Whether to fit a domain: not turned off, and enough distinct questions for the percentile (else a note says so)."""
+    if getattr(args, "no_domain", False):
+        return False
+    if len(set(questions)) < (needed := min_questions(args.domain_percentile)):
+        print(f"stepgraph: note: {len(set(questions))} questions are too few for an out-of-domain threshold at percentile "
+              f"{args.domain_percentile:g} (it needs {needed}): none is written, the signal is off.", file=sys.stderr)
+        return False
+    return True
+
+
+def _fit(args: argparse.Namespace, tiers: Sequence[StepModel], questions: Sequence[str]) -> Domain | None:
+    tier = tier_index(args.domain_tier, len(tiers))
+    domain = fit_domain(tiers[tier], tier, questions, args.domain_percentile)
+    if domain is None:
+        print(f"stepgraph: note: {tiers[tier].name} cannot score questions (no question_logprob): no out-of-domain threshold "
+              "is written, the signal is off.", file=sys.stderr)
+    else:
+        print(f"stepgraph: out-of-domain threshold: {domain.threshold:.4g} (percentile {domain.percentile:g} of {domain.questions} "
+              f"questions' mean token log-likelihood under tier {tier}, {tiers[tier].name})", file=sys.stderr)
+    return domain
 
 
 def build_tiers_for(spec: Any, recorded: Sequence[dict[str, Any]]) -> Callable[[], list[Any]] | None:
