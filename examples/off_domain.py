@@ -1,21 +1,29 @@
-"""What the router pays on questions outside its tiers' domain, with and without `stick_after`.
+"""What the router pays on questions outside its tiers' domain: the out-of-domain signal and `stick_after`.
 
 The shipped tiers know one template ("Ann has 12 coins. She gets 7 more. ..."); plain questions
 written by hand are outside it, every tier answers them wrong, and the gate escalates most steps,
-so each step pays for a draft and for the target. `RouterContext(stick_after=N)` stops paying for
-drafts after N escalated steps in a row. This prints generated FLOPs as a multiple of the target
-alone, off domain and on the in-domain test split.
+so each step pays for a draft and for the target. Two remedies: the out-of-domain signal
+(`stepgraph.domain`: the shipped policy's `domain` field; a question the target finds unusually
+unlikely is written by the target from its first step, no drafts paid) and
+`RouterContext(stick_after=N)` (after N escalated steps in a row, no more drafts). This prints
+generated FLOPs as a multiple of the target alone (and with prefill FLOPs counted too), off domain
+and on fresh in-domain test-split questions with their coverage, without and with the signal; then
+how often the signal flags fresh in-domain questions and the off-domain ones.
 
     python examples/off_domain.py
 """
 
 from __future__ import annotations
 
+import dataclasses
+
+from stepgraph.answers import is_correct
 from stepgraph.context import RouterContext
+from stepgraph.domain import score_question
 from stepgraph.graph import build_graph
-from stepgraph.integrations.studio import default_graph
-from stepgraph.routing.gates import AlwaysDraftGate
+from stepgraph.routing.gates import AlwaysDraftGate, PolicyGate
 from stepgraph.testbed import load_pair, task
+from stepgraph.testbed.defaults import DEFAULT_POLICY_DIR
 
 OFF_DOMAIN = [
     "Tom has 5 pens. He buys 3 more. How many pens does he have?",
@@ -51,20 +59,38 @@ OFF_DOMAIN = [
 ]
 
 
-def generated_flops(graph, questions: list[str], context: RouterContext) -> float:
-    return sum(graph.invoke({"question": q}, context=context)["totals"]["flops"] for q in questions)
+def run(graph, questions: list[str], context: RouterContext) -> list[dict]:
+    return [graph.invoke({"question": q}, context=context) for q in questions]
 
 
-def main() -> None:
-    graph = default_graph()
-    target = load_pair()[1]
-    target_alone = build_graph([target, target], AlwaysDraftGate())  # the target drafts every step itself
-    in_domain = [p.question for p in task.generate("test", 30, seed=11)]
-    for name, questions in (("off domain", OFF_DOMAIN), ("in domain", in_domain)):
-        target = generated_flops(target_alone, questions, RouterContext())
-        for stick_after in (None, 2, 1):
-            routed = generated_flops(graph, questions, RouterContext(stick_after=stick_after))
-            print(f"{name:10s} stick_after={stick_after!s:4s} routed / target alone = {routed / target:.3f}")
+def flops(results: list[dict], prefill: bool = False) -> float:
+    return sum(r["totals"]["flops"] + (r["totals"]["prefill_flops"] if prefill else 0.0) for r in results)
+
+
+def main(in_domain_questions: int = 60, flag_questions: int = 1000) -> None:
+    tiers = load_pair()
+    policy = PolicyGate.from_path(DEFAULT_POLICY_DIR)
+    graphs = {"off": build_graph(tiers, PolicyGate(dataclasses.replace(policy.artifact, domain=None))),
+              "on": build_graph(tiers, policy)}
+    target_alone = build_graph([tiers[1], tiers[1]], AlwaysDraftGate())  # the target drafts every step itself
+    problems = task.generate("test", in_domain_questions, seed=11)
+    for name, questions in (("off domain", OFF_DOMAIN), ("in domain", [p.question for p in problems])):
+        alone = run(target_alone, questions, RouterContext())
+        for signal, graph in graphs.items():
+            for stick_after in (None, 2):
+                routed = run(graph, questions, RouterContext(stick_after=stick_after))
+                line = (f"{name:10s} signal={signal:3s} stick_after={stick_after!s:4s} routed / target alone = "
+                        f"{flops(routed) / flops(alone):.3f} (with prefill {flops(routed, True) / flops(alone, True):.3f})")
+                if name == "in domain":  # relative coverage: right, or the target alone is wrong too
+                    covered = sum(is_correct(r["answer"], str(p.answer)) or not is_correct(a["answer"], str(p.answer))
+                                  for r, a, p in zip(routed, alone, problems))
+                    line += f", coverage {covered / len(problems):.3f}"
+                print(line)
+    domain, scorer = policy.domain, tiers[policy.domain.tier]
+    fresh = [p.question for p in task.generate("test", flag_questions, seed=12)]
+    for name, questions in (("fresh in-domain", fresh), ("off-domain", OFF_DOMAIN)):
+        flagged = sum(score_question(scorer, q).mean_logprob < domain.threshold for q in questions)
+        print(f"flagged out of domain: {name} {flagged}/{len(questions)} = {flagged / len(questions):.3f}")
 
 
 if __name__ == "__main__":

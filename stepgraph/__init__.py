@@ -57,6 +57,7 @@ _EXPORTS: dict[str, str] = {
     "AsyncStepModel": "stepgraph.models.base",
     "agenerate": "stepgraph.models.base",
     "StepOutput": "stepgraph.models.base",
+    "QuestionScore": "stepgraph.models.base",
     "TransformersStepModel": "stepgraph.models.local",
     "VLLMStepModel": "stepgraph.models.vllm_engine",
     "ChatStepModel": "stepgraph.models.chat",
@@ -118,6 +119,7 @@ __all__ = [
     "PolicyFileError",
     "PolicyGate",
     "Prices",
+    "QuestionScore",
     "RadarRouter",
     "RandomGate",
     "RouterContext",
@@ -173,7 +175,7 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the real names
     from stepgraph.graph.state import InputState, OutputState, RouterState, Step
     from stepgraph.integrations.chat_model import ChatStepRouter
     from stepgraph.integrations.tool import routed_reasoning_tool
-    from stepgraph.models.base import AsyncStepModel, StepModel, StepOutput, agenerate
+    from stepgraph.models.base import AsyncStepModel, QuestionScore, StepModel, StepOutput, agenerate
     from stepgraph.models.chat import ChatStepModel
     from stepgraph.models.costs import Prices
     from stepgraph.models.local import TransformersStepModel

@@ -82,7 +82,7 @@ def test_default_graph_has_no_allocate_or_plan_node_and_unchanged_output():
     graph = build_graph([draft, target], AlwaysDraftGate())
     assert set(graph.nodes) == {"__start__", "start", "draft", "features", "gate", "escalate", "append"}
     result = graph.invoke({"question": "q"})
-    assert set(result) == {"question", "steps", "answer", "stop_reason", "costs", "totals", "escalations"}
+    assert set(result) == {"question", "steps", "answer", "stop_reason", "costs", "totals", "escalations", "in_domain"}
     assert [s["tier"] for s in result["steps"]] == [0, 0, 0] and len(target.calls) == 0
 
 

@@ -15,7 +15,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
     ("quickstart.py", "answer: 42"),
     ("chat_model_chain.py", "answer: 12"),
     ("agent_tool.py", '"answer": "18"'),
-    ("off_domain.py", "off domain stick_after=2"),
+    ("off_domain.py", "off domain signal=on  stick_after=2"),
 ])
 def test_example_runs(script, expect):
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"} | {"OMP_NUM_THREADS": "1"}

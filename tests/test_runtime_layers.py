@@ -97,7 +97,7 @@ def test_the_cycle_check_finds_a_function_level_cycle(tmp_path):
 LAYERS = [
     {"errors", "answers", "_moved"},
     {"models"},
-    {"features", "context"},
+    {"features", "context", "domain"},
     {"artifacts"},
     {"routing", "tier_policy"},
     {"graph"},

@@ -72,6 +72,14 @@ def test_features_from_vllm_equal_transformers_on_the_same_tokens(engines, local
     assert steps[-1].startswith("\\boxed{")
 
 
+def test_question_logprob_equals_transformers_and_is_off_on_a_raw_logit_engine(engines, local):
+    question = PROBLEMS[0].question
+    assert engines[0].question_logprob(question) is None  # raw logits: one token's value cannot be normalised
+    ours, theirs = engines[1].question_logprob(question), local[1].question_logprob(question)
+    assert ours.mean_logprob == pytest.approx(theirs.mean_logprob, abs=1e-4)
+    assert (ours.question_tokens, ours.prompt_tokens, ours.generated_tokens) == (theirs.question_tokens, theirs.prompt_tokens + 1, 1)
+
+
 def test_cached_prefix_tokens_are_reported(engines):
     draft = engines[0]
     question = PROBLEMS[3].question

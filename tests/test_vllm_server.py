@@ -70,6 +70,13 @@ def test_server_steps_and_features_equal_transformers(tiers, local):
     assert steps[-1].startswith("\\boxed{") and target_v.finished
 
 
+def test_question_logprob_through_the_server_equals_transformers(tiers, local):
+    question = PROBLEMS[0].question
+    assert tiers[0].question_logprob(question) is None  # a raw-logit server's prompt scores are logits
+    ours, theirs = tiers[1].question_logprob(question), local[1].question_logprob(question)
+    assert ours.mean_logprob == pytest.approx(theirs.mean_logprob, abs=1e-4) and ours.question_tokens == theirs.question_tokens
+
+
 def test_cached_prompt_tokens_come_back_in_usage(tiers):
     draft = tiers[0]
     first = draft.generate_step(PROBLEMS[1].question, [], temperature=0)

@@ -1,6 +1,6 @@
 """The routing policy for K ≥ 2 tiers and its artifact: safetensors weights + a JSON manifest.
 
-One class (``PolicyArtifact``), one format (``stepgraph.policy`` version 3, ``kind: "policy"``),
+One class (``PolicyArtifact``), one format (``stepgraph.artifacts.policy`` version 3, ``kind: "policy"``),
 one κ scale. The network maps a step's normalised features, and, where ``network.tier_input``
 says so, the one-hot tier k that wrote the step, to logits ℓ over the K tiers (tier k accepts,
 j > k rewrites the step; tiers below k are masked). The gate escalates iff the log-odds of
@@ -54,6 +54,7 @@ from stepgraph.artifacts.manifest import (
     validate,
     write_artifact,
 )
+from stepgraph.domain import Domain
 from stepgraph.errors import PolicyFileError
 from stepgraph.features import FeatureSchema, Observation, known_schema
 
@@ -102,6 +103,8 @@ class _Common(BaseModel):
     training: dict[str, Any] = Field(default_factory=dict)
     guarantee: dict[str, Any] | None = None
     """the coverage the artifact may claim (``{"type": "split-conformal" | "none", ...}``); None before it was recorded"""
+    domain: Domain | None = None
+    """the out-of-domain signal's tier and threshold (``stepgraph.domain``); absent: the signal is off"""
     weights_sha256: str
 
     @model_validator(mode="after")
@@ -334,6 +337,8 @@ class PolicyArtifact(Normalising):
     guarantee: dict[str, Any] | None = None
     """The coverage κ was calibrated to hold: ``{"type": "split-conformal", "coverage": 1 − α, ...}``,
     or ``{"type": "none", "reason": ...}`` (too few calibration episodes); None in older artifacts."""
+    domain: Domain | None = None
+    """The out-of-domain signal's tier and threshold (``stepgraph.domain``); None: off (older artifacts)."""
     scale: InitVar[str | None] = None
     """Deprecated: κ is always on the log-odds scale; ``scale="probability"`` converts a probability κ."""
 
@@ -436,6 +441,7 @@ class PolicyArtifact(Normalising):
             "normalization": {"mean": self.mean, "std": self.std, "ignored": self.ignored},
             "network": {"hidden": self.hidden, "layers": self.layers, "tier_input": self.network.tier_input},
             "training": self.training, "guarantee": self.guarantee,
+            **({} if self.domain is None else {"domain": self.domain.model_dump()}),  # absent when off, as older readers expect
         }
         return write_artifact(directory, "policy", self.network, manifest, Manifest,
                               diverged=" (training diverged; lower --delta or check the traces)")
@@ -459,7 +465,7 @@ class PolicyArtifact(Normalising):
         norm = manifest.normalization
         return cls(network, manifest.kappa, manifest.alpha, schema, list(norm.mean), list(norm.std), shape.hidden,
                    shape.layers, [t.model_dump() for t in manifest.tiers], manifest.training, list(norm.ignored or ()),
-                   manifest.guarantee)
+                   manifest.guarantee, manifest.domain)
 
 
 def load_policy(directory: str | Path, expected_schema: FeatureSchema | None = None) -> PolicyArtifact:

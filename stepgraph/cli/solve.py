@@ -19,7 +19,14 @@ SHIPPED_PAIR_SCOPE = """\
 The shipped testbed pair (the default --models) is two tiny models trained on one template only:
 "NAME has N ITEMS. She gets / finds / buys / gives away / loses / sells K (more) ... She multiplies
 them by K ... How many ITEMS does she have?", with 2 to 4 operations. Other phrasings get confident
-wrong answers: bring your own models (--models DIR DIR) for real questions."""
+wrong answers: bring your own models (--models DIR DIR) for real questions. A question the
+policy's out-of-domain signal finds unlike its calibration questions gets one warning line on
+stderr and is written by the strongest tier alone."""
+
+OUT_OF_DOMAIN = ("stepgraph solve: warning: this question is unlike the questions the router was calibrated on (out of domain), "
+                 "so the strongest tier wrote every step and the answer may still be wrong; for such questions use models "
+                 "trained on them (--models DIR DIR, or --config).")
+"""The one stderr line for a question the out-of-domain signal flags (``stepgraph.domain``)."""
 
 SPEC_CHOOSES = ("gate", "models", "tiers", "allocator")
 """Options a run spec sets itself: given with --config they are refused, not silently ignored."""
@@ -85,7 +92,8 @@ def _solve_from_spec(args: argparse.Namespace) -> int:
         result = build_graph(tiers, spec.build_gate(tiers), prices=spec.prices()).invoke({"question": question}, context=context)
     finally:
         close_pair(tiers)
-    keys = ("answer", "stop_reason", "escalations", "totals", "costs", "steps") if args.json else ("answer", "stop_reason", "escalations", "totals", "costs")
+    warn_if_out_of_domain(result)
+    keys = ("answer", "stop_reason", "escalations", "in_domain", "totals", "costs", *(("steps",) if args.json else ()))
     print(json.dumps({k: result[k] for k in keys}, indent=2, default=str))
     return 0
 
@@ -114,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         allocator = LearnedAllocator.from_path(args.allocator, [{"name": m.name, "parameters": m.n_params} for m in models])
     graph = build_graph(models, gate, allocator=allocator, allow_other_tiers=args.allow_other_tiers)
     result = graph.invoke({"question": question}, context=context)
+    warn_if_out_of_domain(result)
     if args.json:
         json.dump(result, sys.stdout, indent=2, default=str)
         print()
@@ -127,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"    draft replaced: {step['draft']!r}")
         print("    " + step["text"].replace("\n", "\n    "))
     totals = result["totals"]
-    print(f"answer: {result['answer']}   (stop: {result['stop_reason']}, escalations: {result['escalations']})")
+    print(f"answer: {result['answer']}   (stop: {result['stop_reason']}, escalations: {result['escalations']}, "
+          f"in domain: {_yes_no(result.get('in_domain'))})")
     print(
         f"cost: {totals['flops']:.3e} FLOPs generated + {totals['prefill_flops']:.3e} prefill, "
         f"{int(totals['output_tokens'])} output tokens, ${totals['usd']:.6f}"
@@ -135,6 +145,15 @@ def run(args: argparse.Namespace) -> int:
     for tier, cost in sorted(result["costs"].items()):
         print(f"  tier {tier}: {int(cost['calls'])} calls, {cost['flops']:.3e} FLOPs")
     return 0
+
+
+def _yes_no(flag: bool | None) -> str:
+    return "unknown" if flag is None else "yes" if flag else "no"
+
+
+def warn_if_out_of_domain(result: dict[str, Any]) -> None:
+    if result.get("in_domain") is False:
+        print(OUT_OF_DOMAIN, file=sys.stderr)
 
 
 def step_confidence(step: dict[str, Any]) -> str:

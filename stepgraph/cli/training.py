@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from stepgraph.cli.dataclass_options import add_dataclass_options, dataclass_from_args
 from stepgraph.cli.options import in_range
 from stepgraph.defaults import DEFAULT_POLICY_DIR
+from stepgraph.domain import DEFAULT_PERCENTILE
 from stepgraph.errors import ConfigError, StepgraphError
 from stepgraph.features import FEATURE_SCHEMA
 from stepgraph.models.base import DEFAULT_TEMPERATURE
@@ -42,6 +43,7 @@ from stepgraph.training.calibration.calibrate import (
     min_episodes,
     too_few_message,
 )
+from stepgraph.training.calibration.domain import build_tiers_for, domain_from, domain_with_tiers
 from stepgraph.training.calibration.guarantee import calibration_guarantee, episodes_needed
 from stepgraph.training.collection.collect import collect, default_store_path, testbed_items
 from stepgraph.training.collection.evaluate import evaluate_gates
@@ -52,6 +54,16 @@ from stepgraph.training.learning.cpo_tiers import TierCPOArgs, train_tier_policy
 
 if TYPE_CHECKING:
     from stepgraph.training.spec import RunSpec
+
+
+def add_domain_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--domain-percentile", type=in_range(float, 0, 100, exclusive=True), default=DEFAULT_PERCENTILE, metavar="P",
+                        help="out-of-domain signal: a question scoring below this percentile of the calibration questions' mean "
+                             "token log-likelihood is out of the domain and written by the strongest tier (default: %(default)s)")
+    parser.add_argument("--domain-tier", type=int, default=-1, metavar="TIER",
+                        help="out-of-domain signal: the tier that scores questions, by index, negative from the strongest "
+                             "(default: %(default)s, the strongest)")
+    parser.add_argument("--no-domain", action="store_true", help="write no out-of-domain threshold (the signal is off)")
 
 
 def _spec(args: argparse.Namespace) -> RunSpec | None:
@@ -119,7 +131,7 @@ def _train(args: argparse.Namespace) -> dict:
         raise StepgraphError(f"{args.store} holds no {args.split} episodes; run `stepgraph collect` first.")
     calibration = [e for e in calibration if e.steps]
     if args.tier_policy or args.columns or len(models or []) > 2:
-        return _train_tiers(args, episodes, calibration, models or [])
+        return _train_tiers(args, spec, episodes, calibration, models or [])
     cpo_args = dataclass_from_args(CPOArgs, args)
     if calibration and len(calibration) < min_episodes(cpo_args.alpha):
         # Too few for any κ to pass: keep the online κ (recorded as "no guarantee") rather than an uncalibrated κ = 0.
@@ -134,6 +146,7 @@ def _train(args: argparse.Namespace) -> dict:
     if artifact.guarantee["type"] == "none":
         print(f"stepgraph: warning: the policy has no coverage guarantee: {artifact.guarantee['reason']}", file=sys.stderr)
     artifact.training = {**artifact.training, "store": str(args.store), "episodes": len(episodes), "seconds": round(time.time() - started, 1)}
+    artifact.domain = domain_with_tiers(args, build_tiers_for(spec, models or []), [e.question for e in calibration or episodes], models)
     artifact.save(args.out)
     keys = ("online_kappa", "calibration_episodes", "calibration_surrogate_miss", "surrogate_coverage", "escalation_rate")
     if not calibration:
@@ -153,7 +166,7 @@ def _with_metrics(out: Path, train: Callable[[Callable[[int, dict], object]], tu
     return artifact, metrics_file
 
 
-def _train_tiers(args: argparse.Namespace, episodes: list, calibration: list, tiers: list[dict[str, Any]]) -> dict:
+def _train_tiers(args: argparse.Namespace, spec: RunSpec | None, episodes: list, calibration: list, tiers: list[dict[str, Any]]) -> dict:
     """The K-tier policy (``cpo_tiers.train_tier_policy``) on a store whose episodes record every tier's step."""
     cpo_args = dataclass_from_args(TierCPOArgs, args)
     columns = args.columns or list(range(len(tiers)))
@@ -171,6 +184,8 @@ def _train_tiers(args: argparse.Namespace, episodes: list, calibration: list, ti
     artifact, metrics_file = _with_metrics(args.out, lambda log: train_tier_policy(
         episodes, tiers, cpo_args, columns=columns, calibration=calibration, ignore_features=args.ignore_feature, log=log))
     artifact.training = {**artifact.training, "store": str(args.store), "seconds": round(time.time() - started, 1)}
+    artifact.domain = domain_with_tiers(args, build_tiers_for(spec, tiers), [e.question for e in calibration or episodes], tiers,
+                                        columns)
     artifact.save(args.out)
     guarantee = artifact.guarantee or {}
     if guarantee.get("type") == "none":
@@ -203,6 +218,8 @@ def _calibrate(args: argparse.Namespace) -> dict:
     alpha = args.alpha if args.alpha is not None else (spec.alpha if spec else CPOArgs.alpha)
     store_path = args.store or (spec.paths.store if spec else default_store_path())
     out = args.out or (spec.paths.gate if spec else Path("runs/gate"))
+    if args.domain_only:
+        return _calibrate_domain(args, spec, out)
     if args.runs is not None:
         return _calibrate_on_runs(args, spec, alpha, out)
     name = args.gate or (spec.gate.name if spec and spec.gate.name in ("policy", "threshold", "steer", "prm") else "policy")
@@ -233,8 +250,9 @@ def _calibrate(args: argparse.Namespace) -> dict:
     result = replay.calibrate(alpha)
     curve = replay.curve([*CURVE_ALPHAS, alpha])
     summary = {**result.as_dict(), "met": result.misses <= result.allowed, "store": str(store_path), "split": args.split}
+    domain = domain_with_tiers(args, build_tiers_for(spec, tiers), [e.question for e in calibration], tiers)
     if name == "policy":
-        artifact = dataclasses.replace(gate.artifact, kappa=result.threshold, alpha=alpha)
+        artifact = dataclasses.replace(gate.artifact, kappa=result.threshold, alpha=alpha, domain=domain)
         artifact.training = {**artifact.training, "recalibrated": summary}
         artifact.save(out)
     elif name == "steer":
@@ -243,7 +261,7 @@ def _calibrate(args: argparse.Namespace) -> dict:
     elif name == "prm":
         out.mkdir(parents=True, exist_ok=True)
         prm.save(out / PRM_FILE)
-    save_gate(out, name, {**options, "threshold": result.threshold}, tiers=tiers, calibration={**summary, "curve": curve})
+    save_gate(out, name, {**options, "threshold": result.threshold}, tiers=tiers, calibration={**summary, "curve": curve}, domain=domain)
     print(curve_table(curve), file=sys.stderr)
     if not summary["met"]:
         print(f"stepgraph calibrate: warning: no threshold meets α = {alpha} on the surrogate; the gate escalates as much as it can.",
@@ -282,19 +300,46 @@ def _calibrate_on_runs(args: argparse.Namespace, spec: RunSpec | None, alpha: fl
         check_tiers(recorded, current, str(policy_dir), args.allow_other_tiers or bool(spec and spec.gate.allow_other_tiers))
         calibrated = calibrate_kappa(tiers, gate, items, alphas=sorted({*CURVE_ALPHAS, alpha}), seed=seed, context=context,
                                      prices=prices, concurrency=args.concurrency)
+        domain = domain_from(args, tiers, [item.question for item in items])
     finally:
         close_pair(tiers)
     chosen = calibrated[alpha]
-    artifact = with_live_kappa(gate.artifact, chosen, alpha)
+    artifact = dataclasses.replace(with_live_kappa(gate.artifact, chosen, alpha), domain=domain)
     artifact.save(out)
     curve = curve_rows(calibrated)
     summary = {"threshold": artifact.kappa, "alpha": alpha, "kappa_from": "calibration runs", "guarantee": chosen["guarantee"]["type"],
                "kappa_before": gate.artifact.kappa, **chosen["calibration"]}
-    save_gate(out, "policy", {"threshold": artifact.kappa}, tiers=current, calibration={**summary, "curve": curve})
+    save_gate(out, "policy", {"threshold": artifact.kappa}, tiers=current, calibration={**summary, "curve": curve}, domain=domain)
     print(curve_table(curve, "coverage (runs)"), file=sys.stderr)
     if chosen["guarantee"]["type"] == "none":
         print(f"stepgraph calibrate: warning: {chosen['guarantee']['reason']}", file=sys.stderr)
     return {"out": str(out), "gate": "policy", "policy": str(policy_dir), **summary, "curve": curve}
+
+
+def _calibrate_domain(args: argparse.Namespace, spec: RunSpec | None, out: Path) -> dict:
+    """``calibrate --domain-only``: (re)compute a policy's out-of-domain threshold on calibration questions; κ and weights kept."""
+    from stepgraph.artifacts.tiers import describe
+
+    policy_dir = args.policy or (spec.paths.policy if spec else Path("runs/policy"))
+    gate = PolicyGate.from_path(policy_dir)
+    recorded = gate.artifact.models.get("tiers") or []
+    n = args.runs or DOMAIN_QUESTIONS
+    items = spec.items("calibration")[:n] if spec is not None else testbed_items("calibration", n, seed=args.seed)
+    build = build_tiers_for(spec, recorded or [{}, {}])
+    if build is None:
+        raise ConfigError(f"{policy_dir} was trained on other tiers than the shipped testbed's: give its tiers with --config.")
+    tiers = build()
+    try:
+        check_tiers(recorded, spec.describe_tiers(tiers) if spec else describe(tiers), str(policy_dir), args.allow_other_tiers)
+        domain = domain_from(args, tiers, [item.question for item in items])
+    finally:
+        close_pair(tiers)
+    dataclasses.replace(gate.artifact, domain=domain).save(out)
+    return {"out": str(out), "policy": str(policy_dir), "domain": None if domain is None else domain.model_dump()}
+
+
+DOMAIN_QUESTIONS = 400
+"""``calibrate --domain-only`` without --runs: how many calibration questions the threshold is computed on."""
 
 
 def curve_table(curve: list[dict[str, Any]], coverage: str = "coverage (surrogate)") -> str:
@@ -512,6 +557,7 @@ def add_commands(sub: Any) -> None:
                         "first, e.g. 0 2 (default: all recorded tiers)")
     t.add_argument("--supervised-epochs", type=int, default=100, help="allocator: supervised stage's full-batch epochs (default: %(default)s)")
     t.add_argument("--supervised-lr", type=float, default=1e-2, help="allocator: supervised stage's learning rate (default: %(default)s)")
+    add_domain_options(t)
     t.set_defaults(func=_single_threaded(_train))
 
     k = sub.add_parser("calibrate", help="set a gate's threshold so held-out coverage meets 1 - alpha; print the alpha curve",
@@ -535,6 +581,11 @@ def add_commands(sub: Any) -> None:
                         "the stored traces: each problem is run at every κ that changes a decision, beside the strongest tier "
                         "alone; no store needed (testbed: the shipped tiers the policy records)")
     k.add_argument("--seed", type=int, default=0, help="testbed, --runs: problem and sampling seed (default: %(default)s)")
+    k.add_argument("--domain-only", action="store_true",
+                   help=f"only (re)compute the policy's out-of-domain threshold on calibration questions (--runs N of them, default "
+                        f"{DOMAIN_QUESTIONS}; the spec's calibration split, or the testbed's) and write the policy to --out with κ and "
+                        "weights unchanged")
+    add_domain_options(k)
     k.set_defaults(func=_single_threaded(_calibrate))
 
     e = sub.add_parser("evaluate", help="run the trained gate live in the graph against target-only and draft-only",

@@ -146,7 +146,7 @@ def build_graph(
     nodes = RoutingNodes(tiers, gates, prices, limits)
     output: type[OutputState] = OutputState if decomposer is None else PlannedOutputState
     builder = StateGraph(RouterState, context_schema=RouterContext, input_schema=InputState, output_schema=output)
-    builder.add_node("start", _Node(nodes.start))
+    builder.add_node("start", _Node(nodes.start, nodes.astart))
     builder.add_node("draft", _Node(nodes.draft, nodes.adraft))
     builder.add_node("features", _Node(nodes.features))
     builder.add_node("gate", _Node(nodes.gate))

@@ -9,6 +9,7 @@ event loop instead of holding a thread each.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -20,10 +21,11 @@ from langgraph.types import Overwrite
 
 from stepgraph.answers import extract_boxed
 from stepgraph.context import RouterContext, RouterLimits, validate_question
+from stepgraph.domain import Domain, logger, score_question
 from stepgraph.errors import BadQuestionError, ConfigError, ContextLimitError, ModelOutputError
 from stepgraph.features import observe
 from stepgraph.graph.state import RouterState, Step
-from stepgraph.models.base import StepModel, StepOutput, agenerate
+from stepgraph.models.base import QuestionScore, StepModel, StepOutput, agenerate
 from stepgraph.models.costs import Prices, call_cost, total_costs
 from stepgraph.routing.gates import ALIASES
 from stepgraph.routing.gates.base import Gate, GateInput
@@ -136,16 +138,40 @@ class RoutingNodes:
     # --- nodes -------------------------------------------------------------------------------
 
     def start(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
-        """A new question starts a fresh answer: check it and the settings, then reset the trajectory.
+        """A new question starts a fresh answer: check it and the settings, score it against the gate's
+        domain (``stepgraph.domain``), then reset the trajectory.
 
         Runs only when an input arrives (``invoke({"question": ...})``), also on a thread that
         holds an earlier answer; ``invoke(None, config)`` resumes an interrupted run past it.
         """
-        self.gate_for(self.context(runtime))  # an unknown gate or a setting over a limit: refused before any paid call
-        validate_question(state.get("question"), self.limits.max_question_chars)
+        domain, question = self._domain_of(state, runtime)
+        return self._started(domain, None if domain is None else score_question(self.tiers[domain.tier], question))
+
+    async def astart(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
+        """``start``, scoring the question in a worker thread."""
+        domain, question = self._domain_of(state, runtime)
+        score = None if domain is None else await asyncio.to_thread(score_question, self.tiers[domain.tier], question)
+        return self._started(domain, score)
+
+    def _domain_of(self, state: RouterState, runtime: Runtime[RouterContext]) -> tuple[Domain | None, str]:
+        """The run's gate's domain (None: the signal is off) and the checked question."""
+        gate = self.gate_for(self.context(runtime))  # an unknown gate or a setting over a limit: refused before any paid call
+        question = validate_question(state.get("question"), self.limits.max_question_chars)
+        domain: Domain | None = getattr(gate, "domain", None)
+        if domain is not None and domain.tier >= len(self.tiers):
+            logger.warning("in_domain unknown: the gate's domain is scored by tier %d; this graph has %d tiers.", domain.tier, len(self.tiers))
+            return None, question
+        return domain, question
+
+    def _started(self, domain: Domain | None, score: QuestionScore | None) -> dict[str, Any]:
+        """The fresh state of a new question; one out of the domain starts on the strongest tier."""
+        in_domain = None if domain is None or score is None else score.mean_logprob >= domain.threshold
+        costs = {} if domain is None or score is None else \
+            {str(domain.tier): call_cost(score, self.tiers[domain.tier].n_params, self.prices[domain.tier])}
         return {
+            "in_domain": in_domain,
             "steps": Overwrite([]),
-            "costs": Overwrite({}),
+            "costs": Overwrite(costs),
             "candidate": None,
             "candidate_tier": 0,
             "attempts": [],
@@ -153,12 +179,12 @@ class RoutingNodes:
             "first_observation": None,
             "decision": None,
             "first_decision": None,
-            "base_tier": 0,
+            "base_tier": len(self.tiers) - 1 if in_domain is False else 0,  # out of its depth: no drafts from the start
             "escalations": 0,
             "escalation_run": 0,
             "answer": None,
             "stop_reason": None,
-            "totals": total_costs({}),
+            "totals": total_costs(costs),
         }
 
     def draft(self, state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:

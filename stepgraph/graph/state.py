@@ -71,6 +71,7 @@ class OutputState(TypedDict):
     costs: dict[str, dict[str, float]]
     totals: dict[str, float]
     escalations: int
+    in_domain: bool | None  # the out-of-domain signal (stepgraph.domain): None when unknown or off
 
 
 class PlannedOutputState(OutputState):
@@ -107,6 +108,7 @@ class RouterState(TypedDict):
     base_tier: NotRequired[int]
     escalations: NotRequired[int]
     escalation_run: NotRequired[int]  # escalated steps in a row (RouterContext.stick_after)
+    in_domain: NotRequired[bool | None]  # whether the question is like the gate's calibration questions (None: unknown)
     answer: NotRequired[str | None]
     stop_reason: NotRequired[str | None]
     totals: NotRequired[dict[str, float]]

@@ -547,6 +547,7 @@ def _metadata(result: dict[str, Any], model_name: str) -> dict[str, Any]:
         "answer": result.get("answer"),
         "stop_reason": result.get("stop_reason"),
         "escalations": result.get("escalations", 0),
+        "in_domain": result.get("in_domain"),
         "steps": [_step_info(s) for s in result.get("steps", [])],
         "costs": result.get("costs", {}),
         "totals": result.get("totals", {}),

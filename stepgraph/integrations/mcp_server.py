@@ -58,6 +58,9 @@ class RoutedAnswer(BaseModel):
     answer: str | None = Field(description="The final answer (the \\boxed{} content), None if the run stopped first.")
     stop_reason: str | None = Field(description="final_answer, max_steps or budget.")
     escalations: int = Field(description="Steps rewritten by a stronger tier.")
+    in_domain: bool | None = Field(default=None, description="Whether the question is like those the router was calibrated on; "
+                                   "false: out of its domain, every step written by the strongest tier, the answer may be wrong; "
+                                   "null: unknown.")
     steps: list[RoutedStep]
     cost: RoutedCost
 
@@ -68,6 +71,7 @@ def routed_answer(result: dict[str, Any]) -> RoutedAnswer:
         answer=result.get("answer"),
         stop_reason=result.get("stop_reason"),
         escalations=result.get("escalations", 0),
+        in_domain=result.get("in_domain"),
         steps=[RoutedStep(index=s["index"], tier=s["tier"], model=s["model"], escalated=s["escalated"], text=s["text"])
                for s in result.get("steps", [])],
         cost=RoutedCost(flops=totals.get("flops", 0.0), usd=totals.get("usd", 0.0),

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from stepgraph.context import RouterLimits
-from stepgraph.models.base import StepModel, StepOutput, agenerate
+from stepgraph.models.base import QuestionScore, StepModel, StepOutput, agenerate
 
 # What one client of the served graph may ask for: enough for the shipped pair's answers (a few
 # steps of a few dozen tokens), small enough that one request cannot hold the server for long.
@@ -57,6 +57,11 @@ class LazyStepModel:
 
     def generate_step(self, question: str, steps: Sequence[str], **kwargs: Any) -> StepOutput:
         return self.model.generate_step(question, steps, **kwargs)
+
+    def question_logprob(self, question: str) -> QuestionScore | None:
+        """The loaded model's out-of-domain statistic (None where its backend has none)."""
+        score = getattr(self.model, "question_logprob", None)
+        return None if score is None else score(question)  # type: ignore[no-any-return]
 
     async def agenerate_step(self, question: str, steps: Sequence[str], **kwargs: Any) -> StepOutput:
         # Loading reads files and takes seconds: a worker thread does it, not the event loop.

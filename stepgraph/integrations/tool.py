@@ -35,11 +35,15 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
         "steps": [f"[tier {s['tier']}] {s['text']}" for s in result["steps"]],
         "stop_reason": result["stop_reason"],
         "escalations": result["escalations"],
+        "in_domain": result.get("in_domain"),
         "flops": totals["flops"],
         "usd": totals["usd"],
     }
     if result["answer"] is None:  # say so in words: an agent should not read a number into the steps
         summary["note"] = f"No final answer (stop reason: {result['stop_reason']}); rephrase or split the question."
+    if result.get("in_domain") is False:  # an agent should not trust it as it would an in-domain answer
+        warning = "The question is outside the models' domain (in_domain false): the answer may be wrong; check it another way."
+        summary["note"] = f"{summary.get('note', '')} {warning}".strip()
     return summary
 
 

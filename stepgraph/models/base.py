@@ -63,6 +63,30 @@ class StepOutput:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class QuestionScore:
+    """How likely a model finds a question: the out-of-domain signal's statistic, and what reading it cost.
+
+    Attributes:
+        mean_logprob: the mean log-likelihood of the question's tokens (inside the model's chat
+            prompt), each given the tokens before it; unusual text scores low.
+        question_tokens: how many tokens the mean is over.
+        prompt_tokens: tokens the call read (the prompt up to the question's end, at least).
+        cached_tokens: of those, tokens served from a prefix cache.
+        generated_tokens: tokens the call generated (a server may have to generate one).
+    """
+
+    mean_logprob: float
+    question_tokens: int
+    prompt_tokens: int
+    cached_tokens: int = 0
+    generated_tokens: int = 0
+
+    @property
+    def prefill_tokens(self) -> int:
+        return self.prompt_tokens - self.cached_tokens
+
+
 @runtime_checkable
 class StepModel(Protocol):
     """A model that continues a chain-of-thought answer by one step.
@@ -70,6 +94,10 @@ class StepModel(Protocol):
     A backend with a native asynchronous client may also implement ``agenerate_step`` (see
     ``AsyncStepModel``); the graph's async runs (``ainvoke``, ``abatch``, ``astream``) then await
     it instead of holding a thread per call. ``agenerate`` picks whichever the model has.
+
+    A backend may also implement ``question_logprob(question) -> QuestionScore | None`` (see
+    ``ScoringStepModel``), the statistic of the out-of-domain signal (``stepgraph.domain``); a
+    backend without it, or returning None, leaves the signal off.
     """
 
     name: str
@@ -107,6 +135,33 @@ class AsyncStepModel(StepModel, Protocol):
     ) -> StepOutput:
         """The asynchronous ``generate_step``: same arguments, same result."""
         ...
+
+
+@runtime_checkable
+class ScoringStepModel(StepModel, Protocol):
+    """A StepModel that can say how likely it finds a question (the out-of-domain signal's statistic)."""
+
+    def question_logprob(self, question: str) -> QuestionScore | None:
+        """The mean log-likelihood of ``question``'s tokens in this model's prompt, or None where the backend cannot tell."""
+        ...
+
+
+def question_span(tokenizer: Any, prompt: str, question: str) -> tuple[int, int]:
+    """The token positions [start, end) of ``question`` inside ``prompt``'s tokens, start ≥ 1 (a scored token has a token before it).
+
+    Counted by tokenizing the prompt up to the question's start and end: chat templates put the
+    question between a line break and a special token, where no token spans the boundary.
+
+    Raises:
+        ValueError: the prompt does not hold the question verbatim, or it has no token to score.
+    """
+    at = prompt.rfind(question)
+    if at < 0:
+        raise ValueError("the chat template does not hold the question verbatim")
+    start, end = (len(tokenizer(prompt[:i], add_special_tokens=False)["input_ids"]) for i in (at, at + len(question)))
+    if end <= max(1, start):
+        raise ValueError("the question has no token to score")
+    return max(1, start), end
 
 
 async def agenerate(model: StepModel, question: str, steps: Sequence[str], **kwargs: Any) -> StepOutput:

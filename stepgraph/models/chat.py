@@ -28,7 +28,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
 from stepgraph.errors import ContextLimitError, ModelOutputError
-from stepgraph.models.base import DEFAULT_TEMPERATURE, STEP_SEPARATOR, StepOutput, split_step
+from stepgraph.models.base import DEFAULT_TEMPERATURE, STEP_SEPARATOR, QuestionScore, StepOutput, split_step
 
 CONTINUE_PROMPT = (
     "{question}\n\nSolve it step by step, one step per paragraph. The steps so far are:\n\n{steps}\n\n"
@@ -83,6 +83,7 @@ class ChatStepModel:
         self.require_logprobs = require_logprobs
         self.max_retries = max_retries
         self.backoff_seconds = backoff_seconds
+        self._no_prompt_logprobs = False  # the server answered question_logprob without them once: not asked again
 
     def messages(self, question: str, steps: Sequence[str]) -> list[BaseMessage]:
         head: list[BaseMessage] = [SystemMessage(self.system_prompt)] if self.system_prompt else []
@@ -148,6 +149,36 @@ class ChatStepModel:
         reply = await self._ainvoke(self.messages(question, steps), **self._call_kwargs(temperature, seed, max_tokens))
         return self._step(reply)
 
+    def question_logprob(self, question: str) -> QuestionScore | None:
+        """The mean log-likelihood of the question's tokens, from vLLM's ``prompt_logprobs`` extension.
+
+        Asked of the OpenAI client under a ``ChatOpenAI`` (its ``root_client``): one chat completion of
+        one token with ``extra_body={"prompt_logprobs": 0}``, the prompt's tokens read from the
+        response's ``prompt_logprobs`` rows. None (the out-of-domain signal is off) for another chat
+        model, for a server in raw-logit mode, and once a server answers without the field or refuses
+        it (OpenAI's API), which is not asked again.
+        """
+        client = getattr(self.chat_model, "root_client", None)
+        if client is None or self.logprobs_are_logits or self._no_prompt_logprobs:
+            return None
+        head = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        try:
+            response = client.chat.completions.create(
+                model=getattr(self.chat_model, "model_name", None) or self.name, messages=[*head, {"role": "user", "content": question}],
+                max_tokens=1, temperature=0.0, extra_body={"prompt_logprobs": 0})
+        except Exception as exc:
+            if not is_transient(exc):
+                self._no_prompt_logprobs = True
+            raise ModelOutputError(f"{self.name} could not score the question (prompt_logprobs): {type(exc).__name__}: {exc}") from exc
+        rows = (getattr(response, "model_extra", None) or {}).get("prompt_logprobs")
+        if not rows:
+            self._no_prompt_logprobs = True
+            return None
+        usage = getattr(response, "usage", None)
+        cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", 0) or 0
+        return _question_mean(rows, question, getattr(usage, "prompt_tokens", len(rows)), int(cached),
+                              getattr(usage, "completion_tokens", 1))
+
     def _step(self, reply: AIMessage) -> StepOutput:
         text, _ = split_step(reply.text if isinstance(reply.text, str) else str(reply.content))
         content = (reply.response_metadata.get("logprobs") or {}).get("content") or []
@@ -187,3 +218,24 @@ class ChatStepModel:
             return meta["stop_reason"] is None
         # vLLM through langchain-openai, which drops stop_reason: a matched step break is among the tokens
         return self.continue_final_message and bool(tokens) and STEP_SEPARATOR not in "".join(tokens)
+
+
+def _question_mean(rows: Sequence[dict[str, Any] | None], question: str, prompt_tokens: int, cached: int, generated: int) -> QuestionScore:
+    """The mean log-probability of the prompt tokens whose text overlaps ``question``, from vLLM's
+    ``prompt_logprobs`` rows (one ``{token_id: {"logprob", "decoded_token", ...}}`` per prompt token, the first None)."""
+    pieces: list[tuple[str, float | None]] = []
+    for row in rows:
+        entry = next(iter(row.values())) if row else None  # prompt_logprobs=0: the prompt token alone
+        pieces.append(("", None) if entry is None else (str(entry.get("decoded_token") or ""), float(entry["logprob"])))
+    text = "".join(piece for piece, _ in pieces)
+    at = text.rfind(question)
+    if at < 0:
+        raise ModelOutputError("the server's prompt_logprobs tokens do not spell the question")
+    values, offset = [], 0
+    for piece, logprob in pieces:
+        if logprob is not None and offset < at + len(question) and offset + len(piece) > at:
+            values.append(logprob)
+        offset += len(piece)
+    if not values:
+        raise ModelOutputError("the server's prompt_logprobs hold no value for the question's tokens")
+    return QuestionScore(sum(values) / len(values), len(values), int(prompt_tokens), cached, int(generated))

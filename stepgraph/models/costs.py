@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stepgraph.models.base import StepOutput
+from stepgraph.models.base import QuestionScore, StepOutput
 
 COST_KEYS = ("calls", "flops", "prefill_flops", "input_tokens", "cached_tokens", "output_tokens", "usd")
 
@@ -27,8 +27,9 @@ class Prices:
     """generated tokens"""
 
 
-def call_cost(step: StepOutput, n_params: int, prices: Prices = Prices()) -> dict[str, float]:
-    """The cost of one generate_step call, keyed by COST_KEYS."""
+def call_cost(step: StepOutput | QuestionScore, n_params: int, prices: Prices = Prices()) -> dict[str, float]:
+    """The cost of one model call, keyed by COST_KEYS: a generate_step call (StepOutput), or the
+    out-of-domain signal's scoring of the question (QuestionScore: a prefill, usually no generated token)."""
     usd = (step.prefill_tokens * prices.input + step.cached_tokens * prices.cached_input + step.generated_tokens * prices.output) / 1e6
     return {
         "calls": 1.0,

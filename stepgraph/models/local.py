@@ -21,7 +21,15 @@ import torch
 
 from stepgraph.errors import ConfigError, ContextLimitError, ModelLoadError, ModelOutputError
 from stepgraph.models import qwen2
-from stepgraph.models.base import DEFAULT_TEMPERATURE, STEP_SEPARATOR, StepOutput, continuation_prompt, split_step
+from stepgraph.models.base import (
+    DEFAULT_TEMPERATURE,
+    STEP_SEPARATOR,
+    QuestionScore,
+    StepOutput,
+    continuation_prompt,
+    question_span,
+    split_step,
+)
 
 # Rendered through each model's chat template and tokenizer at load, so a broken template or
 # tokenizer fails there, naming its file, instead of inside a run.
@@ -185,11 +193,32 @@ class TransformersStepModel:
         logprobs = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(ids[len(prefix) :])[:, None])
         return [float(v) for v in logprobs.squeeze(1)]
 
+    @torch.inference_mode()
+    def question_logprob(self, question: str) -> QuestionScore:
+        """The mean log-likelihood of the question's tokens in the first step's prompt (the out-of-domain signal).
+
+        The prompt's keys/values are kept, so the first step this model writes for the question
+        prefills one token: scoring with the drafting tier costs next to nothing.
+        """
+        prompt = self.prompt(question, [])
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if len(ids) + 1 > self.max_length:
+            raise ContextLimitError(f"The prompt has {len(ids)} tokens; {self.name} handles at most {self.max_length}.")
+        start, end = question_span(self.tokenizer, prompt, question)
+        read = ids[:-1]  # the last prompt token is fed by the step that follows
+        with self._lock, self._attributed("scoring the question"):
+            cache, cached = self._reuse_cache(read, at_most=start - 1)  # logits are needed from the token before the question
+            logits = self.model.logits(read[cached:], cache)
+            self._keep_cache(read, cache)
+        rows = torch.log_softmax(logits[start - 1 - cached : end - 1 - cached], dim=-1)
+        scored = rows.gather(1, torch.tensor(ids[start:end])[:, None])
+        return QuestionScore(float(scored.mean()), end - start, len(read), cached)
+
     def _token_text(self, token_id: int) -> str:
         return str(self.tokenizer.decode([token_id]))
 
-    def _reuse_cache(self, prompt_ids: list[int]) -> tuple[Any, int]:
-        """A cache holding the longest kept prefix of ``prompt_ids`` and that prefix's length.
+    def _reuse_cache(self, prompt_ids: list[int], at_most: int | None = None) -> tuple[Any, int]:
+        """A cache holding the longest kept prefix of ``prompt_ids`` (of ``at_most`` tokens at most) and that prefix's length.
 
         A kept sequence that the prompt fully extends is taken over; one that diverges is copied
         before it is cut back, so another run's continuation stays available to that run.
@@ -199,7 +228,7 @@ class TransformersStepModel:
             n = _common_prefix(key, prompt_ids)
             if n > common:
                 best, common = key, n
-        common = min(common, len(prompt_ids) - 1)  # at least one token must be fed for logits
+        common = min(common, len(prompt_ids) - 1, len(prompt_ids) if at_most is None else at_most)  # at least one token is fed
         if best is None or common == 0:
             return self.model.new_cache(), 0
         if common == len(best):

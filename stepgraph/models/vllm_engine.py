@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, cast
 
 from stepgraph.errors import ContextLimitError, ModelLoadError, ModelOutputError
-from stepgraph.models.base import DEFAULT_TEMPERATURE, STEP_SEPARATOR, StepOutput, continuation_prompt, split_step
+from stepgraph.models.base import (
+    DEFAULT_TEMPERATURE,
+    STEP_SEPARATOR,
+    QuestionScore,
+    StepOutput,
+    continuation_prompt,
+    question_span,
+    split_step,
+)
 
 if TYPE_CHECKING:
     from vllm import LLM, RequestOutput, SamplingParams
@@ -136,7 +144,7 @@ class VLLMStepModel:
 
     def generate_step(self, question: str, steps: Sequence[str], *, temperature: float = DEFAULT_TEMPERATURE, seed: int | None = None,
                       max_tokens: int = 64) -> StepOutput:
-        request = self._submit(question, steps, temperature=temperature, seed=seed, max_tokens=max_tokens)
+        request = self._submit(self._prompt_ids(self.prompt(question, steps)), temperature=temperature, seed=seed, max_tokens=max_tokens)
         return self._step_output(self._wait(request.result), len(request.prompt_ids))
 
     async def agenerate_step(self, question: str, steps: Sequence[str], *, temperature: float = DEFAULT_TEMPERATURE,
@@ -146,7 +154,7 @@ class VLLMStepModel:
         (Through a thread each, they would be capped by the event loop's default executor, a handful
         of threads on a small machine, and so would the engine's batch.)
         """
-        request = self._submit(question, steps, temperature=temperature, seed=seed, max_tokens=max_tokens)
+        request = self._submit(self._prompt_ids(self.prompt(question, steps)), temperature=temperature, seed=seed, max_tokens=max_tokens)
         result = asyncio.wrap_future(request.result)
         while True:
             try:
@@ -157,16 +165,39 @@ class VLLMStepModel:
                     raise ModelOutputError(f"{self.name} (vLLM engine) failed: the engine process exited.") from None
         return self._step_output(output, len(request.prompt_ids))
 
-    def _submit(self, question: str, steps: Sequence[str], *, temperature: float, seed: int | None,
-                max_tokens: int) -> _Request:
-        """Queue one step for the driver thread, starting it on first use."""
-        vllm = _import_vllm()
-        prompt_ids = self.tokenizer(self.prompt(question, steps), add_special_tokens=False)["input_ids"]
+    def question_logprob(self, question: str) -> QuestionScore | None:
+        """The mean log-likelihood of the question's tokens in the first step's prompt (vLLM's ``prompt_logprobs``),
+        or None for an engine in a logit mode: its prompt scores are raw logits, which one token's value cannot normalise.
+
+        The engine generates one token (vLLM generates at least one); the prompt's blocks stay in its prefix cache.
+        """
+        if self.logprobs_mode in LOGIT_MODES:
+            return None
+        prompt = self.prompt(question, [])
+        start, end = question_span(self.tokenizer, prompt, question)
+        request = self._submit(self._prompt_ids(prompt), temperature=0.0, seed=None, max_tokens=1, prompt_logprobs=0)
+        out = self._wait(request.result)
+        rows, ids = out.prompt_logprobs or [], request.prompt_ids
+        try:
+            values = [float(rows[i][ids[i]].logprob) for i in range(start, end)]  # type: ignore[index]
+        except (IndexError, KeyError, TypeError) as exc:
+            raise ModelOutputError(f"{self.name} returned no prompt log-probability for the question's tokens ({exc!r}).") from exc
+        return QuestionScore(sum(values) / len(values), end - start, len(ids), int(out.num_cached_tokens or 0),
+                             len(out.outputs[0].token_ids))
+
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        prompt_ids: list[int] = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         if len(prompt_ids) + 1 > self.max_length:
             raise ContextLimitError(f"The prompt has {len(prompt_ids)} tokens; {self.name} handles at most {self.max_length}.")
+        return prompt_ids
+
+    def _submit(self, prompt_ids: list[int], *, temperature: float, seed: int | None, max_tokens: int,
+                prompt_logprobs: int | None = None) -> _Request:
+        """Queue one request for the driver thread, starting it on first use."""
+        vllm = _import_vllm()
         params = vllm.SamplingParams(
             temperature=temperature, seed=seed, logprobs=self.top_k, stop=[STEP_SEPARATOR],
-            max_tokens=min(max_tokens, self.max_length - len(prompt_ids)),
+            max_tokens=min(max_tokens, self.max_length - len(prompt_ids)), prompt_logprobs=prompt_logprobs,
         )
         params.output_kind = vllm.sampling_params.RequestOutputKind.FINAL_ONLY
         request = _Request(prompt_ids, params, Future())

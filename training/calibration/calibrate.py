@@ -2,8 +2,9 @@
 
 ``stepgraph calibrate`` sets the threshold of a gate whose decision is a score compared with a
 threshold — the CPO policy's κ, the confidence threshold, STEER's posterior threshold — so that
-the calibration split's coverage meets 1 − α, and writes a gate artifact. It needs no model
-calls: it replays the stored calibration episodes (collected like the train split, with both
+the calibration split's coverage meets 1 − α, and writes a gate artifact (with the out-of-domain
+threshold, ``training.calibration.domain``: one scoring call per calibration question, the only
+model calls). κ needs none: it replays the stored calibration episodes (collected like the train split, with both
 per-step verdicts known) with the local-verification surrogate of CPO's κ update. An episode is
 a miss unless the strongest tier alone was wrong, or the gate repeats the recorded actions on a
 right answer, or every step it keeps is verified; with n episodes a threshold is accepted when
@@ -29,6 +30,7 @@ from stepgraph.training.collection.prm import StepRewardModel
 from stepgraph.training.data.records import Episode
 
 from stepgraph.artifacts.tiers import check_tiers, describe
+from stepgraph.domain import Domain
 from stepgraph.errors import ConfigError
 from stepgraph.models.base import StepOutput
 from stepgraph.routing.gates import (
@@ -231,10 +233,11 @@ class Replay:
 
 
 def save_gate(out: Path, family: str, options: Mapping[str, Any], *, tiers: Sequence[Mapping[str, Any]],
-              calibration: Mapping[str, Any]) -> Path:
+              calibration: Mapping[str, Any], domain: Domain | None = None) -> Path:
+    """Write ``gate.json``; ``domain`` (the out-of-domain threshold, ``stepgraph.domain``) only where there is one."""
     out.mkdir(parents=True, exist_ok=True)
     manifest = {"format": GATE_FORMAT, "format_version": GATE_FORMAT_VERSION, "gate": family, "options": dict(options),
-                "tiers": list(tiers), "calibration": dict(calibration)}
+                "tiers": list(tiers), "calibration": dict(calibration), **({} if domain is None else {"domain": domain.model_dump()})}
     (out / GATE_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
 

@@ -134,6 +134,7 @@ def routing_details(result: dict[str, Any], *, stop_reason: str | None = None) -
         "answer": result.get("answer"),
         "stop_reason": stop_reason or result.get("stop_reason"),
         "escalations": result.get("escalations", 0),
+        "in_domain": result.get("in_domain"),
         "steps": [_step_info(s) for s in result.get("steps", [])],
         "costs": result.get("costs", {}),
         "totals": result.get("totals", {}),

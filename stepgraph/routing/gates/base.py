@@ -11,10 +11,13 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from stepgraph.features import Observation
 from stepgraph.models.base import StepOutput
+
+if TYPE_CHECKING:
+    from stepgraph.domain import Domain
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,8 @@ class Gate(ABC):
     options: ClassVar[Mapping[str, GateOption]] = {}
     """The options ``from_options`` takes, by keyword, with their CLI flags."""
     threshold: float = 0.5
+    domain: Domain | None = None
+    """The out-of-domain signal calibrated with this gate (``stepgraph.domain``), from its artifact; None: off."""
     reads_features: bool = True
     """False for gates whose decision ignores the observation (fixed, random, oracle): a
     non-finite feature then changes nothing, and baselines keep their documented behaviour."""

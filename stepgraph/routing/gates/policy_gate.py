@@ -41,6 +41,7 @@ class PolicyGate(Gate):
     def __init__(self, artifact: PolicyArtifact) -> None:
         self.artifact = artifact
         self.threshold = artifact.kappa
+        self.domain = artifact.domain
         self.trained_on = [n for n in artifact.schema.names if n not in artifact.ignored]
         self._reported = [n for n in self.trained_on if n not in SITUATIONAL]  # None means the backend lacks it
         self._warned: set[str] = set()
