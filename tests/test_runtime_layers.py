@@ -1,6 +1,7 @@
 """The import rules, read from the source with ``ast`` (imports inside functions count): argparse only
-in the CLI package, no private LangGraph module, nothing in the runtime but the CLI imports training,
-and no import cycle among stepgraph's modules nor among training's."""
+in the CLI package (in stepgraph/ and training/ alike), training reaches the CLI only from its ``python -m``
+entry points, no private LangGraph module, nothing in the runtime but the CLI imports training, and no
+import cycle among stepgraph's modules nor among training's."""
 
 import ast
 from pathlib import Path
@@ -18,11 +19,12 @@ def _module_name(path: Path, root: Path = ROOT, package: str = "stepgraph") -> s
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path, name: str) -> set[str]:
-    """Every module ``path`` (module ``name``) imports, at any depth of the file (``from a import b`` counts a and a.b)."""
+def _imports(path: Path, name: str, tree: ast.Module | None = None) -> set[str]:
+    """Every module ``path`` (module ``name``; parsed as ``tree`` if given) imports, at any depth of the file
+    (``from a import b`` counts a and a.b)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(tree or ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -62,8 +64,23 @@ TRAINING_IMPORTS = {name: _imports(path, name) for name, path in TRAINING.items(
 
 
 def test_argparse_is_imported_only_in_the_cli_package():
-    outside = sorted(name for name, found in IMPORTS.items() if "argparse" in found and not name.startswith("stepgraph.cli"))
+    everywhere = {**IMPORTS, **TRAINING_IMPORTS}  # the runtime and training: training's commands are parsed by stepgraph.cli too
+    assert len(everywhere) == len(IMPORTS) + len(TRAINING_IMPORTS) > 100
+    outside = sorted(name for name, found in everywhere.items() if "argparse" in found and not name.startswith("stepgraph.cli"))
     assert outside == []
+
+
+def test_training_imports_the_cli_only_in_its_python_m_entry_points():
+    """The CLI sits above training: only ``__main__.py`` and ``if __name__ == "__main__":`` blocks (old ``python -m``
+    paths that run a ``stepgraph`` command) may reach up to it."""
+    def outside_main_guard(name: str, path: Path) -> set[str]:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        tree.body = [node for node in tree.body if not (isinstance(node, ast.If) and "__main__" in ast.unparse(node.test))]
+        return _imports(path, name, tree)
+
+    upward = sorted(name for name, path in TRAINING.items() if path.name != "__main__.py"
+                    and any(m.startswith("stepgraph.cli") for m in outside_main_guard(name, path)))
+    assert upward == []
 
 
 def test_no_private_langgraph_module_is_imported():

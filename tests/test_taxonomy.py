@@ -32,6 +32,13 @@ def test_wrong_steps_are_counted_by_kind_with_the_share_each_feature_flags():
     assert rows["right steps (false alarms)"]["flagged"]["either (hand rule)"] == 0.0
     assert rows["wrong_operand"]["flagged"]["arithmetic_error"] is None  # no such step
 
-    table = taxonomy.markdown(report, "python -m stepgraph.training.bench.taxonomy --model m")
-    assert table.startswith("`python -m stepgraph.training.bench.taxonomy --model m`")
+    table = taxonomy.markdown(report, "stepgraph taxonomy --model m")
+    assert table.startswith("`stepgraph taxonomy --model m`")
     assert "| arithmetic slip | 1 | 50.0% | 100% |" in table and "| wrong quantity | 0 | 0.0% |" in table
+
+
+def test_the_taxonomy_command_refuses_a_directory_without_a_model(tmp_path, capsys):
+    from stepgraph.cli import main
+
+    assert main(["taxonomy", "--model", str(tmp_path), "--problems", "2"]) == 2
+    assert "no config.json" in capsys.readouterr().err

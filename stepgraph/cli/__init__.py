@@ -3,7 +3,7 @@
     stepgraph solve QUESTION          answer a question with the routed graph      (cli/solve.py)
     stepgraph collect | train | calibrate | evaluate | bench    learn and compare routing policies (cli/training.py)
     stepgraph radar STAGE             RADAR's query-level router, offline          (cli/radar.py)
-    stepgraph reobserve | signals | policy-check | bench-allocator    studies      (cli/studies.py)
+    stepgraph reobserve | signals | policy-check | bench-allocator | taxonomy    studies (cli/studies.py)
     stepgraph testbed-models          train the shipped testbed models             (cli/testbed_models.py)
     stepgraph overhead | throughput   benchmarks                                   (cli/bench.py)
     stepgraph serve | serve-bench     OpenAI-compatible HTTP server, its benchmark (cli/serve.py)

@@ -1,13 +1,15 @@
-"""The measurement and upkeep commands behind BENCHMARKS.md: ``stepgraph reobserve | signals | policy-check | bench-allocator``."""
+"""The measurement and upkeep commands behind BENCHMARKS.md: ``stepgraph reobserve | signals | policy-check | bench-allocator | taxonomy``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from stepgraph.cli.options import in_range, with_options
+from stepgraph.models.base import DEFAULT_TEMPERATURE
 from stepgraph.training.bench.policy_check import THRESHOLD_FEATURES, policy_check
 from stepgraph.training.collection.observations import reobserve_store
 
@@ -49,6 +51,15 @@ def add_commands(sub: Any) -> None:
     a.add_argument("--out", type=Path, default=None, help="write the report as JSON here (default: print only the table)")
     a.set_defaults(func=with_options(_bench_allocator))
 
+    t = sub.add_parser("taxonomy", help="task v2: a tier's wrong steps by kind, and the share each routing feature flags (a table)")
+    t.add_argument("--model", type=Path, required=True, help="a saved v2 model directory (e.g. a draft)")
+    t.add_argument("--problems", type=in_range(int, 1), default=300, help="problems (default: %(default)s)")
+    t.add_argument("--seed", type=int, default=0, help="problems' and sampling seed (default: %(default)s)")
+    t.add_argument("--temperature", type=in_range(float, 0), default=DEFAULT_TEMPERATURE,
+                   help="0 for greedy (default: %(default)s, as the router samples)")
+    t.add_argument("--split", default="test", choices=["test", "heldout", "calibration"], help="default: %(default)s")
+    t.set_defaults(func=with_options(_taxonomy))
+
 
 def _signals(args: argparse.Namespace) -> int:
     from stepgraph.training.collection.signals import signal_table
@@ -58,6 +69,13 @@ def _signals(args: argparse.Namespace) -> int:
         fit, evaluate = list(store.episodes(args.fit)), list(store.episodes(args.eval))
     for row in signal_table(fit, evaluate):
         print(json.dumps(row))
+    return 0
+
+
+def _taxonomy(**options: Any) -> int:
+    from stepgraph.training.bench.taxonomy import error_taxonomy
+
+    print(error_taxonomy(**options, command="stepgraph " + " ".join(sys.argv[1:])))
     return 0
 
 

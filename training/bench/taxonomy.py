@@ -10,19 +10,18 @@ the table gives their share and the share each feature flags: ``arithmetic_error
 so each flags 10% of right steps). The last row gives the right steps' flag rates (false alarms).
 
 Example:
-    OMP_NUM_THREADS=1 python -m stepgraph.training.bench.taxonomy --model stepgraph/testbed/models/draft --problems 300
+    OMP_NUM_THREADS=1 stepgraph taxonomy --model stepgraph/testbed/models/draft --problems 300
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from stepgraph.errors import ConfigError
 from stepgraph.features import Observation, observe
 from stepgraph.models.base import DEFAULT_TEMPERATURE, StepOutput
 from stepgraph.testbed import wordproblems
@@ -99,26 +98,21 @@ def markdown(report: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, required=True, help="a saved v2 model directory (e.g. a draft)")
-    parser.add_argument("--problems", type=int, default=300, help="test-split problems (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="problems' and sampling seed (default: %(default)s)")
-    parser.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0 for greedy (default: %(default)s, as the router samples)")
-    parser.add_argument("--split", default="test", choices=["test", "heldout", "calibration"], help="default: %(default)s")
-    args = parser.parse_args(argv)
-    if not (args.model / "config.json").is_file():
-        parser.error(f"--model {args.model} is not a saved model directory (no config.json).")
+def error_taxonomy(model: Path, *, problems: int = 300, seed: int = 0, temperature: float = DEFAULT_TEMPERATURE,
+                   split: str = "test", command: str = "") -> str:
+    """The markdown taxonomy table of ``model`` (a saved v2 model directory) answering ``problems`` problems of ``split``
+    alone; ``command`` is printed beside it (what reproduces it)."""
+    if not (Path(model) / "config.json").is_file():
+        raise ConfigError(f"--model {model} is not a saved model directory (no config.json).")
     torch.set_num_threads(1)
-    problems = wordproblems.generate(args.split, args.problems, seed=args.seed)
-    model, tokenizer = load_hf(args.model)
-    solutions = batched_solutions(model, tokenizer, [p.question for p in problems], name=args.model.name,
-                                  temperature=args.temperature, seed=args.seed)
-    command = "python -m stepgraph.training.bench.taxonomy " + " ".join(argv if argv is not None else sys.argv[1:])
-    table = markdown(taxonomy(judge_steps(problems, solutions)), command)
-    print(table)
-    return table
+    chosen = wordproblems.generate(split, problems, seed=seed)  # type: ignore[arg-type]
+    hf_model, tokenizer = load_hf(Path(model))
+    solutions = batched_solutions(hf_model, tokenizer, [p.question for p in chosen], name=Path(model).name,
+                                  temperature=temperature, seed=seed)
+    return markdown(taxonomy(judge_steps(chosen, solutions)), command)
 
 
 if __name__ == "__main__":
-    main()
+    from stepgraph.cli import run_old_path
+
+    run_old_path(__spec__.name, "taxonomy")
