@@ -35,7 +35,7 @@ from stepgraph.errors import ConfigError, StepgraphError
 from stepgraph.features import FEATURE_SCHEMA
 from stepgraph.models.base import DEFAULT_TEMPERATURE
 from stepgraph.routing.gates import PolicyGate
-from stepgraph.testbed import BACKENDS, close_pair, load_pair, load_tiers, task
+from stepgraph.testbed import BACKENDS, close_pair, load_pair, load_tiers, testbed_task
 from stepgraph.training.calibration.calibrate import (
     CURVE_ALPHAS,
     check_tiers,
@@ -83,7 +83,7 @@ def _collect(args: argparse.Namespace) -> dict:
     if n_tiers > 2 and not args.record_tiers:
         raise ConfigError(f"--tiers {n_tiers} collects for the K-tier policy, which trains on every tier's step: add --record-tiers.")
     items = testbed_items(args.split, args.problems, seed=args.seed)
-    verifier = TestbedVerifier(task.generate(args.split, args.problems, seed=args.seed))
+    verifier = TestbedVerifier(testbed_task().generate(args.split, args.problems, seed=args.seed))
     with TraceStore(args.store or default_store_path()) as store:
         return collect(
             store, items, lambda: load_tiers(n_tiers), verifier, split=args.split, threshold=args.threshold, feature=args.feature,
@@ -404,8 +404,8 @@ def _bench(args: argparse.Namespace) -> dict:
         episodes = list(store.episodes(split="train"))
     if not episodes:
         raise StepgraphError(f"{args.store} holds no train episodes; run `stepgraph collect` first.")
-    calibration = task.generate("calibration", args.calibration_problems, seed=args.seed + 1)
-    test = task.generate("test", args.problems, seed=args.seed)
+    calibration = testbed_task().generate("calibration", args.calibration_problems, seed=args.seed + 1)
+    test = testbed_task().generate("test", args.problems, seed=args.seed)
     verifier = TestbedVerifier(calibration + test)
     prices = [Prices(args.input_price, args.cached_price, args.output_price)] * 2
     tiers = load_pair()

@@ -59,7 +59,7 @@ from stepgraph.models.base import StepModel
 from stepgraph.routing.allocator import Allocator
 from stepgraph.routing.gates import AlwaysDraftGate, PolicyGate
 from stepgraph.routing.gates.base import Gate
-from stepgraph.testbed import close_pair, load_tiers, task
+from stepgraph.testbed import close_pair, load_tiers, testbed_task
 
 
 @dataclass
@@ -98,7 +98,7 @@ class TierBenchArgs:
 def collect_tier_traces(store: TraceStore, make_tiers, args: TierBenchArgs) -> dict[str, Any]:
     """Train and calibration traces with every tier's step, on the testbed's splits."""
     reports: dict[str, Any] = {}
-    splits: tuple[tuple[task.Split, int, int], ...] = (("train", args.train_problems, args.seed),
+    splits: tuple[tuple[str, int, int], ...] = (("train", args.train_problems, args.seed),
                                                       ("calibration", args.calibration_problems, args.seed + 1))
     for split, n, seed in splits:
         items = testbed_items(split, n, seed=seed)
@@ -107,7 +107,7 @@ def collect_tier_traces(store: TraceStore, make_tiers, args: TierBenchArgs) -> d
             # refuses to add new traces to such a store; the tier policy ignores features its traces never report).
             reports[split] = {"reused": n}
             continue
-        verifier = TestbedVerifier(task.generate(split, n, seed=seed))
+        verifier = TestbedVerifier(testbed_task().generate(split, n, seed=seed))
         reports[split] = collect(store, items, make_tiers, verifier, split=split, seed=seed, record_tiers=True)
     return reports
 
