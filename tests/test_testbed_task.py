@@ -8,7 +8,7 @@ from stepgraph.training.collection.collect import testbed_items as make_items
 from stepgraph.training.collection.verifiers import TestbedVerifier
 from stepgraph.training.learning import radar
 
-import stepgraph.testbed as testbed
+from stepgraph import testbed
 from stepgraph.testbed import task, wordproblems
 from stepgraph.testbed import testbed_task as shipped_task
 

@@ -439,6 +439,7 @@ def _bench_tiers(args: argparse.Namespace) -> dict:
                                 calibration_problems=args.calibration_problems, problems=args.problems, seeds=args.seeds,
                                 seed=args.seed, alpha=alpha, cpo=cpo,
                                 allocator=args.allocator, combined_allocator=args.combined_allocator,
+                                shipped_policy=args.policy or DEFAULT_POLICY_DIR,
                                 extra_policies={k: Path(v) for k, v in extra.items()}, calibration_runs=args.calibration_runs,
                                 frontier=args.frontier))
     print(Path(report["table"]).read_text(), file=sys.stderr)
@@ -614,7 +615,7 @@ def add_commands(sub: Any) -> None:
     _add_spec_options(b)
     b.add_argument("--store", type=store_location, default=None,
                    help="trace store whose train episodes fit STEER and the PRM (default: the spec's paths.store, else runs/traces.sqlite)")
-    b.add_argument("--policy", type=Path, default=None, help="CPO policy or calibrated gate (default: the spec's gate, else the shipped policy)")
+    b.add_argument("--policy", type=Path, default=None, help="CPO policy or calibrated gate; --tiers 3: the 2-tier policy of the shipped-policy rows (default: the spec's gate, else the shipped policy)")
     b.add_argument("--out", type=Path, default=None, help="output directory (default: the spec's paths.bench, else runs/bench)")
     b.add_argument("--problems", type=in_range(int, 1), default=200, help="test-split problems, at most (default: %(default)s)")
     b.add_argument("--calibration-problems", type=in_range(int, 1), default=100, help="calibration problems that choose every threshold (default: %(default)s)")

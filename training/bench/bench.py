@@ -54,9 +54,9 @@ from stepgraph.routing.gates import (
     AlwaysDraftGate,
     AlwaysTargetGate,
     ConfidenceThresholdGate,
+    FeatureRuleGate,
     PolicyGate,
     RandomGate,
-    FeatureRuleGate,
     StepwiseGMMGate,
 )
 from stepgraph.routing.gates.base import Gate

@@ -86,7 +86,7 @@ def split_problems(split: str, n: int) -> list[Any]:
     if split == "shifted" and tb is task:
         return task.generate("test", n, seed=SPLIT_SEEDS[split], difficulty=SHIFTED)
     if split == "shifted":
-        drawn, longer = n, []
+        drawn, longer = n, list[Any]()
         while len(longer) < n:
             drawn *= 4
             longer = [p for p in tb.generate("test", drawn, seed=SPLIT_SEEDS[split]) if len(p.derived) >= SHIFTED_MIN_STEPS]

@@ -20,7 +20,13 @@ from stepgraph.errors import GateConfigError
 from stepgraph.routing.gates.base import Gate, GateDecision, GateInput, GateOption
 from stepgraph.routing.gates.exploring import ExploringGate
 from stepgraph.routing.gates.policy_gate import PolicyGate
-from stepgraph.routing.gates.simple import AlwaysDraftGate, AlwaysTargetGate, ConfidenceThresholdGate, FeatureRuleGate, RandomGate
+from stepgraph.routing.gates.simple import (
+    AlwaysDraftGate,
+    AlwaysTargetGate,
+    ConfidenceThresholdGate,
+    FeatureRuleGate,
+    RandomGate,
+)
 from stepgraph.routing.gates.steer import StepwiseGMMGate
 
 REGISTERED: tuple[type[Gate], ...] = (
