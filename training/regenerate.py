@@ -13,9 +13,10 @@ their task (``testbed_task()``), with its outputs under ``--out``:
 - ``allocator``, ``allocator-combined``, ``bench-allocator.json``: the ex-ante allocator and its bench;
 - ``radar/``: RADAR's response matrices, router, difficulty traces and policies, and its bench;
 - ``bench/``: the side-by-side bench (exact thresholds, the hand rule, the oracle), ``tiers/``: 2 tiers
-  against 3; ``stages/taxonomy.json``: the draft's error taxonomy (task v2 only).
+  against 3; ``stages/taxonomy.out``: the draft's error taxonomy table (task v2 only).
 
-A stage that finished wrote ``stages/NAME.json`` (its command line, wall time and result) and is skipped
+A stage that finished wrote ``stages/NAME.json`` (its command line, wall time and result; what it printed, such as
+the taxonomy table, is in ``stages/NAME.out``) and is skipped
 next time, so an interrupted run resumes; collection stages also resume inside (their stores skip
 stored problems). Copy the artifacts into ``stepgraph/testbed/policies`` and the tables into
 BENCHMARKS.md by hand.
@@ -46,7 +47,7 @@ class Sizes:
     allocator_steps: int = 200
     """the allocators' RL steps"""
     radar_train_problems: int = 300
-    """RADAR's train queries"""
+    """RADAR's train queries (at least 30: `radar bench` estimates an added configuration's ability on 30 of them)"""
     radar_calibration_problems: int = 200
     """RADAR's calibration queries"""
     radar_problems: int = 150

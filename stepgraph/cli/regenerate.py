@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -40,7 +41,8 @@ def _regenerate(args: argparse.Namespace, commands: Mapping[str, argparse.Argume
 def run_stages(out: Path, sizes: Any, only: Sequence[str], commands: Mapping[str, argparse.ArgumentParser], *,
                log: Callable[[str], object] = lambda line: print(line, file=sys.stderr, flush=True)) -> dict[str, Any]:
     """Run every stage not yet done (or only the named ones, done or not), each parsed by ``commands[its command]``
-    (the ``stepgraph`` CLI's subcommand parsers); each stage's record by name."""
+    (the ``stepgraph`` CLI's subcommand parsers); each stage's record by name. A finished stage's record is
+    ``out/stages/NAME.json`` (command line, seconds, result) and what it printed ``out/stages/NAME.out``."""
     from stepgraph.training.regenerate import stages
 
     listed = stages(out, sizes)
@@ -58,7 +60,8 @@ def run_stages(out: Path, sizes: Any, only: Sequence[str], commands: Mapping[str
         log(f"regenerate: {name}: stepgraph {' '.join(argv)}")
         started = time.perf_counter()
         args = commands[argv[0]].parse_args(argv[1:])
-        result = args.func(args)
+        with (done_dir / f"{name}.out").open("w") as printed, contextlib.redirect_stdout(printed):  # tables a command prints
+            result = args.func(args)
         records[name] = {"argv": argv, "seconds": round(time.perf_counter() - started, 1), "result": result}
         marker.write_text(json.dumps(records[name], indent=1, default=str) + "\n")
         log(f"regenerate: {name}: done in {records[name]['seconds']} s")
