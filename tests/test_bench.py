@@ -293,13 +293,11 @@ def test_exact_sweep_agrees_with_running_the_gate_at_each_threshold():
         assert point["covered"] == pytest.approx(sum(r["covered"] for r in rows) / len(rows))
 
 
-def test_bench_with_scripted_tiers_and_no_verifier_notes_the_missing_oracle():
-    """The whole bench on scripted tiers (no weights): every tuning row, the comparisons, and the notes."""
+def _scripted_bench(policy: Gate) -> dict:
+    """The whole bench on scripted tiers (no weights): the draft slips ("1+1=3", low confidence) on the first step of odd
+    problems only; no verifier, so no oracle."""
     from stepgraph.training.collection.collect import Item
 
-    from stepgraph.routing.gates import ConfidenceThresholdGate
-
-    # The draft slips on the first step (low confidence) of odd problems only: scripted per question.
     class Draft(ScriptedModel):
         def generate_step(self, question, steps, **kw):
             first = "1+1=3" if question.endswith("odd") else "1+1=2"
@@ -315,9 +313,15 @@ def test_bench_with_scripted_tiers_and_no_verifier_notes_the_missing_oracle():
         conf = rng.uniform(2, 14)
         obs = {n: None for n in CONFIDENCE_SCHEMA.names} | {"logit_confidence": conf, "api_confidence": 0.9, "step_index": 0.0}
         episodes.append(Episode(str(i), "q", "2", [StepRecord(0, obs, 0, 0.5, "d", "e", conf > 7, True, 1.0, 4.0, 1.0)], 1, 1, 4.0))
-    policy = ConfidenceThresholdGate(7.0, feature="logit_confidence")
-    report = bench.run_bench(tiers, train_episodes=episodes, policy=policy, calibration=items, test=items, verify=None,
-                             seeds=(0,), progress=False, no_oracle_reason="run.toml has no exact step verifier")
+    return bench.run_bench(tiers, train_episodes=episodes, policy=policy, calibration=items, test=items, verify=None,
+                           seeds=(0,), progress=False, no_oracle_reason="run.toml has no exact step verifier")
+
+
+def test_bench_with_scripted_tiers_and_no_verifier_notes_the_missing_oracle():
+    """The whole bench on scripted tiers (no weights): every tuning row, the comparisons, and the notes."""
+    from stepgraph.routing.gates import ConfidenceThresholdGate
+
+    report = _scripted_bench(ConfidenceThresholdGate(7.0, feature="logit_confidence"))
     assert "oracle" not in report["summary"]
     assert "Oracle row omitted: run.toml has no exact step verifier." in report["notes"]
     assert any("κ is not re-tuned" in note for note in report["notes"])  # a threshold gate as the policy
@@ -398,3 +402,28 @@ def test_calibration_on_runs_scans_from_the_safe_side_and_stops_at_the_first_fai
     assert picked["guarantee"]["type"] == "split-conformal"
     never = calibrate_on_runs([[Piece(-float("inf"), float("inf"), {"covered": 0.0, "flops": 1.0, "escalation_rate": 1.0})]] * 10, 0.2)
     assert never["guarantee"]["type"] == "none" and never["calibration"]["misses"] == 10
+
+
+def test_hand_rule_row_and_the_policy_matched_to_its_coverage():
+    """The two-feature hand rule is its own row; the policy's κ re-tuned to the rule's calibration coverage is compared with it, paired."""
+
+    class Overcautious(Gate):  # a score-vs-threshold policy that escalates every step until its κ is re-tuned
+        threshold = -13.0
+
+        def score(self, x: GateInput) -> float:
+            return -x.observation["logit_confidence"]
+
+    report = _scripted_bench(Overcautious())
+    # The rule escalates exactly the slips ("1+1=3": arithmetic_error), so it covers everything at the oracle's cost.
+    assert report["tuning"]["rule_calibration_coverage"] == 1.0
+    assert report["summary"]["rule"]["covered"]["mean"] == 1.0
+    assert report["summary"]["rule"]["escalation_rate"]["mean"] == pytest.approx(0.25)  # 3 of 12 steps
+    assert report["comparisons"]["rule"]["diff"] < 0  # cheaper than the over-cautious policy
+    matched = report["thresholds"]["policy-matched"]
+    assert -9.0 < matched["threshold"] <= -4.0 and matched["calibration"]["covered"] == 1.0
+    versus = report["comparisons"]["policy-matched"]["versus_rule"]
+    assert versus["diff"] == pytest.approx(0.0) and versus["low"] == pytest.approx(0.0)  # the same decisions as the rule
+    table = bench.markdown_table(report)
+    assert "| Hand rule (arithmetic_error or ungrounded_operands) |" in table
+    assert "| CPO policy κ, matched to the hand rule's coverage |" in table
+    assert "The policy against the hand rule at the rule's calibration coverage (1.000): Δ MFLOPs (policy κ matched − rule) +0.0" in table

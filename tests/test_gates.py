@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork, kappa_from_probability
-from stepgraph.errors import PolicyFileError
+from stepgraph.errors import GateConfigError, PolicyFileError
 from stepgraph.features import CONFIDENCE_SCHEMA
 from stepgraph.models.base import StepOutput
 from stepgraph.routing.gates import (
@@ -19,6 +19,7 @@ from stepgraph.routing.gates import (
     AlwaysTargetGate,
     ConfidenceThresholdGate,
     ExploringGate,
+    FeatureRuleGate,
     PolicyGate,
     RandomGate,
     StepwiseGMMGate,
@@ -285,12 +286,32 @@ def test_policy_gate_refuses_a_missing_directory(tmp_path):
         make_gate("policy", path=tmp_path / "nowhere")
 
 
+# --- hand rule ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("arithmetic", "ungrounded", "escalate"), [
+    (None, 0.0, False), (0.0, 0.0, False), (1.0, 0.0, True), (0.0, 2.0, True), (None, 1.0, True), (1.0, 1.0, True),
+])
+def test_rule_escalates_iff_arithmetic_error_or_ungrounded_operands(arithmetic, ungrounded, escalate):
+    obs = x().observation | {"arithmetic_error": arithmetic, "ungrounded_operands": ungrounded}
+    assert make_gate("rule").decide(GateInput("q", (), STEP, obs)).escalate is escalate
+
+
+def test_rule_takes_its_features_by_name_and_rejects_unknown_ones():
+    obs = x().observation | {"arithmetic_error": 1.0, "ungrounded_operands": 0.0, "escalations": 2.0}
+    assert not make_gate("rule", features="ungrounded_operands").decide(GateInput("q", (), STEP, obs)).escalate
+    assert FeatureRuleGate(["escalations"]).decide(GateInput("q", (), STEP, obs)).escalate
+    for bad in ("arithmetic_eror", "", ["logit_confidence", "nope"]):
+        with pytest.raises(GateConfigError, match="features must be one or more of"):
+            FeatureRuleGate(bad)
+
+
 # --- registry -----------------------------------------------------------------------------
 
 
 def test_registry_is_built_from_the_gate_classes():
     assert GATES == {cls.name: cls for cls in REGISTERED}
-    assert set(GATES) == {"never-escalate", "always-escalate", "random", "confidence-threshold", "stepwise-gmm", "policy"}
+    assert set(GATES) == {"never-escalate", "always-escalate", "random", "confidence-threshold", "stepwise-gmm", "policy", "rule"}
     assert ALIASES == {"draft": "never-escalate", "target": "always-escalate", "threshold": "confidence-threshold",
                        "steer": "stepwise-gmm"}
 

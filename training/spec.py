@@ -196,9 +196,9 @@ class RunSpec(RuntimeSpec):
 
         v = self.verifier
         if v.kind == "testbed":
-            from stepgraph.testbed import task
+            from stepgraph.testbed import testbed_task
 
-            problems = [p for split in SPLITS for p in task.generate(split, int(self.data.splits.get(split, 0)), seed=self.data.seed)]
+            problems = [p for split in SPLITS for p in testbed_task().generate(split, int(self.data.splits.get(split, 0)), seed=self.data.seed)]
             return TestbedVerifier(problems)
         if v.kind == "judge":
             assert isinstance(v.judge, ServerTier | OpenAITier)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from stepgraph.context import RouterContext
 from stepgraph.graph import build_graph
 from stepgraph.models.base import StepModel, StepOutput
-from stepgraph.testbed import load_pair, task
+from stepgraph.testbed import load_pair, testbed_task
 from stepgraph.testbed.defaults import resolve_gate
 
 
@@ -43,7 +43,7 @@ def measure_overhead(n_problems: int = 20, seed: int = 0, gate_name: str | None 
     """Run the default graph on test problems; report overhead per step and its ratio to a draft call."""
     tiers = [TimedModel(m) for m in load_pair()]
     graph = build_graph(tiers, resolve_gate(gate_name))
-    problems = task.generate("test", n_problems, seed=seed)
+    problems = testbed_task().generate("test", n_problems, seed=seed)
     graph.invoke({"question": problems[0].question}, context=RouterContext(seed=seed))  # warm-up
     for t in tiers:
         t.durations.clear()

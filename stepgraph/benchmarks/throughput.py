@@ -18,7 +18,7 @@ from stepgraph.context import RouterContext
 from stepgraph.graph import build_graph
 from stepgraph.graph.state import InputState
 from stepgraph.models.base import StepModel
-from stepgraph.testbed import BACKENDS, close_pair, load_pair, task
+from stepgraph.testbed import BACKENDS, close_pair, load_pair, testbed_task
 from stepgraph.testbed.defaults import resolve_gate
 
 
@@ -58,7 +58,7 @@ def measure(tiers: Sequence[StepModel], questions: Sequence[str], batch: int) ->
 def run_throughput(n_problems: int = 32, batches: Sequence[int] = (1, 16), backends: Sequence[str] = BACKENDS,
                    seed: int = 0) -> list[dict]:
     """One row per (backend, batch), with steps/s relative to the first backend at the first batch size."""
-    questions = [p.question for p in task.generate("test", n_problems, seed=seed)]
+    questions = [p.question for p in testbed_task().generate("test", n_problems, seed=seed)]
     rows: list[dict] = []
     for backend in backends:
         tiers = load_pair(backend)

@@ -5,11 +5,12 @@
     stepgraph radar STAGE             RADAR's query-level router, offline          (cli/radar.py)
     stepgraph reobserve | signals | policy-check | bench-allocator | taxonomy    studies (cli/studies.py)
     stepgraph testbed-models          train the shipped testbed models             (cli/testbed_models.py)
+    stepgraph regenerate              every shipped artifact and benchmark, resumable (cli/regenerate.py)
     stepgraph overhead | throughput   benchmarks                                   (cli/bench.py)
     stepgraph serve | serve-bench     OpenAI-compatible HTTP server, its benchmark (cli/serve.py)
     stepgraph mcp                     MCP tool server                              (cli/mcp.py)
 
-The offline commands' modules (training, radar, studies, testbed_models) are imported only for a command line
+The offline commands' modules (training, radar, studies, testbed_models, regenerate) are imported only for a command line
 that is not one of ``RUNTIME_COMMANDS``, so ``solve`` starts fast.
 """
 
@@ -47,12 +48,13 @@ def build_parser(offline: bool = True) -> argparse.ArgumentParser:
     solve.add_command(sub)
     bench.add_commands(sub)
     if offline:
-        from stepgraph.cli import radar, studies, testbed_models, training
+        from stepgraph.cli import radar, regenerate, studies, testbed_models, training
 
         training.add_commands(sub)
         radar.add_command(sub)
         studies.add_commands(sub)
         testbed_models.add_command(sub)
+        regenerate.add_command(sub)
     serve.add_commands(sub)
     mcp.add_command(sub)
     parser.epilog = "Run `stepgraph COMMAND --help` for a command's options and their defaults."

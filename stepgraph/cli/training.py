@@ -35,7 +35,7 @@ from stepgraph.errors import ConfigError, StepgraphError
 from stepgraph.features import FEATURE_SCHEMA
 from stepgraph.models.base import DEFAULT_TEMPERATURE
 from stepgraph.routing.gates import PolicyGate
-from stepgraph.testbed import BACKENDS, close_pair, load_pair, load_tiers, task
+from stepgraph.testbed import BACKENDS, close_pair, load_pair, load_tiers, testbed_task
 from stepgraph.training.calibration.calibrate import (
     CURVE_ALPHAS,
     check_tiers,
@@ -83,7 +83,7 @@ def _collect(args: argparse.Namespace) -> dict:
     if n_tiers > 2 and not args.record_tiers:
         raise ConfigError(f"--tiers {n_tiers} collects for the K-tier policy, which trains on every tier's step: add --record-tiers.")
     items = testbed_items(args.split, args.problems, seed=args.seed)
-    verifier = TestbedVerifier(task.generate(args.split, args.problems, seed=args.seed))
+    verifier = TestbedVerifier(testbed_task().generate(args.split, args.problems, seed=args.seed))
     with TraceStore(args.store or default_store_path()) as store:
         return collect(
             store, items, lambda: load_tiers(n_tiers), verifier, split=args.split, threshold=args.threshold, feature=args.feature,
@@ -404,8 +404,8 @@ def _bench(args: argparse.Namespace) -> dict:
         episodes = list(store.episodes(split="train"))
     if not episodes:
         raise StepgraphError(f"{args.store} holds no train episodes; run `stepgraph collect` first.")
-    calibration = task.generate("calibration", args.calibration_problems, seed=args.seed + 1)
-    test = task.generate("test", args.problems, seed=args.seed)
+    calibration = testbed_task().generate("calibration", args.calibration_problems, seed=args.seed + 1)
+    test = testbed_task().generate("test", args.problems, seed=args.seed)
     verifier = TestbedVerifier(calibration + test)
     prices = [Prices(args.input_price, args.cached_price, args.output_price)] * 2
     tiers = load_pair()
@@ -439,6 +439,7 @@ def _bench_tiers(args: argparse.Namespace) -> dict:
                                 calibration_problems=args.calibration_problems, problems=args.problems, seeds=args.seeds,
                                 seed=args.seed, alpha=alpha, cpo=cpo,
                                 allocator=args.allocator, combined_allocator=args.combined_allocator,
+                                shipped_policy=args.policy or DEFAULT_POLICY_DIR,
                                 extra_policies={k: Path(v) for k, v in extra.items()}, calibration_runs=args.calibration_runs,
                                 frontier=args.frontier))
     print(Path(report["table"]).read_text(), file=sys.stderr)
@@ -614,7 +615,7 @@ def add_commands(sub: Any) -> None:
     _add_spec_options(b)
     b.add_argument("--store", type=store_location, default=None,
                    help="trace store whose train episodes fit STEER and the PRM (default: the spec's paths.store, else runs/traces.sqlite)")
-    b.add_argument("--policy", type=Path, default=None, help="CPO policy or calibrated gate (default: the spec's gate, else the shipped policy)")
+    b.add_argument("--policy", type=Path, default=None, help="CPO policy or calibrated gate; --tiers 3: the 2-tier policy of the shipped-policy rows (default: the spec's gate, else the shipped policy)")
     b.add_argument("--out", type=Path, default=None, help="output directory (default: the spec's paths.bench, else runs/bench)")
     b.add_argument("--problems", type=in_range(int, 1), default=200, help="test-split problems, at most (default: %(default)s)")
     b.add_argument("--calibration-problems", type=in_range(int, 1), default=100, help="calibration problems that choose every threshold (default: %(default)s)")

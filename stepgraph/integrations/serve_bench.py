@@ -48,9 +48,9 @@ async def _measure(url: str, api_key: str | None, model: str, clients: int, requ
 def run_serve_bench(url: str, *, clients: list[int], requests: int, api_key: str | None = None,
                     model: str = "stepgraph", seed: int = 0) -> list[dict[str, Any]]:
     """One row per client count."""
-    from stepgraph.testbed import task
+    from stepgraph.testbed import testbed_task
 
-    questions = [p.question for p in task.generate("test", 32, seed=seed)]
+    questions = [p.question for p in testbed_task().generate("test", 32, seed=seed)]
     return [asyncio.run(_measure(url, api_key, model, n, requests, questions)) for n in clients]
 
 

@@ -1,12 +1,15 @@
 """The testbed: a step-checkable arithmetic task and the shipped models: draft, mid and target.
 
 The default router is the 2-tier draft → target pair (``load_pair``); ``load_tiers(3)`` adds the
-mid model between them for K-tier routing.
+mid model between them for K-tier routing. ``testbed_task()`` is the task they were trained on.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 from pathlib import Path
+from types import ModuleType
 
 MODELS_DIR = Path(__file__).parent / "models"
 DRAFT_MODEL_DIR = MODELS_DIR / "draft"
@@ -17,6 +20,22 @@ TIER_DIRS = {2: (DRAFT_MODEL_DIR, TARGET_MODEL_DIR), 3: (DRAFT_MODEL_DIR, MID_MO
 
 
 BACKENDS = ("transformers", "vllm")
+TASK_MODULES = {"v1": "stepgraph.testbed.task", "v2": "stepgraph.testbed.wordproblems"}
+"""A ``training.json`` ``"task"`` → the task's module; both have the same API (``generate``, ``verify_step``, ...)."""
+
+
+def testbed_task() -> ModuleType:
+    """The task of the shipped tiers: the module named by the shipped target's ``training.json``
+    ``"task"`` (``"v2"``: ``wordproblems``); ``task`` (v1) when it names none, as v1's summaries do.
+
+    Example:
+        >>> testbed_task().generate("test", 1, seed=0)[0].question  # doctest: +SKIP
+    """
+    summary = TIER_DIRS[2][-1] / "training.json"
+    name = json.loads(summary.read_text()).get("task", "v1") if summary.is_file() else "v1"
+    if name not in TASK_MODULES:
+        raise ValueError(f"{summary} names task {name!r}; this stepgraph knows {sorted(TASK_MODULES)}.")
+    return importlib.import_module(TASK_MODULES[name])
 
 
 def load_pair(backend: str = "transformers") -> list:

@@ -3,8 +3,10 @@
 Methods (all gates in the same graph): draft-only, target-only, random (escalation rate matched
 to the CPO policy's), confidence thresholds (API confidence and the max-logit confidence), STEER
 (stepwise GMM fitted on the train traces), RSD (a reward model trained on the train traces' step
-verdicts), SpecReason (the target's likelihood of the draft step), the CPO policy, and the oracle
-(escalate exactly the drafts the exact verifier rejects). SpecReason's judging passes are counted
+verdicts), SpecReason (the target's likelihood of the draft step), the CPO policy, the two-feature hand rule
+(escalate iff ``arithmetic_error`` or ``ungrounded_operands``: ``FeatureRuleGate``) with the policy's κ
+re-tuned to the rule's calibration coverage beside it, and the oracle (escalate exactly the drafts the
+exact verifier rejects). SpecReason's judging passes are counted
 in its FLOPs (2·N of the target per draft token scored).
 
 Every score-based method (the policy's κ too) is tuned on the calibration split only, three ways:
@@ -52,6 +54,7 @@ from stepgraph.routing.gates import (
     AlwaysDraftGate,
     AlwaysTargetGate,
     ConfidenceThresholdGate,
+    FeatureRuleGate,
     PolicyGate,
     RandomGate,
     StepwiseGMMGate,
@@ -190,12 +193,14 @@ def run_bench(tiers: Sequence[StepModel], *, train_episodes: Sequence[Episode], 
     calibration_target = run_rows(tiers, AlwaysTargetGate(), calibration, seed=seeds[0], prices=prices, **run)
     calibration_policy = add_coverage(run_rows(tiers, policy, calibration, seed=seeds[0], prices=prices, **run), calibration_target)
     policy_coverage = sum(r["covered"] for r in calibration_policy) / len(calibration_policy)
+    calibration_rule = add_coverage(run_rows(tiers, FeatureRuleGate(), calibration, seed=seeds[0], prices=prices, **run), calibration_target)
+    rule_coverage = sum(r["covered"] for r in calibration_rule) / len(calibration_rule)
     chosen: dict[str, Any] = {}
-    tuning: dict[str, Any] = {"policy_calibration_coverage": policy_coverage}
+    tuning: dict[str, Any] = {"policy_calibration_coverage": policy_coverage, "rule_calibration_coverage": rule_coverage}
     candidates: dict[str, Callable[[float], Gate]] = {}
     for name, tunable in tqdm(methods.items(), desc="tune thresholds (exact sweep)", disable=not progress):
         result = tune(tunable, tiers, calibration, calibration_target, alpha=alpha, seed=seeds[0], prices=prices,
-                      context=context, concurrency=concurrency, matched_coverage=None if name == "policy" else policy_coverage,
+                      context=context, concurrency=concurrency, matched_coverage=rule_coverage if name == "policy" else policy_coverage,
                       desc=f"sweep {name}",
                       progress=progress)
         tuning[name] = {k: result[k] for k in ("probes", "problems", "breakpoints", "curve")}
@@ -213,7 +218,8 @@ def run_bench(tiers: Sequence[StepModel], *, train_episodes: Sequence[Episode], 
         rate = sum(r["escalation_rate"] for r in policy_rows) / len(policy_rows)
         per_seed = {"target": target_rows, "policy": policy_rows,
                     "draft": run_rows(tiers, AlwaysDraftGate(), test, seed=seed, prices=prices, **run),
-                    "random": run_rows(tiers, RandomGate(rate, seed=seed), test, seed=seed, prices=prices, **run)}
+                    "random": run_rows(tiers, RandomGate(rate, seed=seed), test, seed=seed, prices=prices, **run),
+                    "rule": run_rows(tiers, FeatureRuleGate(), test, seed=seed, prices=prices, **run)}
         done: dict[tuple[str, float], list[dict[str, Any]]] = {}  # two tunings that chose the same threshold share one run
         for key, make in candidates.items():
             same = (chosen[key]["method"], chosen[key]["threshold"])
@@ -228,6 +234,8 @@ def run_bench(tiers: Sequence[StepModel], *, train_episodes: Sequence[Episode], 
             rows.setdefault(name, []).extend(method_rows)
     summary = {name: summarize(method_rows) for name, method_rows in rows.items()}
     comparisons = {name: compare(method_rows, rows["policy"]) for name, method_rows in rows.items() if name != "policy"}
+    if "policy-matched" in rows:  # the policy's cost against the hand rule's at the rule's coverage, paired
+        comparisons["policy-matched"] = {**comparisons["policy-matched"], "versus_rule": compare(rows["policy-matched"], rows["rule"])}
     return {"alpha": alpha, "seeds": list(seeds), "problems": len(test), "calibration_problems": len(calibration),
             "threshold_features": {"threshold": threshold_feature, "threshold-alt": next(f for f in CONFIDENCE_FEATURES if f != threshold_feature)},
             "thresholds": chosen, "tuning": tuning, "summary": summary, "comparisons": comparisons, "notes": notes, "rows": rows}
@@ -235,11 +243,12 @@ def run_bench(tiers: Sequence[StepModel], *, train_episodes: Sequence[Episode], 
 
 BASE = ["threshold", "threshold-alt", "steer", "rsd", "specreason"]
 ORDER = ["target", "draft", "random", *BASE, "policy", *(f"{m}-{how}" for how in ("exact", "matched") for m in BASE),
-         "policy-grid", "policy-exact", "oracle"]
+         "policy-grid", "policy-exact", "rule", "policy-matched", "oracle"]
 METHOD_LABELS = {"threshold": "Confidence threshold", "threshold-alt": "Confidence threshold", "steer": "STEER (stepwise GMM)",
                  "rsd": "RSD (PRM)", "specreason": "SpecReason (target judge)", "policy": "CPO policy κ"}
 LABELS = {"target": "Target only", "draft": "Draft only", "random": "Random (matched rate)", "policy": "CPO policy (ours)",
-          "oracle": "Oracle"}
+          "rule": "Hand rule (arithmetic_error or ungrounded_operands)",
+          "policy-matched": "CPO policy κ, matched to the hand rule's coverage", "oracle": "Oracle"}
 TUNING_LABELS = {"grid": "0.1 grid", "exact": "exact breakpoints", "matched": "matched to the policy's coverage"}
 
 
@@ -278,6 +287,11 @@ def markdown_table(report: Mapping[str, Any]) -> str:
             f"| {ratio} | {cell(s['prefill_flops'], 1e6, 1)} | {s['usd']['mean'] * 1000:.4f} | {s['a_over_c_per_mflop']:.4f} "
             f"| {cell(s['escalation_rate'])} | {s['seconds']['mean']:.3f} | {versus} | {mcn} |"
         )
+    versus_rule = report.get("comparisons", {}).get("policy-matched", {}).get("versus_rule")
+    if versus_rule:
+        lines.append(f"\nThe policy against the hand rule at the rule's calibration coverage "
+                     f"({report['tuning']['rule_calibration_coverage']:.3f}): Δ MFLOPs (policy κ matched − rule) "
+                     f"{versus_rule['diff'] / 1e6:+.1f} [{versus_rule['low'] / 1e6:+.1f}, {versus_rule['high'] / 1e6:+.1f}] (paired 95% CI).")
     lines += [f"\n{note}" for note in report.get("notes", [])]
     tuning = report.get("tuning", {})
     if any(isinstance(v, dict) for v in tuning.values()):

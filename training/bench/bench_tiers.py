@@ -59,7 +59,7 @@ from stepgraph.models.base import StepModel
 from stepgraph.routing.allocator import Allocator
 from stepgraph.routing.gates import AlwaysDraftGate, PolicyGate
 from stepgraph.routing.gates.base import Gate
-from stepgraph.testbed import close_pair, load_tiers, task
+from stepgraph.testbed import close_pair, load_tiers, testbed_task
 
 
 @dataclass
@@ -84,6 +84,8 @@ class TierBenchArgs:
     """a 2-tier (draft → target) allocator artifact: adds the allocator-alone row"""
     combined_allocator: Path | None = None
     """the allocator calibrated with the shipped policy as post-hoc gate (default: ``allocator``): adds that row"""
+    shipped_policy: Path = DEFAULT_POLICY_DIR
+    """the 2-tier policy of the shipped-policy rows (``stepgraph bench --tiers 3 --policy``)"""
     extra_policies: dict[str, Path] = field(default_factory=dict)
     """more trained tier policies to bench: row name → artifact (3 tiers: draft → mid → target; 2: draft → target)"""
     calibration_runs: int = 400
@@ -98,7 +100,7 @@ class TierBenchArgs:
 def collect_tier_traces(store: TraceStore, make_tiers, args: TierBenchArgs) -> dict[str, Any]:
     """Train and calibration traces with every tier's step, on the testbed's splits."""
     reports: dict[str, Any] = {}
-    splits: tuple[tuple[task.Split, int, int], ...] = (("train", args.train_problems, args.seed),
+    splits: tuple[tuple[str, int, int], ...] = (("train", args.train_problems, args.seed),
                                                       ("calibration", args.calibration_problems, args.seed + 1))
     for split, n, seed in splits:
         items = testbed_items(split, n, seed=seed)
@@ -107,7 +109,7 @@ def collect_tier_traces(store: TraceStore, make_tiers, args: TierBenchArgs) -> d
             # refuses to add new traces to such a store; the tier policy ignores features its traces never report).
             reports[split] = {"reused": n}
             continue
-        verifier = TestbedVerifier(task.generate(split, n, seed=seed))
+        verifier = TestbedVerifier(testbed_task().generate(split, n, seed=seed))
         reports[split] = collect(store, items, make_tiers, verifier, split=split, seed=seed, record_tiers=True)
     return reports
 
@@ -257,7 +259,7 @@ def allocator_routers(tiers: Sequence[StepModel], args: TierBenchArgs) -> dict[s
     pair = [{"name": tiers[i].name, "parameters": tiers[i].n_params} for i in (0, 2)]  # refuses an allocator of other tiers
     combined = LearnedAllocator.from_path(args.combined_allocator or args.allocator, pair)
     return {"allocator-2-tier": ((0, 2), AlwaysDraftGate(), LearnedAllocator.from_path(args.allocator, pair)),
-            "allocator+shipped-policy-2-tier": ((0, 2), PolicyGate.from_path(DEFAULT_POLICY_DIR), combined)}
+            "allocator+shipped-policy-2-tier": ((0, 2), PolicyGate.from_path(args.shipped_policy), combined)}
 
 
 # --- κ from live runs, and the comparison at matched coverage -------------------------------------
@@ -366,7 +368,7 @@ def main(args: TierBenchArgs) -> dict[str, Any]:
     try:
         trained = {"policy-3-tier": ((0, 1, 2), PolicyGate.from_path(policies["policy-3-tier"])),
                    "policy-2-tier": ((0, 2), PolicyGate.from_path(policies["policy-2-tier"]))}
-        shipped = PolicyGate.from_path(DEFAULT_POLICY_DIR)
+        shipped = PolicyGate.from_path(args.shipped_policy)
         live: dict[str, dict[str, Any]] = {}
         if args.calibration_runs:
             calibration_items = testbed_items("calibration", args.calibration_runs, seed=args.seed + 1)
@@ -381,7 +383,7 @@ def main(args: TierBenchArgs) -> dict[str, Any]:
         if "shipped-policy-live-kappa-2-tier" in live:
             extra["shipped-policy-live-kappa-2-tier"] = ((0, 2), with_threshold(shipped, live["shipped-policy-live-kappa-2-tier"]["threshold"]))
         items = testbed_items("test", args.problems, seed=args.seed)
-        report = run_tier_bench(tiers, policies, items, seeds=args.seeds, extra_gates=extra,
+        report = run_tier_bench(tiers, policies, items, seeds=args.seeds, shipped_policy=args.shipped_policy, extra_gates=extra,
                                 allocators=allocator_routers(tiers, args) | tier_allocator_routers(tiers, allocators, policies))
         if args.frontier:
             alone = report["rows"]["target-alone"]  # what coverage is measured against, already run per seed

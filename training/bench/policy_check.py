@@ -24,10 +24,11 @@ from stepgraph.training.collection.collect import Item
 from stepgraph.training.collection.evaluate import evaluate_gates
 from stepgraph.training.data.store import TraceStore
 
+from stepgraph.errors import ConfigError
 from stepgraph.models.base import DEFAULT_TEMPERATURE
 from stepgraph.routing.gates import PolicyGate
 from stepgraph.routing.gates.base import Gate, GateDecision, GateInput
-from stepgraph.testbed import load_pair, task
+from stepgraph.testbed import load_pair, task, testbed_task
 
 THRESHOLD_FEATURES = ("api_confidence", "sampled_logprob_min", "sampled_logprob_sum")
 
@@ -72,8 +73,10 @@ def policy_check(store: str | Path, policies: Sequence[Path] = (), *, problems: 
         gates[f"threshold:{feature}"] = FeatureThresholdGate(feature, tuned[feature]["threshold"])
     for path in policies:
         gates[str(path)] = PolicyGate.from_path(path)
-    difficulty = task.Difficulty(min_ops=4, max_ops=4) if shifted else task.Difficulty()
-    generated = task.generate("test", problems, seed=seed, difficulty=difficulty)
+    if shifted and testbed_task() is not task:
+        raise ConfigError("policy-check --shifted draws task v1's four-operation problems; the shipped tiers are on another task.")
+    generated = (task.generate("test", problems, seed=seed, difficulty=task.Difficulty(min_ops=4, max_ops=4)) if shifted
+                 else testbed_task().generate("test", problems, seed=seed))
     items = [Item(f"test:{seed}:{i}", p.question, str(p.answer)) for i, p in enumerate(generated)]
     report = {"tuned_thresholds": tuned, "shifted": shifted, "problems": len(items), "seed": seed,
               "gates": evaluate_gates(load_pair(), gates, items, seed=seed, temperature=DEFAULT_TEMPERATURE, progress=False,

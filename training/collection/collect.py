@@ -35,7 +35,7 @@ from stepgraph.models.base import DEFAULT_TEMPERATURE, StepModel, StepOutput
 from stepgraph.models.costs import call_cost
 from stepgraph.routing.gates import AlwaysDraftGate, ConfidenceThresholdGate, ExploringGate
 from stepgraph.routing.gates.base import Gate
-from stepgraph.testbed import task
+from stepgraph.testbed import testbed_task
 
 
 class DraftRecorder:
@@ -232,9 +232,9 @@ def _heartbeat(store: TraceStore) -> Iterator[None]:
         thread.join()
 
 
-def testbed_items(split: task.Split, n: int, seed: int = 0) -> list[Item]:
+def testbed_items(split: str, n: int, seed: int = 0) -> list[Item]:
     """Testbed problems as collection items (id = split:seed:index)."""
-    return [Item(f"{split}:{seed}:{i}", p.question, str(p.answer)) for i, p in enumerate(task.generate(split, n, seed=seed))]
+    return [Item(f"{split}:{seed}:{i}", p.question, str(p.answer)) for i, p in enumerate(testbed_task().generate(split, n, seed=seed))]
 
 
 def default_store_path() -> Path:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from langchain_core.language_models import BaseChatModel
 
@@ -19,7 +19,7 @@ from stepgraph.answers import extract_boxed, is_correct
 from stepgraph.errors import ConfigError
 from stepgraph.graph.nodes import call_seed
 from stepgraph.models.base import DEFAULT_TEMPERATURE, StepModel
-from stepgraph.testbed import task
+from stepgraph.testbed import testbed_task
 
 
 class StepVerifier(Protocol):
@@ -31,16 +31,17 @@ class StepVerifier(Protocol):
 
 
 class TestbedVerifier:
-    """The testbed's exact step verifier (``task.verify_step``), keyed by question text."""
+    """The testbed's exact step verifier (``verify_step`` of the shipped tiers' task, ``testbed_task()``), keyed by question text."""
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, problems: Sequence[task.Problem]) -> None:
+    def __init__(self, problems: Sequence[Any]) -> None:
         self._problems = {p.question: p for p in problems}
+        self._verify_step = testbed_task().verify_step
 
     def verify(self, question: str, reference: str, prior_steps: Sequence[str], step: str) -> bool | None:
         problem = self._problems.get(question)
-        return None if problem is None else task.verify_step(problem, list(prior_steps), step)
+        return None if problem is None else self._verify_step(problem, list(prior_steps), step)
 
 
 JUDGE_PROMPT = (

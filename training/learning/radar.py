@@ -54,7 +54,7 @@ from stepgraph.routing.radar import (
     RadarRouter,
     p_correct,
 )
-from stepgraph.testbed import task
+from stepgraph.testbed import task, testbed_task
 
 # The testbed's configurations: each tier alone, each with a 4-step budget, the stepwise policy at three κ.
 TESTBED_CONFIGURATIONS = [
@@ -71,21 +71,34 @@ TESTBED_CONFIGURATIONS = [
 NEW_CONFIGURATIONS = [Configuration(name="policy@k0.1", gate="policy", kappa=0.1),
                       Configuration(name="mid", gate="tier", tier="mid"),
                       Configuration(name="mid@4steps", gate="tier", tier="mid", max_steps=4)]
-# The shifted split: longer problems than the 2-4 operations the shipped pair was trained on.
+# The shifted split: longer problems than the shipped pair mostly saw. Task v1 (trained on 2-4 operations):
+# 3-5 operations; task v2 (1-6 computed steps): the test split's problems with 4-6, a sixth of them.
 SHIFTED = task.Difficulty(min_ops=3, max_ops=5)
+SHIFTED_MIN_STEPS = 4
 SPLIT_SEEDS = {"train": 0, "calibration": 1, "test": 0, "shifted": 2}
 PRICES = Prices(0.40, 0.10, 1.60)
 
 
-def split_items(split: str, n: int) -> list[Item]:
-    """Testbed items of a split; ``shifted`` is the test split's questions drawn with ``SHIFTED``."""
+def split_problems(split: str, n: int) -> list[Any]:
+    """The shipped tiers' task's problems of a split (``testbed_task()``); ``shifted``: the test split's
+    longer ones (v1: drawn with ``SHIFTED``; v2: those with at least ``SHIFTED_MIN_STEPS`` computed steps)."""
+    tb = testbed_task()
+    if split == "shifted" and tb is task:
+        return task.generate("test", n, seed=SPLIT_SEEDS[split], difficulty=SHIFTED)
     if split == "shifted":
-        problems = task.generate("test", n, seed=SPLIT_SEEDS[split], difficulty=SHIFTED)
-    elif split in ("train", "calibration", "test"):
-        problems = task.generate(split, n, seed=SPLIT_SEEDS[split])  # type: ignore[arg-type]
-    else:
-        raise ConfigError(f"--split must be train, calibration, test or shifted; got {split!r}.")
-    return [Item(f"{split}:{SPLIT_SEEDS[split]}:{i}", p.question, str(p.answer)) for i, p in enumerate(problems)]
+        drawn, longer = n, list[Any]()
+        while len(longer) < n:
+            drawn *= 4
+            longer = [p for p in tb.generate("test", drawn, seed=SPLIT_SEEDS[split]) if len(p.derived) >= SHIFTED_MIN_STEPS]
+        return longer[:n]
+    if split in ("train", "calibration", "test"):
+        return tb.generate(split, n, seed=SPLIT_SEEDS[split])
+    raise ConfigError(f"--split must be train, calibration, test or shifted; got {split!r}.")
+
+
+def split_items(split: str, n: int) -> list[Item]:
+    """Testbed items of a split (``split_problems``)."""
+    return [Item(f"{split}:{SPLIT_SEEDS[split]}:{i}", p.question, str(p.answer)) for i, p in enumerate(split_problems(split, n))]
 
 
 def collect_responses(tiers: Sequence[StepModel], configurations: Sequence[Configuration], items: Sequence[Item],
@@ -594,7 +607,7 @@ def traces_command(*, router: Path, split: str, problems: int, store: Path, poli
     tiers, _ = _load(policy)
     fitted = RadarRouter.from_path(router, tiers)
     items = split_items(split, problems)
-    verifier = TestbedVerifier(task.generate(split, problems, seed=SPLIT_SEEDS[split]))  # type: ignore[arg-type]
+    verifier = TestbedVerifier(split_problems(split, problems))
     with TraceStore(store) as traces:
         done = traces.problem_ids()
         traces.set_meta("models", [{"name": m.name, "parameters": m.n_params} for m in tiers])

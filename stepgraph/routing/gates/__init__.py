@@ -20,11 +20,17 @@ from stepgraph.errors import GateConfigError
 from stepgraph.routing.gates.base import Gate, GateDecision, GateInput, GateOption
 from stepgraph.routing.gates.exploring import ExploringGate
 from stepgraph.routing.gates.policy_gate import PolicyGate
-from stepgraph.routing.gates.simple import AlwaysDraftGate, AlwaysTargetGate, ConfidenceThresholdGate, RandomGate
+from stepgraph.routing.gates.simple import (
+    AlwaysDraftGate,
+    AlwaysTargetGate,
+    ConfidenceThresholdGate,
+    FeatureRuleGate,
+    RandomGate,
+)
 from stepgraph.routing.gates.steer import StepwiseGMMGate
 
 REGISTERED: tuple[type[Gate], ...] = (
-    PolicyGate, ConfidenceThresholdGate, StepwiseGMMGate, RandomGate, AlwaysDraftGate, AlwaysTargetGate,
+    PolicyGate, ConfidenceThresholdGate, StepwiseGMMGate, FeatureRuleGate, RandomGate, AlwaysDraftGate, AlwaysTargetGate,
 )
 """The gates ``make_gate`` builds by name, in the order the CLI lists them."""
 
@@ -75,6 +81,7 @@ __all__ = [
     "AlwaysTargetGate",
     "ConfidenceThresholdGate",
     "ExploringGate",
+    "FeatureRuleGate",
     "Gate",
     "GateDecision",
     "GateInput",

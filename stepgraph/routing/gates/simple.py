@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import ClassVar
 
 from stepgraph.errors import GateConfigError
+from stepgraph.features import FEATURE_SCHEMA
 from stepgraph.routing.gates.base import Gate, GateDecision, GateInput, GateOption
 
 CONFIDENCE_FEATURES = ("logit_confidence", "api_confidence")
@@ -135,3 +136,37 @@ class ConfidenceThresholdGate(Gate):
     def decide_on_score(self, x: GateInput, score: float) -> GateDecision:
         escalate = score > self.threshold  # strictly below the cut-off: a tie is accepted
         return GateDecision(escalate, score, float(escalate))
+
+
+RULE_FEATURES = ("arithmetic_error", "ungrounded_operands")
+
+
+class FeatureRuleGate(Gate):
+    """A hand rule: escalates iff any of ``features`` is positive (an unknown value counts as 0).
+
+    The default is the two-feature rule the bench sets beside the learned policy: escalate iff the
+    step's arithmetic is wrong or it uses a number found neither in the question nor in earlier steps.
+    The score is the number of features that fire and ``threshold`` is 1.
+
+    Args:
+        features: observation names, a sequence or one comma-separated string (default: ``RULE_FEATURES``).
+
+    Example:
+        >>> FeatureRuleGate("arithmetic_error,ungrounded_operands").features
+        ('arithmetic_error', 'ungrounded_operands')
+    """
+
+    name = "rule"
+    options: ClassVar[Mapping[str, GateOption]] = {
+        "features": GateOption("--features", str, f"comma-separated features; escalate iff any is positive (default: {','.join(RULE_FEATURES)})"),
+    }
+    threshold = 1.0
+
+    def __init__(self, features: str | Sequence[str] = RULE_FEATURES) -> None:
+        names = tuple(f.strip() for f in features.split(",")) if isinstance(features, str) else tuple(features)
+        if not names or any(f not in FEATURE_SCHEMA.names for f in names):
+            raise GateConfigError(f"features must be one or more of {', '.join(FEATURE_SCHEMA.names)}; got {features!r}.")
+        self.features = names
+
+    def score(self, x: GateInput) -> float:
+        return float(sum((x.observation.get(f) or 0.0) > 0 for f in self.features))

@@ -1,0 +1,40 @@
+"""`stepgraph regenerate`: its stages are the documented commands and it resumes. (End to end at tiny size it takes
+about 20 min here, too long for the slow tier: see the smoke in the issue-28 report.)"""
+
+import dataclasses
+import json
+
+from cli_json import run
+from stepgraph.training.regenerate import Sizes, stages
+
+from stepgraph.cli import build_parser, main
+
+TINY = Sizes(train_problems=30, calibration_problems=50, policy_steps=20, tier_train_problems=30, tier_calibration_problems=50,
+             tier_calibration_runs=0, allocator_steps=10, radar_train_problems=40, radar_calibration_problems=15,
+             radar_problems=10, bench_problems=10, bench_calibration_problems=8, taxonomy_problems=20)
+TINY_OPTIONS = [x for f in dataclasses.fields(Sizes) for x in (f"--{f.name.replace('_', '-')}", str(getattr(TINY, f.name)))]
+
+
+def test_every_stage_is_a_stepgraph_command_line_and_v1_has_no_taxonomy(tmp_path, capsys):
+    listed = stages(tmp_path, Sizes())
+    names = [name for name, _ in listed]
+    assert len(set(names)) == len(names) and "taxonomy" not in names  # the shipped tiers are task v1
+    for _, argv in listed:
+        build_parser().parse_args(argv)  # exits on an unknown option
+    commands = dict(listed)
+    assert commands["collect-train"][-2:] == ["--problems", "600"] and commands["bench"][-3:] == ["--seeds", "0", "1"]
+    assert names.index("policy-default") < names.index("tiers") < names.index("policy-three-tier") < names.index("bench")
+    listed_by_cli = run(capsys, "regenerate", "--out", str(tmp_path), "--list", *TINY_OPTIONS)
+    assert listed_by_cli["collect-train"] == "stepgraph " + " ".join(dict(stages(tmp_path, TINY))["collect-train"])
+
+
+def test_a_finished_stage_is_skipped_and_an_unknown_one_is_refused(tmp_path, capsys):
+    (tmp_path / "stages").mkdir()
+    for name, _ in stages(tmp_path, TINY):
+        (tmp_path / "stages" / f"{name}.json").write_text("{}")
+    assert main(["regenerate", "--out", str(tmp_path), *TINY_OPTIONS]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {} and len(err.splitlines()) == len(stages(tmp_path, TINY))
+    assert all(line.endswith("skipped (done)") for line in err.splitlines())
+    assert main(["regenerate", "--out", str(tmp_path), "--stage", "colect-train"]) == 2
+    assert "Unknown stage(s) ['colect-train']" in capsys.readouterr().err

@@ -1,0 +1,119 @@
+"""The stages of ``stepgraph regenerate`` (run by ``stepgraph.cli.regenerate``): every artifact and BENCHMARKS number
+of the shipped tiers, from scratch, in order.
+
+Each stage is one existing command (``stepgraph collect``, ``train``, ``calibrate``, ``bench``, ``radar ...``,
+``bench-allocator``, ``taxonomy``), run in-process on the shipped tiers (``stepgraph.testbed.TIER_DIRS``) and
+their task (``testbed_task()``), with its outputs under ``--out``:
+
+- ``traces.sqlite``: 2-tier train and calibration traces;
+- ``policies/{default,logits_only,api_only,three_tier}``: the shipped policies (κ calibrated, with the
+  out-of-domain ``domain`` field); ``three_tier`` is ``tiers/policy-3-tier`` (from ``bench --tiers 3``, which
+  collects its own traces with every tier's step) with its domain threshold added;
+- ``gates/{threshold,steer,prm}``: the confidence threshold, STEER's GMM and RSD's PRM calibrated on the traces;
+- ``allocator``, ``allocator-combined``, ``bench-allocator.json``: the ex-ante allocator and its bench;
+- ``radar/``: RADAR's response matrices, router, difficulty traces and policies, and its bench;
+- ``bench/``: the side-by-side bench (exact thresholds, the hand rule, the oracle), ``tiers/``: 2 tiers
+  against 3; ``stages/taxonomy.out``: the draft's error taxonomy table (task v2 only).
+
+A stage that finished wrote ``stages/NAME.json`` (its command line, wall time and result; what it printed, such as
+the taxonomy table, is in ``stages/NAME.out``) and is skipped
+next time, so an interrupted run resumes; collection stages also resume inside (their stores skip
+stored problems). Copy the artifacts into ``stepgraph/testbed/policies`` and the tables into
+BENCHMARKS.md by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Sizes:
+    """The sizes of a regeneration; the defaults are those of the shipped artifacts."""
+
+    train_problems: int = 600
+    """2-tier train traces"""
+    calibration_problems: int = 400
+    """2-tier calibration traces (κ, the thresholds, the out-of-domain threshold)"""
+    policy_steps: int = 1000
+    """CPO steps of the 2-tier policies"""
+    tier_train_problems: int = 1200
+    """3-tier train traces (bench --tiers 3)"""
+    tier_calibration_problems: int = 200
+    """3-tier calibration traces"""
+    tier_calibration_runs: int = 400
+    """calibration problems run live to calibrate the 3-tier policy's κ"""
+    allocator_steps: int = 200
+    """the allocators' RL steps"""
+    radar_train_problems: int = 300
+    """RADAR's train queries (at least 30: `radar bench` estimates an added configuration's ability on 30 of them)"""
+    radar_calibration_problems: int = 200
+    """RADAR's calibration queries"""
+    radar_problems: int = 150
+    """RADAR's test and shifted queries, per seed"""
+    bench_problems: int = 200
+    """test problems of every bench"""
+    bench_calibration_problems: int = 100
+    """calibration problems that tune the bench's thresholds"""
+    taxonomy_problems: int = 300
+    """the draft's problems of the taxonomy table"""
+
+
+SEEDS = ("0", "1")
+
+
+def stages(out: Path, s: Sizes) -> list[tuple[str, list[str]]]:
+    """(name, ``stepgraph`` command line) of every stage, in order."""
+    store, policy = str(out / "traces.sqlite"), str(out / "policies" / "default")
+    radar = out / "radar"
+    responses, router, radar_store = str(radar / "responses"), str(radar / "router"), str(radar / "traces.sqlite")
+    train = ["train", "--store", store, "--steps", str(s.policy_steps), "--entropy-coef", "0.01"]
+    radar_sizes = ["--train-problems", str(s.radar_train_problems), "--calibration-problems", str(s.radar_calibration_problems)]
+    listed: list[tuple[str, list[str]]] = [
+        ("collect-train", ["collect", "--store", store, "--split", "train", "--problems", str(s.train_problems)]),
+        ("collect-calibration", ["collect", "--store", store, "--split", "calibration", "--problems", str(s.calibration_problems)]),
+        ("policy-default", [*train, "--out", policy]),
+        ("policy-logits-only", [*train, "--out", str(out / "policies" / "logits_only"), "--ignore-feature", "api_confidence"]),
+        ("policy-api-only", [*train, "--out", str(out / "policies" / "api_only"), "--ignore-feature", "logit_confidence"]),
+        ("gate-threshold", ["calibrate", "--gate", "threshold", "--feature", "logit_confidence", "--store", store,
+                            "--out", str(out / "gates" / "threshold")]),
+        ("gate-steer", ["calibrate", "--gate", "steer", "--store", store, "--out", str(out / "gates" / "steer")]),
+        ("gate-prm", ["calibrate", "--gate", "prm", "--store", store, "--out", str(out / "gates" / "prm")]),
+        ("allocator", ["train", "--allocator", "--store", store, "--steps", str(s.allocator_steps), "--alpha", "0.02",
+                       "--out", str(out / "allocator")]),
+        ("allocator-combined", ["train", "--allocator", "--store", store, "--steps", str(s.allocator_steps), "--alpha", "0.02",
+                                "--allocator-gate", policy, "--out", str(out / "allocator-combined")]),
+        ("tiers", ["bench", "--tiers", "3", "--out", str(out / "tiers"), "--policy", policy,
+                   "--train-problems", str(s.tier_train_problems), "--calibration-problems", str(s.tier_calibration_problems),
+                   "--calibration-runs", str(s.tier_calibration_runs), "--problems", str(s.bench_problems), "--seeds", *SEEDS]),
+        ("policy-three-tier", ["calibrate", "--domain-only", "--policy", str(out / "tiers" / "policy-3-tier"),
+                               "--runs", str(s.calibration_problems), "--out", str(out / "policies" / "three_tier")]),
+        *[(f"radar-collect-{split}-{seed}", ["radar", "collect", "--split", split, "--problems", str(n), "--seed", seed,
+                                              "--dir", responses, "--policy", policy])
+          for split, n, seeds in (("train", s.radar_train_problems, ("0",)), ("calibration", s.radar_calibration_problems, ("0",)),
+                                  ("test", s.radar_problems, SEEDS), ("shifted", s.radar_problems, SEEDS))
+          for seed in seeds],
+        ("radar-fit", ["radar", "fit", "--responses", responses, *radar_sizes, "--out", router, "--policy", policy]),
+        ("radar-traces-train", ["radar", "traces", "--router", router, "--split", "train", "--problems", str(s.radar_train_problems),
+                                "--store", radar_store, "--policy", policy]),
+        ("radar-traces-calibration", ["radar", "traces", "--router", router, "--split", "calibration",
+                                      "--problems", str(s.radar_calibration_problems), "--store", radar_store, "--policy", policy]),
+        ("radar-policy-difficulty", ["train", "--store", radar_store, "--steps", str(s.policy_steps),
+                                     "--out", str(radar / "policy_difficulty")]),
+        ("radar-policy-plain", ["train", "--store", radar_store, "--steps", str(s.policy_steps), "--ignore-feature", "difficulty",
+                                "--out", str(radar / "policy_plain")]),
+        ("radar-bench", ["radar", "bench", "--responses", responses, *radar_sizes, "--problems", str(s.radar_problems),
+                         "--seeds", *SEEDS, "--policy", policy, "--difficulty-policy", str(radar / "policy_difficulty"),
+                         "--plain-policy", str(radar / "policy_plain"), "--router", router, "--out", str(radar / "bench")]),
+        ("bench-allocator", ["bench-allocator", "--allocator", str(out / "allocator"), "--combined-allocator",
+                             str(out / "allocator-combined"), "--policy", policy, "--problems", str(s.bench_problems),
+                             "--seeds", *SEEDS, "--out", str(out / "bench-allocator.json")]),
+        ("bench", ["bench", "--store", store, "--policy", policy, "--out", str(out / "bench"), "--problems", str(s.bench_problems),
+                   "--calibration-problems", str(s.bench_calibration_problems), "--seeds", *SEEDS]),
+    ]
+    from stepgraph.testbed import TIER_DIRS, testbed_task, wordproblems
+
+    if testbed_task() is wordproblems:  # the taxonomy judges task v2's steps by kind
+        listed.append(("taxonomy", ["taxonomy", "--model", str(TIER_DIRS[2][0]), "--problems", str(s.taxonomy_problems)]))
+    return listed
