@@ -38,3 +38,33 @@ def test_a_finished_stage_is_skipped_and_an_unknown_one_is_refused(tmp_path, cap
     assert all(line.endswith("skipped (done)") for line in err.splitlines())
     assert main(["regenerate", "--out", str(tmp_path), "--stage", "colect-train"]) == 2
     assert "Unknown stage(s) ['colect-train']" in capsys.readouterr().err
+
+
+def test_jobs_run_independent_stages_side_by_side_and_a_dependent_one_after(tmp_path, monkeypatch, capsys):
+    """`--jobs 2`: stages whose paths do not meet start together; one that names another's output waits for it;
+    a failed stage stops what depends on it, keeps what finished, and says where its output is."""
+    from stepgraph.training import regenerate
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    listed = [("first", ["regenerate", "--out", str(first), "--list"]),
+              ("second", ["regenerate", "--out", str(second), "--list"]),
+              ("reads-first", ["regenerate", "--out", str(first / "inner"), "--list"]),
+              ("fails", ["regenerate", "--out", str(second), "--stage", "no-such-stage"]),
+              ("after-failure", ["regenerate", "--out", str(second / "inner"), "--list"])]
+    assert regenerate.dependencies(listed) == {"first": set(), "second": set(), "reads-first": {"first"},
+                                               "fails": {"second"}, "after-failure": {"second", "fails"}}
+    monkeypatch.setattr(regenerate, "stages", lambda out, sizes: listed)
+    assert main(["regenerate", "--out", str(tmp_path), "--jobs", "2"]) == 2
+    err = capsys.readouterr().err
+    events = [line.split(": ")[1] + (" started" if line.endswith("(started)") else " done" if "done in" in line else "")
+              for line in err.splitlines() if line.startswith("regenerate: ")]
+    assert events[:2] == ["first started", "second started"]  # side by side
+    assert events.index("reads-first started") > events.index("first done")
+    assert "fails: failed (exit 2)" in err and "Stage(s) ['fails'] failed" in err and "after-failure started" not in events
+    done = {p.stem for p in (tmp_path / "stages").glob("*.json")}
+    assert done == {"first", "second", "reads-first"}
+    assert json.loads((tmp_path / "stages" / "first.json").read_text())["result"]["collect-train"].startswith("stepgraph collect")
+    assert "no-such-stage" in (tmp_path / "stages" / "fails.err").read_text()
+    # Run again: the finished stages are skipped, the failed one is tried again.
+    assert main(["regenerate", "--out", str(tmp_path), "--jobs", "2"]) == 2
+    assert "first: skipped (done)" in capsys.readouterr().err

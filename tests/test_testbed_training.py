@@ -85,7 +85,7 @@ def test_v2_tokenizer_keeps_words_whole_digits_single_and_the_qwen2_format(tmp_p
     tokenizer = tm.tokenizer_for("v2")
     assert len(tokenizer) == VOCAB_SIZE_V2 and len(tm.tokenizer_for("v1")) == VOCAB_SIZE  # the shipped one is unchanged
     assert _pieces_per_word(tokenizer, "test") < 1.1
-    assert _pieces_per_word(tokenizer, "heldout") < 1.6  # unseen phrasings cost a little more
+    assert _pieces_per_word(tokenizer, "heldout") < 1.1  # held-out forms reuse training's words
     assert tokenizer.tokenize(" 2026") == ["Ġ", "2", "0", "2", "6"]
     text = "Zyx quibbles 7 florps."  # unseen words still tokenize and round-trip
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text

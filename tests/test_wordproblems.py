@@ -79,6 +79,17 @@ def test_heldout_forms_never_occur_outside_the_heldout_split(train_problems):
     assert wp.HELDOUT_FORMS <= used
 
 
+
+def test_heldout_forms_are_new_shapes_of_words_training_uses(train_problems):
+    """A held-out form recombines training's words in a new sentence shape: a model trained from
+    scratch cannot read a word it never saw, so an unseen word would measure vocabulary, not phrasing."""
+    trained = {w.lower() for p in train_problems for text in (p.question, *p.steps) for w in re.findall(r"[A-Za-z]+", text)}
+    for forms in wp.FORMS.values():
+        for form_id, template, _ in forms:
+            if form_id in wp.HELDOUT_FORMS:
+                words = re.findall(r"[A-Za-z]+", re.sub(r"\{[^}]+\}", " ", template))  # verbs as written (he / she)
+                assert not {w.lower() for w in words} - trained, (form_id, template)
+
 _NOUN_WORDS = sorted({w for nouns in NOUNS.values() for pair in nouns for w in pair} | set(GROUPS), key=len, reverse=True)
 _NAME_WORDS = {name for name, _ in NAMES}
 

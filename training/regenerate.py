@@ -24,6 +24,7 @@ BENCHMARKS.md by hand.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,3 +118,28 @@ def stages(out: Path, s: Sizes) -> list[tuple[str, list[str]]]:
     if testbed_task() is wordproblems:  # the taxonomy judges task v2's steps by kind
         listed.append(("taxonomy", ["taxonomy", "--model", str(TIER_DIRS[2][0]), "--problems", str(s.taxonomy_problems)]))
     return listed
+
+
+def written(argv: list[str]) -> list[str]:
+    """The paths a stage's command writes: ``collect``'s and ``radar traces``' store, ``radar collect``'s journal of
+    its split (``DIR/SPLIT``), every other command's ``--out`` if it has one."""
+    value = dict(itertools.pairwise(argv))
+    if argv[:2] == ["radar", "collect"]:
+        return [f"{value['--dir']}/{value['--split']}"]
+    flag = "--store" if argv[0] == "collect" or argv[:2] == ["radar", "traces"] else "--out"
+    return [value[flag]] if flag in value else []  # the taxonomy only prints
+
+
+def dependencies(listed: list[tuple[str, list[str]]]) -> dict[str, set[str]]:
+    """Each stage's earlier stages that write a path it names, or a path inside or around one (it reads that, or
+    writes there too): what must finish before it starts when stages run side by side (``regenerate --jobs N``)."""
+    def named(argv: list[str]) -> list[str]:  # a radar collect's --dir names only its split's journal
+        if argv[:2] != ["radar", "collect"]:
+            return argv
+        return [token for token in argv if token != dict(itertools.pairwise(argv))["--dir"]] + written(argv)
+
+    def touches(argv: list[str], path: str) -> bool:
+        return any(t == path or t.startswith(path + "/") or path.startswith(t + "/") for t in named(argv))
+
+    return {name: {earlier for earlier, before in listed[:i] if any(touches(argv, path) for path in written(before))}
+            for i, (name, argv) in enumerate(listed)}
