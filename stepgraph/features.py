@@ -119,6 +119,10 @@ FEATURE_SCHEMA = FeatureSchema(
     ],
 )
 
+LOGPROB_FEATURES = ("api_confidence", "sampled_logprob_sum", "sampled_logprob_min", "margin_min", "entropy_max",
+                    "result_digit_min", "previous_sampled_logprob_min")
+"""The features read from log-probabilities: a raw-logits backend (vLLM's ``logprobs_mode="raw_logits"``) has none."""
+
 SITUATIONAL = frozenset({"result_digit_min", "arithmetic_error", "previous_escalated", "previous_sampled_logprob_min"})
 """Features that are None by the step's nature (no "=", the first step), not because a backend lacks them."""
 

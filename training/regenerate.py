@@ -28,6 +28,8 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
+from stepgraph.features import LOGPROB_FEATURES
+
 
 @dataclass
 class Sizes:
@@ -75,7 +77,8 @@ def stages(out: Path, s: Sizes) -> list[tuple[str, list[str]]]:
         ("collect-train", ["collect", "--store", store, "--split", "train", "--problems", str(s.train_problems)]),
         ("collect-calibration", ["collect", "--store", store, "--split", "calibration", "--problems", str(s.calibration_problems)]),
         ("policy-default", [*train, "--out", policy]),
-        ("policy-logits-only", [*train, "--out", str(out / "policies" / "logits_only"), "--ignore-feature", "api_confidence"]),
+        ("policy-logits-only", [*train, "--out", str(out / "policies" / "logits_only"),
+                                *(x for name in LOGPROB_FEATURES for x in ("--ignore-feature", name))]),
         ("policy-api-only", [*train, "--out", str(out / "policies" / "api_only"), "--ignore-feature", "logit_confidence"]),
         ("gate-threshold", ["calibrate", "--gate", "threshold", "--feature", "logit_confidence", "--store", store,
                             "--out", str(out / "gates" / "threshold")]),
