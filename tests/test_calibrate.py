@@ -21,7 +21,8 @@ from stepgraph.training.learning import cpo
 from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork
 from stepgraph.errors import ConfigError, PolicyFileError
 from stepgraph.features import CONFIDENCE_SCHEMA
-from stepgraph.testbed import load_pair, task
+from stepgraph.testbed import load_pair
+from stepgraph.testbed import testbed_task as shipped_task
 
 
 def _episode(rng: random.Random, i: int) -> Episode:
@@ -92,7 +93,7 @@ def test_an_artifact_over_other_tiers_is_refused_or_warned_naming_both():
 
 def test_rollout_verifier_agrees_with_the_exact_verifier(capsys):
     draft, target = load_pair()
-    problems = task.generate("test", 12, seed=7)
+    problems = shipped_task().generate("test", 12, seed=7)
     exact = TestbedVerifier(problems)
     rollout = RolloutVerifier(target, k=2, m=1, max_steps=8, seed=0)
     agree = total = 0

@@ -6,10 +6,12 @@ observations of ``legacy_observations`` (``tests/data/legacy/make_expected.py``,
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
 from legacy_observations import observations
+from shipped import shipped_parameters
 
 from stepgraph.artifacts.policy import ALWAYS, ROUNDS_TO_ONE, PolicyArtifact, kappa_from_probability
 from stepgraph.errors import PolicyFileError
@@ -18,6 +20,7 @@ from stepgraph.routing.allocator import ALLOCATOR_SCHEMA, AllocatorInput
 from stepgraph.routing.gates import PolicyGate
 from stepgraph.routing.gates.base import GateInput
 from stepgraph.routing.learned_allocator import AllocatorArtifact, LearnedAllocator
+from stepgraph.testbed import TIER_DIRS
 from stepgraph.testbed.defaults import DEFAULT_POLICY_DIR, THREE_TIER_POLICY_DIR
 
 DATA = Path(__file__).parent / "data"
@@ -31,10 +34,7 @@ OLD = {  # fixture → (directory, format before 3)
     "policy_v2_probability": (LEGACY / "policy_v2_probability", "stepgraph.policy v2"),
     "tier_policy_v1": (LEGACY / "tier_policy_v1", "stepgraph.tier_policy v1"),
 }
-SAME_WEIGHTS = {  # the shipped artifacts, re-saved in format 3, against the old code's decisions on them
-    "default": "policy_v2_log_odds", "three_tier": "tier_policy_v1", "api_only": "shipped_api_only",
-    "logits_only": "shipped_logits_only",
-}
+SHIPPED_TIERS = {"default": 2, "api_only": 2, "logits_only": 2, "three_tier": 3}  # shipped policy → its tiers
 
 
 def _decisions(gate: PolicyGate) -> list[tuple[float, bool, int | None]]:
@@ -83,20 +83,21 @@ def test_an_old_format_rewritten_in_format_3_loads_silently_and_decides_the_same
     _assert_decides_as_before(gate, name)
 
 
-@pytest.mark.parametrize("shipped", sorted(SAME_WEIGHTS))
-def test_the_shipped_policies_are_format_3_and_decide_as_before(shipped, recwarn):
+@pytest.mark.parametrize("shipped", sorted(SHIPPED_TIERS))
+def test_the_shipped_policies_are_format_3_load_silently_and_carry_the_shipped_tiers(shipped):
     manifest = json.loads((SHIPPED / shipped / "policy.json").read_text())
-    assert (manifest["format_version"], manifest["kind"]) == (3, "policy")
-    gate = PolicyGate.from_path(SHIPPED / shipped)
-    assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]
-    _assert_decides_as_before(gate, SAME_WEIGHTS[shipped])
+    assert (manifest["format"], manifest["format_version"], manifest["kind"]) == ("stepgraph.policy", 3, "policy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no deprecation, no tier or schema warning
+        gate = PolicyGate.from_path(SHIPPED / shipped)
+    tiers = [d.name for d in TIER_DIRS[SHIPPED_TIERS[shipped]]]
+    assert [(t["name"], t["parameters"]) for t in gate.artifact.tiers] == [(n, shipped_parameters(n)) for n in tiers]
+    assert gate.artifact.network.tier_input == (len(tiers) > 2)
 
 
 def test_the_shipped_three_tier_policy_routes_to_the_likeliest_stronger_tier():
     artifact = PolicyArtifact.load(THREE_TIER_POLICY_DIR)
     assert artifact.network.tier_input and [t["name"] for t in artifact.tiers] == ["draft", "mid", "target"]
-    assert artifact.training["format_before"] == {"format": "stepgraph.tier_policy", "format_version": 1,
-                                                  "kappa": EXPECTED["tier_policy_v1"]["kappa"], "scale": "probability"}
     assert {t for _, e, t in _decisions(PolicyGate(artifact)) if e} == {1, 2}
 
 

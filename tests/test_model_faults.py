@@ -16,9 +16,10 @@ from safetensors.torch import load_file, save_file
 from stepgraph import BadQuestionError, ModelLoadError, ModelOutputError, RouterContext, build_graph
 from stepgraph.models.local import TransformersStepModel, check_tier_tokenizers
 from stepgraph.routing.gates import AlwaysDraftGate, ConfidenceThresholdGate
-from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR, task
+from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR
+from stepgraph.testbed import testbed_task as shipped_task
 
-QUESTION = task.generate("test", 1, seed=7)[0].question
+QUESTION = shipped_task().generate("test", 1, seed=7)[0].question
 
 
 def copy_model(tmp_path: Path, src: Path = DRAFT_MODEL_DIR, **config: object) -> Path:
@@ -82,12 +83,14 @@ def test_missing_weights_are_named(tmp_path):
 
 
 def test_tokenizer_with_ids_past_the_embedding_is_refused(tmp_path):
-    """Weights and config agree on 300 rows, but the tokenizer (384 tokens) is from another model."""
+    """Weights and config agree on 300 rows, but the tokenizer (the shipped one, larger) is from another model."""
+    top = len(TransformersStepModel(DRAFT_MODEL_DIR).tokenizer) - 1
+    assert top >= 300  # the shipped tokenizer has ids past the cut embedding
     path = copy_model(tmp_path, vocab_size=300)
     weights = load_file(path / "model.safetensors")
     weights["model.embed_tokens.weight"] = weights["model.embed_tokens.weight"][:300].contiguous()
     save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ModelLoadError, match=r"token id 383, but the model's embedding has 300 rows"):
+    with pytest.raises(ModelLoadError, match=rf"token id {top}, but the model's embedding has 300 rows"):
         TransformersStepModel(path)
 
 
@@ -128,16 +131,21 @@ def test_a_models_own_error_is_attributed_to_the_model():
 
 def test_concurrent_runs_cost_no_more_prefill_than_sequential_ones():
     """graph.batch interleaves runs on each model; each run still finds its own prefix cached."""
-    questions = [{"question": p.question} for p in task.generate("test", 8, seed=3)]
+    questions = [{"question": p.question} for p in shipped_task().generate("test", 8, seed=3)]
     context = RouterContext(seed=0, temperature=0)
-    gate = ConfidenceThresholdGate(16.0)  # escalates some steps, so both tiers' caches interleave
 
-    def fresh_graph():
+    def fresh_graph(gate):
         return build_graph([TransformersStepModel(DRAFT_MODEL_DIR), TransformersStepModel(TARGET_MODEL_DIR)], gate)
 
-    graph = fresh_graph()
+    # The median of the draft's own step confidences: the gate escalates some steps (and keeps others),
+    # so both tiers' caches interleave, whatever the shipped draft's confidence scale.
+    drafted = [fresh_graph(AlwaysDraftGate()).invoke(q, context=context) for q in questions]
+    confidences = sorted(s["observation"]["logit_confidence"] for r in drafted for s in r["steps"])
+    gate = ConfidenceThresholdGate(confidences[len(confidences) // 2])
+
+    graph = fresh_graph(gate)
     sequential = [graph.invoke(q, context=context) for q in questions]
-    batched = fresh_graph().batch(questions, {"max_concurrency": 8}, context=context)
+    batched = fresh_graph(gate).batch(questions, {"max_concurrency": 8}, context=context)
     assert [[s["text"] for s in r["steps"]] for r in batched] == [[s["text"] for s in r["steps"]] for r in sequential]
     assert any(r["escalations"] for r in sequential)
     seq_prefill = sum(r["totals"]["prefill_flops"] for r in sequential)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from shipped import shipped_parameters
 
 from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork, kappa_from_probability
 from stepgraph.errors import PolicyFileError
@@ -13,6 +14,7 @@ from stepgraph.features import CONFIDENCE_SCHEMA, FEATURE_SCHEMA, FeatureSchema
 from stepgraph.models.base import StepOutput
 from stepgraph.routing.gates import PolicyGate
 from stepgraph.routing.gates.base import GateInput
+from stepgraph.testbed import testbed_task as shipped_task
 
 STEP = StepOutput("1+1=2", ["1"], [9.0], [[("1", -0.1)]], 10, 0, 1, False, "m")
 
@@ -107,15 +109,16 @@ def test_build_graph_refuses_a_policy_recorded_on_other_tiers():
     from stepgraph.testbed.defaults import DEFAULT_POLICY_DIR
 
     gate = PolicyGate.from_path(DEFAULT_POLICY_DIR)
+    draft, target = shipped_parameters("draft"), shipped_parameters("target")
     other = [ScriptedModel("draft", 10, ["1+1=2"]), ScriptedModel("target", 20, ["\\boxed{2}"])]
-    with pytest.raises(PolicyFileError, match=r"calibrated on the tiers draft \(156,352 params\).*allow_other_tiers"):
+    with pytest.raises(PolicyFileError, match=rf"calibrated on the tiers draft \({draft:,} params\).*allow_other_tiers"):
         build_graph(other, gate)
     with pytest.warns(RuntimeWarning, match="does not carry its coverage"):
         build_graph(other, gate, allow_other_tiers=True)
-    renamed = [ScriptedModel("small", 156_352, ["1+1=2"]), ScriptedModel("big", 1_100_416, ["\\boxed{2}"])]
+    renamed = [ScriptedModel("small", draft, ["1+1=2"]), ScriptedModel("big", target, ["\\boxed{2}"])]
     with pytest.warns(RuntimeWarning, match="this run's tiers are small"):
         build_graph(renamed, gate)  # the same sizes under other names: a warning, not a refusal
-    same = [ScriptedModel("draft", 156_352, ["1+1=2"]), ScriptedModel("target", 1_100_416, ["\\boxed{2}"])]
+    same = [ScriptedModel("draft", draft, ["1+1=2"]), ScriptedModel("target", target, ["\\boxed{2}"])]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         build_graph(same, gate)
@@ -127,7 +130,7 @@ def test_the_shipped_graph_checks_its_policy_without_loading_the_models():
 
     lazy = _local_model(DRAFT_MODEL_DIR)
     assert isinstance(lazy, LazyStepModel)
-    assert lazy.n_params == 156_352 and lazy._model is None  # read from the safetensors header
+    assert lazy.n_params == shipped_parameters("draft") and lazy._model is None  # read from the safetensors header
     assert lazy.model.n_params == lazy.n_params  # the loaded model counts the same
 
 
@@ -156,7 +159,7 @@ def test_cli_solve_refuses_the_policy_over_other_models_unless_allowed(capsys, t
     from stepgraph.cli import main
     from stepgraph.testbed import TARGET_MODEL_DIR
 
-    question = "Ann has 3 coins. She gets 2 more. How many coins does she have?"
+    question = shipped_task().generate("test", 1, seed=5)[0].question
     # the target twice: a pair the shipped policy was not trained on
     twice = tmp_path / "target2"
     shutil.copytree(TARGET_MODEL_DIR, twice)
@@ -176,7 +179,7 @@ def test_cli_solve_on_three_shipped_tiers_routes_with_the_shipped_3_tier_policy(
     artifact = PolicyArtifact.load(THREE_TIER_POLICY_DIR)
     assert [t["name"] for t in artifact.tiers] == ["draft", "mid", "target"]
     assert artifact.training["kappa_from"] == "calibration runs" and artifact.guarantee["type"] == "split-conformal"
-    question = "Dan has 26 books. He loses 2. He multiplies them by 3. How many books does he have?"
+    question = shipped_task().generate("test", 1, seed=5)[0].question
     assert main(["solve", question, "--tiers", "3", "--json"]) == 0
     state = json.loads(capsys.readouterr().out)
     assert state["answer"] is not None and all(0 <= s["tier"] <= 2 for s in state["steps"])
@@ -266,13 +269,13 @@ def test_the_shipped_default_policy_loads_and_routes_on_v2_features():
     import warnings
 
     from stepgraph.graph import build_graph
-    from stepgraph.testbed import load_pair, task
+    from stepgraph.testbed import load_pair
     from stepgraph.testbed.defaults import DEFAULT_POLICY_DIR
 
     gate = PolicyGate.from_path(DEFAULT_POLICY_DIR)
     assert gate.artifact.schema == FEATURE_SCHEMA
     assert -50 < gate.threshold < 50  # a log-odds κ, not a probability in the far tail
-    question = task.generate("test", 1, seed=5)[0].question
+    question = shipped_task().generate("test", 1, seed=5)[0].question
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the transformers backend reports every feature the policy reads
         result = build_graph(load_pair(), gate).invoke({"question": question})

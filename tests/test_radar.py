@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from shipped import shipped_parameters
 from stepgraph.training.learning.radar import (
     adaptive_ability,
     calibrate_threshold,
@@ -331,7 +332,7 @@ def test_mid_configuration_finds_the_shipped_mid_model() -> None:
 
     tiers = load_tiers(3)
     mid = with_tier_sizes([c for c in NEW_CONFIGURATIONS if c.name == "mid"], tiers)[0]
-    assert mid.tier_parameters == 480_768
+    assert mid.tier_parameters == shipped_parameters("mid")
     assert mid.graph_parts(tiers)[0] == [tiers[1], tiers[1]]
 
 

@@ -7,7 +7,10 @@ import json
 from cli_json import run
 from stepgraph.training.regenerate import Sizes, stages
 
+from stepgraph import testbed
 from stepgraph.cli import build_parser, main
+from stepgraph.testbed import task, wordproblems
+from stepgraph.testbed import testbed_task as shipped_task
 
 TINY = Sizes(train_problems=30, calibration_problems=50, policy_steps=20, tier_train_problems=30, tier_calibration_problems=50,
              tier_calibration_runs=0, allocator_steps=10, radar_train_problems=40, radar_calibration_problems=15,
@@ -15,10 +18,15 @@ TINY = Sizes(train_problems=30, calibration_problems=50, policy_steps=20, tier_t
 TINY_OPTIONS = [x for f in dataclasses.fields(Sizes) for x in (f"--{f.name.replace('_', '-')}", str(getattr(TINY, f.name)))]
 
 
-def test_every_stage_is_a_stepgraph_command_line_and_v1_has_no_taxonomy(tmp_path, capsys):
+def test_every_stage_is_a_stepgraph_command_line_and_only_v2_has_a_taxonomy(tmp_path, capsys, monkeypatch):
     listed = stages(tmp_path, Sizes())
     names = [name for name, _ in listed]
-    assert len(set(names)) == len(names) and "taxonomy" not in names  # the shipped tiers are task v1
+    assert len(set(names)) == len(names)
+    assert ("taxonomy" in names) == (shipped_task() is wordproblems)  # the taxonomy judges task v2's steps
+    for module in (task, wordproblems):  # either task's tiers, whichever ships
+        monkeypatch.setattr(testbed, "testbed_task", lambda module=module: module)
+        assert ("taxonomy" in dict(stages(tmp_path, Sizes()))) == (module is wordproblems)
+    monkeypatch.undo()
     for _, argv in listed:
         build_parser().parse_args(argv)  # exits on an unknown option
     commands = dict(listed)

@@ -13,18 +13,28 @@ from stepgraph.testbed import task, wordproblems
 from stepgraph.testbed import testbed_task as shipped_task
 
 
+def _ship(tmp_path, monkeypatch, summary: dict) -> None:
+    """The shipped tiers' directories replaced by ones whose target's training.json is ``summary``."""
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target" / "training.json").write_text(json.dumps(summary))
+    monkeypatch.setattr(testbed, "TIER_DIRS", {2: (tmp_path / "draft", tmp_path / "target"),
+                                               3: (tmp_path / "draft", tmp_path / "mid", tmp_path / "target")})
+
+
 @pytest.fixture
 def shipped_v2(tmp_path, monkeypatch):
     """The shipped tiers' directories replaced by ones whose target says ``"task": "v2"``."""
-    (tmp_path / "target").mkdir()
-    (tmp_path / "target" / "training.json").write_text(json.dumps({"task": "v2", "parameters": 1}))
-    monkeypatch.setattr(testbed, "TIER_DIRS", {2: (tmp_path / "draft", tmp_path / "target"),
-                                               3: (tmp_path / "draft", tmp_path / "mid", tmp_path / "target")})
+    _ship(tmp_path, monkeypatch, {"task": "v2", "parameters": 1})
     return tmp_path
 
 
-def test_the_shipped_v1_tiers_name_no_task_and_get_v1():
-    assert "task" not in json.loads((testbed.TIER_DIRS[2][-1] / "training.json").read_text())
+def test_the_shipped_tiers_name_task_v2_and_get_it():
+    assert json.loads((testbed.TIER_DIRS[2][-1] / "training.json").read_text())["task"] == "v2"
+    assert shipped_task() is wordproblems
+
+
+def test_a_target_naming_no_task_gets_v1(tmp_path, monkeypatch):
+    _ship(tmp_path, monkeypatch, {"parameters": 1})  # as v1's training summaries are
     assert shipped_task() is task
     assert make_items("test", 3, seed=4)[1].question == task.generate("test", 3, seed=4)[1].question
 

@@ -4,11 +4,11 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from pydantic import Field
 from stepgraph.training.collection.verifiers import JudgeVerifier, TestbedVerifier, parse_verdict
 
-from stepgraph.testbed import task
+from stepgraph.testbed import testbed_task as shipped_task
 
 
 def test_testbed_verifier_knows_its_problems_only():
-    problem = task.generate("test", 1, seed=0)[0]
+    problem = shipped_task().generate("test", 1, seed=0)[0]
     verifier = TestbedVerifier([problem])
     assert verifier.verify(problem.question, str(problem.answer), [], problem.steps[0]) is True
     assert verifier.verify(problem.question, str(problem.answer), [], "1+1=3") is False
