@@ -22,6 +22,7 @@ from stepgraph.models.base import QuestionScore, question_span
 from stepgraph.models.chat import ChatStepModel
 from stepgraph.routing.gates import AlwaysDraftGate, AlwaysTargetGate, PolicyGate
 from stepgraph.routing.gates.calibrated import load_gate_artifact
+from stepgraph.testbed import testbed_task as shipped_task
 from stepgraph.testbed.defaults import DEFAULT_POLICY_DIR
 
 STEPS = ["1+1=2", "2+2=4", "\\boxed{4}"]
@@ -229,17 +230,16 @@ def pair():
 @pytest.mark.slow
 def test_the_shipped_target_flags_an_off_domain_question_and_not_test_split_ones(pair):
     from stepgraph.domain import score_question
-    from stepgraph.testbed import task
 
     domain = load_policy(DEFAULT_POLICY_DIR).domain
     scorer = pair[domain.tier]
     assert score_question(scorer, OFF_DOMAIN).mean_logprob < domain.threshold
-    assert all(score_question(scorer, p.question).mean_logprob >= domain.threshold for p in task.generate("test", 20, seed=5))
+    assert all(score_question(scorer, p.question).mean_logprob >= domain.threshold for p in shipped_task().generate("test", 20, seed=5))
 
 
 @pytest.mark.slow
 def test_scoring_keeps_the_prompt_so_the_first_step_prefills_one_token(pair):
-    draft, question = pair[0], "Ann has 12 coins. She gets 7 more. She gives away 5. How many coins does she have?"
+    draft, question = pair[0], shipped_task().generate("test", 1, seed=5)[0].question
     score = draft.question_logprob(question)
     step = draft.generate_step(question, [], seed=0)
     assert score.prompt_tokens == step.prompt_tokens - 1 and step.cached_tokens == step.prompt_tokens - 1
@@ -247,11 +247,9 @@ def test_scoring_keeps_the_prompt_so_the_first_step_prefills_one_token(pair):
 
 @pytest.mark.slow
 def test_the_shipped_graph_routes_in_domain_as_before_and_off_domain_on_the_target(pair, tmp_path):
-    from stepgraph.testbed import task
-
     dataclasses.replace(load_policy(DEFAULT_POLICY_DIR), domain=None).save(tmp_path)  # the artifact as shipped before
     new, old = (build_graph(pair, PolicyGate.from_path(d)) for d in (DEFAULT_POLICY_DIR, tmp_path))
-    question = task.generate("test", 1, seed=5)[0].question
+    question = shipped_task().generate("test", 1, seed=5)[0].question
     routed, before = new.invoke({"question": question}), old.invoke({"question": question})
     assert (routed["in_domain"], before["in_domain"]) == (True, None)
     assert [(s["tier"], s["text"]) for s in routed["steps"]] == [(s["tier"], s["text"]) for s in before["steps"]]
@@ -268,7 +266,7 @@ def test_solve_prints_one_warning_line_for_an_off_domain_question(capsys):
     out, err = capsys.readouterr()
     assert [line for line in err.splitlines() if "out of domain" in line] == err.strip().splitlines()
     assert len(err.strip().splitlines()) == 1 and "in domain: no" in out
-    assert main(["solve", "Ann has 12 coins. She gets 7 more. She gives away 5. How many coins does she have?", "--json"]) == 0
+    assert main(["solve", shipped_task().generate("test", 1, seed=5)[0].question, "--json"]) == 0
     out, err = capsys.readouterr()
     assert "out of domain" not in err and json.loads(out)["in_domain"] is True
 

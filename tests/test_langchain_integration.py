@@ -10,7 +10,7 @@ from langchain_core.messages import AIMessage
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from stepgraph.integrations.chat_model import ChatStepRouter
-from stepgraph.testbed import task
+from stepgraph.testbed import testbed_task as shipped_task
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +94,7 @@ class TestChatStepRouterIntegration(ChatModelIntegrationTests):
     def invoke_with_cache_read_input(self, *, stream: bool = False) -> AIMessage:
         # Within one answer, each step reuses the keys/values of the prompt prefix already computed.
         llm = ChatStepRouter(seed=0)
-        question = task.generate("test", 1, seed=13)[0].question
+        question = shipped_task().generate("test", 1, seed=13)[0].question
         if not stream:
             return llm.invoke(question)
         full = None

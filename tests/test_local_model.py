@@ -7,11 +7,12 @@ import pytest
 
 from stepgraph.errors import ModelLoadError
 from stepgraph.models.local import TransformersStepModel
-from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR, task
+from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR
+from stepgraph.testbed import testbed_task as shipped_task
 
 pytestmark = pytest.mark.slow  # loads the shipped models
 
-QUESTION = task.generate("test", 1, seed=7)[0].question
+QUESTION = shipped_task().generate("test", 1, seed=7)[0].question
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def test_step_has_well_formed_statistics(draft):
         assert logprobs == sorted(logprobs, reverse=True) and all(lp <= 0 for lp in logprobs)
         assert sum(math.exp(lp) for lp in logprobs) <= 1 + 1e-5
         assert math.isfinite(max_logit)
-    assert out.tokens[-1] == "\n\n" and not out.finished
+    assert out.tokens[-1].endswith(shipped_task().STEP_SEPARATOR) and not out.finished  # the step's last token ends it
     assert out.model == "draft"
 
 
@@ -57,14 +58,15 @@ def test_prefix_cache_is_reported_and_changes_nothing():
 
 def test_final_step_ends_the_answer():
     target = TransformersStepModel(TARGET_MODEL_DIR)
-    problem = task.generate("test", 1, seed=11)[0]
+    problem = shipped_task().generate("test", 1, seed=11)[0]
     out = target.generate_step(problem.question, list(problem.steps[:-1]), temperature=0)
-    assert task.is_final_step(out.text)
+    assert shipped_task().is_final_step(out.text)
 
 
 def test_long_prompt_is_refused_with_a_clear_error(draft):
-    with pytest.raises(ValueError, match="at most 256"):
-        draft.generate_step("Ann has 3 coins. " * 80, [])
+    positions = json.loads((DRAFT_MODEL_DIR / "config.json").read_text())["max_position_embeddings"]
+    with pytest.raises(ValueError, match=rf"at most {positions}\."):
+        draft.generate_step(QUESTION * positions, [])
 
 
 def test_loading_a_directory_that_is_not_a_model_fails_clearly(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-from stepgraph.testbed import task
+from stepgraph.testbed import testbed_task as shipped_task
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ SERVER = StdioServerParameters(
     args=["-m", "stepgraph", "mcp", "--max-steps", str(MAX_STEPS), "--max-question-chars", "2000"],
     env={**os.environ, "OMP_NUM_THREADS": "1"},
 )
-PROBLEM = task.generate("test", 1, seed=11)[0]
+PROBLEM = shipped_task().generate("test", 1, seed=11)[0]
 
 
 def field(obj: Any, snake: str, camel: str) -> Any:

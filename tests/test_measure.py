@@ -6,7 +6,8 @@ import pytest
 
 from stepgraph.models.base import StepOutput
 from stepgraph.models.local import TransformersStepModel
-from stepgraph.testbed import DRAFT_MODEL_DIR, task, wordproblems
+from stepgraph.testbed import DRAFT_MODEL_DIR, wordproblems
+from stepgraph.testbed import testbed_task as shipped_task
 from stepgraph.testbed.measure import batched_solutions, judge, load_hf, mean_token_probability, summarize
 
 
@@ -16,12 +17,12 @@ def scripted(text: str, confidence: float) -> StepOutput:
 
 
 def test_batched_greedy_answers_equal_stepwise_greedy_generation():
-    problems = task.generate("test", 6, seed=3)
+    problems = shipped_task().generate("test", 6, seed=3)
     model, tokenizer = load_hf(DRAFT_MODEL_DIR)
     batched = batched_solutions(model, tokenizer, [p.question for p in problems], batch_size=4)  # two batches, left-padded
     stepwise = TransformersStepModel(DRAFT_MODEL_DIR)
     for problem, outputs in zip(problems, batched):
-        assert outputs and task.is_final_step(outputs[-1].text) or len(outputs) == 8
+        assert outputs and shipped_task().is_final_step(outputs[-1].text) or len(outputs) == 8
         steps: list[str] = []
         for out in outputs:
             alone = stepwise.generate_step(problem.question, steps, temperature=0)

@@ -14,14 +14,14 @@ import httpx
 import openai
 import pytest
 
-from stepgraph.testbed import task
+from stepgraph.testbed import testbed_task as shipped_task
 from stepgraph.testbed.vllm_serving import free_port, wait_healthy
 
 pytestmark = pytest.mark.integration
 
 API_KEY = "test-key-not-secret"
 MAX_QUESTION_CHARS = 2000
-PROBLEMS = task.generate("test", 8, seed=5)
+PROBLEMS = shipped_task().generate("test", 8, seed=5)
 
 
 def start_server(log_path: Path, *options: str) -> tuple[subprocess.Popen, str]:

@@ -12,7 +12,8 @@ from stepgraph.context import RouterContext
 from stepgraph.errors import BadQuestionError
 from stepgraph.graph import build_graph
 from stepgraph.routing.gates import AlwaysTargetGate, ConfidenceThresholdGate
-from stepgraph.testbed import load_pair, task
+from stepgraph.testbed import load_pair
+from stepgraph.testbed import testbed_task as shipped_task
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def pair():
 
 @pytest.mark.slow
 def test_routed_run_reports_steps_answer_and_costs(pair):
-    problem = task.generate("test", 1, seed=21)[0]
+    problem = shipped_task().generate("test", 1, seed=21)[0]
     result = build_graph(pair, ConfidenceThresholdGate(threshold=1e9)).invoke(
         {"question": problem.question}, context=RouterContext(seed=0)
     )
@@ -41,7 +42,7 @@ def test_routed_run_reports_steps_answer_and_costs(pair):
 @pytest.mark.slow
 def test_target_gate_solves_most_problems(pair):
     graph = build_graph(pair, AlwaysTargetGate())
-    problems = task.generate("test", 10, seed=2)
+    problems = shipped_task().generate("test", 10, seed=2)
     answers = [graph.invoke({"question": p.question}, context=RouterContext(seed=i))["answer"] for i, p in enumerate(problems)]
     assert sum(a == str(p.answer) for a, p in zip(answers, problems)) >= 8
 
@@ -54,7 +55,7 @@ def test_question_too_long_for_the_models_is_a_clear_error(pair):
 
 @pytest.mark.slow
 def test_cli_solve_json(capsys):
-    question = task.generate("test", 1, seed=4)[0].question
+    question = shipped_task().generate("test", 1, seed=4)[0].question
     assert main(["solve", question, "--json", "--gate", "threshold", "--threshold", "0"]) == 0
     state = json.loads(capsys.readouterr().out)
     assert state["stop_reason"] == "final_answer" and state["escalations"] == 0
@@ -63,7 +64,7 @@ def test_cli_solve_json(capsys):
 
 @pytest.mark.slow
 def test_cli_solve_text_and_errors(capsys):
-    question = task.generate("test", 1, seed=4)[0].question
+    question = shipped_task().generate("test", 1, seed=4)[0].question
     assert main(["solve", question, "--gate", "target"]) == 0
     out = capsys.readouterr().out
     assert "answer:" in out and "tier 1" in out and "FLOPs" in out
@@ -96,7 +97,7 @@ def test_cli_version():
 def test_models_option_does_not_swallow_the_question(capsys):
     from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR
 
-    question = task.generate("test", 1, seed=4)[0].question
+    question = shipped_task().generate("test", 1, seed=4)[0].question
     assert main(["solve", "--gate", "draft", "--models", str(DRAFT_MODEL_DIR), str(TARGET_MODEL_DIR), question]) == 0
     assert "answer:" in capsys.readouterr().out
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from langgraph_sdk import get_sync_client
 
-from stepgraph.testbed import task
+from stepgraph.testbed import testbed_task as shipped_task
 from stepgraph.testbed.vllm_serving import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def test_studio_graph_streams_steps_over_the_sdk(langgraph_url):
     assert assistants, "langgraph.json's graph is not served"
     schemas = client.assistants.get_schemas(assistants[0]["assistant_id"])
     assert "max_steps" in str(schemas.get("context_schema")) and "description" in str(schemas.get("context_schema"))
-    problem = task.generate("test", 1, seed=17)[0]
+    problem = shipped_task().generate("test", 1, seed=17)[0]
     events = [
         part.data
         for part in client.runs.stream(None, "stepgraph", input={"question": problem.question},
@@ -76,7 +76,7 @@ def test_the_served_graph_and_its_input_are_described(langgraph_url):
 def test_a_second_question_on_a_server_thread_starts_a_fresh_answer(langgraph_url):
     client = get_sync_client(url=langgraph_url)
     thread = client.threads.create()
-    first, second = task.generate("test", 2, seed=23)
+    first, second = shipped_task().generate("test", 2, seed=23)
     context = {"seed": 0, "gate": "target"}
     one = client.runs.wait(thread["thread_id"], "stepgraph", input={"question": first.question}, context=context)
     two = client.runs.wait(thread["thread_id"], "stepgraph", input={"question": second.question}, context=context)
@@ -101,7 +101,7 @@ def test_a_second_question_on_a_server_thread_starts_a_fresh_answer(langgraph_ur
 )
 def test_bad_runs_get_their_message_over_the_sdk(langgraph_url, run, message):
     client = get_sync_client(url=langgraph_url)
-    kwargs = {"input": {"question": task.generate("test", 1, seed=5)[0].question}, **run}
+    kwargs = {"input": {"question": shipped_task().generate("test", 1, seed=5)[0].question}, **run}
     result = client.runs.wait(None, "stepgraph", raise_error=False, **kwargs)
     error = result.get("__error__") or {}
     assert message in error.get("message", ""), error

@@ -17,8 +17,9 @@ from stepgraph.defaults import DEFAULT_POLICY_DIR
 from stepgraph.routing.gates import PolicyGate
 from stepgraph.routing.gates import PolicyGate as TierPolicyGate
 from stepgraph.testbed import DRAFT_MODEL_DIR, MID_MODEL_DIR, TARGET_MODEL_DIR
+from stepgraph.testbed import testbed_task as shipped_task
 
-QUESTION = "Dan has 26 books. He loses 2. He multiplies them by 3. How many books does he have?"  # answer 72
+QUESTION = shipped_task().generate("test", 1, seed=3)[0].question
 
 
 def write_spec(tmp_path: Path, tier_dirs: tuple[Path, ...] = (DRAFT_MODEL_DIR, MID_MODEL_DIR, TARGET_MODEL_DIR),
