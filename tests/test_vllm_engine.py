@@ -18,12 +18,13 @@ from stepgraph.errors import ModelOutputError
 from stepgraph.features import api_confidence, logit_confidence
 from stepgraph.graph import build_graph
 from stepgraph.models.local import TransformersStepModel
-from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR, task
+from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR
+from stepgraph.testbed import testbed_task as shipped_task
 from stepgraph.testbed.vllm_serving import ENGINE_ARGS
 
 pytestmark = pytest.mark.slow  # vLLM engines on the shipped models
 
-PROBLEMS = task.generate("test", 8, seed=21)
+PROBLEMS = shipped_task().generate("test", 8, seed=21)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +120,7 @@ def test_async_steps_join_one_batch_without_a_thread_each(engines):
     """The server's async runs: 16 concurrent agenerate_step calls decode together (threads would cap them
     at the event loop's default executor, 6 on this 2-core machine) and equal the sync result."""
     draft = engines[0]
-    questions = [p.question for p in task.generate("test", 16, seed=33)]
+    questions = [p.question for p in shipped_task().generate("test", 16, seed=33)]
 
     async def all_at_once():
         return await asyncio.gather(*(draft.agenerate_step(q, [], temperature=0.0, seed=0) for q in questions))

@@ -3,7 +3,8 @@
 import pytest
 
 from stepgraph.models.local import TransformersStepModel
-from stepgraph.testbed import MID_MODEL_DIR, task
+from stepgraph.testbed import MID_MODEL_DIR
+from stepgraph.testbed import testbed_task as shipped_task
 from stepgraph.testbed.vllm_serving import ENGINE_ARGS
 
 pytestmark = pytest.mark.slow  # a vLLM engine on a shipped model
@@ -12,7 +13,7 @@ pytestmark = pytest.mark.slow  # a vLLM engine on a shipped model
 def test_vllm_serves_the_mid_model_like_transformers(vllm_ready):
     from stepgraph.models.vllm_engine import VLLMStepModel
 
-    problem = task.generate("test", 1, seed=21)[0]
+    problem = shipped_task().generate("test", 1, seed=21)[0]
     engine = VLLMStepModel(MID_MODEL_DIR, engine_kwargs=ENGINE_ARGS)
     try:
         local = TransformersStepModel(MID_MODEL_DIR)

@@ -26,11 +26,12 @@ from stepgraph.features import api_confidence, logit_confidence
 from stepgraph.graph import build_graph
 from stepgraph.models.chat import ChatStepModel
 from stepgraph.models.local import TransformersStepModel
-from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR, task
+from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR
+from stepgraph.testbed import testbed_task as shipped_task
 
 pytestmark = pytest.mark.integration  # real vLLM servers on 127.0.0.1
 
-PROBLEMS = task.generate("test", 4, seed=33)
+PROBLEMS = shipped_task().generate("test", 4, seed=33)
 
 
 def chat(url: str, name: str, **kwargs) -> ChatOpenAI:
