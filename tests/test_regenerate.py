@@ -5,7 +5,7 @@ import dataclasses
 import json
 
 from cli_json import run
-from stepgraph.training.regenerate import Sizes, stages
+from stepgraph.training.regenerate import Sizes, dependencies, stages
 
 from stepgraph.cli import build_parser, main
 
@@ -23,7 +23,10 @@ def test_every_stage_is_a_stepgraph_command_line_and_v1_has_no_taxonomy(tmp_path
         build_parser().parse_args(argv)  # exits on an unknown option
     commands = dict(listed)
     assert commands["collect-train"][-2:] == ["--problems", "600"] and commands["bench"][-3:] == ["--seeds", "0", "1"]
-    assert names.index("policy-default") < names.index("tiers") < names.index("policy-three-tier") < names.index("bench")
+    assert names.index("policy-default") < names.index("bench") < names.index("tiers") < names.index("policy-three-tier")
+    after = dependencies(listed)  # what --jobs waits for
+    assert after["bench"] == {"collect-train", "collect-calibration", "policy-default"}
+    assert after["policy-three-tier"] == {"tiers"} and "radar-fit" in after["radar-bench"]
     listed_by_cli = run(capsys, "regenerate", "--out", str(tmp_path), "--list", *TINY_OPTIONS)
     assert listed_by_cli["collect-train"] == "stepgraph " + " ".join(dict(stages(tmp_path, TINY))["collect-train"])
 
