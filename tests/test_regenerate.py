@@ -3,6 +3,7 @@ about 20 min here, too long for the slow tier: see the smoke in the issue-28 rep
 
 import dataclasses
 import json
+from pathlib import Path
 
 from cli_json import run
 from stepgraph.training.regenerate import Sizes, dependencies, stages
@@ -71,3 +72,41 @@ def test_jobs_run_independent_stages_side_by_side_and_a_dependent_one_after(tmp_
     # Run again: the finished stages are skipped, the failed one is tried again.
     assert main(["regenerate", "--out", str(tmp_path), "--jobs", "2"]) == 2
     assert "first: skipped (done)" in capsys.readouterr().err
+
+
+def test_sigterm_to_regenerate_jobs_stops_the_stages_it_started(tmp_path):
+    """`kill` (or a CI timeout) on `regenerate --jobs N` leaves no stage running as an orphan."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = ("import sys\nfrom stepgraph.training import regenerate\n"
+              "regenerate.stages = lambda out, sizes: [('serve', ['serve', '--port', sys.argv[2]])]  # runs until stopped\n"
+              "from stepgraph.cli import main\nsys.exit(main(['regenerate', '--out', sys.argv[1], '--jobs', '2']))\n")
+    scheduler = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(port)], stderr=subprocess.DEVNULL)
+
+    def children() -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == scheduler.pid and fields[0] != "Z":
+                found.append(int(stat.parent.name))
+        return found
+
+    deadline = time.monotonic() + 60
+    while not children() and time.monotonic() < deadline and scheduler.poll() is None:
+        time.sleep(0.2)
+    stage = children()
+    assert stage, "the stage never started"
+    scheduler.send_signal(signal.SIGTERM)
+    assert scheduler.wait(timeout=60) != 0
+    assert not Path(f"/proc/{stage[0]}").exists() or "Z" in Path(f"/proc/{stage[0]}/stat").read_text().rsplit(")", 1)[1][:3]
+    assert not (tmp_path / "stages" / "serve.json").exists()  # stopped, so not recorded as done
