@@ -3,9 +3,10 @@ about 20 min here, too long for the slow tier: see the smoke in the issue-28 rep
 
 import dataclasses
 import json
+from pathlib import Path
 
 from cli_json import run
-from stepgraph.training.regenerate import Sizes, stages
+from stepgraph.training.regenerate import Sizes, dependencies, stages
 
 from stepgraph.cli import build_parser, main
 
@@ -23,7 +24,10 @@ def test_every_stage_is_a_stepgraph_command_line_and_v1_has_no_taxonomy(tmp_path
         build_parser().parse_args(argv)  # exits on an unknown option
     commands = dict(listed)
     assert commands["collect-train"][-2:] == ["--problems", "600"] and commands["bench"][-3:] == ["--seeds", "0", "1"]
-    assert names.index("policy-default") < names.index("tiers") < names.index("policy-three-tier") < names.index("bench")
+    assert names.index("policy-default") < names.index("bench") < names.index("tiers") < names.index("policy-three-tier")
+    after = dependencies(listed)  # what --jobs waits for
+    assert after["bench"] == {"collect-train", "collect-calibration", "policy-default"}
+    assert after["policy-three-tier"] == {"tiers"} and "radar-fit" in after["radar-bench"]
     listed_by_cli = run(capsys, "regenerate", "--out", str(tmp_path), "--list", *TINY_OPTIONS)
     assert listed_by_cli["collect-train"] == "stepgraph " + " ".join(dict(stages(tmp_path, TINY))["collect-train"])
 
@@ -68,3 +72,41 @@ def test_jobs_run_independent_stages_side_by_side_and_a_dependent_one_after(tmp_
     # Run again: the finished stages are skipped, the failed one is tried again.
     assert main(["regenerate", "--out", str(tmp_path), "--jobs", "2"]) == 2
     assert "first: skipped (done)" in capsys.readouterr().err
+
+
+def test_sigterm_to_regenerate_jobs_stops_the_stages_it_started(tmp_path):
+    """`kill` (or a CI timeout) on `regenerate --jobs N` leaves no stage running as an orphan."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = ("import sys\nfrom stepgraph.training import regenerate\n"
+              "regenerate.stages = lambda out, sizes: [('serve', ['serve', '--port', sys.argv[2]])]  # runs until stopped\n"
+              "from stepgraph.cli import main\nsys.exit(main(['regenerate', '--out', sys.argv[1], '--jobs', '2']))\n")
+    scheduler = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(port)], stderr=subprocess.DEVNULL)
+
+    def children() -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == scheduler.pid and fields[0] != "Z":
+                found.append(int(stat.parent.name))
+        return found
+
+    deadline = time.monotonic() + 60
+    while not children() and time.monotonic() < deadline and scheduler.poll() is None:
+        time.sleep(0.2)
+    stage = children()
+    assert stage, "the stage never started"
+    scheduler.send_signal(signal.SIGTERM)
+    assert scheduler.wait(timeout=60) != 0
+    assert not Path(f"/proc/{stage[0]}").exists() or "Z" in Path(f"/proc/{stage[0]}/stat").read_text().rsplit(")", 1)[1][:3]
+    assert not (tmp_path / "stages" / "serve.json").exists()  # stopped, so not recorded as done

@@ -77,6 +77,11 @@ def stages(out: Path, s: Sizes) -> list[tuple[str, list[str]]]:
         ("collect-train", ["collect", "--store", store, "--split", "train", "--problems", str(s.train_problems)]),
         ("collect-calibration", ["collect", "--store", store, "--split", "calibration", "--problems", str(s.calibration_problems)]),
         ("policy-default", [*train, "--out", policy]),
+        ("bench", ["bench", "--store", store, "--policy", policy, "--out", str(out / "bench"), "--problems", str(s.bench_problems),
+                   "--calibration-problems", str(s.bench_calibration_problems), "--seeds", *SEEDS]),
+        ("tiers", ["bench", "--tiers", "3", "--out", str(out / "tiers"), "--policy", policy,
+                   "--train-problems", str(s.tier_train_problems), "--calibration-problems", str(s.tier_calibration_problems),
+                   "--calibration-runs", str(s.tier_calibration_runs), "--problems", str(s.bench_problems), "--seeds", *SEEDS]),
         ("policy-logits-only", [*train, "--out", str(out / "policies" / "logits_only"),
                                 *(x for name in LOGPROB_FEATURES for x in ("--ignore-feature", name))]),
         ("policy-api-only", [*train, "--out", str(out / "policies" / "api_only"), "--ignore-feature", "logit_confidence"]),
@@ -88,9 +93,6 @@ def stages(out: Path, s: Sizes) -> list[tuple[str, list[str]]]:
                        "--out", str(out / "allocator")]),
         ("allocator-combined", ["train", "--allocator", "--store", store, "--steps", str(s.allocator_steps), "--alpha", "0.02",
                                 "--allocator-gate", policy, "--out", str(out / "allocator-combined")]),
-        ("tiers", ["bench", "--tiers", "3", "--out", str(out / "tiers"), "--policy", policy,
-                   "--train-problems", str(s.tier_train_problems), "--calibration-problems", str(s.tier_calibration_problems),
-                   "--calibration-runs", str(s.tier_calibration_runs), "--problems", str(s.bench_problems), "--seeds", *SEEDS]),
         ("policy-three-tier", ["calibrate", "--domain-only", "--policy", str(out / "tiers" / "policy-3-tier"),
                                "--runs", str(s.calibration_problems), "--out", str(out / "policies" / "three_tier")]),
         *[(f"radar-collect-{split}-{seed}", ["radar", "collect", "--split", split, "--problems", str(n), "--seed", seed,
@@ -113,8 +115,6 @@ def stages(out: Path, s: Sizes) -> list[tuple[str, list[str]]]:
         ("bench-allocator", ["bench-allocator", "--allocator", str(out / "allocator"), "--combined-allocator",
                              str(out / "allocator-combined"), "--policy", policy, "--problems", str(s.bench_problems),
                              "--seeds", *SEEDS, "--out", str(out / "bench-allocator.json")]),
-        ("bench", ["bench", "--store", store, "--policy", policy, "--out", str(out / "bench"), "--problems", str(s.bench_problems),
-                   "--calibration-problems", str(s.bench_calibration_problems), "--seeds", *SEEDS]),
     ]
     from stepgraph.testbed import TIER_DIRS, testbed_task, wordproblems
 

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -98,6 +99,9 @@ def _run_side_by_side(listed: list[tuple[str, list[str]]], todo: list[str], done
     running: dict[str, tuple[subprocess.Popen, float, Any, Any]] = {}  # name: (process, start, stdout, stderr files)
     failed: list[str] = []
     env = {"OMP_NUM_THREADS": "1", **os.environ}  # N single-threaded stages on N cores, unless the caller says otherwise
+    # SIGTERM (kill, a CI timeout) ends this process without a finally: turn it into SystemExit, so that the finally
+    # below stops the stages it started instead of leaving them running as orphans.
+    on_term = signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         while pending or running:
             while len(running) < jobs and not failed:
@@ -126,6 +130,7 @@ def _run_side_by_side(listed: list[tuple[str, list[str]]], todo: list[str], done
                 records[name] = _finished(done_dir, name, argv_of[name], started, _printed_result(done_dir / f"{name}.out"))
                 log(f"regenerate: {name}: done in {records[name]['seconds']} s")
     finally:
+        signal.signal(signal.SIGTERM, on_term)
         for process, *_ in running.values():  # interrupted: no stage keeps running unrecorded
             process.terminate()
             process.wait()
@@ -133,6 +138,10 @@ def _run_side_by_side(listed: list[tuple[str, list[str]]], todo: list[str], done
         raise ConfigError(f"Stage(s) {failed} failed (their output: {done_dir}/NAME.err); the stages that finished are "
                           f"recorded, so running the same command again resumes after fixing the cause.")
     return records
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _printed_result(path: Path) -> Any:
