@@ -1,14 +1,15 @@
 """What the router pays on questions outside its tiers' domain: the out-of-domain signal and `stick_after`.
 
-The shipped tiers know one template ("Ann has 12 coins. She gets 7 more. ..."); plain questions
-written by hand are outside it, every tier answers them wrong, and the gate escalates most steps,
-so each step pays for a draft and for the target. Two remedies: the out-of-domain signal
-(`stepgraph.domain`: the shipped policy's `domain` field; a question the target finds unusually
-unlikely is written by the target from its first step, no drafts paid) and
-`RouterContext(stick_after=N)` (after N escalated steps in a row, no more drafts). This prints
-generated FLOPs as a multiple of the target alone (and with prefill FLOPs counted too), off domain
-and on fresh in-domain test-split questions with their coverage, without and with the signal; then
-how often the signal flags fresh in-domain questions and the off-domain ones.
+The shipped tiers know GSM8K-easy word problems about whole quantities (stepgraph/testbed/TASK_V2.md).
+Questions outside that (requests that are not arithmetic word problems, and arithmetic the tiers
+never saw: percentages, fractions, decimals, times, unit conversions) are answered wrong by every
+tier while the gate escalates many steps, so such a step pays for a draft and for the target. Two
+remedies: the out-of-domain signal (`stepgraph.domain`: the shipped policy's `domain` field; a
+question the target finds unusually unlikely is written by the target from its first step, no
+drafts paid) and `RouterContext(stick_after=N)` (after N escalated steps in a row, no more drafts).
+This prints generated FLOPs as a multiple of the target alone (and with prefill FLOPs counted too),
+off domain and on fresh in-domain test-split questions with their coverage, without and with the
+signal; then how often the signal flags fresh in-domain questions and the off-domain ones.
 
     python examples/off_domain.py
 """
@@ -22,25 +23,10 @@ from stepgraph.context import RouterContext
 from stepgraph.domain import score_question
 from stepgraph.graph import build_graph
 from stepgraph.routing.gates import AlwaysDraftGate, PolicyGate
-from stepgraph.testbed import load_pair, task
+from stepgraph.testbed import load_pair, testbed_task
 from stepgraph.testbed.defaults import DEFAULT_POLICY_DIR
 
 OFF_DOMAIN = [
-    "Tom has 5 pens. He buys 3 more. How many pens does he have?",
-    "A box holds 12 eggs. How many eggs are in 5 boxes?",
-    "Anna shares 24 candies equally among 4 friends. How many does each get?",
-    "Eve has 3 pens. She gets 4 more. She loses 2. How many pens does she have?",
-    "A bus has 40 seats. 23 people get on. How many seats are empty?",
-    "Mia reads 15 pages a day. How many pages does she read in 6 days?",
-    "A pizza is cut into 8 slices. Joe eats 3. How many slices are left?",
-    "Sam has twice as many marbles as Lily. Lily has 9. How many does Sam have?",
-    "There are 7 birds on a tree. 4 fly away. How many are left?",
-    "Each ticket costs $6. How much do 9 tickets cost?",
-    "Kate had 50 dollars. She spent 18 dollars on a book. How much money is left?",
-    "A farmer has 14 cows and 9 pigs. How many animals does he have?",
-    "Leo runs 3 miles every morning. How far does he run in a week?",
-    "A class has 28 students. Half of them are girls. How many boys are there?",
-    "Nina bakes 36 cookies and puts them in bags of 6. How many bags does she fill?",
     "What is the capital of France?",
     "Write a short poem about the sea.",
     "Translate 'good morning' into Spanish.",
@@ -50,12 +36,27 @@ OFF_DOMAIN = [
     "What is the derivative of x squared?",
     "Is 97 a prime number?",
     "List three colours of the rainbow.",
+    "Summarize the plot of Romeo and Juliet.",
     "What time is it in Tokyo when it is noon in London?",
     "A train leaves at 3 pm and arrives at 7 pm. How long is the trip?",
-    "Paul has 4 boxes with 7 apples each. He gives away 10 apples. How many are left?",
-    "The temperature was 12 degrees and rose by 9 degrees. What is it now?",
-    "Sara has 45 stickers and gives 15 to her brother. How many does she keep?",
-    "A shop sells 120 apples on Monday and 95 on Tuesday. How many in total?",
+    "A shirt costs $40 and is 25% off. What is the sale price?",
+    "Tom ate 3/8 of a pizza and Jim ate 1/4. How much of the pizza is left?",
+    "A rope is 2.5 meters long. How many centimeters is that?",
+    "Solve for x: 3x + 7 = 22.",
+    "What is the area of a circle with radius 3?",
+    "A car travels 60 km per hour for 2.5 hours. How far does it go?",
+    "What is 15% of 80?",
+    "The temperature was -4 degrees and rose by 9 degrees. What is it now?",
+    "How many seconds are in 3 hours?",
+    "If a triangle has sides 3, 4 and 5, what is its area?",
+    "What is the square root of 144?",
+    "Anna is twice as old as Ben was 4 years ago. Ben is 10. How old is Anna?",
+    "A recipe needs 3 cups of flour for 12 cookies. How much flour for 30 cookies?",
+    "What is the probability of rolling a 6 twice in a row?",
+    "Convert 5 miles to kilometers.",
+    "Write a haiku about autumn leaves.",
+    "What is the GDP of Germany?",
+    "Give me a recipe for pancakes.",
 ]
 
 
@@ -73,7 +74,7 @@ def main(in_domain_questions: int = 60, flag_questions: int = 1000) -> None:
     graphs = {"off": build_graph(tiers, PolicyGate(dataclasses.replace(policy.artifact, domain=None))),
               "on": build_graph(tiers, policy)}
     target_alone = build_graph([tiers[1], tiers[1]], AlwaysDraftGate())  # the target drafts every step itself
-    problems = task.generate("test", in_domain_questions, seed=11)
+    problems = testbed_task().generate("test", in_domain_questions, seed=11)
     for name, questions in (("off domain", OFF_DOMAIN), ("in domain", [p.question for p in problems])):
         alone = run(target_alone, questions, RouterContext())
         for signal, graph in graphs.items():
@@ -87,7 +88,7 @@ def main(in_domain_questions: int = 60, flag_questions: int = 1000) -> None:
                     line += f", coverage {covered / len(problems):.3f}"
                 print(line)
     domain, scorer = policy.domain, tiers[policy.domain.tier]
-    fresh = [p.question for p in task.generate("test", flag_questions, seed=12)]
+    fresh = [p.question for p in testbed_task().generate("test", flag_questions, seed=12)]
     for name, questions in (("fresh in-domain", fresh), ("off-domain", OFF_DOMAIN)):
         flagged = sum(score_question(scorer, q).mean_logprob < domain.threshold for q in questions)
         print(f"flagged out of domain: {name} {flagged}/{len(questions)} = {flagged / len(questions):.3f}")

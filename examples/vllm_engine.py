@@ -14,7 +14,7 @@ import argparse
 import time
 
 from stepgraph import RouterContext, VLLMStepModel, build_graph, resolve_gate
-from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR, task
+from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR, testbed_task
 from stepgraph.testbed.defaults import LOGITS_ONLY_POLICY_DIR
 from stepgraph.testbed.vllm_serving import ENGINE_ARGS, configure_environment
 
@@ -37,7 +37,7 @@ def main() -> None:
     with VLLMStepModel(args.draft, system_prompt=system, engine_kwargs=engine_args) as draft, \
             VLLMStepModel(args.target, system_prompt=system, engine_kwargs=engine_args) as target:
         graph = build_graph([draft, target], resolve_gate("policy", path=args.policy))
-        problems = task.generate("test", args.questions, seed=5)
+        problems = testbed_task().generate("test", args.questions, seed=5)
         started = time.perf_counter()
         results = graph.batch([{"question": p.question} for p in problems], {"max_concurrency": len(problems)},
                               context=RouterContext(seed=0))

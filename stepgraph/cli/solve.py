@@ -16,12 +16,17 @@ from stepgraph.testbed import DRAFT_MODEL_DIR, MID_MODEL_DIR, TARGET_MODEL_DIR
 from stepgraph.testbed.defaults import THREE_TIER_POLICY_DIR, default_gate_name, resolve_gate
 
 SHIPPED_PAIR_SCOPE = """\
-The shipped testbed pair (the default --models) is two tiny models trained on one template only:
-"NAME has N ITEMS. She gets / finds / buys / gives away / loses / sells K (more) ... She multiplies
-them by K ... How many ITEMS does she have?", with 2 to 4 operations. Other phrasings get confident
-wrong answers: bring your own models (--models DIR DIR) for real questions. A question the
-policy's out-of-domain signal finds unlike its calibration questions gets one warning line on
-stderr and is written by the strongest tier alone."""
+The shipped testbed tiers (the default --models; a 0.26M-parameter draft, a 1.05M mid and a 2.76M
+target) answer arithmetic word problems about whole quantities, GSM8K-easy: one to three people,
+things they own, buy, make or share, money in whole dollars, rates ("6 pages per day for 7 days"),
+containers ("a box holds 12 eggs"), prices and change, sharing equally, comparisons ("5 more than",
+"twice as many as", "half as many as"); +, -, x and exact division, one to six steps, values up
+to 999. Out of their domain: fractions other than "half", percentages, decimals, unit
+conversions, times and ages as quantities, several questions at once. Even in the domain the
+target is wrong on some questions (stepgraph/testbed/models/MODEL_CARD.md): bring your own
+models (--models DIR DIR, or --config) for real questions. A question the policy's
+out-of-domain signal finds unlike its calibration questions gets one warning line on stderr
+and is written by the strongest tier alone."""
 
 OUT_OF_DOMAIN = ("stepgraph solve: warning: this question is unlike the questions the router was calibrated on (out of domain), "
                  "so the strongest tier wrote every step and the answer may still be wrong; for such questions use models "
