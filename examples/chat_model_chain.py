@@ -12,7 +12,7 @@ from stepgraph import ChatStepRouter
 def main() -> None:
     llm = ChatStepRouter(seed=0)
     chain = ChatPromptTemplate.from_messages([("human", "{problem}")]) | llm | StrOutputParser()
-    print(chain.invoke({"problem": "Ben has 20 cards. He sells 4. He multiplies them by 3. How many cards does he have?"}))
+    print(chain.invoke({"problem": "Ben has 20 cards. He sells 4. Amy has three times as many cards as Ben. How many cards does Amy have?"}))
 
     reply = llm.invoke("Eve has 9 shells. She finds 8 more. She sells 5. How many shells does she have?")
     print("answer:", reply.response_metadata["answer"], "| tiers:", [s["tier"] for s in reply.response_metadata["steps"]])

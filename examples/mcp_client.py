@@ -11,7 +11,7 @@ import sys
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-QUESTION = "Eli has 12 shells. She buys 8 more. She multiplies them by 2. How many shells does she have?"
+QUESTION = "Eli has 12 shells. She buys 8 more. Ana has twice as many shells as Eli. How many shells does Ana have?"
 
 
 async def main() -> None:

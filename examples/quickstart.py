@@ -8,7 +8,7 @@ from stepgraph import RouterContext, build_graph, load_pair, resolve_gate
 
 def main() -> None:
     graph = build_graph(load_pair(), resolve_gate())
-    question = "Ann has 12 coins. She gets 7 more. She gives away 5. She multiplies them by 3. How many coins does she have?"
+    question = "Ann has 12 coins. She gets 7 more. She gives away 5. Ben has three times as many coins as Ann. How many coins does Ben have?"
     result = graph.invoke({"question": question}, context=RouterContext(seed=0))
     for step in result["steps"]:
         print(f"tier {step['tier']}: {step['text']}")
