@@ -92,6 +92,14 @@ def test_walk_pays_every_tier_visited_and_the_surrogate_miss_follows_the_kept_st
     assert not walk_miss(fixed, 0, [1, 1])
     target_wrong = to_tier_tensors([Episode("e", "q", "1", [step(0, 1.0)], 1, 0, 10.0)], artifact(), [0, 1, 2])
     assert not walk_miss(target_wrong, 0, [0])  # R_M = 0: covered whatever is kept
+    # After the behaviour's wrong step no tier writes a right one (v2's verifier: a step building on a wrong result):
+    # those rows count no miss, whatever is kept there; a wrong step kept before them still does.
+    broken = step(1, 0.5, action=0)
+    for entry in broken.tiers:
+        entry["correct"] = False
+    after_wrong = to_tier_tensors([Episode("e", "q", "1", [step(0, 0.5, action=0), broken], 0, 1, 20.0)], artifact(), [0, 1, 2])
+    assert not walk_miss(after_wrong, 0, [1, 0]) and not walk_miss(after_wrong, 0, [2, 2])
+    assert walk_miss(after_wrong, 0, [0, 2])
 
 
 def test_replay_batch_puts_coverage_on_the_last_decision_and_cost_on_each() -> None:

@@ -367,7 +367,7 @@ def test_the_old_defaults_module_re_exports_the_testbed_defaults():
     import stepgraph
     import stepgraph.defaults as old
 
-    assert old.resolve_gate is resolve_gate and old.DEFAULT_CONFIDENCE_THRESHOLD == 16.0
+    assert old.resolve_gate is resolve_gate and old.DEFAULT_CONFIDENCE_THRESHOLD == DEFAULT_CONFIDENCE_THRESHOLD
     assert stepgraph.resolve_gate is resolve_gate
 
 

@@ -193,11 +193,15 @@ def walk_miss(data: TierData, episode: int, kept: Sequence[int]) -> bool:
     verification (the testbed's, a judge's) that is the step the gate faces after its own right
     prefix, and under a prefix-dependent verifier (rollouts) it can only count more misses. Ending
     the walk there instead counted the unrecorded rest as covered, which CPO learnt to exploit.
+    A row where no tier writes a right step (the behaviour's wrong prefix left nothing right to
+    write, as task v2's verifier judges a step that builds on a wrong earlier result) counts no
+    miss: no routing there could do better, and a gate that kept a wrong step before it was
+    already counted at that step.
     """
     if data.target_reward[episode] == 0:
         return False
     rows = range(data.starts[episode], data.ends[episode])
-    return any(data.ok[row, k] != 1 for row, k in zip(rows, kept, strict=True))
+    return any(data.ok[row, k] != 1 and bool((data.ok[row] == 1).any()) for row, k in zip(rows, kept, strict=True))
 
 
 def gate_chooser(probs: torch.Tensor, kappa: float) -> Callable[[int, int], tuple[int, float]]:
