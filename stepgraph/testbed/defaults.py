@@ -27,7 +27,7 @@ DEFAULT_POLICY_DIR = POLICIES_DIR / "default"
 LOGITS_ONLY_POLICY_DIR = POLICIES_DIR / "logits_only"
 API_ONLY_POLICY_DIR = POLICIES_DIR / "api_only"
 THREE_TIER_POLICY_DIR = POLICIES_DIR / "three_tier"
-DEFAULT_CONFIDENCE_THRESHOLD = 16.0
+DEFAULT_CONFIDENCE_THRESHOLD = 21.39
 
 TESTBED_GATE_OPTIONS: dict[str, dict[str, Any]] = {
     PolicyGate.name: {"path": DEFAULT_POLICY_DIR},
@@ -47,7 +47,7 @@ def resolve_gate(name: str | None = None, **options: Any) -> Gate:
 
     Example:
         >>> resolve_gate("confidence-threshold").confidence_threshold
-        16.0
+        21.39
     """
     name = canonical_gate_name(name or default_gate_name())
     given = {k: v for k, v in options.items() if v is not None}
