@@ -176,5 +176,6 @@ def test_openai_example_runs_against_an_openai_compatible_endpoint(servers):
     done = run_example("openai_target.py", "--target-model", "target",
                        env={"OPENAI_BASE_URL": servers["target"].url, "OPENAI_API_KEY": key})
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "answer:" in done.stdout and "draft:" in done.stdout
+    # The target's steps came through the OpenAI client (whether the draft's are kept depends on the threshold and model).
+    assert "answer:" in done.stdout and "target:" in done.stdout
     assert key not in done.stdout + done.stderr  # never logged
