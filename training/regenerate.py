@@ -6,8 +6,9 @@ Each stage is one existing command (``stepgraph collect``, ``train``, ``calibrat
 their task (``testbed_task()``), with its outputs under ``--out``:
 
 - ``traces.sqlite``: 2-tier train and calibration traces;
-- ``policies/{default,logits_only,api_only,three_tier}``: the shipped policies (κ calibrated, with the
-  out-of-domain ``domain`` field); ``three_tier`` is ``tiers/policy-3-tier`` (from ``bench --tiers 3``, which
+- ``policies/{default_runs,logits_only,api_only,three_tier}``: the shipped policies (κ calibrated, with the
+  out-of-domain ``domain`` field); the shipped ``default`` is ``default_runs``, the trained ``policies/default``
+  with κ re-calibrated on live calibration runs (``calibrate --runs``: cheaper at the same α than κ from traces); ``three_tier`` is ``tiers/policy-3-tier`` (from ``bench --tiers 3``, which
   collects its own traces with every tier's step) with its domain threshold added;
 - ``gates/{threshold,steer,prm}``: the confidence threshold, STEER's GMM and RSD's PRM calibrated on the traces;
 - ``allocator``, ``allocator-combined``, ``bench-allocator.json``: the ex-ante allocator and its bench;
@@ -77,6 +78,8 @@ def stages(out: Path, s: Sizes) -> list[tuple[str, list[str]]]:
         ("collect-train", ["collect", "--store", store, "--split", "train", "--problems", str(s.train_problems)]),
         ("collect-calibration", ["collect", "--store", store, "--split", "calibration", "--problems", str(s.calibration_problems)]),
         ("policy-default", [*train, "--out", policy]),
+        ("policy-default-runs", ["calibrate", "--policy", policy, "--runs", str(s.calibration_problems),
+                                 "--out", str(out / "policies" / "default_runs")]),
         ("bench", ["bench", "--store", store, "--policy", policy, "--out", str(out / "bench"), "--problems", str(s.bench_problems),
                    "--calibration-problems", str(s.bench_calibration_problems), "--seeds", *SEEDS]),
         ("tiers", ["bench", "--tiers", "3", "--out", str(out / "tiers"), "--policy", policy,
