@@ -81,7 +81,7 @@ def test_cli_help_lists_subcommands_and_each_documents_its_options():
     out = subprocess.run([sys.executable, "-m", "stepgraph", "solve", "--help"], capture_output=True, text=True, check=True).stdout
     for option in ("--models", "--gate", "--policy", "--threshold", "--temperature", "--seed", "--max-steps", "--budget", "--sticky", "--json"):
         assert option in out
-    assert "(default: 16)" in out and "template" in out  # defaults as text; what the shipped pair can answer
+    assert "(default: 16)" in out and "word problems" in out and "Out of their domain" in out  # defaults; what the tiers answer
     for command in ("collect", "train", "evaluate", "bench"):
         text = subprocess.run([sys.executable, "-m", "stepgraph", command, "--help"], capture_output=True, text=True, check=True).stdout
         assert "PosixPath" not in text and "/site-packages/" not in text and str(Path(__file__).parents[1]) not in text
