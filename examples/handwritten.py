@@ -10,9 +10,9 @@ way a new user would phrase them. Prints each tier's count of right answers and 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
+from stepgraph.answers import extract_boxed, is_correct
 from stepgraph.testbed import TIER_DIRS
 from stepgraph.testbed.measure import batched_solutions, load_hf
 
@@ -26,9 +26,7 @@ def main() -> None:
         answers = batched_solutions(model, tokenizer, [item["q"] for item in items], name=path.name)
         right = 0
         for item, steps in zip(items, answers):
-            text = "".join(step.text for step in steps)
-            boxed = re.findall(r"\\boxed\{(\d+)\}", text)
-            if boxed and int(boxed[-1]) == item["a"]:
+            if is_correct(extract_boxed("".join(step.text for step in steps)), str(item["a"])):
                 right += 1
             elif path == TIER_DIRS[3][-1]:
                 print(f"  {path.name} missed: {item['q']} -> {' | '.join(s.text.strip() for s in steps)}")

@@ -8,8 +8,9 @@ their task (``testbed_task()``), with its outputs under ``--out``:
 - ``traces.sqlite``: 2-tier train and calibration traces;
 - ``policies/{default_runs,logits_only,api_only,three_tier}``: the shipped policies (κ calibrated, with the
   out-of-domain ``domain`` field); the shipped ``default`` is ``default_runs``, the trained ``policies/default``
-  with κ re-calibrated on live calibration runs (``calibrate --runs``: cheaper at the same α than κ from traces); ``three_tier`` is ``tiers/policy-3-tier`` (from ``bench --tiers 3``, which
-  collects its own traces with every tier's step) with its domain threshold added;
+  with κ re-calibrated on live calibration runs (``calibrate --runs``: cheaper at the same α than κ from traces);
+  ``three_tier`` is ``tiers/policy-3-tier`` (from ``bench --tiers 3``, which collects its own traces with every
+  tier's step) with its domain threshold added;
 - ``gates/{threshold,steer,prm}``: the confidence threshold, STEER's GMM and RSD's PRM calibrated on the traces;
 - ``allocator``, ``allocator-combined``, ``bench-allocator.json``: the ex-ante allocator and its bench;
 - ``radar/``: RADAR's response matrices, router, difficulty traces and policies, and its bench;
@@ -142,7 +143,8 @@ def dependencies(listed: list[tuple[str, list[str]]]) -> dict[str, set[str]]:
     def named(argv: list[str]) -> list[str]:  # a radar collect's --dir names only its split's journal
         if argv[:2] != ["radar", "collect"]:
             return argv
-        return [token for token in argv if token != dict(itertools.pairwise(argv))["--dir"]] + written(argv)
+        journals = dict(itertools.pairwise(argv))["--dir"]
+        return [token for token in argv if token != journals] + written(argv)
 
     def touches(argv: list[str], path: str) -> bool:
         return any(t == path or t.startswith(path + "/") or path.startswith(t + "/") for t in named(argv))
