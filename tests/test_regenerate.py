@@ -118,3 +118,18 @@ def test_sigterm_to_regenerate_jobs_stops_the_stages_it_started(tmp_path):
     assert scheduler.wait(timeout=60) != 0
     assert not Path(f"/proc/{stage[0]}").exists() or "Z" in Path(f"/proc/{stage[0]}/stat").read_text().rsplit(")", 1)[1][:3]
     assert not (tmp_path / "stages" / "serve.json").exists()  # stopped, so not recorded as done
+
+
+def test_jobs_from_a_thread_other_than_main_run_without_the_signal_handler(tmp_path):
+    """Only the main thread may set a signal handler: run_stages(jobs=2) from another thread still runs its stages."""
+    import threading
+
+    from stepgraph.cli.regenerate import _run_side_by_side
+
+    (tmp_path / "stages").mkdir()
+    done: dict = {}
+    stage = [("listing", ["regenerate", "--out", str(tmp_path / "x"), "--list"])]
+    worker = threading.Thread(target=lambda: done.update(_run_side_by_side(stage, ["listing"], tmp_path / "stages", 2, print)))
+    worker.start()
+    worker.join(timeout=120)
+    assert list(done) == ["listing"] and (tmp_path / "stages" / "listing.json").is_file()

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -100,8 +101,9 @@ def _run_side_by_side(listed: list[tuple[str, list[str]]], todo: list[str], done
     failed: list[str] = []
     env = {"OMP_NUM_THREADS": "1", **os.environ}  # N single-threaded stages on N cores, unless the caller says otherwise
     # SIGTERM (kill, a CI timeout) ends this process without a finally: turn it into SystemExit, so that the finally
-    # below stops the stages it started instead of leaving them running as orphans.
-    on_term = signal.signal(signal.SIGTERM, _exit_on_signal)
+    # below stops the stages it started instead of leaving them running as orphans. Only the main thread may set it.
+    main_thread = threading.current_thread() is threading.main_thread()
+    on_term = signal.signal(signal.SIGTERM, _exit_on_signal) if main_thread else None
     try:
         while pending or running:
             while len(running) < jobs and not failed:
@@ -130,7 +132,8 @@ def _run_side_by_side(listed: list[tuple[str, list[str]]], todo: list[str], done
                 records[name] = _finished(done_dir, name, argv_of[name], started, _printed_result(done_dir / f"{name}.out"))
                 log(f"regenerate: {name}: done in {records[name]['seconds']} s")
     finally:
-        signal.signal(signal.SIGTERM, on_term)
+        if main_thread:
+            signal.signal(signal.SIGTERM, on_term)
         for process, *_ in running.values():  # interrupted: no stage keeps running unrecorded
             process.terminate()
             process.wait()
