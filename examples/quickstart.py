@@ -1,13 +1,13 @@
-"""Quickstart: answer a question with the shipped draft/target pair and the default gate.
+"""Quickstart: answer a question with the shipped tiers (draft → mid → target) and the default gate.
 
 Run: python examples/quickstart.py
 """
 
-from stepgraph import RouterContext, build_graph, load_pair, resolve_gate
+from stepgraph import RouterContext, build_graph, load_tiers, resolve_gate
 
 
 def main() -> None:
-    graph = build_graph(load_pair(), resolve_gate())
+    graph = build_graph(load_tiers(), resolve_gate())
     question = "Ann has 12 coins. She gets 7 more. She gives away 5. Ben has three times as many coins as Ann. How many coins does Ben have?"
     result = graph.invoke({"question": question}, context=RouterContext(seed=0))
     for step in result["steps"]:

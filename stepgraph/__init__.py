@@ -3,8 +3,8 @@
 A small model drafts each reasoning step; a gate decides whether a larger model regenerates it.
 
 Example:
-    >>> from stepgraph import RouterContext, build_graph, load_pair, resolve_gate
-    >>> graph = build_graph(load_pair(), resolve_gate())
+    >>> from stepgraph import RouterContext, build_graph, load_tiers, resolve_gate
+    >>> graph = build_graph(load_tiers(), resolve_gate())  # draft → mid → target and their policy
     >>> graph.invoke({"question": "Ann has 3 coins. She gets 2 more. She buys 4 more. How many coins does she have?"},
     ...              context=RouterContext(seed=0))["answer"]
     '9'
@@ -63,6 +63,7 @@ _EXPORTS: dict[str, str] = {
     "ChatStepModel": "stepgraph.models.chat",
     "count_parameters": "stepgraph.models.vllm_engine",
     "load_pair": "stepgraph.testbed",
+    "load_tiers": "stepgraph.testbed",
     "close_pair": "stepgraph.testbed",
     # query-level routing (RADAR)
     "RadarRouter": "stepgraph.routing.radar",
@@ -140,6 +141,7 @@ __all__ = [
     "close_pair",
     "count_parameters",
     "load_pair",
+    "load_tiers",
     "make_gate",
     "resolve_gate",
     "routed_reasoning_tool",
@@ -195,5 +197,5 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the real names
         make_gate,
     )
     from stepgraph.routing.radar import RadarRouter
-    from stepgraph.testbed import close_pair, load_pair
+    from stepgraph.testbed import close_pair, load_pair, load_tiers
     from stepgraph.testbed.defaults import resolve_gate

@@ -1,6 +1,6 @@
-"""langchain-tests' standard integration suite for ChatStepRouter, on the shipped pair (offline, in process).
+"""langchain-tests' standard integration suite for ChatStepRouter, on the shipped tiers (offline, in process).
 
-Most of its questions ("Hello", "hi") are off the shipped pair's template: the pair rambles until
+Most of its questions ("Hello", "hi") are off the shipped tiers' domain: they ramble until
 a stop rule ends the answer (the standard ``max_tokens=100`` budget, the step limit, or the
 model's context window), which is the behaviour these tests pin down.
 """

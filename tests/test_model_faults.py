@@ -189,14 +189,14 @@ def test_qwen2_outside_the_fast_paths_scope_loads_through_transformers(tmp_path)
     assert model.generate_step(QUESTION, [], seed=0).generated_tokens > 0
 
 
-def test_solving_on_the_shipped_pair_does_not_import_transformers():
+def test_solving_on_the_shipped_tiers_does_not_import_transformers():
     import subprocess
     import sys
 
     code = (
         "import sys\n"
-        "from stepgraph import build_graph, load_pair, resolve_gate\n"
-        f"result = build_graph(load_pair(), resolve_gate()).invoke({{'question': {QUESTION!r}}})\n"
+        "from stepgraph import build_graph, load_tiers, resolve_gate\n"
+        f"result = build_graph(load_tiers(), resolve_gate()).invoke({{'question': {QUESTION!r}}})\n"
         "print(result['stop_reason'], 'transformers' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)

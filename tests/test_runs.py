@@ -5,7 +5,7 @@ import json
 from stepgraph.training.collection.collect import testbed_items as make_items
 from stepgraph.training.collection.runs import run_gate, run_seed
 
-from stepgraph.routing.gates import AlwaysTargetGate, ConfidenceThresholdGate
+from stepgraph.routing.gates import AlwaysDraftGate, AlwaysTargetGate, ConfidenceThresholdGate
 from stepgraph.testbed import load_pair
 
 # wall time, and the prefix-cache reuse of a local model, which interleaved runs share (same tokens, other prefill)
@@ -53,3 +53,20 @@ def test_a_journal_resumes_a_killed_run(tmp_path):
     per_item = calls_before / 3
     assert tiers[1].calls - calls_before < calls_before and tiers[1].calls - calls_before >= per_item  # items 1 and 2 only
     assert len([line for line in journal.read_text().splitlines() if line.endswith("}")]) >= 3
+
+
+def test_the_target_row_is_the_strongest_tier_alone_not_every_draft_thrown_away():
+    # "FLOPs vs target" divides by the strongest tier writing every step: an always-escalate run over all tiers
+    # would also pay each lower tier's draft (the bench's pair reference was 9% dearer that way).
+    from scripted import ScriptedModel
+    from stepgraph.training.collection.evaluate import evaluate_gates
+    from stepgraph.training.data.records import Item
+
+    script = ["a = 2 + 2 = 4.", "\\boxed{4}"]
+    draft, mid, target = (ScriptedModel(name, n, script) for name, n in (("draft", 1_000), ("mid", 4_000), ("target", 16_000)))
+    items = [Item("p0", "What is 2 + 2?", "4")]
+    report = evaluate_gates([draft, mid, target], {"escalate": AlwaysTargetGate()}, items, progress=False)
+    alone = run_gate([target, target], AlwaysDraftGate(), items, progress=False)[0]["flops"]
+    assert report["target"]["mean_flops"] == alone
+    assert report["escalate"]["mean_flops"] > alone and report["escalate"]["flops_vs_target"] > 1
+    assert report["target"]["relative_coverage"] == 1.0 and report["draft"]["flops_vs_target"] == 1_000 / 16_000

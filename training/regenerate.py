@@ -14,8 +14,9 @@ their task (``testbed_task()``), with its outputs under ``--out``:
 - ``gates/{threshold,steer,prm}``: the confidence threshold, STEER's GMM and RSD's PRM calibrated on the traces;
 - ``allocator``, ``allocator-combined``, ``bench-allocator.json``: the ex-ante allocator and its bench;
 - ``radar/``: RADAR's response matrices, router, difficulty traces and policies, and its bench;
-- ``bench/``: the side-by-side bench (exact thresholds, the hand rule, the oracle), ``tiers/``: 2 tiers
-  against 3; ``stages/taxonomy.out``: the draft's error taxonomy table (task v2 only).
+- ``bench/``: the side-by-side bench (exact thresholds, the hand rule, the oracle) on the pair,
+  ``bench-3-tier/`` the same on draft → mid → target with the shipped 3-tier policy (the default router),
+  ``tiers/``: 2 tiers against 3; ``stages/taxonomy.out``: the draft's error taxonomy table (task v2 only).
 
 A stage that finished wrote ``stages/NAME.json`` (its command line, wall time and result; what it printed, such as
 the taxonomy table, is in ``stages/NAME.out``) and is skipped
@@ -99,6 +100,9 @@ def stages(out: Path, s: Sizes) -> list[tuple[str, list[str]]]:
                                 "--allocator-gate", policy, "--out", str(out / "allocator-combined")]),
         ("policy-three-tier", ["calibrate", "--domain-only", "--policy", str(out / "tiers" / "policy-3-tier"),
                                "--runs", str(s.calibration_problems), "--out", str(out / "policies" / "three_tier")]),
+        ("bench-3-tier", ["bench", "--store", store, "--policy", str(out / "policies" / "three_tier"), "--out", str(out / "bench-3-tier"),
+                          "--problems", str(s.bench_problems), "--calibration-problems", str(s.bench_calibration_problems),
+                          "--seeds", *SEEDS]),
         *[(f"radar-collect-{split}-{seed}", ["radar", "collect", "--split", split, "--problems", str(n), "--seed", seed,
                                               "--dir", responses, "--policy", policy])
           for split, n, seeds in (("train", s.radar_train_problems, ("0",)), ("calibration", s.radar_calibration_problems, ("0",)),

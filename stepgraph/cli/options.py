@@ -90,7 +90,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     """The model, gate and run-setting options of ``solve``; defaults are RouterContext's."""
     defaults = RouterContext()
     parser.add_argument("--models", nargs="+", type=Path, default=None, metavar="DIR",
-                        help="Hugging Face model directories, cheapest first, one per tier (default: the shipped testbed pair)")
+                        help="Hugging Face model directories, cheapest first, one per tier (default: the shipped testbed tiers, --tiers)")
     parser.add_argument("--gate", choices=GATE_CHOICES, default=None, metavar="{" + ",".join(GATES) + "}",
                         help=f"routing gate (default: the shipped policy when installed, else confidence-threshold; now: "
                         f"{default_gate_name()})")
@@ -117,10 +117,10 @@ def add_graph_options(parser: argparse.ArgumentParser) -> None:
 
     defaults, limits = RouterContext(), RouterLimits()
     parser.add_argument("--config", type=Path, default=None, metavar="PATH",
-                        help="run spec (TOML) with the tiers and gate (default: the shipped pair and its default gate)")
+                        help="run spec (TOML) with the tiers and gate (default: the shipped draft, mid and target and their default gate)")
     parser.add_argument("--gate", default=None,
                         help=f"gate of the graph to use: {', '.join(dict.fromkeys((default_gate_name(), *STUDIO_GATES)))} "
-                        "for the shipped pair (default: the graph's default gate)")
+                        "for the shipped tiers (default: the graph's default gate)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="base seed of each run (default: %(default)s)")
     parser.add_argument("--max-steps", type=int, default=defaults.max_steps,
                         help="step limit of each answer, also the most a client may ask for (default: %(default)s)")

@@ -12,8 +12,8 @@ from stepgraph.cli.options import add_run_options, context_of, gate_options
 from stepgraph.context import RouterLimits
 from stepgraph.errors import ConfigError, StepgraphError
 from stepgraph.routing.gates import canonical_gate_name
-from stepgraph.testbed import DRAFT_MODEL_DIR, MID_MODEL_DIR, TARGET_MODEL_DIR
-from stepgraph.testbed.defaults import THREE_TIER_POLICY_DIR, default_gate_name, resolve_gate
+from stepgraph.testbed import DEFAULT_TIERS, TIER_DIRS
+from stepgraph.testbed.defaults import default_gate_name, resolve_gate
 
 SHIPPED_PAIR_SCOPE = """\
 The shipped testbed tiers (the default --models; a 0.26M-parameter draft, a 1.05M mid and a 2.76M
@@ -49,9 +49,9 @@ def add_command(sub: Any) -> None:
     solve.add_argument("--config", type=Path, default=None, metavar="SPEC",
                        help="run spec (TOML) giving the tiers, gate and sampling; --gate, --models, --tiers and "
                             "--allocator are then refused (set them in the spec), the other run options ignored")
-    solve.add_argument("--tiers", type=int, choices=[2, 3], default=None,
-                       help="the shipped testbed tiers: 2 (draft, target; the default) or 3 (draft, mid, target, "
-                            "with the shipped 3-tier policy as --gate policy)")
+    solve.add_argument("--tiers", type=int, choices=sorted(TIER_DIRS), default=None,
+                       help=f"the shipped testbed tiers, each with its shipped policy as --gate policy: 3 (draft, mid, "
+                            f"target) or 2 (draft, target) (default: {DEFAULT_TIERS}, the count the bench measured cheaper)")
     solve.add_argument("--allow-other-tiers", action="store_true",
                        help="use a policy trained on other models than --models, with a warning (its coverage does not carry over)")
     solve.add_argument("--allocator", type=Path, default=None, metavar="DIR",
@@ -65,7 +65,7 @@ def _question_and_models(args: argparse.Namespace) -> tuple[str, list[Path]]:
     """The question and the model directories, one per tier; ``--models a b QUESTION`` gives the question back to the positional."""
     if args.tiers is not None and args.models:
         raise StepgraphError("--tiers picks the shipped testbed models; give either --tiers or --models.")
-    shipped = [DRAFT_MODEL_DIR, MID_MODEL_DIR, TARGET_MODEL_DIR] if args.tiers == 3 else [DRAFT_MODEL_DIR, TARGET_MODEL_DIR]
+    shipped = TIER_DIRS[args.tiers or DEFAULT_TIERS]
     model_dirs, question = list(args.models or shipped), args.question
     if question is None and args.models and not model_dirs[-1].is_dir():
         question = str(model_dirs.pop())
@@ -74,6 +74,12 @@ def _question_and_models(args: argparse.Namespace) -> tuple[str, list[Path]]:
     if len(model_dirs) < 2:
         raise StepgraphError("--models needs at least two directories (a draft model and a stronger one).")
     return question, model_dirs
+
+
+def _policy_tiers(n_models: int) -> int:
+    """Whose shipped policy ``--gate policy`` defaults to: the one for as many tiers, else the default router's
+    (for --models of another count, which build_graph then refuses with what to do)."""
+    return n_models if n_models in TIER_DIRS else DEFAULT_TIERS
 
 
 def _solve_from_spec(args: argparse.Namespace) -> int:
@@ -114,10 +120,8 @@ def run(args: argparse.Namespace) -> int:
     from stepgraph.graph import build_graph
     from stepgraph.models.local import TransformersStepModel, check_tier_tokenizers
 
-    options = gate_options(args)
-    if args.tiers == 3 and canonical_gate_name(args.gate or default_gate_name()) == "policy" and options.get("path") is None:
-        options["path"] = THREE_TIER_POLICY_DIR  # the 2-tier default policy is refused on three tiers
-    gate = resolve_gate(args.gate, **options)
+    # The shipped policy for as many tiers as the run has (another count's is refused by build_graph).
+    gate = resolve_gate(args.gate, n_tiers=_policy_tiers(len(model_dirs)), **gate_options(args))
     models = [TransformersStepModel(path) for path in model_dirs]  # cheapest first: tier i is models[i]
     check_tier_tokenizers(models)
     allocator = None
@@ -133,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         print()
         return 0
     names = [m.name for m in models]
-    print(f"gate: {canonical_gate_name(args.gate or default_gate_name())}   tiers: {' < '.join(names)}")
+    print(f"gate: {canonical_gate_name(args.gate or default_gate_name(_policy_tiers(len(names))))}   tiers: {' < '.join(names)}")
     for step in result["steps"]:
         info = step_confidence(step)
         print(f"[{step['index'] + 1}] tier {step['tier']} ({step['model']}; {info})")

@@ -23,10 +23,11 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stepgraph.artifacts.tiers import recorded_tiers
 from stepgraph.cli.dataclass_options import add_dataclass_options, dataclass_from_args
 from stepgraph.cli.options import in_range
 from stepgraph.defaults import DEFAULT_POLICY_DIR
@@ -34,8 +35,8 @@ from stepgraph.domain import DEFAULT_PERCENTILE
 from stepgraph.errors import ConfigError, StepgraphError
 from stepgraph.features import FEATURE_SCHEMA
 from stepgraph.models.base import DEFAULT_TEMPERATURE
-from stepgraph.routing.gates import PolicyGate
-from stepgraph.testbed import BACKENDS, close_pair, load_pair, load_tiers, testbed_task
+from stepgraph.routing.gates import Gate, PolicyGate
+from stepgraph.testbed import BACKENDS, close_pair, load_tiers, testbed_task
 from stepgraph.training.calibration.calibrate import (
     CURVE_ALPHAS,
     check_tiers,
@@ -360,7 +361,7 @@ def _evaluate(args: argparse.Namespace) -> dict:
     # One row per policy, named "policy" for one and by directory for several.
     policies = args.policy or [Path("runs/policy")]
     gates = {"policy" if len(policies) == 1 else str(path): PolicyGate.from_path(path) for path in policies}
-    tiers = load_pair(args.backend)
+    tiers = load_tiers(_shipped_tier_count(gates), args.backend)
     try:
         return {split: evaluate_gates(tiers, gates, testbed_items(split, args.problems, seed=args.seed), seed=args.seed,
                                       temperature=args.temperature, concurrency=args.concurrency,
@@ -368,6 +369,18 @@ def _evaluate(args: argparse.Namespace) -> dict:
                 for split in args.splits}
     finally:
         close_pair(tiers)
+
+
+def _shipped_tier_count(gates: Mapping[str, Gate]) -> int:
+    """How many shipped tiers the gates' artifacts were trained on (2 for one that records none, as v1's); all must agree."""
+    counts = {name: len(recorded_tiers(gate) or []) or 2 for name, gate in gates.items()}
+    if len(set(counts.values())) > 1:
+        raise ConfigError(f"These policies route different numbers of tiers ({counts}); evaluate the 2-tier and 3-tier "
+                          "ones in separate runs, or compare them with `stepgraph bench --tiers 3`.")
+    n_tiers = next(iter(counts.values()))
+    if n_tiers not in (2, 3):
+        raise ConfigError(f"The policies route {n_tiers} tiers; the testbed ships 2 or 3: give the tiers with --config.")
+    return n_tiers
 
 
 def _evaluate_from_spec(spec: RunSpec, args: argparse.Namespace) -> dict:
@@ -407,10 +420,11 @@ def _bench(args: argparse.Namespace) -> dict:
     calibration = testbed_task().generate("calibration", args.calibration_problems, seed=args.seed + 1)
     test = testbed_task().generate("test", args.problems, seed=args.seed)
     verifier = TestbedVerifier(calibration + test)
-    prices = [Prices(args.input_price, args.cached_price, args.output_price)] * 2
-    tiers = load_pair()
+    policy_path = args.policy or DEFAULT_POLICY_DIR
+    tiers = load_tiers(_shipped_tier_count({str(policy_path): load_gate_artifact(policy_path)}))  # the tiers it records
+    prices = [Prices(args.input_price, args.cached_price, args.output_price)] * len(tiers)
     report = run_bench(
-        tiers, train_episodes=episodes, policy=load_gate_artifact(args.policy or DEFAULT_POLICY_DIR, tiers, args.allow_other_tiers),
+        tiers, train_episodes=episodes, policy=load_gate_artifact(policy_path, tiers, args.allow_other_tiers),
         calibration=testbed_items("calibration", args.calibration_problems, seed=args.seed + 1),
         test=testbed_items("test", args.problems, seed=args.seed),
         verify=lambda q, prior, step: verifier.verify(q, "", prior, step), seeds=args.seeds, alpha=args.alpha if args.alpha is not None else 0.02,
@@ -595,7 +609,8 @@ def add_commands(sub: Any) -> None:
     e.add_argument("--policy", type=Path, nargs="+", default=None,
                    help="policy or calibrated gate directories, each a row (default: the spec's gate, else runs/policy)")
     e.add_argument("--backend", default="transformers", choices=BACKENDS,
-                   help="testbed: run the shipped pair on local transformers or on vLLM engines (default: %(default)s)")
+                   help="testbed: run the shipped tiers the policies record (the pair or draft, mid and target) on local "
+                        "transformers or on vLLM engines (default: %(default)s)")
     e.add_argument("--splits", nargs="+", default=["calibration", "test"], help="data splits (default: calibration test)")
     e.add_argument("--problems", type=in_range(int, 1), default=200, help="problems per split, at most (default: %(default)s)")
     e.add_argument("--seed", type=int, default=0, help="testbed: problem and sampling seed (default: %(default)s)")

@@ -102,7 +102,7 @@ class ChatStepRouter(BaseChatModel, RouterSettings):  # type: ignore[misc,valid-
     streaming: bool = False
     """``invoke`` streams internally (one graph step at a time), as LangChain's ``streaming`` flag means."""
     graph: Any = Field(default=None, exclude=True)
-    """A compiled stepgraph graph; None builds the embedded default (shipped pair) on first use."""
+    """A compiled stepgraph graph; None builds the embedded default (the shipped tiers) on first use."""
     _graph: Any = PrivateAttr(default=None)
 
     @model_validator(mode="before")
@@ -235,7 +235,7 @@ class ChatStepRouter(BaseChatModel, RouterSettings):  # type: ignore[misc,valid-
             return self.graph
         with _DEFAULT_GRAPH_LOCK:  # batch() calls this from several threads; the models must load once
             if self._graph is None:
-                from stepgraph.integrations.studio import default_graph  # the shipped pair; loads models once
+                from stepgraph.integrations.studio import default_graph  # the shipped tiers; loads models once
 
                 self._graph = default_graph()
         return self._graph

@@ -84,7 +84,7 @@ def create_server(graph: Any, *, limits: RouterLimits = SERVER_LIMITS, seed: int
     """An MCP server with the ``stepwise_reasoner`` tool over ``graph``.
 
     Args:
-        graph: a compiled stepgraph graph (``default_graph()`` for the shipped pair).
+        graph: a compiled stepgraph graph (``default_graph()`` for the shipped tiers).
         limits: the operator's limits (build the graph with the same object): the tool's
             ``max_steps`` may only be lower than ``limits.max_steps``, and questions are at most
             ``limits.max_question_chars`` long.

@@ -1,4 +1,4 @@
-"""The stepwise router on the shipped testbed pair, as LangGraph Studio and ``langgraph dev`` serve it.
+"""The stepwise router on the shipped testbed tiers (draft → mid → target), as LangGraph Studio and ``langgraph dev`` serve it.
 
 The run's ``gate`` context field picks among ``STUDIO_GATES`` (registry names, first the default:
 the shipped policy, else the confidence threshold), each built with the testbed defaults; the
@@ -22,7 +22,7 @@ from typing import Any
 from stepgraph.context import RouterLimits
 from stepgraph.models.base import QuestionScore, StepModel, StepOutput, agenerate
 
-# What one client of the served graph may ask for: enough for the shipped pair's answers (a few
+# What one client of the served graph may ask for: enough for the shipped tiers' answers (a few
 # steps of a few dozen tokens), small enough that one request cannot hold the server for long.
 SERVED_LIMITS = RouterLimits(max_question_chars=2000, max_steps=64, max_step_tokens=256)
 
@@ -84,9 +84,9 @@ def _local_model(path: Path) -> LazyStepModel:
 
 @lru_cache(maxsize=1)
 def _shipped_tiers() -> list[StepModel]:
-    from stepgraph.testbed import DRAFT_MODEL_DIR, TARGET_MODEL_DIR
+    from stepgraph.testbed import DEFAULT_TIERS, TIER_DIRS
 
-    return [_local_model(DRAFT_MODEL_DIR), _local_model(TARGET_MODEL_DIR)]
+    return [_local_model(path) for path in TIER_DIRS[DEFAULT_TIERS]]
 
 
 STUDIO_GATES = ("confidence-threshold", "never-escalate", "always-escalate")
@@ -98,19 +98,20 @@ def _graph(name: str, limits: RouterLimits | None) -> Any:
     from stepgraph.routing.gates import ALIASES
     from stepgraph.testbed.defaults import default_gate_name, resolve_gate
 
-    gates = {gate: resolve_gate(gate) for gate in dict.fromkeys((default_gate_name(), *STUDIO_GATES))}
+    tiers = _shipped_tiers()
+    gates = {gate: resolve_gate(gate, n_tiers=len(tiers)) for gate in dict.fromkeys((default_gate_name(len(tiers)), *STUDIO_GATES))}
     gates |= {alias: gates[gate] for alias, gate in ALIASES.items() if gate in gates}  # former names, same gates
-    return build_graph(_shipped_tiers(), gates, name=name, limits=limits)
+    return build_graph(tiers, gates, name=name, limits=limits)
 
 
 def shipped_graph(limits: RouterLimits | None = None) -> Any:
-    """The shipped pair with its gates under the operator's ``limits`` (models shared, loaded on first use)."""
+    """The shipped tiers with their gates under the operator's ``limits`` (models shared, loaded on first use)."""
     return _graph("stepgraph", limits)
 
 
 @lru_cache(maxsize=1)
 def default_graph() -> Any:
-    """The shipped pair with its gates, built once per process (the chat model and tool share it)."""
+    """The shipped tiers with their gates, built once per process (the chat model and tool share it)."""
     return _graph("stepgraph", None)
 
 

@@ -57,7 +57,7 @@ def routed_reasoning_tool(graph: Any = None, *, name: str = "stepwise_reasoner",
     """A ``StructuredTool`` that answers a question with the routed graph and reports the cost.
 
     Args:
-        graph: a compiled stepgraph graph (default: the shipped pair with its default gate).
+        graph: a compiled stepgraph graph (default: the shipped tiers with their default gate).
         name: the tool's name as the agent sees it.
         seed: base seed of each run (default: RouterContext's).
 

@@ -1,18 +1,20 @@
 """The gate defaults calibrated on the testbed: the shipped policies and the confidence threshold.
 
-The default gate is the shipped CPO policy (``stepgraph/testbed/policies/default``) when it is
-present; otherwise a confidence-threshold gate on the STEER score with
-``DEFAULT_CONFIDENCE_THRESHOLD``, chosen on the testbed's calibration split. Both were fitted on
-the shipped pair's traces: for other models, train a policy (``stepgraph train``) or pick a
-threshold on your own calibration data.
+The default gate is the shipped CPO policy for the router's tiers when it is present: on the
+default three tiers (``DEFAULT_TIERS``) the K-tier policy ``THREE_TIER_POLICY_DIR``, on the pair
+``DEFAULT_POLICY_DIR`` (``policy_dir(n_tiers)``); otherwise a confidence-threshold gate on the
+draft's logit confidence with ``DEFAULT_CONFIDENCE_THRESHOLD``, chosen on the testbed's
+calibration split. They were fitted on the shipped tiers' traces: for other models, train a
+policy (``stepgraph train``) or pick a threshold on your own calibration data.
 
 ``LOGITS_ONLY_POLICY_DIR`` is the policy for a draft backend that reports raw logits but no
 log-probabilities (a vLLM engine or server with ``logprobs_mode="raw_logits"``): trained on the
 same traces without the log-probability features, so its calibration holds there, at a higher
 escalation rate. ``API_ONLY_POLICY_DIR`` is the one for a backend that reports log-probabilities
 but no logits (the OpenAI API through ``ChatStepModel``): trained without ``logit_confidence``.
-``THREE_TIER_POLICY_DIR`` is the K-tier policy over the shipped draft → mid → target
-(``stepgraph solve --tiers 3``; ``stepgraph bench --tiers 3`` trains it, κ calibrated on runs).
+``THREE_TIER_POLICY_DIR`` is the K-tier policy over the shipped draft → mid → target, the default
+router (``stepgraph bench --tiers 3`` trains it, κ calibrated on runs); ``DEFAULT_POLICY_DIR`` is
+the pair's (draft → target; ``stepgraph solve --tiers 2``), kept under its name.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from stepgraph.routing.gates import ConfidenceThresholdGate, Gate, PolicyGate, canonical_gate_name, make_gate
+from stepgraph.testbed import DEFAULT_TIERS
 
 POLICIES_DIR = Path(__file__).parent / "policies"
 DEFAULT_POLICY_DIR = POLICIES_DIR / "default"
@@ -33,22 +36,40 @@ TESTBED_GATE_OPTIONS: dict[str, dict[str, Any]] = {
     PolicyGate.name: {"path": DEFAULT_POLICY_DIR},
     ConfidenceThresholdGate.name: {"threshold": DEFAULT_CONFIDENCE_THRESHOLD},
 }
-"""Registry name → the options calibrated on the testbed, filled in where the caller gives none."""
+"""Registry name → the options calibrated on the testbed (the policy: the pair's), filled in where the caller gives none."""
 
 
-def default_gate_name() -> str:
-    """The shipped policy's gate when the policy is installed, else the confidence threshold."""
-    return PolicyGate.name if (DEFAULT_POLICY_DIR / "policy.json").is_file() else ConfidenceThresholdGate.name
+def policy_dir(n_tiers: int = DEFAULT_TIERS) -> Path:
+    """The shipped policy for a router over ``n_tiers`` shipped tiers: 3 → ``THREE_TIER_POLICY_DIR``, 2 → ``DEFAULT_POLICY_DIR``.
+
+    Raises:
+        ValueError: the testbed ships no policy for ``n_tiers`` tiers.
+    """
+    dirs = {2: DEFAULT_POLICY_DIR, 3: THREE_TIER_POLICY_DIR}
+    if n_tiers not in dirs:
+        raise ValueError(f"The testbed ships policies for {sorted(dirs)} tiers, not {n_tiers!r}; train one for your tiers "
+                         "(stepgraph train) and pass its path.")
+    return dirs[n_tiers]
 
 
-def resolve_gate(name: str | None = None, **options: Any) -> Gate:
-    """Make a gate by name (default: ``default_gate_name()``) with the testbed's calibrated options
-    filled in where ``options`` leaves them out or None.
+def default_gate_name(n_tiers: int = DEFAULT_TIERS) -> str:
+    """The shipped policy's gate when the policy for ``n_tiers`` tiers is installed, else the confidence threshold."""
+    return PolicyGate.name if (policy_dir(n_tiers) / "policy.json").is_file() else ConfidenceThresholdGate.name
+
+
+def resolve_gate(name: str | None = None, *, n_tiers: int = DEFAULT_TIERS, **options: Any) -> Gate:
+    """Make a gate by name (default: ``default_gate_name(n_tiers)``) for a router over ``n_tiers``
+    shipped tiers, with the testbed's calibrated options filled in where ``options`` leaves them
+    out or None (the policy: ``policy_dir(n_tiers)``).
 
     Example:
         >>> resolve_gate("confidence-threshold").confidence_threshold
         21.39
+        >>> graph = build_graph(load_pair(), resolve_gate(n_tiers=2))  # doctest: +SKIP
     """
-    name = canonical_gate_name(name or default_gate_name())
+    name = canonical_gate_name(name or default_gate_name(n_tiers))
     given = {k: v for k, v in options.items() if v is not None}
-    return make_gate(name, **{**TESTBED_GATE_OPTIONS.get(name, {}), **given})
+    calibrated = TESTBED_GATE_OPTIONS.get(name, {})
+    if name == PolicyGate.name:
+        calibrated = {**calibrated, "path": policy_dir(n_tiers)}
+    return make_gate(name, **{**calibrated, **given})

@@ -43,7 +43,7 @@ from stepgraph.training.calibration.tuning import (
 )
 from stepgraph.training.collection.collect import Item
 from stepgraph.training.collection.prm import StepRewardModel
-from stepgraph.training.collection.runs import add_coverage, run_gate
+from stepgraph.training.collection.runs import add_coverage, run_gate, strongest_alone
 from stepgraph.training.data.records import Episode
 from tqdm import tqdm
 
@@ -52,7 +52,6 @@ from stepgraph.models.base import DEFAULT_TEMPERATURE, StepModel
 from stepgraph.models.costs import Prices
 from stepgraph.routing.gates import (
     AlwaysDraftGate,
-    AlwaysTargetGate,
     ConfidenceThresholdGate,
     FeatureRuleGate,
     PolicyGate,
@@ -190,7 +189,8 @@ def run_bench(tiers: Sequence[StepModel], *, train_episodes: Sequence[Episode], 
     methods = tunables(tiers, train_episodes, policy, threshold_feature)
     if "policy" not in methods:
         notes.append(f"The policy's κ is not re-tuned: its gate ({type(policy).__name__}) does not compare a score with a threshold.")
-    calibration_target = run_rows(tiers, AlwaysTargetGate(), calibration, seed=seeds[0], prices=prices, **run)
+    alone_tiers, alone_gate, alone_prices = strongest_alone(tiers, prices)
+    calibration_target = run_rows(alone_tiers, alone_gate, calibration, seed=seeds[0], prices=alone_prices, **run)
     calibration_policy = add_coverage(run_rows(tiers, policy, calibration, seed=seeds[0], prices=prices, **run), calibration_target)
     policy_coverage = sum(r["covered"] for r in calibration_policy) / len(calibration_policy)
     calibration_rule = add_coverage(run_rows(tiers, FeatureRuleGate(), calibration, seed=seeds[0], prices=prices, **run), calibration_target)
@@ -213,7 +213,7 @@ def run_bench(tiers: Sequence[StepModel], *, train_episodes: Sequence[Episode], 
             candidates[key] = tunable.make
     rows: dict[str, list[dict[str, Any]]] = {}
     for seed in tqdm(seeds, desc="seeds", disable=not progress):
-        target_rows = run_rows(tiers, AlwaysTargetGate(), test, seed=seed, prices=prices, **run)
+        target_rows = run_rows(alone_tiers, alone_gate, test, seed=seed, prices=alone_prices, **run)
         policy_rows = run_rows(tiers, policy, test, seed=seed, prices=prices, **run)
         rate = sum(r["escalation_rate"] for r in policy_rows) / len(policy_rows)
         per_seed = {"target": target_rows, "policy": policy_rows,

@@ -22,7 +22,7 @@ from typing import Any
 
 from stepgraph.training.bench.bench import paired_difference, summarize
 from stepgraph.training.collection.collect import Item, testbed_items
-from stepgraph.training.collection.runs import add_coverage, run_seed
+from stepgraph.training.collection.runs import add_coverage, run_seed, strongest_alone
 
 from stepgraph.answers import is_correct
 from stepgraph.context import RouterContext
@@ -30,7 +30,7 @@ from stepgraph.graph import build_graph
 from stepgraph.models.base import StepModel
 from stepgraph.models.costs import Prices
 from stepgraph.routing.allocator import Allocator
-from stepgraph.routing.gates import AlwaysDraftGate, AlwaysTargetGate
+from stepgraph.routing.gates import AlwaysDraftGate
 from stepgraph.routing.gates.base import Gate
 
 EXTRA_METRICS = ("draft_calls", "draft_calls_saved", "sent_up_rate")
@@ -76,14 +76,15 @@ def allocator_bench(tiers: Sequence[StepModel], items: Sequence[Item], *, alloca
     ``combined`` is the allocator calibrated for the combination with ``policy`` (``stepgraph train
     --allocator --allocator-gate``); default: ``allocator``.
     """
-    methods: dict[str, tuple[Gate, Allocator | None]] = {
-        "target": (AlwaysTargetGate(), None), "policy": (policy, None),
-        "allocator": (AlwaysDraftGate(), allocator), "allocator+policy": (policy, combined or allocator),
+    alone_tiers, alone_gate, alone_prices = strongest_alone(tiers, prices)
+    methods: dict[str, tuple[Sequence[StepModel], Gate, Allocator | None, Sequence[Prices] | None]] = {
+        "target": (alone_tiers, alone_gate, None, alone_prices), "policy": (tiers, policy, None, prices),
+        "allocator": (tiers, AlwaysDraftGate(), allocator, prices), "allocator+policy": (tiers, policy, combined or allocator, prices),
     }
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in methods}
     for seed in seeds:
-        per_seed = {name: allocator_rows(tiers, gate, items, seed=seed, allocator=alloc, prices=prices, context=context)
-                    for name, (gate, alloc) in methods.items()}
+        per_seed = {name: allocator_rows(run_tiers, gate, items, seed=seed, allocator=alloc, prices=run_prices, context=context)
+                    for name, (run_tiers, gate, alloc, run_prices) in methods.items()}
         for name, method_rows in per_seed.items():
             for row in add_coverage(method_rows, per_seed["target"]):
                 row["seed"] = seed

@@ -47,7 +47,7 @@ from stepgraph.training.calibration.tuning import (
     sweep,
 )
 from stepgraph.training.collection.collect import collect, testbed_items
-from stepgraph.training.collection.runs import add_coverage
+from stepgraph.training.collection.runs import add_coverage, strongest_alone
 from stepgraph.training.collection.verifiers import TestbedVerifier
 from stepgraph.training.data.store import TraceStore
 from stepgraph.training.learning.cpo_tiers import TierCPOArgs, train_tier_policy
@@ -278,7 +278,8 @@ def calibrate_routers(tiers: Sequence[StepModel], routers: Mapping[str, tuple[Se
                       alpha: float, seed: int) -> dict[str, dict[str, Any]]:
     """κ of each router from live runs of the calibration problems (``live_kappa.calibrate_kappa``); the strongest
     tier alone, which coverage is measured against, runs once for all of them."""
-    targets = run_rows([tiers[-1], tiers[-1]], AlwaysDraftGate(), items, seed=seed, prices=None)
+    alone_tiers, alone_gate, _ = strongest_alone(tiers)
+    targets = run_rows(alone_tiers, alone_gate, items, seed=seed, prices=None)
     return {name: calibrate_kappa([tiers[i] for i in indices], gate, items, alphas=[alpha], seed=seed, targets=targets)[alpha]
             for name, (indices, gate) in routers.items()}
 

@@ -17,12 +17,12 @@ from stepgraph.training.bench.bench import GRID, with_threshold
 from stepgraph.training.calibration.guarantee import episodes_needed
 from stepgraph.training.calibration.tuning import Tunable, calibrate_on_runs, sweep
 from stepgraph.training.collection.collect import Item
-from stepgraph.training.collection.runs import run_gate
+from stepgraph.training.collection.runs import run_gate, strongest_alone
 
 from stepgraph.context import RouterContext
 from stepgraph.models.base import StepModel
 from stepgraph.models.costs import Prices
-from stepgraph.routing.gates import AlwaysDraftGate, PolicyGate
+from stepgraph.routing.gates import PolicyGate
 
 
 def kappa_tunable(gate: PolicyGate) -> Tunable:
@@ -43,8 +43,8 @@ def calibrate_kappa(tiers: Sequence[StepModel], gate: PolicyGate, items: Sequenc
     ``items`` at that seed, when already run (else they are run here).
     """
     if targets is None:
-        targets = run_gate([tiers[-1], tiers[-1]], AlwaysDraftGate(), items, seed=seed, context=context,
-                           prices=None if prices is None else [prices[-1]] * 2, concurrency=concurrency,
+        alone_tiers, alone_gate, alone_prices = strongest_alone(tiers, prices)
+        targets = run_gate(alone_tiers, alone_gate, items, seed=seed, context=context, prices=alone_prices, concurrency=concurrency,
                            desc="strongest tier alone", progress=progress)
     pieces = sweep(tiers, kappa_tunable(gate), items, targets, seed=seed, context=context, prices=prices, concurrency=concurrency,
                    desc="sweep κ", progress=progress)

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from stepgraph.training.collection.collect import Item
-from stepgraph.training.collection.runs import run_gate
+from stepgraph.training.collection.runs import run_gate, strongest_alone
 
 from stepgraph.context import RouterContext
 from stepgraph.models.base import DEFAULT_TEMPERATURE, StepModel
 from stepgraph.models.costs import Prices
-from stepgraph.routing.gates import AlwaysDraftGate, AlwaysTargetGate
+from stepgraph.routing.gates import AlwaysDraftGate
 from stepgraph.routing.gates.base import Gate
 
 
@@ -50,13 +50,14 @@ def evaluate_gates(tiers: Sequence[StepModel], gates: Mapping[str, Gate], items:
     if not items:
         raise ValueError("evaluate_gates needs at least one item.")
     context = context or RouterContext(temperature=temperature)
-    runs = {"target": AlwaysTargetGate(), "draft": AlwaysDraftGate(), **gates}
+    runs = {"target": strongest_alone(tiers, prices), "draft": (tiers, AlwaysDraftGate(), prices),
+            **{name: (tiers, gate, prices) for name, gate in gates.items()}}
     if journal_dir is not None:
         journal_dir.mkdir(parents=True, exist_ok=True)
-    rows = {name: run_gate(tiers, gate, items, seed=seed, context=context, prices=prices, concurrency=concurrency,
+    rows = {name: run_gate(run_tiers, gate, items, seed=seed, context=context, prices=run_prices, concurrency=concurrency,
                            desc=name, progress=progress,
                            journal=journal_dir / f"{name.replace('/', '_')}.jsonl" if journal_dir else None)
-            for name, gate in runs.items()}
+            for name, (run_tiers, gate, run_prices) in runs.items()}
     target_flops = sum(r["flops"] for r in rows["target"]) / len(items)
     report = {}
     for name, gate_rows in rows.items():

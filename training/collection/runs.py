@@ -33,6 +33,16 @@ def run_seed(base: int, index: int) -> int:
     return base * SEED_STRIDE + index
 
 
+def strongest_alone(tiers: Sequence[StepModel], prices: Sequence[Prices] | None = None
+                    ) -> tuple[list[StepModel], Gate, list[Prices] | None]:
+    """Tiers, gate and prices of the strongest tier writing every step alone: the reference that coverage and
+    "FLOPs vs target" are measured against. Not ``AlwaysTargetGate`` over ``tiers``, which also pays every
+    lower tier's draft it throws away (about 9% more FLOPs on the shipped pair)."""
+    from stepgraph.routing.gates import AlwaysDraftGate
+
+    return [tiers[-1], tiers[-1]], AlwaysDraftGate(), None if prices is None else [prices[-1]] * 2
+
+
 def run_gate(tiers: Sequence[StepModel], gate: Gate, items: Sequence[Item], *, seed: int = 0,
              context: RouterContext | None = None, prices: Sequence[Prices] | None = None, concurrency: int = 1,
              desc: str = "", progress: bool = True, journal: Path | None = None,

@@ -40,7 +40,7 @@ def create_app(graph: Any, *, limits: RouterLimits = SERVER_LIMITS, model_name: 
     """The FastAPI app serving ``graph`` as the model ``model_name``.
 
     Args:
-        graph: a compiled stepgraph graph (``default_graph()`` for the shipped pair).
+        graph: a compiled stepgraph graph (``default_graph()`` for the shipped tiers).
         limits: the operator's limits (build the graph with the same object, so no run can lift them).
         model_name: the model id clients send and ``/v1/models`` lists.
         api_key: when set, every /v1 request needs ``Authorization: Bearer <api_key>``.
@@ -144,7 +144,7 @@ class _LoggedApp(FastAPI):
 
 
 def load_graph(config: Path | None = None, limits: RouterLimits | None = None) -> Any:
-    """The graph to serve: the shipped pair with its gates, or the run spec's tiers and gate at ``config``."""
+    """The graph to serve: the shipped tiers with their gates, or the run spec's tiers and gate at ``config``."""
     return load_served(config, limits)[0]
 
 
