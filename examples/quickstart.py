@@ -12,7 +12,8 @@ def main() -> None:
     result = graph.invoke({"question": question}, context=RouterContext(seed=0))
     for step in result["steps"]:
         print(f"tier {step['tier']}: {step['text']}")
-    print("answer:", result["answer"], "| FLOPs:", f"{result['totals']['flops']:.3e}", "| escalations:", result["escalations"])
+    print("answer:", result["answer"], "| FLOPs:", f"{result['totals']['flops']:.3e}", "| escalations:", result["escalations"],
+          "| in domain:", result["in_domain"])  # False: the target wrote every step
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 
+from stepgraph.testbed import DEFAULT_TIERS
 from stepgraph.testbed import testbed_task as shipped_task
 from stepgraph.testbed.vllm_serving import free_port, wait_healthy
 
@@ -78,9 +79,9 @@ def test_health_and_models(server, client):
 def test_ready_only_after_every_tier_answered_a_warm_up_step(server):
     # (the 503 while a tier is held is tested in-process: the testbed tiers load in well under a second)
     assert set(server[2]) <= {503, 200} and server[2][-1] == 200
-    assert "ready: 2 tiers answered a warm-up step" in server[1].read_text()
+    assert f"ready: {DEFAULT_TIERS} tiers answered a warm-up step" in server[1].read_text()
     body = httpx.get(server[0] + "/ready").json()
-    assert body["status"] == "ready" and [t["tier"] for t in body["tiers"]] == [0, 1]
+    assert body["status"] == "ready" and [t["tier"] for t in body["tiers"]] == list(range(DEFAULT_TIERS))
 
 
 def test_request_ids_reach_the_sdk_and_every_log_line_with_the_latency(server, client):

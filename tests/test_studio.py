@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from langgraph_sdk import get_sync_client
 
+from stepgraph.testbed import DEFAULT_TIERS
 from stepgraph.testbed import testbed_task as shipped_task
 from stepgraph.testbed.vllm_serving import free_port, wait_healthy
 
@@ -57,7 +58,7 @@ def test_studio_graph_streams_steps_over_the_sdk(langgraph_url):
                                        context={"seed": 0, "gate": "target"}, stream_mode="custom")
         if part.event == "custom"
     ]
-    assert events and all(e["event"] == "step" and e["tier"] == 1 for e in events)
+    assert events and all(e["event"] == "step" and e["tier"] == DEFAULT_TIERS - 1 for e in events)  # the strongest tier
     result = client.runs.wait(None, "stepgraph", input={"question": problem.question}, context={"seed": 0, "gate": "target"})
     assert [s["text"] for s in result["steps"]] == [e["text"] for e in events]
     assert result["answer"] == str(problem.answer)
@@ -85,7 +86,7 @@ def test_a_second_question_on_a_server_thread_starts_a_fresh_answer(langgraph_ur
     assert [(s["index"], s["text"]) for s in two["steps"]] == [(s["index"], s["text"]) for s in alone["steps"]]
     # Prefill work depends on the models' prefix cache; generated FLOPs and calls do not.
     assert {k: two["totals"][k] for k in ("calls", "flops")} == {k: alone["totals"][k] for k in ("calls", "flops")}
-    assert two["stop_reason"] == "final_answer" and two["escalations"] == len(two["steps"])
+    assert two["stop_reason"] == "final_answer" and two["escalations"] == (DEFAULT_TIERS - 1) * len(two["steps"])  # up every tier
 
 
 @pytest.mark.parametrize(
