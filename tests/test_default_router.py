@@ -65,3 +65,9 @@ def test_evaluate_runs_the_tiers_the_policies_record_and_refuses_a_mix():
     assert _shipped_tier_count({"a": PolicyGate.from_path(DEFAULT_POLICY_DIR)}) == 2
     with pytest.raises(ConfigError, match="different numbers of tiers"):
         _shipped_tier_count({"a": PolicyGate.from_path(THREE_TIER_POLICY_DIR), "b": PolicyGate.from_path(DEFAULT_POLICY_DIR)})
+
+
+def test_the_pair_benchmarks_route_with_the_pairs_own_policy():
+    from stepgraph.benchmarks.overhead import measure_overhead
+
+    assert measure_overhead(n_problems=1)["steps"] > 0  # the default policy gate, resolved for two tiers

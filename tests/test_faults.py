@@ -18,10 +18,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from scripted import ScriptedModel
-from stepgraph.training.calibration.guarantee import calibration_guarantee, episodes_needed
+from stepgraph.training.calibration.guarantee import allowed_misses, calibration_guarantee, episodes_needed
 from stepgraph.training.data.records import Episode, StepRecord
 from stepgraph.training.data.store import TraceStore
 from stepgraph.training.learning.cpo import CPOArgs
@@ -363,6 +364,19 @@ def test_too_few_calibration_episodes_claim_no_guarantee():
     assert calibration_guarantee(0.02, 49)["type"] == "split-conformal"
     assert calibration_guarantee(0.02, 99, misses=1)["type"] == "split-conformal"  # ⌊0.02·100⌋ − 1 = 1 allowed
     assert calibration_guarantee(0.02, 99, misses=2)["type"] == "none"
+
+
+def test_the_pac_bound_allows_the_misses_a_binomial_exceeds_with_probability_at_most_delta():
+    # Checked against numpy's binomial sampler, not the formula: a router whose true miss rate is exactly α shows at
+    # most k misses in at most a δ share of calibration sets, and at most k + 1 in more than that.
+    draws = np.random.default_rng(0).binomial(400, 0.02, size=200_000)
+    k = allowed_misses(0.02, 400, delta=0.1)
+    assert k == 4 and allowed_misses(0.02, 400) == 7
+    assert (draws <= k).mean() <= 0.1 + 0.003 and (draws <= k + 1).mean() > 0.1
+    assert episodes_needed(0.02, 0.1) == 114 and allowed_misses(0.02, 113, 0.1) == -1  # 0.98^114 ≤ 0.1 < 0.98^113
+    assert calibration_guarantee(0.02, 400, misses=4, delta=0.1) == {
+        "type": "pac", "coverage": 0.98, "confidence": 0.9, "calibration_episodes": 400}
+    assert calibration_guarantee(0.02, 400, misses=5, delta=0.1)["type"] == "none"
 
 
 @pytest.mark.parametrize("calibration", [0, 30])

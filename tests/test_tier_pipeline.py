@@ -152,8 +152,21 @@ def test_calibrate_runs_on_the_shipped_2_tier_policy_changes_kappa_and_records_i
     assert [row["alpha"] for row in calibrated["curve"]][-1] == 0.3 and calibrated["problems"] == 10
 
 
+@pytest.mark.slow  # loads the shipped models
+def test_calibrate_runs_with_delta_keeps_a_safer_kappa_and_records_the_pac_guarantee(tmp_path, capsys):
+    runs = ("calibrate", "--policy", str(DEFAULT_POLICY_DIR), "--runs", "30", "--alpha", "0.3")
+    conformal = run(capsys, *runs, "--out", str(tmp_path / "conformal"))
+    pac = run(capsys, *runs, "--delta", "0.2", "--out", str(tmp_path / "pac"))
+    manifest = json.loads((tmp_path / "pac" / "policy.json").read_text())
+    assert manifest["guarantee"] == {"type": "pac", "coverage": 0.7, "confidence": 0.8, "calibration_episodes": 30}
+    # fewer misses allowed (6 of 30 against 8), so κ is no higher: the policy escalates iff its score ≥ κ
+    assert pac["threshold"] <= conformal["threshold"] and pac["misses"] <= 6 and pac["delta"] == 0.2
+
+
 def test_calibrate_runs_refuses_what_it_cannot_certify_or_calibrate(capsys):
     assert "needs at least 9 calibration problems" in refused(capsys, "calibrate", "--runs", "3", "--alpha", "0.1")
+    assert "needs at least 114 calibration problems" in refused(capsys, "calibrate", "--runs", "100", "--delta", "0.1")
+    assert "add --runs N" in refused(capsys, "calibrate", "--delta", "0.1")
     assert "--runs calibrates a policy" in refused(capsys, "calibrate", "--runs", "20", "--gate", "threshold", "--alpha", "0.1")
 
 

@@ -42,7 +42,7 @@ class TimedModel:
 def measure_overhead(n_problems: int = 20, seed: int = 0, gate_name: str | None = None) -> dict:
     """Run the default graph on test problems; report overhead per step and its ratio to a draft call."""
     tiers = [TimedModel(m) for m in load_pair()]
-    graph = build_graph(tiers, resolve_gate(gate_name))
+    graph = build_graph(tiers, resolve_gate(gate_name, n_tiers=len(tiers)))
     problems = testbed_task().generate("test", n_problems, seed=seed)
     graph.invoke({"question": problems[0].question}, context=RouterContext(seed=seed))  # warm-up
     for t in tiers:

@@ -1,9 +1,15 @@
 """What coverage a trained policy may claim, from its calibration episodes.
 
 Split-conformal calibration (``cpo.calibrate_kappa``) accepts κ when the misses on n held-out
-episodes are at most ⌊α(n + 1)⌋ − 1. With fewer than ``episodes_needed(α)`` episodes that bound
-is negative: no κ, not even 0, can meet it, and the artifact must not claim the guarantee. The
-verdict goes into the artifact's manifest as ``guarantee`` so that readers see what holds.
+episodes are at most ⌊α(n + 1)⌋ − 1: coverage 1 − α on average over calibration sets, so one
+calibration set may leave a router a little below it. With ``delta`` (live runs,
+``calibrate --runs N --delta D``) the bound is the PAC one instead: at most the misses k with
+P(Binomial(n, α) ≤ k) ≤ δ, so that a threshold whose true miss rate exceeds α passes with probability
+at most δ (thresholds are tested in a fixed order from the safe side and the sweep stops at the
+first failure, so this holds for the one kept): coverage ≥ 1 − α with probability ≥ 1 − δ. With
+fewer than ``episodes_needed(α)`` episodes either bound is negative: no κ, not even 0, can meet it,
+and the artifact must not claim the guarantee. The verdict goes into the artifact's manifest as
+``guarantee`` so that readers see what holds.
 """
 
 from __future__ import annotations
@@ -12,28 +18,40 @@ import math
 from typing import Any
 
 
-def allowed_misses(alpha: float, n: int) -> int:
-    """⌊α(n + 1)⌋ − 1: the misses split-conformal calibration allows on n episodes (negative: none can pass)."""
-    return math.floor(alpha * (n + 1)) - 1
+def allowed_misses(alpha: float, n: int, delta: float | None = None) -> int:
+    """The misses calibration allows on n episodes (negative: none can pass): ⌊α(n + 1)⌋ − 1 (split conformal), or
+    with ``delta`` the largest k with P(Binomial(n, α) ≤ k) ≤ δ (PAC)."""
+    if delta is None:
+        return math.floor(alpha * (n + 1)) - 1
+    k, tail = -1, 0.0
+    while k < n:
+        tail += math.comb(n, k + 1) * alpha ** (k + 1) * (1 - alpha) ** (n - k - 1)
+        if tail > delta:
+            break
+        k += 1
+    return k
 
 
-def episodes_needed(alpha: float) -> int:
+def episodes_needed(alpha: float, delta: float | None = None) -> int:
     """The fewest calibration episodes for which ``allowed_misses`` is not negative."""
-    n = max(0, math.ceil(1 / alpha) - 2)
-    while allowed_misses(alpha, n) < 0:
+    n = max(0, math.ceil(1 / alpha) - 2) if delta is None else 1
+    while allowed_misses(alpha, n, delta) < 0:
         n += 1
     return n
 
 
-def calibration_guarantee(alpha: float, n_calibration: int, misses: int | None = None) -> dict[str, Any]:
-    """The manifest's ``guarantee``: split-conformal coverage 1 − α, or ``none`` with the reason.
+def calibration_guarantee(alpha: float, n_calibration: int, misses: int | None = None,
+                          delta: float | None = None) -> dict[str, Any]:
+    """The manifest's ``guarantee``: split-conformal coverage 1 − α (with ``delta``: PAC, coverage 1 − α with
+    probability 1 − δ), or ``none`` with the reason.
 
     Args:
         alpha: the allowed miss rate.
         n_calibration: held-out calibration episodes.
         misses: surrogate misses of the calibrated κ on them (None: not calibrated yet).
+        delta: the PAC bound's failure probability (None: split conformal).
     """
-    needed = episodes_needed(alpha)
+    needed = episodes_needed(alpha, delta)
     if n_calibration < needed:
         found = "no calibration episodes" if n_calibration == 0 else f"only {n_calibration} calibration episodes"
         return {
@@ -44,12 +62,15 @@ def calibration_guarantee(alpha: float, n_calibration: int, misses: int | None =
             "calibration_episodes": n_calibration,
             "calibration_episodes_needed": needed,
         }
-    if misses is not None and misses > allowed_misses(alpha, n_calibration):
+    allowed = allowed_misses(alpha, n_calibration, delta)
+    if misses is not None and misses > allowed:
         return {
             "type": "none",
             "reason": f"even κ = 0 (escalate every step) misses {misses} of {n_calibration} calibration episodes, more "
-                      f"than the {allowed_misses(alpha, n_calibration)} that alpha={alpha} allows: the strongest tier's "
+                      f"than the {allowed} that alpha={alpha} allows: the strongest tier's "
                       "steps themselves fail the verifier. Raise --alpha or use stronger models.",
             "calibration_episodes": n_calibration,
         }
+    if delta is not None:
+        return {"type": "pac", "coverage": 1 - alpha, "confidence": 1 - delta, "calibration_episodes": n_calibration}
     return {"type": "split-conformal", "coverage": 1 - alpha, "calibration_episodes": n_calibration}

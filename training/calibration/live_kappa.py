@@ -35,8 +35,10 @@ def kappa_tunable(gate: PolicyGate) -> Tunable:
 
 def calibrate_kappa(tiers: Sequence[StepModel], gate: PolicyGate, items: Sequence[Item], *, alphas: Sequence[float], seed: int,
                     context: RouterContext | None = None, prices: Sequence[Prices] | None = None, concurrency: int = 1,
-                    progress: bool = True, targets: Sequence[Mapping[str, Any]] | None = None) -> dict[float, dict[str, Any]]:
-    """Sweep ``items`` once, then ``calibrate_on_runs`` at each α (a dict with ``target_flops`` added to each calibration point).
+                    progress: bool = True, targets: Sequence[Mapping[str, Any]] | None = None,
+                    delta: float | None = None) -> dict[float, dict[str, Any]]:
+    """Sweep ``items`` once, then ``calibrate_on_runs`` at each α (a dict with ``target_flops`` added to each calibration
+    point); ``delta``: the PAC bound instead of split conformal (``guarantee.allowed_misses``).
 
     Runs use the seeds of ``runs.run_gate`` (base ``seed``), so the strongest tier alone and the
     router answer each problem with the same seed. ``targets``: the strongest tier's rows on
@@ -51,7 +53,7 @@ def calibrate_kappa(tiers: Sequence[StepModel], gate: PolicyGate, items: Sequenc
     target_flops = sum(r["flops"] for r in targets) / len(targets)
     out = {}
     for alpha in alphas:
-        calibrated = calibrate_on_runs(pieces, alpha)
+        calibrated = calibrate_on_runs(pieces, alpha, delta)
         calibrated["calibration"]["target_flops"] = target_flops
         out[alpha] = calibrated
     return out
@@ -67,13 +69,13 @@ def with_live_kappa(artifact: Any, calibrated: Mapping[str, Any], alpha: float) 
         "calibration_runs": dict(calibrated["calibration"])})
 
 
-def curve_rows(calibrated: Mapping[float, Mapping[str, Any]]) -> list[dict[str, Any]]:
+def curve_rows(calibrated: Mapping[float, Mapping[str, Any]], delta: float | None = None) -> list[dict[str, Any]]:
     """α → (κ, coverage, FLOPs vs the strongest tier alone, escalation rate) on the runs, as ``stepgraph.cli.training.curve_table`` prints."""
     rows = []
     for alpha, c in sorted(calibrated.items()):
         point = c["calibration"]
-        if point["problems"] < episodes_needed(alpha):
-            rows.append({"alpha": alpha, "needs_episodes": episodes_needed(alpha)})
+        if point["problems"] < episodes_needed(alpha, delta):
+            rows.append({"alpha": alpha, "needs_episodes": episodes_needed(alpha, delta)})
             continue
         rows.append({"alpha": alpha, "threshold": c["threshold"], "coverage": point["covered"],
                      "flops_vs_target": point["flops"] / point["target_flops"] if point["target_flops"] else float("nan"),

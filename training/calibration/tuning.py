@@ -218,10 +218,10 @@ def cheapest(curve: Sequence[Mapping[str, float]], min_coverage: float) -> dict[
     return dict(max(curve, key=lambda p: (p["covered"], -p["flops"])))
 
 
-def calibrate_on_runs(problems: Sequence[Sequence[Piece]], alpha: float) -> dict[str, Any]:
+def calibrate_on_runs(problems: Sequence[Sequence[Piece]], alpha: float, delta: float | None = None) -> dict[str, Any]:
     """Split-conformal calibration on live runs: a threshold whose misses on the ``n`` swept calibration
-    problems are at most ⌊α(n + 1)⌋ − 1 (``guarantee.allowed_misses``), for gates that escalate iff
-    ``score >= t``.
+    problems are at most ⌊α(n + 1)⌋ − 1 (``guarantee.allowed_misses``; with ``delta`` the PAC bound), for
+    gates that escalate iff ``score >= t``.
 
     The thresholds are tried in a fixed order from the safe side (the lowest, escalating the most) up,
     and the last one before the first too many misses is kept, so a lucky threshold past a failing one
@@ -230,7 +230,7 @@ def calibrate_on_runs(problems: Sequence[Sequence[Piece]], alpha: float) -> dict
     holds for K-tier gates too. Returns the threshold, its calibration point and the guarantee.
     """
     n = len(problems)
-    allowed = allowed_misses(alpha, n)
+    allowed = allowed_misses(alpha, n, delta)
     curve = evaluate(problems, breakpoint_thresholds(problems))  # ascending thresholds: escalating the most first
     chosen = curve[0]
     for point in curve:
@@ -239,4 +239,4 @@ def calibrate_on_runs(problems: Sequence[Sequence[Piece]], alpha: float) -> dict
         chosen = point
     misses = round((1.0 - chosen["covered"]) * n)
     return {"threshold": chosen["threshold"], "calibration": {**chosen, "misses": misses, "problems": n},
-            "guarantee": calibration_guarantee(alpha, n, misses)}
+            "guarantee": calibration_guarantee(alpha, n, misses, delta)}
