@@ -36,7 +36,7 @@ from stepgraph.errors import ConfigError, StepgraphError
 from stepgraph.features import FEATURE_SCHEMA
 from stepgraph.models.base import DEFAULT_TEMPERATURE
 from stepgraph.routing.gates import Gate, PolicyGate
-from stepgraph.testbed import BACKENDS, close_pair, load_tiers, testbed_task
+from stepgraph.testbed import BACKENDS, TIER_DIRS, close_pair, load_tiers, testbed_task
 from stepgraph.training.calibration.calibrate import (
     CURVE_ALPHAS,
     check_tiers,
@@ -382,8 +382,8 @@ def _shipped_tier_count(gates: Mapping[str, Gate]) -> int:
         raise ConfigError(f"These policies route different numbers of tiers ({counts}); evaluate the 2-tier and 3-tier "
                           "ones in separate runs, or compare them with `stepgraph bench --tiers 3`.")
     n_tiers = next(iter(counts.values()))
-    if n_tiers not in (2, 3):
-        raise ConfigError(f"The policies route {n_tiers} tiers; the testbed ships 2 or 3: give the tiers with --config.")
+    if n_tiers not in TIER_DIRS:
+        raise ConfigError(f"The policies route {n_tiers} tiers; the testbed ships {sorted(TIER_DIRS)}: give the tiers with --config.")
     return n_tiers
 
 
