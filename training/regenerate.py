@@ -10,7 +10,8 @@ their task (``testbed_task()``), with its outputs under ``--out``:
   out-of-domain ``domain`` field); the shipped ``default`` is ``default_runs``, the trained ``policies/default``
   with κ re-calibrated on live calibration runs (``calibrate --runs``: cheaper at the same α than κ from traces);
   ``three_tier`` is ``tiers/policy-3-tier`` (from ``bench --tiers 3``, which collects its own traces with every
-  tier's step) with its domain threshold added;
+  tier's step) with its domain threshold added; the shipped ``three_tier`` is ``three_tier_runs``, that policy with κ
+  and the domain threshold re-calibrated on 800 live calibration runs;
 - ``gates/{threshold,steer,prm}``: the confidence threshold, STEER's GMM and RSD's PRM calibrated on the traces;
 - ``allocator``, ``allocator-combined``, ``bench-allocator.json``: the ex-ante allocator and its bench;
 - ``radar/``: RADAR's response matrices, router, difficulty traces and policies, and its bench;
@@ -49,7 +50,9 @@ class Sizes:
     tier_calibration_problems: int = 200
     """3-tier calibration traces"""
     tier_calibration_runs: int = 400
-    """calibration problems run live to calibrate the 3-tier policy's κ"""
+    """calibration problems run live to calibrate the 3-tier policies' κ in the tiers bench"""
+    tier_kappa_runs: int = 800
+    """calibration problems run live to re-calibrate the shipped 3-tier policy's κ (400 left κ's spread too wide)"""
     allocator_steps: int = 200
     """the allocators' RL steps"""
     radar_train_problems: int = 300
@@ -100,7 +103,9 @@ def stages(out: Path, s: Sizes) -> list[tuple[str, list[str]]]:
                                 "--allocator-gate", policy, "--out", str(out / "allocator-combined")]),
         ("policy-three-tier", ["calibrate", "--domain-only", "--policy", str(out / "tiers" / "policy-3-tier"),
                                "--runs", str(s.calibration_problems), "--out", str(out / "policies" / "three_tier")]),
-        ("bench-3-tier", ["bench", "--store", store, "--policy", str(out / "policies" / "three_tier"), "--out", str(out / "bench-3-tier"),
+        ("policy-three-tier-runs", ["calibrate", "--policy", str(out / "policies" / "three_tier"), "--runs", str(s.tier_kappa_runs),
+                                    "--concurrency", "2", "--out", str(out / "policies" / "three_tier_runs")]),
+        ("bench-3-tier", ["bench", "--store", store, "--policy", str(out / "policies" / "three_tier_runs"), "--out", str(out / "bench-3-tier"),
                           "--problems", str(s.bench_problems), "--calibration-problems", str(s.bench_calibration_problems),
                           "--seeds", *SEEDS]),
         *[(f"radar-collect-{split}-{seed}", ["radar", "collect", "--split", split, "--problems", str(n), "--seed", seed,
