@@ -294,11 +294,8 @@ def _calibrate_on_runs(args: argparse.Namespace, spec: RunSpec | None, alpha: fl
         items, tiers = items[: args.runs], spec.build_tiers()
         current = spec.describe_tiers(tiers)
     else:
-        n_tiers = len(recorded) or 2
-        if n_tiers not in (2, 3):
-            raise ConfigError(f"{policy_dir} routes {n_tiers} tiers; the testbed ships 2 or 3: give the tiers with --config.")
         items, seed, context, prices = testbed_items("calibration", args.runs, seed=args.seed), args.seed, None, None
-        tiers = load_tiers(n_tiers)
+        tiers = load_tiers(_shipped_tier_count({str(policy_dir): gate}))
         current = describe(tiers)
     try:
         check_tiers(recorded, current, str(policy_dir), args.allow_other_tiers or bool(spec and spec.gate.allow_other_tiers))
@@ -383,7 +380,8 @@ def _shipped_tier_count(gates: Mapping[str, Gate]) -> int:
                           "ones in separate runs, or compare them with `stepgraph bench --tiers 3`.")
     n_tiers = next(iter(counts.values()))
     if n_tiers not in TIER_DIRS:
-        raise ConfigError(f"The policies route {n_tiers} tiers; the testbed ships {sorted(TIER_DIRS)}: give the tiers with --config.")
+        raise ConfigError(f"{', '.join(counts)}: trained on {n_tiers} tiers; the testbed ships {sorted(TIER_DIRS)}: give the tiers "
+                          "with --config.")
     return n_tiers
 
 

@@ -32,13 +32,6 @@ API_ONLY_POLICY_DIR = POLICIES_DIR / "api_only"
 THREE_TIER_POLICY_DIR = POLICIES_DIR / "three_tier"
 DEFAULT_CONFIDENCE_THRESHOLD = 21.39
 
-TESTBED_GATE_OPTIONS: dict[str, dict[str, Any]] = {
-    PolicyGate.name: {"path": DEFAULT_POLICY_DIR},
-    ConfidenceThresholdGate.name: {"threshold": DEFAULT_CONFIDENCE_THRESHOLD},
-}
-"""Registry name → the options calibrated on the testbed (the policy: the pair's), filled in where the caller gives none."""
-
-
 def policy_dir(n_tiers: int = DEFAULT_TIERS) -> Path:
     """The shipped policy for a router over ``n_tiers`` shipped tiers: 3 → ``THREE_TIER_POLICY_DIR``, 2 → ``DEFAULT_POLICY_DIR``.
 
@@ -50,6 +43,14 @@ def policy_dir(n_tiers: int = DEFAULT_TIERS) -> Path:
         raise ValueError(f"The testbed ships policies for {sorted(dirs)} tiers, not {n_tiers!r}; train one for your tiers "
                          "(stepgraph train) and pass its path.")
     return dirs[n_tiers]
+
+
+TESTBED_GATE_OPTIONS: dict[str, dict[str, Any]] = {
+    PolicyGate.name: {"path": policy_dir()},
+    ConfidenceThresholdGate.name: {"threshold": DEFAULT_CONFIDENCE_THRESHOLD},
+}
+"""Registry name → the options calibrated on the testbed for the default router, filled in where the caller gives none
+(``resolve_gate(n_tiers=...)`` takes the policy for another tier count)."""
 
 
 def default_gate_name(n_tiers: int = DEFAULT_TIERS) -> str:

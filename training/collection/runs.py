@@ -23,6 +23,7 @@ from stepgraph.context import RouterContext
 from stepgraph.graph import build_graph
 from stepgraph.models.base import StepModel
 from stepgraph.models.costs import Prices
+from stepgraph.routing.gates import AlwaysDraftGate
 from stepgraph.routing.gates.base import Gate
 
 SEED_STRIDE = 100_003  # a prime: base seeds 0, 1, 2 give disjoint run seeds for up to 100k items
@@ -38,8 +39,6 @@ def strongest_alone(tiers: Sequence[StepModel], prices: Sequence[Prices] | None 
     """Tiers, gate and prices of the strongest tier writing every step alone: the reference that coverage and
     "FLOPs vs target" are measured against. Not ``AlwaysTargetGate`` over ``tiers``, which also pays every
     lower tier's draft it throws away (about 9% more FLOPs on the shipped pair)."""
-    from stepgraph.routing.gates import AlwaysDraftGate
-
     return [tiers[-1], tiers[-1]], AlwaysDraftGate(), None if prices is None else [prices[-1]] * 2
 
 
