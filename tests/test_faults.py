@@ -339,6 +339,9 @@ def test_claims_keep_two_collectors_off_the_same_problem(tmp_path):
             db.execute("INSERT INTO claims VALUES ('p1', ?, ?)", (f"{os.uname().nodename}:999999999:dead", 0.0))
             db.execute("INSERT INTO claims VALUES ('p2', 'other-host:1:x', 0.0)")  # expired long ago
         assert second.claim("p1") and second.claim("p2")
+        assert first.claim("p3") and not second.claim("p3")
+        first.release()  # a collector that stops, finished or failed, lets go of its leases at once
+        assert second.claim("p3") and not first.claim("p1")
 
 
 def test_two_collector_processes_share_the_problems(tmp_path):

@@ -24,6 +24,26 @@ def test_empty_question_is_refused_before_the_graph_and_models_load():
     assert "The question is empty" in result.stderr
 
 
+def test_an_offline_command_imports_only_its_own_cli_module():
+    """`stepgraph regenerate` starts its stages without loading torch or the trainer (the other offline commands' modules)."""
+    result = run_python(
+        "import sys, contextlib, io\n"
+        "from stepgraph.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    code = main(['regenerate', '--out', 'unused', '--list'])\n"
+        "print(code, sorted(m for m in ('torch', 'stepgraph.cli.training', 'stepgraph.cli.radar', 'stepgraph.cli.studies') if m in sys.modules))\n"
+    )
+    assert result.stdout.strip() == "0 []", result.stderr
+
+
+def test_the_help_still_lists_every_command():
+    from stepgraph.cli import OFFLINE_COMMANDS, RUNTIME_COMMANDS, build_parser
+
+    help_text = build_parser().format_help()
+    assert all(command in help_text for commands in OFFLINE_COMMANDS.values() for command in commands)
+    assert all(command in help_text for command in RUNTIME_COMMANDS)
+
+
 def test_judging_off_the_main_thread_logs_no_timeout_notice():
     """math-verify warns once per process when called without its SIGALRM timeout (any non-main thread)."""
     result = run_python(

@@ -55,6 +55,9 @@ def test_a_lease_holds_until_it_lapses_and_is_kept_by_renewal(location):
         assert b.claim("p0") and not a.claim("p0")
         b.add(_episode(0), "train")
         assert not a.claim("p0") and not b.claim("p0")  # stored: nobody runs it again
+        assert a.claim("p1") and not b.claim("p1")
+        a.release()  # a collector that stops lets go at once
+        assert b.claim("p1")
 
 
 def test_a_foreign_postgres_database_is_refused_unchanged(postgres_server):

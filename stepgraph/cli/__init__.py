@@ -11,12 +11,14 @@
     stepgraph mcp                     MCP tool server                              (cli/mcp.py)
 
 The offline commands' modules (training, radar, studies, testbed_models, regenerate) are imported only for a command line
-that is not one of ``RUNTIME_COMMANDS``, so ``solve`` starts fast.
+that is not one of ``RUNTIME_COMMANDS``, so ``solve`` starts fast, and an offline command line imports only its own
+module (``OFFLINE_COMMANDS``): ``stepgraph regenerate`` does not load torch to start its stages.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import warnings
@@ -29,14 +31,19 @@ from stepgraph.cli.options import gate_options as _gate_options
 from stepgraph.cli.solve import step_confidence as _step_confidence
 from stepgraph.errors import StepgraphError
 
-__all__ = ["GATE_CHOICES", "RUNTIME_COMMANDS", "_gate_options", "_step_confidence", "build_parser", "main", "run_old_path"]
+__all__ = ["GATE_CHOICES", "OFFLINE_COMMANDS", "RUNTIME_COMMANDS", "_gate_options", "_step_confidence", "build_parser", "main", "run_old_path"]
 
 RUNTIME_COMMANDS = ("solve", "overhead", "throughput", "serve", "serve-bench", "mcp")
+OFFLINE_COMMANDS = {"training": ("collect", "train", "calibrate", "evaluate", "bench"), "radar": ("radar",),
+                    "studies": ("reobserve", "signals", "policy-check", "bench-allocator", "taxonomy"),
+                    "testbed_models": ("testbed-models",), "regenerate": ("regenerate",)}
+"""The offline commands by the ``stepgraph.cli`` module that adds them."""
 
 
-def build_parser(offline: bool = True) -> argparse.ArgumentParser:
+def build_parser(offline: bool | str = True) -> argparse.ArgumentParser:
     """The CLI's parser; ``offline=False`` leaves out collect/train/evaluate/bench, radar and the studies,
-    whose imports (the trainer, math-verify, LangChain) would slow a ``solve`` down by seconds."""
+    whose imports (the trainer, math-verify, LangChain) would slow a ``solve`` down by seconds; ``offline="regenerate"``
+    (a key of ``OFFLINE_COMMANDS``) adds only that module's commands."""
     parser = argparse.ArgumentParser(
         prog="stepgraph",
         description="Stepwise model routing: a small model drafts each reasoning step, a gate decides "
@@ -47,14 +54,9 @@ def build_parser(offline: bool = True) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     solve.add_command(sub)
     bench.add_commands(sub)
-    if offline:
-        from stepgraph.cli import radar, regenerate, studies, testbed_models, training
-
-        training.add_commands(sub)
-        radar.add_command(sub)
-        studies.add_commands(sub)
-        testbed_models.add_command(sub)
-        regenerate.add_command(sub)
+    for module in OFFLINE_COMMANDS if offline is True else [offline] if offline else []:
+        commands = importlib.import_module(f"stepgraph.cli.{module}")
+        (getattr(commands, "add_commands", None) or commands.add_command)(sub)
     serve.add_commands(sub)
     mcp.add_command(sub)
     parser.epilog = "Run `stepgraph COMMAND --help` for a command's options and their defaults."
@@ -63,7 +65,8 @@ def build_parser(offline: bool = True) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(offline=not argv or argv[0] not in RUNTIME_COMMANDS).parse_args(argv)
+    own_module = next((module for module, commands in OFFLINE_COMMANDS.items() if argv and argv[0] in commands), None)
+    args = build_parser(offline=own_module or not argv or argv[0] not in RUNTIME_COMMANDS).parse_args(argv)
     try:
         result = args.func(args)
         if isinstance(result, dict):  # the offline commands report JSON on stdout

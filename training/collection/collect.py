@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +213,7 @@ def collect(
 
 @contextmanager
 def _heartbeat(store: TraceStore) -> Iterator[None]:
-    """Renew this collector's leases every third of a lease while it runs."""
+    """Renew this collector's leases every third of a lease while it runs; release them when it stops."""
     stop = threading.Event()
 
     def beat() -> None:
@@ -230,6 +230,10 @@ def _heartbeat(store: TraceStore) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+        # A collector that stops, finished or failed (a full disk), holds nothing: a rerun in this
+        # process would otherwise wait out its own leases, as its pid is still alive.
+        with suppress(TraceStoreError):
+            store.release()
 
 
 def testbed_items(split: str, n: int, seed: int = 0) -> list[Item]:

@@ -307,6 +307,11 @@ class TraceStore:
         with self._transaction() as db:
             db.execute("UPDATE claims SET claimed = ? WHERE owner = ?", (self._now(), self.owner))
 
+    def release(self) -> None:
+        """Drop every lease this collector holds, so a rerun need not wait for them to lapse."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM claims WHERE owner = ?", (self.owner,))
+
     def add(self, episode: Episode, split: str) -> bool:
         """Write one finished episode and drop its claim, atomically.
 
