@@ -36,6 +36,15 @@ def test_an_offline_command_imports_only_its_own_cli_module():
     assert result.stdout.strip() == "0 []", result.stderr
 
 
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`stepgraph regenerate --list | head -1`: here the pipe is closed before the JSON is written."""
+    process = subprocess.Popen([sys.executable, "-m", "stepgraph", "regenerate", "--out", "unused", "--list"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # type: ignore[union-attr]
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 1 and err == ""
+
+
 def test_the_help_still_lists_every_command():
     from stepgraph.cli import OFFLINE_COMMANDS, RUNTIME_COMMANDS, build_parser
 

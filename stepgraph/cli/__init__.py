@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import warnings
 from typing import NoReturn
@@ -70,12 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
         if isinstance(result, dict):  # the offline commands report JSON on stdout
-            print(json.dumps(result, indent=2, default=str))
+            print(json.dumps(result, indent=2, default=str), flush=True)
             return 0
         return int(result)
     except StepgraphError as exc:
         print(f"stepgraph: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `stepgraph ... | head`: the reader left; end quietly, as Python's docs advise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else flushing stdout at exit fails again
+        return 1
 
 
 def run_old_path(module: str, command: str) -> NoReturn:
