@@ -344,6 +344,7 @@ def test_claims_keep_two_collectors_off_the_same_problem(tmp_path):
         assert second.claim("p3") and not first.claim("p1")
 
 
+@pytest.mark.slow  # two processes, each loading the shipped models (the claims themselves: the test above)
 def test_two_collector_processes_share_the_problems(tmp_path):
     store = tmp_path / "traces.sqlite"
     TraceStore(store).close()  # both processes then only open it

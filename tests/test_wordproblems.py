@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -281,3 +282,12 @@ def test_no_reference_step_is_rejected_by_the_naming_check(seed):
         for problem in wp.generate(split, 250, seed=seed):  # 2,000 reference solutions over both seeds
             for i, step in enumerate(problem.steps):
                 assert wp.classify_step(problem, problem.steps[:i], step) is None, (problem.question, problem.steps, i)
+
+
+def test_the_generator_still_draws_what_the_shipped_tiers_were_trained_on():
+    """A change to the generator (or to how it consumes its RNG) changes every split; the shipped tiers record the stream."""
+    from stepgraph.testbed import TIER_DIRS
+    from stepgraph.training.testbed_models import data_fingerprint
+
+    recorded = {json.loads((path / "training.json").read_text())["data_fingerprint"] for path in TIER_DIRS[3]}
+    assert recorded == {data_fingerprint("v2", 0)}

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -290,8 +291,26 @@ def _dollars(money: bool, value: int) -> str:
     return f"${value}" if money else str(value)
 
 
+_NAME_POSITION = {name: i for i, (name, _) in enumerate(NAMES)}
+
+
+class _Untaken(Sequence[tuple[str, str]]):
+    """``NAMES`` without the taken ones, as ``rng.choice`` sees a filtered list (same draws), without building it."""
+
+    def __init__(self, taken: set[str]) -> None:
+        self.skipped = sorted(_NAME_POSITION[name] for name in taken)
+
+    def __len__(self) -> int:
+        return len(NAMES) - len(self.skipped)
+
+    def __getitem__(self, i):  # type: ignore[no-untyped-def]  # rng.choice passes an int
+        for position in self.skipped:
+            i += position <= i
+        return NAMES[i]
+
+
 def _person(rng: random.Random, taken: set[str]) -> dict[str, Any]:
-    name, pronoun = rng.choice([n for n in NAMES if n[0] not in taken])
+    name, pronoun = rng.choice(_Untaken(taken))  # a hot path: the tokenizer's corpus draws 100k people
     taken.add(name)
     obj, poss = {"she": ("her", "her"), "he": ("him", "his"), "they": ("them", "their")}[pronoun]
     return {"A": name, "P": pronoun.capitalize(), "p": pronoun, "o": obj, "poss": poss, "they": pronoun == "they"}
