@@ -133,3 +133,17 @@ def test_jobs_from_a_thread_other_than_main_run_without_the_signal_handler(tmp_p
     worker.start()
     worker.join(timeout=120)
     assert list(done) == ["listing"] and (tmp_path / "stages" / "listing.json").is_file()
+
+
+def test_in_process_stages_run_the_commands_of_the_other_cli_modules(tmp_path, monkeypatch, capsys):
+    """`--jobs 1` parses and runs each stage in this process, although `stepgraph regenerate` loads only its own CLI
+    module: here `train`, on a store that does not exist, fails as `stepgraph train` would."""
+    from stepgraph.training import regenerate
+
+    missing = tmp_path / "missing.sqlite"
+    monkeypatch.setattr(regenerate, "stages", lambda out, sizes: [("policy", ["train", "--store", str(missing), "--out", str(out / "p")])])
+    assert main(["regenerate", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "regenerate: policy: stepgraph train" in err
+    [error] = [line for line in err.splitlines() if line.startswith("stepgraph: error:")]
+    assert "missing.sqlite" in error

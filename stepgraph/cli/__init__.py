@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Iterable
 from typing import NoReturn
 
 from stepgraph import __version__
@@ -32,7 +33,7 @@ from stepgraph.cli.options import gate_options as _gate_options
 from stepgraph.cli.solve import step_confidence as _step_confidence
 from stepgraph.errors import StepgraphError
 
-__all__ = ["GATE_CHOICES", "OFFLINE_COMMANDS", "RUNTIME_COMMANDS", "_gate_options", "_step_confidence", "build_parser", "main", "run_old_path"]
+__all__ = ["GATE_CHOICES", "OFFLINE_COMMANDS", "RUNTIME_COMMANDS", "_gate_options", "_step_confidence", "add_offline_commands", "build_parser", "main", "run_old_path"]
 
 RUNTIME_COMMANDS = ("solve", "overhead", "throughput", "serve", "serve-bench", "mcp")
 OFFLINE_COMMANDS = {"training": ("collect", "train", "calibrate", "evaluate", "bench"), "radar": ("radar",),
@@ -55,13 +56,19 @@ def build_parser(offline: bool | str = True) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     solve.add_command(sub)
     bench.add_commands(sub)
-    for module in OFFLINE_COMMANDS if offline is True else [offline] if offline else []:
-        commands = importlib.import_module(f"stepgraph.cli.{module}")
-        (getattr(commands, "add_commands", None) or commands.add_command)(sub)
+    add_offline_commands(sub, OFFLINE_COMMANDS if offline is True else [offline] if offline else [])
     serve.add_commands(sub)
     mcp.add_command(sub)
     parser.epilog = "Run `stepgraph COMMAND --help` for a command's options and their defaults."
     return parser
+
+
+def add_offline_commands(sub: argparse._SubParsersAction, modules: Iterable[str]) -> None:
+    """Add to ``sub`` the commands of these ``OFFLINE_COMMANDS`` modules that it does not have yet."""
+    for module in modules:
+        if not set(OFFLINE_COMMANDS[module]) <= set(sub.choices):
+            commands = importlib.import_module(f"stepgraph.cli.{module}")
+            (getattr(commands, "add_commands", None) or commands.add_command)(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,10 +32,11 @@ def add_command(sub: Any) -> None:
                    help="run up to N stages at once, each in its own process once the stages it reads have finished "
                         "(default: 1, one after another in this process); use at most one per CPU core")
     add_dataclass_options(r, regenerate.Sizes)
-    r.set_defaults(func=lambda args: _regenerate(args, sub.choices))
+    r.set_defaults(func=lambda args: _regenerate(args, sub))
 
 
-def _regenerate(args: argparse.Namespace, commands: Mapping[str, argparse.ArgumentParser]) -> dict:
+def _regenerate(args: argparse.Namespace, sub: argparse._SubParsersAction) -> dict:
+    from stepgraph.cli import OFFLINE_COMMANDS, add_offline_commands
     from stepgraph.training import regenerate
 
     sizes = dataclass_from_args(regenerate.Sizes, args)
@@ -43,7 +44,10 @@ def _regenerate(args: argparse.Namespace, commands: Mapping[str, argparse.Argume
         return {name: "stepgraph " + " ".join(argv) for name, argv in regenerate.stages(args.out, sizes)}
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}.")
-    records = run_stages(args.out, sizes, args.stage, commands, jobs=args.jobs)
+    if args.jobs == 1:  # the stages run in this process: parse them with their commands (offline ones are added lazily)
+        run = {argv[0] for _, argv in regenerate.stages(args.out, sizes)}
+        add_offline_commands(sub, [module for module, commands in OFFLINE_COMMANDS.items() if run & set(commands)])
+    records = run_stages(args.out, sizes, args.stage, sub.choices, jobs=args.jobs)
     return {name: {"seconds": r["seconds"]} for name, r in records.items()}
 
 
