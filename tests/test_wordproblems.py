@@ -286,8 +286,9 @@ def test_no_reference_step_is_rejected_by_the_naming_check(seed):
 
 def test_the_generator_still_draws_what_the_shipped_tiers_were_trained_on():
     """A change to the generator (or to how it consumes its RNG) changes every split; the shipped tiers record the stream."""
-    from stepgraph.testbed import TIER_DIRS
     from stepgraph.training.testbed_models import data_fingerprint
+
+    from stepgraph.testbed import TIER_DIRS
 
     recorded = {json.loads((path / "training.json").read_text())["data_fingerprint"] for path in TIER_DIRS[3]}
     assert recorded == {data_fingerprint("v2", 0)}
