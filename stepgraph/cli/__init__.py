@@ -12,22 +12,21 @@
 
 The offline commands' modules (training, radar, studies, testbed_models, regenerate) are imported only for a command line
 that is not one of ``RUNTIME_COMMANDS``, so ``solve`` starts fast, and an offline command line imports only its own
-module (``OFFLINE_COMMANDS``): ``stepgraph regenerate`` does not load torch to start its stages.
+module (``stepgraph.cli.commands``): ``stepgraph regenerate`` does not load torch to start its stages.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
 import warnings
-from collections.abc import Iterable
 from typing import NoReturn
 
 from stepgraph import __version__
 from stepgraph.cli import bench, mcp, serve, solve
+from stepgraph.cli.commands import OFFLINE_COMMANDS, add_offline_commands, is_offline
 from stepgraph.cli.options import GATE_CHOICES
 from stepgraph.cli.options import gate_options as _gate_options
 from stepgraph.cli.solve import step_confidence as _step_confidence
@@ -36,16 +35,12 @@ from stepgraph.errors import StepgraphError
 __all__ = ["GATE_CHOICES", "OFFLINE_COMMANDS", "RUNTIME_COMMANDS", "_gate_options", "_step_confidence", "add_offline_commands", "build_parser", "main", "run_old_path"]
 
 RUNTIME_COMMANDS = ("solve", "overhead", "throughput", "serve", "serve-bench", "mcp")
-OFFLINE_COMMANDS = {"training": ("collect", "train", "calibrate", "evaluate", "bench"), "radar": ("radar",),
-                    "studies": ("reobserve", "signals", "policy-check", "bench-allocator", "taxonomy"),
-                    "testbed_models": ("testbed-models",), "regenerate": ("regenerate",)}
-"""The offline commands by the ``stepgraph.cli`` module that adds them."""
 
 
 def build_parser(offline: bool | str = True) -> argparse.ArgumentParser:
     """The CLI's parser; ``offline=False`` leaves out collect/train/evaluate/bench, radar and the studies,
-    whose imports (the trainer, math-verify, LangChain) would slow a ``solve`` down by seconds; ``offline="regenerate"``
-    (a key of ``OFFLINE_COMMANDS``) adds only that module's commands."""
+    whose imports (the trainer, math-verify, LangChain) would slow a ``solve`` down by seconds; ``offline="collect"``
+    (an offline command) adds only the commands of that command's module (``stepgraph.cli.commands``)."""
     parser = argparse.ArgumentParser(
         prog="stepgraph",
         description="Stepwise model routing: a small model drafts each reasoning step, a gate decides "
@@ -56,25 +51,18 @@ def build_parser(offline: bool | str = True) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     solve.add_command(sub)
     bench.add_commands(sub)
-    add_offline_commands(sub, OFFLINE_COMMANDS if offline is True else [offline] if offline else [])
+    every = [command for commands in OFFLINE_COMMANDS.values() for command in commands]
+    add_offline_commands(sub, every if offline is True else [offline] if offline else [])
     serve.add_commands(sub)
     mcp.add_command(sub)
     parser.epilog = "Run `stepgraph COMMAND --help` for a command's options and their defaults."
     return parser
 
 
-def add_offline_commands(sub: argparse._SubParsersAction, modules: Iterable[str]) -> None:
-    """Add to ``sub`` the commands of these ``OFFLINE_COMMANDS`` modules that it does not have yet."""
-    for module in modules:
-        if not set(OFFLINE_COMMANDS[module]) <= set(sub.choices):
-            commands = importlib.import_module(f"stepgraph.cli.{module}")
-            (getattr(commands, "add_commands", None) or commands.add_command)(sub)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    own_module = next((module for module, commands in OFFLINE_COMMANDS.items() if argv and argv[0] in commands), None)
-    args = build_parser(offline=own_module or not argv or argv[0] not in RUNTIME_COMMANDS).parse_args(argv)
+    command = argv[0] if argv else ""
+    args = build_parser(offline=command if is_offline(command) else command not in RUNTIME_COMMANDS).parse_args(argv)
     try:
         result = args.func(args)
         if isinstance(result, dict):  # the offline commands report JSON on stdout

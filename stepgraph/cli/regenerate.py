@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from stepgraph.cli.commands import add_offline_commands
 from stepgraph.cli.dataclass_options import add_dataclass_options, dataclass_from_args
 from stepgraph.errors import ConfigError
 
@@ -36,7 +37,6 @@ def add_command(sub: Any) -> None:
 
 
 def _regenerate(args: argparse.Namespace, sub: argparse._SubParsersAction) -> dict:
-    from stepgraph.cli import OFFLINE_COMMANDS, add_offline_commands
     from stepgraph.training import regenerate
 
     sizes = dataclass_from_args(regenerate.Sizes, args)
@@ -45,8 +45,7 @@ def _regenerate(args: argparse.Namespace, sub: argparse._SubParsersAction) -> di
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}.")
     if args.jobs == 1:  # the stages run in this process: parse them with their commands (offline ones are added lazily)
-        run = {argv[0] for _, argv in regenerate.stages(args.out, sizes)}
-        add_offline_commands(sub, [module for module, commands in OFFLINE_COMMANDS.items() if run & set(commands)])
+        add_offline_commands(sub, (argv[0] for _, argv in regenerate.stages(args.out, sizes)))
     records = run_stages(args.out, sizes, args.stage, sub.choices, jobs=args.jobs)
     return {name: {"seconds": r["seconds"]} for name, r in records.items()}
 
