@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 from openai import OpenAI
 
-QUESTION = "Ann has 12 coins. She gets 7 more. She gives away 5. Ben has three times as many coins as Ann. How many coins does Ben have?"
+QUESTION = "Anna has 12 coins. She gets 7 more. She gives away 5. Ben has three times as many coins as Anna. How many coins does Ben have?"
 
 
 @contextmanager

@@ -30,7 +30,7 @@ def main() -> None:
     api = ChatOpenAI(model=args.target_model, logprobs=True, top_logprobs=5, timeout=60, max_retries=0)
     target = ChatStepModel(api, n_params=GPT_41_MINI_PARAMS, max_retries=3)  # our retries, with backoff
     graph = build_graph([draft, target], resolve_gate("threshold"))
-    question = "Ann has 12 coins. She gets 7 more. She gives away 5. Ben has three times as many coins as Ann. How many coins does Ben have?"
+    question = "Anna has 12 coins. She gets 7 more. She gives away 5. Ben has three times as many coins as Anna. How many coins does Ben have?"
     result = graph.invoke({"question": question}, context=RouterContext(seed=0, max_steps=6))
     for step in result["steps"]:
         print(f"{step['model']}: {step['text']}")

@@ -8,7 +8,7 @@ from stepgraph import RouterContext, build_graph, load_tiers, resolve_gate
 
 def main() -> None:
     graph = build_graph(load_tiers(), resolve_gate())
-    question = "Ann has 12 coins. She gets 7 more. She gives away 5. Ben has three times as many coins as Ann. How many coins does Ben have?"
+    question = "Anna has 12 coins. She gets 7 more. She gives away 5. Ben has three times as many coins as Anna. How many coins does Ben have?"
     result = graph.invoke({"question": question}, context=RouterContext(seed=0))
     for step in result["steps"]:
         print(f"tier {step['tier']}: {step['text']}")

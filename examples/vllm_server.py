@@ -36,7 +36,7 @@ def main() -> None:
     draft = vllm_tier(args.draft_url, args.draft_model, count_parameters(DRAFT_MODEL_DIR), raw_logits=True)
     target = vllm_tier(args.target_url, args.target_model, count_parameters(TARGET_MODEL_DIR), raw_logits=False)
     graph = build_graph([draft, target], resolve_gate("threshold"))
-    question = "Ann has 12 coins. She gets 7 more. She gives away 5. Ben has three times as many coins as Ann. How many coins does Ben have?"
+    question = "Anna has 12 coins. She gets 7 more. She gives away 5. Ben has three times as many coins as Anna. How many coins does Ben have?"
     for mode, chunk in graph.stream({"question": question}, context=RouterContext(seed=0), stream_mode=["custom", "values"]):
         if mode == "custom":
             print(f"tier {chunk['tier']}: {chunk['text']}")
