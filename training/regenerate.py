@@ -11,7 +11,7 @@ their task (``testbed_task()``), with its outputs under ``--out``:
   with κ re-calibrated on live calibration runs (``calibrate --runs``: cheaper at the same α than κ from traces);
   ``three_tier`` is ``tiers/policy-3-tier`` (from ``bench --tiers 3``, which collects its own traces with every
   tier's step) with its domain threshold added; the shipped ``three_tier`` is ``three_tier_runs``, that policy with κ
-  and the domain threshold re-calibrated on 800 live calibration runs;
+  and the domain threshold re-calibrated on 1,600 live calibration runs;
 - ``gates/{threshold,steer,prm}``: the confidence threshold, STEER's GMM and RSD's PRM calibrated on the traces;
 - ``allocator``, ``allocator-combined``, ``bench-allocator.json``: the ex-ante allocator and its bench;
 - ``radar/``: RADAR's response matrices, router, difficulty traces and policies, and its bench;
@@ -51,8 +51,9 @@ class Sizes:
     """3-tier calibration traces"""
     tier_calibration_runs: int = 400
     """calibration problems run live to calibrate the 3-tier policies' κ in the tiers bench"""
-    tier_kappa_runs: int = 800
-    """calibration problems run live to re-calibrate the shipped 3-tier policy's κ (400 left κ's spread too wide)"""
+    tier_kappa_runs: int = 1600
+    """calibration problems run live to re-calibrate the shipped 3-tier policy's κ (κ's spread between calibration
+    sets narrows with more runs; κ from 400 under-covered on fresh problems)"""
     allocator_steps: int = 200
     """the allocators' RL steps"""
     radar_train_problems: int = 300
