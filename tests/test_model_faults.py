@@ -34,12 +34,12 @@ def copy_model(tmp_path: Path, src: Path = DRAFT_MODEL_DIR, **config: object) ->
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"num_hidden_layers": 6, "layer_types": ["full_attention"] * 6}, r"6 layers.*missing from the weights \(they would be random\): model\.layers\.2\."),
+        ({"num_hidden_layers": 6, "layer_types": ["full_attention"] * 6}, r"6 layers.*missing from the weights \(they would be random\): model\.layers\.4\."),
         ({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}, r"not in the model .*self_attn\.k_proj\.bias"),
         ({"model_type": "bert", "architectures": ["BertLMHeadModel"], "is_decoder": True}, r"model_type 'bert'.*missing"),
-        ({"intermediate_size": 128}, r"of another shape .*mlp\.down_proj"),
+        ({"intermediate_size": 64}, r"of another shape .*mlp\.down_proj"),
     ],
-    ids=["six-layers-over-two", "llama-config", "bert-config", "narrower-mlp"],
+    ids=["six-layers-over-four", "llama-config", "bert-config", "narrower-mlp"],
 )
 def test_weights_that_do_not_fit_the_config_are_refused(tmp_path, config, message):
     path = copy_model(tmp_path, **config)

@@ -30,7 +30,7 @@ DEFAULT_POLICY_DIR = POLICIES_DIR / "default"
 LOGITS_ONLY_POLICY_DIR = POLICIES_DIR / "logits_only"
 API_ONLY_POLICY_DIR = POLICIES_DIR / "api_only"
 THREE_TIER_POLICY_DIR = POLICIES_DIR / "three_tier"
-DEFAULT_CONFIDENCE_THRESHOLD = 21.32
+DEFAULT_CONFIDENCE_THRESHOLD = 18.89
 
 def policy_dir(n_tiers: int = DEFAULT_TIERS) -> Path:
     """The shipped policy for a router over ``n_tiers`` shipped tiers: 3 → ``THREE_TIER_POLICY_DIR``, 2 → ``DEFAULT_POLICY_DIR``.
@@ -65,7 +65,7 @@ def resolve_gate(name: str | None = None, *, n_tiers: int = DEFAULT_TIERS, **opt
 
     Example:
         >>> resolve_gate("confidence-threshold").confidence_threshold
-        21.32
+        18.89
         >>> graph = build_graph(load_pair(), resolve_gate(n_tiers=2))  # doctest: +SKIP
     """
     name = canonical_gate_name(name or default_gate_name(n_tiers))
