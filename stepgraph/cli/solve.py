@@ -16,7 +16,7 @@ from stepgraph.testbed import DEFAULT_TIERS, TIER_DIRS
 from stepgraph.testbed.defaults import default_gate_name, resolve_gate
 
 SHIPPED_PAIR_SCOPE = """\
-The shipped testbed tiers (the default --models; a 0.26M-parameter draft, a 1.05M mid and a 2.76M
+The shipped testbed tiers (the default --models; a 0.30M-parameter draft, a 1.05M mid and a 2.76M
 target) answer arithmetic word problems about whole quantities, GSM8K-easy: one to three people,
 things they own, buy, make or share, money in whole dollars, rates ("6 pages per day for 7 days"),
 containers ("a box holds 12 eggs"), prices and change, sharing equally, comparisons ("5 more than",
