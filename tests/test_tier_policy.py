@@ -136,3 +136,44 @@ def test_save_refuses_a_network_over_other_tiers(tmp_path):
     with pytest.raises(PolicyFileError, match="2 tiers recorded for a network over n_tiers = 3"):
         artifact.save(tmp_path)
     assert not (tmp_path / "policy.json").exists()
+
+
+def test_routing_sends_escalations_up_one_tier_and_raises_the_bar_per_tier(tmp_path):
+    """``routing``: a step goes to the next tier, not the likeliest, and a deciding tier's offset comes off its log-odds."""
+    import dataclasses
+
+    from stepgraph.artifacts.policy import Routing
+
+    plain = _artifact([0.0, -5.0, 5.0], kappa=0.5)  # log-odds ≈ 5 from the draft, 10 from the mid tier
+    routed = dataclasses.replace(plain, routing=Routing(escalate_to="next", tier_offsets=[0.0, 12.0]))
+    draft, mid = GateInput("q", (), STEP, _observation(), tier=0), GateInput("q", (), STEP, _observation(), tier=1)
+    assert TierPolicyGate(plain).decide(draft).tier == 2
+    assert TierPolicyGate(routed).decide(draft).escalate and TierPolicyGate(routed).decide(draft).tier is None
+    assert TierPolicyGate(plain).decide(mid).escalate and not TierPolicyGate(routed).decide(mid).escalate
+    assert routed.score(_observation(), 1) == pytest.approx(plain.score(_observation(), 1) - 12.0)
+    assert routed.escalate_probability(_observation(), 1) == plain.escalate_probability(_observation(), 1)  # still π
+    # In the graph: the draft's step goes to the mid tier, whose step is then kept.
+    models = [ScriptedModel(t["name"], t["parameters"], ["a = 1", "\\boxed{1}"]) for t in TIERS]
+    state = build_graph(models, TierPolicyGate(routed)).invoke({"question": "q"})
+    assert [s["tier"] for s in state["steps"]] == [1, 1] and not models[2].calls
+    # It is saved and loaded; a plain artifact's manifest has no routing field, as older readers wrote it.
+    routed.save(tmp_path / "routed")
+    assert PolicyArtifact.load(tmp_path / "routed").routing == routed.routing
+    plain.save(tmp_path / "plain")
+    assert "routing" not in json.loads((tmp_path / "plain" / "policy.json").read_text())
+    _edit_manifest(tmp_path / "routed", routing={"escalate_to": "next", "tier_offsets": [0.0, 1.0, 2.0]})
+    with pytest.raises(PolicyFileError, match="tier_offsets"):
+        PolicyArtifact.load(tmp_path / "routed")
+
+
+def test_calibrate_routing_options_apply_to_the_policy_and_refuse_too_many_offsets():
+    from stepgraph.cli.training import with_routing
+    from stepgraph.errors import ConfigError
+
+    artifact = _artifact([0.0, 1.0, 2.0])
+    assert with_routing(artifact, None, None) is artifact  # nothing given: as recorded
+    routed = with_routing(artifact, "next", [0.0, 1.5])
+    assert (routed.routing.escalate_to, routed.routing.tier_offsets) == ("next", [0.0, 1.5])
+    assert with_routing(routed, None, [0.5]).routing.escalate_to == "next"  # the other setting kept
+    with pytest.raises(ConfigError, match="--tier-offsets takes at most one offset per deciding tier"):
+        with_routing(artifact, None, [0.0, 1.0, 2.0])

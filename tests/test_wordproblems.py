@@ -270,6 +270,23 @@ def test_a_step_said_of_the_wrong_person_or_noun_is_a_wrong_quantity():
     assert wp.classify_step(p, [], p.steps[0].replace(owner, stranger, 1)) == "wrong_quantity"
 
 
+def test_a_result_called_a_difference_that_is_not_one_is_a_wrong_quantity():
+    # "Marco has 21 muffins. He uses 5. ... How many more muffins does Marco have than Yusuf?": the draft wrote
+    # "Paul has 21 - 5 = 16 more muffins than Nate." The number is Marco's remainder, the words call it the answer,
+    # and the next tier boxed 16.
+    problems = wp.generate("test", 400, seed=2)
+    p = _find(problems, lambda q: re.search(r"= \$?\d+ \w+", q.steps[0]) and " than " not in q.steps[0] and " than " in q.steps[-2])
+    a, op, b, c = _equation(p.steps[0])
+    noun = _equation_noun(p.steps[0])
+    called = f"So {a} {op} {b} = {c} more {noun} than before."
+    assert wp.classify_step(p, [], called) == "wrong_quantity"
+    assert not wp.verify_step(p, [], called)
+    assert wp.verify_step(p, [], f"So {a} {op} {b} = {c} {noun}.")  # the same step, not called a difference
+    # The gold difference step still verifies, said of either person.
+    i = len(p.steps) - 2
+    assert wp.verify_step(p, p.steps[:i], p.steps[i])
+
+
 def _equation_noun(step: str) -> str:
     match = re.search(r"= \$?\d+ (\w+)", step)
     assert match, step

@@ -11,7 +11,8 @@ their task (``testbed_task()``), with its outputs under ``--out``:
   with κ re-calibrated on live calibration runs (``calibrate --runs``: cheaper at the same α than κ from traces);
   ``three_tier`` is ``tiers/policy-3-tier`` (from ``bench --tiers 3``, which collects its own traces with every
   tier's step) with its domain threshold added; the shipped ``three_tier`` is ``three_tier_runs``, that policy with κ
-  and the domain threshold re-calibrated on 1,600 live calibration runs;
+  and the domain threshold re-calibrated on 1,600 live calibration runs, escalating to the next tier up with the mid
+  tier's log-odds offset by ``Sizes.tier_offsets`` (``calibrate --escalate-to next --tier-offsets``);
 - ``gates/{threshold,steer,prm}``: the confidence threshold, STEER's GMM and RSD's PRM calibrated on the traces;
 - ``allocator``, ``allocator-combined``, ``bench-allocator.json``: the ex-ante allocator and its bench;
 - ``radar/``: RADAR's response matrices, router, difficulty traces and policies, and its bench;
@@ -54,6 +55,9 @@ class Sizes:
     tier_kappa_runs: int = 1600
     """calibration problems run live to re-calibrate the shipped 3-tier policy's κ (κ's spread between calibration
     sets narrows with more runs; κ from 400 under-covered on fresh problems)"""
+    tier_offsets: tuple[float, ...] = (0.0, 3.0)
+    """the shipped 3-tier policy's routing offsets (draft, mid; with escalation to the next tier up): the cheapest of
+    0, 1.5 and 3 at coverage 0.98 on two sets of 200 live calibration runs (BENCHMARKS)"""
     allocator_steps: int = 200
     """the allocators' RL steps"""
     radar_train_problems: int = 300
@@ -105,7 +109,8 @@ def stages(out: Path, s: Sizes) -> list[tuple[str, list[str]]]:
         ("policy-three-tier", ["calibrate", "--domain-only", "--policy", str(out / "tiers" / "policy-3-tier"),
                                "--runs", str(s.calibration_problems), "--out", str(out / "policies" / "three_tier")]),
         ("policy-three-tier-runs", ["calibrate", "--policy", str(out / "policies" / "three_tier"), "--runs", str(s.tier_kappa_runs),
-                                    "--concurrency", "2", "--out", str(out / "policies" / "three_tier_runs")]),
+                                    "--concurrency", "2", "--escalate-to", "next", "--tier-offsets", *map(str, s.tier_offsets),
+                                    "--out", str(out / "policies" / "three_tier_runs")]),
         ("bench-3-tier", ["bench", "--store", store, "--policy", str(out / "policies" / "three_tier_runs"), "--out", str(out / "bench-3-tier"),
                           "--problems", str(s.bench_problems), "--calibration-problems", str(s.bench_calibration_problems),
                           "--seeds", *SEEDS]),

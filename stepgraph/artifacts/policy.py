@@ -9,7 +9,9 @@ escalation
     log π(j > k | o, k) − log π(k | o, k) = logsumexp_{j > k} ℓ_j − ℓ_k
 
 is ≥ κ, to the likeliest stronger tier. κ is always this log-odds: it reads directly (0 is even
-odds, −3 about 5%) and keeps its resolution where a probability rounds to 0 or 1. Two tiers is
+odds, −3 about 5%) and keeps its resolution where a probability rounds to 0 or 1. ``routing``
+(``Routing``, optional) may instead send an escalated step to the next tier up and raise the bar
+per deciding tier: tier k escalates iff the log-odds − ``tier_offsets[k]`` is ≥ κ. Two tiers is
 K = 2, where the log-odds is the logit difference ℓ_1 − ℓ_0; a network without tier input (the
 2-tier CPO network) reads every step as tier 0's.
 
@@ -93,6 +95,23 @@ class NetworkShape(BaseModel):
     """whether the network reads the one-hot tier of the step after its features"""
 
 
+class Routing(BaseModel):
+    """How the gate acts on the score beyond κ; the defaults are the plain rule (and what older manifests mean)."""
+
+    escalate_to: Literal["likeliest", "next"] = "likeliest"
+    """an escalated step goes to the stronger tier π finds likeliest, or always to the next tier up"""
+    tier_offsets: list[FiniteFloat] = Field(default_factory=list, max_length=MAX_TIERS - 1)
+    """per deciding tier (cheapest first; missing ones 0), subtracted from its log-odds before the comparison with κ.
+    A positive offset on a dearer tier asks more doubt before paying for the tier above it."""
+
+    def offset(self, tier: int) -> float:
+        return self.tier_offsets[tier] if 0 <= tier < len(self.tier_offsets) else 0.0
+
+    @property
+    def is_plain(self) -> bool:
+        return self.escalate_to == "likeliest" and not any(self.tier_offsets)
+
+
 class _Common(BaseModel):
     """What every policy manifest holds, of any format."""
 
@@ -126,11 +145,16 @@ class Manifest(_Common):
     tiers: list[Tier] = Field(default_factory=list, max_length=MAX_TIERS)
     """the models the policy routes between, cheapest first (empty: not recorded)"""
     network: NetworkShape
+    routing: Routing = Field(default_factory=Routing)
+    """escalation target and per-tier offsets (absent: the plain rule)"""
 
     @model_validator(mode="after")
     def _tiers_fit(self) -> Self:
         if self.tiers and len(self.tiers) != self.n_tiers:
             raise ValueError(f"tiers: {len(self.tiers)} tiers recorded for a network over n_tiers = {self.n_tiers}")
+        if len(self.routing.tier_offsets) > self.n_tiers - 1:
+            raise ValueError(f"routing.tier_offsets: {len(self.routing.tier_offsets)} offsets for the {self.n_tiers - 1} "
+                             "deciding tiers (every tier but the strongest)")
         return self
 
 
@@ -339,6 +363,8 @@ class PolicyArtifact(Normalising):
     or ``{"type": "none", "reason": ...}`` (too few calibration episodes); None in older artifacts."""
     domain: Domain | None = None
     """The out-of-domain signal's tier and threshold (``stepgraph.domain``); None: off (older artifacts)."""
+    routing: Routing = field(default_factory=Routing)
+    """Where an escalated step goes and each deciding tier's offset (``Routing``); the default is the plain rule."""
     scale: InitVar[str | None] = None
     """Deprecated: κ is always on the log-odds scale; ``scale="probability"`` converts a probability κ."""
 
@@ -390,9 +416,8 @@ class PolicyArtifact(Normalising):
         k = tier if self.network.tier_input else 0
         return k if 0 <= k < self.network.n_tiers - 1 else None
 
-    def score(self, observation: Observation, tier: int = 0) -> float:
-        """The log-odds of escalation, logsumexp_{j > k} ℓ_j − ℓ_k; NaN for a tier the policy does not route from
-        (the gate escalates it)."""
+    def escalation_log_odds(self, observation: Observation, tier: int = 0) -> float:
+        """The log-odds of escalation, logsumexp_{j > k} ℓ_j − ℓ_k; NaN for a tier the policy does not route from."""
         k = self._routes(tier)
         if k is None:
             return math.nan
@@ -400,6 +425,12 @@ class PolicyArtifact(Normalising):
         above = logits[k + 1 :]
         top = above.max()
         return float(top + np.log(np.exp(above - top).sum()) - logits[k])
+
+    def score(self, observation: Observation, tier: int = 0) -> float:
+        """What the gate compares with κ: the log-odds of escalation less the tier's ``routing`` offset; NaN for a tier
+        the policy does not route from (the gate escalates it)."""
+        k = self._routes(tier)
+        return math.nan if k is None else self.escalation_log_odds(observation, tier) - self.routing.offset(k)
 
     def probabilities(self, observation: Observation, tier: int = 0) -> list[float]:
         """π(j | o, k) for every tier j (0 below the tier k the network reads the step as)."""
@@ -412,14 +443,14 @@ class PolicyArtifact(Normalising):
         return (weights / weights.sum()).tolist()
 
     def escalate_probability(self, observation: Observation, tier: int = 0) -> float:
-        """π(a stronger tier | o, k): the sigmoid of ``score``."""
-        return 1.0 / (1.0 + math.exp(-self.score(observation, tier)))
+        """π(a stronger tier | o, k): the sigmoid of ``escalation_log_odds``."""
+        return 1.0 / (1.0 + math.exp(-self.escalation_log_odds(observation, tier)))
 
     def escalation_tier(self, observation: Observation, tier: int) -> int | None:
         """The stronger tier π finds most likely for an escalated step; None (the next one up) for a network
         without tier input or a tier it does not route from."""
         k = self._routes(tier)
-        if k is None or not self.network.tier_input:
+        if k is None or not self.network.tier_input or self.routing.escalate_to == "next":
             return None
         return k + 1 + int(np.argmax(self._logits(observation, k)[k + 1 :]))
 
@@ -442,6 +473,7 @@ class PolicyArtifact(Normalising):
             "network": {"hidden": self.hidden, "layers": self.layers, "tier_input": self.network.tier_input},
             "training": self.training, "guarantee": self.guarantee,
             **({} if self.domain is None else {"domain": self.domain.model_dump()}),  # absent when off, as older readers expect
+            **({} if self.routing.is_plain else {"routing": self.routing.model_dump()}),
         }
         return write_artifact(directory, "policy", self.network, manifest, Manifest,
                               diverged=" (training diverged; lower --delta or check the traces)")
@@ -465,7 +497,7 @@ class PolicyArtifact(Normalising):
         norm = manifest.normalization
         return cls(network, manifest.kappa, manifest.alpha, schema, list(norm.mean), list(norm.std), shape.hidden,
                    shape.layers, [t.model_dump() for t in manifest.tiers], manifest.training, list(norm.ignored or ()),
-                   manifest.guarantee, manifest.domain)
+                   manifest.guarantee, manifest.domain, manifest.routing)
 
 
 def load_policy(directory: str | Path, expected_schema: FeatureSchema | None = None) -> PolicyArtifact:

@@ -626,10 +626,23 @@ def _naming(people: frozenset[str], step: str) -> tuple[str | None, str | None]:
     return person, noun
 
 
+_DIFFERENCE = re.compile(r"\b(?:more|fewer|less)\b[^.]*\bthan\b")
+"""A result said to be a difference between two amounts ("= 16 more muffins than Nate")."""
+
+
+def _says_difference(step: str) -> bool:
+    found = _EQUATION.search(step)
+    return found is not None and _DIFFERENCE.search(step[found.end() :]) is not None
+
+
 def _names_fit(problem: WordProblem, quantity: Quantity, step: str) -> bool:
-    """Whether ``step`` says its result of the person and noun the gold step names for ``quantity`` (where both name one)."""
+    """Whether ``step`` says its result of the person and noun the gold step names for ``quantity`` (where both name one),
+    names no person the question does not have, and calls its result a difference only where the gold step does."""
     people = _people(problem.question)
-    gold = _naming(people, problem.steps[problem.derived.index(quantity)])
+    gold_step = problem.steps[problem.derived.index(quantity)]
+    if _says_difference(step) and not _says_difference(gold_step):
+        return False
+    gold = _naming(people, gold_step)
     said = _naming(people, step)
     return all(g is None or s is None or g == s for g, s in zip(gold, said))
 
@@ -662,7 +675,10 @@ def classify_step(problem: WordProblem, prior_steps: list[str] | tuple[str, ...]
       the one whose amount it is ("so Tom has 13 + 8 = 21" when it is Jim's), or another noun
       ("= 21 pens" when they are marbles). Checked where the gold step names the person (plainly:
       "Tom has ...", not "Together they have" or "Tom has 5 more than Jim") or the noun, and the
-      step names one too; a step that names neither is not judged on it;
+      step names one too; a step that names neither is not judged on it. Always wrong: a step
+      naming a person the question does not have ("Paul has 21 - 5 = 16"), or calling its result
+      a difference ("= 16 more muffins than Nate") where the quantity is not one. Such a step
+      has the right number but tells the next step it is something else;
     - ``wrong_operand``: the right operation with a number that is not the quantity's input
       (a distractor's, another entity's, a stale one), or any other equation.
     """
