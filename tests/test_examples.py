@@ -33,3 +33,14 @@ def test_vllm_engine_example_runs(vllm_ready, tmp_path):
     rows = [line for line in done.stdout.splitlines() if "(expected" in line]
     assert len(rows) == 4 and sum(row.split()[0] == row.split("expected ")[1].split(")")[0] for row in rows) >= 3
     assert "steps in" in done.stdout and not (tmp_path / ".vllm-cache").exists()  # caches went where the fixture said
+
+
+@pytest.mark.slow
+def test_routing_offsets_example_prints_a_frontier_per_routing():
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"} | {"OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(EXAMPLES / "routing_offsets.py"), "--problems", "3", "--escalate-to", "likeliest",
+                           "next", "--offsets", "0", "3"], check=False, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith(("| likeliest", "| next"))]
+    assert [(r[0], r[1]) for r in rows] == [("| likeliest", "0"), ("| likeliest", "3"), ("| next", "0"), ("| next", "3")]
+    assert all(0 < float(cell.strip(" |")) for r in rows for cell in r[2:])

@@ -166,14 +166,16 @@ def test_routing_sends_escalations_up_one_tier_and_raises_the_bar_per_tier(tmp_p
         PolicyArtifact.load(tmp_path / "routed")
 
 
-def test_calibrate_routing_options_apply_to_the_policy_and_refuse_too_many_offsets():
-    from stepgraph.cli.training import with_routing
+def test_with_routing_applies_the_calibrate_options_and_refuses_too_many_offsets():
     from stepgraph.errors import ConfigError
 
     artifact = _artifact([0.0, 1.0, 2.0])
-    assert with_routing(artifact, None, None) is artifact  # nothing given: as recorded
-    routed = with_routing(artifact, "next", [0.0, 1.5])
+    assert artifact.with_routing(None, None) is artifact  # nothing given: as recorded
+    routed = artifact.with_routing("next", [0.0, 1.5])
     assert (routed.routing.escalate_to, routed.routing.tier_offsets) == ("next", [0.0, 1.5])
-    assert with_routing(routed, None, [0.5]).routing.escalate_to == "next"  # the other setting kept
+    assert artifact.routing.escalate_to == "likeliest"  # a copy
+    assert routed.with_routing(None, [0.5]).routing.escalate_to == "next"  # the other setting kept
     with pytest.raises(ConfigError, match="--tier-offsets takes at most one offset per deciding tier"):
-        with_routing(artifact, None, [0.0, 1.0, 2.0])
+        artifact.with_routing(None, [0.0, 1.0, 2.0])
+    with pytest.raises(ConfigError, match="routing"):
+        artifact.with_routing("sideways", None)

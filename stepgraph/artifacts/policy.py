@@ -31,6 +31,7 @@ threshold itself (``tests/test_legacy_formats.py`` checks them).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import sys
@@ -57,7 +58,7 @@ from stepgraph.artifacts.manifest import (
     write_artifact,
 )
 from stepgraph.domain import Domain
-from stepgraph.errors import PolicyFileError
+from stepgraph.errors import ConfigError, PolicyFileError
 from stepgraph.features import FeatureSchema, Observation, known_schema
 
 FORMAT = "stepgraph.policy"
@@ -415,6 +416,25 @@ class PolicyArtifact(Normalising):
         """The tier the network reads a step of ``tier`` as (0 without tier input); None where it does not route."""
         k = tier if self.network.tier_input else 0
         return k if 0 <= k < self.network.n_tiers - 1 else None
+
+    def with_routing(self, escalate_to: str | None = None, tier_offsets: Sequence[float] | None = None) -> PolicyArtifact:
+        """A copy routing with ``escalate_to`` and ``tier_offsets`` (each kept as recorded when None); this one when both are.
+
+        Raises:
+            ConfigError: more offsets than deciding tiers, an unknown ``escalate_to`` or a non-finite offset.
+        """
+        if escalate_to is None and tier_offsets is None:
+            return self
+        deciding = self.network.n_tiers - 1
+        if tier_offsets is not None and len(tier_offsets) > deciding:
+            raise ConfigError(f"--tier-offsets takes at most one offset per deciding tier ({deciding} for this "
+                              f"{self.network.n_tiers}-tier policy), got {len(tier_offsets)}.")
+        changes = {"escalate_to": escalate_to, "tier_offsets": None if tier_offsets is None else list(tier_offsets)}
+        try:
+            routing = Routing.model_validate(self.routing.model_dump() | {k: v for k, v in changes.items() if v is not None})
+        except ValidationError as error:
+            raise ConfigError(f"routing: {error.errors()[0]['msg']} (escalate_to {escalate_to!r}, tier_offsets {tier_offsets!r}).") from None
+        return dataclasses.replace(self, routing=routing)
 
     def escalation_log_odds(self, observation: Observation, tier: int = 0) -> float:
         """The log-odds of escalation, logsumexp_{j > k} ℓ_j − ℓ_k; NaN for a tier the policy does not route from."""

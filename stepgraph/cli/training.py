@@ -27,7 +27,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stepgraph.artifacts.policy import PolicyArtifact, Routing
 from stepgraph.artifacts.tiers import recorded_tiers
 from stepgraph.cli.dataclass_options import add_dataclass_options, dataclass_from_args
 from stepgraph.cli.options import in_range
@@ -286,7 +285,7 @@ def _calibrate_on_runs(args: argparse.Namespace, spec: RunSpec | None, alpha: fl
         raise ConfigError(f"--runs {args.runs} cannot certify α = {alpha}: {bound} needs at least "
                           f"{episodes_needed(alpha, args.delta)} calibration problems; raise --runs or --alpha.")
     policy_dir = args.policy or (spec.paths.policy if spec else Path("runs/policy"))
-    gate = PolicyGate(with_routing(PolicyGate.from_path(policy_dir).artifact, args.escalate_to, args.tier_offsets))
+    gate = PolicyGate(PolicyGate.from_path(policy_dir).artifact.with_routing(args.escalate_to, args.tier_offsets))
     recorded = gate.artifact.models.get("tiers") or []
     if spec is not None:
         items, seed, context, prices = spec.items("calibration"), spec.sampling.seed, spec.context(), spec.prices()
@@ -317,19 +316,6 @@ def _calibrate_on_runs(args: argparse.Namespace, spec: RunSpec | None, alpha: fl
     if chosen["guarantee"]["type"] == "none":
         print(f"stepgraph calibrate: warning: {chosen['guarantee']['reason']}", file=sys.stderr)
     return {"out": str(out), "gate": "policy", "policy": str(policy_dir), **summary, "curve": curve}
-
-
-def with_routing(artifact: PolicyArtifact, escalate_to: str | None, tier_offsets: list[float] | None) -> PolicyArtifact:
-    """``artifact`` with ``--escalate-to`` and ``--tier-offsets`` applied (each kept as recorded when not given)."""
-    if escalate_to is None and tier_offsets is None:
-        return artifact
-    deciding = artifact.network.n_tiers - 1
-    if tier_offsets is not None and len(tier_offsets) > deciding:
-        raise ConfigError(f"--tier-offsets takes at most one offset per deciding tier ({deciding} for this "
-                          f"{artifact.network.n_tiers}-tier policy), got {len(tier_offsets)}.")
-    routing = artifact.routing.model_copy(update={k: v for k, v in (("escalate_to", escalate_to), ("tier_offsets", tier_offsets))
-                                                  if v is not None})
-    return dataclasses.replace(artifact, routing=Routing.model_validate(routing.model_dump()))
 
 
 def _calibrate_domain(args: argparse.Namespace, spec: RunSpec | None, out: Path) -> dict:
