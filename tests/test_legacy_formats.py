@@ -99,10 +99,12 @@ def test_the_shipped_policies_are_format_3_load_silently_and_carry_the_shipped_t
     assert gate.artifact.network.tier_input == (len(tiers) > 2)
 
 
-def test_the_shipped_three_tier_policy_routes_to_the_likeliest_stronger_tier():
+def test_the_shipped_three_tier_policy_routes_one_tier_up_and_its_network_tells_the_tiers_apart():
     artifact = PolicyArtifact.load(THREE_TIER_POLICY_DIR)
     assert artifact.network.tier_input and [t["name"] for t in artifact.tiers] == ["draft", "mid", "target"]
-    assert {t for _, e, t in _decisions(PolicyGate(artifact)) if e} == {1, 2}
+    assert (artifact.routing.escalate_to, artifact.routing.tier_offsets) == ("next", [0.0, 3.0])
+    assert {t for _, e, t in _decisions(PolicyGate(artifact)) if e} == {None}  # the next tier up
+    assert {t for _, e, t in _decisions(PolicyGate(artifact.with_routing("likeliest"))) if e} == {1, 2}
 
 
 def test_the_old_allocator_format_loads_converted_and_allocates_as_before(tmp_path, recwarn):

@@ -287,6 +287,22 @@ def test_a_result_called_a_difference_that_is_not_one_is_a_wrong_quantity():
     assert wp.verify_step(p, p.steps[:i], p.steps[i])
 
 
+def test_a_result_said_to_fill_containers_the_problem_does_not_fill_is_a_wrong_quantity():
+    # "For 9 hours, Lucy sews 2 buttons each hour. ...": the draft wrote "2 cases of 9 hold 2 × 9 = 18 buttons.", and
+    # the target then added the 2 to the 18 as if they were more buttons.
+    problems = wp.generate("test", 400, seed=2)
+    p = _find(problems, lambda q: " hold " not in q.steps[0] and q.steps[0].count("=") == 1 and " than " not in q.steps[0])
+    a, op, b, c = _equation(p.steps[0])
+    noun = _equation_noun(p.steps[0])
+    assert wp.classify_step(p, [], f"{a} cases of {b} hold {a} {op} {b} = {c} {noun}.") == "wrong_quantity"
+    # Where the reference step fills containers, the same ones (singular or plural) are right, others are not.
+    p = _find(problems, lambda q: re.match(r"\d+ (boxes|bags|packs|jars|crates) of \d+ hold", q.steps[0]))
+    containers = p.steps[0].split()[1]
+    other = "baskets" if containers != "baskets" else "boxes"
+    assert wp.verify_step(p, [], p.steps[0])
+    assert wp.classify_step(p, [], p.steps[0].replace(containers, other, 1)) == "wrong_quantity"
+
+
 def _equation_noun(step: str) -> str:
     match = re.search(r"= \$?\d+ (\w+)", step)
     assert match, step

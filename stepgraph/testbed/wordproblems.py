@@ -635,12 +635,24 @@ def _says_difference(step: str) -> bool:
     return found is not None and _DIFFERENCE.search(step[found.end() :]) is not None
 
 
+_CONTAINERS_HOLD = re.compile(r"\$?\d+ ([a-z]+)[a-z ]* of \$?\d+ hold\b")
+"""A result said to fill containers ("5 crates of 7 hold 5 × 7 = 35"), with the containers' first word."""
+
+
+def _containers(step: str) -> str | None:
+    """The containers a step says its result fills, as their plural's first word; None when it says none."""
+    found = _CONTAINERS_HOLD.search(step)
+    return None if found is None else _NOUN_LEMMAS.get(found.group(1), found.group(1))
+
+
 def _names_fit(problem: WordProblem, quantity: Quantity, step: str) -> bool:
     """Whether ``step`` says its result of the person and noun the gold step names for ``quantity`` (where both name one),
-    names no person the question does not have, and calls its result a difference only where the gold step does."""
+    and calls its result a difference, or the contents of containers, only where the gold step does (the same ones)."""
     people = _people(problem.question)
     gold_step = problem.steps[problem.derived.index(quantity)]
     if _says_difference(step) and not _says_difference(gold_step):
+        return False
+    if _containers(step) not in (None, _containers(gold_step)):
         return False
     gold = _naming(people, gold_step)
     said = _naming(people, step)
@@ -675,10 +687,11 @@ def classify_step(problem: WordProblem, prior_steps: list[str] | tuple[str, ...]
       the one whose amount it is ("so Tom has 13 + 8 = 21" when it is Jim's), or another noun
       ("= 21 pens" when they are marbles). Checked where the gold step names the person (plainly:
       "Tom has ...", not "Together they have" or "Tom has 5 more than Jim") or the noun, and the
-      step names one too; a step that names neither is not judged on it. Always wrong: a step
-      naming a person the question does not have ("Paul has 21 - 5 = 16"), or calling its result
-      a difference ("= 16 more muffins than Nate") where the quantity is not one. Such a step
-      has the right number but tells the next step it is something else;
+      step names one too; a step that names neither is not judged on it. Also wrong: a step
+      calling its result a difference ("= 16 more muffins than Nate") where the quantity is not
+      one, or the contents of containers the problem does not fill ("2 cases of 9 hold 2 × 9 =
+      18" for 2 buttons an hour for 9 hours, "5 crates of 7" for 5 boxes of 7). Such a step has
+      the right number but tells the next step it is something else;
     - ``wrong_operand``: the right operation with a number that is not the quantity's input
       (a distractor's, another entity's, a stale one), or any other equation.
     """
