@@ -175,7 +175,7 @@ def test_with_routing_applies_the_calibrate_options_and_refuses_too_many_offsets
     assert (routed.routing.escalate_to, routed.routing.tier_offsets) == ("next", [0.0, 1.5])
     assert artifact.routing.escalate_to == "likeliest"  # a copy
     assert routed.with_routing(None, [0.5]).routing.escalate_to == "next"  # the other setting kept
-    with pytest.raises(ConfigError, match="--tier-offsets takes at most one offset per deciding tier"):
+    with pytest.raises(ConfigError, match=r"tier_offsets \(--tier-offsets\) takes at most one offset per deciding tier"):
         artifact.with_routing(None, [0.0, 1.0, 2.0])
     with pytest.raises(ConfigError, match="routing"):
         artifact.with_routing("sideways", None)

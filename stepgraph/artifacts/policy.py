@@ -427,7 +427,7 @@ class PolicyArtifact(Normalising):
             return self
         deciding = self.network.n_tiers - 1
         if tier_offsets is not None and len(tier_offsets) > deciding:
-            raise ConfigError(f"--tier-offsets takes at most one offset per deciding tier ({deciding} for this "
+            raise ConfigError(f"tier_offsets (--tier-offsets) takes at most one offset per deciding tier ({deciding} for this "
                               f"{self.network.n_tiers}-tier policy), got {len(tier_offsets)}.")
         changes = {"escalate_to": escalate_to, "tier_offsets": None if tier_offsets is None else list(tier_offsets)}
         try:
@@ -468,7 +468,7 @@ class PolicyArtifact(Normalising):
 
     def escalation_tier(self, observation: Observation, tier: int) -> int | None:
         """The stronger tier π finds most likely for an escalated step; None (the next one up) for a network
-        without tier input or a tier it does not route from."""
+        without tier input, a tier it does not route from, or ``routing.escalate_to == "next"``."""
         k = self._routes(tier)
         if k is None or not self.network.tier_input or self.routing.escalate_to == "next":
             return None
