@@ -179,3 +179,12 @@ def test_with_routing_applies_the_calibrate_options_and_refuses_too_many_offsets
         artifact.with_routing(None, [0.0, 1.0, 2.0])
     with pytest.raises(ConfigError, match="routing"):
         artifact.with_routing("sideways", None)
+
+
+def test_calibrate_refuses_routing_options_without_live_runs(tmp_path, capsys):
+    from stepgraph.cli import main
+
+    _artifact([0.0, 1.0, 2.0]).save(tmp_path / "policy")
+    assert main(["calibrate", "--policy", str(tmp_path / "policy"), "--tier-offsets", "0", "3", "--out", str(tmp_path / "out")]) != 0
+    assert "add --runs N" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

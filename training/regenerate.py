@@ -57,7 +57,7 @@ class Sizes:
     sets narrows with more runs; κ from 400 under-covered on fresh problems)"""
     tier_offsets: tuple[float, ...] = (0.0, 3.0)
     """the shipped 3-tier policy's routing offsets (draft, mid; with escalation to the next tier up): the cheapest of
-    0, 1.5 and 3 at coverage 0.98 on two sets of 200 live calibration runs (BENCHMARKS)"""
+    0, 1, 1.5 and 3 at coverage 0.98 on two sets of 200 live calibration runs (BENCHMARKS)"""
     allocator_steps: int = 200
     """the allocators' RL steps"""
     radar_train_problems: int = 300

@@ -219,6 +219,8 @@ def _calibrate(args: argparse.Namespace) -> dict:
     alpha = args.alpha if args.alpha is not None else (spec.alpha if spec else CPOArgs.alpha)
     store_path = args.store or (spec.paths.store if spec else default_store_path())
     out = args.out or (spec.paths.gate if spec else Path("runs/gate"))
+    if args.runs is None and (args.escalate_to is not None or args.tier_offsets is not None):
+        raise ConfigError("--escalate-to and --tier-offsets set a policy's routing for κ calibrated on live runs: add --runs N.")
     if args.domain_only:
         return _calibrate_domain(args, spec, out)
     if args.runs is not None:
