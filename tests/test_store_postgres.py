@@ -82,6 +82,24 @@ def test_unreachable_server_and_secrets_in_messages(postgres_server):
     assert store_location("postgresql://h/db") == "postgresql://h/db" and str(store_location("a/b.sqlite")) == "a/b.sqlite"
 
 
+def test_a_store_password_stays_out_of_the_policy_the_summary_and_the_errors(postgres_server, tmp_path, capsys):
+    from test_faults import _store
+
+    from stepgraph.artifacts.policy import PolicyArtifact
+    from stepgraph.cli import main
+
+    url = postgres_server().replace("stepgraph@", "stepgraph:hunter2@")  # the fixture's server trusts: any password works
+    _store(url)
+    out = tmp_path / "policy"
+    assert main(["train", "--store", url, "--split", "heldout", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "holds no heldout episodes" in err and "stepgraph:***@" in err and "hunter2" not in err
+    assert main(["train", "--store", url, "--out", str(out), "--steps", "3", "--calibration-split", ""]) == 0
+    captured = capsys.readouterr()
+    assert PolicyArtifact.load(out).training["store"] == redact(url)
+    assert "hunter2" not in captured.out + captured.err + (out / "policy.json").read_text()
+
+
 COLLECTOR = textwrap.dedent('''
     import json, sys, time
     sys.path.insert(0, {tests!r})

@@ -598,7 +598,7 @@ def traces_command(*, router: Path, split: str, problems: int, store: Path, poli
     """Behaviour traces whose every step carries RADAR's difficulty feature, for a policy trained with it."""
     from stepgraph.training.collection.collect import collect_episode
     from stepgraph.training.collection.verifiers import TestbedVerifier
-    from stepgraph.training.data.store import TraceStore
+    from stepgraph.training.data.store import TraceStore, redact
     from tqdm import tqdm
 
     from stepgraph.routing.gates import ExploringGate
@@ -620,4 +620,4 @@ def traces_command(*, router: Path, split: str, problems: int, store: Path, poli
                                       context=RouterContext(temperature=DEFAULT_TEMPERATURE, difficulty=difficulty))
             traces.add(episode, split)
         total = len(traces)
-    return {"store": str(store), "split": split, "episodes": total}
+    return {"store": redact(str(store)), "split": split, "episodes": total}
