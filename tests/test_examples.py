@@ -41,6 +41,8 @@ def test_routing_offsets_example_prints_a_frontier_per_routing():
     done = subprocess.run([sys.executable, str(EXAMPLES / "routing_offsets.py"), "--problems", "3", "--escalate-to", "likeliest",
                            "next", "--offsets", "0", "3"], check=False, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith(("| likeliest", "| next"))]
-    assert [(r[0], r[1]) for r in rows] == [("| likeliest", "0"), ("| likeliest", "3"), ("| next", "0"), ("| next", "3")]
-    assert all(0 < float(cell.strip(" |")) for r in rows for cell in r[2:])
+    rows = [line.split(" | ")[1:] for line in done.stdout.splitlines() if "three_tier |" in line]
+    assert [(r[0], r[1]) for r in rows] == [("likeliest", "0"), ("likeliest", "3"), ("next", "0"), ("next", "3")]
+    assert all(0 < float(cell.strip(" |")) for r in rows for cell in r[2:-1])
+    coverage, mflops = (float(v) for v in rows[0][-1].strip(" |").split(", "))  # the point calibrate --runs would pick
+    assert 0 <= coverage <= 1 and mflops > 0

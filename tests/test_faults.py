@@ -395,3 +395,17 @@ def test_train_warns_and_records_no_guarantee_instead_of_kappa_zero(tmp_path, ca
     # the online κ (a probability) as its log-odds, not κ = 0
     assert artifact.kappa == kappa_from_probability(online) and "calibrated_kappa" not in artifact.training
     assert json.loads(captured.out)["guarantee"] == "none"
+
+
+@pytest.mark.parametrize("generator", ["task", "wordproblems"])
+def test_an_unknown_split_is_refused_not_drawn_forever(generator):
+    import importlib
+
+    module = importlib.import_module(f"stepgraph.testbed.{generator}")
+    with pytest.raises(ConfigError, match="Unknown split 'bogus'"):
+        module.generate("bogus", 2)
+
+
+def test_the_cli_names_an_unknown_split_instead_of_a_traceback(tmp_path, capsys):
+    assert main(["evaluate", "--splits", "bogus", "--problems", "2", "--policy", str(DEFAULT_POLICY_DIR)]) == 2
+    assert "Unknown split 'bogus'" in capsys.readouterr().err

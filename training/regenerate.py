@@ -10,9 +10,10 @@ their task (``testbed_task()``), with its outputs under ``--out``:
   out-of-domain ``domain`` field); the shipped ``default`` is ``default_runs``, the trained ``policies/default``
   with κ re-calibrated on live calibration runs (``calibrate --runs``: cheaper at the same α than κ from traces);
   ``three_tier`` is ``tiers/policy-3-tier`` (from ``bench --tiers 3``, which collects its own traces with every
-  tier's step) with its domain threshold added; the shipped ``three_tier`` is ``three_tier_runs``, that policy with κ
-  and the domain threshold re-calibrated on 1,600 live calibration runs, escalating to the next tier up with the mid
-  tier's log-odds offset by ``Sizes.tier_offsets`` (``calibrate --escalate-to next --tier-offsets``);
+  tier's step) with its domain threshold added; ``three_tier_refined`` is that policy routed to the next tier up with the
+  mid tier's log-odds offset by ``Sizes.tier_offsets`` and refined on its own runs (``refine``); the shipped
+  ``three_tier`` is ``three_tier_runs``, the refined policy with κ and the domain threshold re-calibrated on 1,600 live
+  calibration runs;
 - ``gates/{threshold,steer,prm}``: the confidence threshold, STEER's GMM and RSD's PRM calibrated on the traces;
 - ``allocator``, ``allocator-combined``, ``bench-allocator.json``: the ex-ante allocator and its bench;
 - ``radar/``: RADAR's response matrices, router, difficulty traces and policies, and its bench;
@@ -58,6 +59,8 @@ class Sizes:
     tier_offsets: tuple[float, ...] = (0.0, 3.0)
     """the shipped 3-tier policy's routing offsets (draft, mid; with escalation to the next tier up): the cheapest of
     0, 1, 1.5 and 3 at coverage 0.98 on two sets of 200 live calibration runs (BENCHMARKS)"""
+    refine_problems: int = 1600
+    """train problems the 3-tier policy is refined on, routed as shipped (``stepgraph refine``)"""
     allocator_steps: int = 200
     """the allocators' RL steps"""
     radar_train_problems: int = 300
@@ -108,8 +111,11 @@ def stages(out: Path, s: Sizes) -> list[tuple[str, list[str]]]:
                                 "--allocator-gate", policy, "--out", str(out / "allocator-combined")]),
         ("policy-three-tier", ["calibrate", "--domain-only", "--policy", str(out / "tiers" / "policy-3-tier"),
                                "--runs", str(s.calibration_problems), "--out", str(out / "policies" / "three_tier")]),
-        ("policy-three-tier-runs", ["calibrate", "--policy", str(out / "policies" / "three_tier"), "--runs", str(s.tier_kappa_runs),
-                                    "--concurrency", "2", "--escalate-to", "next", "--tier-offsets", *map(str, s.tier_offsets),
+        ("policy-three-tier-refined", ["refine", "--policy", str(out / "policies" / "three_tier"), "--problems",
+                                       str(s.refine_problems), "--escalate-to", "next", "--tier-offsets", *map(str, s.tier_offsets),
+                                       "--out", str(out / "policies" / "three_tier_refined")]),
+        ("policy-three-tier-runs", ["calibrate", "--policy", str(out / "policies" / "three_tier_refined"),
+                                    "--runs", str(s.tier_kappa_runs), "--concurrency", "2",
                                     "--out", str(out / "policies" / "three_tier_runs")]),
         ("bench-3-tier", ["bench", "--store", store, "--policy", str(out / "policies" / "three_tier_runs"), "--out", str(out / "bench-3-tier"),
                           "--problems", str(s.bench_problems), "--calibration-problems", str(s.bench_calibration_problems),

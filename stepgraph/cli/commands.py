@@ -6,7 +6,7 @@ import argparse
 import importlib
 from collections.abc import Iterable
 
-OFFLINE_COMMANDS = {"training": ("collect", "train", "calibrate", "evaluate", "bench"), "radar": ("radar",),
+OFFLINE_COMMANDS = {"training": ("collect", "train", "refine", "calibrate", "evaluate", "bench"), "radar": ("radar",),
                     "studies": ("reobserve", "signals", "policy-check", "bench-allocator", "taxonomy"),
                     "testbed_models": ("testbed-models",), "regenerate": ("regenerate",)}
 """The offline commands by the ``stepgraph.cli`` module that adds them."""

@@ -52,6 +52,7 @@ from stepgraph.training.collection.verifiers import TestbedVerifier
 from stepgraph.training.data.store import TraceStore, redact, store_location
 from stepgraph.training.learning.cpo import CPOArgs, train_policy
 from stepgraph.training.learning.cpo_tiers import TierCPOArgs, train_tier_policy
+from stepgraph.training.learning.refine import RefineArgs
 
 if TYPE_CHECKING:
     from stepgraph.training.spec import RunSpec
@@ -342,6 +343,41 @@ def _calibrate_domain(args: argparse.Namespace, spec: RunSpec | None, out: Path)
     return {"out": str(out), "policy": str(policy_dir), "domain": None if domain is None else domain.model_dump()}
 
 
+def _refine(args: argparse.Namespace) -> dict:
+    """``refine``: fit a policy's escalation log-odds to its own routed runs on train problems (``learning.refine``)."""
+    from stepgraph.artifacts.tiers import describe
+    from stepgraph.training.learning.refine import record_decisions, refit
+
+    spec = _spec(args)
+    refine_args = dataclass_from_args(RefineArgs, args)  # refuses out-of-range options before any model loads
+    policy_dir = args.policy or (spec.paths.policy if spec else Path("runs/policy"))
+    gate = PolicyGate(PolicyGate.from_path(policy_dir).artifact.with_routing(args.escalate_to, args.tier_offsets))
+    recorded = gate.artifact.models.get("tiers") or []
+    if spec is not None:
+        items, seed, context = spec.items(args.split)[: args.problems], spec.sampling.seed, spec.context()
+        if not items:
+            raise ConfigError(f"{spec.source}: data.splits gives the {args.split} split no questions.")
+        tiers = spec.build_tiers()
+        current, verifier = spec.describe_tiers(tiers), spec.build_verifier(tiers)
+    else:
+        problems = testbed_task().generate(args.split, args.problems, seed=args.seed)
+        items, seed, context = testbed_items(args.split, args.problems, seed=args.seed), args.seed, None
+        tiers = load_tiers(_shipped_tier_count({str(policy_dir): gate}))
+        current, verifier = describe(tiers), TestbedVerifier(problems)
+    started = time.time()
+    try:
+        check_tiers(recorded, current, str(policy_dir), args.allow_other_tiers or bool(spec and spec.gate.allow_other_tiers))
+        decisions = record_decisions(tiers, gate, items, verifier, seed=seed, context=context)
+    finally:
+        close_pair(tiers)
+    artifact = refit(gate.artifact, decisions, refine_args)
+    artifact.training["refined"] |= {"policy": str(policy_dir), "split": args.split, "problems": len(items),
+                                     "seconds": round(time.time() - started, 1)}
+    artifact.save(args.out)
+    print(f"stepgraph refine: calibrate κ next: stepgraph calibrate --policy {args.out} --runs N --out DIR", file=sys.stderr)
+    return {"out": str(args.out), **artifact.training["refined"]}
+
+
 DOMAIN_QUESTIONS = 400
 """``calibrate --domain-only`` without --runs: how many calibration questions the threshold is computed on."""
 
@@ -519,8 +555,19 @@ def _add_spec_options(parser: argparse.ArgumentParser, *, concurrency: bool = Tr
                             help="questions run at once (collect: each worker with its own models) (default: %(default)s)")
 
 
+def _add_routing_options(parser: argparse.ArgumentParser, when: str) -> None:
+    """``--escalate-to`` and ``--tier-offsets``: the policy's ``routing`` (``PolicyArtifact.with_routing``)."""
+    parser.add_argument("--escalate-to", choices=["likeliest", "next"], default=None,
+                        help=f"{when}, a K-tier policy: send an escalated step to the stronger tier the policy finds likeliest, "
+                             "or always to the next tier up (default: as the policy records, else likeliest)")
+    parser.add_argument("--tier-offsets", type=in_range(float), nargs="+", default=None, metavar="X",
+                        help=f"{when}: per deciding tier, cheapest first, subtracted from its log-odds before the comparison "
+                             "with κ (e.g. 0 1.5: the mid tier needs more doubt before it pays for the target) (default: as "
+                             "recorded, else 0)")
+
+
 def add_commands(sub: Any) -> None:
-    """Add collect, train, calibrate, evaluate and bench to the ``stepgraph`` CLI's subparsers.
+    """Add collect, train, refine, calibrate, evaluate and bench to the ``stepgraph`` CLI's subparsers.
 
     Each handler returns a dict that the CLI prints as JSON on stdout (progress goes to stderr).
     """
@@ -604,18 +651,29 @@ def add_commands(sub: Any) -> None:
                         "≥ 1 - D over calibration sets (it allows fewer misses: 4 of 400 at alpha 0.02, D 0.1, against 7) "
                         "(default: none, split conformal: 1 - alpha on average)")
     k.add_argument("--seed", type=int, default=0, help="testbed, --runs: problem and sampling seed (default: %(default)s)")
-    k.add_argument("--escalate-to", choices=["likeliest", "next"], default=None,
-                   help="with --runs, a K-tier policy: send an escalated step to the stronger tier the policy finds likeliest, "
-                        "or always to the next tier up (default: as the policy records, else likeliest)")
-    k.add_argument("--tier-offsets", type=in_range(float), nargs="+", default=None, metavar="X",
-                   help="with --runs: per deciding tier, cheapest first, subtracted from its log-odds before the comparison with "
-                        "κ (e.g. 0 1.5: the mid tier needs more doubt before it pays for the target) (default: as recorded, else 0)")
+    _add_routing_options(k, "with --runs")
     k.add_argument("--domain-only", action="store_true",
                    help=f"only (re)compute the policy's out-of-domain threshold on calibration questions (--runs N of them, default "
                         f"{DOMAIN_QUESTIONS}; the spec's calibration split, or the testbed's) and write the policy to --out with κ and "
                         "weights unchanged")
     add_domain_options(k)
     k.set_defaults(func=_single_threaded(_calibrate))
+
+    r = sub.add_parser("refine", help="fit a policy to its own routed runs on train problems (on-policy), before calibrating κ",
+                       description="Run the router with the policy on train-split problems, label every decision it made with the "
+                       "step verifier, and fit the network's log-odds of escalation per deciding tier to those labels, starting "
+                       "from its weights (one round of on-policy data, as in DAgger). Writes a policy without a guarantee: "
+                       "calibrate its κ next with `stepgraph calibrate --runs N`.")
+    _add_spec_options(r, concurrency=False)
+    r.add_argument("--policy", type=Path, default=None, help="policy artifact to refine (default: the spec's paths.policy, else runs/policy)")
+    r.add_argument("--out", type=Path, required=True, help="directory of the refined policy")
+    r.add_argument("--split", default="train", help="split whose problems are run (default: %(default)s)")
+    r.add_argument("--problems", type=in_range(int, 1), default=800, help="problems to run, at most (default: %(default)s)")
+    r.add_argument("--seed", type=int, default=0, help="testbed: problem and sampling seed (default: %(default)s)")
+    r.add_argument("--allow-other-tiers", action="store_true", help="use a policy trained on other tiers, with a warning")
+    _add_routing_options(r, "for the runs and the refined policy")
+    add_dataclass_options(r, RefineArgs, skip=("seed",))  # --seed seeds the problems, the runs and the fit
+    r.set_defaults(func=_single_threaded(_refine))
 
     e = sub.add_parser("evaluate", help="run the trained gate live in the graph against target-only and draft-only",
                        description="Run gates live in the graph beside target-only and draft-only on the same problems.")

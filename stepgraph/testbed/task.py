@@ -26,6 +26,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from stepgraph.errors import ConfigError
+
 Split = Literal["train", "calibration", "test"]
 Op = Literal["+", "-", "*"]
 
@@ -140,6 +142,8 @@ def generate(split: Split, n: int, seed: int = 0, difficulty: Difficulty = Diffi
         >>> len(problems), problems[0].steps[-1].startswith("\\\\boxed")
         (3, True)
     """
+    if split not in ("train", "calibration", "test"):  # no draw would ever land in it
+        raise ConfigError(f"Unknown split {split!r}; task v1 has train, calibration and test.")
     rng = random.Random(f"{split}:{seed}")
     seen: set[str] = set()
     problems: list[Problem] = []

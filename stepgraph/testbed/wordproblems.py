@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from stepgraph.errors import ConfigError
 from stepgraph.testbed.wordlists import CONTAINERS, GROUPS, NAMES, NOUNS, PERIODS, RATES, RELATIVES
 
 Split = Literal["train", "calibration", "test", "heldout"]
@@ -524,7 +525,7 @@ def generate(split: Split, n: int, seed: int = 0) -> list[WordProblem]:
         (3, True)
     """
     if split not in ("train", "calibration", "test", "heldout"):
-        raise ValueError(f"Unknown split {split!r}; choose train, calibration, test or heldout.")
+        raise ConfigError(f"Unknown split {split!r}; choose train, calibration, test or heldout.")
     rng = random.Random(f"wordproblems:{split}:{seed}")
     seen: set[str] = set()
     problems: list[WordProblem] = []
