@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -133,3 +134,13 @@ def test_cli_refines_with_a_run_specs_tiers_questions_and_verifier(tmp_path, cap
     assert main(["refine", "--config", str(spec), "--policy", str(THREE_TIER_POLICY_DIR), "--split", "heldout",
                  "--out", str(tmp_path / "none")]) == 2
     assert "Unknown split 'heldout'" in capsys.readouterr().err
+
+
+def test_refit_fits_a_two_tier_network_without_tier_input():
+    torch.manual_seed(0)
+    pair = PolicyArtifact(PolicyNetwork(N), 0.0, 0.02, CONFIDENCE_SCHEMA, [0.0] * N, [1.0] * N, ignored=["difficulty"])
+    decisions = [dataclasses.replace(d, tier=0) for d in _separable()]
+    refined = refit(pair, decisions, RefineArgs(epochs=200, lr=0.02))
+    scores = [refined.escalation_log_odds(dict(zip(CONFIDENCE_SCHEMA.names, d.features)), 0) for d in decisions]
+    assert _auroc(scores, [d.wrong for d in decisions]) > 0.95
+    assert not refined.network.tier_input and refined.training["refined"]["decisions"] == {"0": {"decisions": 400, "wrong": sum(d.wrong for d in decisions)}}
