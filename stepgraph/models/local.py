@@ -8,6 +8,7 @@ testbed models run on by default. Plain Qwen2 checkpoints run on ``stepgraph.mod
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import threading
 import warnings
@@ -383,6 +384,8 @@ class _Transformers:
         self.num_embeddings = module.get_input_embeddings().num_embeddings
         self.max_length = int(getattr(config, "max_position_embeddings", 2048))
         self.eos_token_ids = _as_list(config.eos_token_id)
+        # transformers renamed ``past_key_values`` to ``cache`` (the old name warns on every call): pass the one it takes.
+        self.cache_arg = "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
     def new_cache(self) -> Any:
         from transformers import DynamicCache
@@ -390,7 +393,7 @@ class _Transformers:
         return DynamicCache(config=self.module.config)
 
     def logits(self, ids: Sequence[int], cache: Any = None) -> torch.Tensor:
-        out = self.module(input_ids=torch.tensor([list(ids)]), past_key_values=cache, use_cache=cache is not None)
+        out = self.module(input_ids=torch.tensor([list(ids)]), use_cache=cache is not None, **{self.cache_arg: cache})
         return out.logits[0].float()
 
 
