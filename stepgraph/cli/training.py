@@ -107,7 +107,7 @@ def _collect_from_spec(spec: RunSpec, args: argparse.Namespace) -> dict:
             workers=args.concurrency, context=spec.context(), verifier_for=spec.build_verifier, describe_tiers=spec.describe_tiers,
             record_tiers=args.record_tiers,
         )
-    return {**report, "store": redact(str(store_path)), "split": args.split}
+    return {**report, "store": redact(store_path), "split": args.split}
 
 
 def _train(args: argparse.Namespace) -> dict:
@@ -130,7 +130,7 @@ def _train(args: argparse.Namespace) -> dict:
         calibration = list(store.episodes(split=args.calibration_split)) if args.calibration_split else []
         models = store.meta("models")
     if not episodes:
-        raise StepgraphError(f"{redact(str(args.store))} holds no {args.split} episodes; run `stepgraph collect` first.")
+        raise StepgraphError(f"{redact(args.store)} holds no {args.split} episodes; run `stepgraph collect` first.")
     calibration = [e for e in calibration if e.steps]
     if args.tier_policy or args.columns or len(models or []) > 2:
         return _train_tiers(args, spec, episodes, calibration, models or [])
@@ -147,7 +147,7 @@ def _train(args: argparse.Namespace) -> dict:
     artifact.guarantee = calibration_guarantee(cpo_args.alpha, len(calibration), misses)
     if artifact.guarantee["type"] == "none":
         print(f"stepgraph: warning: the policy has no coverage guarantee: {artifact.guarantee['reason']}", file=sys.stderr)
-    artifact.training = {**artifact.training, "store": redact(str(args.store)), "episodes": len(episodes), "seconds": round(time.time() - started, 1)}
+    artifact.training = {**artifact.training, "store": redact(args.store), "episodes": len(episodes), "seconds": round(time.time() - started, 1)}
     artifact.domain = domain_with_tiers(args, build_tiers_for(spec, models or []), [e.question for e in calibration or episodes], models)
     artifact.save(args.out)
     keys = ("online_kappa", "calibration_episodes", "calibration_surrogate_miss", "surrogate_coverage", "escalation_rate")
@@ -177,7 +177,7 @@ def _train_tiers(args: argparse.Namespace, spec: RunSpec | None, episodes: list,
         raise ConfigError(f"--columns takes at least two of the store's recorded tiers ({recorded}) in increasing order, got {columns}.")
     for split, held in ((args.split, episodes), (args.calibration_split, calibration)):
         if bad := next((e for e in held if any(not s.tiers or len(s.tiers) != len(tiers) for s in e.steps)), None):
-            raise StepgraphError(f"{redact(str(args.store))}: {split} episode {bad.problem_id!r} records no step of every tier, which the K-tier "
+            raise StepgraphError(f"{redact(args.store)}: {split} episode {bad.problem_id!r} records no step of every tier, which the K-tier "
                                  "policy trains on. Collect with `stepgraph collect --record-tiers` into a new --store.")
     if calibration and len(calibration) < min_episodes(cpo_args.alpha):
         print(f"stepgraph: warning: {too_few_message(len(calibration), cpo_args.alpha)}", file=sys.stderr)
@@ -185,7 +185,7 @@ def _train_tiers(args: argparse.Namespace, spec: RunSpec | None, episodes: list,
     started = time.time()
     artifact, metrics_file = _with_metrics(args.out, lambda log: train_tier_policy(
         episodes, tiers, cpo_args, columns=columns, calibration=calibration, ignore_features=args.ignore_feature, log=log))
-    artifact.training = {**artifact.training, "store": redact(str(args.store)), "seconds": round(time.time() - started, 1)}
+    artifact.training = {**artifact.training, "store": redact(args.store), "seconds": round(time.time() - started, 1)}
     artifact.domain = domain_with_tiers(args, build_tiers_for(spec, tiers), [e.question for e in calibration or episodes], tiers,
                                         columns)
     artifact.save(args.out)
@@ -234,7 +234,7 @@ def _calibrate(args: argparse.Namespace) -> dict:
         train = list(store.episodes(split="train")) if name in ("steer", "prm") else []
         tiers = store.meta("models") or []
     if not calibration:
-        raise StepgraphError(f"{redact(str(store_path))} holds no {args.split} episodes; run `stepgraph collect --split {args.split}` first.")
+        raise StepgraphError(f"{redact(store_path)} holds no {args.split} episodes; run `stepgraph collect --split {args.split}` first.")
     options: dict[str, Any] = {}
     if name == "policy":
         policy_dir = args.policy or (spec.paths.policy if spec else Path("runs/policy"))
@@ -249,13 +249,13 @@ def _calibrate(args: argparse.Namespace) -> dict:
         family = steer_family(steer)
     else:  # RSD's process reward model, fitted on the train split's step verdicts
         if not train:
-            raise StepgraphError(f"{redact(str(store_path))} holds no train episodes to fit the reward model on.")
+            raise StepgraphError(f"{redact(store_path)} holds no train episodes to fit the reward model on.")
         prm = StepRewardModel().fit(train)
         family = prm_family(prm)
     replay = Replay(family, calibration)
     result = replay.calibrate(alpha)
     curve = replay.curve([*CURVE_ALPHAS, alpha])
-    summary = {**result.as_dict(), "met": result.misses <= result.allowed, "store": redact(str(store_path)), "split": args.split}
+    summary = {**result.as_dict(), "met": result.misses <= result.allowed, "store": redact(store_path), "split": args.split}
     domain = domain_with_tiers(args, build_tiers_for(spec, tiers), [e.question for e in calibration], tiers)
     if name == "policy":
         artifact = dataclasses.replace(gate.artifact, kappa=result.threshold, alpha=alpha, domain=domain)
@@ -456,7 +456,7 @@ def _bench(args: argparse.Namespace) -> dict:
     with TraceStore(args.store, readonly=True) as store:
         episodes = list(store.episodes(split="train"))
     if not episodes:
-        raise StepgraphError(f"{redact(str(args.store))} holds no train episodes; run `stepgraph collect` first.")
+        raise StepgraphError(f"{redact(args.store)} holds no train episodes; run `stepgraph collect` first.")
     calibration = testbed_task().generate("calibration", args.calibration_problems, seed=args.seed + 1)
     test = testbed_task().generate("test", args.problems, seed=args.seed)
     verifier = TestbedVerifier(calibration + test)
@@ -507,7 +507,7 @@ def _bench_from_spec(spec: RunSpec, args: argparse.Namespace) -> dict:
     with TraceStore(store_path, create=False) as store:
         episodes = list(store.episodes(split="train"))
     if not episodes:
-        raise StepgraphError(f"{redact(str(store_path))} holds no train episodes; run `stepgraph collect --config {spec.source}` first.")
+        raise StepgraphError(f"{redact(store_path)} holds no train episodes; run `stepgraph collect --config {spec.source}` first.")
     tiers = spec.build_tiers()
     try:
         calibration, test = spec.items("calibration"), spec.items("test")

@@ -96,8 +96,9 @@ def store_location(text: str) -> str | Path:
     return text if is_database_url(text) else Path(text)
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
+def redact(location: str | os.PathLike[str]) -> str:
+    """A store location as text, a URL without its password: for messages, logs and artifacts."""
+    url = os.fspath(location)
     parts = urlsplit(url)
     if parts.password is None:
         return url

@@ -221,13 +221,13 @@ def train_allocator_command(store_path: str | Path, out: Path, cpo_args: CPOArgs
         calibration = list(store.episodes(split=calibration_split)) if calibration_split else []
         tiers = store.meta("models") or []
     if not episodes:
-        raise StepgraphError(f"{redact(str(store_path))} holds no {split} episodes; run `stepgraph collect` first.")
+        raise StepgraphError(f"{redact(store_path)} holds no {split} episodes; run `stepgraph collect` first.")
     if len(tiers) < 2:
-        raise StepgraphError(f"{redact(str(store_path))} does not record its tiers (meta 'models'); collect it again with this stepgraph.")
+        raise StepgraphError(f"{redact(store_path)} does not record its tiers (meta 'models'); collect it again with this stepgraph.")
     if has_tier_tables(episodes):
         columns = check_columns(columns, len(tiers), "--allocator-columns")
     elif columns is not None:
-        raise ConfigError(f"--allocator-columns needs traces with every tier's step, and {redact(str(store_path))} has none "
+        raise ConfigError(f"--allocator-columns needs traces with every tier's step, and {redact(store_path)} has none "
                           "(collect with record_tiers, e.g. `stepgraph bench --tiers 3`); leave it out for 2-tier traces.")
     gate = PolicyGate.from_path(gate_dir) if gate_dir else None
     started = time.time()
@@ -236,7 +236,7 @@ def train_allocator_command(store_path: str | Path, out: Path, cpo_args: CPOArgs
         artifact = train_allocator(episodes, cpo_args, tiers=tiers, calibration=calibration, gate=gate, columns=columns,
                                    supervised_epochs=supervised_epochs, supervised_lr=supervised_lr, progress=True,
                                    log=lambda step, m: log.write(json.dumps({"step": step, **m}) + "\n"))
-    artifact.training |= {"store": redact(str(store_path)), "seconds": round(time.time() - started, 1),
+    artifact.training |= {"store": redact(store_path), "seconds": round(time.time() - started, 1),
                           "allocator_gate": str(gate_dir) if gate_dir else None}
     artifact.save(out)
     keys = ("selected_stage", "supervised_accuracy", "online_kappa", "calibration_episodes", "calibration_surrogate_miss",

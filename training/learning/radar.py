@@ -620,4 +620,4 @@ def traces_command(*, router: Path, split: str, problems: int, store: Path, poli
                                       context=RouterContext(temperature=DEFAULT_TEMPERATURE, difficulty=difficulty))
             traces.add(episode, split)
         total = len(traces)
-    return {"store": redact(str(store)), "split": split, "episodes": total}
+    return {"store": redact(store), "split": split, "episodes": total}

@@ -13,6 +13,7 @@ routing keep their shapes and formats; κ must be calibrated again on live runs
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -105,9 +106,7 @@ def refit(artifact: PolicyArtifact, decisions: Sequence[Decision], args: RefineA
     if wrong == 0 or wrong == len(decisions):
         raise ConfigError(f"refine needs both right and wrong steps among the router's decisions; got {wrong} wrong of "
                           f"{len(decisions)}. Run it on more problems.")
-    network = type(artifact.network)(artifact.network.n_features, artifact.hidden, artifact.layers, artifact.network.n_tiers,
-                                     artifact.network.tier_input)
-    network.load_state_dict(artifact.network.state_dict())
+    network = copy.deepcopy(artifact.network)
     x = artifact.normalise([d.features for d in decisions])
     if network.tier_input:
         x = tier_inputs(x, torch.tensor([d.tier for d in decisions]), network.n_tiers)
