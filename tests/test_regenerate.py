@@ -16,7 +16,8 @@ from stepgraph.testbed import testbed_task as shipped_task
 TINY = Sizes(train_problems=30, calibration_problems=50, policy_steps=20, tier_train_problems=30, tier_calibration_problems=50,
              tier_calibration_runs=0, allocator_steps=10, radar_train_problems=40, radar_calibration_problems=15,
              radar_problems=10, bench_problems=10, bench_calibration_problems=8, taxonomy_problems=20)
-TINY_OPTIONS = [x for f in dataclasses.fields(Sizes) for x in (f"--{f.name.replace('_', '-')}", str(getattr(TINY, f.name)))]
+TINY_OPTIONS = [x for f in dataclasses.fields(Sizes) for value in [getattr(TINY, f.name)]
+                for x in (f"--{f.name.replace('_', '-')}", *map(str, value if isinstance(value, tuple) else [value]))]
 
 
 def test_every_stage_is_a_stepgraph_command_line_and_only_v2_has_a_taxonomy(tmp_path, capsys, monkeypatch):
@@ -38,6 +39,26 @@ def test_every_stage_is_a_stepgraph_command_line_and_only_v2_has_a_taxonomy(tmp_
     assert after["policy-three-tier"] == {"tiers"} and "radar-fit" in after["radar-bench"]
     listed_by_cli = run(capsys, "regenerate", "--out", str(tmp_path), "--list", *TINY_OPTIONS)
     assert listed_by_cli["collect-train"] == "stepgraph " + " ".join(dict(stages(tmp_path, TINY))["collect-train"])
+
+
+def test_refinement_rounds_each_run_at_the_calibrated_kappa_of_the_round_before(tmp_path, capsys):
+    """`--refine-kappa-runs N ...`: one more round per value, each refining the round before after calibrating its κ on
+    N live runs; tuple sizes take one value per word (`--tier-offsets 0 1.5`, not the characters of "(0, 1.5)")."""
+    policies = tmp_path / "policies"
+    listed = run(capsys, "regenerate", "--out", str(tmp_path), "--list", "--tier-offsets", "0", "1.5", "--refine-kappa-runs", "800")
+    assert listed["policy-three-tier-refined"].endswith(f"--seed 0 --escalate-to next --tier-offsets 0.0 1.5 --out {policies}/three_tier_refined")
+    assert listed["policy-three-tier-refined-2-kappa"] == (f"stepgraph calibrate --policy {policies}/three_tier_refined --runs 800 "
+                                                           f"--concurrency 2 --out {policies}/three_tier_refined_kappa")
+    assert listed["policy-three-tier-refined-2"] == (f"stepgraph refine --policy {policies}/three_tier_refined_kappa --problems 1600 "
+                                                     f"--seed 1 --out {policies}/three_tier_refined_2")
+    assert "policy-three-tier-refined-3" not in listed
+    assert listed["policy-three-tier-runs"].startswith(f"stepgraph calibrate --policy {policies}/three_tier_refined_2 --runs 1600")
+    after = dependencies(stages(tmp_path, Sizes()))
+    assert after["policy-three-tier-refined-3"] == {"policy-three-tier-refined-3-kappa"}
+    assert after["policy-three-tier-runs"] == {"policy-three-tier-refined-3"}
+    one_round = run(capsys, "regenerate", "--out", str(tmp_path), "--list", "--refine-kappa-runs")
+    assert "policy-three-tier-refined-2" not in one_round
+    assert one_round["policy-three-tier-runs"].startswith(f"stepgraph calibrate --policy {policies}/three_tier_refined --runs")
 
 
 def test_a_finished_stage_is_skipped_and_an_unknown_one_is_refused(tmp_path, capsys):

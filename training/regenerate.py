@@ -11,9 +11,10 @@ their task (``testbed_task()``), with its outputs under ``--out``:
   with κ re-calibrated on live calibration runs (``calibrate --runs``: cheaper at the same α than κ from traces);
   ``three_tier`` is ``tiers/policy-3-tier`` (from ``bench --tiers 3``, which collects its own traces with every
   tier's step) with its domain threshold added; ``three_tier_refined`` is that policy routed to the next tier up with the
-  mid tier's log-odds offset by ``Sizes.tier_offsets`` and refined on its own runs (``refine``); the shipped
-  ``three_tier`` is ``three_tier_runs``, the refined policy with κ and the domain threshold re-calibrated on 1,600 live
-  calibration runs;
+  mid tier's log-odds offset by ``Sizes.tier_offsets`` and refined on its own runs (``refine``), then refined again
+  at its newly calibrated κ (``three_tier_refined_kappa``, ``three_tier_refined_2``, ...: ``Sizes.refine_kappa_runs``);
+  the shipped ``three_tier`` is ``three_tier_runs``, the last round with κ and the domain threshold re-calibrated on
+  1,600 live calibration runs;
 - ``gates/{threshold,steer,prm}``: the confidence threshold, STEER's GMM and RSD's PRM calibrated on the traces;
 - ``allocator``, ``allocator-combined``, ``bench-allocator.json``: the ex-ante allocator and its bench;
 - ``radar/``: RADAR's response matrices, router, difficulty traces and policies, and its bench;
@@ -60,7 +61,11 @@ class Sizes:
     """the shipped 3-tier policy's routing offsets (draft, mid; with escalation to the next tier up): the cheapest of
     0, 1, 1.5 and 3 at coverage 0.98 on two sets of 200 live calibration runs (BENCHMARKS)"""
     refine_problems: int = 1600
-    """train problems the 3-tier policy is refined on, routed as shipped (``stepgraph refine``)"""
+    """train problems the 3-tier policy is refined on per round, routed as shipped (``stepgraph refine``; round r's
+    problems and sampling use seed r - 1)"""
+    refine_kappa_runs: tuple[int, ...] = (1600, 400)
+    """live calibration runs that calibrate κ between refinement rounds, one per round after the first (none: one
+    round): a round runs the router at the previous round's calibrated κ (at an uncalibrated κ, a round got worse)"""
     allocator_steps: int = 200
     """the allocators' RL steps"""
     radar_train_problems: int = 300
@@ -78,6 +83,30 @@ class Sizes:
 
 
 SEEDS = ("0", "1")
+
+
+def _round_name(round_: int) -> str:
+    return "three_tier_refined" if round_ == 1 else f"three_tier_refined_{round_}"
+
+
+def refinement_rounds(policies: Path, s: Sizes) -> list[tuple[str, list[str]]]:
+    """The 3-tier policy's refinement stages: round 1 refines ``three_tier`` at its κ; each later round first
+    calibrates κ of the round before on live runs, then refines it at that κ."""
+    listed: list[tuple[str, list[str]]] = []
+    policy = policies / "three_tier"
+    for round_ in range(1, len(s.refine_kappa_runs) + 2):
+        stage = "policy-three-tier-refined" + ("" if round_ == 1 else f"-{round_}")
+        if round_ > 1:
+            calibrated = policies / f"{_round_name(round_ - 1)}_kappa"
+            listed.append((f"{stage}-kappa", ["calibrate", "--policy", str(policy), "--runs", str(s.refine_kappa_runs[round_ - 2]),
+                                              "--concurrency", "2", "--out", str(calibrated)]))
+            policy = calibrated
+        routing = ["--escalate-to", "next", *(["--tier-offsets", *map(str, s.tier_offsets)] if s.tier_offsets else [])
+                   ] if round_ == 1 else []  # later rounds keep the routing the policy records
+        listed.append((stage, ["refine", "--policy", str(policy), "--problems", str(s.refine_problems), "--seed", str(round_ - 1),
+                               *routing, "--out", str(policies / _round_name(round_))]))
+        policy = policies / _round_name(round_)
+    return listed
 
 
 def stages(out: Path, s: Sizes) -> list[tuple[str, list[str]]]:
@@ -111,10 +140,8 @@ def stages(out: Path, s: Sizes) -> list[tuple[str, list[str]]]:
                                 "--allocator-gate", policy, "--out", str(out / "allocator-combined")]),
         ("policy-three-tier", ["calibrate", "--domain-only", "--policy", str(out / "tiers" / "policy-3-tier"),
                                "--runs", str(s.calibration_problems), "--out", str(out / "policies" / "three_tier")]),
-        ("policy-three-tier-refined", ["refine", "--policy", str(out / "policies" / "three_tier"), "--problems",
-                                       str(s.refine_problems), "--escalate-to", "next", "--tier-offsets", *map(str, s.tier_offsets),
-                                       "--out", str(out / "policies" / "three_tier_refined")]),
-        ("policy-three-tier-runs", ["calibrate", "--policy", str(out / "policies" / "three_tier_refined"),
+        *refinement_rounds(out / "policies", s),
+        ("policy-three-tier-runs", ["calibrate", "--policy", str(out / "policies" / _round_name(len(s.refine_kappa_runs) + 1)),
                                     "--runs", str(s.tier_kappa_runs), "--concurrency", "2",
                                     "--out", str(out / "policies" / "three_tier_runs")]),
         ("bench-3-tier", ["bench", "--store", store, "--policy", str(out / "policies" / "three_tier_runs"), "--out", str(out / "bench-3-tier"),

@@ -44,6 +44,9 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tupl
             continue
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        elif isinstance(default, tuple):  # one value per word, typed like the default's (type=tuple splits characters)
+            parser.add_argument(flag, nargs="*", type=type(default[0]) if default else str, default=default,
+                                metavar="X", help=help_text.replace(f"(default: {default})", f"(default: {' '.join(map(str, default))})"))
         else:
             kind: Any = type(default) if default is not None else str
             parser.add_argument(flag, type=kind, default=default, help=help_text)
@@ -51,5 +54,6 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tupl
 
 def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
     """``cls`` from the options of the same names; an option left at None keeps the field's default."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    values = {f.name: tuple(value) if isinstance(f.default, tuple) else value for f in dataclasses.fields(cls)
+              if (value := getattr(args, f.name, None)) is not None}
     return cls(**values)
