@@ -53,12 +53,12 @@ def test_refinement_rounds_each_run_at_the_calibrated_kappa_of_the_round_before(
                                                      f"--seed 1 --out {policies}/three_tier_refined_2")
     assert "policy-three-tier-refined-3" not in listed
     assert listed["policy-three-tier-runs"].startswith(f"stepgraph calibrate --policy {policies}/three_tier_refined_2 --runs 1600")
-    after = dependencies(stages(tmp_path, Sizes()))
+    after = dependencies(stages(tmp_path, dataclasses.replace(Sizes(), refine_kappa_runs=(1600, 400))))
     assert after["policy-three-tier-refined-3"] == {"policy-three-tier-refined-3-kappa"}
     assert after["policy-three-tier-runs"] == {"policy-three-tier-refined-3"}
-    one_round = run(capsys, "regenerate", "--out", str(tmp_path), "--list", "--refine-kappa-runs")
+    one_round = dict(stages(tmp_path, Sizes()))  # the default: the one round shipped
     assert "policy-three-tier-refined-2" not in one_round
-    assert one_round["policy-three-tier-runs"].startswith(f"stepgraph calibrate --policy {policies}/three_tier_refined --runs")
+    assert one_round["policy-three-tier-runs"][:3] == ["calibrate", "--policy", f"{policies}/three_tier_refined"]
 
 
 def test_a_finished_stage_is_skipped_and_an_unknown_one_is_refused(tmp_path, capsys):

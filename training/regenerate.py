@@ -11,10 +11,10 @@ their task (``testbed_task()``), with its outputs under ``--out``:
   with κ re-calibrated on live calibration runs (``calibrate --runs``: cheaper at the same α than κ from traces);
   ``three_tier`` is ``tiers/policy-3-tier`` (from ``bench --tiers 3``, which collects its own traces with every
   tier's step) with its domain threshold added; ``three_tier_refined`` is that policy routed to the next tier up with the
-  mid tier's log-odds offset by ``Sizes.tier_offsets`` and refined on its own runs (``refine``), then refined again
-  at its newly calibrated κ (``three_tier_refined_kappa``, ``three_tier_refined_2``, ...: ``Sizes.refine_kappa_runs``);
-  the shipped ``three_tier`` is ``three_tier_runs``, the last round with κ and the domain threshold re-calibrated on
-  1,600 live calibration runs;
+  mid tier's log-odds offset by ``Sizes.tier_offsets`` and refined on its own runs (``refine``; with
+  ``Sizes.refine_kappa_runs``, refined again at each round's newly calibrated κ: ``three_tier_refined_kappa``,
+  ``three_tier_refined_2``, ...); the shipped ``three_tier`` is ``three_tier_runs``, the last round with κ and the
+  domain threshold re-calibrated on 1,600 live calibration runs;
 - ``gates/{threshold,steer,prm}``: the confidence threshold, STEER's GMM and RSD's PRM calibrated on the traces;
 - ``allocator``, ``allocator-combined``, ``bench-allocator.json``: the ex-ante allocator and its bench;
 - ``radar/``: RADAR's response matrices, router, difficulty traces and policies, and its bench;
@@ -63,9 +63,10 @@ class Sizes:
     refine_problems: int = 1600
     """train problems the 3-tier policy is refined on per round, routed as shipped (``stepgraph refine``; round r's
     problems and sampling use seed r - 1)"""
-    refine_kappa_runs: tuple[int, ...] = (1600, 400)
-    """live calibration runs that calibrate κ between refinement rounds, one per round after the first (none: one
-    round): a round runs the router at the previous round's calibrated κ (at an uncalibrated κ, a round got worse)"""
+    refine_kappa_runs: tuple[int, ...] = ()
+    """live calibration runs that calibrate κ between refinement rounds, one per round after the first (none: the one
+    round shipped): a round runs the router at the previous round's calibrated κ (at an uncalibrated κ, a round got
+    worse). ``1600 400`` gives the three rounds BENCHMARKS measured: 3% cheaper on calibration, not shipped"""
     allocator_steps: int = 200
     """the allocators' RL steps"""
     radar_train_problems: int = 300
