@@ -285,7 +285,7 @@ def ungrounded_operands(question: str, prior_steps: Sequence[str], step_text: st
     return float(missing)
 
 
-_EXPRESSION_CHARS = frozenset(".,+-*/×x÷()")
+_EXPRESSION_CHARS = frozenset(".,+-*/×x÷()" + _CURRENCY)  # "$68 - $25 = $43": money is arithmetic too
 
 
 def _in_expression(c: str) -> bool:
@@ -323,6 +323,7 @@ def equations(text: str) -> list[tuple[str, str]]:
     return found
 
 
+_UNWRITTEN = str.maketrans("", "", "," + _CURRENCY)  # thousands separators and currency signs are not arithmetic
 _OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
 
@@ -343,13 +344,14 @@ def arithmetic_error(step_text: str) -> float | None:
     """Whether a written calculation is wrong: 1.0 if some "expression = number" does not hold, 0.0 if every
     one does, None when the step writes no checkable calculation (a calculator's check of the draft's text).
 
-    The expression is the run of digits, operators (+ − * / × ÷) and parentheses before an "=";
-    thousands separators are dropped; a bare number ("x = 5") is not a calculation. Reads the step's
+    The expression is the run of digits, operators (+ − * / × ÷), parentheses and currency signs before an "=";
+    thousands separators and currency signs are dropped ("$68 - $25 = $4" is wrong); a bare number ("x = 5") is
+    not a calculation. Reads the step's
     first ``TEXT_LIMIT`` characters.
     """
     checked = False
     for written, result in equations(bounded(step_text)):
-        expression = written.replace(",", "").replace("×", "*").replace("x", "*").replace("÷", "/").strip()
+        expression = written.translate(_UNWRITTEN).replace("×", "*").replace("x", "*").replace("÷", "/").strip()
         if not any(op in expression.lstrip("-") for op in "+-*/"):
             continue
         try:

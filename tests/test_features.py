@@ -181,6 +181,9 @@ def test_grounding_counts_operands_found_neither_in_the_question_nor_before(prio
 @pytest.mark.parametrize(("text", "error"), [
     ("84*3=242", 1.0), ("84*3=252", 0.0), ("So 1,200 + 300 = 1,500 apples", 0.0), ("16 - 3 - 4 = 9 eggs. 9 * 2 = $18", 0.0),
     ("2 x 3 = 7", 1.0), ("(2+3)*4=20.", 0.0), ("x = 5", None), ("\\boxed{5}", None), ("1/0=3", None),
+    # money is checked too (the currency signs used to end the expression, so no money sum was ever checked)
+    ("Pete has $68 - $25 = $4 more than Hank.", 1.0), ("Pete has $68 - $25 = $43 more.", 0.0),
+    ("Ruby has $84, so Milo has $84 - $67 = $27.", 1.0), ("She pays $1,200 + $300 = $1,500.", 0.0), ("£3 × 4 = £12", 0.0),
 ])
 def test_arithmetic_check(text, error):
     assert arithmetic_error(text) == error
