@@ -5,11 +5,13 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pytest
 from cli_json import run
 from stepgraph.training.regenerate import Sizes, dependencies, stages
 
 from stepgraph import testbed
 from stepgraph.cli import build_parser, main
+from stepgraph.cli.dataclass_options import dataclass_from_args
 from stepgraph.testbed import task, wordproblems
 from stepgraph.testbed import testbed_task as shipped_task
 
@@ -52,6 +54,11 @@ def test_refinement_rounds_each_run_at_the_calibrated_kappa_of_the_round_before(
     assert listed["policy-three-tier-refined-2"] == (f"stepgraph refine --policy {policies}/three_tier_refined_kappa --problems 1600 "
                                                      f"--seed 1 --out {policies}/three_tier_refined_2")
     assert "policy-three-tier-refined-3" not in listed
+    parsed = build_parser().parse_args(["regenerate", "--out", str(tmp_path), "--refine-kappa-runs", "800", "400"])
+    assert dataclass_from_args(Sizes, parsed).refine_kappa_runs == (800, 400)  # ints, though the default is empty
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["regenerate", "--out", str(tmp_path), "--refine-kappa-runs", "many"])
+    assert "invalid int value: 'many'" in capsys.readouterr().err
     assert listed["policy-three-tier-runs"].startswith(f"stepgraph calibrate --policy {policies}/three_tier_refined_2 --runs 1600")
     after = dependencies(stages(tmp_path, dataclasses.replace(Sizes(), refine_kappa_runs=(1600, 400))))
     assert after["policy-three-tier-refined-3"] == {"policy-three-tier-refined-3-kappa"}

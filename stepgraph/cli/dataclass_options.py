@@ -8,6 +8,7 @@ import dataclasses
 import inspect
 import itertools
 import textwrap
+import typing
 from typing import Any
 
 
@@ -25,12 +26,14 @@ def field_docs(cls: type) -> dict[str, str]:
 
 def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (),
                           variant: tuple[type, str] | None = None) -> None:
-    """One ``--field-name`` option per field, typed from its default, its docstring as help.
+    """One ``--field-name`` option per field, typed from its default (a tuple's items from its annotation), its
+    docstring as help.
 
     ``variant`` (a subclass and its name): where its default differs, the option defaults to None
     so that ``dataclass_from_args`` leaves each class its own default, and the help names both.
     """
     docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)  # a tuple field's element type, also where its default is empty
     for field in dataclasses.fields(cls):
         if field.name in skip:
             continue
@@ -44,9 +47,10 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tupl
             continue
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        elif isinstance(default, tuple):  # one value per word, typed like the default's (type=tuple splits characters)
-            parser.add_argument(flag, nargs="*", type=type(default[0]) if default else str, default=default,
-                                metavar="X", help=help_text.replace(f"(default: {default})", f"(default: {' '.join(map(str, default))})"))
+        elif isinstance(default, tuple):  # one value per word, typed as annotated (type=tuple splits characters)
+            element = typing.get_args(hints[field.name])[0]
+            parser.add_argument(flag, nargs="*", type=element, default=default, metavar="X",
+                                help=f"{doc} (default: {' '.join(map(str, default)) or 'none'})")
         else:
             kind: Any = type(default) if default is not None else str
             parser.add_argument(flag, type=kind, default=default, help=help_text)
