@@ -8,12 +8,14 @@ Words, punctuation-only prose and the step break are not. STEER's observation is
 model's confidence on exactly these tokens separates right from wrong steps; when a step has no
 math token at all, every token counts.
 
-Two schemas exist. ``CONFIDENCE_SCHEMA`` (v1) is what policies trained before the richer
-observations read; ``FEATURE_SCHEMA`` (v2) adds the sampled tokens' own log-probabilities,
+Three schemas exist. ``CONFIDENCE_SCHEMA`` (v1) is what policies trained before the richer
+observations read; ``FEATURE_SCHEMA_V2`` adds the sampled tokens' own log-probabilities,
 per-token summaries of the top-k log-probabilities, a grounding check of the step's operands
 against the question and the earlier steps, and the previous step's outcome (the paper's
-stepwise dependency). ``observe`` computes v2, a superset of v1, so either kind of policy reads
-its own features from the same observation.
+stepwise dependency); ``FEATURE_SCHEMA`` (v3, what new policies are trained on) adds how many of
+the question's numbers the answer has not used yet (a boxed answer that leaves some unused has
+often skipped a step). ``observe`` computes v3, a superset of the others, so every kind of policy
+reads its own features from the same observation.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ CONFIDENCE_SCHEMA = FeatureSchema(
 )
 
 
-FEATURE_SCHEMA = FeatureSchema(
+FEATURE_SCHEMA_V2 = FeatureSchema(
     "stepgraph.confidence",
     2,
     [
@@ -119,6 +121,16 @@ FEATURE_SCHEMA = FeatureSchema(
     ],
 )
 
+
+FEATURE_SCHEMA = FeatureSchema(
+    "stepgraph.confidence",
+    3,
+    [
+        *FEATURE_SCHEMA_V2.names,
+        "unused_question_numbers",  # the question's numbers that neither the earlier steps nor this one contain
+    ],
+)
+
 LOGPROB_FEATURES = ("api_confidence", "sampled_logprob_sum", "sampled_logprob_min", "margin_min", "entropy_max",
                     "result_digit_min", "previous_sampled_logprob_min")
 """The features read from log-probabilities: a raw-logits backend (vLLM's ``logprobs_mode="raw_logits"``) has none."""
@@ -126,7 +138,7 @@ LOGPROB_FEATURES = ("api_confidence", "sampled_logprob_sum", "sampled_logprob_mi
 SITUATIONAL = frozenset({"result_digit_min", "arithmetic_error", "previous_escalated", "previous_sampled_logprob_min"})
 """Features that are None by the step's nature (no "=", the first step), not because a backend lacks them."""
 
-SCHEMAS = {(s.name, s.version): s for s in (CONFIDENCE_SCHEMA, FEATURE_SCHEMA)}
+SCHEMAS = {(s.name, s.version): s for s in (CONFIDENCE_SCHEMA, FEATURE_SCHEMA_V2, FEATURE_SCHEMA)}
 """Every schema this stepgraph can compute, by (name, version): artifacts of any of them load."""
 
 
@@ -285,6 +297,19 @@ def ungrounded_operands(question: str, prior_steps: Sequence[str], step_text: st
     return float(missing)
 
 
+def unused_question_numbers(question: str, prior_steps: Sequence[str], step_text: str) -> float:
+    """How many of the question's numbers (distinct values written in digits) appear neither in the earlier
+    steps nor in this one. A final step that leaves some unused has often skipped a step (or the question has a
+    distractor): on the testbed it separates the draft's early answers from right ones where the step's own
+    confidence does not."""
+    unused = {value for value, _ in numbers(question)}
+    for text in (*prior_steps, step_text):
+        if not unused:
+            break
+        unused.difference_update(value for value, _ in numbers(text))
+    return float(len(unused))
+
+
 _EXPRESSION_CHARS = frozenset(".,+-*/×x÷()" + _CURRENCY)  # "$68 - $25 = $43": money is arithmetic too
 
 
@@ -368,7 +393,7 @@ def arithmetic_error(step_text: str) -> float | None:
 def observe(step: StepOutput, *, step_index: int, escalations: int, difficulty: float | None = None,
             question: str | None = None, prior_steps: Sequence[str] = (),
             previous: Mapping[str, object] | None = None) -> Observation:
-    """The observation o_t of a drafted step, keyed by FEATURE_SCHEMA's names (a superset of v1's).
+    """The observation o_t of a drafted step, keyed by FEATURE_SCHEMA's names (a superset of v1's and v2's).
 
     Linear in the step's length, and bounded: the token features read the first ``TOKEN_LIMIT``
     tokens, the text features the first ``TEXT_LIMIT`` characters.
@@ -378,7 +403,7 @@ def observe(step: StepOutput, *, step_index: int, escalations: int, difficulty: 
         step_index: 0 for the first step.
         escalations: steps escalated so far in this answer.
         difficulty: an optional difficulty estimate in [0, 1].
-        question: the question; without it ``ungrounded_operands`` is None.
+        question: the question; without it ``ungrounded_operands`` and ``unused_question_numbers`` are None.
         prior_steps: the accepted steps before this one.
         previous: the previous step as the graph appended it (its ``observation`` and
             ``escalated``); None on the first step.
@@ -406,4 +431,5 @@ def observe(step: StepOutput, *, step_index: int, escalations: int, difficulty: 
         "arithmetic_error": arithmetic_error(step.text),
         "previous_escalated": float(bool(previous.get("escalated"))) if previous else None,
         "previous_sampled_logprob_min": float(previous_min) if isinstance(previous_min, (int, float)) else None,
+        "unused_question_numbers": None if question is None else unused_question_numbers(question, prior_steps, step.text),
     }

@@ -31,7 +31,7 @@ from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork, kappa_from
 from stepgraph.cli import main
 from stepgraph.defaults import API_ONLY_POLICY_DIR, DEFAULT_POLICY_DIR, LOGITS_ONLY_POLICY_DIR
 from stepgraph.errors import ConfigError, PolicyFileError, TraceStoreError
-from stepgraph.features import CONFIDENCE_SCHEMA, FEATURE_SCHEMA
+from stepgraph.features import CONFIDENCE_SCHEMA, FEATURE_SCHEMA_V2
 from stepgraph.graph import build_graph
 from stepgraph.models.base import StepOutput
 from stepgraph.routing.gates import AlwaysDraftGate, ConfidenceThresholdGate, ExploringGate, PolicyGate, RandomGate
@@ -145,7 +145,7 @@ def test_save_refuses_an_artifact_that_would_not_load_and_writes_nothing(tmp_pat
 @pytest.mark.parametrize("directory", [DEFAULT_POLICY_DIR, LOGITS_ONLY_POLICY_DIR, API_ONLY_POLICY_DIR])
 def test_shipped_artifacts_still_load(directory):
     artifact = PolicyArtifact.load(directory)
-    assert math.isfinite(artifact.kappa) and artifact.schema == FEATURE_SCHEMA
+    assert math.isfinite(artifact.kappa) and artifact.schema == FEATURE_SCHEMA_V2  # trained before v3: still loads
 
 
 def test_train_refuses_a_nan_kappa_and_writes_nothing(tmp_path, capsys):
@@ -383,6 +383,16 @@ def test_the_pac_bound_allows_the_misses_a_binomial_exceeds_with_probability_at_
     assert calibration_guarantee(0.02, 400, misses=5, delta=0.1)["type"] == "none"
 
 
+@pytest.mark.parametrize(("n", "alpha"), [(1600, 0.02), (1600, 0.3), (5000, 0.02)])
+def test_the_pac_bound_holds_for_as_many_runs_as_the_shipped_calibration(n, alpha):
+    # C(1600, 450) overflows a float: `calibrate --runs 1600 --delta 0.1` crashed after its 20-minute sweep, on the
+    # curve's α = 0.3.
+    draws = np.random.default_rng(1).binomial(n, alpha, size=200_000)
+    k = allowed_misses(alpha, n, delta=0.1)
+    assert 0 < k < allowed_misses(alpha, n)
+    assert (draws <= k).mean() <= 0.1 + 0.003 and (draws <= k + 1).mean() > 0.1
+
+
 @pytest.mark.parametrize("calibration", [0, 30])
 def test_train_warns_and_records_no_guarantee_instead_of_kappa_zero(tmp_path, capsys, calibration):
     store, out = _store(tmp_path / "t.sqlite", calibration=calibration), tmp_path / "policy"
@@ -409,3 +419,14 @@ def test_an_unknown_split_is_refused_not_drawn_forever(generator):
 def test_the_cli_names_an_unknown_split_instead_of_a_traceback(tmp_path, capsys):
     assert main(["evaluate", "--splits", "bogus", "--problems", "2", "--policy", str(DEFAULT_POLICY_DIR)]) == 2
     assert "Unknown split 'bogus'" in capsys.readouterr().err
+
+
+def test_signals_on_a_store_without_the_eval_split_names_the_split_instead_of_a_shape_error(tmp_path, capsys):
+    store = _store(tmp_path / "t.sqlite", train=8)
+    assert main(["signals", "--store", str(store)]) != 0
+    err = capsys.readouterr().err
+    assert "no 'calibration' episodes" in err and "--eval" in err and "Traceback" not in err
+    store = _store(tmp_path / "u.sqlite", train=8, calibration=6)
+    assert main(["signals", "--store", str(store)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows[0]["steps"] > 0 and "all of v3 (+ unused question numbers)" in {r.get("signal") for r in rows}

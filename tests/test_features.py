@@ -9,6 +9,8 @@ from stepgraph.answers import extract_boxed, is_correct
 from stepgraph.features import (
     CONFIDENCE_SCHEMA,
     FEATURE_SCHEMA,
+    FEATURE_SCHEMA_V2,
+    SCHEMAS,
     TEXT_LIMIT,
     api_confidence,
     arithmetic_error,
@@ -20,6 +22,7 @@ from stepgraph.features import (
     sampled_logprobs,
     top_k_summaries,
     ungrounded_operands,
+    unused_question_numbers,
 )
 from stepgraph.models.base import StepOutput
 from stepgraph.models.costs import Prices, add_costs, call_cost, total_costs
@@ -65,6 +68,8 @@ def test_observation_follows_the_schema():
     obs = observe(step, step_index=3, escalations=2, difficulty=0.5)
     assert list(obs) == list(FEATURE_SCHEMA.names)
     assert FEATURE_SCHEMA.names[: len(CONFIDENCE_SCHEMA.names)] == CONFIDENCE_SCHEMA.names  # v1 policies read a prefix
+    assert set(FEATURE_SCHEMA_V2.names) < set(FEATURE_SCHEMA.names)  # v2 policies read their features from it too
+    assert {(s.name, s.version) for s in SCHEMAS.values()} == {("stepgraph.confidence", v) for v in (1, 2, 3)}
     assert obs["is_final"] == 1.0 and obs["step_tokens"] == 4.0 and obs["difficulty"] == 0.5
 
 
@@ -176,6 +181,27 @@ def test_non_math_step_uses_every_token_and_has_nothing_to_ground():
 def test_grounding_counts_operands_found_neither_in_the_question_nor_before(prior, step, missing):
     question = "Mia sold 1,200 apples at $2.50 each, then spent 500 dollars. She gave half away."
     assert ungrounded_operands(question, prior, step) == missing
+
+
+@pytest.mark.parametrize(("prior", "step", "unused"), [
+    ([], "Mia sold 1200 * 2.5 = 3000 dollars of apples.", 2),  # 500 and 45 are still to use; "1,200" and "$2.50" by value
+    (["1,200 * 2.50 = 3,000"], "3,000 - 500 = 2,500", 1),  # an earlier step used two, this one a third
+    (["1,200 * 2.50 = 3,000", "3,000 - 500 = 2,500"], "\\boxed{2500}", 1),  # answered, with 45 never used
+    (["1200 * 2.5 = 3000", "3000 - 500 - 45 = 2455"], "\\boxed{2455}", 0),
+    ([], "She gave half away.", 4),  # number words are not counted: only what the question writes in digits
+])
+def test_unused_question_numbers_counts_the_question_numbers_no_step_has_written(prior, step, unused):
+    question = "Mia sold 1,200 apples at $2.50 each, then spent 500 dollars and 45 cents. She gave half away."
+    assert unused_question_numbers(question, prior, step) == unused
+
+
+def test_unused_question_numbers_is_observed_only_with_the_question():
+    step = _v2_step(["\\boxed{", "7", "}"], [-0.1] * 3)
+    assert observe(step, step_index=2, escalations=0, question="Ann has 3 pens and 4 more.", prior_steps=["3 + 4 = 7"],
+                   )["unused_question_numbers"] == 0.0
+    assert observe(step, step_index=2, escalations=0, question="Ann has 3 pens, 4 more and 9 cups.",
+                   prior_steps=["3 + 4 = 7"])["unused_question_numbers"] == 1.0
+    assert observe(step, step_index=2, escalations=0)["unused_question_numbers"] is None
 
 
 @pytest.mark.parametrize(("text", "error"), [

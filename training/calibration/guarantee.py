@@ -23,13 +23,21 @@ def allowed_misses(alpha: float, n: int, delta: float | None = None) -> int:
     with ``delta`` the largest k with P(Binomial(n, α) ≤ k) ≤ δ (PAC)."""
     if delta is None:
         return math.floor(alpha * (n + 1)) - 1
+    if not 0.0 < alpha < 1.0:  # a degenerate Binomial: all its mass at 0 misses, or at n
+        return -1 if alpha <= 0.0 else n - 1
     k, tail = -1, 0.0
     while k < n:
-        tail += math.comb(n, k + 1) * alpha ** (k + 1) * (1 - alpha) ** (n - k - 1)
+        tail += _binomial_pmf(n, k + 1, alpha)
         if tail > delta:
             break
         k += 1
     return k
+
+
+def _binomial_pmf(n: int, k: int, p: float) -> float:
+    """P(Binomial(n, p) = k), in log space: C(n, k) alone overflows a float past n ≈ 1,030 (1,600 runs did)."""
+    log_comb = math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+    return math.exp(log_comb + k * math.log(p) + (n - k) * math.log1p(-p))
 
 
 def episodes_needed(alpha: float, delta: float | None = None) -> int:

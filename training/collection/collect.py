@@ -171,7 +171,8 @@ def collect(
     todo = [(i, item) for i, item in enumerate(items) if item.problem_id not in done]
     if len(store) and store.meta("feature_schema") not in (None, FEATURE_SCHEMA.to_dict()):
         raise TraceStoreError(f"{store.path} holds traces of feature schema {store.meta('feature_schema')}; new traces have "
-                              f"{FEATURE_SCHEMA.to_dict()}. Collect into a new --store.")
+                              f"{FEATURE_SCHEMA.to_dict()}. Collect into a new --store, or copy this one with its observations "
+                              f"recomputed first: stepgraph reobserve --store {store.path} --out NEW.")
     store.set_meta("feature_schema", FEATURE_SCHEMA.to_dict())
     worker_tiers = [make_tiers() for _ in range(max(1, workers))]
     info = list(describe_tiers(worker_tiers[0]) if describe_tiers else [{"name": m.name, "parameters": m.n_params} for m in worker_tiers[0]])

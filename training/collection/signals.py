@@ -25,12 +25,15 @@ FREE = ["api_confidence", "logit_confidence", "sampled_logprob_sum", "sampled_lo
 STEPWISE = ["previous_escalated", "previous_sampled_logprob_min", "escalations"]
 SETS: dict[str, list[str]] = {
     **{name: [name] for name in ("api_confidence", "logit_confidence", "sampled_logprob_sum", "sampled_logprob_min",
-                                 "margin_min", "entropy_max", "result_digit_min", "ungrounded_operands", "arithmetic_error")},
+                                 "margin_min", "entropy_max", "result_digit_min", "ungrounded_operands", "arithmetic_error",
+                                 "unused_question_numbers")},
     "top-k summaries + sampled prob": ["sampled_logprob_sum", "sampled_logprob_min", "margin_min", "entropy_max", "result_digit_min"],
     "free per-token (all)": FREE,
     "free + grounding": [*FREE, "ungrounded_operands"],
     "free + grounding + stepwise": [*FREE, "ungrounded_operands", *STEPWISE],
     "free + grounding + arithmetic check + stepwise": [*FREE, "ungrounded_operands", "arithmetic_error", *STEPWISE],
+    "all of v3 (+ unused question numbers)": [*FREE, "ungrounded_operands", "arithmetic_error", *STEPWISE,
+                                             "unused_question_numbers"],
     "logits only (+ grounding, stepwise)": ["logit_confidence", "step_index", "step_tokens", "is_final", "ungrounded_operands",
                                             "previous_escalated", "escalations"],
 }
