@@ -68,6 +68,13 @@ def test_refinement_rounds_each_run_at_the_calibrated_kappa_of_the_round_before(
     assert one_round["policy-three-tier-runs"][:3] == ["calibrate", "--policy", f"{policies}/three_tier_refined"]
 
 
+def test_the_shipped_three_tier_kappa_is_calibrated_under_the_pac_bound_unless_delta_is_zero(tmp_path, capsys):
+    shipped = run(capsys, "regenerate", "--out", str(tmp_path), "--list")["policy-three-tier-runs"]
+    assert " --runs 1600 --concurrency 2 --delta 0.1 --out " in shipped
+    split_conformal = run(capsys, "regenerate", "--out", str(tmp_path), "--list", "--tier-kappa-delta", "0")
+    assert "--delta" not in split_conformal["policy-three-tier-runs"]
+
+
 def test_a_finished_stage_is_skipped_and_an_unknown_one_is_refused(tmp_path, capsys):
     (tmp_path / "stages").mkdir()
     for name, _ in stages(tmp_path, TINY):

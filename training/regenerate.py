@@ -14,7 +14,7 @@ their task (``testbed_task()``), with its outputs under ``--out``:
   mid tier's log-odds offset by ``Sizes.tier_offsets`` and refined on its own runs (``refine``; with
   ``Sizes.refine_kappa_runs``, refined again at each round's newly calibrated κ: ``three_tier_refined_kappa``,
   ``three_tier_refined_2``, ...); the shipped ``three_tier`` is ``three_tier_runs``, the last round with κ and the
-  domain threshold re-calibrated on 1,600 live calibration runs;
+  domain threshold re-calibrated on 1,600 live calibration runs under the PAC bound (``Sizes.tier_kappa_delta``);
 - ``gates/{threshold,steer,prm}``: the confidence threshold, STEER's GMM and RSD's PRM calibrated on the traces;
 - ``allocator``, ``allocator-combined``, ``bench-allocator.json``: the ex-ante allocator and its bench;
 - ``radar/``: RADAR's response matrices, router, difficulty traces and policies, and its bench;
@@ -57,6 +57,10 @@ class Sizes:
     tier_kappa_runs: int = 1600
     """calibration problems run live to re-calibrate the shipped 3-tier policy's κ (κ's spread between calibration
     sets narrows with more runs; κ from 400 under-covered on fresh problems)"""
+    tier_kappa_delta: float = 0.1
+    """the PAC bound's δ for the shipped 3-tier policy's κ (``calibrate --delta``): coverage ≥ 1 − α with probability
+    ≥ 1 − δ over calibration sets; 0 calibrates it split conformal instead (coverage ≥ 1 − α on average over
+    calibration sets, which put the bench and fresh samples at 0.975–0.985 around the goal of 0.98)"""
     tier_offsets: tuple[float, ...] = (0.0, 3.0)
     """the shipped 3-tier policy's routing offsets (draft, mid; with escalation to the next tier up): the cheapest of
     0, 1, 1.5 and 3 at coverage 0.98 on two sets of 200 live calibration runs (BENCHMARKS)"""
@@ -144,6 +148,7 @@ def stages(out: Path, s: Sizes) -> list[tuple[str, list[str]]]:
         *refinement_rounds(out / "policies", s),
         ("policy-three-tier-runs", ["calibrate", "--policy", str(out / "policies" / _round_name(len(s.refine_kappa_runs) + 1)),
                                     "--runs", str(s.tier_kappa_runs), "--concurrency", "2",
+                                    *(["--delta", str(s.tier_kappa_delta)] if s.tier_kappa_delta else []),
                                     "--out", str(out / "policies" / "three_tier_runs")]),
         ("bench-3-tier", ["bench", "--store", store, "--policy", str(out / "policies" / "three_tier_runs"), "--out", str(out / "bench-3-tier"),
                           "--problems", str(s.bench_problems), "--calibration-problems", str(s.bench_calibration_problems),
