@@ -10,7 +10,7 @@ from shipped import shipped_parameters
 
 from stepgraph.artifacts.policy import PolicyArtifact, PolicyNetwork, kappa_from_probability
 from stepgraph.errors import PolicyFileError
-from stepgraph.features import CONFIDENCE_SCHEMA, FEATURE_SCHEMA, FeatureSchema
+from stepgraph.features import CONFIDENCE_SCHEMA, FEATURE_SCHEMA, FEATURE_SCHEMA_V2, FeatureSchema
 from stepgraph.models.base import StepOutput
 from stepgraph.routing.gates import PolicyGate
 from stepgraph.routing.gates.base import GateInput
@@ -274,7 +274,7 @@ def test_the_shipped_default_policy_loads_and_routes_on_v2_features():
     from stepgraph.testbed.defaults import DEFAULT_POLICY_DIR
 
     gate = PolicyGate.from_path(DEFAULT_POLICY_DIR)
-    assert gate.artifact.schema == FEATURE_SCHEMA
+    assert gate.artifact.schema == FEATURE_SCHEMA_V2  # the pair's policy is on v2; it reads its own features
     assert -50 < gate.threshold < 50  # a log-odds κ, not a probability in the far tail
     question = shipped_task().generate("test", 1, seed=5)[0].question
     with warnings.catch_warnings():
