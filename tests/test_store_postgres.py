@@ -94,6 +94,9 @@ def test_a_store_password_stays_out_of_the_policy_the_summary_and_the_errors(pos
     assert main(["train", "--store", url, "--split", "heldout", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "holds no heldout episodes" in err and "stepgraph:***@" in err and "hunter2" not in err
+    assert main(["signals", "--store", url]) != 0  # the store has no calibration split
+    err = capsys.readouterr().err
+    assert "no 'calibration' episodes" in err and "stepgraph:***@" in err and "hunter2" not in err
     assert main(["train", "--store", url, "--out", str(out), "--steps", "3", "--calibration-split", ""]) == 0
     captured = capsys.readouterr()
     assert PolicyArtifact.load(out).training["store"] == redact(url)

@@ -68,10 +68,10 @@ def _signals(args: argparse.Namespace) -> int:
 
     with TraceStore(args.store, readonly=True) as store:
         fit, evaluate = list(store.episodes(args.fit)), list(store.episodes(args.eval))
-    for split, episodes, flag in ((args.fit, fit, "--fit"), (args.eval, evaluate, "--eval")):
-        if not episodes:
-            raise TraceStoreError(f"{args.store} holds no {split!r} episodes to score the signals on: collect them "
-                                  f"(stepgraph collect --split {split}) or name another split with {flag}.")
+        for split, episodes, flag in ((args.fit, fit, "--fit"), (args.eval, evaluate, "--eval")):
+            if not episodes:  # store.path: a PostgreSQL URL with its password hidden
+                raise TraceStoreError(f"{store.path} holds no {split!r} episodes to score the signals on: collect them "
+                                      f"(stepgraph collect --split {split}) or name another split with {flag}.")
     for row in signal_table(fit, evaluate):
         print(json.dumps(row))
     return 0
