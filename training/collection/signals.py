@@ -23,6 +23,7 @@ from stepgraph.training.data.records import Episode
 FREE = ["api_confidence", "logit_confidence", "sampled_logprob_sum", "sampled_logprob_min", "margin_min", "entropy_max",
         "result_digit_min", "step_index", "step_tokens", "is_final"]
 STEPWISE = ["previous_escalated", "previous_sampled_logprob_min", "escalations"]
+ALL_V2 = [*FREE, "ungrounded_operands", "arithmetic_error", *STEPWISE]
 SETS: dict[str, list[str]] = {
     **{name: [name] for name in ("api_confidence", "logit_confidence", "sampled_logprob_sum", "sampled_logprob_min",
                                  "margin_min", "entropy_max", "result_digit_min", "ungrounded_operands", "arithmetic_error",
@@ -31,9 +32,8 @@ SETS: dict[str, list[str]] = {
     "free per-token (all)": FREE,
     "free + grounding": [*FREE, "ungrounded_operands"],
     "free + grounding + stepwise": [*FREE, "ungrounded_operands", *STEPWISE],
-    "free + grounding + arithmetic check + stepwise": [*FREE, "ungrounded_operands", "arithmetic_error", *STEPWISE],
-    "all of v3 (+ unused question numbers)": [*FREE, "ungrounded_operands", "arithmetic_error", *STEPWISE,
-                                             "unused_question_numbers"],
+    "free + grounding + arithmetic check + stepwise": ALL_V2,
+    "all of v3 (+ unused question numbers)": [*ALL_V2, "unused_question_numbers"],
     "logits only (+ grounding, stepwise)": ["logit_confidence", "step_index", "step_tokens", "is_final", "ungrounded_operands",
                                             "previous_escalated", "escalations"],
 }
