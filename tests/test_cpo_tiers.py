@@ -122,7 +122,8 @@ def test_the_network_never_puts_mass_on_a_weaker_tier() -> None:
 
 def test_cpo_learns_which_tier_each_kind_of_step_needs() -> None:
     args = TierCPOArgs(alpha=0.1, steps=50, batch_size=16, hidden=16, delta=0.1, seed=0, kappa_init=0.5)
-    trained, history = train_tier_policy(episodes(120, 0), TIERS, args, calibration=episodes(60, 1), progress=False)
+    trained, history = train_tier_policy(episodes(120, 0), TIERS, args, calibration=episodes(60, 1), progress=False,
+                                         schema=CONFIDENCE_SCHEMA)  # the observations above are v1's
     assert len(history) == 50 and trained.training["columns"] == [0, 1, 2]
     assert trained.guarantee is not None and trained.guarantee["type"] == "split-conformal"
     calibration = trained.training["calibration"]
@@ -205,3 +206,28 @@ def test_collection_records_every_tiers_step_and_verdict_and_old_traces_still_re
     assert Episode.from_dict(old).steps[0].tiers is None
     plain = collect_episode(models, AlwaysDraftGate(), _Verifier(), Item("p", "q", "1"), seed=3)
     assert plain.steps[0].tiers is None
+
+
+@pytest.mark.parametrize("gate_name", ["draft", "target"])
+def test_reobserve_recomputes_every_tiers_observation_as_collection_made_it(gate_name: str) -> None:
+    """A store collected before a feature existed gets it in the tier table too (the K-tier policy reads that table);
+    the escalation count is the graph's own, also where one step escalated past two tiers."""
+    from scripted import ScriptedModel
+    from stepgraph.training.collection.collect import Item, collect_episode
+    from stepgraph.training.collection.observations import reobserve
+
+    from stepgraph.routing.gates import AlwaysDraftGate, AlwaysTargetGate
+
+    models = [ScriptedModel("small", 1, ["bad 2", "\\boxed{2}"]), ScriptedModel("mid", 3, ["good 1", "\\boxed{1} good"]),
+              ScriptedModel("large", 10, ["Ann has 5 pens, good", "\\boxed{5} good"])]
+    gate = AlwaysDraftGate() if gate_name == "draft" else AlwaysTargetGate()
+    episode = collect_episode(models, gate, _Verifier(), Item("p", "Ann has 5 pens and 3 cups.", "5"), seed=3, record_tiers=True)
+    stale = Episode.from_dict(episode.to_dict())
+    for record in stale.steps:
+        for entry in (record.tiers or []):
+            entry["observation"] = {k: v for k, v in entry["observation"].items() if k != "unused_question_numbers"}
+    fresh = reobserve(stale)
+    assert [[e["observation"] for e in r.tiers or []] for r in fresh.steps] == \
+        [[e["observation"] for e in r.tiers or []] for r in episode.steps]
+    # the question's 5 and 3: the draft's kept "bad 2" used neither, the target's "Ann has 5 pens" used the 5
+    assert fresh.steps[1].tiers[0]["observation"]["unused_question_numbers"] == (2.0 if gate_name == "draft" else 1.0)

@@ -31,6 +31,8 @@ def test_wrong_steps_are_counted_by_kind_with_the_share_each_feature_flags():
     assert rows["all wrong steps"]["flagged"]["low logit_confidence"] == 1.0  # both far below every right step
     assert rows["right steps (false alarms)"]["flagged"]["either (hand rule)"] == 0.0
     assert rows["wrong_operand"]["flagged"]["arithmetic_error"] is None  # no such step
+    assert rows["arithmetic_slip"]["flagged"]["unused numbers, final step"] == 0.0  # not a final step
+    assert 0 < rows["right steps (false alarms)"]["flagged"]["unused numbers, final step"] < 0.2  # a distractor's number
 
     table = taxonomy.markdown(report, "stepgraph taxonomy --model m")
     assert table.startswith("`stepgraph taxonomy --model m`")

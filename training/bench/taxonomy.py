@@ -5,7 +5,8 @@ the default temperature unless told otherwise). Each step is judged by ``wordpro
 given the model's own steps before it, and observed as the router observes a draft step
 (``features.observe``, with the question and the prior steps). For the wrong steps of each kind
 the table gives their share and the share each feature flags: ``arithmetic_error`` = 1,
-``ungrounded_operands`` > 0, either of them (the two-feature hand rule), and a low confidence
+``ungrounded_operands`` > 0, either of them (the two-feature hand rule), a final step that leaves a question
+number unused (``unused_question_numbers`` > 0), and a low confidence
 (``logit_confidence`` or ``sampled_logprob_min`` below the 10th percentile of the right steps',
 so each flags 10% of right steps). The last row gives the right steps' flag rates (false alarms).
 
@@ -55,6 +56,7 @@ def _flags(right: list[Observation]) -> dict[str, Callable[[Observation], bool]]
         "ungrounded_operands": lambda o: (o.get("ungrounded_operands") or 0.0) > 0,
     }
     flags["either (hand rule)"] = lambda o: flags["arithmetic_error"](o) or flags["ungrounded_operands"](o)
+    flags["unused numbers, final step"] = lambda o: o.get("is_final") == 1.0 and (o.get("unused_question_numbers") or 0.0) > 0
     for name in LOW_CONFIDENCE:
         values = [float(v) for o in right if (v := o.get(name)) is not None]
         flags[f"low {name}"] = _below(name, float(np.quantile(values, FALSE_ALARM)) if values else float("-inf"))

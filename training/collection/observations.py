@@ -1,8 +1,9 @@
 """Recompute a stored episode's observations with this stepgraph's feature schema.
 
-Traces keep each draft's StepOutput (``StepRecord.draft_output``), the question and the steps
-the routed answer kept, so the features of a newer schema can be computed from traces collected
-before it, exactly as the graph would compute them (``stepgraph.features.observe``).
+Traces keep each draft's StepOutput (``StepRecord.draft_output``; with more than two tiers, every
+tier's in ``StepRecord.tiers``), the question and the steps the routed answer kept, so the features
+of a newer schema can be computed from traces collected before it, exactly as the graph (and
+``tier_traces.tier_table``) would compute them (``stepgraph.features.observe``).
 """
 
 from __future__ import annotations
@@ -18,18 +19,26 @@ from stepgraph.models.base import StepOutput
 
 
 def reobserve(episode: Episode) -> Episode:
-    """The episode with every step's observation recomputed; a step without its draft's output keeps the stored one."""
+    """The episode with every step's observation recomputed, the tier table's too; a step (or tier entry) without
+    its output keeps the stored one."""
     steps: list = []
     prior: list[str] = []
     escalations = 0
     previous: dict[str, object] | None = None
     for record in episode.steps:
         observation = record.observation
+        stored = observation.get("escalations")  # the graph's own count: one step may escalate past several tiers
+        escalations = int(stored) if isinstance(stored, (int, float)) else escalations
         if record.draft_output is not None:
             observation = observe(StepOutput.from_dict(record.draft_output), step_index=record.index, escalations=escalations,
                                   difficulty=record.observation.get("difficulty"), question=episode.question,
                                   prior_steps=prior, previous=previous)
-        steps.append(dataclasses.replace(record, observation=observation))
+        tiers = None if record.tiers is None else [
+            entry if entry.get("output") is None else {**entry, "observation": observe(
+                StepOutput.from_dict(entry["output"]), step_index=record.index, escalations=escalations + min(entry["tier"], 1),
+                difficulty=entry["observation"].get("difficulty"), question=episode.question, prior_steps=prior)}
+            for entry in record.tiers]
+        steps.append(dataclasses.replace(record, observation=observation, tiers=tiers))
         kept = record.escalated if record.action and record.escalated is not None else record.draft
         prior.append(kept)
         escalations += record.action

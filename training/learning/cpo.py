@@ -671,7 +671,7 @@ def train_loop(run: Run, step: Callable[[Run], dict[str, float]], desc: str, pro
                log: Callable[[int, dict], object] | None) -> list[dict[str, float]]:
     """``run.args.steps`` updates by ``step``; returns the metrics of each, also passed to ``log``."""
     history = []
-    for index in tqdm(range(run.args.steps), desc=desc, disable=not progress):
+    for index in tqdm(range(run.args.steps), desc=desc, disable=not progress or not run.args.steps):  # no "0it" bar
         history.append(step(run))
         if log is not None:
             log(index, history[-1])
