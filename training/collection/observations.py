@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from stepgraph.training.collection.tier_traces import tier_observation
 from stepgraph.training.data.records import Episode
 
 from stepgraph.errors import ConfigError
@@ -34,9 +35,9 @@ def reobserve(episode: Episode) -> Episode:
                                   difficulty=record.observation.get("difficulty"), question=episode.question,
                                   prior_steps=prior, previous=previous)
         tiers = None if record.tiers is None else [
-            entry if entry.get("output") is None else {**entry, "observation": observe(
-                StepOutput.from_dict(entry["output"]), step_index=record.index, escalations=escalations + min(entry["tier"], 1),
-                difficulty=entry["observation"].get("difficulty"), question=episode.question, prior_steps=prior)}
+            entry if entry.get("output") is None else {**entry, "observation": tier_observation(
+                StepOutput.from_dict(entry["output"]), entry["tier"], question=episode.question, prior=prior,
+                escalations=escalations, difficulty=entry["observation"].get("difficulty"))}
             for entry in record.tiers]
         steps.append(dataclasses.replace(record, observation=observation, tiers=tiers))
         kept = record.escalated if record.action and record.escalated is not None else record.draft
