@@ -300,7 +300,7 @@ def test_exact_sweep_agrees_with_running_the_gate_at_each_threshold():
         assert point["covered"] == pytest.approx(sum(r["covered"] for r in rows) / len(rows))
 
 
-def _scripted_bench(policy: Gate) -> dict:
+def _scripted_bench(policy: Gate, frontier: tuple[float, ...] = ()) -> dict:
     """The whole bench on scripted tiers (no weights): the draft slips ("1+1=3", low confidence) on the first step of odd
     problems only; no verifier, so no oracle."""
     from stepgraph.training.collection.collect import Item
@@ -321,7 +321,7 @@ def _scripted_bench(policy: Gate) -> dict:
         obs = {n: None for n in CONFIDENCE_SCHEMA.names} | {"logit_confidence": conf, "api_confidence": 0.9, "step_index": 0.0}
         episodes.append(Episode(str(i), "q", "2", [StepRecord(0, obs, 0, 0.5, "d", "e", conf > 7, True, 1.0, 4.0, 1.0)], 1, 1, 4.0))
     return bench.run_bench(tiers, train_episodes=episodes, policy=policy, calibration=items, test=items, verify=None,
-                           seeds=(0,), progress=False, no_oracle_reason="run.toml has no exact step verifier")
+                           seeds=(0,), progress=False, no_oracle_reason="run.toml has no exact step verifier", frontier=frontier)
 
 
 def test_bench_with_scripted_tiers_and_no_verifier_notes_the_missing_oracle():
@@ -434,3 +434,47 @@ def test_hand_rule_row_and_the_policy_matched_to_its_coverage():
     assert "| Hand rule (arithmetic_error or ungrounded_operands) |" in table
     assert "| CPO policy κ, matched to the hand rule's coverage |" in table
     assert "The policy against the hand rule at the rule's calibration coverage (1.000): Δ MFLOPs (policy κ matched − rule) +0.0" in table
+    # The rule with a confidence threshold, tuned exactly: the rule already covers everything, so the cheapest threshold
+    # escalates nothing more than the rule does.
+    exact = report["thresholds"]["rule-threshold-exact"]
+    assert exact["calibration"]["covered"] == 1.0
+    assert report["summary"]["rule-threshold-exact"]["flops"]["mean"] == report["summary"]["rule"]["flops"]["mean"]
+    assert "| Hand rule or confidence threshold (api_confidence), exact breakpoints |" in table
+
+
+def test_frontier_on_test_runs_finds_the_policys_cheapest_kappa_at_the_rules_coverage():
+    """Swept on the test runs, the over-cautious policy's frontier reaches the rule's coverage at the rule's cost, though
+    the policy as given escalates every step."""
+
+    class Overcautious(Gate):
+        threshold = -13.0
+
+        def score(self, x: GateInput) -> float:
+            return -x.observation["logit_confidence"]
+
+    report = _scripted_bench(Overcautious(), frontier=(0.5, 1.0))
+    frontier = report["frontier"]
+    assert set(frontier["levels"]) == {"0.5", "1"}
+    rule_flops = report["summary"]["rule"]["flops"]["mean"]
+    assert report["summary"]["policy"]["flops"]["mean"] > rule_flops  # as given: every step escalated
+    at_rule = frontier["at_rule_coverage"]
+    assert at_rule["coverage"] == 1.0 and at_rule["policy"]["covered"] == 1.0
+    assert at_rule["policy"]["flops"] == pytest.approx(rule_flops)
+    assert at_rule["policy_minus_rule"]["flops"]["mean"] == pytest.approx(0.0)
+    half = frontier["levels"]["0.5"]["points"]
+    assert half["policy"]["covered"] >= 0.5 and half["policy"]["flops"] < rule_flops  # the slips may go through at 0.5
+    assert frontier["levels"]["1"]["minus_policy"]["rule-threshold"]["flops"]["mean"] == pytest.approx(0.0)
+    table = bench.markdown_table(report)
+    assert "| coverage ≥ | CPO policy κ | Hand rule or confidence threshold | Δ MFLOPs vs policy |" in table
+    assert "At the hand rule's own test coverage (1.000)" in table
+
+
+def test_rule_or_threshold_critical_value_is_the_confidence_unless_the_rule_fired():
+    from stepgraph.training.calibration.tuning import critical_unless_rule
+
+    critical = critical_unless_rule(("arithmetic_error", "ungrounded_operands"), "api_confidence")
+    step = {"observation": {"arithmetic_error": 0.0, "ungrounded_operands": None, "api_confidence": 0.7}}
+    assert critical(step, 0.5) == 0.7
+    assert critical({"observation": step["observation"] | {"ungrounded_operands": 1.0}}, 0.5) is None  # escalates at every t
+    assert critical({"observation": step["observation"] | {"api_confidence": None}}, 0.5) is None
+    assert critical(step | {"gate_reason": "non-finite features: x"}, 0.5) is None

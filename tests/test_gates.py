@@ -306,6 +306,23 @@ def test_rule_takes_its_features_by_name_and_rejects_unknown_ones():
             FeatureRuleGate(bad)
 
 
+@pytest.mark.parametrize(("arithmetic", "confidence", "escalate"), [
+    (0.0, 0.95, False), (0.0, 0.85, True), (1.0, 0.95, True), (0.0, 0.9, False), (0.0, None, True), (0.0, math.nan, True),
+])
+def test_rule_with_a_confidence_threshold_also_escalates_a_low_or_unknown_confidence(arithmetic, confidence, escalate):
+    obs = x().observation | {"arithmetic_error": arithmetic, "ungrounded_operands": 0.0, "api_confidence": confidence}
+    gate = make_gate("rule", confidence_threshold=0.9)
+    assert gate.decide(GateInput("q", (), STEP, obs)).escalate is escalate
+    assert not make_gate("rule").decide(GateInput("q", (), STEP, obs | {"api_confidence": 0.1})).escalate or arithmetic
+
+
+def test_rule_rejects_a_bad_confidence_threshold_or_feature():
+    with pytest.raises(GateConfigError, match="finite"):
+        FeatureRuleGate(confidence_threshold=math.inf)
+    with pytest.raises(GateConfigError, match="confidence_feature must be one of"):
+        FeatureRuleGate(confidence_threshold=0.5, confidence_feature="entropy_max")
+
+
 # --- registry -----------------------------------------------------------------------------
 
 

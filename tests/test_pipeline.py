@@ -95,8 +95,10 @@ def test_run_spec_pipeline_end_to_end(tmp_path, capsys):
     assert set(rows) == {"target", "draft", "policy"} and rows["target"]["relative_coverage"] == 1.0
     assert rows["target"]["mean_usd"] > 0 and 0 < rows["draft"]["flops_vs_target"] < 1
 
-    files = run(capsys, "bench", "--config", spec, "--seeds", "0", "--problems", "2", "--calibration-problems", "3")
-    summary = json.loads(Path(files["json"]).read_text())["summary"]
+    files = run(capsys, "bench", "--config", spec, "--seeds", "0", "--problems", "2", "--calibration-problems", "3", "--frontier", "0.5")
+    bench_report = json.loads(Path(files["json"]).read_text())
+    summary = bench_report["summary"]
+    assert set(bench_report["frontier"]["levels"]["0.5"]["points"]) == {"policy", "rule-threshold"}
     assert {"target", "draft", "policy", "threshold", "steer", "rsd"} <= set(summary) and "oracle" not in summary
     assert all(summary[m]["flops"]["mean"] > 0 for m in summary)
 

@@ -448,6 +448,8 @@ def _bench(args: argparse.Namespace) -> dict:
     from stepgraph.training.bench.bench import markdown_table, run_bench, write_outputs
 
     spec = _spec(args)
+    if args.frontier is None:
+        args.frontier = [0.97, 0.98, 0.99] if args.tiers == 3 else []
     if args.tiers == 3:
         return _bench_tiers(args)
     if spec is not None:
@@ -468,7 +470,7 @@ def _bench(args: argparse.Namespace) -> dict:
         calibration=testbed_items("calibration", args.calibration_problems, seed=args.seed + 1),
         test=testbed_items("test", args.problems, seed=args.seed),
         verify=lambda q, prior, step: verifier.verify(q, "", prior, step), seeds=args.seeds, alpha=args.alpha if args.alpha is not None else 0.02,
-        prices=prices, concurrency=args.concurrency,
+        prices=prices, concurrency=args.concurrency, frontier=args.frontier,
     )
     files = write_outputs(report, args.out)
     print(markdown_table(report), file=sys.stderr)
@@ -523,7 +525,7 @@ def _bench_from_spec(spec: RunSpec, args: argparse.Namespace) -> dict:
         report = run_bench(tiers, train_episodes=episodes, policy=policy, calibration=calibration, test=test, verify=verify,
                            seeds=args.seeds, alpha=args.alpha if args.alpha is not None else spec.alpha, prices=spec.prices(),
                            context=spec.context(), concurrency=args.concurrency, threshold_feature=spec.collect.feature,
-                           no_oracle_reason=no_oracle)
+                           no_oracle_reason=no_oracle, frontier=args.frontier)
     finally:
         close_pair(tiers)
     files = write_outputs(report, out)
@@ -731,7 +733,9 @@ def add_commands(sub: Any) -> None:
     b.add_argument("--calibration-runs", type=in_range(int, 0), default=400,
                    help="--tiers 3: calibration problems run live to calibrate κ of the trained policies and of the shipped one "
                         "(a row of its own); 0: κ from the replayed calibration traces (default: %(default)s)")
-    b.add_argument("--frontier", type=in_range(float, 0, 1), nargs="*", default=[0.97, 0.98, 0.99], metavar="COVERAGE",
-                   help="--tiers 3: coverage levels at which the routers' test cost/coverage frontiers are compared; "
-                        "none: skip those sweeps (default: 0.97 0.98 0.99)")
+    b.add_argument("--frontier", type=in_range(float, 0, 1), nargs="*", default=None, metavar="COVERAGE",
+                   help="coverage levels at which test cost/coverage frontiers (each κ or threshold chosen on the test runs) "
+                        "are compared: --tiers 3 the routers'; else the policy's against the hand rule with a confidence "
+                        "threshold, and the policy's at the hand rule's own coverage; none: skip those sweeps "
+                        "(default: --tiers 3 0.97 0.98 0.99, else none)")
     b.set_defaults(func=_single_threaded(_bench))

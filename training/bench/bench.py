@@ -5,7 +5,8 @@ to the CPO policy's), confidence thresholds (API confidence and the max-logit co
 (stepwise GMM fitted on the train traces), RSD (a reward model trained on the train traces' step
 verdicts), SpecReason (the target's likelihood of the draft step), the CPO policy, the two-feature hand rule
 (escalate iff ``arithmetic_error`` or ``ungrounded_operands``: ``FeatureRuleGate``) with the policy's κ
-re-tuned to the rule's calibration coverage beside it, and the oracle (escalate exactly the drafts the
+re-tuned to the rule's calibration coverage beside it, the same rule with a confidence threshold (tuned
+like the thresholds: the rule alone cannot reach a coverage goal), and the oracle (escalate exactly the drafts the
 exact verifier rejects). SpecReason's judging passes are counted
 in its FLOPs (2·N of the target per draft token scored).
 
@@ -35,9 +36,11 @@ from stepgraph.training.calibration.tuning import (
     Tunable,
     breakpoint_thresholds,
     cheapest,
+    cheapest_rows,
     critical_below,
     critical_feature,
     critical_of_score,
+    critical_unless_rule,
     evaluate,
     sweep,
 )
@@ -60,7 +63,7 @@ from stepgraph.routing.gates import (
 )
 from stepgraph.routing.gates.base import Gate
 from stepgraph.routing.gates.judges import JudgeGate, OracleGate, ProcessRewardGate
-from stepgraph.routing.gates.simple import CONFIDENCE_FEATURES
+from stepgraph.routing.gates.simple import CONFIDENCE_FEATURES, RULE_FEATURES
 
 GRID = [round(0.1 * i, 1) for i in range(11)]
 METRICS = ("correct", "covered", "flops", "prefill_flops", "usd", "escalation_rate", "seconds")
@@ -125,6 +128,11 @@ def tunables(tiers: Sequence[StepModel], train_episodes: Sequence[Episode], poli
         deciles = sorted({round(logits[min(len(logits) - 1, int(q * len(logits)))], 3) for q in GRID})
         name = "threshold" if threshold_feature == "logit_confidence" else "threshold-alt"
         methods[name] = Tunable(methods[name].make, methods[name].critical, start=logits[len(logits) // 2], grid=deciles)
+    if "threshold" in methods:  # the hand rule alone has one operating point; with a threshold it can reach the goal
+        base = methods["threshold"]
+        methods["rule-threshold"] = Tunable(
+            lambda t: FeatureRuleGate(confidence_threshold=t, confidence_feature=threshold_feature),
+            critical_unless_rule(RULE_FEATURES, threshold_feature), start=base.start, grid=base.grid)
     if scores_by_step:
         steer = StepwiseGMMGate.fit(scores_by_step)
         methods["steer"] = Tunable(lambda t: with_threshold(steer, t), critical_of_score, start=0.5, grid=GRID, scale=1e-300)
@@ -166,13 +174,18 @@ def run_bench(tiers: Sequence[StepModel], *, train_episodes: Sequence[Episode], 
               calibration: Sequence[Item], test: Sequence[Item], verify: Callable[[str, list[str], str], bool | None] | None,
               seeds: Sequence[int] = (0, 1, 2), alpha: float = 0.02, prices: Sequence[Prices] | None = None,
               policy: Gate | None = None, context: RouterContext | None = None, concurrency: int = 1,
-              threshold_feature: str = "api_confidence", progress: bool = True, no_oracle_reason: str = "") -> dict[str, Any]:
+              threshold_feature: str = "api_confidence", progress: bool = True, no_oracle_reason: str = "",
+              frontier: Sequence[float] = ()) -> dict[str, Any]:
     """Tune the score-based methods on the calibration items, then run every method on the test items for every seed.
 
     Each score-based method (``tunables``) is tuned three ways on the calibration split only: on its
     grid (the paper's rule, row ``name``), at its exact breakpoints (``name-exact``), and at the
     policy's calibration coverage (``name-matched``); the policy's own κ is re-tuned the first two
     ways. Every row is compared with the policy's, paired by problem and seed (``compare``).
+
+    With ``frontier`` coverage levels, the policy's κ and the hand rule with a confidence threshold are also swept
+    on the test runs themselves (``frontier_on_test``): their cost/coverage frontiers compared at each level, and
+    the policy's at the fixed hand rule's own test coverage.
 
     The policy is ``policy`` (a gate already checked against the tiers) or loaded from ``policy_dir``.
     The oracle row needs ``verify`` (an exact step verifier); without one it is left out and
@@ -232,19 +245,53 @@ def run_bench(tiers: Sequence[StepModel], *, train_episodes: Sequence[Episode], 
             for row in add_coverage(method_rows, target_rows):
                 row["seed"] = seed
             rows.setdefault(name, []).extend(method_rows)
+    report_frontier = {}
+    if frontier and "policy" in methods:
+        report_frontier = frontier_on_test(tiers, {n: methods[n] for n in ("policy", "rule-threshold") if n in methods}, test, rows,
+                                           seeds=seeds, levels=frontier, prices=prices, context=context, concurrency=concurrency,
+                                           progress=progress)
+    elif frontier:
+        notes.append("No frontier on the test runs: the policy's κ cannot be swept.")
     summary = {name: summarize(method_rows) for name, method_rows in rows.items()}
     comparisons = {name: compare(method_rows, rows["policy"]) for name, method_rows in rows.items() if name != "policy"}
     if "policy-matched" in rows:  # the policy's cost against the hand rule's at the rule's coverage, paired
         comparisons["policy-matched"] = {**comparisons["policy-matched"], "versus_rule": compare(rows["policy-matched"], rows["rule"])}
     return {"alpha": alpha, "seeds": list(seeds), "problems": len(test), "calibration_problems": len(calibration),
-            "threshold_features": {"threshold": threshold_feature, "threshold-alt": next(f for f in CONFIDENCE_FEATURES if f != threshold_feature)},
-            "thresholds": chosen, "tuning": tuning, "summary": summary, "comparisons": comparisons, "notes": notes, "rows": rows}
+            "threshold_features": {"threshold": threshold_feature, "threshold-alt": next(f for f in CONFIDENCE_FEATURES if f != threshold_feature),
+                                   "rule-threshold": threshold_feature},
+            "thresholds": chosen, "tuning": tuning, "summary": summary, "comparisons": comparisons, "notes": notes, "rows": rows,
+            **({"frontier": report_frontier} if report_frontier else {})}
 
 
-BASE = ["threshold", "threshold-alt", "steer", "rsd", "specreason"]
+def frontier_on_test(tiers: Sequence[StepModel], families: Mapping[str, Tunable], test: Sequence[Item],
+                     rows: Mapping[str, Sequence[Mapping[str, Any]]], *, seeds: Sequence[int], levels: Sequence[float],
+                     prices: Sequence[Prices] | None, context: RouterContext | None, concurrency: int, progress: bool) -> dict[str, Any]:
+    """Each family (``policy`` among them) swept on the test runs: at each coverage level its cheapest threshold on
+    these runs and the paired difference from the policy's; and the policy's cheapest κ at the fixed hand rule's
+    test coverage against the rule. Thresholds chosen on the runs they are scored on: frontiers, not deployed routers."""
+    pieces = {name: [p for seed in seeds for p in sweep(tiers, tunable, test, [r for r in rows["target"] if r["seed"] == seed],
+                                                        seed=seed, context=context, prices=prices, concurrency=concurrency,
+                                                        desc=f"frontier {name} seed {seed}", progress=progress)]
+              for name, tunable in families.items()}
+    rule_coverage = sum(float(r["covered"]) for r in rows["rule"]) / len(rows["rule"])
+    out: dict[str, Any] = {"levels": {}}
+    for level in levels:
+        chosen = {name: cheapest_rows(p, level) for name, p in pieces.items()}
+        out["levels"][f"{level:g}"] = {
+            "points": {n: point for n, (point, _) in chosen.items()},
+            "minus_policy": {n: {m: paired_difference(r, chosen["policy"][1], m) for m in ("flops", "covered")}
+                             for n, (_, r) in chosen.items() if n != "policy"}}
+    point, policy_rows = cheapest_rows(pieces["policy"], rule_coverage)
+    out["at_rule_coverage"] = {"coverage": rule_coverage, "policy": point,
+                               "policy_minus_rule": {m: paired_difference(policy_rows, rows["rule"], m) for m in ("flops", "covered")}}
+    return out
+
+
+BASE = ["threshold", "threshold-alt", "rule-threshold", "steer", "rsd", "specreason"]
 ORDER = ["target", "draft", "random", *BASE, "policy", *(f"{m}-{how}" for how in ("exact", "matched") for m in BASE),
          "policy-grid", "policy-exact", "rule", "policy-matched", "oracle"]
-METHOD_LABELS = {"threshold": "Confidence threshold", "threshold-alt": "Confidence threshold", "steer": "STEER (stepwise GMM)",
+METHOD_LABELS = {"threshold": "Confidence threshold", "threshold-alt": "Confidence threshold",
+                 "rule-threshold": "Hand rule or confidence threshold", "steer": "STEER (stepwise GMM)",
                  "rsd": "RSD (PRM)", "specreason": "SpecReason (target judge)", "policy": "CPO policy κ"}
 LABELS = {"target": "Target only", "draft": "Draft only", "random": "Random (matched rate)", "policy": "CPO policy (ours)",
           "rule": "Hand rule (arithmetic_error or ungrounded_operands)",
@@ -259,7 +306,7 @@ def label(name: str, report: Mapping[str, Any]) -> str:
     how = "exact" if name.endswith("-exact") else "matched" if name.endswith("-matched") else "grid"
     method = name.removesuffix("-exact").removesuffix("-matched").removesuffix("-grid")
     text = METHOD_LABELS[method]
-    if method.startswith("threshold"):
+    if method.startswith("threshold") or method == "rule-threshold":
         text += f" ({report.get('threshold_features', {}).get(method, 'api_confidence')})"
     return f"{text}, {TUNING_LABELS[how]}"
 
@@ -292,6 +339,7 @@ def markdown_table(report: Mapping[str, Any]) -> str:
         lines.append(f"\nThe policy against the hand rule at the rule's calibration coverage "
                      f"({report['tuning']['rule_calibration_coverage']:.3f}): Δ MFLOPs (policy κ matched − rule) "
                      f"{versus_rule['diff'] / 1e6:+.1f} [{versus_rule['low'] / 1e6:+.1f}, {versus_rule['high'] / 1e6:+.1f}] (paired 95% CI).")
+    lines += _frontier_lines(report.get("frontier"))
     lines += [f"\n{note}" for note in report.get("notes", [])]
     tuning = report.get("tuning", {})
     if any(isinstance(v, dict) for v in tuning.values()):
@@ -312,8 +360,31 @@ def markdown_table(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _frontier_lines(frontier: Mapping[str, Any] | None) -> list[str]:
+    """The frontiers on the test runs (``frontier_on_test``) as a table, and the policy at the hand rule's coverage."""
+    if not frontier:
+        return []
+    names = [n for n in next(iter(frontier["levels"].values()))["points"] if n != "policy"]
+    lines = ["", ("Frontiers on the test runs (each family at its cheapest threshold with test coverage ≥ the level, chosen on "
+                  "these very runs; generated FLOPs; cells are coverage / MFLOPs, Δ paired 95% CI):"), "",
+             "| coverage ≥ | CPO policy κ | " + " | ".join(f"{METHOD_LABELS[n]} | Δ MFLOPs vs policy" for n in names) + " |",
+             "|---" * (2 + 2 * len(names)) + "|"]
+    for level, m in frontier["levels"].items():
+        cells = [f"{p['covered']:.3f} / {p['flops'] / 1e6:.1f}" for p in (m["points"][n] for n in ["policy", *names])]
+        deltas = [m["minus_policy"][n]["flops"] for n in names]
+        lines.append(f"| {level} | {cells[0]} | " + " | ".join(
+            f"{c} | {d['mean'] / 1e6:+.1f} [{d['low'] / 1e6:+.1f}, {d['high'] / 1e6:+.1f}]" for c, d in zip(cells[1:], deltas, strict=True)) + " |")
+    at = frontier["at_rule_coverage"]
+    d = at["policy_minus_rule"]["flops"]
+    lines.append(f"\nAt the hand rule's own test coverage ({at['coverage']:.3f}) the policy's cheapest κ on these runs "
+                 f"({_number(at['policy']['threshold'])}) keeps {at['policy']['covered']:.3f} at {at['policy']['flops'] / 1e6:.1f} MFLOPs: "
+                 f"Δ MFLOPs (policy − rule) {d['mean'] / 1e6:+.1f} [{d['low'] / 1e6:+.1f}, {d['high'] / 1e6:+.1f}] (paired 95% CI).")
+    return lines
+
+
 def _feature(method: str, report: Mapping[str, Any]) -> str:
-    return f" ({report['threshold_features'][method]})" if method.startswith("threshold") and "threshold_features" in report else ""
+    features = report.get("threshold_features", {})
+    return f" ({features[method]})" if method in features else ""
 
 
 def _number(value: Any) -> str:

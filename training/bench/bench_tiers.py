@@ -38,14 +38,7 @@ from typing import Any
 from stepgraph.training.bench.bench import bootstrap, paired_difference, run_rows, summarize, with_threshold
 from stepgraph.training.bench.bench_allocator import allocator_rows
 from stepgraph.training.calibration.live_kappa import calibrate_kappa, kappa_tunable, with_live_kappa
-from stepgraph.training.calibration.tuning import (
-    Piece,
-    breakpoint_thresholds,
-    cheapest,
-    evaluate,
-    rows_at,
-    sweep,
-)
+from stepgraph.training.calibration.tuning import Piece, cheapest_rows, sweep
 from stepgraph.training.collection.collect import collect, testbed_items
 from stepgraph.training.collection.runs import add_coverage, strongest_alone
 from stepgraph.training.collection.verifiers import TestbedVerifier
@@ -295,8 +288,8 @@ def matched_coverage(pieces: Mapping[str, Sequence[Sequence[Piece]]], levels: Se
     """
     out: dict[str, Any] = {}
     for level in levels:
-        points = {name: cheapest(evaluate(p, breakpoint_thresholds(p)), level) for name, p in pieces.items()}
-        rows = {name: rows_at(pieces[name], points[name]["threshold"]) for name in pieces}
+        chosen = {name: cheapest_rows(p, level) for name, p in pieces.items()}
+        points, rows = {n: point for n, (point, _) in chosen.items()}, {n: r for n, (_, r) in chosen.items()}
         out[f"{level:g}"] = {
             "points": points,
             "3_minus_each_2_tier": {n: {m: paired_difference(rows[three_tier], rows[n], m) for m in ("flops", "covered")}

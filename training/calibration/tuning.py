@@ -86,6 +86,18 @@ def critical_feature(feature: str) -> Callable[[Mapping[str, Any], float], float
     return critical
 
 
+def critical_unless_rule(features: Sequence[str], feature: str) -> Callable[[Mapping[str, Any], float], float | None]:
+    """A hand rule or a confidence threshold (``FeatureRuleGate`` with one): the confidence, unless a rule feature fired
+    (then the step escalates at every threshold)."""
+    confidence = critical_feature(feature)
+
+    def critical(step: Mapping[str, Any], threshold: float) -> float | None:
+        observation = step.get("observation") or {}
+        return None if any((observation.get(f) or 0.0) > 0 for f in features) else confidence(step, threshold)
+
+    return critical
+
+
 @dataclass(frozen=True)
 class Piece:
     """One problem's run, valid for every threshold in ``(lo, hi]``."""
@@ -216,6 +228,13 @@ def cheapest(curve: Sequence[Mapping[str, float]], min_coverage: float) -> dict[
     if feasible:
         return dict(min(feasible, key=lambda p: (p["flops"], -p["covered"])))
     return dict(max(curve, key=lambda p: (p["covered"], -p["flops"])))
+
+
+def cheapest_rows(problems: Sequence[Sequence[Piece]], min_coverage: float) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """The cheapest breakpoint with coverage ≥ ``min_coverage`` on these swept problems (``cheapest``), and each
+    problem's run there: a threshold chosen on the runs it is scored on, so a point of the cost/coverage frontier."""
+    point = cheapest(evaluate(problems, breakpoint_thresholds(problems)), min_coverage)
+    return point, rows_at(problems, point["threshold"])
 
 
 def calibrate_on_runs(problems: Sequence[Sequence[Piece]], alpha: float, delta: float | None = None) -> dict[str, Any]:

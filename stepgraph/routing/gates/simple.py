@@ -146,10 +146,15 @@ class FeatureRuleGate(Gate):
 
     The default is the two-feature rule the bench sets beside the learned policy: escalate iff the
     step's arithmetic is wrong or it uses a number found neither in the question nor in earlier steps.
-    The score is the number of features that fire and ``threshold`` is 1.
+    With ``confidence_threshold`` it also escalates a step whose confidence is strictly below it, as
+    ``ConfidenceThresholdGate`` does (an unknown confidence counts as low): the rule alone has one
+    operating point, and the threshold lets it reach a coverage goal. The score is the number of
+    conditions that hold and ``threshold`` is 1.
 
     Args:
         features: observation names, a sequence or one comma-separated string (default: ``RULE_FEATURES``).
+        confidence_threshold: escalate too when the confidence is below this (default: None, the rule alone).
+        confidence_feature: the confidence it compares, one of ``CONFIDENCE_FEATURES`` (default: api_confidence).
 
     Example:
         >>> FeatureRuleGate("arithmetic_error,ungrounded_operands").features
@@ -159,14 +164,27 @@ class FeatureRuleGate(Gate):
     name = "rule"
     options: ClassVar[Mapping[str, GateOption]] = {
         "features": GateOption("--features", str, f"comma-separated features; escalate iff any is positive (default: {','.join(RULE_FEATURES)})"),
+        "confidence_threshold": GateOption("--confidence-threshold", float, "escalate too when the confidence is below this (default: off)"),
+        "confidence_feature": GateOption("--confidence-feature", str, f"the confidence, one of {CONFIDENCE_FEATURES} (default: api_confidence)"),
     }
     threshold = 1.0
 
-    def __init__(self, features: str | Sequence[str] = RULE_FEATURES) -> None:
+    def __init__(self, features: str | Sequence[str] = RULE_FEATURES, confidence_threshold: float | None = None,
+                 confidence_feature: str = "api_confidence") -> None:
         names = tuple(f.strip() for f in features.split(",")) if isinstance(features, str) else tuple(features)
         if not names or any(f not in FEATURE_SCHEMA.names for f in names):
             raise GateConfigError(f"features must be one or more of {', '.join(FEATURE_SCHEMA.names)}; got {features!r}.")
+        if confidence_threshold is not None and not math.isfinite(confidence_threshold):
+            raise GateConfigError(f"The confidence threshold must be a finite number, got {confidence_threshold}.")
+        if confidence_feature not in CONFIDENCE_FEATURES:
+            raise GateConfigError(f"confidence_feature must be one of {CONFIDENCE_FEATURES}, got {confidence_feature!r}.")
         self.features = names
+        self.confidence_threshold = None if confidence_threshold is None else float(confidence_threshold)
+        self.confidence_feature = confidence_feature
 
     def score(self, x: GateInput) -> float:
-        return float(sum((x.observation.get(f) or 0.0) > 0 for f in self.features))
+        fired = sum((x.observation.get(f) or 0.0) > 0 for f in self.features)
+        if self.confidence_threshold is not None:
+            confidence = confidence_of(x, self.confidence_feature)
+            fired += confidence is None or confidence < self.confidence_threshold
+        return float(fired)
