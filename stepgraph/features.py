@@ -8,14 +8,17 @@ Words, punctuation-only prose and the step break are not. STEER's observation is
 model's confidence on exactly these tokens separates right from wrong steps; when a step has no
 math token at all, every token counts.
 
-Three schemas exist. ``CONFIDENCE_SCHEMA`` (v1) is what policies trained before the richer
+Four schemas exist. ``CONFIDENCE_SCHEMA`` (v1) is what policies trained before the richer
 observations read; ``FEATURE_SCHEMA_V2`` adds the sampled tokens' own log-probabilities,
 per-token summaries of the top-k log-probabilities, a grounding check of the step's operands
 against the question and the earlier steps, and the previous step's outcome (the paper's
-stepwise dependency); ``FEATURE_SCHEMA`` (v3, what new policies are trained on) adds how many of
-the question's numbers the answer has not used yet (a boxed answer that leaves some unused has
-often skipped a step). ``observe`` computes v3, a superset of the others, so every kind of policy
-reads its own features from the same observation.
+stepwise dependency); ``FEATURE_SCHEMA_V3`` adds how many of the question's numbers the answer
+has not used yet (a boxed answer that leaves some unused has often skipped a step);
+``FEATURE_SCHEMA`` (v4, what new policies are trained on) adds the same sampled-token statistics
+over the *prose* tokens (every token that is neither a math token nor whitespace): a wrong
+quantity or a wrong person is a word the model was unsure of, which the math tokens do not see.
+``observe`` computes v4, a superset of the others, so every kind of policy reads its own features
+from the same observation.
 """
 
 from __future__ import annotations
@@ -32,9 +35,14 @@ from stepgraph.models.base import StepOutput
 MATH_CHARS = frozenset("0123456789+-*/=^()[]{}.,<>")
 
 
+def _core(token: str) -> str:
+    """The token without whitespace and the byte-level space / newline markers (Qwen's "Ġ", "Ċ")."""
+    return token.replace("Ġ", "").replace("Ċ", "").strip()
+
+
 def is_math_token(token: str) -> bool:
     """Whether a generated token is a math token (see the module docstring)."""
-    core = token.replace("Ġ", "").replace("Ċ", "").strip()
+    core = _core(token)
     if not core:
         return False
     return core.startswith("\\") or all(c in MATH_CHARS for c in core)
@@ -43,6 +51,12 @@ def is_math_token(token: str) -> bool:
 def _math_positions(tokens: Sequence[str]) -> list[int]:
     positions = [i for i, tok in enumerate(tokens) if is_math_token(tok)]
     return positions or list(range(len(tokens)))
+
+
+def _word_positions(tokens: Sequence[str]) -> list[int]:
+    """The prose tokens: neither math tokens nor whitespace (the step break). Where the math tokens carry the
+    computation, these carry what it is about (which quantity, who has it, what is left)."""
+    return [i for i, tok in enumerate(tokens) if _core(tok) and not is_math_token(tok)]
 
 
 def logit_confidence(step: StepOutput, math_positions: Sequence[int] | None = None) -> float | None:
@@ -122,7 +136,7 @@ FEATURE_SCHEMA_V2 = FeatureSchema(
 )
 
 
-FEATURE_SCHEMA = FeatureSchema(
+FEATURE_SCHEMA_V3 = FeatureSchema(
     "stepgraph.confidence",
     3,
     [
@@ -131,14 +145,27 @@ FEATURE_SCHEMA = FeatureSchema(
     ],
 )
 
+FEATURE_SCHEMA = FeatureSchema(
+    "stepgraph.confidence",
+    4,
+    [
+        *FEATURE_SCHEMA_V3.names,
+        "word_sampled_logprob_sum",  # sum of the sampled tokens' log-probabilities over prose (non-math) tokens
+        "word_sampled_logprob_min",  # the least likely sampled prose token's log-probability
+        "word_margin_min",  # smallest top-1 minus top-2 log-probability over prose tokens
+    ],
+)
+
 LOGPROB_FEATURES = ("api_confidence", "sampled_logprob_sum", "sampled_logprob_min", "margin_min", "entropy_max",
-                    "result_digit_min", "previous_sampled_logprob_min")
+                    "result_digit_min", "previous_sampled_logprob_min", "word_sampled_logprob_sum",
+                    "word_sampled_logprob_min", "word_margin_min")
 """The features read from log-probabilities: a raw-logits backend (vLLM's ``logprobs_mode="raw_logits"``) has none."""
 
-SITUATIONAL = frozenset({"result_digit_min", "arithmetic_error", "previous_escalated", "previous_sampled_logprob_min"})
-"""Features that are None by the step's nature (no "=", the first step), not because a backend lacks them."""
+SITUATIONAL = frozenset({"result_digit_min", "arithmetic_error", "previous_escalated", "previous_sampled_logprob_min",
+                         "word_sampled_logprob_sum", "word_sampled_logprob_min", "word_margin_min"})
+"""Features that are None by the step's nature (no "=", the first step, no prose token), not because a backend lacks them."""
 
-SCHEMAS = {(s.name, s.version): s for s in (CONFIDENCE_SCHEMA, FEATURE_SCHEMA_V2, FEATURE_SCHEMA)}
+SCHEMAS = {(s.name, s.version): s for s in (CONFIDENCE_SCHEMA, FEATURE_SCHEMA_V2, FEATURE_SCHEMA_V3, FEATURE_SCHEMA)}
 """Every schema this stepgraph can compute, by (name, version): artifacts of any of them load."""
 
 
@@ -393,7 +420,7 @@ def arithmetic_error(step_text: str) -> float | None:
 def observe(step: StepOutput, *, step_index: int, escalations: int, difficulty: float | None = None,
             question: str | None = None, prior_steps: Sequence[str] = (),
             previous: Mapping[str, object] | None = None) -> Observation:
-    """The observation o_t of a drafted step, keyed by FEATURE_SCHEMA's names (a superset of v1's and v2's).
+    """The observation o_t of a drafted step, keyed by FEATURE_SCHEMA's names (a superset of v1's to v3's).
 
     Linear in the step's length, and bounded: the token features read the first ``TOKEN_LIMIT``
     tokens, the text features the first ``TEXT_LIMIT`` characters.
@@ -412,6 +439,9 @@ def observe(step: StepOutput, *, step_index: int, escalations: int, difficulty: 
     positions = _math_positions(step.tokens)
     logprob_sum, logprob_min = sampled_logprobs(step, positions)
     margin, entropy = top_k_summaries(step, positions)
+    words = _word_positions(step.tokens)
+    word_sum, word_min = sampled_logprobs(step, words)
+    word_margin, _ = top_k_summaries(step, words)
     previous_observation = previous.get("observation") if previous else None
     previous_min = previous_observation.get("sampled_logprob_min") if isinstance(previous_observation, Mapping) else None
     return {
@@ -432,4 +462,7 @@ def observe(step: StepOutput, *, step_index: int, escalations: int, difficulty: 
         "previous_escalated": float(bool(previous.get("escalated"))) if previous else None,
         "previous_sampled_logprob_min": float(previous_min) if isinstance(previous_min, (int, float)) else None,
         "unused_question_numbers": None if question is None else unused_question_numbers(question, prior_steps, step.text),
+        "word_sampled_logprob_sum": word_sum,
+        "word_sampled_logprob_min": word_min,
+        "word_margin_min": word_margin,
     }

@@ -121,11 +121,11 @@ def test_a_manifest_that_ignores_every_feature_is_refused(tmp_path, kind):
 
 
 def test_a_sampled_token_logprob_of_minus_inf_escalates_with_the_reason():
-    # The policy accepts this draft (κ = 1: nothing escalates on its score); the −inf sits on a
-    # word token, which no feature reads, so every feature is finite.
-    tokens = ["So", " 2", "+", "3", "=", "5"]
-    step = StepOutput("So 2+3=5", tokens, [12.0] * 6, [[(t, -0.1)] for t in tokens], 10, 0, 6, False, "m",
-                      token_logprobs=[-math.inf, -0.1, -0.1, -0.1, -0.1, -0.1])
+    # The policy accepts this draft (κ = 1: nothing escalates on its score); the −inf sits on the
+    # step break, which no feature reads (neither a math nor a prose token), so every feature is finite.
+    tokens = ["So", " 2", "+", "3", "=", "5", "\n\n"]
+    step = StepOutput("So 2+3=5", tokens, [12.0] * 7, [[(t, -0.1)] for t in tokens], 10, 0, 7, False, "m",
+                      token_logprobs=[-0.1, -0.1, -0.1, -0.1, -0.1, -0.1, -math.inf])
     observation = observe(step, step_index=0, escalations=0, question="What is 2+3?")
     assert all(v is None or math.isfinite(v) for v in observation.values())
     n = len(FEATURE_SCHEMA.names)
@@ -133,7 +133,7 @@ def test_a_sampled_token_logprob_of_minus_inf_escalates_with_the_reason():
                                      ignored=["difficulty", "margin_min"]))
     decision = gate.decide(GateInput("What is 2+3?", (), step, observation))
     assert decision.escalate and decision.reason == "non-finite token statistics: token_logprobs"
-    finite = StepOutput(**{**step.to_dict(), "token_logprobs": [-0.1] * 6})
+    finite = StepOutput(**{**step.to_dict(), "token_logprobs": [-0.1] * 7})
     assert not gate.decide(GateInput("What is 2+3?", (), finite, observation)).escalate
 
 

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from scripted import ScriptedModel
 from stepgraph.training.bench import bench
 from stepgraph.training.collection.collect import testbed_items as make_items
@@ -70,6 +71,11 @@ def test_reward_model_learns_verdicts_and_drives_the_rsd_gate():
     assert gate.decide(_x("1+1=2", confidence=1.0)).escalate and not gate.decide(_x("1+1=2", confidence=9.0)).escalate
     with pytest.raises(ValueError, match="collect"):
         StepRewardModel().fit([])
+    # The fit is a function of its seed: a model built after other draws from torch's stream fits the same weights.
+    first = StepRewardModel()
+    torch.rand(100)
+    again = StepRewardModel().fit(episodes)
+    assert all(torch.equal(a, b) for a, b in zip(first.fit(episodes).net.parameters(), again.net.parameters(), strict=True))
 
 
 def test_bootstrap_interval():

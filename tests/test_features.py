@@ -10,6 +10,7 @@ from stepgraph.features import (
     CONFIDENCE_SCHEMA,
     FEATURE_SCHEMA,
     FEATURE_SCHEMA_V2,
+    FEATURE_SCHEMA_V3,
     SCHEMAS,
     TEXT_LIMIT,
     api_confidence,
@@ -68,8 +69,8 @@ def test_observation_follows_the_schema():
     obs = observe(step, step_index=3, escalations=2, difficulty=0.5)
     assert list(obs) == list(FEATURE_SCHEMA.names)
     assert FEATURE_SCHEMA.names[: len(CONFIDENCE_SCHEMA.names)] == CONFIDENCE_SCHEMA.names  # v1 policies read a prefix
-    assert set(FEATURE_SCHEMA_V2.names) < set(FEATURE_SCHEMA.names)  # v2 policies read their features from it too
-    assert {(s.name, s.version) for s in SCHEMAS.values()} == {("stepgraph.confidence", v) for v in (1, 2, 3)}
+    assert set(FEATURE_SCHEMA_V2.names) < set(FEATURE_SCHEMA_V3.names) < set(FEATURE_SCHEMA.names)  # older policies read theirs
+    assert {(s.name, s.version) for s in SCHEMAS.values()} == {("stepgraph.confidence", v) for v in (1, 2, 3, 4)}
     assert obs["is_final"] == 1.0 and obs["step_tokens"] == 4.0 and obs["difficulty"] == 0.5
 
 
@@ -202,6 +203,22 @@ def test_unused_question_numbers_is_observed_only_with_the_question():
     assert observe(step, step_index=2, escalations=0, question="Ann has 3 pens, 4 more and 9 cups.",
                    prior_steps=["3 + 4 = 7"])["unused_question_numbers"] == 1.0
     assert observe(step, step_index=2, escalations=0)["unused_question_numbers"] is None
+
+
+def test_prose_token_confidences_read_the_words_and_leave_out_math_tokens_and_whitespace():
+    # "more" was the unsure choice (the quantity); the digits and "=" are math tokens, " " and the step break whitespace.
+    tokens = ["Ann", " has", " ", "3", " +", " 4", " =", " 7", " more", " pens", ".", "\n\n"]
+    sampled = [-0.2, -0.1, -0.05, -0.3, -0.4, -0.1, -0.1, -2.5, -3.0, -0.2, -0.1, -0.6]
+    obs = observe(_v2_step(tokens, sampled), step_index=0, escalations=0)
+    assert obs["word_sampled_logprob_sum"] == pytest.approx(-0.2 - 0.1 - 3.0 - 0.2)  # Ann, has, more, pens
+    assert obs["word_sampled_logprob_min"] == pytest.approx(-3.0)
+    assert obs["word_margin_min"] == pytest.approx(-3.0 + 6.0)  # "more"'s gap to the runner-up, the smallest of the four
+    assert obs["sampled_logprob_min"] == pytest.approx(-2.5)  # the math tokens' own minimum is unchanged
+    only_math = observe(_v2_step(["\\boxed{", "7", "}", "\n\n"], [-0.1] * 4), step_index=1, escalations=0)
+    assert only_math["word_sampled_logprob_min"] is None and only_math["word_margin_min"] is None  # no prose token
+    no_logprobs = observe(StepOutput("Ann has 7.", ["Ann", " has", " 7", "."], None, [], 4, 0, 4, False, "m"), step_index=0,
+                          escalations=0)
+    assert no_logprobs["word_sampled_logprob_sum"] is None and no_logprobs["word_margin_min"] is None
 
 
 @pytest.mark.parametrize(("text", "error"), [

@@ -3,6 +3,7 @@
 import json
 import math
 import random
+import warnings
 
 import pytest
 import torch
@@ -511,3 +512,25 @@ def test_a_backend_lacking_several_features_gets_one_warning_naming_them_all():
         gate.decide(GateInput("q", (), STEP, raw_logits))
     assert len(caught) == 1, [str(w.message) for w in caught]
     assert all(f"'{n}'" in str(caught[0].message) for n in ("api_confidence", "sampled_logprob_sum", "margin_min"))
+
+
+def test_a_step_without_prose_tokens_is_no_missing_backend_feature():
+    """A boxed answer alone has no prose token, so its word confidences are None by nature: no warning, as with a
+    step without "=" (result_digit_min); a backend without log-probabilities still gets one."""
+    from stepgraph.features import FEATURE_SCHEMA, observe
+    from stepgraph.models.base import StepOutput
+
+    n = len(FEATURE_SCHEMA.names)
+    gate = PolicyGate(PolicyArtifact(PolicyNetwork(n, 8, 2), 0.0, 0.1, FEATURE_SCHEMA, [0.0] * n, [1.0] * n, 8, 2,
+                                     ignored=["difficulty"]))
+    tokens = ["\\boxed{", "7", "}"]
+    boxed = StepOutput("\\boxed{7}", tokens, [12.0] * 3, [[(t, -0.1), ("?", -5.0)] for t in tokens], 10, 0, 3, True, "m",
+                       token_logprobs=[-0.1] * 3)
+    observation = observe(boxed, step_index=1, escalations=0, question="Ann has 7 pens. How many?", prior_steps=["Ann has 7 pens."],
+                          previous={"observation": {"sampled_logprob_min": -0.1}, "escalated": False})
+    assert observation["word_sampled_logprob_min"] is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gate.decide(GateInput("q", ("Ann has 7 pens.",), boxed, observation))
+    with pytest.warns(RuntimeWarning, match="sampled_logprob_min"):
+        gate.decide(GateInput("q", ("Ann has 7 pens.",), boxed, observation | {"sampled_logprob_min": None}))

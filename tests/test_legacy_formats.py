@@ -104,7 +104,7 @@ def test_the_shipped_three_tier_policy_routes_one_tier_up_and_its_network_tells_
     artifact = PolicyArtifact.load(THREE_TIER_POLICY_DIR)
     assert artifact.network.tier_input and [t["name"] for t in artifact.tiers] == ["draft", "mid", "target"]
     assert (artifact.routing.escalate_to, artifact.routing.tier_offsets) == ("next", [0.0, 3.0])
-    assert artifact.schema == FEATURE_SCHEMA  # v3: it reads unused_question_numbers
+    assert artifact.schema == FEATURE_SCHEMA  # v4: it reads the prose-token confidences
     assert {t for _, e, t in _decisions(PolicyGate(artifact)) if e} == {None}  # the next tier up
     assert {t for _, e, t in _decisions(PolicyGate(artifact.with_routing("likeliest"))) if e} == {1, 2}
 

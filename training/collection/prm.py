@@ -23,6 +23,9 @@ class StepRewardModel(RewardModel):
         if not steps:
             raise ValueError("No step with a verdict to train the reward model on; collect traces first.")
         torch.manual_seed(seed)
+        for layer in self.net:  # the weights were drawn at construction, from whatever the global stream held then
+            if isinstance(layer, torch.nn.Linear):
+                layer.reset_parameters()
         raw = torch.tensor([self.schema.vector(s.observation) for s in steps], dtype=torch.float32)
         finite = torch.where(torch.isnan(raw), torch.zeros_like(raw), raw)
         counts = (~torch.isnan(raw)).sum(0).clamp_min(1)

@@ -27,13 +27,15 @@ ALL_V2 = [*FREE, "ungrounded_operands", "arithmetic_error", *STEPWISE]
 SETS: dict[str, list[str]] = {
     **{name: [name] for name in ("api_confidence", "logit_confidence", "sampled_logprob_sum", "sampled_logprob_min",
                                  "margin_min", "entropy_max", "result_digit_min", "ungrounded_operands", "arithmetic_error",
-                                 "unused_question_numbers")},
+                                 "unused_question_numbers", "word_sampled_logprob_sum", "word_sampled_logprob_min", "word_margin_min")},
     "top-k summaries + sampled prob": ["sampled_logprob_sum", "sampled_logprob_min", "margin_min", "entropy_max", "result_digit_min"],
     "free per-token (all)": FREE,
     "free + grounding": [*FREE, "ungrounded_operands"],
     "free + grounding + stepwise": [*FREE, "ungrounded_operands", *STEPWISE],
     "free + grounding + arithmetic check + stepwise": ALL_V2,
     "all of v3 (+ unused question numbers)": [*ALL_V2, "unused_question_numbers"],
+    "all of v4 (+ prose-token confidences)": [*ALL_V2, "unused_question_numbers", "word_sampled_logprob_sum",
+                                             "word_sampled_logprob_min", "word_margin_min"],
     "logits only (+ grounding, stepwise)": ["logit_confidence", "step_index", "step_tokens", "is_final", "ungrounded_operands",
                                             "previous_escalated", "escalations"],
 }
