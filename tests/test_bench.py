@@ -478,7 +478,9 @@ def test_frontier_on_test_runs_finds_the_policys_cheapest_kappa_at_the_rules_cov
 def test_rule_or_threshold_critical_value_is_the_confidence_unless_the_rule_fired():
     from stepgraph.training.calibration.tuning import critical_unless_rule
 
-    critical = critical_unless_rule(("arithmetic_error", "ungrounded_operands"), "api_confidence")
+    from stepgraph.routing.gates import FeatureRuleGate
+
+    critical = critical_unless_rule(FeatureRuleGate(("arithmetic_error", "ungrounded_operands"), confidence_feature="api_confidence"))
     step = {"observation": {"arithmetic_error": 0.0, "ungrounded_operands": None, "api_confidence": 0.7}}
     assert critical(step, 0.5) == 0.7
     assert critical({"observation": step["observation"] | {"ungrounded_operands": 1.0}}, 0.5) is None  # escalates at every t

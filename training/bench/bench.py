@@ -63,7 +63,7 @@ from stepgraph.routing.gates import (
 )
 from stepgraph.routing.gates.base import Gate
 from stepgraph.routing.gates.judges import JudgeGate, OracleGate, ProcessRewardGate
-from stepgraph.routing.gates.simple import CONFIDENCE_FEATURES, RULE_FEATURES
+from stepgraph.routing.gates.simple import CONFIDENCE_FEATURES
 
 GRID = [round(0.1 * i, 1) for i in range(11)]
 METRICS = ("correct", "covered", "flops", "prefill_flops", "usd", "escalation_rate", "seconds")
@@ -132,7 +132,7 @@ def tunables(tiers: Sequence[StepModel], train_episodes: Sequence[Episode], poli
         base = methods["threshold"]
         methods["rule-threshold"] = Tunable(
             lambda t: FeatureRuleGate(confidence_threshold=t, confidence_feature=threshold_feature),
-            critical_unless_rule(RULE_FEATURES, threshold_feature), start=base.start, grid=base.grid)
+            critical_unless_rule(FeatureRuleGate(confidence_feature=threshold_feature)), start=base.start, grid=base.grid)
     if scores_by_step:
         steer = StepwiseGMMGate.fit(scores_by_step)
         methods["steer"] = Tunable(lambda t: with_threshold(steer, t), critical_of_score, start=0.5, grid=GRID, scale=1e-300)

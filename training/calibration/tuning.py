@@ -37,6 +37,7 @@ from stepgraph.graph import build_graph
 from stepgraph.models.base import StepModel
 from stepgraph.models.costs import Prices
 from stepgraph.routing.gates.base import Gate, GateDecision, GateInput
+from stepgraph.routing.gates.simple import FeatureRuleGate
 
 MAX_PROBES_PER_PROBLEM = 400
 """A problem whose sweep needs more runs than this stops there (recorded); never reached on the testbed."""
@@ -86,14 +87,13 @@ def critical_feature(feature: str) -> Callable[[Mapping[str, Any], float], float
     return critical
 
 
-def critical_unless_rule(features: Sequence[str], feature: str) -> Callable[[Mapping[str, Any], float], float | None]:
-    """A hand rule or a confidence threshold (``FeatureRuleGate`` with one): the confidence, unless a rule feature fired
-    (then the step escalates at every threshold)."""
-    confidence = critical_feature(feature)
+def critical_unless_rule(rule: FeatureRuleGate) -> Callable[[Mapping[str, Any], float], float | None]:
+    """A hand rule with a confidence threshold (``rule``, any of its thresholds): the confidence, unless the rule's own
+    features fired (``FeatureRuleGate.fired``; then the step escalates at every threshold)."""
+    confidence = critical_feature(rule.confidence_feature)
 
     def critical(step: Mapping[str, Any], threshold: float) -> float | None:
-        observation = step.get("observation") or {}
-        return None if any((observation.get(f) or 0.0) > 0 for f in features) else confidence(step, threshold)
+        return None if rule.fired(step.get("observation") or {}) else confidence(step, threshold)
 
     return critical
 

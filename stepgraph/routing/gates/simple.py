@@ -182,8 +182,12 @@ class FeatureRuleGate(Gate):
         self.confidence_threshold = None if confidence_threshold is None else float(confidence_threshold)
         self.confidence_feature = confidence_feature
 
+    def fired(self, observation: Mapping[str, float | None]) -> int:
+        """How many of the rule's features are positive (an unknown value counts as 0); the confidence aside."""
+        return sum((observation.get(f) or 0.0) > 0 for f in self.features)
+
     def score(self, x: GateInput) -> float:
-        fired = sum((x.observation.get(f) or 0.0) > 0 for f in self.features)
+        fired = self.fired(x.observation)
         if self.confidence_threshold is not None:
             confidence = confidence_of(x, self.confidence_feature)
             fired += confidence is None or confidence < self.confidence_threshold
